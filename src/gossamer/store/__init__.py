@@ -1,1 +1,36 @@
+"""Where the control plane keeps mesh resources: one protocol, several backends."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from gossamer.errors import StoreError
+from gossamer.store.base import ApplyResult, Compacted, Store, WatchEvent
+from gossamer.store.sqlite import SqliteStore
+
+__all__ = ["ApplyResult", "Compacted", "SqliteStore", "Store", "WatchEvent", "open_store"]
+
+_SUPPORTED = "sqlite:///ABSOLUTE/PATH, or a plain file path (SQLite)"
+
+
+def open_store(url: str) -> Store:
+    """Open the store named by `url`: a file path or `sqlite:///abs/path`.
+
+    Raises StoreError for a URL it cannot use, listing the supported forms.
+    """
+    if "://" not in url:
+        if not url:
+            raise StoreError(f"no store given: use {_SUPPORTED}")
+        return SqliteStore(Path(url).expanduser())
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise StoreError(
+            f"unsupported store URL {url!r} (scheme {parts.scheme!r}): supported are {_SUPPORTED}"
+        )
+    if parts.netloc or not parts.path.startswith("/") or parts.query or parts.fragment:
+        raise StoreError(
+            f"store URL {url!r} must name an absolute path with three slashes, "
+            "like sqlite:///var/lib/gossamer/store.db"
+        )
+    return SqliteStore(unquote(parts.path))
