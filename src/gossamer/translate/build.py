@@ -1,0 +1,256 @@
+"""Pure translation: the store's contents → one proxy's snapshot.
+
+No I/O, no clock, no globals: `build_snapshot(mesh, proxy)` is tested by calling it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gossamer.translate.snapshot import (
+    Endpoint,
+    LocalPort,
+    ProxySelf,
+    ServicePort,
+    ServiceView,
+    Snapshot,
+    content_version,
+)
+
+
+class InconsistentSnapshot(Exception):
+    """A snapshot that would mislead a proxy; it is never published."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadPort:
+    port: int
+    app_port: int
+    name: str | None = None
+    app_protocol: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadRecord:
+    name: str
+    namespace: str
+    labels: Mapping[str, str]
+    address: str
+    inbound_port: int
+    service_account: str
+    ports: tuple[WorkloadPort, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePortRecord:
+    port: int
+    target_port: int | str
+    name: str | None = None
+    app_protocol: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRecord:
+    name: str
+    namespace: str
+    selector: Mapping[str, str]
+    ports: tuple[ServicePortRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class MeshView:
+    """What translation reads: the store's objects, typed and indexed once per change."""
+
+    trust_domain: str
+    trust_bundle: str
+    services: Mapping[tuple[str, str], ServiceRecord] = field(default_factory=dict)
+    workloads: Mapping[tuple[str, str], WorkloadRecord] = field(default_factory=dict)
+
+    @staticmethod
+    def from_objects(
+        objects: Iterable[Mapping[str, Any]], *, trust_domain: str, trust_bundle: str
+    ) -> MeshView:
+        """Index validated, defaulted objects (as the store holds them)."""
+        services: dict[tuple[str, str], ServiceRecord] = {}
+        workloads: dict[tuple[str, str], WorkloadRecord] = {}
+        for obj in objects:
+            meta, spec = obj["metadata"], obj.get("spec") or {}
+            key = (meta.get("namespace", "default"), meta["name"])
+            if obj["kind"] == "Service":
+                services[key] = ServiceRecord(
+                    name=key[1],
+                    namespace=key[0],
+                    selector=dict(spec.get("selector") or {}),
+                    ports=tuple(
+                        ServicePortRecord(
+                            port=p["port"],
+                            target_port=p.get("targetPort", p["port"]),
+                            name=p.get("name"),
+                            app_protocol=p.get("appProtocol"),
+                        )
+                        for p in spec.get("ports") or ()
+                    ),
+                )
+            elif obj["kind"] == "Workload":
+                workloads[key] = WorkloadRecord(
+                    name=key[1],
+                    namespace=key[0],
+                    labels=dict(meta.get("labels") or {}),
+                    address=spec["address"],
+                    inbound_port=spec["inboundPort"],
+                    service_account=spec.get("serviceAccount", "default"),
+                    ports=tuple(
+                        WorkloadPort(
+                            port=p["port"],
+                            app_port=p.get("appPort", p["port"]),
+                            name=p.get("name"),
+                            app_protocol=p.get("appProtocol"),
+                        )
+                        for p in spec.get("ports") or ()
+                    ),
+                )
+        return MeshView(trust_domain, trust_bundle, services, workloads)
+
+
+@dataclass(frozen=True)
+class ProxyInfo:
+    """Who is asking: the proxy's workload and the services it has asked about."""
+
+    workload: str
+    namespace: str
+    interests: frozenset[str] = frozenset()  # "name.namespace"
+
+
+def identity_of(trust_domain: str, namespace: str, service_account: str) -> str:
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+
+
+def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """A Service with no selector selects nothing (as in Kubernetes)."""
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def _target_port(port: ServicePortRecord, workload: WorkloadRecord) -> int | None:
+    """Kubernetes semantics: a number is used as is, a name is looked up per workload."""
+    if isinstance(port.target_port, int):
+        return port.target_port
+    for wp in workload.ports:
+        if wp.name == port.target_port:
+            return wp.port
+    return None
+
+
+def _service_view(mesh: MeshView, svc: ServiceRecord) -> ServiceView:
+    members = sorted(
+        (
+            wl
+            for (ns, _), wl in mesh.workloads.items()
+            if ns == svc.namespace and selects(svc.selector, wl.labels)
+        ),
+        key=lambda wl: wl.name,
+    )
+    ports = []
+    for sp in svc.ports:
+        endpoints = []
+        for wl in members:
+            target = _target_port(sp, wl)
+            if target is None:
+                continue
+            endpoints.append(
+                Endpoint(
+                    workload=wl.name,
+                    namespace=wl.namespace,
+                    address=wl.address,
+                    inbound_port=wl.inbound_port,
+                    target_port=target,
+                    identity=identity_of(mesh.trust_domain, wl.namespace, wl.service_account),
+                )
+            )
+        ports.append(
+            ServicePort(
+                port=sp.port,
+                name=sp.name,
+                app_protocol=sp.app_protocol,
+                endpoints=tuple(endpoints),
+            )
+        )
+    return ServiceView(name=svc.name, namespace=svc.namespace, ports=tuple(ports))
+
+
+def build_snapshot(mesh: MeshView, proxy: ProxyInfo) -> Snapshot:
+    """The snapshot for one proxy: itself, and only the services it asked about."""
+    workload = mesh.workloads.get((proxy.namespace, proxy.workload))
+    if workload is None:
+        raise InconsistentSnapshot(f"workload {proxy.namespace}/{proxy.workload} is not registered")
+    own_services = sorted(
+        svc.name
+        for (ns, _), svc in mesh.services.items()
+        if ns == workload.namespace and selects(svc.selector, workload.labels)
+    )
+    services = []
+    for interest in sorted(proxy.interests):
+        name, _, namespace = interest.partition(".")
+        svc = mesh.services.get((namespace, name))
+        if svc is not None:
+            services.append(_service_view(mesh, svc))
+    snapshot = Snapshot(
+        proxy=ProxySelf(
+            workload=workload.name,
+            namespace=workload.namespace,
+            service_account=workload.service_account,
+            identity=identity_of(mesh.trust_domain, workload.namespace, workload.service_account),
+            ports=tuple(
+                LocalPort(
+                    port=p.port, app_port=p.app_port, name=p.name, app_protocol=p.app_protocol
+                )
+                for p in workload.ports
+            ),
+            services=tuple(own_services),
+        ),
+        trust_domain=mesh.trust_domain,
+        trust_bundle=mesh.trust_bundle,
+        services=tuple(services),
+        interests=tuple(sorted(proxy.interests)),
+    )
+    snapshot = replace(snapshot, version=content_version(snapshot))
+    check_consistent(snapshot)
+    return snapshot
+
+
+def check_consistent(snapshot: Snapshot) -> None:
+    """Refuse a snapshot that a proxy could not serve correctly.
+
+    Every service listed was asked for; service and port keys are unique; every
+    endpoint carries an identity in this trust domain; the version matches the
+    content (so a proxy's ack means what it says).
+    """
+    problems: list[str] = []
+    if not snapshot.trust_bundle.strip():
+        problems.append("trust bundle is empty")
+    interests = set(snapshot.interests)
+    seen: set[str] = set()
+    prefix = f"spiffe://{snapshot.trust_domain}/"
+    for svc in snapshot.services:
+        if svc.key in seen:
+            problems.append(f"service {svc.key} listed twice")
+        seen.add(svc.key)
+        if svc.key not in interests:
+            problems.append(f"service {svc.key} was not asked for")
+        ports = [p.port for p in svc.ports]
+        if len(ports) != len(set(ports)):
+            problems.append(f"service {svc.key} has duplicate ports")
+        for p in svc.ports:
+            for ep in p.endpoints:
+                if not ep.identity.startswith(prefix):
+                    problems.append(
+                        f"endpoint {ep.namespace}/{ep.workload} of {svc.key}:{p.port} "
+                        f"has identity {ep.identity!r} outside {snapshot.trust_domain}"
+                    )
+                if not 0 < ep.inbound_port < 65536 or not 0 < ep.target_port < 65536:
+                    problems.append(f"endpoint {ep.namespace}/{ep.workload} has a bad port")
+    if snapshot.version != content_version(snapshot):
+        problems.append("version does not match content")
+    if problems:
+        raise InconsistentSnapshot("; ".join(problems))
