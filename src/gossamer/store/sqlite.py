@@ -180,8 +180,11 @@ class SqliteStore:
                     last = event.revision
                 if self._closed:
                     return
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancellation that races its timeout, and the watch would never end.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self._poll_interval)
+                    async with asyncio.timeout(self._poll_interval):
+                        await wake.wait()
         finally:
             with self._watchers_lock:
                 self._watchers.discard(watcher)

@@ -1,0 +1,38 @@
+# `make test` works on a fresh clone: it creates .venv, installs Gossamer with its
+# test extras, then runs the linters, the type checker and the whole test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: test lint typecheck unit demo bench clean golden
+
+$(BIN)/gossamer: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+lint: $(BIN)/gossamer
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(BIN)/gossamer
+	$(BIN)/mypy src
+
+unit: $(BIN)/gossamer
+	$(BIN)/pytest
+
+test: lint typecheck unit
+
+golden: $(BIN)/gossamer
+	UPDATE_GOLDEN=1 $(BIN)/pytest tests
+
+demo: $(BIN)/gossamer
+	$(BIN)/gossamer demo
+
+bench: $(BIN)/gossamer
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

@@ -1,0 +1,128 @@
+"""`gossamer check`: is the mesh healthy, and is anything about to expire?"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from gossamer.cli.client import ApiError
+from gossamer.cli.common import add_output_flag, add_server_flags, client_from
+from gossamer.cli.output import dump, duration, table
+
+# Warn well before anything expires: a CA a month ahead, a leaf when a third of its
+# day is left (renewal should have happened at two thirds of its life).
+CA_WARN_SECONDS = 30 * 86400
+LEAF_WARN_SECONDS = 8 * 3600
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "check",
+        help="check the control plane, the CA and every connected proxy",
+        description="Say whether the control plane is up, how long the CA certificates and "
+        "each proxy's certificate have left, and whether every registered proxy is "
+        "connected and on its latest snapshot. Exits 1 if anything is wrong.",
+    )
+    add_output_flag(p, choices=("text", "json"), default="text")
+    add_server_flags(p)
+    p.set_defaults(func=check)
+
+
+def _left(iso: str | None, now: datetime) -> float | None:
+    if not iso:
+        return None
+    return (datetime.fromisoformat(iso) - now).total_seconds()
+
+
+def check(args: argparse.Namespace) -> int:
+    client = client_from(args)
+    now = datetime.now(UTC)
+    report: dict[str, Any] = {"ok": True, "problems": [], "warnings": []}
+    try:
+        client.get("/readyz")
+        ca = client.get("/v1/ca")
+        proxies = client.get("/v1/proxies")["items"]
+        workloads = client.get("/v1/resources/workloads")["items"]
+    except ApiError as err:
+        report.update(ok=False, problems=[err.message])
+        if args.output == "json":
+            dump(report, "json")
+        else:
+            print(f"✗ control plane: {err.message}")
+        return 1
+    report["controlPlane"] = {"server": client.server, "up": True}
+    report["ca"] = ca
+    for what, field in (("root", "rootExpiresAt"), ("intermediate", "intermediateExpiresAt")):
+        left = _left(ca[field], now)
+        if left is not None and left < CA_WARN_SECONDS:
+            report["warnings"].append(f"CA {what} certificate expires in {duration(left)}")
+    connected: dict[tuple[str, str], dict[str, Any]] = {
+        (p["namespace"], p["workload"]): p for p in proxies
+    }
+    rows = []
+    for wl in workloads:
+        key = (wl["metadata"]["namespace"], wl["metadata"]["name"])
+        p = connected.get(key)
+        state = "connected" if p else "disconnected"
+        if p is None:
+            report["problems"].append(f"proxy {key[0]}/{key[1]} is not connected")
+        elif not p["upToDate"]:
+            report["problems"].append(
+                f"proxy {key[0]}/{key[1]} is not on its latest snapshot"
+                + (f" (rejected: {p['nackError']})" if p.get("nackError") else "")
+            )
+        left = _left(p.get("certificateNotAfter") if p else None, now)
+        if left is not None and left < LEAF_WARN_SECONDS:
+            report["warnings"].append(
+                f"proxy {key[0]}/{key[1]} certificate expires in {duration(left)}"
+            )
+        rows.append(
+            {
+                "namespace": key[0],
+                "workload": key[1],
+                "state": state,
+                "upToDate": bool(p and p["upToDate"]),
+                "snapshot": (p or {}).get("ackedVersion", ""),
+                "certificateLeftSeconds": left,
+                "connectedSeconds": time.time() - p["connectedSince"] if p else None,
+            }
+        )
+    report["proxies"] = rows
+    report["ok"] = not report["problems"]
+    if args.output == "json":
+        dump(report, "json")
+        return 0 if report["ok"] else 1
+    print(f"✓ control plane is up at {client.server}")
+    mark = "!" if report["warnings"] else "✓"
+    print(
+        f"{mark} CA ({ca['trustDomain']}): root expires in "
+        f"{duration(_left(ca['rootExpiresAt'], now) or 0)}, intermediate in "
+        f"{duration(_left(ca['intermediateExpiresAt'], now) or 0)}"
+    )
+    if rows:
+        table(
+            ["NAMESPACE", "WORKLOAD", "PROXY", "SNAPSHOT", "CERT-LEFT"],
+            [
+                [
+                    r["namespace"],
+                    r["workload"],
+                    r["state"],
+                    ("up to date " if r["upToDate"] else "behind ") + (r["snapshot"] or "-"),
+                    duration(r["certificateLeftSeconds"])
+                    if r["certificateLeftSeconds"] is not None
+                    else "-",
+                ]
+                for r in rows
+            ],
+        )
+    else:
+        print("✓ no workloads registered")
+    for w in report["warnings"]:
+        print(f"! {w}")
+    for p in report["problems"]:
+        print(f"✗ {p}")
+    if report["ok"]:
+        print("✓ all checks passed")
+    return 0 if report["ok"] else 1

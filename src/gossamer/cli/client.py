@@ -1,0 +1,96 @@
+"""A small synchronous client for the control plane's REST API, used by the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SERVER = "http://127.0.0.1:15000"
+
+
+class ApiError(Exception):
+    """The server answered with an error; `message` is what to show the user."""
+
+    def __init__(self, status: int, message: str, details: list[dict[str, str]] | None = None):
+        self.status = status
+        self.message = message
+        self.details = details or []
+        super().__init__(message)
+
+
+@dataclass
+class Client:
+    server: str = DEFAULT_SERVER
+    token: str | None = None
+    timeout: float = 10.0
+
+    @staticmethod
+    def from_settings(server: str | None, token_file: str | None) -> Client:
+        server = server or os.environ.get("GOSSAMER_SERVER") or DEFAULT_SERVER
+        token = None
+        if token_file:
+            try:
+                token = Path(token_file).read_text().strip()
+            except OSError as err:
+                raise ApiError(0, f"cannot read token file {token_file}: {err.strerror}") from err
+        else:
+            token = os.environ.get("GOSSAMER_TOKEN") or None
+        return Client(server.rstrip("/"), token)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        query: dict[str, str] | None = None,
+    ) -> Any:
+        url = self.server + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(url, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                data = resp.read()
+        except urllib.error.HTTPError as err:
+            raise _api_error(err) from None
+        except urllib.error.URLError as err:
+            raise ApiError(
+                0,
+                f"cannot reach the control plane at {self.server} ({err.reason}); "
+                "is `gossamer control-plane` running? Set --server or GOSSAMER_SERVER",
+            ) from None
+        except TimeoutError:
+            raise ApiError(
+                0, f"the control plane at {self.server} did not answer in time"
+            ) from None
+        if not data:
+            return None
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError:
+            return data.decode()
+
+    def get(self, path: str, **query: str) -> Any:
+        return self.request("GET", path, query=query or None)
+
+
+def _api_error(err: urllib.error.HTTPError) -> ApiError:
+    raw = err.read()
+    try:
+        payload = json.loads(raw)["error"]
+        return ApiError(err.code, payload.get("message", err.reason), payload.get("details"))
+    except (ValueError, KeyError, TypeError):
+        return ApiError(err.code, f"{err.code} {err.reason}: {raw[:200].decode(errors='replace')}")

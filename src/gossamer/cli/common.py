@@ -1,0 +1,41 @@
+"""Flags and failure handling shared by the CLI's commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+from gossamer.cli.client import ApiError, Client
+
+
+def add_server_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("control plane")
+    g.add_argument(
+        "--server", help="API address (default: $GOSSAMER_SERVER or http://127.0.0.1:15000)"
+    )
+    g.add_argument("--token-file", help="file holding the admin token (default: $GOSSAMER_TOKEN)")
+
+
+def add_output_flag(p: argparse.ArgumentParser, choices: tuple[str, ...], default: str) -> None:
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=choices,
+        default=default,
+        help=f"output format (default: {default})",
+    )
+
+
+def client_from(args: argparse.Namespace) -> Client:
+    try:
+        return Client.from_settings(args.server, args.token_file)
+    except ApiError as err:
+        fail(err.message)
+
+
+def fail(message: str, hint: str | None = None) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+    raise SystemExit(1)

@@ -1,0 +1,88 @@
+"""`gossamer control-plane`: run the control plane."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+
+from gossamer.cli.common import fail
+from gossamer.errors import GossamerError
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "control-plane",
+        help="run the control plane",
+        description="Run the control plane: the REST API and dashboard, the CA, and the "
+        "discovery stream proxies follow. On first start it creates DATA_DIR with the "
+        "store, the CA and the admin token (DATA_DIR/admin.token).",
+    )
+    p.add_argument("--data-dir", required=True, type=Path, help="where state lives")
+    p.add_argument(
+        "--api",
+        type=host_port,
+        default=("127.0.0.1", 15000),
+        help="REST API listen address (default: 127.0.0.1:15000)",
+    )
+    p.add_argument(
+        "--discovery",
+        type=host_port,
+        default=("127.0.0.1", 15012),
+        help="discovery (mTLS) listen address (default: 127.0.0.1:15012)",
+    )
+    p.add_argument(
+        "--trust-domain",
+        default="cluster.local",
+        help="SPIFFE trust domain (default: cluster.local)",
+    )
+    p.add_argument("--store", help="store URL (default: sqlite file in DATA_DIR)")
+    ca = p.add_argument_group("bring your own CA (all three together)")
+    ca.add_argument("--ca-root-cert", type=Path, help="root certificate (PEM)")
+    ca.add_argument("--ca-intermediate-cert", type=Path, help="intermediate certificate (PEM)")
+    ca.add_argument("--ca-intermediate-key", type=Path, help="intermediate private key (PEM)")
+    p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gossamer.controlplane.server import ControlPlaneConfig, serve
+    from gossamer.identity.ca import OperatorCA
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    operator = None
+    given = [args.ca_root_cert, args.ca_intermediate_cert, args.ca_intermediate_key]
+    if any(given):
+        if not all(given):
+            fail("--ca-root-cert, --ca-intermediate-cert and --ca-intermediate-key go together")
+        operator = OperatorCA(*given)
+    config = ControlPlaneConfig(
+        data_dir=args.data_dir,
+        api=args.api,
+        discovery=args.discovery,
+        trust_domain=args.trust_domain,
+        store_url=args.store,
+        operator_ca=operator,
+    )
+    try:
+        asyncio.run(serve(config, ready_file=args.ready_file))
+    except GossamerError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(
+            f"cannot start: {err}",
+            hint="is another control plane using these ports? "
+            "Use --api and --discovery to pick others",
+        )
+    return 0

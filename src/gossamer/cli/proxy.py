@@ -1,0 +1,385 @@
+"""`gossamer proxy` and `gossamer run -- CMD`: the data plane beside a workload."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from gossamer.cli.common import fail
+from gossamer.cli.controlplane import host_port
+from gossamer.errors import GossamerError
+
+log = logging.getLogger("gossamer.run")
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
+def _port(text: str) -> tuple[int, int, str | None]:
+    """`8080`, `8080:18080` or `http=8080:18080` → (container port, app port, name)."""
+    name, sep, rest = text.rpartition("=")
+    container, _, app = rest.partition(":")
+    try:
+        c = int(container)
+        a = int(app) if app else c
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not [NAME=]CONTAINER_PORT[:APP_PORT]"
+        ) from None
+    if not (0 < c < 65536 and 0 < a < 65536):
+        raise argparse.ArgumentTypeError(f"{text!r}: ports must be 1-65535")
+    return c, a, (name if sep else None)
+
+
+def _upstream(text: str) -> tuple[str, int, str, int]:
+    """`SVC[.NS]:PORT=LOCAL_HOST:LOCAL_PORT`."""
+    remote, sep, local = text.partition("=")
+    svc, _, port = remote.rpartition(":")
+    try:
+        lhost, lport = host_port(local)
+        if not sep or not svc or not port.isdigit():
+            raise ValueError
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not SVC[.NS]:PORT=LOCAL_HOST:LOCAL_PORT"
+        ) from None
+    return svc, int(port), lhost, lport
+
+
+def add_proxy_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", required=True, help="workload name (unique in its namespace)")
+    p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+    p.add_argument(
+        "--service-account",
+        default="default",
+        help="service account: the workload's identity (default: default)",
+    )
+    p.add_argument(
+        "-l",
+        "--label",
+        type=_label,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="workload label, selected by Services (repeatable)",
+    )
+    p.add_argument(
+        "--port",
+        type=_port,
+        action="append",
+        default=[],
+        metavar="[NAME=]PORT[:APP_PORT]",
+        help="a port the workload serves: mesh traffic for PORT goes to the app "
+        "on APP_PORT (repeatable)",
+    )
+    p.add_argument(
+        "--upstream",
+        type=_upstream,
+        action="append",
+        default=[],
+        metavar="SVC:PORT=HOST:PORT",
+        help="open a local TCP listener carried over mTLS to a service port",
+    )
+    p.add_argument(
+        "--inbound",
+        type=host_port,
+        default=("0.0.0.0", 4143),
+        help="mTLS inbound listener (default: 0.0.0.0:4143)",
+    )
+    p.add_argument(
+        "--outbound",
+        type=host_port,
+        default=("127.0.0.1", 4140),
+        help="outbound listener for the app (default: 127.0.0.1:4140)",
+    )
+    p.add_argument(
+        "--admin",
+        type=host_port,
+        default=("127.0.0.1", 4191),
+        help="admin listener: /ready /live /metrics /config (default: 127.0.0.1:4191)",
+    )
+    p.add_argument(
+        "--address",
+        help="address peers use to reach this proxy (default: the "
+        "inbound host, or 127.0.0.1 when that is 0.0.0.0)",
+    )
+    p.add_argument("--app-host", default="127.0.0.1", help="where the app listens")
+    p.add_argument(
+        "--discovery",
+        type=host_port,
+        default=host_port(os.environ.get("GOSSAMER_DISCOVERY", "127.0.0.1:15012")),
+        help="control plane discovery address (default: $GOSSAMER_DISCOVERY or 127.0.0.1:15012)",
+    )
+    p.add_argument(
+        "--join-token",
+        default=os.environ.get("GOSSAMER_JOIN_TOKEN"),
+        help="join token (default: $GOSSAMER_JOIN_TOKEN; with the admin token "
+        "the proxy mints its own)",
+    )
+    p.add_argument("--server", help="API address, to mint a join token with the admin token")
+    p.add_argument("--token-file", help="admin token file, to mint a join token")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where certificates and the last snapshot are cached (default: "
+        "$XDG_STATE_HOME/gossamer/NAMESPACE-NAME)",
+    )
+    p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "proxy",
+        help="run the proxy for one workload",
+        description="Join the mesh (join token → certificate), register the workload, follow "
+        "discovery, and carry the workload's traffic with mTLS.",
+    )
+    add_proxy_flags(p)
+    p.set_defaults(func=run_proxy)
+
+    r = sub.add_parser(
+        "run",
+        help="run a command with a proxy beside it",
+        description="Start the proxy, wait until it is ready, then run CMD with HTTP_PROXY "
+        "and GOSSAMER_OUTBOUND pointing at the outbound listener. Signals go to CMD; "
+        "the exit code is CMD's; the workload is removed from the mesh on exit.",
+        usage="gossamer run [proxy flags] -- CMD [ARGS...]",
+    )
+    add_proxy_flags(r)
+    r.add_argument("command", nargs=argparse.REMAINDER, help="the app to run, after --")
+    r.set_defaults(func=run_wrapped)
+
+
+def _mint_join_token(args: argparse.Namespace) -> str | None:
+    from gossamer.cli.client import ApiError, Client
+
+    token_file = args.token_file
+    if not token_file and not os.environ.get("GOSSAMER_TOKEN"):
+        return None
+    try:
+        client = Client.from_settings(args.server, token_file)
+        result = client.request(
+            "POST",
+            "/v1/tokens",
+            body=json.dumps(
+                {
+                    "namespace": args.namespace,
+                    "serviceAccount": args.service_account,
+                    "ttlSeconds": 600,
+                }
+            ).encode(),
+        )
+    except ApiError as err:
+        fail(f"could not mint a join token: {err.message}")
+    return str(result["token"])
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    if args.state_dir:
+        return Path(args.state_dir)
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "gossamer" / f"{args.namespace}-{args.name}"
+
+
+async def _serve(args: argparse.Namespace, ready: asyncio.Event, stop: asyncio.Event) -> None:
+    from gossamer.proxy.agent import Agent, AgentConfig, WorkloadPortSpec
+    from gossamer.proxy.dataplane import DataPlane, DataPlaneConfig, TcpUpstream
+
+    upstreams = []
+    for svc, port, lhost, lport in args.upstream:
+        name, _, ns = svc.partition(".")
+        upstreams.append(
+            TcpUpstream(
+                service=name, namespace=ns or None, port=port, listen_host=lhost, listen_port=lport
+            )
+        )
+    dp_config = DataPlaneConfig(
+        outbound=args.outbound,
+        inbound=args.inbound,
+        admin=args.admin,
+        app_host=args.app_host,
+        upstreams=tuple(upstreams),
+    )
+    agent_ref: list[Agent] = []
+    dataplane = DataPlane(dp_config, on_interest=lambda s: agent_ref[0].subscribe(s))
+    await dataplane.start()
+    inbound_port = dataplane.inbound_address[1]
+    address = args.address or (
+        args.inbound[0] if args.inbound[0] not in ("0.0.0.0", "::") else "127.0.0.1"
+    )
+    interests = set()
+    for svc, *_ in args.upstream:
+        name, _, ns = svc.partition(".")
+        interests.add(f"{name}.{ns or args.namespace}")
+    agent = Agent(
+        AgentConfig(
+            discovery=args.discovery,
+            workload=args.name,
+            namespace=args.namespace,
+            service_account=args.service_account,
+            address=address,
+            inbound_port=inbound_port,
+            state_dir=_state_dir(args),
+            labels=dict(args.label),
+            ports=tuple(WorkloadPortSpec(c, a, n) for c, a, n in args.port),
+            join_token=args.join_token or _mint_join_token(args),
+            interests=frozenset(interests),
+        ),
+        dataplane,
+    )
+    agent_ref.append(agent)
+    try:
+        await agent.start()
+        while not dataplane.ready and not stop.is_set():
+            await asyncio.sleep(0.05)
+        if args.ready_file:
+            tmp = args.ready_file.with_suffix(".tmp")
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "outbound": _hp(dataplane.outbound_address),
+                        "inbound": _hp(dataplane.inbound_address),
+                        "admin": _hp(dataplane.admin_address),
+                    }
+                )
+            )
+            os.replace(tmp, args.ready_file)
+        ready.set()
+        await stop.wait()
+    finally:
+        await agent.stop(deregister=True)
+        await dataplane.close()
+
+
+def _hp(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+def _install_loop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+
+
+def run_proxy(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    _install_loop()
+
+    async def main() -> None:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await _serve(args, ready, stop)
+
+    try:
+        asyncio.run(main())
+    except GossamerError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(
+            f"cannot start the proxy: {err}",
+            hint="pick free ports with --inbound, --outbound and --admin",
+        )
+    return 0
+
+
+def run_wrapped(args: argparse.Namespace) -> int:
+    """The proxy runs as a child `gossamer proxy`; the app starts once it is ready."""
+    import tempfile
+    import time
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        fail("no command to run", hint="gossamer run --name web --port 8080 -- python app.py")
+    raw: list[str] = args.raw_argv
+    proxy_flags = raw[raw.index("run") + 1 : raw.index("--") if "--" in raw else len(raw)]
+    with tempfile.TemporaryDirectory(prefix="gossamer-run-") as tmp:
+        ready_file = Path(tmp) / "ready.json"
+        proxy = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gossamer.cli.main",
+                "proxy",
+                *proxy_flags,
+                "--ready-file",
+                str(ready_file),
+            ],
+        )
+        deadline = time.monotonic() + 60
+        while not ready_file.exists():
+            if proxy.poll() is not None:
+                fail(f"the proxy exited with code {proxy.returncode} before it was ready")
+            if time.monotonic() > deadline:
+                proxy.terminate()
+                proxy.wait()
+                fail("the proxy was not ready after 60s (is the control plane reachable?)")
+            time.sleep(0.05)
+        addresses = json.loads(ready_file.read_text())
+    outbound = f"http://{addresses['outbound']}"
+    env = {
+        **os.environ,
+        "HTTP_PROXY": outbound,
+        "http_proxy": outbound,
+        "GOSSAMER_OUTBOUND": addresses["outbound"],
+        "GOSSAMER_ADMIN": addresses["admin"],
+        "NO_PROXY": "localhost,127.0.0.1",
+        "no_proxy": "localhost,127.0.0.1",
+    }
+    try:
+        app = subprocess.Popen(command, env=env)
+    except OSError as err:
+        _stop(proxy)
+        fail(f"cannot start {command[0]}: {err.strerror}")
+
+    def forward(signum: int, _frame: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            app.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    code = app.wait()
+    _stop(proxy)
+    return code if code >= 0 else 128 - code
+
+
+def _stop(proxy: subprocess.Popen[bytes]) -> None:
+    if proxy.poll() is None:
+        proxy.terminate()
+        try:
+            proxy.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            proxy.wait()
+
+
+def admin_get(address: str, path: str, timeout: float = 2.0) -> bytes:
+    with urllib.request.urlopen(f"http://{address}{path}", timeout=timeout) as resp:
+        data: bytes = resp.read()
+        return data
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

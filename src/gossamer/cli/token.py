@@ -1,0 +1,68 @@
+"""`gossamer token create`: join tokens for workloads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+from gossamer.cli.client import ApiError
+from gossamer.cli.common import add_output_flag, add_server_flags, client_from, fail
+from gossamer.cli.output import dump
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_ttl(text: str) -> int:
+    """`1h`, `30m`, `2d12h`, or plain seconds."""
+    if text.isdigit():
+        return int(text)
+    m = _DURATION.match(text)
+    if not m or not any(m.groups()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 1h, 30m or 2d")
+    d, h, mi, s = (int(g or 0) for g in m.groups())
+    return ((d * 24 + h) * 60 + mi) * 60 + s
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("token", help="join tokens", description="Manage join tokens.")
+    tsub = p.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+    c = tsub.add_parser(
+        "create",
+        help="create a join token for one identity",
+        description="Create a signed, expiring join token that lets one workload get a "
+        "certificate for spiffe://<trust-domain>/ns/NS/sa/SA and nothing else.",
+    )
+    c.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+    c.add_argument(
+        "--service-account", default="default", help="service account (default: default)"
+    )
+    c.add_argument(
+        "--ttl",
+        type=parse_ttl,
+        default=3600,
+        help="how long the token is valid, e.g. 30m, 1h, 2d (default: 1h)",
+    )
+    add_output_flag(c, choices=("text", "json"), default="text")
+    add_server_flags(c)
+    c.set_defaults(func=create)
+
+
+def create(args: argparse.Namespace) -> int:
+    client = client_from(args)
+    body = {
+        "namespace": args.namespace,
+        "serviceAccount": args.service_account,
+        "ttlSeconds": args.ttl,
+    }
+    try:
+        result = client.request("POST", "/v1/tokens", body=json.dumps(body).encode())
+    except ApiError as err:
+        if err.details:
+            fail("; ".join(f"{d['path']}: {d['reason']}" for d in err.details))
+        fail(err.message)
+    if args.output == "json":
+        dump(result, "json")
+    else:
+        print(result["token"])
+    return 0

@@ -1,0 +1,284 @@
+"""The REST API: apply/get/list/delete/watch over the store, tokens, status.
+
+Validation happens here, once, at the door: a bad object is rejected whole with the
+field path that is wrong, and an apply of several documents is all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gossamer import __version__
+from gossamer.controlplane.auth import require_admin
+from gossamer.controlplane.openapi import openapi_document
+from gossamer.errors import (
+    Conflict,
+    FieldError,
+    GossamerError,
+    IdentityError,
+    InvalidResource,
+    NotFound,
+    Unauthorized,
+)
+from gossamer.resources import (
+    is_dns1123_label,
+    is_dns1123_subdomain,
+    parse_documents,
+    resolve_kind,
+    to_dict,
+    validate,
+)
+from gossamer.store import Compacted
+
+if TYPE_CHECKING:
+    from gossamer.controlplane.server import ControlPlane
+
+log = logging.getLogger("gossamer.controlplane.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(code: int, reason: str, message: str, **extra: Any) -> web.Response:
+    body = {"error": {"code": code, "reason": reason, "message": message, **extra}}
+    return web.json_response(body, status=code)
+
+
+def invalid_response(errors: list[InvalidResource]) -> web.Response:
+    details = [
+        {"object": err.subject, "path": fe.path, "reason": fe.reason}
+        for err in errors
+        for fe in err.errors
+    ]
+    message = "; ".join(str(e) for e in errors)
+    return error_response(422, "Invalid", message, details=details)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Typed errors become JSON responses with a status a client can act on."""
+    try:
+        return await handler(request)
+    except InvalidResource as err:
+        return invalid_response([err])
+    except NotFound as err:
+        return error_response(404, "NotFound", str(err))
+    except Conflict as err:
+        return error_response(409, "Conflict", str(err))
+    except Unauthorized as err:
+        return error_response(401, "Unauthorized", str(err))
+    except IdentityError as err:
+        return error_response(403, "Forbidden", str(err))
+    except GossamerError as err:
+        log.exception("request failed: %s", err)
+        return error_response(500, "InternalError", str(err))
+
+
+def _kind(request: web.Request) -> str:
+    try:
+        return resolve_kind(request.match_info["kind"]).kind
+    except (KeyError, InvalidResource) as err:
+        raise NotFound("kind", request.match_info["kind"]) from err
+
+
+async def _read_objects(request: web.Request) -> list[dict[str, Any]]:
+    text = await request.text()
+    docs = parse_documents(text, source="request body")
+    if not docs:
+        raise InvalidResource([FieldError("", "no objects in the request body")])
+    problems: list[InvalidResource] = []
+    objects = []
+    for i, doc in enumerate(docs):
+        try:
+            objects.append(to_dict(validate(doc)))
+        except InvalidResource as err:
+            if len(docs) > 1 and not err.subject:
+                err = InvalidResource(err.errors, subject=f"document {i + 1}")
+            problems.append(err)
+    if problems:
+        raise _Invalid(problems)
+    keys = [(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]) for o in objects]
+    dupes = {k for k in keys if keys.count(k) > 1}
+    if dupes:
+        kind, ns, name = sorted(dupes)[0]
+        raise InvalidResource(
+            [FieldError("metadata.name", f"{kind} {ns}/{name} appears more than once")]
+        )
+    return objects
+
+
+class _Invalid(GossamerError):
+    def __init__(self, problems: list[InvalidResource]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+class Api:
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[errors_middleware], client_max_size=8 * 1024 * 1024)
+        app.add_routes(
+            [
+                web.get("/readyz", self.readyz),
+                web.get("/version", self.version),
+                web.get("/openapi.json", self.openapi),
+                web.post("/v1/apply", self.apply),
+                web.get("/v1/resources/{kind}", self.list),
+                web.get("/v1/resources/{kind}/{namespace}/{name}", self.get),
+                web.delete("/v1/resources/{kind}/{namespace}/{name}", self.delete),
+                web.get("/v1/watch", self.watch),
+                web.post("/v1/tokens", self.create_token),
+                web.get("/v1/proxies", self.proxies),
+                web.get("/v1/ca", self.ca),
+                web.get("/v1/identity/bundle", self.bundle),
+            ]
+        )
+        return app
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def version(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"version": __version__, "trustDomain": self.cp.config.trust_domain}
+        )
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
+
+    async def apply(self, request: web.Request) -> web.Response:
+        require_admin(request, self.cp.admin_token)
+        try:
+            objects = await _read_objects(request)
+        except _Invalid as err:
+            return invalid_response(err.problems)
+        results = self.cp.store.apply(objects)
+        items = [
+            {
+                "kind": r.object["kind"],
+                "namespace": r.object["metadata"]["namespace"],
+                "name": r.object["metadata"]["name"],
+                "action": r.action,
+                "resourceVersion": r.object["metadata"]["resourceVersion"],
+            }
+            for r in results
+        ]
+        for item in items:
+            log.info(
+                "apply %s %s/%s: %s", item["kind"], item["namespace"], item["name"], item["action"]
+            )
+        return web.json_response({"items": items})
+
+    async def list(self, request: web.Request) -> web.Response:
+        kind = _kind(request)
+        namespace = request.query.get("namespace") or None
+        items = self.cp.store.list(kind, namespace)
+        return web.json_response({"apiVersion": "v1", "kind": "List", "items": items})
+
+    async def get(self, request: web.Request) -> web.Response:
+        kind = _kind(request)
+        obj = self.cp.store.get(kind, request.match_info["namespace"], request.match_info["name"])
+        return web.json_response(obj)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        require_admin(request, self.cp.admin_token)
+        kind = _kind(request)
+        obj = self.cp.store.delete(
+            kind,
+            request.match_info["namespace"],
+            request.match_info["name"],
+            request.query.get("resourceVersion") or None,
+        )
+        log.info("delete %s %s/%s", kind, obj["metadata"]["namespace"], obj["metadata"]["name"])
+        return web.json_response(obj)
+
+    async def watch(self, request: web.Request) -> web.StreamResponse:
+        """Newline-delimited JSON events after `since` (default: now), until the client goes."""
+        try:
+            since = int(request.query.get("since", self.cp.store.revision()))
+        except ValueError:
+            return error_response(400, "BadRequest", "since: must be an integer revision")
+        kind = None
+        if "kind" in request.query:
+            kind = resolve_kind(request.query["kind"]).kind
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        try:
+            async for event in self.cp.store.watch(since):
+                if kind is not None and event.object["kind"] != kind:
+                    continue
+                line: dict[str, Any] = {
+                    "type": event.type,
+                    "revision": event.revision,
+                    "object": event.object,
+                }
+                await response.write(json.dumps(line).encode() + b"\n")
+        except Compacted as err:
+            line = {"type": "ERROR", "message": f"{err}; list again and watch from there"}
+            await response.write(json.dumps(line).encode() + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return response
+
+    async def create_token(self, request: web.Request) -> web.Response:
+        require_admin(request, self.cp.admin_token)
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            return error_response(400, "BadRequest", "body must be JSON")
+        if not isinstance(body, dict):
+            return error_response(400, "BadRequest", "body must be a JSON object")
+        errors = []
+        namespace = body.get("namespace", "default")
+        sa = body.get("serviceAccount", "default")
+        ttl = body.get("ttlSeconds", 3600)
+        if not isinstance(namespace, str) or not is_dns1123_label(namespace):
+            errors.append(FieldError("namespace", "must be a valid DNS-1123 label"))
+        if not isinstance(sa, str) or not is_dns1123_subdomain(sa):
+            errors.append(FieldError("serviceAccount", "must be a valid DNS-1123 subdomain"))
+        if not isinstance(ttl, int) or not 60 <= ttl <= 30 * 86400:
+            errors.append(FieldError("ttlSeconds", "must be an integer from 60 to 2592000"))
+        if errors:
+            raise InvalidResource(errors, subject="token request")
+        token = self.cp.tokens.create(namespace, sa, timedelta(seconds=ttl))
+        claims = self.cp.tokens.verify(token)
+        log.info(
+            "join token %s created for %s (expires %s)",
+            claims.token_id,
+            claims.identity,
+            claims.expires_at.isoformat(),
+        )
+        return web.json_response(
+            {
+                "token": token,
+                "identity": str(claims.identity),
+                "expiresAt": claims.expires_at.isoformat(),
+            }
+        )
+
+    async def proxies(self, request: web.Request) -> web.Response:
+        return web.json_response({"items": self.cp.discovery.proxy_status()})
+
+    async def ca(self, request: web.Request) -> web.Response:
+        ca = self.cp.ca
+        return web.json_response(
+            {
+                "trustDomain": ca.trust_domain,
+                "rootExpiresAt": ca.root_expires_at.isoformat(),
+                "intermediateExpiresAt": ca.intermediate_expires_at.isoformat(),
+                "rootFingerprint": ca.root_fingerprint(),
+            }
+        )
+
+    async def bundle(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=self.cp.ca.trust_bundle_pem(), content_type="application/x-pem-file"
+        )

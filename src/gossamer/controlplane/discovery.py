@@ -1,0 +1,417 @@
+"""Discovery: per-proxy snapshots, pushed over an mTLS WebSocket; plus what a proxy
+needs to join (certificates) and to announce itself (its Workload).
+
+Protocol on `wss://DISCOVERY/v1/discovery` (JSON text messages):
+  proxy → cp  {"type": "hello", "workload": W, "namespace": NS, "interests": [...]}
+  cp → proxy  {"type": "snapshot", "version": V, "snapshot": {...}}
+  proxy → cp  {"type": "ack", "version": V} | {"type": "nack", "version": V, "error": E}
+  proxy → cp  {"type": "subscribe", "services": ["name.namespace", ...]}
+  proxy → cp  {"type": "status", "certificateNotAfter": ISO8601}  (after each renewal)
+  cp → proxy  {"type": "error", "message": M}   (then the control plane closes)
+The proxy is authenticated by its client certificate: it may only speak for a
+Workload whose namespace and service account match its SPIFFE ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from gossamer.controlplane.api import error_response, errors_middleware
+from gossamer.errors import IdentityError, InvalidResource, NotFound, Unauthorized
+from gossamer.identity.spiffe import SpiffeId
+from gossamer.resources import to_dict, validate
+from gossamer.store import Compacted
+from gossamer.translate import InconsistentSnapshot, MeshView, ProxyInfo, build_snapshot
+
+if TYPE_CHECKING:
+    from gossamer.controlplane.server import ControlPlane
+
+log = logging.getLogger("gossamer.controlplane.discovery")
+
+DEBOUNCE_SECONDS = 0.05
+MAX_INTERESTS = 10_000
+MESH_KINDS = frozenset({"Service", "Workload", "HTTPRoute"})
+
+
+def peer_identity(request: web.Request) -> SpiffeId | None:
+    """The SPIFFE ID of a verified client certificate, if the client sent one."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    if ssl_object is None:
+        return None
+    cert = ssl_object.getpeercert()
+    if not cert:
+        return None
+    uris = [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
+    spiffe = [u for u in uris if u.startswith("spiffe://")]
+    if len(spiffe) != 1:
+        return None
+    try:
+        return SpiffeId.parse(spiffe[0])
+    except ValueError:
+        return None
+
+
+def require_identity(request: web.Request) -> SpiffeId:
+    identity = peer_identity(request)
+    if identity is None:
+        raise Unauthorized(
+            "this call needs a mesh client certificate (join first with a join token)"
+        )
+    return identity
+
+
+@dataclass
+class ProxySession:
+    identity: SpiffeId
+    workload: str
+    namespace: str
+    interests: set[str]
+    ws: web.WebSocketResponse
+    connected_since: float = field(default_factory=time.time)
+    sent_version: str = ""
+    acked_version: str = ""
+    nack_error: str = ""
+    certificate_not_after: str = ""
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def info(self) -> ProxyInfo:
+        return ProxyInfo(self.workload, self.namespace, frozenset(self.interests))
+
+
+class Discovery:
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+        self._objects: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+        self._revision = 0
+        self._mesh: MeshView | None = None
+        self._sessions: dict[tuple[str, str], ProxySession] = {}
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- mesh state ---------------------------------------------------------------
+
+    def _load(self) -> None:
+        self._revision = self.cp.store.revision()
+        self._objects = {
+            (o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o
+            for o in self.cp.store.list()
+            if o["kind"] in MESH_KINDS
+        }
+        self._mesh = None
+
+    def mesh(self) -> MeshView:
+        if self._mesh is None:
+            self._mesh = MeshView.from_objects(
+                self._objects.values(),
+                trust_domain=self.cp.ca.trust_domain,
+                trust_bundle=self.cp.ca.trust_bundle_pem(),
+            )
+        return self._mesh
+
+    async def start(self) -> None:
+        self._load()
+        self._tasks = [
+            asyncio.create_task(self._follow_store(), name="discovery-follow-store"),
+            asyncio.create_task(self._fan_out(), name="discovery-fan-out"),
+        ]
+
+    async def stop(self) -> None:
+        for session in list(self._sessions.values()):
+            await session.ws.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _follow_store(self) -> None:
+        while True:
+            try:
+                async for event in self.cp.store.watch(self._revision):
+                    self._revision = event.revision
+                    obj = event.object
+                    if obj["kind"] not in MESH_KINDS:
+                        continue
+                    key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+                    if event.type == "DELETED":
+                        self._objects.pop(key, None)
+                    else:
+                        self._objects[key] = obj
+                    self._mesh = None
+                    self._changed.set()
+            except Compacted:
+                log.warning("store history compacted under the watch; re-listing")
+                self._load()
+                self._changed.set()
+
+    async def _fan_out(self) -> None:
+        """Debounce bursts of changes, then wake every session to rebuild its snapshot."""
+        while True:
+            await self._changed.wait()
+            await asyncio.sleep(DEBOUNCE_SECONDS)
+            self._changed.clear()
+            for session in self._sessions.values():
+                session.wake.set()
+
+    def proxy_status(self) -> list[dict[str, Any]]:
+        rows = []
+        mesh = self.mesh()
+        for session in sorted(self._sessions.values(), key=lambda s: (s.namespace, s.workload)):
+            try:
+                latest = build_snapshot(mesh, session.info()).version
+            except InconsistentSnapshot:
+                latest = ""
+            rows.append(
+                {
+                    "workload": session.workload,
+                    "namespace": session.namespace,
+                    "identity": str(session.identity),
+                    "connectedSince": session.connected_since,
+                    "sentVersion": session.sent_version,
+                    "ackedVersion": session.acked_version,
+                    "latestVersion": latest,
+                    "upToDate": bool(latest) and session.acked_version == latest,
+                    "nackError": session.nack_error,
+                    "certificateNotAfter": session.certificate_not_after,
+                }
+            )
+        return rows
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
+        app.add_routes(
+            [
+                web.get("/v1/identity/bundle", self.bundle),
+                web.post("/v1/identity/certificates", self.certificates),
+                web.post("/v1/identity/renew", self.renew),
+                web.put("/v1/workloads/{namespace}/{name}", self.register),
+                web.delete("/v1/workloads/{namespace}/{name}", self.deregister),
+                web.get("/v1/discovery", self.stream),
+            ]
+        )
+        return app
+
+    async def bundle(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=self.cp.ca.trust_bundle_pem(), content_type="application/x-pem-file"
+        )
+
+    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise web.HTTPBadRequest(reason=f"body must be JSON: {err}") from err
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(reason="body must be a JSON object")
+        return body
+
+    def _issue(self, csr: object, identity: SpiffeId) -> web.Response:
+        if not isinstance(csr, str):
+            return error_response(400, "BadRequest", "csr: required (PEM text)")
+        issued = self.cp.ca.sign_csr(csr.encode(), identity)
+        log.info(
+            "issued certificate serial=%s to %s, expires %s",
+            issued.serial,
+            identity,
+            issued.not_after.isoformat(),
+        )
+        return web.json_response(
+            {
+                "certificateChain": issued.chain_pem,
+                "trustBundle": issued.trust_bundle_pem,
+                "spiffeId": str(identity),
+                "notAfter": issued.not_after.isoformat(),
+            }
+        )
+
+    async def certificates(self, request: web.Request) -> web.Response:
+        """Join: a join token and a CSR buy a leaf certificate for the token's identity."""
+        body = await self._json_body(request)
+        token = body.get("token")
+        if not isinstance(token, str):
+            return error_response(400, "BadRequest", "token: required")
+        try:
+            claims = self.cp.tokens.verify(token)
+        except IdentityError as err:
+            log.warning("join refused: %s", err)
+            return error_response(403, "Forbidden", str(err))
+        return self._issue(body.get("csr"), claims.identity)
+
+    async def renew(self, request: web.Request) -> web.Response:
+        """Renewal: a proxy's current certificate buys a new one for the same identity."""
+        identity = require_identity(request)
+        body = await self._json_body(request)
+        return self._issue(body.get("csr"), identity)
+
+    def _check_owner(self, identity: SpiffeId, namespace: str, service_account: str) -> None:
+        if identity.namespace != namespace or identity.service_account != service_account:
+            raise IdentityError(
+                f"{identity} may not register a workload in namespace {namespace!r} "
+                f"with service account {service_account!r}"
+            )
+
+    async def register(self, request: web.Request) -> web.Response:
+        identity = require_identity(request)
+        body = await self._json_body(request)
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        body.setdefault("apiVersion", "gossamer.dev/v1alpha1")
+        body.setdefault("kind", "Workload")
+        meta = body.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise web.HTTPBadRequest(reason="metadata must be an object")
+        meta.setdefault("name", name)
+        meta.setdefault("namespace", namespace)
+        obj = to_dict(validate(body))
+        if obj["kind"] != "Workload" or (
+            obj["metadata"]["namespace"],
+            obj["metadata"]["name"],
+        ) != (namespace, name):
+            raise web.HTTPBadRequest(reason="body must be the Workload named in the path")
+        self._check_owner(identity, namespace, obj["spec"].get("serviceAccount", "default"))
+        [result] = self.cp.store.apply([obj])
+        log.info("workload %s/%s registered by %s (%s)", namespace, name, identity, result.action)
+        return web.json_response(result.object)
+
+    async def deregister(self, request: web.Request) -> web.Response:
+        identity = require_identity(request)
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        current = self.cp.store.get("Workload", namespace, name)
+        self._check_owner(identity, namespace, current["spec"].get("serviceAccount", "default"))
+        obj = self.cp.store.delete("Workload", namespace, name)
+        log.info("workload %s/%s removed by %s", namespace, name, identity)
+        return web.json_response(obj)
+
+    # -- the stream -------------------------------------------------------------------
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        identity = require_identity(request)
+        ws = web.WebSocketResponse(heartbeat=15.0, max_msg_size=1024 * 1024)
+        await ws.prepare(request)
+        try:
+            hello = await ws.receive_json(timeout=10)
+            session = self._open_session(identity, hello, ws)
+        except (TimeoutError, TypeError, ValueError, IdentityError, NotFound) as err:
+            reason = str(err) or "expected a hello message"
+            log.warning("discovery stream from %s refused: %s", identity, reason)
+            await ws.send_json({"type": "error", "message": reason})
+            await ws.close()
+            return ws
+        key = (session.namespace, session.workload)
+        previous = self._sessions.get(key)
+        if previous is not None:
+            await previous.ws.close()
+        self._sessions[key] = session
+        log.info("proxy %s/%s connected as %s", session.namespace, session.workload, identity)
+        sender = asyncio.create_task(self._send_loop(session))
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                self._on_message(session, msg.data)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            if self._sessions.get(key) is session:
+                del self._sessions[key]
+            log.info("proxy %s/%s disconnected", session.namespace, session.workload)
+        return ws
+
+    def _open_session(
+        self, identity: SpiffeId, hello: Any, ws: web.WebSocketResponse
+    ) -> ProxySession:
+        if not isinstance(hello, dict) or hello.get("type") != "hello":
+            raise ValueError("expected a hello message first")
+        workload, namespace = hello.get("workload"), hello.get("namespace")
+        if not isinstance(workload, str) or not isinstance(namespace, str):
+            raise ValueError("hello: workload and namespace are required")
+        obj = self.cp.store.get("Workload", namespace, workload)
+        self._check_owner(identity, namespace, obj["spec"].get("serviceAccount", "default"))
+        interests = _interests(hello.get("interests", []))
+        session = ProxySession(identity, workload, namespace, interests, ws)
+        session.certificate_not_after = str(hello.get("certificateNotAfter", ""))
+        return session
+
+    def _on_message(self, session: ProxySession, data: str) -> None:
+        try:
+            msg = json.loads(data)
+            kind = msg["type"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            log.warning("ignoring malformed message from %s", session.identity)
+            return
+        if kind == "ack":
+            session.acked_version = str(msg.get("version", ""))
+            session.nack_error = ""
+        elif kind == "nack":
+            session.nack_error = str(msg.get("error", ""))
+            log.warning(
+                "proxy %s/%s rejected snapshot %s: %s",
+                session.namespace,
+                session.workload,
+                msg.get("version"),
+                session.nack_error,
+            )
+        elif kind == "status":
+            session.certificate_not_after = str(msg.get("certificateNotAfter", ""))
+        elif kind == "subscribe":
+            try:
+                new = _interests(msg.get("services", []))
+            except ValueError as err:
+                log.warning("bad subscribe from %s: %s", session.identity, err)
+                return
+            if not new <= session.interests:
+                session.interests |= new
+                if len(session.interests) > MAX_INTERESTS:
+                    log.warning("proxy %s asks for too many services", session.identity)
+                    session.interests = set(sorted(session.interests)[:MAX_INTERESTS])
+                session.wake.set()  # a proxy is waiting on this: no debounce
+
+    async def _send_loop(self, session: ProxySession) -> None:
+        session.wake.set()
+        while True:
+            await session.wake.wait()
+            session.wake.clear()
+            try:
+                snapshot = build_snapshot(self.mesh(), session.info())
+            except InconsistentSnapshot as err:
+                log.error(
+                    "not sending a snapshot to %s/%s: %s", session.namespace, session.workload, err
+                )
+                continue
+            if snapshot.version == session.sent_version:
+                continue
+            await session.ws.send_str(
+                json.dumps(
+                    {
+                        "type": "snapshot",
+                        "version": snapshot.version,
+                        "snapshot": snapshot.to_dict(),
+                    }
+                )
+            )
+            session.sent_version = snapshot.version
+
+
+def _interests(raw: Any) -> set[str]:
+    if not isinstance(raw, list) or len(raw) > MAX_INTERESTS:
+        raise ValueError("interests must be a list of 'name.namespace' strings")
+    out = set()
+    for item in raw:
+        if not isinstance(item, str) or item.count(".") != 1 or len(item) > 253:
+            raise ValueError(f"interest {item!r} is not 'name.namespace'")
+        out.add(item.lower())
+    return out
+
+
+__all__ = ["Discovery", "InvalidResource", "peer_identity"]

@@ -1,0 +1,139 @@
+"""The OpenAPI description of the REST API (served at /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gossamer import __version__
+
+
+def _op(
+    summary: str,
+    *,
+    admin: bool = False,
+    params: list[str] | None = None,
+    body: str | None = None,
+    responses: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            code: {"description": text} for code, text in (responses or {"200": "OK"}).items()
+        },
+    }
+    if admin:
+        op["security"] = [{"adminToken": []}]
+        op["responses"].setdefault("401", {"description": "admin token missing or wrong"})
+    if params:
+        op["parameters"] = [_PARAMS[p] for p in params]
+    if body:
+        op["requestBody"] = {"required": True, "content": {body: {"schema": {"type": "string"}}}}
+    return op
+
+
+_PARAMS: dict[str, dict[str, Any]] = {
+    "kind": {
+        "name": "kind",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "service, workload, httproute (singular, plural or short name)",
+    },
+    "namespace": {
+        "name": "namespace",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "name": {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+    "nsQuery": {
+        "name": "namespace",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "omit for all namespaces",
+    },
+    "since": {
+        "name": "since",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer"},
+        "description": "store revision to watch after",
+    },
+    "resourceVersion": {
+        "name": "resourceVersion",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "delete only if still at this version",
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Gossamer control plane API", "version": __version__},
+        "components": {
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/readyz": {"get": _op("Readiness of the control plane")},
+            "/version": {"get": _op("Version and trust domain")},
+            "/v1/apply": {
+                "post": _op(
+                    "Validate and store one or more objects (YAML or JSON, multi-document), "
+                    "all or nothing",
+                    admin=True,
+                    body="application/yaml",
+                    responses={
+                        "200": "applied; one item per object with its action",
+                        "409": "a resourceVersion was stale",
+                        "422": "invalid; details name each field path",
+                    },
+                )
+            },
+            "/v1/resources/{kind}": {
+                "get": _op(
+                    "List objects of a kind",
+                    params=["kind", "nsQuery"],
+                    responses={"200": "a List", "404": "unknown kind"},
+                )
+            },
+            "/v1/resources/{kind}/{namespace}/{name}": {
+                "get": _op(
+                    "Get one object",
+                    params=["kind", "namespace", "name"],
+                    responses={"200": "the object", "404": "not found"},
+                ),
+                "delete": _op(
+                    "Delete one object",
+                    admin=True,
+                    params=["kind", "namespace", "name", "resourceVersion"],
+                    responses={
+                        "200": "the deleted object",
+                        "404": "not found",
+                        "409": "stale resourceVersion",
+                    },
+                ),
+            },
+            "/v1/watch": {
+                "get": _op(
+                    "Stream changes after a revision as newline-delimited JSON",
+                    params=["since"],
+                    responses={"200": "an endless stream of events"},
+                )
+            },
+            "/v1/tokens": {
+                "post": _op(
+                    "Create a join token for a namespace and service account",
+                    admin=True,
+                    body="application/json",
+                    responses={"200": "the token and its expiry", "422": "invalid request"},
+                )
+            },
+            "/v1/proxies": {"get": _op("Connected proxies and their snapshot versions")},
+            "/v1/ca": {"get": _op("CA certificates' expiry and root fingerprint")},
+            "/v1/identity/bundle": {"get": _op("The trust bundle (PEM)")},
+        },
+    }

@@ -1,0 +1,168 @@
+"""The control plane process: store, CA, REST API and discovery, wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import ssl
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from aiohttp import web
+
+from gossamer.controlplane.api import Api
+from gossamer.controlplane.auth import load_or_create_admin_token
+from gossamer.controlplane.discovery import Discovery
+from gossamer.identity.ca import CertificateAuthority, OperatorCA
+from gossamer.identity.spiffe import SpiffeId
+from gossamer.identity.tls import load_identity, server_context
+from gossamer.identity.tokens import JoinTokenIssuer, load_or_create_token_key
+from gossamer.store import Store, open_store
+
+log = logging.getLogger("gossamer.controlplane")
+
+CONTROL_PLANE_NAMESPACE = "gossamer-system"
+CONTROL_PLANE_ACCOUNT = "control-plane"
+SERVER_CERT_TTL = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class ControlPlaneConfig:
+    data_dir: Path
+    api: tuple[str, int] = ("127.0.0.1", 15000)
+    discovery: tuple[str, int] = ("127.0.0.1", 15012)
+    trust_domain: str = "cluster.local"
+    store_url: str | None = None
+    operator_ca: OperatorCA | None = None
+
+
+def control_plane_identity(trust_domain: str) -> SpiffeId:
+    return SpiffeId(trust_domain, CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_ACCOUNT)
+
+
+class ControlPlane:
+    def __init__(self, config: ControlPlaneConfig) -> None:
+        self.config = config
+        data_dir = config.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store: Store = open_store(config.store_url or str(data_dir / "gossamer.db"))
+        ca_dir = data_dir / "ca"
+        self.ca = CertificateAuthority.initialize(ca_dir, config.trust_domain, config.operator_ca)
+        self.tokens = JoinTokenIssuer(
+            load_or_create_token_key(ca_dir / "token.key"),
+            trust_domain=self.ca.trust_domain,
+            ca_fingerprint=self.ca.root_fingerprint(),
+        )
+        self.admin_token = load_or_create_admin_token(data_dir)
+        self.discovery = Discovery(self)
+        self.api = Api(self)
+        self._runners: list[web.AppRunner] = []
+        self._tls: ssl.SSLContext | None = None
+        self._renew_task: asyncio.Task[None] | None = None
+        self.api_address: tuple[str, int] = config.api
+        self.discovery_address: tuple[str, int] = config.discovery
+
+    def _server_certificate(self) -> tuple[bytes, str]:
+        """A fresh key and chain for the discovery listener, naming how proxies dial it."""
+        host = self.config.discovery[0]
+        ips, names = ["127.0.0.1"], ["localhost"]
+        try:
+            ipaddress.ip_address(host)
+            if host not in ("0.0.0.0", "::"):
+                ips.append(host)
+        except ValueError:
+            names.append(host)
+        key_pem, issued = self.ca.issue_server_identity(
+            control_plane_identity(self.ca.trust_domain), names, ips, SERVER_CERT_TTL
+        )
+        return key_pem, issued.chain_pem
+
+    def _discovery_tls(self) -> ssl.SSLContext:
+        # Client certificates are optional: joining proxies have none yet, and the
+        # calls that need one check for it.
+        key_pem, chain_pem = self._server_certificate()
+        self._tls = server_context(
+            chain_pem, key_pem, self.ca.trust_bundle_pem(), require_client_cert=False
+        )
+        return self._tls
+
+    async def _renew_server_certificate(self) -> None:
+        while True:
+            await asyncio.sleep(SERVER_CERT_TTL.total_seconds() / 3)
+            key_pem, chain_pem = self._server_certificate()
+            assert self._tls is not None
+            load_identity(self._tls, chain_pem, key_pem)  # new handshakes use it
+            log.info("renewed the discovery listener's certificate")
+
+    async def start(self) -> None:
+        await self.discovery.start()
+        api_runner = web.AppRunner(self.api.app(), access_log=None)
+        await api_runner.setup()
+        api_site = web.TCPSite(api_runner, *self.config.api, reuse_address=True)
+        await api_site.start()
+        self._runners.append(api_runner)
+        self.api_address = _bound(api_runner)
+        disc_runner = web.AppRunner(self.discovery.app(), access_log=None)
+        await disc_runner.setup()
+        disc_site = web.TCPSite(
+            disc_runner,
+            *self.config.discovery,
+            ssl_context=self._discovery_tls(),
+            reuse_address=True,
+        )
+        await disc_site.start()
+        self._runners.append(disc_runner)
+        self.discovery_address = _bound(disc_runner)
+        self._renew_task = asyncio.create_task(self._renew_server_certificate())
+        log.info(
+            "control plane ready: api http://%s:%d, discovery https://%s:%d, trust domain %s",
+            *self.api_address,
+            *self.discovery_address,
+            self.ca.trust_domain,
+        )
+
+    async def stop(self) -> None:
+        if self._renew_task is not None:
+            self._renew_task.cancel()
+        log.debug("stopping discovery")
+        await self.discovery.stop()
+        log.debug("closing the store")
+        # Closing the store ends open watch streams, so the API can shut down at once.
+        self.store.close()
+        for runner in reversed(self._runners):
+            log.debug("stopping listener %s", runner.addresses)
+            await runner.cleanup()
+
+
+def _bound(runner: web.AppRunner) -> tuple[str, int]:
+    server = runner.addresses[0]
+    return str(server[0]), int(server[1])
+
+
+async def serve(config: ControlPlaneConfig, ready_file: Path | None = None) -> None:
+    """Run until SIGINT/SIGTERM."""
+    cp = ControlPlane(config)
+    await cp.start()
+    if ready_file is not None:
+        # Written whole and renamed, so a reader never sees half of it.
+        tmp = ready_file.with_suffix(".tmp")
+        tmp.write_text(
+            f"api=http://{cp.api_address[0]}:{cp.api_address[1]}\n"
+            f"discovery={cp.discovery_address[0]}:{cp.discovery_address[1]}\n"
+        )
+        os.replace(tmp, ready_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("control plane shutting down")
+        with contextlib.suppress(Exception):
+            await cp.stop()

@@ -1,0 +1,426 @@
+"""The proxy's control-plane client: join, renew, register, follow discovery.
+
+Bootstrap trust: the join token carries the SHA-256 of the CA root it was made
+under. The agent fetches the trust bundle over TLS it cannot yet verify, keeps only
+the root with that fingerprint, and from then on verifies the control plane against
+it (and checks the control plane's SPIFFE ID) before sending the token or a CSR.
+
+Static stability: certificate, key, bundle and the last snapshot are cached in the
+state directory. With the control plane gone, the proxy keeps serving from them,
+can restart from them, and reconnects with jittered backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+from cryptography import x509
+
+from gossamer.errors import IdentityError
+from gossamer.identity.bundle import pinned_root
+from gossamer.identity.csr import generate_private_key, make_csr
+from gossamer.identity.spiffe import SpiffeId
+from gossamer.identity.tls import client_context
+from gossamer.identity.tokens import decode_unverified
+from gossamer.translate.build import check_consistent
+from gossamer.translate.snapshot import Snapshot
+
+log = logging.getLogger("gossamer.proxy.agent")
+
+MAX_BACKOFF = 30.0
+
+
+class DataPlaneSink(Protocol):
+    def apply_snapshot(self, snapshot: Snapshot) -> None: ...
+    def set_credentials(self, creds: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkloadPortSpec:
+    port: int
+    app_port: int
+    name: str | None = None
+
+
+@dataclass
+class AgentConfig:
+    discovery: tuple[str, int]
+    workload: str
+    namespace: str
+    service_account: str
+    address: str
+    inbound_port: int
+    state_dir: Path
+    labels: dict[str, str] = field(default_factory=dict)
+    ports: tuple[WorkloadPortSpec, ...] = ()
+    join_token: str | None = None
+    interests: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Credentials:
+    chain_pem: bytes
+    key_pem: bytes
+    bundle_pem: bytes
+    not_before: datetime
+    not_after: datetime
+
+    def renew_at(self) -> datetime:
+        """Two thirds into the certificate's life, like Istio and Linkerd."""
+        return self.not_before + (self.not_after - self.not_before) * 2 / 3
+
+
+def credentials_from(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> Credentials:
+    leaf = x509.load_pem_x509_certificates(chain_pem)[0]
+    return Credentials(
+        chain_pem, key_pem, bundle_pem, leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    )
+
+
+def control_plane_context(bundle_pem: bytes, creds: Credentials | None) -> ssl.SSLContext:
+    """Verifies the control plane against the bundle, and by the name the proxy dials.
+
+    Checking the name is what tells the control plane apart from any other holder of
+    a mesh certificate: the CA refuses DNS and IP names in every workload's CSR, so
+    only the control plane's own certificate carries them.
+    """
+    if creds is None:
+        ctx = client_context(None, None, bundle_pem)
+    else:
+        ctx = client_context(creds.chain_pem, creds.key_pem, bundle_pem)
+    ctx.check_hostname = True
+    return ctx
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, dataplane: DataPlaneSink) -> None:
+        self.config = config
+        self.dataplane = dataplane
+        self.interests: set[str] = set(config.interests)
+        self.creds: Credentials | None = None
+        self.trust_domain: str | None = None
+        self.snapshot: Snapshot | None = None
+        self.connected = False
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._registered = False
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # -- cache --------------------------------------------------------------------
+
+    def _path(self, name: str) -> Path:
+        return self.config.state_dir / name
+
+    def load_cache(self) -> bool:
+        """Serve from the last good state, if there is one. True when credentials were found."""
+        try:
+            chain = self._path("cert.pem").read_bytes()
+            key = self._path("key.pem").read_bytes()
+            bundle = self._path("bundle.pem").read_bytes()
+            meta = json.loads(self._path("identity.json").read_text())
+        except (OSError, ValueError):
+            return False
+        creds = credentials_from(chain, key, bundle)
+        if creds.not_after <= datetime.now(UTC):
+            log.warning("cached certificate expired at %s; joining again", creds.not_after)
+            return False
+        self.creds, self.trust_domain = creds, meta["trust_domain"]
+        self.dataplane.set_credentials(creds)
+        try:
+            snapshot = Snapshot.from_json(self._path("snapshot.json").read_text())
+            check_consistent(snapshot)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.info("no usable cached snapshot (%s)", err)
+        else:
+            self.snapshot = snapshot
+            self.interests |= set(snapshot.interests)
+            self.dataplane.apply_snapshot(snapshot)
+            log.info("serving cached snapshot %s until the control plane answers", snapshot.version)
+        return True
+
+    def _save_credentials(self, creds: Credentials) -> None:
+        _write_private(self._path("key.pem"), creds.key_pem)
+        _write_private(self._path("cert.pem"), creds.chain_pem)
+        _write_private(self._path("bundle.pem"), creds.bundle_pem)
+        _write_private(
+            self._path("identity.json"), json.dumps({"trust_domain": self.trust_domain}).encode()
+        )
+
+    # -- control plane calls ------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.config.discovery
+        host = f"[{host}]" if ":" in host else host
+        return f"https://{host}:{port}"
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        return self._session
+
+    async def _call(
+        self, method: str, path: str, ctx: ssl.SSLContext, body: dict[str, Any] | None = None
+    ) -> Any:
+        assert self.trust_domain is not None
+        async with self._http().request(method, self.base_url + path, json=body, ssl=ctx) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 400:
+                message = (data or {}).get("error", {}).get("message", resp.reason)
+                raise IdentityError(f"{method} {path}: {resp.status} {message}")
+            return data
+
+    async def join(self) -> None:
+        """Join token → pinned root → CSR → certificate."""
+        token = self.config.join_token
+        if not token:
+            raise IdentityError("no join token: pass --join-token or GOSSAMER_JOIN_TOKEN")
+        claims = decode_unverified(token)
+        self.trust_domain = claims.trust_domain
+        insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE  # only to read the bundle, checked by the pin
+        async with self._http().get(self.base_url + "/v1/identity/bundle", ssl=insecure) as r:
+            bundle = await r.text()
+        root = pinned_root(bundle, claims.ca_fingerprint).encode()
+        key = generate_private_key()
+        identity = SpiffeId(claims.trust_domain, claims.namespace, claims.service_account)
+        if (identity.namespace, identity.service_account) != (
+            self.config.namespace,
+            self.config.service_account,
+        ):
+            raise IdentityError(
+                f"the join token grants {identity}, but this proxy runs as namespace "
+                f"{self.config.namespace!r}, service account {self.config.service_account!r}"
+            )
+        data = await self._call(
+            "POST",
+            "/v1/identity/certificates",
+            control_plane_context(root, None),
+            {"token": token, "csr": make_csr(key, identity).decode()},
+        )
+        self._adopt(data, key)
+        log.info(
+            "joined the mesh as %s (certificate until %s)",
+            identity,
+            self.creds.not_after if self.creds else "?",
+        )
+
+    def _adopt(self, data: dict[str, Any], key: bytes) -> None:
+        creds = credentials_from(
+            data["certificateChain"].encode(), key, data["trustBundle"].encode()
+        )
+        self.creds = creds
+        self._save_credentials(creds)
+        self.dataplane.set_credentials(creds)
+
+    async def renew(self) -> None:
+        assert self.creds is not None and self.trust_domain is not None
+        key = generate_private_key()
+        identity = SpiffeId(self.trust_domain, self.config.namespace, self.config.service_account)
+        data = await self._call(
+            "POST",
+            "/v1/identity/renew",
+            control_plane_context(self.creds.bundle_pem, self.creds),
+            {"csr": make_csr(key, identity).decode()},
+        )
+        self._adopt(data, key)
+        log.info("renewed certificate (until %s)", self.creds.not_after)
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            await ws.send_json(
+                {"type": "status", "certificateNotAfter": self.creds.not_after.isoformat()}
+            )
+
+    def _ctx(self) -> ssl.SSLContext:
+        assert self.creds is not None
+        return control_plane_context(self.creds.bundle_pem, self.creds)
+
+    def workload_object(self) -> dict[str, Any]:
+        c = self.config
+        ports = []
+        for p in c.ports:
+            entry: dict[str, Any] = {"port": p.port, "appPort": p.app_port}
+            if p.name:
+                entry["name"] = p.name
+            ports.append(entry)
+        return {
+            "apiVersion": "gossamer.dev/v1alpha1",
+            "kind": "Workload",
+            "metadata": {"name": c.workload, "namespace": c.namespace, "labels": c.labels},
+            "spec": {
+                "address": c.address,
+                "inboundPort": c.inbound_port,
+                "serviceAccount": c.service_account,
+                "ports": ports,
+            },
+        }
+
+    async def register(self) -> None:
+        c = self.config
+        await self._call(
+            "PUT", f"/v1/workloads/{c.namespace}/{c.workload}", self._ctx(), self.workload_object()
+        )
+        self._registered = True
+
+    async def deregister(self) -> None:
+        c = self.config
+        if self.creds is None or not self._registered:
+            return
+        await self._call("DELETE", f"/v1/workloads/{c.namespace}/{c.workload}", self._ctx())
+        self._registered = False
+        log.info("workload %s/%s removed from the mesh", c.namespace, c.workload)
+
+    # -- running ------------------------------------------------------------------
+
+    def subscribe(self, service: str) -> None:
+        """The data plane met a service it has not seen: ask for it (no duplicate asks)."""
+        if service in self.interests:
+            return
+        self.interests.add(service)
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            task = asyncio.get_running_loop().create_task(
+                ws.send_json({"type": "subscribe", "services": [service]})
+            )
+            self._tasks.append(task)
+
+    async def start(self) -> None:
+        """Get credentials (cache first, then join, retrying), then follow the control plane."""
+        cached = self.load_cache()
+        if not cached:
+            await self._retry("join", self.join)
+        self._tasks.append(asyncio.create_task(self._follow(), name="agent-follow"))
+        self._tasks.append(asyncio.create_task(self._renew_loop(), name="agent-renew"))
+
+    async def _retry(self, what: str, call: Any) -> None:
+        backoff = 0.25
+        while True:
+            try:
+                await call()
+                return
+            except IdentityError as err:
+                if "join token" in str(err) and "expired" in str(err):
+                    raise
+                log.warning("%s failed: %s; retrying in %.1fs", what, err, backoff)
+            except (TimeoutError, aiohttp.ClientError, OSError) as err:
+                log.warning(
+                    "%s: control plane unreachable (%s); retrying in %.1fs",
+                    what,
+                    err or type(err).__name__,
+                    backoff,
+                )
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            assert self.creds is not None
+            wait = (self.creds.renew_at() - datetime.now(UTC)).total_seconds()
+            await asyncio.sleep(max(wait, 0))
+            await self._retry("certificate renewal", self.renew)
+
+    async def _follow(self) -> None:
+        backoff = 0.25
+        while True:
+            try:
+                await self.register()
+                await self._stream()
+                backoff = 0.25
+            except (TimeoutError, aiohttp.ClientError, OSError, IdentityError) as err:
+                log.warning(
+                    "discovery: %s; serving the last snapshot, retrying in %.1fs",
+                    err or type(err).__name__,
+                    backoff,
+                )
+            finally:
+                self.connected = False
+                self._ws = None
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _stream(self) -> None:
+        assert self.trust_domain is not None
+        async with self._http().ws_connect(
+            self.base_url + "/v1/discovery",
+            ssl=self._ctx(),
+            heartbeat=15.0,
+            timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+        ) as ws:
+            await ws.send_json(
+                {
+                    "type": "hello",
+                    "workload": self.config.workload,
+                    "namespace": self.config.namespace,
+                    "interests": sorted(self.interests),
+                    "certificateNotAfter": self.creds.not_after.isoformat() if self.creds else "",
+                }
+            )
+            self._ws = ws
+            self.connected = True
+            log.info("following discovery at %s", self.base_url)
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                await self._on_message(ws, json.loads(msg.data))
+            if ws.close_code not in (None, 1000):
+                raise aiohttp.ClientError(f"stream closed with code {ws.close_code}")
+
+    async def _on_message(self, ws: aiohttp.ClientWebSocketResponse, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "error":
+            raise IdentityError(f"control plane refused the stream: {msg.get('message')}")
+        if msg.get("type") != "snapshot":
+            return
+        version = str(msg.get("version", ""))
+        try:
+            snapshot = Snapshot.from_dict(msg["snapshot"])
+            check_consistent(snapshot)
+            self.dataplane.apply_snapshot(snapshot)
+        except Exception as err:  # a bad snapshot must never replace a good one
+            log.error("rejected snapshot %s: %s", version, err)
+            await ws.send_json({"type": "nack", "version": version, "error": str(err)})
+            return
+        self.snapshot = snapshot
+        _write_private(self._path("snapshot.json"), snapshot.to_json().encode())
+        await ws.send_json({"type": "ack", "version": version})
+        log.debug("applied snapshot %s", version)
+
+    async def stop(self, deregister: bool = True) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if deregister:
+            try:
+                async with asyncio.timeout(3):
+                    await self.deregister()
+            except (TimeoutError, aiohttp.ClientError, OSError, IdentityError) as err:
+                log.warning("could not remove workload from the mesh: %s", err)
+        if self._session is not None:
+            await self._session.close()
+
+
+def parse_interests(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(v.lower() for v in values)
