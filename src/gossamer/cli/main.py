@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from gossamer import __version__
-from gossamer.cli import check, controlplane, proxy, resources, token
+from gossamer.cli import check, controlplane, demo, proxy, resources, token
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.register(sub)
     proxy.register(sub)
     check.register(sub)
+    demo.register(sub)
     v = sub.add_parser("version", help="print the version", description="Print the version.")
     v.set_defaults(func=lambda _args: print(f"gossamer {__version__}") or 0)
     return parser

@@ -219,7 +219,7 @@ async def _serve(args: argparse.Namespace, ready: asyncio.Event, stop: asyncio.E
     agent_ref: list[Agent] = []
     dataplane = DataPlane(dp_config, on_interest=lambda s: agent_ref[0].subscribe(s))
     await dataplane.start()
-    inbound_port = dataplane.inbound_address[1]
+    inbound_port = int(_hp(dataplane.inbound_address).rsplit(":", 1)[1])
     address = args.address or (
         args.inbound[0] if args.inbound[0] not in ("0.0.0.0", "::") else "127.0.0.1"
     )
@@ -267,7 +267,8 @@ async def _serve(args: argparse.Namespace, ready: asyncio.Event, stop: asyncio.E
         await dataplane.close()
 
 
-def _hp(address: tuple[str, int]) -> str:
+def _hp(address: tuple[str, int] | None) -> str:
+    assert address is not None, "listeners are bound once the data plane has started"
     return f"{address[0]}:{address[1]}"
 
 

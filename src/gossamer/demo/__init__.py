@@ -1,0 +1,1 @@
+"""The demo application `gossamer demo` runs: a small shop of three services."""

@@ -1,0 +1,152 @@
+"""Golden metrics computed from two scrapes of proxies' `/metrics`.
+
+Pure functions: the caller scrapes, these parse and subtract. Latency percentiles
+are interpolated within histogram buckets the way Prometheus' `histogram_quantile`
+does, so the numbers agree with what a Prometheus server would show.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+_SAMPLE = re.compile(
+    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)(?:\s+\d+)?$"
+)
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+Key = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+def parse_prometheus_text(text: str) -> list[Sample]:
+    """Samples of the text exposition format; malformed lines raise ValueError."""
+    samples = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if m is None:
+            raise ValueError(f"line {n}: not a Prometheus sample: {line[:80]!r}")
+        labels = {
+            k: v.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
+            for k, v in _LABEL.findall(m.group("labels") or "")
+        }
+        try:
+            value = float(m.group("value"))
+        except ValueError:
+            raise ValueError(f"line {n}: bad value {m.group('value')!r}") from None
+        samples.append(Sample(m.group("name"), labels, value))
+    return samples
+
+
+@dataclass
+class Totals:
+    """Cumulative counts for one group (a service, an edge, ...)."""
+
+    requests: float = 0.0
+    failures: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)  # le → cumulative count
+
+    def minus(self, earlier: Totals | None) -> Totals:
+        if earlier is None:
+            return self
+        return Totals(
+            max(self.requests - earlier.requests, 0.0),
+            max(self.failures - earlier.failures, 0.0),
+            {le: max(c - earlier.buckets.get(le, 0.0), 0.0) for le, c in self.buckets.items()},
+        )
+
+
+def _failed(code: str) -> bool:
+    # A proxy-made error (no route, no endpoints) counts as a failure as surely as
+    # the app's own 5xx.
+    return not code.isdigit() or int(code) >= 500
+
+
+def aggregate(
+    samples: Iterable[Sample],
+    *,
+    direction: str = "inbound",
+    by: tuple[str, ...] = ("dst_namespace", "dst_service"),
+) -> dict[Key, Totals]:
+    out: dict[Key, Totals] = {}
+    for s in samples:
+        if s.labels.get("direction") != direction:
+            continue
+        key = tuple(s.labels.get(k, "") for k in by)
+        if s.name == "gossamer_requests_total":
+            t = out.setdefault(key, Totals())
+            t.requests += s.value
+            if _failed(s.labels.get("code", "")):
+                t.failures += s.value
+        elif s.name == "gossamer_request_duration_seconds_bucket":
+            le = math.inf if s.labels.get("le") == "+Inf" else float(s.labels.get("le", "nan"))
+            t = out.setdefault(key, Totals())
+            t.buckets[le] = t.buckets.get(le, 0.0) + s.value
+    return out
+
+
+def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
+    """Prometheus' interpolation: linear within the bucket holding the q-th observation."""
+    ordered = sorted(buckets.items())
+    if not ordered or ordered[-1][1] <= 0:
+        return None
+    total = ordered[-1][1]
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for le, count in ordered:
+        if count >= rank:
+            if math.isinf(le):
+                return lower_bound  # beyond the last finite bucket: its bound is all we know
+            if count == lower_count:
+                return le
+            return lower_bound + (le - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = le, count
+    return ordered[-1][0]
+
+
+@dataclass(frozen=True)
+class Golden:
+    key: Key
+    requests: float
+    success_rate: float | None  # a fraction; None when there were no requests
+    rps: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+
+def golden_between(
+    earlier: Mapping[Key, Totals], later: Mapping[Key, Totals], seconds: float
+) -> list[Golden]:
+    """Golden metrics for each group over the time between two aggregated scrapes."""
+    rows = []
+    for key in sorted(later):
+        d = later[key].minus(earlier.get(key))
+
+        def ms(q: float, d: Totals = d) -> float | None:
+            v = histogram_quantile(q, d.buckets)
+            return None if v is None else v * 1000
+
+        rows.append(
+            Golden(
+                key=key,
+                requests=d.requests,
+                success_rate=(1 - d.failures / d.requests) if d.requests else None,
+                rps=d.requests / seconds if seconds > 0 else 0.0,
+                p50_ms=ms(0.5),
+                p95_ms=ms(0.95),
+                p99_ms=ms(0.99),
+            )
+        )
+    return rows
