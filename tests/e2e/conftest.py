@@ -111,3 +111,86 @@ def control_plane(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
         yield cp
     finally:
         stop_process(cp.proc)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Workload:
+    """One app in `gossamer run`, as a user would start it."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    inbound: str
+    outbound: str
+    admin: str
+    state_dir: Path
+    log: Path
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited:\n{self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"http://{self.admin}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name} not ready:\n{self.log.read_text()}")
+
+
+def run_workload(
+    cp: ControlPlaneProcess,
+    tmp: Path,
+    name: str,
+    *,
+    namespace: str = "shop",
+    service_account: str,
+    labels: dict[str, str],
+    app: list[str],
+    port: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> Workload:
+    inbound, outbound, admin = (f"127.0.0.1:{free_port()}" for _ in range(3))
+    state = tmp / "state" / name
+    log = tmp / f"{name}.log"
+    flags = [
+        "--name", name, "-n", namespace, "--service-account", service_account,
+        "--inbound", inbound, "--outbound", outbound, "--admin", admin,
+        "--discovery", cp.discovery, "--server", cp.api, "--token-file", str(cp.token_file),
+        "--state-dir", str(state), *extra,
+    ]  # fmt: skip
+    for k, v in labels.items():
+        flags += ["-l", f"{k}={v}"]
+    if port:
+        flags += ["--port", port]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*GOSSAMER, "run", *flags, "--", *app],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    return Workload(name, proc, inbound, outbound, admin, state, log)
+
+
+def echo_app(name: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "gossamer.demo.apps", "echo", "--name", name,
+            "--listen", str(port)]  # fmt: skip
+
+
+def sleeper() -> list[str]:
+    """A client workload's app: it only has to stay up while the test uses its proxy."""
+    return [sys.executable, "-c", "import time; time.sleep(600)"]

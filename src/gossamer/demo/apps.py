@@ -15,6 +15,7 @@ import json
 import random
 import signal
 import time
+from collections.abc import Callable
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
@@ -44,6 +45,35 @@ def ratings(failure_rate: float) -> web.Application:
         return web.json_response({"id": request.match_info["id"], "stars": random.randint(3, 5)})
 
     return _app([web.get("/ratings/{id}", rating)])
+
+
+def echo(name: str) -> web.Application:
+    """Answers who served the request and what it saw: tests and benchmarks use it."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if request.path == "/bytes":  # /bytes?n=N: a large response, streamed
+            n = int(request.query.get("n", "0"))
+            response = web.StreamResponse(headers={"x-served-by": name})
+            response.content_length = n
+            await response.prepare(request)
+            chunk = b"x" * 65536
+            while n > 0:
+                await response.write(chunk[: min(n, len(chunk))])
+                n -= len(chunk)
+            return response
+        return web.json_response(
+            {
+                "servedBy": name,
+                "method": request.method,
+                "path": request.path_qs,
+                "headers": dict(request.headers),
+                "bodyBytes": len(body),
+            },
+            headers={"x-served-by": name},
+        )
+
+    return _app([web.route("*", "/{tail:.*}", answer)])
 
 
 def frontend() -> web.Application:
@@ -123,7 +153,8 @@ async def _serve(app: web.Application, port: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("role", choices=["web", "catalog", "ratings", "loadgen"])
+    parser.add_argument("role", choices=["web", "catalog", "ratings", "echo", "loadgen"])
+    parser.add_argument("--name", default="echo", help="echo only: the name it answers with")
     parser.add_argument("--listen", type=int, default=8080, help="port (servers)")
     parser.add_argument("--failure-rate", type=float, default=0.05, help="ratings only")
     parser.add_argument("--target", default="http://web.demo/", help="loadgen only")
@@ -135,8 +166,13 @@ def main() -> None:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(loadgen(args.target, args.rps, args.duration, args.concurrency))
         return
-    app = {"web": frontend, "catalog": catalog}.get(args.role)
-    built = app() if app else ratings(args.failure_rate)
+    builders: dict[str, Callable[[], web.Application]] = {
+        "web": frontend,
+        "catalog": catalog,
+        "ratings": lambda: ratings(args.failure_rate),
+        "echo": lambda: echo(args.name),
+    }
+    built = builders[args.role]()
     asyncio.run(_serve(built, args.listen))
 
 

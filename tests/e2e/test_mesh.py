@@ -1,0 +1,203 @@
+"""Requests cross the mesh: real control plane, real `gossamer run` proxies, curl, openssl."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import (
+    GOSSAMER,
+    ControlPlaneProcess,
+    Workload,
+    echo_app,
+    free_port,
+    run_workload,
+    sleeper,
+)
+
+pytestmark = pytest.mark.e2e
+
+SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: shop}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: http}]
+"""
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["curl", "-s", "--max-time", "10", *args],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+
+
+@pytest.fixture
+def mesh(control_plane: ControlPlaneProcess, tmp_path: Path) -> Iterator[dict[str, Workload]]:
+    control_plane.cli("apply", "-f", "-", stdin=SERVICE, check=True)
+    started: dict[str, Workload] = {}
+    try:
+        for name in ("echo-1", "echo-2"):
+            started[name] = run_workload(
+                control_plane, tmp_path, name, service_account="echo", labels={"app": "echo"},
+                app=echo_app(name, port := free_port()), port=f"http=8080:{port}",
+            )  # fmt: skip
+        started["client"] = run_workload(
+            control_plane, tmp_path, "client", service_account="client",
+            labels={"app": "client"}, app=sleeper(),
+        )  # fmt: skip
+        for w in started.values():
+            w.wait_ready()
+        # The proxies are ready before their apps listen (the app starts second):
+        # wait until both replicas answer through the mesh.
+        deadline = time.monotonic() + 30
+        while set(served_by(started["client"].outbound, 6)) != {"echo-1", "echo-2"}:
+            assert time.monotonic() < deadline, "echo replicas never both answered"
+            time.sleep(0.2)
+        yield started
+    finally:
+        for w in started.values():
+            w.stop()
+
+
+def served_by(outbound: str, n: int, url: str = "http://echo.shop/") -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for _ in range(n):
+        r = curl("-x", f"http://{outbound}", "-D", "-", "-o", "/dev/null", url)
+        status = r.stdout.split(" ", 2)[1] if r.stdout.startswith("HTTP/") else "none"
+        who = [line.split(":", 1)[1].strip() for line in r.stdout.splitlines()
+               if line.lower().startswith("x-served-by:")]  # fmt: skip
+        seen[who[0] if who and status == "200" else f"failed:{status}"] += 1
+    return seen
+
+
+def test_curl_through_the_outbound_listener_reaches_the_service(
+    mesh: dict[str, Workload],
+) -> None:
+    out = mesh["client"].outbound
+    # Absolute-form, as HTTP_PROXY sends it.
+    r = curl("-x", f"http://{out}", "http://echo.shop/hello?x=1")
+    body = json.loads(r.stdout)
+    assert body["servedBy"] in {"echo-1", "echo-2"}
+    assert body["path"] == "/hello?x=1"
+    # Origin-form with a Host header, in each of the Kubernetes name forms.
+    for host in ("echo", "echo.shop", "echo.shop.svc.cluster.local", "echo.shop:80"):
+        r = curl("-H", f"Host: {host}", f"http://{out}/by-host")
+        assert json.loads(r.stdout)["path"] == "/by-host", host
+
+
+def test_an_unknown_host_gets_an_error_that_says_why(mesh: dict[str, Workload]) -> None:
+    r = curl("-D", "-", "-H", "Host: nothing.shop", f"http://{mesh['client'].outbound}/")
+    status = r.stdout.split()[1]
+    assert status in {"404", "502", "503"}
+    assert "gossamer-error:" in r.stdout.lower()
+    assert "nothing.shop" in r.stdout
+
+
+def test_traffic_between_proxies_is_tls13_and_needs_a_mesh_certificate(
+    mesh: dict[str, Workload], tmp_path: Path
+) -> None:
+    inbound = mesh["echo-1"].inbound
+    request = "GET / HTTP/1.1\r\nHost: echo.shop\r\nConnection: close\r\n\r\n"
+    # No client certificate: refused, and no HTTP answer.
+    anonymous = subprocess.run(
+        ["openssl", "s_client", "-connect", inbound, "-tls1_3", "-quiet"],
+        input=request, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "HTTP/1.1" not in anonymous.stdout
+    assert "alert" in anonymous.stderr.lower() or anonymous.returncode != 0
+    # TLS 1.2 is not offered at all.
+    old = subprocess.run(["openssl", "s_client", "-connect", inbound, "-tls1_2"],
+                         input="", capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert old.returncode != 0
+    assert "Cipher    : 0000" in old.stdout  # no cipher was ever agreed
+    # With the client proxy's own mesh certificate: TLS 1.3 and an answer from echo-1.
+    state = mesh["client"].state_dir
+    ok = subprocess.run(
+        ["openssl", "s_client", "-connect", inbound, "-cert", str(state / "cert.pem"),
+         "-key", str(state / "key.pem"), "-CAfile", str(state / "bundle.pem"),
+         "-servername", "p8080.echo-1.shop.gossamer", "-alpn", "gossamer/h1", "-ign_eof"],
+        input=request, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "TLSv1.3" in ok.stdout, ok.stdout[-2000:] + ok.stderr[-2000:]
+    assert "Verify return code: 0 (ok)" in ok.stdout
+    assert '"servedBy":"echo-1"' in ok.stdout.replace(" ", "")
+
+
+def test_a_workload_that_goes_away_stops_receiving_traffic(
+    mesh: dict[str, Workload], control_plane: ControlPlaneProcess
+) -> None:
+    out = mesh["client"].outbound
+    mesh["echo-2"].stop()  # its proxy deregisters on the way out
+    listed = control_plane.cli("get", "wl", "-n", "shop", "-o", "json", check=True).stdout
+    assert "echo-2" not in [w["metadata"]["name"] for w in json.loads(listed)["items"]]
+    time.sleep(1.0)  # the push reaches the client proxy well within this
+    assert served_by(out, 20) == Counter({"echo-1": 20})
+
+
+def test_requests_keep_flowing_when_the_control_plane_dies(
+    mesh: dict[str, Workload], control_plane: ControlPlaneProcess
+) -> None:
+    out = mesh["client"].outbound
+    assert sum(served_by(out, 5).values()) == 5
+    control_plane.proc.send_signal(signal.SIGKILL)
+    control_plane.proc.wait(timeout=10)
+    seen = served_by(out, 30)
+    assert not [k for k in seen if k.startswith("failed")], seen
+    assert set(seen) <= {"echo-1", "echo-2"}
+    # New connections to the peers are made with the certificates proxies already hold.
+    r = curl("-x", f"http://{out}", "-H", "Connection: close", "http://echo.shop/again")
+    assert json.loads(r.stdout)["path"] == "/again"
+
+
+def test_gossamer_run_exits_with_the_apps_exit_code_and_deregisters(
+    control_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    w = run_workload(
+        control_plane, tmp_path, "job", service_account="job", labels={"app": "job"},
+        app=["sh", "-c", 'test -n "$HTTP_PROXY" && test -n "$GOSSAMER_OUTBOUND" && exit 7'],
+    )  # fmt: skip
+    try:
+        assert w.proc.wait(timeout=60) == 7, w.log.read_text()
+    finally:
+        w.stop()
+    listed = control_plane.cli("get", "wl", "-n", "shop", "-o", "json", check=True).stdout
+    assert json.loads(listed)["items"] == []
+
+
+def _demo_processes() -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "gossamer-demo-" in cmd or "gossamer.demo.apps" in cmd:
+            found.append(f"{pid}: {cmd}")
+    return found
+
+
+def test_the_demo_runs_and_leaves_no_process_behind() -> None:
+    assert _demo_processes() == []
+    result = subprocess.run([*GOSSAMER, "demo", "--duration", "6", "--interval", "2"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for service in ("web", "catalog", "ratings"):
+        assert f"demo       {service}" in result.stdout
+    # Traffic flowed: the last table shows requests per second for web.
+    last = result.stdout.rsplit("SERVICE", 1)[1]
+    web_row = next(line for line in last.splitlines() if " web " in f" {line} ")
+    assert float(web_row.split()[3]) > 0
+    assert "demo stopped" in result.stdout
+    time.sleep(0.5)
+    assert _demo_processes() == []
