@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from gossamer.cli.client import ApiError
 from gossamer.cli.common import add_output_flag, add_server_flags, client_from, fail
@@ -14,7 +15,7 @@ from gossamer.cli.output import age, dump, table
 from gossamer.errors import InvalidResource
 from gossamer.resources import parse_documents, resolve_kind
 
-Row = Callable[[dict[str, Any]], list[object]]
+Row = Callable[[dict[str, Any], datetime | None], list[object]]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -141,50 +142,59 @@ def _parents(obj: dict[str, Any]) -> str:
 COLUMNS: dict[str, tuple[list[str], Row]] = {
     "Service": (
         ["NAME", "SELECTOR", "PORTS", "AGE"],
-        lambda o: [
+        lambda o, now: [
             o["metadata"]["name"],
             _selector(o),
             _ports_service(o),
-            age(o["metadata"].get("creationTimestamp")),
+            age(o["metadata"].get("creationTimestamp"), now),
         ],
     ),
     "Workload": (
         ["NAME", "ADDRESS", "INBOUND", "SERVICE-ACCOUNT", "PORTS", "AGE"],
-        lambda o: [
+        lambda o, now: [
             o["metadata"]["name"],
             o["spec"]["address"],
             o["spec"]["inboundPort"],
             o["spec"].get("serviceAccount", "default"),
             _ports_workload(o),
-            age(o["metadata"].get("creationTimestamp")),
+            age(o["metadata"].get("creationTimestamp"), now),
         ],
     ),
     "HTTPRoute": (
         ["NAME", "PARENTS", "HOSTNAMES", "RULES", "AGE"],
-        lambda o: [
+        lambda o, now: [
             o["metadata"]["name"],
             _parents(o),
             ",".join(o["spec"].get("hostnames") or []) or "*",
             len(o["spec"].get("rules") or []),
-            age(o["metadata"].get("creationTimestamp")),
+            age(o["metadata"].get("creationTimestamp"), now),
         ],
     ),
 }
 
 
-def print_table(kind: str, items: list[dict[str, Any]], all_namespaces: bool) -> None:
+def print_table(
+    kind: str,
+    items: list[dict[str, Any]],
+    all_namespaces: bool,
+    now: datetime | None = None,
+    out: TextIO = sys.stdout,
+) -> None:
     headers, row = COLUMNS.get(
         kind,
         (
             ["NAME", "AGE"],
-            lambda o: [o["metadata"]["name"], age(o["metadata"].get("creationTimestamp"))],
+            lambda o, now: [
+                o["metadata"]["name"],
+                age(o["metadata"].get("creationTimestamp"), now),
+            ],
         ),
     )
-    rows = [row(o) for o in items]
+    rows = [row(o, now) for o in items]
     if all_namespaces:
         headers = ["NAMESPACE", *headers]
         rows = [[o["metadata"]["namespace"], *r] for o, r in zip(items, rows, strict=True)]
-    table(headers, rows)
+    table(headers, rows, out)
 
 
 def _kind(name: str) -> tuple[str, str]:
