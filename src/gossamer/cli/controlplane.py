@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from datetime import timedelta
 from pathlib import Path
 
 from gossamer.cli.common import fail
+from gossamer.cli.token import parse_ttl
 from gossamer.errors import GossamerError
 
 
@@ -16,6 +18,13 @@ def host_port(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _ttl(text: str) -> timedelta:
+    seconds = parse_ttl(text)
+    if not 10 <= seconds <= 90 * 86400:
+        raise argparse.ArgumentTypeError("must be between 10s and 90d")
+    return timedelta(seconds=seconds)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,6 +54,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="SPIFFE trust domain (default: cluster.local)",
     )
     p.add_argument("--store", help="store URL (default: sqlite file in DATA_DIR)")
+    p.add_argument(
+        "--certificate-ttl",
+        type=_ttl,
+        default=timedelta(hours=24),
+        help="lifetime of workload certificates, e.g. 24h, 1h, 90s (default: 24h); "
+        "proxies renew at two thirds of it",
+    )
     ca = p.add_argument_group("bring your own CA (all three together)")
     ca.add_argument("--ca-root-cert", type=Path, help="root certificate (PEM)")
     ca.add_argument("--ca-intermediate-cert", type=Path, help="intermediate certificate (PEM)")
@@ -74,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         trust_domain=args.trust_domain,
         store_url=args.store,
         operator_ca=operator,
+        certificate_ttl=args.certificate_ttl,
     )
     try:
         asyncio.run(serve(config, ready_file=args.ready_file))

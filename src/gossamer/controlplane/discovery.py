@@ -219,7 +219,7 @@ class Discovery:
     def _issue(self, csr: object, identity: SpiffeId) -> web.Response:
         if not isinstance(csr, str):
             return error_response(400, "BadRequest", "csr: required (PEM text)")
-        issued = self.cp.ca.sign_csr(csr.encode(), identity)
+        issued = self.cp.ca.sign_csr(csr.encode(), identity, ttl=self.cp.config.certificate_ttl)
         log.info(
             "issued certificate serial=%s to %s, expires %s",
             issued.serial,

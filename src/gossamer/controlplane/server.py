@@ -39,6 +39,7 @@ class ControlPlaneConfig:
     trust_domain: str = "cluster.local"
     store_url: str | None = None
     operator_ca: OperatorCA | None = None
+    certificate_ttl: timedelta = timedelta(hours=24)
 
 
 def control_plane_identity(trust_domain: str) -> SpiffeId:
