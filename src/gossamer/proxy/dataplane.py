@@ -1,0 +1,494 @@
+"""The data plane: listeners, the current snapshot and credentials, and their upkeep.
+
+`DataPlane` is what the agent drives: it applies snapshots (whole, or not at all) and
+credentials, and the listeners read only the current ones. Nothing on the hot path
+locks, awaits the control plane, or builds lookup tables: `apply_snapshot` does that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from gossamer.proxy.admin import AdminConnection, Page, json_page
+from gossamer.proxy.balancer import Balancer, EndpointLoad
+from gossamer.proxy.httpproxy import ConnectError, Pool, ServerConnection
+from gossamer.proxy.inbound import SERVER_NAME_ATTR, AppPool, InboundSide, LocalRoute
+from gossamer.proxy.metrics import Metrics
+from gossamer.proxy.outbound import OutboundSide, PeerPool, connect_peer
+from gossamer.proxy.routing import RouteTable
+from gossamer.proxy.tcp import Splice, TcpListener
+from gossamer.proxy.tls import CredentialsLike, MeshContexts, make_contexts, sni_for
+from gossamer.translate.snapshot import Endpoint, Snapshot
+
+log = logging.getLogger("gossamer.proxy")
+
+SWEEP_INTERVAL: Final = 1.0
+INTEREST_RETRY: Final = 30.0  # ask the control plane again about a host after this long
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class TcpUpstream:
+    """`--upstream SVC[.NS]:PORT=LOCAL_HOST:LOCAL_PORT`: a local listener whose
+    connections are carried opaquely to the service port."""
+
+    service: str
+    namespace: str | None
+    port: int
+    listen_host: str
+    listen_port: int
+
+    @classmethod
+    def parse(cls, spec: str) -> TcpUpstream:
+        """Parse the command-line form; ValueError says what is wrong."""
+        target, sep, local = spec.partition("=")
+        service, _, port = target.rpartition(":")
+        host, _, listen_port = local.rpartition(":")
+        if not sep or not service or not port.isdigit() or not listen_port.isdigit():
+            raise ValueError(
+                f"upstream {spec!r}: expected SVC[.NAMESPACE]:PORT=LOCAL_HOST:LOCAL_PORT"
+            )
+        name, _, namespace = service.partition(".")
+        return cls(name, namespace or None, int(port), host or "127.0.0.1", int(listen_port))
+
+
+@dataclass(frozen=True)
+class Credentials:
+    chain_pem: bytes
+    key_pem: bytes
+    bundle_pem: bytes
+    not_after: datetime
+
+
+@dataclass
+class DataPlaneConfig:
+    outbound: Address = ("127.0.0.1", 4140)
+    inbound: Address = ("0.0.0.0", 4143)
+    admin: Address = ("127.0.0.1", 4191)
+    app_host: str = "127.0.0.1"
+    upstreams: tuple[TcpUpstream, ...] = ()
+    cluster_domain: str = "cluster.local"
+    connect_timeout: float = 1.0
+    # A downstream connection with no request in flight, or a pooled connection to a
+    # peer, is closed after this long.
+    idle_timeout: float = 60.0
+    # Pooled connections to the app: below the 5 s keep-alive of common app servers
+    # (Node, uvicorn), so the proxy closes first and seldom meets a stale connection.
+    app_idle_timeout: float = 4.0
+    # From the end of a request to the head of its response.
+    response_timeout: float = 30.0
+    # How long a request for a host the snapshot does not know waits for the control
+    # plane to say whether it exists.
+    interest_timeout: float = 2.0
+    # Idle keep-alive connections kept per endpoint (and per app port): enough for the
+    # concurrency a busy proxy sees, so bursts do not churn TLS handshakes.
+    max_idle_per_endpoint: int = 4096
+    # Several processes may serve the same ports (SO_REUSEPORT) when one core is not enough.
+    reuse_port: bool = False
+    backlog: int = 1024
+    extra_config: dict[str, Any] = field(default_factory=dict)
+
+
+class DataPlane:
+    def __init__(self, config: DataPlaneConfig, *, on_interest: Callable[[str], None]) -> None:
+        self.config = config
+        self._on_interest = on_interest
+        self.metrics = Metrics()
+        self.contexts: MeshContexts | None = None
+        self.snapshot: Snapshot | None = None
+        self.connections: set[ServerConnection] = set()
+        self.splices: set[Splice] = set()
+        self._admin_connections: set[AdminConnection] = set()
+        self.outbound_address: Address | None = None
+        self.inbound_address: Address | None = None
+        self.admin_address: Address | None = None
+        self.tcp_addresses: dict[TcpUpstream, Address] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._table: RouteTable[PeerPool] | None = None
+        self._peers: dict[Endpoint, tuple[PeerPool, EndpointLoad]] = {}
+        self._old_peers: dict[Endpoint, tuple[PeerPool, EndpointLoad]] = {}
+        self._apps: dict[int, AppPool] = {}
+        self._servers: list[asyncio.AbstractServer] = []
+        self._inbound_sock: socket.socket | None = None
+        self._inbound_serving = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._waiters: dict[str, list[Callable[[], None]]] = {}
+        self._asked: dict[str, float] = {}
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._readiness: list[Callable[[], str | None]] = []
+        self._config_sections: dict[str, Callable[[], Any]] = {}
+        self._closed = False
+
+    # ---- what the rest of the proxy reads ----------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("DataPlane.start() has not been called")
+        return self._loop
+
+    @property
+    def table(self) -> RouteTable[PeerPool]:
+        table = self._table
+        if table is None:
+            table = self._table = RouteTable(
+                None, self.config.cluster_domain, self.metrics, self._peer
+            )
+        return table
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every listener. The inbound one accepts TLS once credentials are set."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        cfg = self.config
+        outbound = OutboundSide(self)
+        self._inbound_side = InboundSide(self)
+        if self.snapshot is not None:
+            self._install(self.snapshot)
+        server = await loop.create_server(
+            lambda: ServerConnection(outbound),
+            cfg.outbound[0],
+            cfg.outbound[1],
+            reuse_port=cfg.reuse_port or None,
+            backlog=cfg.backlog,
+        )
+        self._servers.append(server)
+        self.outbound_address = _bound(server)
+        self._inbound_sock = socket.create_server(
+            cfg.inbound,
+            family=socket.AF_INET6 if ":" in cfg.inbound[0] else socket.AF_INET,
+            backlog=cfg.backlog,
+            reuse_port=cfg.reuse_port,
+        )
+        self._inbound_sock.setblocking(False)
+        self.inbound_address = self._inbound_sock.getsockname()[:2]
+        if self.contexts is not None:
+            await self._serve_inbound()
+        admin = await loop.create_server(
+            lambda: AdminConnection(self._admin_page, self._admin_connections),
+            cfg.admin[0],
+            cfg.admin[1],
+        )
+        self._servers.append(admin)
+        self.admin_address = _bound(admin)
+        for up in cfg.upstreams:
+            tcp = await loop.create_server(
+                lambda up=up: TcpListener(self, up),
+                up.listen_host,
+                up.listen_port,
+                reuse_port=cfg.reuse_port or None,
+            )
+            self._servers.append(tcp)
+            self.tcp_addresses[up] = _bound(tcp)
+        self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+        log.info(
+            "proxy listening: outbound %s, inbound %s, admin %s",
+            self.outbound_address,
+            self.inbound_address,
+            self.admin_address,
+        )
+
+    async def _serve_inbound(self) -> None:
+        if self._inbound_serving or self._inbound_sock is None or self.contexts is None:
+            return
+        self._inbound_serving = True
+        # The listener keeps the context it starts with; each handshake is switched to
+        # the current one in the SNI callback, so renewed certificates apply at once.
+        listen_ctx = self.contexts.server
+        listen_ctx.sni_callback = self._on_sni
+        side = self._inbound_side
+        server = await self.loop.create_server(
+            lambda: ServerConnection(side),
+            sock=self._inbound_sock,
+            ssl=listen_ctx,
+            ssl_handshake_timeout=max(self.config.connect_timeout, 5.0),
+            backlog=self.config.backlog,
+        )
+        self._servers.append(server)
+        if self._closed:
+            server.close()
+
+    def _on_sni(
+        self, ssl_object: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext
+    ) -> None:
+        setattr(ssl_object, SERVER_NAME_ATTR, server_name)
+        contexts = self.contexts
+        if contexts is not None and contexts.server is not ctx:
+            ssl_object.context = contexts.server
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        for splice in list(self.splices):
+            if splice.transport is not None:
+                splice.transport.abort()
+        for admin in list(self._admin_connections):
+            if admin.transport is not None:
+                admin.transport.abort()
+        tasks = list(self._tasks)
+        for pool in self._pools():
+            tasks.extend(pool.opening)
+            pool.close()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+        if self._inbound_sock is not None and not self._inbound_serving:
+            self._inbound_sock.close()
+        # Let transports finish closing before the loop may be torn down.
+        await asyncio.sleep(0)
+
+    # ---- snapshot and credentials ------------------------------------------------------
+
+    def apply_snapshot(self, snapshot: Snapshot) -> None:
+        """Make `snapshot` current, whole; on any error the previous one stays."""
+        if self._loop is None:
+            self.snapshot = snapshot  # built in start()
+            return
+        self._install(snapshot)
+
+    def _install(self, snapshot: Snapshot) -> None:
+        old_peers = self._old_peers = self._peers
+        self._peers = {}
+        try:
+            table = RouteTable(snapshot, self.config.cluster_domain, self.metrics, self._peer)
+            local_routes: dict[str, object] = {}
+            apps: dict[int, AppPool] = {}
+            me = snapshot.proxy
+            for lp in me.ports:
+                pool = self._apps.get(lp.app_port) or AppPool(
+                    self.loop,
+                    self.config.app_host,
+                    lp.app_port,
+                    self.config.connect_timeout,
+                    self.config.max_idle_per_endpoint,
+                )
+                apps[lp.app_port] = pool
+                balancer: Balancer[Pool] = Balancer([pool], [EndpointLoad()])
+                local_routes[sni_for(lp.port, me.workload, me.namespace)] = LocalRoute(
+                    pool.name, lp.port, balancer, pool
+                )
+            table.local_routes = local_routes
+        except Exception:
+            self._peers = old_peers
+            raise
+        finally:
+            self._old_peers = {}
+        self._table = table
+        self.snapshot = snapshot
+        for endpoint, (peer_pool, _) in old_peers.items():
+            if endpoint not in self._peers:
+                peer_pool.close()
+        for port, app in self._apps.items():
+            if port not in apps:
+                app.close()
+        self._apps = apps
+        self._wake_waiters(table)
+
+    def _peer(self, endpoint: Endpoint) -> tuple[PeerPool, EndpointLoad]:
+        # Pools and latency records outlive snapshots for as long as the endpoint does.
+        pair = self._peers.get(endpoint)
+        if pair is None:
+            pair = self._old_peers.get(endpoint) or (PeerPool(self, endpoint), EndpointLoad())
+            self._peers[endpoint] = pair
+        return pair
+
+    def set_credentials(self, creds: CredentialsLike) -> None:
+        """Use `creds` for connections made from now on; open ones keep theirs."""
+        self.contexts = make_contexts(creds)
+        if self._loop is not None and not self._inbound_serving and not self._closed:
+            self.spawn(self._serve_inbound())
+
+    # ---- readiness and admin -----------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return not self.not_ready_reasons()
+
+    def not_ready_reasons(self) -> list[str]:
+        reasons = []
+        if self.snapshot is None:
+            reasons.append("no configuration from the control plane yet")
+        if self.contexts is None:
+            reasons.append("no certificate yet")
+        elif self.contexts.not_after <= datetime.now(UTC):
+            reasons.append(f"certificate expired at {self.contexts.not_after.isoformat()}")
+        elif not self._inbound_serving:
+            reasons.append("inbound listener not serving yet")
+        for check in self._readiness:
+            reason = check()
+            if reason:
+                reasons.append(reason)
+        return reasons
+
+    def add_readiness_check(self, check: Callable[[], str | None]) -> None:
+        """`check` returns why the proxy is not ready, or None; /ready shows the reasons."""
+        self._readiness.append(check)
+
+    def add_config_section(self, name: str, section: Callable[[], Any]) -> None:
+        """Add `name: section()` to /config (called on each request to it)."""
+        self._config_sections[name] = section
+
+    def config_dump(self) -> dict[str, Any]:
+        contexts = self.contexts
+        dump: dict[str, Any] = {
+            "addresses": {
+                "outbound": self.outbound_address,
+                "inbound": self.inbound_address,
+                "admin": self.admin_address,
+                "tcp": {
+                    f"{u.service}.{u.namespace or ''}:{u.port}": a
+                    for u, a in self.tcp_addresses.items()
+                },
+            },
+            "ready": self.ready,
+            "not_ready_reasons": self.not_ready_reasons(),
+            "certificate": {"not_after": contexts.not_after.isoformat()} if contexts else None,
+            "snapshot": self.snapshot.to_dict() if self.snapshot is not None else None,
+        }
+        dump.update(self.config.extra_config)
+        for name, section in self._config_sections.items():
+            dump[name] = section()
+        return dump
+
+    def _admin_page(self, method: bytes, path: bytes) -> Page:
+        if path == b"/live":
+            return 200, "text/plain", b"live\n"
+        if path == b"/ready":
+            reasons = self.not_ready_reasons()
+            if reasons:
+                return 503, "text/plain", ("\n".join(reasons) + "\n").encode()
+            return 200, "text/plain", b"ready\n"
+        if path == b"/metrics":
+            return 200, "text/plain; version=0.0.4", self.metrics.render().encode()
+        if path == b"/config":
+            return json_page(self.config_dump())
+        return 404, "text/plain", b"not found: try /ready, /live, /metrics or /config\n"
+
+    # ---- hosts the snapshot does not know yet -------------------------------------------
+
+    def await_interest(self, key: str, callback: Callable[[], None]) -> None:
+        """Ask the control plane about service `key` ("name.namespace"), and call
+        `callback` once a snapshot mentions it, or after the interest timeout."""
+        self._waiters.setdefault(key, []).append(callback)
+        now = self.loop.time()
+        if now - self._asked.get(key, -INTEREST_RETRY) >= INTEREST_RETRY:
+            self._asked[key] = now
+            try:
+                self._on_interest(key)
+            except Exception:
+                log.exception("asking the control plane about %s failed", key)
+
+        def expire() -> None:
+            self._timers.discard(timer)
+            waiting = self._waiters.get(key)
+            if waiting is not None and callback in waiting:
+                waiting.remove(callback)
+                if not waiting:
+                    del self._waiters[key]
+                callback()
+
+        timer = self.loop.call_later(self.config.interest_timeout, expire)
+        self._timers.add(timer)
+
+    async def wait_interest(self, key: str) -> None:
+        done: asyncio.Future[None] = self.loop.create_future()
+
+        def wake() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self.await_interest(key, wake)
+        await done
+
+    def _wake_waiters(self, table: RouteTable[PeerPool]) -> None:
+        if not self._waiters:
+            return
+        known = table.interests | {f"{n}.{ns}" for n, ns in table.services}
+        for key in [k for k in self._waiters if k in known]:
+            for callback in self._waiters.pop(key):
+                callback()
+
+    # ---- TCP -----------------------------------------------------------------------------
+
+    async def connect_tcp_peer(self, pool: PeerPool, end: Splice) -> None:
+        contexts = self.contexts
+        if contexts is None:
+            raise ConnectError(503, "no certificate yet to call peers with", eject=False)
+        await connect_peer(
+            self.loop,
+            pool.endpoint,
+            pool.sni,
+            contexts.client_tcp,
+            lambda: end,
+            self.config.connect_timeout,
+        )
+
+    def log_tcp_refusal(self, who: str, reason: str) -> None:
+        log.warning("tcp from %s: %s", who, reason)
+
+    # ---- upkeep --------------------------------------------------------------------------
+
+    def _pools(self) -> list[Pool]:
+        pools: list[Pool] = [pool for pool, _ in self._peers.values()]
+        pools.extend(self._apps.values())
+        return pools
+
+    def _sweep(self) -> None:
+        loop = self.loop
+        now = loop.time()
+        cfg = self.config
+        try:
+            for conn in list(self.connections):
+                conn.sweep(now, cfg.idle_timeout, cfg.response_timeout)
+            for pool, _ in self._peers.values():
+                pool.sweep(now, cfg.idle_timeout)
+            for app in self._apps.values():
+                app.sweep(now, cfg.app_idle_timeout)
+        except Exception:
+            log.exception("proxy upkeep failed")
+        if not self._closed:
+            self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+
+def _bound(server: asyncio.AbstractServer) -> Address:
+    sockets = getattr(server, "sockets", None) or ()
+    for sock in sockets:
+        name = sock.getsockname()
+        return str(name[0]), int(name[1])
+    raise RuntimeError("server has no socket")

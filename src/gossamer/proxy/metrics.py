@@ -1,0 +1,170 @@
+"""The proxy's metrics: plain counters and fixed-bucket histograms in memory.
+
+A label set is looked up once and its cell kept by whoever records into it (a route,
+a connection), so recording a request is attribute arithmetic, not string building.
+Text is produced only when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable
+from typing import Final
+
+# Seconds; Linkerd's and Envoy's latency buckets cover the same span.
+BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+_BUCKET_TEXT: Final = tuple(f"{b:g}" for b in BUCKETS)
+
+REQUEST_LABELS: Final = (
+    "direction",
+    "src_namespace",
+    "src_service",
+    "dst_namespace",
+    "dst_service",
+    "code",
+    "tls",
+)
+TCP_LABELS: Final = ("direction", "peer_namespace", "peer_service", "tls")
+
+# Label sets made from what peers send (the source service header) are capped, so a
+# peer cannot grow this proxy's memory without bound.
+MAX_SERIES: Final = 10_000
+
+
+class RequestStats:
+    """`gossamer_requests_total` and `gossamer_request_duration_seconds` for one label set."""
+
+    __slots__ = ("buckets", "count", "labels", "sum")
+
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        self.labels = labels
+        self.count = 0
+        self.sum = 0.0
+        self.buckets = [0] * (len(BUCKETS) + 1)
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.sum += seconds
+        self.buckets[bisect_left(BUCKETS, seconds)] += 1
+
+
+class TcpStats:
+    """Open connections and bytes carried for one label set."""
+
+    __slots__ = ("bytes_received", "bytes_sent", "labels", "open")
+
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        self.labels = labels
+        self.open = 0
+        # From the point of view of the side that opened the connection.
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _label_text(names: Iterable[str], values: Iterable[str]) -> str:
+    return ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._requests: dict[tuple[str, ...], RequestStats] = {}
+        self._tcp: dict[tuple[str, ...], TcpStats] = {}
+
+    def request_stats(
+        self,
+        direction: str,
+        src_namespace: str,
+        src_service: str,
+        dst_namespace: str,
+        dst_service: str,
+        code: int,
+        tls: bool,
+    ) -> RequestStats:
+        labels = (
+            direction,
+            src_namespace,
+            src_service,
+            dst_namespace,
+            dst_service,
+            str(code),
+            "true" if tls else "false",
+        )
+        stats = self._requests.get(labels)
+        if stats is None:
+            if len(self._requests) >= MAX_SERIES:
+                labels = (*labels[:2], "overflow", *labels[3:])
+                stats = self._requests.get(labels)
+            if stats is None:
+                stats = self._requests[labels] = RequestStats(labels)
+        return stats
+
+    def tcp_stats(
+        self, direction: str, peer_namespace: str, peer_service: str, tls: bool
+    ) -> TcpStats:
+        labels = (direction, peer_namespace, peer_service, "true" if tls else "false")
+        stats = self._tcp.get(labels)
+        if stats is None:
+            stats = self._tcp[labels] = TcpStats(labels)
+        return stats
+
+    def render(self) -> str:
+        """Prometheus text exposition format 0.0.4."""
+        out: list[str] = [
+            "# HELP gossamer_requests_total HTTP requests the proxy answered.",
+            "# TYPE gossamer_requests_total counter",
+        ]
+        requests = sorted(self._requests.values(), key=lambda s: s.labels)
+        for s in requests:
+            out.append(
+                f"gossamer_requests_total{{{_label_text(REQUEST_LABELS, s.labels)}}} {s.count}"
+            )
+        out.append(
+            "# HELP gossamer_request_duration_seconds Time from a request's head to the "
+            "end of its response."
+        )
+        out.append("# TYPE gossamer_request_duration_seconds histogram")
+        for s in requests:
+            labels = _label_text(REQUEST_LABELS, s.labels)
+            cumulative = 0
+            for le, n in zip(_BUCKET_TEXT, s.buckets, strict=False):
+                cumulative += n
+                out.append(
+                    f'gossamer_request_duration_seconds_bucket{{{labels},le="{le}"}} {cumulative}'
+                )
+            out.append(f'gossamer_request_duration_seconds_bucket{{{labels},le="+Inf"}} {s.count}')
+            out.append(f"gossamer_request_duration_seconds_sum{{{labels}}} {s.sum!r}")
+            out.append(f"gossamer_request_duration_seconds_count{{{labels}}} {s.count}")
+        tcp = sorted(self._tcp.values(), key=lambda s: s.labels)
+        out.append("# HELP gossamer_tcp_open_connections Opaque TCP connections open now.")
+        out.append("# TYPE gossamer_tcp_open_connections gauge")
+        for t in tcp:
+            out.append(
+                f"gossamer_tcp_open_connections{{{_label_text(TCP_LABELS, t.labels)}}} {t.open}"
+            )
+        out.append("# HELP gossamer_tcp_bytes_total Bytes carried over opaque TCP connections.")
+        out.append("# TYPE gossamer_tcp_bytes_total counter")
+        for t in tcp:
+            labels = _label_text(TCP_LABELS, t.labels)
+            out.append(f'gossamer_tcp_bytes_total{{{labels},flow="sent"}} {t.bytes_sent}')
+            out.append(f'gossamer_tcp_bytes_total{{{labels},flow="received"}} {t.bytes_received}')
+        out.append("")
+        return "\n".join(out)

@@ -1,0 +1,155 @@
+"""Routing tables built from a snapshot: host → route → endpoints.
+
+A `RouteTable` is made once per snapshot and never changed after, except for its
+host cache, which only memoises what the snapshot already implies. Requests read
+whichever table is current when their head arrives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Generic, TypeVar
+
+from gossamer.proxy.balancer import Balancer, EndpointLoad
+from gossamer.proxy.metrics import Metrics, RequestStats
+from gossamer.resources import resolve_authority
+from gossamer.translate.snapshot import Endpoint, LocalPort, ServiceView, Snapshot
+
+P = TypeVar("P")
+
+_HOST_CACHE_MAX: Final = 4096
+
+
+class Route(Generic[P]):
+    """One service port: where its requests go and where they are counted."""
+
+    __slots__ = (
+        "_metrics",
+        "_stat_labels",
+        "balancer",
+        "label",
+        "name",
+        "namespace",
+        "port",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        port: int,
+        balancer: Balancer[P],
+        metrics: Metrics,
+        src: tuple[str, str],
+    ) -> None:
+        self.name = name
+        self.namespace = namespace
+        self.port = port
+        self.label = f"{name}.{namespace}:{port}"
+        self.balancer = balancer
+        self._metrics = metrics
+        self._stat_labels = src
+        self.stats: dict[int, RequestStats] = {}
+
+    def stats_for(self, code: int) -> RequestStats:
+        stats = self.stats.get(code)
+        if stats is None:
+            src_ns, src_svc = self._stat_labels
+            stats = self.stats[code] = self._metrics.request_stats(
+                "outbound", src_ns, src_svc, self.namespace, self.name, code, True
+            )
+        return stats
+
+
+@dataclass(frozen=True, slots=True)
+class NoRoute:
+    status: int
+    reason: str
+
+
+class RouteTable(Generic[P]):
+    """What one snapshot says about where requests go.
+
+    `lookup_host` answers a Route, a NoRoute, or a string: the "name.namespace" of a
+    service the control plane has not been asked about yet.
+    """
+
+    def __init__(
+        self,
+        snapshot: Snapshot | None,
+        cluster_domain: str,
+        metrics: Metrics,
+        peer: Callable[[Endpoint], tuple[P, EndpointLoad]],
+    ) -> None:
+        self.snapshot = snapshot
+        self.cluster_domain = cluster_domain
+        self.services: dict[tuple[str, str], ServiceView] = {}
+        self.routes: dict[tuple[str, str, int], Route[P]] = {}
+        self.local_ports: dict[int, LocalPort] = {}
+        self.interests: frozenset[str] = frozenset()
+        self.namespace = ""
+        self.workload = ""
+        self.service = ""
+        self.src_service_line = b""
+        self._host_cache: dict[bytes, Route[P] | NoRoute | str] = {}
+        # Filled in by the inbound side: TLS server name → where its requests go, and
+        # the inbound metric cells by (source namespace, source service, code).
+        self.local_routes: dict[str, object] = {}
+        self.inbound_stats: dict[tuple[str, bytes | None, int], RequestStats] = {}
+        if snapshot is None:
+            return
+        me = snapshot.proxy
+        self.namespace = me.namespace
+        self.workload = me.workload
+        self.service = me.services[0] if me.services else me.workload
+        self.src_service_line = b"gossamer-src-service: " + self.service.encode() + b"\r\n"
+        self.interests = frozenset(snapshot.interests)
+        self.local_ports = {p.port: p for p in me.ports}
+        src = (self.namespace, self.service)
+        for svc in snapshot.services:
+            self.services[(svc.name, svc.namespace)] = svc
+            for sp in svc.ports:
+                pairs = [peer(e) for e in sp.endpoints]
+                balancer = Balancer([p for p, _ in pairs], [load for _, load in pairs])
+                self.routes[(svc.name, svc.namespace, sp.port)] = Route(
+                    svc.name, svc.namespace, sp.port, balancer, metrics, src
+                )
+
+    def lookup_host(self, host: bytes) -> Route[P] | NoRoute | str:
+        found = self._host_cache.get(host)
+        if found is not None:
+            return found
+        found = self._resolve(host)
+        if not isinstance(found, str):
+            if len(self._host_cache) >= _HOST_CACHE_MAX:
+                # Hosts come from applications; never let them grow memory unbounded.
+                self._host_cache.clear()
+            self._host_cache[host] = found
+        return found
+
+    def _resolve(self, host: bytes) -> Route[P] | NoRoute | str:
+        text = host.decode("latin-1")
+        ref = resolve_authority(text, self.namespace, self.cluster_domain)
+        if ref is None:
+            return NoRoute(503, f"no route for host {text}")
+        return self.lookup_service(ref.name, ref.namespace, ref.port, text)
+
+    def lookup_service(
+        self, name: str, namespace: str, port: int | None, host: str
+    ) -> Route[P] | NoRoute | str:
+        svc = self.services.get((name, namespace))
+        if svc is None:
+            key = f"{name}.{namespace}"
+            if key in self.interests:
+                return NoRoute(503, f"no route for host {host}")
+            return key
+        if port is None:
+            ports = [p.port for p in svc.ports]
+            # Port 80 unless the service has exactly one other port.
+            port = 80 if 80 in ports or len(ports) != 1 else ports[0]
+        route = self.routes.get((name, namespace, port))
+        if route is None:
+            return NoRoute(503, f"no route for host {host}: service {svc.key} has no port {port}")
+        return route

@@ -1,0 +1,117 @@
+"""mTLS between proxies: contexts, and the SNI/ALPN convention peers follow.
+
+A proxy calling a peer's inbound listener sends, in the ClientHello:
+
+- SNI ``p<target_port>.<workload>.<namespace>.gossamer``: which of the peer's local
+  ports the connection is for (one inbound listener serves them all);
+- ALPN ``gossamer/h1`` (HTTP/1.1 follows) or ``gossamer/tcp`` (opaque bytes follow).
+
+The client then checks that the peer's SPIFFE ID is the endpoint's identity from the
+snapshot; the server requires a client certificate chaining to the trust bundle.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, Protocol
+
+from gossamer.errors import IdentityError
+from gossamer.identity import tls as identity_tls
+
+ALPN_H1: Final = "gossamer/h1"
+ALPN_TCP: Final = "gossamer/tcp"
+SNI_SUFFIX: Final = ".gossamer"
+
+
+class CredentialsLike(Protocol):
+    """What `DataPlane.set_credentials` reads; the agent's own type fits."""
+
+    @property
+    def chain_pem(self) -> bytes: ...
+    @property
+    def key_pem(self) -> bytes: ...
+    @property
+    def bundle_pem(self) -> bytes: ...
+    @property
+    def not_after(self) -> datetime: ...
+
+
+@dataclass(frozen=True)
+class MeshContexts:
+    """The TLS contexts made from one set of credentials."""
+
+    server: ssl.SSLContext
+    client_h1: ssl.SSLContext
+    client_tcp: ssl.SSLContext
+    not_after: datetime
+
+
+def make_contexts(creds: CredentialsLike) -> MeshContexts:
+    server = identity_tls.server_context(
+        creds.chain_pem,
+        creds.key_pem,
+        creds.bundle_pem,
+        require_client_cert=True,
+        alpn_protocols=[ALPN_H1, ALPN_TCP],
+    )
+    # Proxies keep connections open and never resume sessions; tickets would be
+    # work and bytes for nothing.
+    server.num_tickets = 0
+    client_h1 = identity_tls.client_context(
+        creds.chain_pem, creds.key_pem, creds.bundle_pem, alpn_protocols=[ALPN_H1]
+    )
+    client_tcp = identity_tls.client_context(
+        creds.chain_pem, creds.key_pem, creds.bundle_pem, alpn_protocols=[ALPN_TCP]
+    )
+    intermediates = _intermediates(creds.chain_pem)
+    if intermediates:
+        # A peer that presents only its leaf (`openssl s_client -cert` does) can still
+        # be verified when it shares our intermediate. OpenSSL uses these to build the
+        # chain only: without X509_V_FLAG_PARTIAL_CHAIN trust still ends at a root
+        # from the bundle.
+        for ctx in (server, client_h1, client_tcp):
+            ctx.load_verify_locations(cadata=intermediates)
+            ctx.verify_flags &= ~ssl.VERIFY_X509_PARTIAL_CHAIN
+    return MeshContexts(server, client_h1, client_tcp, creds.not_after)
+
+
+def _intermediates(chain_pem: bytes) -> str:
+    marker = "-----BEGIN CERTIFICATE-----"
+    text = chain_pem.decode("ascii", "replace")
+    certs = [marker + part for part in text.split(marker)[1:]]
+    return "".join(certs[1:])
+
+
+def sni_for(target_port: int, workload: str, namespace: str) -> str:
+    return f"p{target_port}.{workload}.{namespace}{SNI_SUFFIX}"
+
+
+def parse_sni(server_name: str | None) -> tuple[int, str, str] | None:
+    """(target port, workload, namespace) from a mesh SNI; None if it is not one."""
+    if not server_name or not server_name.endswith(SNI_SUFFIX):
+        return None
+    parts = server_name[: -len(SNI_SUFFIX)].split(".")
+    if len(parts) != 3 or not parts[0].startswith("p") or not parts[0][1:].isdigit():
+        return None
+    return int(parts[0][1:]), parts[1], parts[2]
+
+
+def peer_identity(ssl_object: ssl.SSLObject | None) -> str | None:
+    """The peer's SPIFFE ID as a URI, or None when it presented no usable one."""
+    if ssl_object is None:
+        return None
+    try:
+        return str(identity_tls.peer_spiffe_id(ssl_object))
+    except IdentityError:
+        return None
+
+
+def spiffe_namespace(identity: str | None) -> str:
+    """The namespace in ``spiffe://td/ns/<ns>/sa/<sa>``; "unknown" for anything else."""
+    if identity:
+        parts = identity.split("/")
+        if len(parts) == 7 and parts[3] == "ns":
+            return parts[4]
+    return "unknown"

@@ -1,0 +1,83 @@
+"""DataPlane lifecycle: the order the agent calls it in, and upkeep."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+
+import pytest
+
+from gossamer.proxy.dataplane import DataPlane
+from tests.proxy.conftest import (
+    EchoApp,
+    Mesh,
+    Pki,
+    Workload,
+    curl,
+    fast_config,
+    server_snapshot,
+)
+
+
+@pytest.mark.asyncio
+async def test_snapshot_and_credentials_given_before_start_take_effect_at_start(pki: Pki) -> None:
+    app = EchoApp("echo-1")
+    port = await app.start()
+    server = DataPlane(fast_config(), on_interest=lambda key: None)
+    client = DataPlane(fast_config(), on_interest=lambda key: None)
+    try:
+        server.set_credentials(pki.issue("default", "echo"))
+        server.apply_snapshot(server_snapshot(pki, "echo-1", port))
+        await server.start()
+        assert server.ready
+        mesh = Mesh(pki, client)
+        await client.start()
+        client.set_credentials(pki.issue("default", "web"))
+        mesh.workloads.append(Workload("echo-1", app, server, pki.identity("default", "echo")))
+        client.apply_snapshot(mesh.client_snapshot())
+        rc, out, err = await curl("-H", "Host: echo", f"{mesh.proxy_url}/early")
+        assert rc == 0, err
+        assert json.loads(out)["path"] == "/early"
+    finally:
+        await client.close()
+        await server.close()
+        await app.close()
+
+
+@pytest.mark.asyncio
+async def test_an_idle_client_connection_is_closed(mesh: Mesh) -> None:
+    mesh.client.config.idle_timeout = 0.2
+    reader, writer = await asyncio.open_connection(*mesh.outbound)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: echo\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        # The sweep runs once a second; the connection goes at the next one.
+        rest = await asyncio.wait_for(reader.read(-1), 5)
+        assert b"echo-" in rest  # the body, then EOF
+    finally:
+        writer.transport.abort()
+
+
+@pytest.mark.asyncio
+async def test_a_new_snapshot_replaces_routes_and_keeps_counting(mesh: Mesh) -> None:
+    await curl("-H", "Host: echo", f"{mesh.proxy_url}/")
+    svc = mesh.client_snapshot().services[0]
+    first = replace(svc.ports[0], endpoints=(mesh.workloads[0].endpoint(),))
+    mesh.client.apply_snapshot(mesh.client_snapshot(services=(replace(svc, ports=(first,)),)))
+    rc, out, err = await curl("-H", "Host: echo", *[f"{mesh.proxy_url}/{i}" for i in range(10)])
+    assert rc == 0, err
+    assert out.count(b'"instance": "echo-1"') == 10
+    text = mesh.client.metrics.render()
+    assert 'dst_service="echo",code="200",tls="true"} 11' in text
+
+
+@pytest.mark.asyncio
+async def test_close_is_idempotent_and_frees_the_ports(pki: Pki) -> None:
+    dp = DataPlane(fast_config(), on_interest=lambda key: None)
+    await dp.start()
+    assert dp.outbound_address is not None
+    await dp.close()
+    await dp.close()
+    with pytest.raises(OSError):
+        await asyncio.open_connection(*dp.outbound_address)
