@@ -13,8 +13,8 @@ $(BIN)/gossamer: pyproject.toml
 	touch $@
 
 lint: $(BIN)/gossamer
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff format --check src tests $(wildcard bench)
 
 typecheck: $(BIN)/gossamer
 	$(BIN)/mypy src

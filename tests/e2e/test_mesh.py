@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -138,11 +139,51 @@ def test_a_workload_that_goes_away_stops_receiving_traffic(
     mesh: dict[str, Workload], control_plane: ControlPlaneProcess
 ) -> None:
     out = mesh["client"].outbound
-    mesh["echo-2"].stop()  # its proxy deregisters on the way out
+    # Requests keep coming while echo-2 shuts down: it leaves the mesh and drains
+    # before its app stops, so none of them fails.
+    stopper = threading.Thread(target=mesh["echo-2"].stop)
+    stopper.start()
+    during: Counter[str] = Counter()
+    while stopper.is_alive():
+        during += served_by(out, 2)
+    stopper.join()
+    assert not [k for k in during if k.startswith("failed")], during
     listed = control_plane.cli("get", "wl", "-n", "shop", "-o", "json", check=True).stdout
     assert "echo-2" not in [w["metadata"]["name"] for w in json.loads(listed)["items"]]
-    time.sleep(1.0)  # the push reaches the client proxy well within this
     assert served_by(out, 20) == Counter({"echo-1": 20})
+
+
+def test_a_workload_whose_app_is_not_listening_yet_gets_no_traffic(
+    mesh: dict[str, Workload], control_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    port = free_port()
+    late = run_workload(
+        control_plane, tmp_path, "echo-3", service_account="echo", labels={"app": "echo"},
+        app=["sh", "-c", f"sleep 3; exec {' '.join(echo_app('echo-3', port))}"],
+        port=f"http=8080:{port}",
+    )  # fmt: skip
+    try:
+        late.wait_ready()
+        status = json.loads(
+            control_plane.cli("get", "wl", "echo-3", "-n", "shop", "-o", "json").stdout
+        )["status"]
+        assert [c["status"] for c in status["conditions"] if c["type"] == "Ready"] == ["False"]
+        # While its app sleeps, echo-3 is registered but no endpoint: nothing fails.
+        seen = served_by(mesh["client"].outbound, 20)
+        assert set(seen) <= {"echo-1", "echo-2"}, seen
+        deadline = time.monotonic() + 20
+        while True:
+            wl = json.loads(
+                control_plane.cli("get", "wl", "echo-3", "-n", "shop", "-o", "json").stdout
+            )
+            if [c["status"] for c in wl["status"]["conditions"] if c["type"] == "Ready"] == [
+                "True"
+            ]:
+                break
+            assert time.monotonic() < deadline, "echo-3 never became ready"
+            time.sleep(0.2)
+    finally:
+        late.stop()
 
 
 def test_requests_keep_flowing_when_the_control_plane_dies(

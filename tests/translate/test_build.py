@@ -186,3 +186,28 @@ def test_inconsistent_snapshots_are_refused(
     snap = build_snapshot(mesh(), ProxyInfo("web-1", "shop", frozenset({"api.shop"})))
     with pytest.raises(InconsistentSnapshot, match=problem):
         check_consistent(mutate(snap))
+
+
+def _with_status(obj: dict[str, Any], ready: str) -> dict[str, Any]:
+    return {**obj, "status": {"conditions": [{"type": "Ready", "status": ready}]}}
+
+
+@pytest.mark.parametrize(
+    ("ready", "expected"),
+    [("False", ["api-2"]), ("True", ["api-1", "api-2"]), (None, ["api-1", "api-2"])],
+    ids=[
+        "a workload whose app is not listening is not an endpoint",
+        "a ready workload is an endpoint",
+        "a workload without a Ready condition is an endpoint",
+    ],
+)
+def test_only_ready_workloads_are_endpoints(ready: str | None, expected: list[str]) -> None:
+    objects = [
+        _with_status(o, ready) if ready and o["metadata"]["name"] == "api-1" else o
+        for o in OBJECTS
+    ]
+    snap = build_snapshot(mesh(objects), ProxyInfo("web-1", "shop", frozenset({"api.shop"})))
+    api = snap.service("api", "shop")
+    assert api is not None
+    admin = next(p for p in api.ports if p.port == 9000)
+    assert [e.workload for e in admin.endpoints] == expected

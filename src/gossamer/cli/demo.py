@@ -105,9 +105,11 @@ class Demo:
         for group in (workloads, control):
             for proc in group:
                 if proc.poll() is None:
+                    # The leader only: `gossamer run` leaves the mesh, drains, then
+                    # stops its app and proxy in that order.
                     with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
+                        os.kill(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
             for proc in group:
                 try:
                     proc.wait(timeout=max(deadline - time.monotonic(), 0.1))

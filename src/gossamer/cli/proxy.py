@@ -139,6 +139,13 @@ def add_proxy_flags(p: argparse.ArgumentParser) -> None:
         help="where certificates and the last snapshot are cached (default: "
         "$XDG_STATE_HOME/gossamer/NAMESPACE-NAME)",
     )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=1.0,
+        help="on shutdown, keep serving this long after leaving the mesh, so peers "
+        "learn of it before the listeners close (default: 1)",
+    )
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
@@ -197,7 +204,9 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return base / "gossamer" / f"{args.namespace}-{args.name}"
 
 
-async def _serve(args: argparse.Namespace, ready: asyncio.Event, stop: asyncio.Event) -> None:
+async def _serve(
+    args: argparse.Namespace, ready: asyncio.Event, stop: asyncio.Event, leave: asyncio.Event
+) -> None:
     from gossamer.proxy.agent import Agent, AgentConfig, WorkloadPortSpec
     from gossamer.proxy.dataplane import DataPlane, DataPlaneConfig, TcpUpstream
 
@@ -240,6 +249,7 @@ async def _serve(args: argparse.Namespace, ready: asyncio.Event, stop: asyncio.E
             ports=tuple(WorkloadPortSpec(c, a, n) for c, a, n in args.port),
             join_token=args.join_token or _mint_join_token(args),
             interests=frozenset(interests),
+            app_host=args.app_host,
         ),
         dataplane,
     )
@@ -261,9 +271,19 @@ async def _serve(args: argparse.Namespace, ready: asyncio.Event, stop: asyncio.E
             )
             os.replace(tmp, args.ready_file)
         ready.set()
+
+        async def leave_on_request() -> None:
+            await leave.wait()
+            await agent.leave()
+
+        leaving = asyncio.create_task(leave_on_request())
         await stop.wait()
+        leaving.cancel()
     finally:
+        was_registered = agent.registered
         await agent.stop(deregister=True)
+        if was_registered and args.drain_seconds > 0:
+            await asyncio.sleep(args.drain_seconds)
         await dataplane.close()
 
 
@@ -286,11 +306,14 @@ def run_proxy(args: argparse.Namespace) -> int:
     _install_loop()
 
     async def main() -> None:
-        stop, ready = asyncio.Event(), asyncio.Event()
+        stop, ready, leave = asyncio.Event(), asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await _serve(args, ready, stop)
+        # SIGUSR1: leave the mesh but keep serving (`gossamer run` sends it before it
+        # passes a shutdown signal on to the app).
+        loop.add_signal_handler(signal.SIGUSR1, lambda: leave.set())
+        await _serve(args, ready, stop, leave)
 
     try:
         asyncio.run(main())
@@ -353,13 +376,29 @@ def run_wrapped(args: argparse.Namespace) -> int:
         _stop(proxy)
         fail(f"cannot start {command[0]}: {err.strerror}")
 
-    def forward(signum: int, _frame: Any) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            app.send_signal(signum)
+    received: list[int] = []
+
+    def remember(signum: int, _frame: Any) -> None:
+        received.append(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, forward)
-    code = app.wait()
+        signal.signal(sig, remember)
+    left = False
+    while app.poll() is None:
+        if received:
+            if not left:
+                # Leave the mesh first and give peers a moment to hear of it, so no
+                # request is sent to an app that is shutting down.
+                left = True
+                with contextlib.suppress(ProcessLookupError):
+                    proxy.send_signal(signal.SIGUSR1)
+                drain_until = time.monotonic() + args.drain_seconds
+                while app.poll() is None and time.monotonic() < drain_until:
+                    time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError):
+                app.send_signal(received.pop(0))
+        time.sleep(0.05)
+    code = app.returncode
     _stop(proxy)
     return code if code >= 0 else 128 - code
 

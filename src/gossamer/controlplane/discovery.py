@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -197,6 +198,7 @@ class Discovery:
                 web.post("/v1/identity/renew", self.renew),
                 web.put("/v1/workloads/{namespace}/{name}", self.register),
                 web.delete("/v1/workloads/{namespace}/{name}", self.deregister),
+                web.put("/v1/workloads/{namespace}/{name}/status", self.report_status),
                 web.get("/v1/discovery", self.stream),
             ]
         )
@@ -290,6 +292,47 @@ class Discovery:
         self._check_owner(identity, namespace, current["spec"].get("serviceAccount", "default"))
         obj = self.cp.store.delete("Workload", namespace, name)
         log.info("workload %s/%s removed by %s", namespace, name, identity)
+        return web.json_response(obj)
+
+    async def report_status(self, request: web.Request) -> web.Response:
+        """The proxy says whether its app is listening; only a ready workload is an endpoint."""
+        identity = require_identity(request)
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        current = self.cp.store.get("Workload", namespace, name)
+        self._check_owner(identity, namespace, current["spec"].get("serviceAccount", "default"))
+        body = await self._json_body(request)
+        ready, message = body.get("ready"), body.get("message", "")
+        if not isinstance(ready, bool) or not isinstance(message, str):
+            return error_response(400, "BadRequest", "ready: must be a boolean; message: a string")
+        status = dict(current.get("status") or {})
+        conditions = [c for c in status.get("conditions") or () if c.get("type") != "Ready"]
+        previous = next(
+            (c for c in status.get("conditions") or () if c.get("type") == "Ready"), None
+        )
+        flag = "True" if ready else "False"
+        changed = previous is None or previous.get("status") != flag
+        conditions.append(
+            {
+                "type": "Ready",
+                "status": flag,
+                "reason": "AppListening" if ready else "AppNotListening",
+                "message": message[:512],
+                "lastTransitionTime": datetime.now(UTC).isoformat(timespec="seconds")
+                if changed
+                else previous.get("lastTransitionTime", "")
+                if previous
+                else "",
+            }
+        )
+        status["conditions"] = conditions
+        obj = self.cp.store.update_status("Workload", namespace, name, status)
+        if changed:
+            log.info(
+                "workload %s/%s is %s",
+                namespace,
+                name,
+                "ready" if ready else f"not ready: {message}",
+            )
         return web.json_response(obj)
 
     # -- the stream -------------------------------------------------------------------

@@ -67,6 +67,7 @@ class AgentConfig:
     ports: tuple[WorkloadPortSpec, ...] = ()
     join_token: str | None = None
     interests: frozenset[str] = frozenset()
+    app_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,9 @@ class Agent:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
-        self._registered = False
+        self.registered = False
+        self.app_ready: bool | None = None  # as last reported to the control plane
+        self.leaving = False  # once set, the workload is never registered again
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # -- cache --------------------------------------------------------------------
@@ -278,18 +281,59 @@ class Agent:
         }
 
     async def register(self) -> None:
+        if self.leaving:
+            return
         c = self.config
         await self._call(
             "PUT", f"/v1/workloads/{c.namespace}/{c.workload}", self._ctx(), self.workload_object()
         )
-        self._registered = True
+        self.registered = True
+
+    async def probe_app(self) -> tuple[bool, str]:
+        """Is the app listening on every port it serves? A connect is enough to know."""
+        for p in self.config.ports:
+            try:
+                async with asyncio.timeout(0.5):
+                    _, writer = await asyncio.open_connection(self.config.app_host, p.app_port)
+            except (OSError, TimeoutError):
+                return False, f"app not listening on {self.config.app_host}:{p.app_port}"
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        return True, ""
+
+    async def report_readiness(self, force: bool = False) -> None:
+        ready, message = await self.probe_app()
+        if ready == self.app_ready and not force:
+            return
+        c = self.config
+        await self._call(
+            "PUT",
+            f"/v1/workloads/{c.namespace}/{c.workload}/status",
+            self._ctx(),
+            {"ready": ready, "message": message},
+        )
+        if ready != self.app_ready:
+            log.info("app is %s", "ready" if ready else f"not ready ({message})")
+        self.app_ready = ready
+
+    async def _readiness_loop(self) -> None:
+        while True:
+            # Quick while the app starts, relaxed once it serves.
+            await asyncio.sleep(1.0 if self.app_ready else 0.2)
+            if not self.registered:
+                continue
+            try:
+                await self.report_readiness()
+            except (aiohttp.ClientError, OSError, TimeoutError, IdentityError) as err:
+                log.debug("could not report readiness: %s", err)
 
     async def deregister(self) -> None:
         c = self.config
-        if self.creds is None or not self._registered:
+        if self.creds is None or not self.registered:
             return
         await self._call("DELETE", f"/v1/workloads/{c.namespace}/{c.workload}", self._ctx())
-        self._registered = False
+        self.registered = False
         log.info("workload %s/%s removed from the mesh", c.namespace, c.workload)
 
     # -- running ------------------------------------------------------------------
@@ -313,6 +357,8 @@ class Agent:
             await self._retry("join", self.join)
         self._tasks.append(asyncio.create_task(self._follow(), name="agent-follow"))
         self._tasks.append(asyncio.create_task(self._renew_loop(), name="agent-renew"))
+        if self.config.ports:
+            self._tasks.append(asyncio.create_task(self._readiness_loop(), name="agent-ready"))
 
     async def _retry(self, what: str, call: Any) -> None:
         backoff = 0.25
@@ -346,6 +392,8 @@ class Agent:
         while True:
             try:
                 await self.register()
+                if self.config.ports:
+                    await self.report_readiness(force=True)
                 await self._stream()
                 backoff = 0.25
             except (TimeoutError, aiohttp.ClientError, OSError, IdentityError) as err:
@@ -405,6 +453,16 @@ class Agent:
         _write_private(self._path("snapshot.json"), snapshot.to_json().encode())
         await ws.send_json({"type": "ack", "version": version})
         log.debug("applied snapshot %s", version)
+
+    async def leave(self) -> None:
+        """Leave the mesh but keep serving: peers stop choosing this workload while
+        requests already on their way still find it."""
+        self.leaving = True
+        try:
+            async with asyncio.timeout(3):
+                await self.deregister()
+        except (aiohttp.ClientError, OSError, TimeoutError, IdentityError) as err:
+            log.warning("could not remove workload from the mesh: %s", err)
 
     async def stop(self, deregister: bool = True) -> None:
         for task in self._tasks:

@@ -41,6 +41,19 @@ class WorkloadRecord:
     inbound_port: int
     service_account: str
     ports: tuple[WorkloadPort, ...] = ()
+    ready: bool = True
+
+
+def _is_ready(status: Mapping[str, Any] | None) -> bool:
+    """A `Ready` condition that is not "True" keeps a workload out of endpoints.
+
+    A Workload with no such condition (one an operator applied by hand) is ready; a
+    proxy reports the condition as it finds its app listening or not.
+    """
+    for cond in (status or {}).get("conditions") or ():
+        if isinstance(cond, Mapping) and cond.get("type") == "Ready":
+            return cond.get("status") == "True"
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +123,7 @@ class MeshView:
                         )
                         for p in spec.get("ports") or ()
                     ),
+                    ready=_is_ready(obj.get("status")),
                 )
         return MeshView(trust_domain, trust_bundle, services, workloads)
 
@@ -147,7 +161,7 @@ def _service_view(mesh: MeshView, svc: ServiceRecord) -> ServiceView:
         (
             wl
             for (ns, _), wl in mesh.workloads.items()
-            if ns == svc.namespace and selects(svc.selector, wl.labels)
+            if ns == svc.namespace and wl.ready and selects(svc.selector, wl.labels)
         ),
         key=lambda wl: wl.name,
     )
