@@ -329,3 +329,37 @@ def test_control_plane_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     stop_process(cp.proc)
     assert cp.proc.returncode == 0, cp.log.read_text()
     assert time.monotonic() - start < 10
+
+
+def test_an_unknown_kind_is_an_error_that_lists_the_known_ones(
+    control_plane: ControlPlaneProcess,
+) -> None:
+    result = control_plane.cli("get", "gadgets")
+    assert result.returncode != 0
+    assert "unknown kind" in result.stderr and "Service" in result.stderr
+
+
+def test_a_token_request_with_bad_fields_names_them(control_plane: ControlPlaneProcess) -> None:
+    result = control_plane.cli("token", "create", "-n", "Not_A_Namespace", "--ttl", "5s")
+    assert result.returncode != 0
+    assert "namespace: must be a valid DNS-1123 label" in result.stderr
+    assert "ttlSeconds: must be an integer from 60 to 2592000" in result.stderr
+
+
+def test_a_yaml_syntax_error_names_the_document_and_applies_nothing(
+    control_plane: ControlPlaneProcess,
+) -> None:
+    result = control_plane.cli("apply", "-f", "-", stdin=APP + "---\nkind: [unclosed\n")
+    assert result.returncode != 0
+    assert "document 3" in result.stderr
+    listed = control_plane.cli("get", "svc", "-A", "-o", "json", check=True)
+    assert json.loads(listed.stdout)["items"] == []
+
+
+def test_check_reports_the_control_plane_and_ca(control_plane: ControlPlaneProcess) -> None:
+    result = control_plane.cli("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "control plane is up" in result.stdout
+    assert "root expires in 3649d" in result.stdout or "root expires in 3650d" in result.stdout
+    report = json.loads(control_plane.cli("check", "-o", "json").stdout)
+    assert report["ok"] is True and report["proxies"] == []
