@@ -203,8 +203,7 @@ def _with_status(obj: dict[str, Any], ready: str) -> dict[str, Any]:
 )
 def test_only_ready_workloads_are_endpoints(ready: str | None, expected: list[str]) -> None:
     objects = [
-        _with_status(o, ready) if ready and o["metadata"]["name"] == "api-1" else o
-        for o in OBJECTS
+        _with_status(o, ready) if ready and o["metadata"]["name"] == "api-1" else o for o in OBJECTS
     ]
     snap = build_snapshot(mesh(objects), ProxyInfo("web-1", "shop", frozenset({"api.shop"})))
     api = snap.service("api", "shop")
