@@ -94,6 +94,9 @@ async def test_a_proxy_joins_registers_and_gets_pushed_changes(
     control_plane: ControlPlaneProcess, tmp_path: Path
 ) -> None:
     control_plane.cli("apply", "-f", "-", stdin=SERVICES, check=True)
+    # api-1's app: only a listening socket, so its proxy reports the workload ready.
+    app = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    app_port = app.sockets[0].getsockname()[1]
     web, web_seen = agent_for(
         control_plane, tmp_path, "web-1", "web", {"app": "web"}, interests=frozenset({"api.shop"})
     )
@@ -103,7 +106,7 @@ async def test_a_proxy_joins_registers_and_gets_pushed_changes(
         "api-1",
         "api",
         {"app": "api"},
-        ports=(WorkloadPortSpec(8081, 18081, "http"),),
+        ports=(WorkloadPortSpec(8081, app_port, "http"),),
     )
     try:
         await web.start()
@@ -139,6 +142,8 @@ async def test_a_proxy_joins_registers_and_gets_pushed_changes(
     finally:
         await web.stop()
         await api.stop()
+        app.close()
+        await app.wait_closed()
 
 
 @pytest.mark.asyncio
