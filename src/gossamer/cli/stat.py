@@ -1,0 +1,200 @@
+"""`gossamer stat`, `gossamer edges` and `gossamer dashboard`: golden metrics the control
+plane keeps from scraping every proxy."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import webbrowser
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from gossamer.cli.client import ApiError, Client
+from gossamer.cli.common import add_output_flag, add_server_flags, client_from, fail
+from gossamer.cli.output import dump, table
+
+METRIC_HEADERS = ("SUCCESS", "RPS", "P50", "P95", "P99", "REQUESTS", "STALE")
+
+
+def _window_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-w",
+        "--window",
+        default="1m",
+        help="how far back to look, e.g. 30s, 1m, 15m (default: 1m; at most 15m)",
+    )
+
+
+def _namespace_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "stat",
+        help="golden metrics per service (or per route): success rate, RPS, latency",
+        description="Success rate, requests per second and p50/p95/p99 latency of each "
+        "service over the last WINDOW, as its own proxies counted them (every call that "
+        "reached it). STALE means one of its proxies did not answer the control plane's "
+        "last scrape, so the numbers may be short. With --routes: per HTTPRoute, as "
+        "callers counted them.",
+    )
+    p.add_argument("name", nargs="?", help="one service (or route, with --routes)")
+    p.add_argument("--routes", action="store_true", help="per route instead of per service")
+    _namespace_flags(p)
+    _window_flag(p)
+    add_output_flag(p, choices=("table", "json"), default="table")
+    add_server_flags(p)
+    p.set_defaults(func=stat)
+
+    p = sub.add_parser(
+        "edges",
+        help="golden metrics per caller → callee pair",
+        description="Success rate, RPS and latency of the calls from each service to each "
+        "other, as the callers' proxies counted them (so failures before a call left, "
+        "like no endpoints, count too). With NAME, only the edges to or from it.",
+    )
+    p.add_argument("name", nargs="?", help="only edges to or from this service")
+    _namespace_flags(p)
+    _window_flag(p)
+    add_output_flag(p, choices=("table", "json"), default="table")
+    add_server_flags(p)
+    p.set_defaults(func=edges)
+
+    p = sub.add_parser(
+        "dashboard",
+        help="print (and open) the web dashboard's URL",
+        description="The control plane serves the dashboard at the root of its API address. "
+        "It only reads unless you give it the admin token.",
+    )
+    p.add_argument("--no-browser", action="store_true", help="only print the URL")
+    add_server_flags(p)
+    p.set_defaults(func=dashboard)
+
+
+def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if v is None else format(v, spec) + suffix
+
+
+def metric_cells(row: dict[str, Any]) -> list[object]:
+    rate = row.get("success_rate")
+    return [
+        _fmt(None if rate is None else rate * 100, ".2f", "%"),
+        _fmt(row.get("rps"), ".1f"),
+        _fmt(row.get("p50_ms"), ".1f", "ms"),
+        _fmt(row.get("p95_ms"), ".1f", "ms"),
+        _fmt(row.get("p99_ms"), ".1f", "ms"),
+        row.get("requests", 0),
+        "yes" if row.get("stale") else "no",
+    ]
+
+
+def print_services(
+    rows: Sequence[dict[str, Any]], all_namespaces: bool, out: TextIO = sys.stdout
+) -> None:
+    lead = ["NAMESPACE", "NAME"] if all_namespaces else ["NAME"]
+    table(
+        [*lead, *METRIC_HEADERS],
+        [
+            [*([r["namespace"]] if all_namespaces else []), r["name"], *metric_cells(r)]
+            for r in rows
+        ],
+        out,
+    )
+
+
+def print_routes(
+    rows: Sequence[dict[str, Any]], all_namespaces: bool, out: TextIO = sys.stdout
+) -> None:
+    lead = ["NAMESPACE", "ROUTE", "SERVICE"] if all_namespaces else ["ROUTE", "SERVICE"]
+    table(
+        [*lead, *METRIC_HEADERS],
+        [
+            [
+                *([r["namespace"]] if all_namespaces else []),
+                r["name"],
+                f"{r['service']}.{r['service_namespace']}",
+                *metric_cells(r),
+            ]
+            for r in rows
+        ],
+        out,
+    )
+
+
+def print_edges(rows: Sequence[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+    table(
+        ["SRC", "DST", *METRIC_HEADERS],
+        [
+            [
+                f"{r['src_name']}.{r['src_namespace']}",
+                f"{r['name']}.{r['namespace']}",
+                *metric_cells(r),
+            ]
+            for r in rows
+        ],
+        out,
+    )
+
+
+def _query(args: argparse.Namespace) -> dict[str, str]:
+    query = {"window": args.window}
+    if not args.all_namespaces:
+        query["namespace"] = args.namespace
+    if args.name:
+        query["name"] = args.name
+    return query
+
+
+def _get(client: Client, path: str, query: dict[str, str]) -> dict[str, Any]:
+    try:
+        result: dict[str, Any] = client.get(path, **query)
+    except ApiError as err:
+        fail(err.message)
+    return result
+
+
+def stat(args: argparse.Namespace) -> int:
+    client = client_from(args)
+    path = "/v1/stats/routes" if args.routes else "/v1/stats/services"
+    rows = _get(client, path, _query(args))["items"]
+    if args.output == "json":
+        dump(rows, "json")
+        return 0
+    if args.name and not rows:
+        what = "route" if args.routes else "service"
+        fail(f"no {what} {args.name!r} in namespace {args.namespace!r} with metrics")
+    if args.routes:
+        print_routes(rows, args.all_namespaces)
+    else:
+        print_services(rows, args.all_namespaces)
+    return 0
+
+
+def edges(args: argparse.Namespace) -> int:
+    client = client_from(args)
+    rows = _get(client, "/v1/stats/edges", _query(args))["items"]
+    if args.output == "json":
+        dump(rows, "json")
+    elif not rows:
+        print(f"no calls between services in the last {args.window}")
+    else:
+        print_edges(rows)
+    return 0
+
+
+def dashboard(args: argparse.Namespace) -> int:
+    client = client_from(args)
+    try:
+        client.get("/readyz")
+    except ApiError as err:
+        fail(err.message)
+    url = client.server + "/"
+    print(url)
+    if not args.no_browser and sys.stdout.isatty():
+        # A machine with no browser: the printed URL is the answer.
+        with contextlib.suppress(webbrowser.Error):
+            webbrowser.open(url)
+    return 0

@@ -1,0 +1,117 @@
+"""REST endpoints for golden metrics: `/v1/stats/*`, and the control plane's `/metrics`.
+
+Reads, like every GET on the API: no token needed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gossamer.controlplane.telemetry import (
+    DEFAULT_WINDOW,
+    MAX_WINDOW,
+    BadWindow,
+    parse_duration,
+)
+from gossamer.telemetry.golden import Key
+
+if TYPE_CHECKING:
+    from gossamer.controlplane.server import ControlPlane
+
+_STARTED_AT = time.time()
+MAX_POINTS = 240
+
+
+def _bad_request(message: str) -> web.Response:
+    body = {"error": {"code": 400, "reason": "BadRequest", "message": message}}
+    return web.json_response(body, status=400)
+
+
+def _window(request: web.Request, default: float = DEFAULT_WINDOW) -> float:
+    raw = request.query.get("window")
+    return default if not raw else parse_duration(raw)
+
+
+class TelemetryApi:
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/metrics", self.metrics),
+            web.get("/v1/stats/services", self.services),
+            web.get("/v1/stats/edges", self.edges),
+            web.get("/v1/stats/routes", self.route_stats),
+            web.get("/v1/stats/series", self.series),
+            web.get("/v1/stats/targets", self.targets),
+        ]
+
+    def _rows(self, request: web.Request, what: str) -> web.Response:
+        try:
+            window = _window(request)
+        except BadWindow as err:
+            return _bad_request(str(err))
+        t = self.cp.telemetry
+        namespace = request.query.get("namespace") or None
+        name = request.query.get("name") or None
+        if what == "services":
+            items = t.services(window, namespace, name)
+        elif what == "edges":
+            items = t.edges(window, namespace, name)
+        else:
+            items = t.routes(window, namespace, name)
+        body: dict[str, Any] = {"windowSeconds": window, "at": t.clock(), "items": items}
+        return web.json_response(body)
+
+    async def services(self, request: web.Request) -> web.Response:
+        return self._rows(request, "services")
+
+    async def edges(self, request: web.Request) -> web.Response:
+        return self._rows(request, "edges")
+
+    async def route_stats(self, request: web.Request) -> web.Response:
+        return self._rows(request, "routes")
+
+    async def series(self, request: web.Request) -> web.Response:
+        """One group's golden metrics per `step` over `window` (default 15m in 15s steps)."""
+        q = request.query
+        try:
+            window = _window(request, default=MAX_WINDOW)
+            step = parse_duration(q.get("step", "15s"), what="step", most=window)
+        except BadWindow as err:
+            return _bad_request(str(err))
+        if window / step > MAX_POINTS:
+            return _bad_request(f"step: at most {MAX_POINTS} points per series; use a longer step")
+        view = q.get("view", "service")
+        ns, name = q.get("namespace", ""), q.get("name", "")
+        key: Key
+        if view == "service":
+            key = (ns, name)
+        elif view == "edge":
+            key = (q.get("src_namespace", ""), q.get("src_name", ""), ns, name)
+        elif view == "route":
+            key = (ns, name, q.get("route_namespace", ""), q.get("route_name", ""))
+        else:
+            return _bad_request("view: must be service, edge or route")
+        points = self.cp.telemetry.series(view, key, window, step)
+        return web.json_response(
+            {"view": view, "windowSeconds": window, "stepSeconds": step, "points": points}
+        )
+
+    async def targets(self, request: web.Request) -> web.Response:
+        t = self.cp.telemetry
+        return web.json_response({"intervalSeconds": t.interval, "items": t.target_status()})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        text = self.cp.telemetry.render_metrics(
+            {
+                "gossamer_controlplane_connected_proxies": float(
+                    len(self.cp.discovery.proxy_status())
+                ),
+                "process_start_time_seconds": round(_STARTED_AT, 3),
+            }
+        )
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")

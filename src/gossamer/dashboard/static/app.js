@@ -1,0 +1,442 @@
+// Gossamer dashboard: reads the control plane's REST API and draws it. No framework,
+// no build step; every name from the API reaches the page through textContent.
+"use strict";
+
+const SVG = "http://www.w3.org/2000/svg";
+const REFRESH_MS = 5000;
+const TOKEN_KEY = "gossamer.adminToken";
+
+const state = { timer: null, window: "1m" };
+
+// Uncaught errors are kept on the page too, where a headless browser test can read them.
+function noteError(message) {
+  const seen = document.body.getAttribute("data-js-errors");
+  document.body.setAttribute("data-js-errors", (seen ? seen + "\n" : "") + message);
+}
+window.addEventListener("error", (e) => noteError(String(e.message)));
+window.addEventListener("unhandledrejection", (e) => noteError(String(e.reason)));
+
+// ---- small helpers -------------------------------------------------------------
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "onclick") el.addEventListener("click", v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function s(tag, attrs, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v !== null && v !== undefined) el.setAttribute(k, String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+async function api(path, options) {
+  const headers = { Accept: "application/json" };
+  const t = token();
+  if (t) headers.Authorization = "Bearer " + t;
+  const resp = await fetch(path, { ...(options || {}), headers });
+  const text = await resp.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch (e) { body = { raw: text }; }
+  if (!resp.ok) {
+    const message = body && body.error ? body.error.message : resp.status + " " + resp.statusText;
+    const err = new Error(message);
+    err.status = resp.status;
+    throw err;
+  }
+  return body;
+}
+
+async function optional(path) {
+  // Kinds that a control plane may not know yet (policies come later) read as empty.
+  try { return await api(path); } catch (e) { if (e.status === 404) return { items: [] }; throw e; }
+}
+
+function pct(rate) { return rate === null || rate === undefined ? "–" : (rate * 100).toFixed(2) + "%"; }
+function num(v, digits) { return v === null || v === undefined ? "–" : Number(v).toFixed(digits); }
+function ms(v) { return v === null || v === undefined ? "–" : num(v, v < 10 ? 2 : 1) + " ms"; }
+function rateClass(rate) {
+  if (rate === null || rate === undefined) return "";
+  return rate >= 0.99 ? "good" : rate >= 0.95 ? "warn" : "bad";
+}
+function rateColor(rate) {
+  if (rate === null || rate === undefined) return "#adb5bd";
+  return rate >= 0.99 ? "#2f9e44" : rate >= 0.95 ? "#e67700" : "#e03131";
+}
+function left(iso) {
+  if (!iso) return { text: "–", cls: "" };
+  const secs = (new Date(iso).getTime() - Date.now()) / 1000;
+  if (secs <= 0) return { text: "expired", cls: "bad" };
+  const d = Math.floor(secs / 86400), hr = Math.floor((secs % 86400) / 3600),
+    m = Math.floor((secs % 3600) / 60);
+  const text = d ? `${d}d ${hr}h` : hr ? `${hr}h ${m}m` : `${m}m`;
+  return { text, cls: secs < 8 * 3600 ? "warn" : "good" };
+}
+function svcHref(ns, name) { return `#/service/${encodeURIComponent(ns)}/${encodeURIComponent(name)}`; }
+function staleBadge(row) { return row.stale ? h("span", { class: "badge stale", title: "a proxy of this service did not answer its last scrape" }, "stale") : null; }
+
+function banner(message, kind) {
+  const el = document.getElementById("banner");
+  if (!message) { el.hidden = true; return; }
+  el.hidden = false;
+  el.className = "banner " + (kind || "");
+  el.textContent = message;
+}
+
+function panel(title, ...body) {
+  return h("section", { class: "panel" }, h("h2", {}, title), ...body);
+}
+
+function metricsTable(rows, first) {
+  const head = h("tr", {}, first.map((c) => h("th", {}, c.title)),
+    ["Success", "RPS", "P50", "P95", "P99", "Requests"].map((t) => h("th", { class: "num" }, t)), h("th", {}, ""));
+  const body = rows.map((r) => h("tr", {},
+    first.map((c) => h("td", {}, c.cell(r))),
+    h("td", { class: "num " + rateClass(r.success_rate) }, pct(r.success_rate)),
+    h("td", { class: "num" }, num(r.rps, 1)),
+    h("td", { class: "num" }, ms(r.p50_ms)),
+    h("td", { class: "num" }, ms(r.p95_ms)),
+    h("td", { class: "num" }, ms(r.p99_ms)),
+    h("td", { class: "num" }, r.requests),
+    h("td", {}, staleBadge(r))));
+  if (!rows.length) return h("p", { class: "muted" }, "No traffic in this window.");
+  return h("table", {}, h("thead", {}, head), h("tbody", {}, body));
+}
+
+// ---- topology ------------------------------------------------------------------
+
+function layers(nodes, edges) {
+  // Callers to the left of what they call: each node's column is the longest chain of
+  // callers before it (cycles are cut where they close).
+  const depth = new Map(nodes.map((n) => [n, 0]));
+  for (let pass = 0; pass < nodes.length; pass++) {
+    let changed = false;
+    for (const e of edges) {
+      if (e.src === e.dst) continue;
+      const d = depth.get(e.src) + 1;
+      if (d > depth.get(e.dst) && d < nodes.length) { depth.set(e.dst, d); changed = true; }
+    }
+    if (!changed) break;
+  }
+  return depth;
+}
+
+function topology(services, edgeRows) {
+  const id = (ns, name) => ns + "/" + name;
+  const known = new Map(services.map((r) => [id(r.namespace, r.name), r]));
+  const edges = edgeRows
+    .filter((e) => e.src_name !== "unknown" && e.name !== "unknown")
+    .map((e) => ({ src: id(e.src_namespace, e.src_name), dst: id(e.namespace, e.name), row: e }));
+  for (const e of edges) {
+    for (const n of [e.src, e.dst]) {
+      if (!known.has(n)) {
+        const [ns, name] = n.split("/");
+        known.set(n, { namespace: ns, name, stale: false, success_rate: null, rps: 0 });
+      }
+    }
+  }
+  const nodes = [...known.keys()].sort();
+  if (!nodes.length) return h("p", { class: "muted" }, "No services yet: apply a Service and start a workload.");
+  const depth = layers(nodes, edges);
+  const columns = [];
+  for (const n of nodes) {
+    const d = depth.get(n);
+    (columns[d] = columns[d] || []).push(n);
+  }
+  const W = 170, H = 46, GX = 130, GY = 34, PAD = 20;
+  const pos = new Map();
+  const rows = Math.max(...columns.map((c) => (c ? c.length : 0)));
+  columns.forEach((col, ci) => {
+    (col || []).forEach((n, ri) => {
+      const offset = ((rows - col.length) * (H + GY)) / 2;
+      pos.set(n, { x: PAD + ci * (W + GX), y: PAD + offset + ri * (H + GY) });
+    });
+  });
+  const width = PAD * 2 + columns.length * W + (columns.length - 1) * GX;
+  const height = PAD * 2 + rows * H + (rows - 1) * GY;
+  const svg = s("svg", { class: "topology", viewBox: `0 0 ${width} ${height}`, width, height, role: "img",
+    "aria-label": "service topology" });
+  svg.append(s("defs", {}, s("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5,
+    markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
+  s("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#868e96" }))));
+  for (const e of edges) {
+    const a = pos.get(e.src), b = pos.get(e.dst);
+    let d, lx, ly;
+    if (e.src === e.dst) {
+      d = `M ${a.x + W - 30} ${a.y} C ${a.x + W} ${a.y - 40}, ${a.x + W + 30} ${a.y}, ${a.x + W} ${a.y + 10}`;
+      lx = a.x + W; ly = a.y - 22;
+    } else {
+      const forward = b.x > a.x;
+      const x1 = forward ? a.x + W : a.x + W / 2, y1 = forward ? a.y + H / 2 : a.y + H;
+      const x2 = forward ? b.x : b.x + W / 2, y2 = forward ? b.y + H / 2 : b.y;
+      const mx = (x1 + x2) / 2;
+      d = forward ? `M ${x1} ${y1} C ${mx} ${y1}, ${mx} ${y2}, ${x2 - 2} ${y2}` :
+        `M ${x1} ${y1} C ${x1 + 60} ${y1 + 40}, ${x2 + 60} ${y2 - 40}, ${x2} ${y2 - 2}`;
+      lx = mx; ly = (y1 + y2) / 2 - 6;
+    }
+    const title = `${e.src} → ${e.dst}: ${pct(e.row.success_rate)} success, ${num(e.row.rps, 1)} rps, p99 ${ms(e.row.p99_ms)}`;
+    svg.append(s("g", { class: "edge-group" }, s("title", {}, title),
+      s("path", { class: "edge", d, stroke: rateColor(e.row.success_rate), "marker-end": "url(#arrow)" }),
+      s("text", { class: "edge-label", x: lx, y: ly, "text-anchor": "middle" },
+        `${num(e.row.rps, 1)} rps · ${pct(e.row.success_rate)}`)));
+  }
+  for (const n of nodes) {
+    const p = pos.get(n), r = known.get(n);
+    const link = s("a", { href: svcHref(r.namespace, r.name) });
+    link.append(s("g", { class: "node" + (r.stale ? " stale" : ""), "data-service": n },
+      s("rect", { x: p.x, y: p.y, width: W, height: H, rx: 6 }),
+      s("text", { x: p.x + 10, y: p.y + 19 }, r.name),
+      s("text", { class: "sub", x: p.x + 10, y: p.y + 36 },
+        `${r.namespace} · ${pct(r.success_rate)} · ${num(r.rps, 1)} rps`)));
+    svg.append(link);
+  }
+  return svg;
+}
+
+// ---- charts --------------------------------------------------------------------
+
+function chart(title, points, field, format, color) {
+  const W = 320, H = 120, L = 44, R = 8, T = 8, B = 18;
+  const values = points.map((p) => p[field]).filter((v) => v !== null && v !== undefined);
+  const svg = s("svg", { class: "chart-svg", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none",
+    role: "img", "aria-label": title });
+  let max = values.length ? Math.max(...values) : 1;
+  let min = field === "success_rate" ? Math.min(0.9, ...values) : 0;
+  if (field === "success_rate") max = 1;
+  if (max <= min) max = min + 1;
+  const x = (i) => L + (i * (W - L - R)) / Math.max(points.length - 1, 1);
+  const y = (v) => T + (1 - (v - min) / (max - min)) * (H - T - B);
+  svg.append(s("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }));
+  svg.append(s("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }));
+  svg.append(s("text", { class: "tick", x: L - 4, y: T + 8, "text-anchor": "end" }, format(max)));
+  svg.append(s("text", { class: "tick", x: L - 4, y: H - B, "text-anchor": "end" }, format(min)));
+  if (points.length) {
+    const mins = Math.round((points[points.length - 1].at - points[0].at) / 60);
+    svg.append(s("text", { class: "tick", x: L, y: H - 4 }, `-${mins}m`));
+    svg.append(s("text", { class: "tick", x: W - R, y: H - 4, "text-anchor": "end" }, "now"));
+  }
+  let d = "", pen = false;
+  points.forEach((p, i) => {
+    const v = p[field];
+    if (v === null || v === undefined) { pen = false; return; }
+    d += `${pen ? "L" : "M"} ${x(i).toFixed(1)} ${y(v).toFixed(1)} `;
+    pen = true;
+  });
+  points.forEach((p, i) => {
+    // A point with no neighbour draws no line: show it as a dot.
+    const v = p[field], before = points[i - 1], after = points[i + 1];
+    const alone = (q) => !q || q[field] === null || q[field] === undefined;
+    if (v !== null && v !== undefined && alone(before) && alone(after)) {
+      svg.append(s("circle", { cx: x(i).toFixed(1), cy: y(v).toFixed(1), r: 2.5, fill: color }));
+    }
+  });
+  if (d) svg.append(s("path", { d, fill: "none", stroke: color, "stroke-width": 1.8 }));
+  else svg.append(s("text", { class: "tick", x: W / 2, y: H / 2, "text-anchor": "middle" }, "no traffic"));
+  return h("div", { class: "chart" }, h("h3", {}, title), svg);
+}
+
+// ---- pages ---------------------------------------------------------------------
+
+async function overview() {
+  const w = encodeURIComponent(state.window);
+  const [services, edges, targets] = await Promise.all([
+    api(`/v1/stats/services?window=${w}`),
+    api(`/v1/stats/edges?window=${w}`),
+    api("/v1/stats/targets"),
+  ]);
+  const stale = targets.items.filter((t) => t.stale);
+  return [
+    stale.length ? h("div", { class: "banner" }, `${stale.length} proxy(ies) did not answer their last scrape: `,
+      stale.map((t) => `${t.namespace}/${t.workload} (${t.error || "no recent scrape"})`).join(", ")) : null,
+    panel("Topology", topology(services.items, edges.items)),
+    h("div", { class: "grid2" },
+      panel("Services", metricsTable(services.items, [
+        { title: "Service", cell: (r) => h("a", { href: svcHref(r.namespace, r.name), "data-service-link": `${r.namespace}/${r.name}` }, r.name) },
+        { title: "Namespace", cell: (r) => r.namespace },
+      ])),
+      panel("Edges", metricsTable(edges.items, [
+        { title: "From", cell: (r) => h("a", { href: svcHref(r.src_namespace, r.src_name) }, `${r.src_name}.${r.src_namespace}`) },
+        { title: "To", cell: (r) => h("a", { href: svcHref(r.namespace, r.name) }, `${r.name}.${r.namespace}`) },
+      ]))),
+  ];
+}
+
+function selects(selector, labels) {
+  const keys = Object.keys(selector || {});
+  return keys.length > 0 && keys.every((k) => (labels || {})[k] === selector[k]);
+}
+
+function parentsName(route, ns, name) {
+  const routeNs = route.metadata.namespace;
+  return ((route.spec || {}).parentRefs || []).some((p) =>
+    p.name === name && (p.namespace || routeNs) === ns && (!p.kind || p.kind === "Service"));
+}
+
+async function deleteRoute(route) {
+  const m = route.metadata;
+  if (!confirm(`Delete HTTPRoute ${m.namespace}/${m.name}?`)) return;
+  try {
+    await api(`/v1/resources/httproutes/${encodeURIComponent(m.namespace)}/${encodeURIComponent(m.name)}`, { method: "DELETE" });
+    banner(`Deleted HTTPRoute ${m.namespace}/${m.name}.`);
+    refresh();
+  } catch (e) {
+    banner(`Could not delete HTTPRoute ${m.namespace}/${m.name}: ${e.message}`, "error");
+  }
+}
+
+async function servicePage(ns, name) {
+  const w = encodeURIComponent(state.window);
+  const q = `namespace=${encodeURIComponent(ns)}&name=${encodeURIComponent(name)}`;
+  const [stat, edges, routeStats, series, routes, policies, svcs, workloads, proxies] = await Promise.all([
+    api(`/v1/stats/services?window=${w}&${q}`),
+    api(`/v1/stats/edges?window=${w}&${q}`),
+    api(`/v1/stats/routes?window=${w}`),
+    api(`/v1/stats/series?view=service&${q}&window=15m&step=15s`),
+    optional("/v1/resources/httproutes"),
+    optional(`/v1/resources/authorizationpolicies?namespace=${encodeURIComponent(ns)}`),
+    optional(`/v1/resources/services?namespace=${encodeURIComponent(ns)}`),
+    optional(`/v1/resources/workloads?namespace=${encodeURIComponent(ns)}`),
+    api("/v1/proxies"),
+  ]);
+  const row = stat.items[0] || { requests: 0, success_rate: null, rps: 0, p50_ms: null, p95_ms: null, p99_ms: null };
+  const svc = svcs.items.find((x) => x.metadata.name === name);
+  const members = svc ? workloads.items.filter((wl) => selects(svc.spec.selector, wl.metadata.labels)) : [];
+  const proxyOf = new Map(proxies.items.map((p) => [p.namespace + "/" + p.workload, p]));
+  const attached = routes.items.filter((r) => parentsName(r, ns, name));
+  const admin = Boolean(token());
+  const card = (label, value, cls) => h("div", { class: "card" }, h("div", { class: "label" }, label),
+    h("div", { class: "value " + (cls || "") }, value));
+  const callers = edges.items.filter((e) => e.namespace === ns && e.name === name);
+  const callees = edges.items.filter((e) => e.src_namespace === ns && e.src_name === name);
+  const points = series.points;
+  return [
+    h("h1", { "data-page": "service" }, name, " ", h("small", {}, `service in ${ns}`), " ", staleBadge(row)),
+    h("div", { class: "cards" },
+      card("Success", pct(row.success_rate), rateClass(row.success_rate)),
+      card("RPS", num(row.rps, 1)),
+      card("P50", ms(row.p50_ms)), card("P95", ms(row.p95_ms)), card("P99", ms(row.p99_ms)),
+      card("Requests", row.requests)),
+    panel("Last 15 minutes", h("div", { class: "charts" },
+      chart("Success rate", points, "success_rate", (v) => (v * 100).toFixed(0) + "%", "#2f9e44"),
+      chart("Requests per second", points, "rps", (v) => v.toFixed(1), "#3b5bdb"),
+      chart("P99 latency", points, "p99_ms", (v) => v.toFixed(0) + "ms", "#e67700"))),
+    h("div", { class: "grid2" },
+      panel("Callers", metricsTable(callers, [{ title: "From", cell: (r) => h("a", { href: svcHref(r.src_namespace, r.src_name) }, `${r.src_name}.${r.src_namespace}`) }])),
+      panel("Calls", metricsTable(callees, [{ title: "To", cell: (r) => h("a", { href: svcHref(r.namespace, r.name) }, `${r.name}.${r.namespace}`) }]))),
+    panel("Routes and policies",
+      attached.length ? h("table", {},
+        h("thead", {}, h("tr", {}, ["Kind", "Name", "Namespace", "Success", "RPS", "P99", ""].map((t) => h("th", {}, t)))),
+        h("tbody", {}, attached.map((r) => {
+          const rs = routeStats.items.find((x) => x.name === r.metadata.name && x.namespace === r.metadata.namespace);
+          return h("tr", {}, h("td", {}, r.kind), h("td", {}, r.metadata.name), h("td", {}, r.metadata.namespace),
+            h("td", { class: rs ? rateClass(rs.success_rate) : "" }, rs ? pct(rs.success_rate) : "–"),
+            h("td", {}, rs ? num(rs.rps, 1) : "–"), h("td", {}, rs ? ms(rs.p99_ms) : "–"),
+            h("td", {}, admin ? h("button", { class: "danger", type: "button", onclick: () => deleteRoute(r) }, "Delete") : null));
+        }))) : h("p", { class: "muted" }, "No HTTPRoute names this service in its parentRefs."),
+      policies.items.length ? h("ul", {}, policies.items.map((p) => h("li", {}, `${p.kind} ${p.metadata.namespace}/${p.metadata.name}`))) : null),
+    panel("Workloads and certificates",
+      members.length ? h("table", {},
+        h("thead", {}, h("tr", {}, ["Workload", "Address", "Ready", "Identity", "Certificate expires in", "Snapshot"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, members.map((wl) => {
+          const p = proxyOf.get(wl.metadata.namespace + "/" + wl.metadata.name);
+          const exp = left(p && p.certificateNotAfter);
+          const ready = ((wl.status || {}).conditions || []).some((c) => c.type === "Ready" && c.status === "True");
+          return h("tr", {}, h("td", {}, wl.metadata.name), h("td", {}, `${wl.spec.address}:${wl.spec.inboundPort}`),
+            h("td", {}, h("span", { class: "badge " + (ready ? "good" : "warn") }, ready ? "ready" : "not ready")),
+            h("td", {}, h("code", {}, p ? p.identity : "–")),
+            h("td", { class: exp.cls }, exp.text),
+            h("td", {}, p ? (p.upToDate ? "up to date" : "behind") : "not connected"));
+        }))) : h("p", { class: "muted" }, "No workloads selected by this service.")),
+  ];
+}
+
+async function certificatesPage() {
+  const [ca, proxies] = await Promise.all([api("/v1/ca"), api("/v1/proxies")]);
+  const root = left(ca.rootExpiresAt), inter = left(ca.intermediateExpiresAt);
+  return [
+    panel("Certificate authority", h("table", {}, h("tbody", {},
+      h("tr", {}, h("th", {}, "Trust domain"), h("td", {}, ca.trustDomain)),
+      h("tr", {}, h("th", {}, "Root expires"), h("td", { class: root.cls }, `${ca.rootExpiresAt} (${root.text})`)),
+      h("tr", {}, h("th", {}, "Intermediate expires"), h("td", { class: inter.cls }, `${ca.intermediateExpiresAt} (${inter.text})`)),
+      h("tr", {}, h("th", {}, "Root fingerprint"), h("td", {}, h("code", {}, ca.rootFingerprint)))))),
+    panel("Proxy certificates", proxies.items.length ? h("table", {},
+      h("thead", {}, h("tr", {}, ["Workload", "Namespace", "Identity", "Not after", "Left"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, proxies.items.map((p) => {
+        const l = left(p.certificateNotAfter);
+        return h("tr", {}, h("td", {}, p.workload), h("td", {}, p.namespace), h("td", {}, h("code", {}, p.identity)),
+          h("td", {}, p.certificateNotAfter || "–"), h("td", { class: l.cls }, l.text));
+      }))) : h("p", { class: "muted" }, "No proxy is connected.")),
+  ];
+}
+
+// ---- routing and refresh -------------------------------------------------------
+
+async function render() {
+  const hash = location.hash.replace(/^#\/?/, "");
+  const parts = hash.split("/").map(decodeURIComponent);
+  if (parts[0] === "service" && parts.length >= 3) return servicePage(parts[1], parts[2]);
+  if (parts[0] === "certificates") return certificatesPage();
+  return overview();
+}
+
+async function refresh() {
+  clearTimeout(state.timer);
+  try {
+    const content = await render();
+    document.getElementById("main").replaceChildren(...content.filter(Boolean));
+    document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+    if (document.getElementById("banner").className.includes("error")) banner(null);
+  } catch (e) {
+    banner(`Cannot read the control plane: ${e.message}`, "error");
+  }
+  state.timer = setTimeout(refresh, REFRESH_MS);
+}
+
+function showAuth() {
+  const button = document.getElementById("auth");
+  const admin = Boolean(token());
+  button.textContent = admin ? "Admin · sign out" : "Admin token…";
+  button.className = admin ? "admin" : "";
+}
+
+async function header() {
+  try {
+    const v = await api("/version");
+    document.getElementById("cluster").textContent = `${v.trustDomain} · v${v.version}`;
+  } catch (e) { /* refresh() reports an unreachable control plane */ }
+}
+
+document.getElementById("auth").addEventListener("click", () => {
+  if (token()) sessionStorage.removeItem(TOKEN_KEY);
+  else {
+    const t = prompt("Admin token (DATA_DIR/admin.token). Kept in this tab only.");
+    if (t && t.trim()) sessionStorage.setItem(TOKEN_KEY, t.trim());
+  }
+  showAuth();
+  refresh();
+});
+const windowSelect = document.getElementById("window");
+windowSelect.addEventListener("change", () => { state.window = windowSelect.value; refresh(); });
+window.addEventListener("hashchange", refresh);
+showAuth();
+header();
+refresh();
