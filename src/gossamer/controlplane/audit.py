@@ -1,0 +1,151 @@
+"""The audit log: who changed what and when, and every certificate and token issued.
+
+Kept in its own SQLite file beside the store (`DATA_DIR/audit.db`, mode 0600), append
+only: the store compacts its history, the audit log never does. A record never holds a
+secret — a join token is named by its id, the admin token by its scope.
+
+    actor   who: "admin" (the admin token), a SPIFFE ID, "join-token <id>"
+    action  what: apply.created | apply.configured | delete | certificate.issue |
+            token.create | token.use | ...
+    kind, namespace, name   the object concerned (for a certificate: the identity)
+    detail  JSON: resourceVersion, serial, notAfter, ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AuditLog"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT '',
+    namespace TEXT NOT NULL DEFAULT '',
+    name TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS audit_time ON audit (time);
+CREATE TABLE IF NOT EXISTS token_uses (
+    token_id TEXT PRIMARY KEY,
+    uses INTEGER NOT NULL
+);
+"""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AuditLog:
+    """Append-only records in SQLite; safe to call from any thread."""
+
+    def __init__(self, path: Path, clock: Callable[[], datetime] = _now) -> None:
+        self.path = path
+        self._clock = clock
+        if not path.exists():
+            # Created 0600 before SQLite opens it: records name identities and serials.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA busy_timeout=10000")
+        self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def record(
+        self,
+        actor: str,
+        action: str,
+        *,
+        kind: str = "",
+        namespace: str = "",
+        name: str = "",
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        when = self._clock().isoformat(timespec="milliseconds")
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO audit (time, actor, action, kind, namespace, name, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (when, actor, action, kind, namespace, name, json.dumps(detail or {})),
+            )
+
+    def query(
+        self,
+        *,
+        kind: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """The newest `limit` records matching, oldest first."""
+        where, params = [], []
+        if kind:
+            where.append("kind = ?")
+            params.append(kind)
+        if action:
+            # An action prefix: "apply" finds apply.created and apply.configured.
+            where.append("(action = ? OR action LIKE ?)")
+            params += [action, action + ".%"]
+        if since is not None:
+            where.append("time >= ?")
+            params.append(since.astimezone(UTC).isoformat(timespec="milliseconds"))
+        sql = "SELECT id, time, actor, action, kind, namespace, name, detail FROM audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        with self._lock:
+            rows = self._conn.execute(sql, (*params, limit)).fetchall()
+        return [
+            {
+                "id": r[0],
+                "time": r[1],
+                "actor": r[2],
+                "action": r[3],
+                "kind": r[4],
+                "namespace": r[5],
+                "name": r[6],
+                "detail": json.loads(r[7]),
+            }
+            for r in reversed(rows)
+        ]
+
+    def use_token(self, token_id: str, max_uses: int) -> int:
+        """Count one use of a join token; return the uses so far, this one included,
+        or raise ValueError without counting when `max_uses` are already spent."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._conn.execute(
+                    "SELECT uses FROM token_uses WHERE token_id = ?", (token_id,)
+                ).fetchone()
+                used = row[0] if row else 0
+                if used >= max_uses:
+                    raise ValueError(
+                        f"join token {token_id} was already used "
+                        f"{used} time{'s' if used != 1 else ''} (its limit)"
+                    )
+                self._conn.execute(
+                    "INSERT INTO token_uses (token_id, uses) VALUES (?, 1) "
+                    "ON CONFLICT (token_id) DO UPDATE SET uses = uses + 1",
+                    (token_id,),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            return used + 1
