@@ -30,9 +30,12 @@ golden: $(BIN)/gossamer
 demo: $(BIN)/gossamer
 	$(BIN)/gossamer demo
 
+# `make bench` needs nginx, wrk and h2load (Debian: nginx-light wrk nghttp2-client);
+# bench/run.py installs them with apt-get when run as root. Pass options with
+# BENCH_ARGS, e.g. make bench BENCH_ARGS="--only direct,gossamer --duration 5".
 bench: $(BIN)/gossamer
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -72,7 +72,16 @@ def test_a_token_is_gsm1_claims_and_an_hmac_over_them(issuer: JoinTokenIssuer) -
         "sa": "api",
         "exp": int((T0 + HOUR).timestamp()),
         "caf": FINGERPRINT,
+        "use": 1,
     }
+
+
+def test_a_token_carries_how_many_joins_it_is_good_for(issuer: JoinTokenIssuer) -> None:
+    assert issuer.verify(issuer.create("a", "b", HOUR, now=T0), now=T0).max_uses == 1
+    token = issuer.create("a", "b", HOUR, now=T0, max_uses=5)
+    assert issuer.verify(token, now=T0).max_uses == 5
+    with pytest.raises(ValueError, match="max_uses"):
+        issuer.create("a", "b", HOUR, now=T0, max_uses=0)
 
 
 def test_every_token_has_its_own_id(issuer: JoinTokenIssuer) -> None:

@@ -16,6 +16,13 @@ from gossamer.resources import (
     validate,
 )
 
+# Every kind, as the error lists them: sorted by kind, plural and short names after it.
+KNOWN = ", ".join(
+    f"{i.kind} ({', '.join([i.plural, *i.short_names])})"
+    for i in sorted(KINDS.values(), key=lambda i: i.kind)
+)
+assert "Service (services, svc), Workload (workloads, wl)" in KNOWN
+
 SERVICE: dict[str, Any] = {
     "apiVersion": "v1",
     "kind": "Service",
@@ -105,10 +112,7 @@ def test_unknown_kind_names_list_the_known_kinds(name: str) -> None:
         resolve_kind(name)
     [error] = caught.value.errors
     assert error.path == "kind"
-    assert error.reason == (
-        f'unknown kind "{name}"; known kinds: HTTPRoute (httproutes), '
-        "Service (services, svc), Workload (workloads, wl)"
-    )
+    assert error.reason == (f'unknown kind "{name}"; known kinds: {KNOWN}')
 
 
 @pytest.mark.parametrize(
@@ -116,18 +120,16 @@ def test_unknown_kind_names_list_the_known_kinds(name: str) -> None:
     [
         (
             {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}},
-            FieldError("kind", 'unknown kind "Pod"; known kinds: HTTPRoute (httproutes), '
-                       "Service (services, svc), Workload (workloads, wl)"),
+            FieldError("kind", f'unknown kind "Pod"; known kinds: {KNOWN}'),
         ),
         (
             {"apiVersion": "v1", "kind": "service", "metadata": {"name": "p"}},
             FieldError("kind", 'unknown kind "service" (did you mean "Service"?); known kinds: '
-                       "HTTPRoute (httproutes), Service (services, svc), Workload (workloads, wl)"),
+                       + KNOWN),
         ),
         (
             {"apiVersion": "v1", "metadata": {"name": "p"}},
-            FieldError("kind", "required; known kinds: HTTPRoute (httproutes), "
-                       "Service (services, svc), Workload (workloads, wl)"),
+            FieldError("kind", f"required; known kinds: {KNOWN}"),
         ),
         (
             {"apiVersion": "apps/v1", "kind": "Service", "metadata": {"name": "p"}},

@@ -36,6 +36,18 @@ def _left(iso: str | None, now: datetime) -> float | None:
     return (datetime.fromisoformat(iso) - now).total_seconds()
 
 
+def _rotation_text(rotation: dict[str, Any]) -> str:
+    proxies = rotation["proxies"]
+    text = f"CA {rotation['kind']} rotation under way: {rotation['phase']}"
+    if rotation["phase"] == "distributing":
+        text += f", {proxies['withNewRoots']}/{proxies['connected']} proxies trust the new root"
+    elif rotation["phase"] == "renewing":
+        text += f", {proxies['onNewChain']}/{proxies['connected']} proxies on the new chain"
+    elif rotation["phase"] == "overlap":
+        text += f", old root trusted until {rotation['overlapEndsAt']}"
+    return text + " (`gossamer ca status`)"
+
+
 def check(args: argparse.Namespace) -> int:
     client = client_from(args)
     now = datetime.now(UTC)
@@ -57,7 +69,26 @@ def check(args: argparse.Namespace) -> int:
     for what, field in (("root", "rootExpiresAt"), ("intermediate", "intermediateExpiresAt")):
         left = _left(ca[field], now)
         if left is not None and left < CA_WARN_SECONDS:
-            report["warnings"].append(f"CA {what} certificate expires in {duration(left)}")
+            report["warnings"].append(
+                f"CA {what} certificate expires in {duration(left)}; "
+                f"rotate it with `gossamer ca rotate {what}`"
+            )
+    for root in ca.get("roots", []):
+        left = _left(root["expiresAt"], now)
+        if root["fingerprint"] != ca["rootFingerprint"] and left is not None and left < 0:
+            report["warnings"].append(
+                f"trust bundle holds root {root['fingerprint'][:16]}, which has expired"
+            )
+    rotation = ca.get("rotation")
+    rotating = bool(rotation and rotation["active"])
+    if rotating:
+        assert rotation is not None
+        report["warnings"].append(_rotation_text(rotation))
+    elif len(ca.get("roots", [])) > 1:
+        report["warnings"].append(
+            f"the trust bundle holds {len(ca['roots'])} roots and no rotation is under way; "
+            "a root that no longer signs anything can be dropped by rotating the root"
+        )
     connected: dict[tuple[str, str], dict[str, Any]] = {
         (p["namespace"], p["workload"]): p for p in proxies
     }
@@ -72,6 +103,12 @@ def check(args: argparse.Namespace) -> int:
             report["problems"].append(
                 f"proxy {key[0]}/{key[1]} is not on its latest snapshot"
                 + (f" (rejected: {p['nackError']})" if p.get("nackError") else "")
+            )
+        issuer = (p or {}).get("issuerFingerprint") or ""
+        if p and not rotating and issuer and issuer != ca.get("issuerFingerprint", issuer):
+            report["warnings"].append(
+                f"proxy {key[0]}/{key[1]} serves a certificate from an earlier intermediate "
+                f"({issuer[:16]}); it renews onto the current one by itself"
             )
         left = _left(p.get("certificateNotAfter") if p else None, now)
         if left is not None and left < LEAF_WARN_SECONDS:
@@ -100,6 +137,7 @@ def check(args: argparse.Namespace) -> int:
         f"{mark} CA ({ca['trustDomain']}): root expires in "
         f"{duration(_left(ca['rootExpiresAt'], now) or 0)}, intermediate in "
         f"{duration(_left(ca['intermediateExpiresAt'], now) or 0)}"
+        + (f", {len(ca['roots'])} roots trusted" if len(ca.get("roots", [])) > 1 else "")
     )
     if rows:
         table(

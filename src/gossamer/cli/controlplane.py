@@ -27,6 +27,16 @@ def _ttl(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def _interval(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.1 <= seconds <= 300:
+        raise argparse.ArgumentTypeError("must be between 0.1 and 300 seconds")
+    return seconds
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "control-plane",
@@ -61,6 +71,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="lifetime of workload certificates, e.g. 24h, 1h, 90s (default: 24h); "
         "proxies renew at two thirds of it",
     )
+    p.add_argument(
+        "--scrape-interval",
+        type=_interval,
+        default=5.0,
+        help="seconds between scrapes of every proxy's /metrics (default: 5)",
+    )
+    p.add_argument(
+        "--prometheus-sd-file",
+        type=Path,
+        help="where to write the Prometheus file_sd targets (default: "
+        "DATA_DIR/prometheus/targets.json)",
+    )
     ca = p.add_argument_group("bring your own CA (all three together)")
     ca.add_argument("--ca-root-cert", type=Path, help="root certificate (PEM)")
     ca.add_argument("--ca-intermediate-cert", type=Path, help="intermediate certificate (PEM)")
@@ -91,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         store_url=args.store,
         operator_ca=operator,
         certificate_ttl=args.certificate_ttl,
+        scrape_interval=args.scrape_interval,
+        prometheus_sd_file=args.prometheus_sd_file,
     )
     try:
         asyncio.run(serve(config, ready_file=args.ready_file))

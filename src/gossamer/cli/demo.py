@@ -169,6 +169,7 @@ def _render(rows: list[Golden], elapsed: float, api: str, tty: bool) -> None:
     if tty:
         sys.stdout.write("\x1b[H\x1b[2J")
     print(f"Gossamer demo — {elapsed:5.0f}s — control plane {api} — Ctrl-C to stop")
+    print(f"dashboard: {api}/   (or: gossamer stat -n {NAMESPACE} --server {api})")
     print("golden metrics per service (inbound, last interval):\n")
     table(
         ["NAMESPACE", "SERVICE", "SUCCESS", "RPS", "P50", "P95", "P99"],

@@ -7,7 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from gossamer import __version__
-from gossamer.cli import check, controlplane, demo, proxy, resources, token
+from gossamer.cli import audit, authz, check, controlplane, demo, proxy, resources, stat, token
+from gossamer.cli import ca as ca_cli
+from gossamer.cli import routes as routes_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     token.register(sub)
     proxy.register(sub)
     check.register(sub)
+    stat.register(sub)
+    authz.register(sub)
+    audit.register(sub)
+    ca_cli.register(sub)
+    routes_cli.register(sub)
     demo.register(sub)
     v = sub.add_parser("version", help="print the version", description="Print the version.")
     v.set_defaults(func=lambda _args: print(f"gossamer {__version__}") or 0)

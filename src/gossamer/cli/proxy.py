@@ -250,6 +250,7 @@ async def _serve(
             join_token=args.join_token or _mint_join_token(args),
             interests=frozenset(interests),
             app_host=args.app_host,
+            admin_port=_scrapable_admin_port(dataplane.admin_address, address),
         ),
         dataplane,
     )
@@ -285,6 +286,24 @@ async def _serve(
         if was_registered and args.drain_seconds > 0:
             await asyncio.sleep(args.drain_seconds)
         await dataplane.close()
+
+
+def _scrapable_admin_port(admin: tuple[str, int] | None, address: str) -> int | None:
+    """The admin port, when the control plane can reach it at the workload's address."""
+    if admin is None:
+        return None
+    host, port = admin
+    if host in ("0.0.0.0", "::", address):
+        return port
+    log.info(
+        "admin listener %s:%d is not reachable at %s: the control plane will not scrape it "
+        "(listen on %s or 0.0.0.0 to be scraped)",
+        host,
+        port,
+        address,
+        address,
+    )
+    return None
 
 
 def _hp(address: tuple[str, int] | None) -> str:

@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "create",
         help="create a join token for one identity",
         description="Create a signed, expiring join token that lets one workload get a "
-        "certificate for spiffe://<trust-domain>/ns/NS/sa/SA and nothing else.",
+        "certificate for spiffe://<trust-domain>/ns/NS/sa/SA and nothing else. A token is "
+        "good for one join unless --uses says more; the control plane counts uses.",
     )
     c.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
     c.add_argument(
@@ -42,6 +43,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=parse_ttl,
         default=3600,
         help="how long the token is valid, e.g. 30m, 1h, 2d (default: 1h)",
+    )
+    c.add_argument(
+        "--uses",
+        type=int,
+        default=1,
+        help="how many workloads may join with it, 1-1000 (default: 1, single use)",
     )
     add_output_flag(c, choices=("text", "json"), default="text")
     add_server_flags(c)
@@ -54,6 +61,7 @@ def create(args: argparse.Namespace) -> int:
         "namespace": args.namespace,
         "serviceAccount": args.service_account,
         "ttlSeconds": args.ttl,
+        "uses": args.uses,
     }
     try:
         result = client.request("POST", "/v1/tokens", body=json.dumps(body).encode())

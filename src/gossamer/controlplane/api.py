@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -18,6 +18,8 @@ from aiohttp import web
 from gossamer import __version__
 from gossamer.controlplane.auth import require_admin
 from gossamer.controlplane.openapi import openapi_document
+from gossamer.controlplane.telemetry_api import TelemetryApi
+from gossamer.dashboard import dashboard_routes
 from gossamer.errors import (
     Conflict,
     FieldError,
@@ -27,6 +29,7 @@ from gossamer.errors import (
     NotFound,
     Unauthorized,
 )
+from gossamer.identity.bundle import certificate_fingerprint
 from gossamer.resources import (
     is_dns1123_label,
     is_dns1123_subdomain,
@@ -139,8 +142,12 @@ class Api:
                 web.get("/v1/proxies", self.proxies),
                 web.get("/v1/ca", self.ca),
                 web.get("/v1/identity/bundle", self.bundle),
+                web.get("/v1/audit", self.audit),
             ]
         )
+        app.add_routes(TelemetryApi(self.cp).routes())
+        app.add_routes(self.cp.rotation.routes())
+        app.add_routes(dashboard_routes())
         return app
 
     async def readyz(self, request: web.Request) -> web.Response:
@@ -175,6 +182,15 @@ class Api:
             log.info(
                 "apply %s %s/%s: %s", item["kind"], item["namespace"], item["name"], item["action"]
             )
+            if item["action"] != "unchanged":
+                self.cp.audit.record(
+                    "admin",
+                    f"apply.{item['action']}",
+                    kind=item["kind"],
+                    namespace=item["namespace"],
+                    name=item["name"],
+                    detail={"resourceVersion": item["resourceVersion"]},
+                )
         return web.json_response({"items": items})
 
     async def list(self, request: web.Request) -> web.Response:
@@ -198,6 +214,14 @@ class Api:
             request.query.get("resourceVersion") or None,
         )
         log.info("delete %s %s/%s", kind, obj["metadata"]["namespace"], obj["metadata"]["name"])
+        self.cp.audit.record(
+            "admin",
+            "delete",
+            kind=kind,
+            namespace=obj["metadata"]["namespace"],
+            name=obj["metadata"]["name"],
+            detail={"resourceVersion": obj["metadata"].get("resourceVersion")},
+        )
         return web.json_response(obj)
 
     async def watch(self, request: web.Request) -> web.StreamResponse:
@@ -240,16 +264,31 @@ class Api:
         namespace = body.get("namespace", "default")
         sa = body.get("serviceAccount", "default")
         ttl = body.get("ttlSeconds", 3600)
+        uses = body.get("uses", 1)
         if not isinstance(namespace, str) or not is_dns1123_label(namespace):
             errors.append(FieldError("namespace", "must be a valid DNS-1123 label"))
         if not isinstance(sa, str) or not is_dns1123_subdomain(sa):
             errors.append(FieldError("serviceAccount", "must be a valid DNS-1123 subdomain"))
         if not isinstance(ttl, int) or not 60 <= ttl <= 30 * 86400:
             errors.append(FieldError("ttlSeconds", "must be an integer from 60 to 2592000"))
+        if type(uses) is not int or not 1 <= uses <= 1000:
+            errors.append(FieldError("uses", "must be an integer from 1 to 1000"))
         if errors:
             raise InvalidResource(errors, subject="token request")
-        token = self.cp.tokens.create(namespace, sa, timedelta(seconds=ttl))
+        token = self.cp.tokens.create(namespace, sa, timedelta(seconds=ttl), max_uses=uses)
         claims = self.cp.tokens.verify(token)
+        self.cp.audit.record(
+            "admin",
+            "token.create",
+            kind="JoinToken",
+            namespace=namespace,
+            name=claims.token_id,
+            detail={
+                "identity": str(claims.identity),
+                "expiresAt": claims.expires_at.isoformat(),
+                "uses": uses,
+            },
+        )
         log.info(
             "join token %s created for %s (expires %s)",
             claims.token_id,
@@ -261,8 +300,31 @@ class Api:
                 "token": token,
                 "identity": str(claims.identity),
                 "expiresAt": claims.expires_at.isoformat(),
+                "uses": uses,
             }
         )
+
+    async def audit(self, request: web.Request) -> web.Response:
+        """The audit log, oldest first: `kind`, `action` (a prefix such as "apply"),
+        `since` (ISO 8601), `limit` (default 1000). Needs the admin token."""
+        require_admin(request, self.cp.admin_token)
+        query = request.query
+        try:
+            since = datetime.fromisoformat(query["since"]) if "since" in query else None
+            limit = int(query.get("limit", "1000"))
+        except ValueError:
+            return error_response(
+                400, "BadRequest", "since: must be an ISO 8601 time; limit: an integer"
+            )
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        items = self.cp.audit.query(
+            kind=query.get("kind") or None,
+            action=query.get("action") or None,
+            since=since,
+            limit=max(1, min(limit, 100_000)),
+        )
+        return web.json_response({"items": items})
 
     async def proxies(self, request: web.Request) -> web.Response:
         return web.json_response({"items": self.cp.discovery.proxy_status()})
@@ -275,6 +337,18 @@ class Api:
                 "rootExpiresAt": ca.root_expires_at.isoformat(),
                 "intermediateExpiresAt": ca.intermediate_expires_at.isoformat(),
                 "rootFingerprint": ca.root_fingerprint(),
+                # CA rotation (gossamer.controlplane.rotation): every trusted root, the
+                # intermediate leaves are issued from now, and the last rotation.
+                "roots": [
+                    {
+                        "fingerprint": certificate_fingerprint(root),
+                        "subject": root.subject.rfc4514_string(),
+                        "expiresAt": root.not_valid_after_utc.isoformat(),
+                    }
+                    for root in ca.roots
+                ],
+                "issuerFingerprint": ca.issuer_fingerprint(),
+                "rotation": self.cp.rotation.progress(),
             }
         )
 

@@ -6,8 +6,15 @@ Protocol on `wss://DISCOVERY/v1/discovery` (JSON text messages):
   cp → proxy  {"type": "snapshot", "version": V, "snapshot": {...}}
   proxy → cp  {"type": "ack", "version": V} | {"type": "nack", "version": V, "error": E}
   proxy → cp  {"type": "subscribe", "services": ["name.namespace", ...]}
-  proxy → cp  {"type": "status", "certificateNotAfter": ISO8601}  (after each renewal)
+  proxy → cp  {"type": "status", "certificateNotAfter": ISO8601,
+               "issuerFingerprint": SHA256, "rootFingerprint": SHA256}  (after each renewal)
+  cp → proxy  {"type": "renew", "reason": R}   (renew the certificate now: a CA rotation)
   cp → proxy  {"type": "error", "message": M}   (then the control plane closes)
+`hello` carries the same three certificate fields as `status`. The fingerprints are the
+SHA-256 (hex) of the intermediate that issued the proxy's certificate and of the root in
+its trust bundle that signed that intermediate; a CA rotation waits on them
+(docs/decisions/0022-ca-rotation.md). The snapshot's `trust_bundle` is the set of roots
+the proxy verifies peers (and the control plane) against; an ack says it is applied.
 The proxy is authenticated by its client certificate: it may only speak for a
 Workload whose namespace and service account match its SPIFFE ID.
 """
@@ -40,7 +47,9 @@ log = logging.getLogger("gossamer.controlplane.discovery")
 
 DEBOUNCE_SECONDS = 0.05
 MAX_INTERESTS = 10_000
-MESH_KINDS = frozenset({"Service", "Workload", "HTTPRoute"})
+MESH_KINDS = frozenset({"Service", "Workload", "HTTPRoute", "AuthorizationPolicy", "MeshPolicy"})
+# The traffic policies (gossamer.resources.policies) shape snapshots too.
+MESH_KINDS |= frozenset({"RetryPolicy", "OutlierPolicy", "CircuitBreakerPolicy", "FaultPolicy"})
 
 
 def peer_identity(request: web.Request) -> SpiffeId | None:
@@ -83,6 +92,17 @@ class ProxySession:
     nack_error: str = ""
     certificate_not_after: str = ""
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Certificate chain and trust bundle, for CA rotation (gossamer.controlplane.rotation).
+    issuer_fingerprint: str = ""
+    root_fingerprint: str = ""
+    acked_bundle: str = ""  # the trust bundle of the last snapshot the proxy acked
+    sent_bundles: dict[str, str] = field(default_factory=dict)  # version -> trust bundle
+    renew_requested_at: float = 0.0
+
+    def certificate_status(self, msg: Mapping[str, Any]) -> None:
+        self.certificate_not_after = str(msg.get("certificateNotAfter", ""))
+        self.issuer_fingerprint = str(msg.get("issuerFingerprint", ""))
+        self.root_fingerprint = str(msg.get("rootFingerprint", ""))
 
     def info(self) -> ProxyInfo:
         return ProxyInfo(self.workload, self.namespace, frozenset(self.interests))
@@ -183,9 +203,27 @@ class Discovery:
                     "upToDate": bool(latest) and session.acked_version == latest,
                     "nackError": session.nack_error,
                     "certificateNotAfter": session.certificate_not_after,
+                    "issuerFingerprint": session.issuer_fingerprint,
+                    "rootFingerprint": session.root_fingerprint,
                 }
             )
         return rows
+
+    # -- CA rotation ----------------------------------------------------------------
+
+    def sessions(self) -> list[ProxySession]:
+        return list(self._sessions.values())
+
+    def trust_bundle_changed(self) -> None:
+        """The CA's roots changed: rebuild and push every proxy's snapshot."""
+        self._mesh = None
+        self._changed.set()
+
+    async def request_renewal(self, session: ProxySession, reason: str) -> None:
+        session.renew_requested_at = time.time()
+        if not session.ws.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await session.ws.send_json({"type": "renew", "reason": reason})
 
     # -- HTTP -------------------------------------------------------------------------
 
@@ -218,10 +256,18 @@ class Discovery:
             raise web.HTTPBadRequest(reason="body must be a JSON object")
         return body
 
-    def _issue(self, csr: object, identity: SpiffeId) -> web.Response:
+    def _issue(self, csr: object, identity: SpiffeId, actor: str) -> web.Response:
         if not isinstance(csr, str):
             return error_response(400, "BadRequest", "csr: required (PEM text)")
         issued = self.cp.ca.sign_csr(csr.encode(), identity, ttl=self.cp.config.certificate_ttl)
+        self.cp.audit.record(
+            actor,
+            "certificate.issue",
+            kind="Certificate",
+            namespace=identity.namespace,
+            name=str(identity),
+            detail={"serial": str(issued.serial), "notAfter": issued.not_after.isoformat()},
+        )
         log.info(
             "issued certificate serial=%s to %s, expires %s",
             issued.serial,
@@ -248,13 +294,29 @@ class Discovery:
         except IdentityError as err:
             log.warning("join refused: %s", err)
             return error_response(403, "Forbidden", str(err))
-        return self._issue(body.get("csr"), claims.identity)
+        if not isinstance(body.get("csr"), str):
+            return error_response(400, "BadRequest", "csr: required (PEM text)")
+        try:
+            used = self.cp.audit.use_token(claims.token_id, claims.max_uses)
+        except ValueError as err:
+            log.warning("join refused: %s", err)
+            return error_response(403, "Forbidden", f"{err}; create a new one")
+        actor = f"join-token {claims.token_id}"
+        self.cp.audit.record(
+            actor,
+            "token.use",
+            kind="JoinToken",
+            namespace=claims.namespace,
+            name=claims.token_id,
+            detail={"use": used, "of": claims.max_uses},
+        )
+        return self._issue(body.get("csr"), claims.identity, actor)
 
     async def renew(self, request: web.Request) -> web.Response:
         """Renewal: a proxy's current certificate buys a new one for the same identity."""
         identity = require_identity(request)
         body = await self._json_body(request)
-        return self._issue(body.get("csr"), identity)
+        return self._issue(body.get("csr"), identity, str(identity))
 
     def _check_owner(self, identity: SpiffeId, namespace: str, service_account: str) -> None:
         if identity.namespace != namespace or identity.service_account != service_account:
@@ -383,7 +445,7 @@ class Discovery:
         self._check_owner(identity, namespace, obj["spec"].get("serviceAccount", "default"))
         interests = _interests(hello.get("interests", []))
         session = ProxySession(identity, workload, namespace, interests, ws)
-        session.certificate_not_after = str(hello.get("certificateNotAfter", ""))
+        session.certificate_status(hello)
         return session
 
     def _on_message(self, session: ProxySession, data: str) -> None:
@@ -396,6 +458,10 @@ class Discovery:
         if kind == "ack":
             session.acked_version = str(msg.get("version", ""))
             session.nack_error = ""
+            bundle = session.sent_bundles.pop(session.acked_version, None)
+            if bundle is not None:
+                session.acked_bundle = bundle
+                session.sent_bundles.clear()  # acks come in order: older ones are moot
         elif kind == "nack":
             session.nack_error = str(msg.get("error", ""))
             log.warning(
@@ -406,7 +472,7 @@ class Discovery:
                 session.nack_error,
             )
         elif kind == "status":
-            session.certificate_not_after = str(msg.get("certificateNotAfter", ""))
+            session.certificate_status(msg)
         elif kind == "subscribe":
             try:
                 new = _interests(msg.get("services", []))
@@ -434,6 +500,9 @@ class Discovery:
                 continue
             if snapshot.version == session.sent_version:
                 continue
+            if len(session.sent_bundles) >= 16:  # a proxy that never acks
+                session.sent_bundles.clear()
+            session.sent_bundles[snapshot.version] = snapshot.trust_bundle
             await session.ws.send_str(
                 json.dumps(
                     {

@@ -135,5 +135,13 @@ def openapi_document() -> dict[str, Any]:
             "/v1/proxies": {"get": _op("Connected proxies and their snapshot versions")},
             "/v1/ca": {"get": _op("CA certificates' expiry and root fingerprint")},
             "/v1/identity/bundle": {"get": _op("The trust bundle (PEM)")},
+            # Golden metrics (docs/observability.md): query parameters namespace, name and
+            # window (30s, 1m, ... 15m); rows as `gossamer stat -o json` prints them.
+            "/v1/stats/services": {"get": _op("Golden metrics per service (inbound)")},
+            "/v1/stats/edges": {"get": _op("Golden metrics per caller → callee (outbound)")},
+            "/v1/stats/routes": {"get": _op("Golden metrics per route (outbound)")},
+            "/v1/stats/series": {"get": _op("One group's golden metrics per step, for charts")},
+            "/v1/stats/targets": {"get": _op("Scrape targets, their last scrape and error")},
+            "/metrics": {"get": _op("The control plane's own metrics (Prometheus text)")},
         },
     }

@@ -16,11 +16,15 @@ from pathlib import Path
 from aiohttp import web
 
 from gossamer.controlplane.api import Api
+from gossamer.controlplane.audit import AuditLog
 from gossamer.controlplane.auth import load_or_create_admin_token
 from gossamer.controlplane.discovery import Discovery
+from gossamer.controlplane.rotation import RotationController
+from gossamer.controlplane.routestatus import RouteStatusReconciler
+from gossamer.controlplane.telemetry import Telemetry
 from gossamer.identity.ca import CertificateAuthority, OperatorCA
 from gossamer.identity.spiffe import SpiffeId
-from gossamer.identity.tls import load_identity, server_context
+from gossamer.identity.tls import server_context
 from gossamer.identity.tokens import JoinTokenIssuer, load_or_create_token_key
 from gossamer.store import Store, open_store
 
@@ -40,6 +44,8 @@ class ControlPlaneConfig:
     store_url: str | None = None
     operator_ca: OperatorCA | None = None
     certificate_ttl: timedelta = timedelta(hours=24)
+    scrape_interval: float = 5.0
+    prometheus_sd_file: Path | None = None  # default: DATA_DIR/prometheus/targets.json
 
 
 def control_plane_identity(trust_domain: str) -> SpiffeId:
@@ -60,13 +66,31 @@ class ControlPlane:
             ca_fingerprint=self.ca.root_fingerprint(),
         )
         self.admin_token = load_or_create_admin_token(data_dir)
+        # Who changed what, certificates and tokens issued; join-token use counts.
+        self.audit = AuditLog(data_dir / "audit.db")
         self.discovery = Discovery(self)
+        self.rotation = RotationController(self)  # CA rotation (resumed in start)
+        self.route_status = RouteStatusReconciler(self.store)
+        self.telemetry = Telemetry(
+            self.store,
+            interval=config.scrape_interval,
+            sd_file=config.prometheus_sd_file or data_dir / "prometheus" / "targets.json",
+            self_target=self._metrics_target,
+        )
         self.api = Api(self)
         self._runners: list[web.AppRunner] = []
         self._tls: ssl.SSLContext | None = None
+        self._tls_current: ssl.SSLContext | None = None
         self._renew_task: asyncio.Task[None] | None = None
         self.api_address: tuple[str, int] = config.api
         self.discovery_address: tuple[str, int] = config.discovery
+
+    def _metrics_target(self) -> str:
+        """Where Prometheus finds the control plane's own /metrics (the API listener)."""
+        host, port = self.api_address
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _server_certificate(self) -> tuple[bytes, str]:
         """A fresh key and chain for the discovery listener, naming how proxies dial it."""
@@ -83,21 +107,38 @@ class ControlPlane:
         )
         return key_pem, issued.chain_pem
 
-    def _discovery_tls(self) -> ssl.SSLContext:
+    def _make_tls(self) -> ssl.SSLContext:
         # Client certificates are optional: joining proxies have none yet, and the
         # calls that need one check for it.
         key_pem, chain_pem = self._server_certificate()
-        self._tls = server_context(
+        return server_context(
             chain_pem, key_pem, self.ca.trust_bundle_pem(), require_client_cert=False
         )
+
+    def _discovery_tls(self) -> ssl.SSLContext:
+        # The listener keeps this context; each handshake switches to the current one
+        # (see _on_sni), so a new certificate or trust bundle applies at once.
+        self._tls = self._tls_current = self._make_tls()
+        self._tls.sni_callback = self._on_sni
         return self._tls
+
+    def _on_sni(
+        self, ssl_object: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext
+    ) -> None:
+        current = self._tls_current
+        if current is not None and current is not ctx:
+            ssl_object.context = current
+
+    def refresh_tls(self) -> None:
+        """A new certificate from the current intermediate and the current trust bundle
+        for new handshakes (renewal, CA rotation); open connections keep theirs."""
+        if self._tls is not None:
+            self._tls_current = self._make_tls()
 
     async def _renew_server_certificate(self) -> None:
         while True:
             await asyncio.sleep(SERVER_CERT_TTL.total_seconds() / 3)
-            key_pem, chain_pem = self._server_certificate()
-            assert self._tls is not None
-            load_identity(self._tls, chain_pem, key_pem)  # new handshakes use it
+            self.refresh_tls()
             log.info("renewed the discovery listener's certificate")
 
     async def start(self) -> None:
@@ -120,6 +161,9 @@ class ControlPlane:
         self._runners.append(disc_runner)
         self.discovery_address = _bound(disc_runner)
         self._renew_task = asyncio.create_task(self._renew_server_certificate())
+        await self.route_status.start()
+        await self.telemetry.start()
+        await self.rotation.start()
         log.info(
             "control plane ready: api http://%s:%d, discovery https://%s:%d, trust domain %s",
             *self.api_address,
@@ -130,11 +174,15 @@ class ControlPlane:
     async def stop(self) -> None:
         if self._renew_task is not None:
             self._renew_task.cancel()
+        await self.rotation.stop()
+        await self.telemetry.stop()
+        await self.route_status.stop()
         log.debug("stopping discovery")
         await self.discovery.stop()
         log.debug("closing the store")
         # Closing the store ends open watch streams, so the API can shut down at once.
         self.store.close()
+        self.audit.close()
         for runner in reversed(self._runners):
             log.debug("stopping listener %s", runner.addresses)
             await runner.cleanup()

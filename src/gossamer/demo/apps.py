@@ -52,6 +52,13 @@ def echo(name: str) -> web.Application:
 
     async def answer(request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        status = request.path.removeprefix("/status/")
+        if status.isdigit() and 200 <= int(status) <= 599:  # /status/503: that status
+            return web.json_response(
+                {"servedBy": name, "status": int(status)},
+                status=int(status),
+                headers={"x-served-by": name},
+            )
         if request.path == "/bytes":  # /bytes?n=N: a large response, streamed
             n = int(request.query.get("n", "0"))
             response = web.StreamResponse(headers={"x-served-by": name})

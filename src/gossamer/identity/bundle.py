@@ -6,6 +6,7 @@ import hashlib
 import re
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from gossamer.errors import IdentityError
@@ -59,3 +60,22 @@ def pinned_root(bundle_pem: str | bytes, ca_fingerprint: str) -> str:
         "the control plane's CA is not the one the join token was created for "
         "(create a new join token, or check the control plane address)"
     )
+
+
+def chain_fingerprints(chain_pem: str | bytes, bundle_pem: str | bytes) -> tuple[str, str]:
+    """(issuer, root) fingerprints of a leaf's chain: the certificate that signed the leaf
+    (the intermediate, second in the chain) and the root of ``bundle_pem`` that signed
+    that. Empty strings for what cannot be found. A CA rotation waits on these."""
+    certs = load_bundle(chain_pem)
+    if len(certs) < 2:
+        return "", ""
+    issuer = certs[1]
+    root = ""
+    for candidate in load_bundle(bundle_pem):
+        try:
+            issuer.verify_directly_issued_by(candidate)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            continue
+        root = certificate_fingerprint(candidate)
+        break
+    return certificate_fingerprint(issuer), root

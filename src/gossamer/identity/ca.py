@@ -54,7 +54,9 @@ DEFAULT_LEAF_TTL = timedelta(hours=24)
 # Backdating not_before tolerates peers whose clocks run a little behind ours.
 CLOCK_SKEW = timedelta(minutes=1)
 
-_ROOT_CN = re.compile(r"Gossamer Root CA \((?P<td>[^)]*)\)")
+# Roots made by a rotation carry a suffix (" R" + key id) so two roots of one trust
+# domain are told apart by name as well as by key identifier.
+_ROOT_CN = re.compile(r"Gossamer Root CA \((?P<td>[^)]*)\)(?: R[0-9a-f]+)?")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,20 @@ class OperatorCA:
     root_cert: Path
     intermediate_cert: Path
     intermediate_key: Path
+
+
+@dataclass(frozen=True)
+class StagedIssuer:
+    """What a rotation will switch the CA to: an intermediate (and its key), the roots
+    that must be trusted before it signs anything, and the root key if it is kept."""
+
+    roots: tuple[x509.Certificate, ...]
+    intermediate_cert: x509.Certificate
+    intermediate_key: ec.EllipticCurvePrivateKey
+    root_key: ec.EllipticCurvePrivateKey | None = None
+
+    def fingerprint(self) -> str:
+        return certificate_fingerprint(self.intermediate_cert)
 
 
 @dataclass(frozen=True)
@@ -188,16 +204,19 @@ def _leaf_key_usage() -> x509.KeyUsage:
 
 
 def _make_root(
-    trust_domain: str, now: datetime
+    trust_domain: str, now: datetime, *, rotated: bool = False
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
+    ski = _ski(key.public_key())
+    cn = f"Gossamer Root CA ({trust_domain})"
+    if rotated:
+        cn += f" R{ski.digest.hex()[:8]}"
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Gossamer"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"Gossamer Root CA ({trust_domain})"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
         ]
     )
-    ski = _ski(key.public_key())
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -652,6 +671,130 @@ class CertificateAuthority:
     def _renew_locked(self, root_key: ec.EllipticCurvePrivateKey, now: datetime) -> None:
         self._issuer = _make_intermediate(self._trust_domain, self._root, root_key, now)
         self._write_intermediate()
+
+    # ---- rotation (see gossamer.controlplane.rotation for the phases) ----------------
+
+    def new_root(self, now: datetime | None = None) -> StagedIssuer:
+        """A new root and an intermediate under it: neither trusted nor used yet."""
+        now = _files.utc_now(now)
+        root, root_key = _make_root(self._trust_domain, now, rotated=True)
+        issuer = _make_intermediate(self._trust_domain, root, root_key, now)
+        return StagedIssuer((root,), issuer.cert, issuer.key, root_key)
+
+    def new_intermediate(self, now: datetime | None = None) -> StagedIssuer:
+        """A new intermediate under the current root (the root key is needed)."""
+        if self._root_key is None:
+            raise IdentityError(
+                "cannot make a new intermediate: the root key is kept offline (no root.key "
+                "in the CA directory); sign one with your root and pass --intermediate-cert "
+                "and --intermediate-key"
+            )
+        issuer = _make_intermediate(
+            self._trust_domain, self._root, self._root_key, _files.utc_now(now)
+        )
+        return StagedIssuer((), issuer.cert, issuer.key, self._root_key)
+
+    @staticmethod
+    def staged_from_operator_files(
+        root_cert: Path | None,
+        intermediate_cert: Path,
+        intermediate_key: Path,
+        now: datetime | None = None,
+    ) -> StagedIssuer:
+        """An operator's new intermediate (and, for a root rotation, new root(s)), read
+        and checked as thoroughly as at adoption; trust is checked when it is activated."""
+        now = _files.utc_now(now)
+        prefix = "operator CA"
+        inter_path, key_path = Path(intermediate_cert), Path(intermediate_key)
+        roots: list[x509.Certificate] = []
+        if root_cert is not None:
+            root_path = Path(root_cert)
+            roots = _parse_certs(
+                _read(root_path, "root certificate", prefix, "the PEM of your root CA"),
+                root_path,
+                "root certificate",
+                prefix,
+            )
+        intermediate = _parse_certs(
+            _read(inter_path, "intermediate certificate", prefix, "your new intermediate"),
+            inter_path,
+            "intermediate certificate",
+            prefix,
+        )[0]
+        key = _parse_ec_key(
+            _read(key_path, "intermediate key", prefix, "the intermediate's PEM private key"),
+            key_path,
+            "intermediate key",
+            prefix,
+        )
+        if roots:
+            root_path = Path(root_cert) if root_cert is not None else Path("(roots)")
+            _check_chain(roots, intermediate, key, (root_path, inter_path, key_path), prefix)
+        _check_valid_at(intermediate, f"intermediate certificate {inter_path}", now, prefix)
+        return StagedIssuer(tuple(roots), intermediate, key, None)
+
+    def untrusted(self, roots: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+        """Those of ``roots`` not in the trust bundle yet."""
+        have = {certificate_fingerprint(r) for r in self._roots}
+        return [r for r in roots if certificate_fingerprint(r) not in have]
+
+    def add_roots(self, roots: Sequence[x509.Certificate]) -> None:
+        """Trust ``roots`` too (the first step of a root rotation); persisted."""
+        with self._lock:
+            new = self.untrusted(roots)
+            if new:
+                self._roots = (*self._roots, *new)
+                self._write_roots()
+
+    def remove_roots(self, fingerprints: Sequence[str]) -> None:
+        """Stop trusting the roots with these fingerprints (the last step of a root
+        rotation). The root that signs the current intermediate is never removed."""
+        drop = set(fingerprints)
+        with self._lock:
+            if certificate_fingerprint(self._root) in drop:
+                raise IdentityError(
+                    "cannot remove the root that signs the current intermediate from the "
+                    "trust bundle; switch to an intermediate under the new root first"
+                )
+            kept = tuple(r for r in self._roots if certificate_fingerprint(r) not in drop)
+            if kept != self._roots:
+                self._roots = kept
+                self._write_roots()
+
+    def activate(self, staged: StagedIssuer) -> None:
+        """Sign with ``staged``'s intermediate from now on. Its root must already be
+        trusted (``add_roots``), so no peer sees a leaf it cannot verify."""
+        where = self._ca_dir or Path("(memory)")
+        paths = (where / ROOT_CERT, where / INTERMEDIATE_CERT, where / INTERMEDIATE_KEY)
+        with self._lock:
+            signer = _check_chain(
+                self._roots, staged.intermediate_cert, staged.intermediate_key, paths, "CA"
+            )
+            root_key = staged.root_key
+            if root_key is None and _same_key(signer.public_key(), self._root.public_key()):
+                root_key = self._root_key  # an operator intermediate under the same root
+            if root_key is not None and not _same_key(root_key.public_key(), signer.public_key()):
+                raise IdentityError("CA: the staged root key is not the key of the new root")
+            if self._ca_dir is not None and root_key is not self._root_key:
+                # No root.key while the intermediate changes: a crash in between leaves a
+                # CA that loads with its root "offline" rather than a mismatched key.
+                (self._ca_dir / ROOT_KEY).unlink(missing_ok=True)
+            self._issuer = _Issuer(staged.intermediate_cert, staged.intermediate_key)
+            self._root, self._root_key = signer, root_key
+            self._write_intermediate()
+            if self._ca_dir is not None and root_key is not None:
+                _files.write_atomic(self._ca_dir / ROOT_KEY, _private_pem(root_key), _files.PRIVATE)
+
+    def _write_roots(self) -> None:
+        if self._ca_dir is None:
+            return
+        pem = certificates_to_pem(list(self._roots)).encode()
+        _files.write_atomic(self._ca_dir / BUNDLE, pem, _files.PUBLIC)
+        _files.write_atomic(self._ca_dir / ROOT_CERT, pem, _files.PUBLIC)
+
+    def issuer_fingerprint(self) -> str:
+        """SHA-256 of the current intermediate: what leaves issued now chain to."""
+        return certificate_fingerprint(self._issuer.cert)
 
     # ---- what the CA is -------------------------------------------------------------
 

@@ -5,7 +5,8 @@ JSON object and ``signature`` is base64url of HMAC-SHA256(key, "gsm1." + claims)
 Claims::
 
     {"tid": token id, "td": trust domain, "ns": namespace, "sa": service account,
-     "exp": expiry in Unix seconds, "caf": SHA-256 hex of the CA root (the pin)}
+     "exp": expiry in Unix seconds, "caf": SHA-256 hex of the CA root (the pin),
+     "use": how many joins it is good for (1 when absent; counted by the control plane)}
 
 Bootstrap trust, in order:
 
@@ -60,6 +61,8 @@ class JoinClaims:
     service_account: str
     expires_at: datetime
     ca_fingerprint: str
+    # How many certificates the token may buy; the control plane counts uses durably.
+    max_uses: int = 1
 
     @property
     def identity(self) -> SpiffeId:
@@ -97,9 +100,11 @@ def _claims_from_payload(payload: str) -> JoinClaims:
         if not isinstance(raw, dict):
             raise TypeError("claims are not an object")
         fields = (raw["tid"], raw["td"], raw["ns"], raw["sa"], raw["caf"])
-        exp = raw["exp"]
+        exp, uses = raw["exp"], raw.get("use", 1)
         if not all(isinstance(f, str) for f in fields) or type(exp) is not int:
             raise TypeError("claim of the wrong type")
+        if type(uses) is not int or uses < 1:
+            raise TypeError("use claim must be a positive integer")
         identity = SpiffeId(raw["td"], raw["ns"], raw["sa"])
         return JoinClaims(
             token_id=raw["tid"],
@@ -108,6 +113,7 @@ def _claims_from_payload(payload: str) -> JoinClaims:
             service_account=identity.service_account,
             expires_at=datetime.fromtimestamp(exp, UTC),
             ca_fingerprint=normalize_fingerprint(raw["caf"]),
+            max_uses=uses,
         )
     except (ValueError, TypeError, KeyError, OverflowError, OSError) as e:
         raise IdentityError(f"{_MALFORMED} ({e})") from None
@@ -149,6 +155,14 @@ class JoinTokenIssuer:
         self._trust_domain = trust_domain
         self._ca_fingerprint = normalize_fingerprint(ca_fingerprint)
 
+    def repin(self, ca_fingerprint: str) -> None:
+        """Pin new tokens to another root (a root rotation switched the CA to it).
+
+        Tokens pinned to the old root are refused from then on: a proxy joining with one
+        would verify the control plane against a root that no longer signs it.
+        """
+        self._ca_fingerprint = normalize_fingerprint(ca_fingerprint)
+
     def _sign(self, payload: str) -> bytes:
         return hmac.new(self._key, f"{PREFIX}.{payload}".encode("ascii"), hashlib.sha256).digest()
 
@@ -158,10 +172,14 @@ class JoinTokenIssuer:
         service_account: str,
         ttl: timedelta,
         now: datetime | None = None,
+        max_uses: int = 1,
     ) -> str:
-        """A token granting ``spiffe://<td>/ns/<namespace>/sa/<service_account>`` until now+ttl."""
+        """A token granting ``spiffe://<td>/ns/<namespace>/sa/<service_account>`` until now+ttl,
+        good for `max_uses` joins (the control plane counts them)."""
         if ttl <= timedelta(0):
             raise ValueError(f"join token ttl must be positive, got {ttl}")
+        if max_uses < 1:
+            raise ValueError(f"join token max_uses must be at least 1, got {max_uses}")
         SpiffeId(self._trust_domain, namespace, service_account)  # ValueError names the field
         expires = _files.utc_now(now) + ttl
         claims = {
@@ -171,6 +189,7 @@ class JoinTokenIssuer:
             "sa": service_account,
             "exp": int(expires.timestamp()),
             "caf": self._ca_fingerprint,
+            "use": max_uses,
         }
         payload = _b64encode(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
         return f"{PREFIX}.{payload}.{_b64encode(self._sign(payload))}"

@@ -20,7 +20,7 @@ import os
 import random
 import ssl
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +29,7 @@ import aiohttp
 from cryptography import x509
 
 from gossamer.errors import IdentityError
-from gossamer.identity.bundle import pinned_root
+from gossamer.identity.bundle import chain_fingerprints, load_bundle, pinned_root
 from gossamer.identity.csr import generate_private_key, make_csr
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.identity.tls import client_context
@@ -68,6 +68,7 @@ class AgentConfig:
     join_token: str | None = None
     interests: frozenset[str] = frozenset()
     app_host: str = "127.0.0.1"
+    admin_port: int | None = None  # registered so the control plane can scrape /metrics
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,15 @@ class Credentials:
     def renew_at(self) -> datetime:
         """Two thirds into the certificate's life, like Istio and Linkerd."""
         return self.not_before + (self.not_after - self.not_before) * 2 / 3
+
+    def status(self) -> dict[str, str]:
+        """What the control plane is told about this certificate (hello and status)."""
+        issuer, root = chain_fingerprints(self.chain_pem, self.bundle_pem)
+        return {
+            "certificateNotAfter": self.not_after.isoformat(),
+            "issuerFingerprint": issuer,
+            "rootFingerprint": root,
+        }
 
 
 def credentials_from(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> Credentials:
@@ -128,6 +138,8 @@ class Agent:
         self.registered = False
         self.app_ready: bool | None = None  # as last reported to the control plane
         self.leaving = False  # once set, the workload is never registered again
+        # Set by a "renew" message (a CA rotation): renew now, not at two thirds of life.
+        self._renew_now = asyncio.Event()
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # -- cache --------------------------------------------------------------------
@@ -250,11 +262,30 @@ class Agent:
         )
         self._adopt(data, key)
         log.info("renewed certificate (until %s)", self.creds.not_after)
-        ws = self._ws
-        if ws is not None and not ws.closed:
-            await ws.send_json(
-                {"type": "status", "certificateNotAfter": self.creds.not_after.isoformat()}
-            )
+        await self._send_status()
+
+    async def _send_status(self) -> None:
+        ws, creds = self._ws, self.creds
+        if ws is not None and not ws.closed and creds is not None:
+            await ws.send_json({"type": "status", **creds.status()})
+
+    def _adopt_bundle(self, bundle: str) -> None:
+        """Verify peers (and the control plane) against ``bundle`` from now on.
+
+        The snapshot carries the trust bundle, so a CA rotation reaches every proxy by
+        discovery: the new root is trusted before any peer presents a certificate under
+        it, and the old one is dropped once no peer does.
+        """
+        creds = self.creds
+        if creds is None or bundle.encode() == creds.bundle_pem:
+            return
+        if not load_bundle(bundle):
+            raise IdentityError("the snapshot's trust bundle holds no certificate")
+        creds = replace(creds, bundle_pem=bundle.encode())
+        self.dataplane.set_credentials(creds)
+        self.creds = creds
+        self._save_credentials(creds)
+        log.info("trust bundle changed: now %d root(s)", len(load_bundle(bundle)))
 
     def _ctx(self) -> ssl.SSLContext:
         assert self.creds is not None
@@ -268,16 +299,19 @@ class Agent:
             if p.name:
                 entry["name"] = p.name
             ports.append(entry)
+        spec: dict[str, Any] = {
+            "address": c.address,
+            "inboundPort": c.inbound_port,
+            "serviceAccount": c.service_account,
+            "ports": ports,
+        }
+        if c.admin_port is not None:
+            spec["adminPort"] = c.admin_port
         return {
             "apiVersion": "gossamer.dev/v1alpha1",
             "kind": "Workload",
             "metadata": {"name": c.workload, "namespace": c.namespace, "labels": c.labels},
-            "spec": {
-                "address": c.address,
-                "inboundPort": c.inbound_port,
-                "serviceAccount": c.service_account,
-                "ports": ports,
-            },
+            "spec": spec,
         }
 
     async def register(self) -> None:
@@ -367,7 +401,9 @@ class Agent:
                 await call()
                 return
             except IdentityError as err:
-                if "join token" in str(err) and "expired" in str(err):
+                if "join token" in str(err) and (
+                    "expired" in str(err) or "already used" in str(err)
+                ):
                     raise
                 log.warning("%s failed: %s; retrying in %.1fs", what, err, backoff)
             except (TimeoutError, aiohttp.ClientError, OSError) as err:
@@ -384,7 +420,9 @@ class Agent:
         while True:
             assert self.creds is not None
             wait = (self.creds.renew_at() - datetime.now(UTC)).total_seconds()
-            await asyncio.sleep(max(wait, 0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._renew_now.wait(), timeout=max(wait, 0))
+            self._renew_now.clear()
             await self._retry("certificate renewal", self.renew)
 
     async def _follow(self) -> None:
@@ -422,7 +460,7 @@ class Agent:
                     "workload": self.config.workload,
                     "namespace": self.config.namespace,
                     "interests": sorted(self.interests),
-                    "certificateNotAfter": self.creds.not_after.isoformat() if self.creds else "",
+                    **(self.creds.status() if self.creds else {}),
                 }
             )
             self._ws = ws
@@ -438,12 +476,18 @@ class Agent:
     async def _on_message(self, ws: aiohttp.ClientWebSocketResponse, msg: dict[str, Any]) -> None:
         if msg.get("type") == "error":
             raise IdentityError(f"control plane refused the stream: {msg.get('message')}")
+        if msg.get("type") == "renew":
+            log.info("control plane asks for renewal now: %s", msg.get("reason", ""))
+            self._renew_now.set()
+            return
         if msg.get("type") != "snapshot":
             return
         version = str(msg.get("version", ""))
         try:
             snapshot = Snapshot.from_dict(msg["snapshot"])
             check_consistent(snapshot)
+            # Trust first, so the ack below says the new bundle is in use.
+            self._adopt_bundle(snapshot.trust_bundle)
             self.dataplane.apply_snapshot(snapshot)
         except Exception as err:  # a bad snapshot must never replace a good one
             log.error("rejected snapshot %s: %s", version, err)

@@ -30,7 +30,20 @@ BACKOFF_MAX: Final = 30.0
 class EndpointLoad:
     """Latency and load of one endpoint, kept across snapshots while it exists."""
 
-    __slots__ = ("ewma", "failures", "outstanding", "probe_until", "retry_at", "stamp")
+    __slots__ = (
+        "consecutive",
+        "ejected_until",
+        "ejections",
+        "ewma",
+        "failures",
+        "outstanding",
+        "probe_until",
+        "retry_at",
+        "stamp",
+        "window_failed",
+        "window_start",
+        "window_total",
+    )
 
     def __init__(self, now: float = 0.0) -> None:
         self.ewma = DEFAULT_RTT
@@ -39,6 +52,13 @@ class EndpointLoad:
         self.failures = 0
         self.retry_at = 0.0  # out of rotation until then
         self.probe_until = 0.0  # a probe is in flight until then
+        # Outlier detection (gossamer.proxy.resilience): ejected for failing requests.
+        self.ejected_until = 0.0
+        self.ejections = 0
+        self.consecutive = 0
+        self.window_start = now
+        self.window_total = 0
+        self.window_failed = 0
 
     def cost(self, now: float) -> float:
         elapsed = now - self.stamp
@@ -55,7 +75,7 @@ class EndpointLoad:
         self.stamp = now
 
     def available(self, now: float) -> bool:
-        return self.retry_at <= now and self.probe_until <= now
+        return self.retry_at <= now and self.probe_until <= now and self.ejected_until <= now
 
     def connect_failed(self, now: float, rng: random.Random | None = None) -> None:
         self.failures += 1
@@ -141,8 +161,9 @@ class Balancer(Generic[T]):
         # soonest (failing requests help nobody, and it may have recovered).
         soonest = math.inf
         for i, load in enumerate(self.loads):
-            if i != exclude and load.retry_at < soonest:
-                best, soonest = i, load.retry_at
+            due = max(load.retry_at, load.ejected_until)
+            if i != exclude and due < soonest:
+                best, soonest = i, due
         return best
 
     def _take(self, i: int, now: float, probe_for: float) -> None:

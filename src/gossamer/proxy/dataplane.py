@@ -16,15 +16,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from gossamer.authz import Authorizer, compile_security
+from gossamer.proxy.acceptor import InboundAcceptor
 from gossamer.proxy.admin import AdminConnection, Page, json_page
 from gossamer.proxy.balancer import Balancer, EndpointLoad
 from gossamer.proxy.httpproxy import ConnectError, Pool, ServerConnection
-from gossamer.proxy.inbound import SERVER_NAME_ATTR, AppPool, InboundSide, LocalRoute
+from gossamer.proxy.inbound import (
+    SERVER_NAME_ATTR,
+    AppPool,
+    InboundSide,
+    LocalRoute,
+    PlaintextInboundSide,
+)
 from gossamer.proxy.metrics import Metrics
 from gossamer.proxy.outbound import OutboundSide, PeerPool, connect_peer
 from gossamer.proxy.routing import RouteTable
 from gossamer.proxy.tcp import Splice, TcpListener
 from gossamer.proxy.tls import CredentialsLike, MeshContexts, make_contexts, sni_for
+from gossamer.translate.authz import SecurityView
 from gossamer.translate.snapshot import Endpoint, Snapshot
 
 log = logging.getLogger("gossamer.proxy")
@@ -119,6 +128,7 @@ class DataPlane:
         self._servers: list[asyncio.AbstractServer] = []
         self._inbound_sock: socket.socket | None = None
         self._inbound_serving = False
+        self._acceptor: InboundAcceptor | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._waiters: dict[str, list[Callable[[], None]]] = {}
@@ -127,6 +137,8 @@ class DataPlane:
         self._readiness: list[Callable[[], str | None]] = []
         self._config_sections: dict[str, Callable[[], Any]] = {}
         self._closed = False
+        # The compiled AuthorizationPolicies of the current snapshot (inbound side).
+        self.authorizer: Authorizer = compile_security(SecurityView())
 
     # ---- what the rest of the proxy reads ----------------------------------------------
 
@@ -219,17 +231,25 @@ class DataPlane:
         # the current one in the SNI callback, so renewed certificates apply at once.
         listen_ctx = self.contexts.server
         listen_ctx.sni_callback = self._on_sni
-        side = self._inbound_side
-        server = await self.loop.create_server(
-            lambda: ServerConnection(side),
-            sock=self._inbound_sock,
-            ssl=listen_ctx,
-            ssl_handshake_timeout=max(self.config.connect_timeout, 5.0),
-            backlog=self.config.backlog,
+        side, plain = self._inbound_side, PlaintextInboundSide(self)
+        # Our own accept loop (proxy.acceptor): refused handshakes are logged with their
+        # reason, and PERMISSIVE mode serves plaintext beside TLS.
+        acceptor = self._acceptor = InboundAcceptor(
+            self.loop,
+            self._inbound_sock,
+            tls_factory=lambda: ServerConnection(side),
+            plain_factory=lambda: ServerConnection(plain),
+            context=listen_ctx,
+            handshake_timeout=max(self.config.connect_timeout, 5.0),
+            spawn=self.spawn,
         )
-        self._servers.append(server)
-        if self._closed:
-            server.close()
+        acceptor.permissive = self._permissive()
+        if not self._closed:
+            acceptor.start()
+
+    def _permissive(self) -> bool:
+        snapshot = self.snapshot
+        return snapshot is not None and snapshot.security.mtls_mode == "PERMISSIVE"
 
     def _on_sni(
         self, ssl_object: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext
@@ -250,6 +270,8 @@ class DataPlane:
         self._timers.clear()
         for server in self._servers:
             server.close()
+        if self._acceptor is not None:
+            self._acceptor.close()
         for conn in list(self.connections):
             conn.abort()
         for splice in list(self.splices):
@@ -268,7 +290,7 @@ class DataPlane:
             await asyncio.gather(*tasks, return_exceptions=True)
         for server in self._servers:
             await server.wait_closed()
-        if self._inbound_sock is not None and not self._inbound_serving:
+        if self._inbound_sock is not None:
             self._inbound_sock.close()
         # Let transports finish closing before the loop may be torn down.
         await asyncio.sleep(0)
@@ -304,13 +326,17 @@ class DataPlane:
                     pool.name, lp.port, balancer, pool
                 )
             table.local_routes = local_routes
+            authorizer = compile_security(snapshot.security)
         except Exception:
             self._peers = old_peers
             raise
         finally:
             self._old_peers = {}
         self._table = table
+        self.authorizer = authorizer
         self.snapshot = snapshot
+        if self._acceptor is not None:
+            self._acceptor.permissive = self._permissive()
         for endpoint, (peer_pool, _) in old_peers.items():
             if endpoint not in self._peers:
                 peer_pool.close()

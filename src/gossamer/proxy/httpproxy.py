@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from gossamer.proxy.http1 import (
@@ -40,9 +41,11 @@ from gossamer.proxy.http1 import (
     response_framing,
     response_head_bytes,
 )
+from gossamer.proxy.resilience import IDEMPOTENT
 
 if TYPE_CHECKING:
     from gossamer.proxy.balancer import Balancer, EndpointLoad
+    from gossamer.proxy.resilience import Limits, OutlierDetector, RetryPolicy
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -326,21 +329,29 @@ class Exchange:
 
     __slots__ = (
         "attempts",
+        "backend_timeout",
         "balancer",
         "close_after",
         "conn",
+        "deadline",
         "error",
         "finished",
         "head",
         "head_bytes",
         "interim",
+        "limits",
         "load",
         "out",
         "out_size",
+        "outlier",
         "peer",
+        "pending",
         "request_done",
         "response_done",
+        "response_edit",
         "response_started",
+        "retries",
+        "retry",
         "retry_ok",
         "rmode",
         "rout",
@@ -349,6 +360,7 @@ class Exchange:
         "started",
         "status",
         "tried",
+        "try_timer",
         "upstream",
         "upstream_keep",
     )
@@ -382,6 +394,16 @@ class Exchange:
         self.status = 0
         # Set by Side.start for a request refused before routing; answered in turn.
         self.error: ProtocolError | None = None
+        # Traffic management, set by the outbound side when a route or policy applies.
+        self.response_edit: Callable[[Headers], Headers] | None = None
+        self.retry: RetryPolicy | None = None
+        self.retries = 0
+        self.outlier: OutlierDetector | None = None
+        self.limits: Limits | None = None
+        self.pending = False  # counted in limits.pending while a connection opens
+        self.deadline: asyncio.TimerHandle | None = None  # timeouts.request
+        self.backend_timeout: float | None = None  # per try (timeouts.backendRequest)
+        self.try_timer: asyncio.TimerHandle | None = None
 
     # ---- request direction -------------------------------------------------------------
 
@@ -421,6 +443,8 @@ class Exchange:
         conn = self.conn
         self.upstream = upstream
         upstream.exchange = self
+        if self.pending:
+            self._unpend()
         upstream.reader.set_handler(self, self.head.method == b"HEAD")
         load = self.load
         if load is not None:
@@ -453,18 +477,155 @@ class Exchange:
         pool = balancer.items[i]
         self.load = balancer.loads[i]
         self.peer = pool.name
+        if self.backend_timeout is not None:
+            self._start_try_timer(self.backend_timeout)
         upstream = pool.take()
         if upstream is not None:
             self.bind(upstream)
+            return
+        limits = self.limits
+        if limits is not None and not self._may_connect(limits, balancer):
+            return
+        pool.connect(self)
+
+    def _may_connect(self, limits: Limits, balancer: Balancer[Pool]) -> bool:
+        """Circuit breaking: a new connection only within maxConnections, and a request
+        waits for one only within maxPendingRequests; over either, a 503."""
+        if limits.max_connections is not None:
+            live = sum(pool.live for pool in balancer.items)
+            if live >= limits.max_connections:
+                self.fail(
+                    503,
+                    f"circuit breaker: {self.describe_route()} has {live} connections open "
+                    f"(maxConnections {limits.max_connections})",
+                )
+                return False
+        if limits.max_pending is not None and limits.pending >= limits.max_pending:
+            self.fail(
+                503,
+                f"circuit breaker: {self.describe_route()} has {limits.pending} requests "
+                f"waiting for a connection (maxPendingRequests {limits.max_pending})",
+            )
+            return False
+        limits.pending += 1
+        self.pending = True
+        return True
+
+    def _unpend(self) -> None:
+        self.pending = False
+        if self.limits is not None:
+            self.limits.pending -= 1
+
+    # ---- timeouts and retries ---------------------------------------------------------
+
+    def start_deadline(self, seconds: float) -> None:
+        """timeouts.request: the whole exchange must be answered within `seconds`."""
+        self.deadline = self.conn.loop.call_later(seconds, self._deadline_passed, seconds)
+
+    def _deadline_passed(self, seconds: float) -> None:
+        self.deadline = None
+        if not self.finished:
+            self.fail(
+                504, f"request timeout: {self.describe_route()} did not answer in {seconds:g}s"
+            )
+
+    def _start_try_timer(self, seconds: float) -> None:
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+        self.try_timer = self.conn.loop.call_later(seconds, self._try_timed_out, seconds)
+
+    def _try_timed_out(self, seconds: float) -> None:
+        self.try_timer = None
+        if self.finished or self.response_done:
+            return
+        self._outlier_failure()
+        reason = f"backend request timeout: {self.peer} did not answer in {seconds:g}s"
+        if not self.response_started and self._may_retry():
+            log.info("%s: %s; retrying", self.describe_route(), reason)
+            self._drop_upstream()
+            self._schedule_retry()
+            return
+        self.fail(504, reason)
+
+    def _may_retry(self) -> bool:
+        retry = self.retry
+        if retry is None or self.retries >= retry.attempts:
+            return False
+        head = self.head
+        # Only a request the proxy can send again whole: no body, an idempotent method.
+        if head.body != BODY_NONE or head.method not in IDEMPOTENT or not self.request_done:
+            return False
+        return retry.budget.try_withdraw(self.conn.loop.time())
+
+    def _drop_upstream(self) -> None:
+        """Let go of the current try's connection (mid-response: it cannot be reused)."""
+        upstream = self.upstream
+        self.upstream = None
+        if self.pending:
+            self._unpend()
+        if upstream is not None:
+            upstream.exchange = None
+            upstream.reader.set_handler(_DISCARD, False)
+            upstream.abort()
+            if self.load is not None:
+                self.load.outstanding -= 1
+        self.load = None
+
+    def _schedule_retry(self) -> None:
+        retry = self.retry
+        assert retry is not None
+        self.retries += 1
+        self.response_started = False
+        self.status = 0
+        self.rout.clear()
+        self.out = [self.head_bytes]
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        delay = retry.backoff(self.retries)
+        if delay > 0:
+            self.try_timer = self.conn.loop.call_later(delay, self._retry_now)
         else:
-            pool.connect(self)
+            self._retry_now()
+
+    def _retry_now(self) -> None:
+        self.try_timer = None
+        if not self.finished:
+            self.forward(exclude=self.tried)
+
+    def _outlier_failure(self) -> None:
+        outlier, load = self.outlier, self.load
+        if (
+            outlier is not None
+            and load is not None
+            and outlier.failure(load, self.conn.loop.time())
+        ):
+            log.warning("%s: ejected %s (outlier detection)", self.describe_route(), self.peer)
+
+    def _release(self) -> None:
+        """The exchange is over: stop its timers, give back what it counted against."""
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        if self.pending:
+            self._unpend()
+        limits = self.limits
+        if limits is not None:
+            limits.active -= 1
+            self.limits = None
 
     def connect_failed(self, err: ConnectError) -> None:
         if self.finished:
             return
+        if self.pending:
+            self._unpend()
         load = self.load
         if err.eject and load is not None:
             load.connect_failed(self.conn.loop.time())
+            self._outlier_failure()
         log.warning("%s: %s", self.describe_route(), err.reason)
         # Nothing was sent, so any request can go to another endpoint.
         balancer = self.balancer
@@ -487,12 +648,32 @@ class Exchange:
             if status != 101 and req.http11:
                 self.rout.append(response_head_bytes(status, head.reason, head.headers, b""))
             return
-        self.response_started = True
-        self.status = status
         load = self.load
         if load is not None:
             now = self.conn.loop.time()
             load.observe(now - self.sent_at, now)
+            outlier = self.outlier
+            if outlier is not None:
+                if status >= 500:
+                    if outlier.failure(load, now):
+                        log.warning(
+                            "%s: ejected %s after %d (outlier detection)",
+                            self.describe_route(),
+                            self.peer,
+                            status,
+                        )
+                else:
+                    outlier.success(load, now)
+        retry = self.retry
+        if retry is not None and status in retry.codes and self._may_retry():
+            log.info("%s: %s answered %d; retrying", self.describe_route(), self.peer, status)
+            self._drop_upstream()
+            self._schedule_retry()
+            return
+        self.response_started = True
+        self.status = status
+        if self.response_edit is not None:
+            head.headers = self.response_edit(head.headers)
         mode, framing = response_framing(head, req.http11)
         self.rmode = mode
         self.upstream_keep = head.keep_alive
@@ -529,6 +710,7 @@ class Exchange:
 
     def _complete(self) -> None:
         self.finished = True
+        self._release()
         conn = self.conn
         now = conn.loop.time()
         load = self.load
@@ -552,6 +734,7 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
+        self._release()
         conn = self.conn
         if not logged:
             log.warning("%s: %s", self.describe_route(), reason)
@@ -577,6 +760,21 @@ class Exchange:
         conn.side.record(self, status, conn.loop.time() - self.started)
         conn.exchange_finished(self)
 
+    def reply(self, status: int, headers: Headers, reason: str) -> None:
+        """Answer with a response the proxy makes by design (a redirect), bodiless."""
+        if self.finished:
+            return
+        self.finished = True
+        self._release()
+        conn = self.conn
+        log.debug("%s", reason)
+        close = not self.request_done or not self.head.keep_alive or conn.client_eof
+        self.close_after = close
+        extra = b"content-length: 0\r\n" + (b"connection: close\r\n" if close else b"")
+        conn.write(response_head_bytes(status, b"", headers, extra))
+        conn.side.record(self, status, conn.loop.time() - self.started)
+        conn.exchange_finished(self)
+
     def upstream_lost(self, upstream: UpstreamConnection, reused: bool) -> None:
         """The upstream connection closed or reset before the response ended."""
         if self.finished:
@@ -584,6 +782,13 @@ class Exchange:
         self.upstream = None
         if self.load is not None:
             self.load.outstanding -= 1
+        if not self.response_started and self.retry is not None and self.retry.on_reset:
+            self._outlier_failure()
+            if self._may_retry():
+                log.info("%s: %s reset the connection; retrying", self.describe_route(), self.peer)
+                self.load = None
+                self._schedule_retry()
+                return
         if not self.response_started and self.retry_ok and reused and self.attempts < MAX_ATTEMPTS:
             # A pooled connection the peer had just closed: the request never reached
             # it, and a request without a body can be sent again.
@@ -598,6 +803,7 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
+        self._release()
         if self.load is not None and self.upstream is not None:
             self.load.outstanding -= 1
         upstream = self.upstream
@@ -636,6 +842,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
+        self.pool.live += 1
 
     def data_received(self, data: bytes) -> None:
         ex = self.exchange
@@ -663,6 +870,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.pool.live -= 1
         self.pool.discard(self)
         ex = self.exchange
         if ex is not None:
@@ -713,6 +921,22 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
 
+class _Discard:
+    """Reads the rest of a response that a retry has replaced, into nowhere."""
+
+    def response_head(self, head: ResponseHead) -> None:
+        pass
+
+    def response_body(self, data: bytes) -> None:
+        pass
+
+    def response_end(self, trailers: Headers | None) -> None:
+        pass
+
+
+_DISCARD: Final = _Discard()
+
+
 class _NoHandler:
     def response_head(self, head: ResponseHead) -> None:
         raise ProtocolError(502, "response without a request")
@@ -733,7 +957,7 @@ class Pool:
     Subclasses say how to open a connection; `open` raises ConnectError.
     """
 
-    __slots__ = ("closed", "idle", "loop", "max_idle", "name", "opening")
+    __slots__ = ("closed", "idle", "live", "loop", "max_idle", "name", "opening")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, name: str, max_idle: int = 256) -> None:
         self.loop = loop
@@ -741,6 +965,7 @@ class Pool:
         self.idle: list[UpstreamConnection] = []
         self.max_idle = max_idle
         self.closed = False
+        self.live = 0  # connections made and not yet lost (circuit breaking counts them)
         self.opening: set[asyncio.Task[None]] = set()
 
     async def open(self) -> UpstreamConnection:
@@ -766,22 +991,25 @@ class Pool:
             self.idle.remove(upstream)
 
     def connect(self, ex: Exchange) -> None:
-        task = self.loop.create_task(self._connect(ex))
+        task = self.loop.create_task(self._connect(ex, ex.attempts))
         self.opening.add(task)
         task.add_done_callback(self.opening.discard)
 
-    async def _connect(self, ex: Exchange) -> None:
+    async def _connect(self, ex: Exchange, attempt: int) -> None:
         try:
             upstream = await self.open()
         except ConnectError as e:
-            ex.connect_failed(e)
+            if ex.attempts == attempt:
+                ex.connect_failed(e)
             return
         except Exception as e:
             log.exception("proxy error connecting to %s", self.name)
-            ex.connect_failed(ConnectError(502, f"connect to {self.name} failed: {e}"))
+            if ex.attempts == attempt:
+                ex.connect_failed(ConnectError(502, f"connect to {self.name} failed: {e}"))
             return
-        if ex.finished or self.closed:
-            # The client went away meanwhile; the connection is still good to keep.
+        if ex.finished or self.closed or ex.attempts != attempt:
+            # The client went away meanwhile, or a timeout moved the request on to
+            # another try; the connection is still good to keep.
             upstream.release()
         else:
             ex.bind(upstream)

@@ -1,16 +1,27 @@
-"""The inbound side: mTLS from peer proxies, forwarded to the local app.
+"""The inbound side: mTLS from peer proxies, authorized, forwarded to the local app.
 
 The TLS server name says which local port a connection is for (see proxy.tls); ALPN
-says whether HTTP/1.1 or opaque TCP follows.
+says whether HTTP/1.1 or opaque TCP follows. Authorization (gossamer.authz) runs per
+request for HTTP and once per connection for TCP, against the policies compiled with
+the current snapshot; with none that could refuse anything it costs one attribute read.
+
+A verified client certificate that names no SPIFFE ID of the mesh's trust domain (an
+operator's root may sign other certificates too) is refused right after the handshake,
+with a log line; handshakes that fail outright are logged by proxy.acceptor. In
+PERMISSIVE mTLS mode, plaintext HTTP from outside the mesh is served by
+`PlaintextInboundSide`: no identity, the local port from the Host header, metrics
+labelled tls="false".
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gossamer.authz import Authorizer, Decision, Request, principal_of
 from gossamer.proxy.balancer import Balancer
 from gossamer.proxy.http1 import INBOUND_REQUEST_KINDS, request_framing, request_head_bytes
 from gossamer.proxy.httpproxy import (
@@ -20,12 +31,15 @@ from gossamer.proxy.httpproxy import (
     ServerConnection,
     UpstreamConnection,
 )
+from gossamer.proxy.metrics import RequestStats
 from gossamer.proxy.routing import NoRoute
 from gossamer.proxy.tcp import Splice
 from gossamer.proxy.tls import ALPN_TCP, peer_identity, spiffe_namespace
 
 if TYPE_CHECKING:
     from gossamer.proxy.dataplane import DataPlane
+
+log = logging.getLogger("gossamer.proxy")
 
 SERVER_NAME_ATTR = "gossamer_server_name"
 _XFF = b"x-forwarded-for: "
@@ -105,6 +119,19 @@ class InboundSide:
         conn.peer_namespace = spiffe_namespace(conn.peer_identity)
         peer = transport.get_extra_info("peername")
         conn.peer_address = str(peer[0]).encode() if peer else b"unknown"
+        snapshot = self.dp.snapshot
+        if snapshot is not None and not (conn.peer_identity or "").startswith(
+            f"spiffe://{snapshot.trust_domain}/"
+        ):
+            log.warning(
+                "inbound from %s: refused the TLS handshake: the client certificate names %s, "
+                "not an identity of trust domain %s",
+                conn.peer_address.decode("latin-1"),
+                conn.peer_identity or "no SPIFFE ID",
+                snapshot.trust_domain,
+            )
+            transport.abort()
+            return
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == ALPN_TCP:
             self._splice(conn, transport)
             return
@@ -134,9 +161,57 @@ class InboundSide:
         if isinstance(route, NoRoute):
             ex.fail(route.status, route.reason)
             return
+        authorizer = self.dp.authorizer
+        if not authorizer.allows_everything and not self._authorize(ex, route, authorizer):
+            return
         ex.route = route
         ex.balancer = route.balancer
         ex.forward()
+
+    def _authorize(self, ex: Exchange, route: LocalRoute, authorizer: Authorizer) -> bool:
+        conn, head = ex.conn, ex.head
+        target = head.target
+        if not target.startswith(b"/") and b"://" in target:  # absolute-form
+            target = b"/" + target.split(b"://", 1)[1].partition(b"/")[2]
+        path = target.partition(b"?")[0].partition(b"#")[0]
+        headers = head.headers
+
+        def header(name: str) -> str | None:
+            wanted = name.encode("latin-1")
+            found = [v for n, v in headers if n.lower() == wanted]
+            return b",".join(found).decode("latin-1") if found else None
+
+        request = Request(
+            principal=principal_of(conn.peer_identity),
+            port=route.port,
+            source_ip=conn.peer_address.decode("latin-1"),
+            method=head.method.decode("latin-1"),
+            path=path.decode("latin-1"),
+            host=head.host.decode("latin-1") if head.host is not None else None,
+            headers=header,
+            sni=conn.server_name,
+        )
+        decision = authorizer.check(request)
+        what = f"{request.method} {request.path} on port {route.port}"
+        self._log_decision(decision, conn.describe(), what)
+        if decision.allowed:
+            return True
+        ex.fail(403, decision.reason, logged=True)
+        return False
+
+    @staticmethod
+    def _log_decision(decision: Decision, who: str, what: str) -> None:
+        if decision.audited:
+            log.info(
+                "audit: %s from %s: %s (%s)",
+                what,
+                who,
+                "allowed" if decision.allowed else "denied",
+                ", ".join(decision.audited),
+            )
+        if not decision.allowed:
+            rule = f" rule {decision.rule}" if decision.rule is not None else ""
+            log.warning("inbound %s from %s: %s%s", what, who, decision.reason, rule)
 
     def _local_route(self, server_name: str | None) -> LocalRoute | NoRoute:
         route = self.dp.table.local_routes.get(server_name or "")
@@ -174,6 +249,21 @@ class InboundSide:
             self.dp.log_tcp_refusal(conn.describe(), route.reason)
             transport.close()
             return
+        authorizer = self.dp.authorizer
+        if not authorizer.allows_everything:
+            decision = authorizer.check(
+                Request(
+                    principal=principal_of(conn.peer_identity),
+                    port=route.port,
+                    source_ip=conn.peer_address.decode("latin-1"),
+                    tcp=True,
+                    sni=conn.server_name,
+                )
+            )
+            self._log_decision(decision, conn.describe(), f"tcp connection to port {route.port}")
+            if not decision.allowed:
+                transport.close()
+                return
         stats = self.dp.metrics.tcp_stats("inbound", conn.peer_namespace, "unknown", True)
         end = Splice(stats, counts_sent=True, registry=self.dp.splices)
         transport.set_protocol(end)
@@ -192,3 +282,76 @@ class InboundSide:
             app_end.close()
             return
         end.join(app_end)
+
+
+class PlaintextInboundSide(InboundSide):
+    """Plaintext HTTP from outside the mesh, accepted only in PERMISSIVE mTLS mode.
+
+    There is no TLS server name to say which local port a request is for, so the port
+    in the Host header says it (or the workload's only port). The caller has no
+    identity: authorization sees no principal, and metrics say tls="false".
+    """
+
+    def __init__(self, dp: DataPlane) -> None:
+        super().__init__(dp)
+        self._stats: dict[tuple[bytes | None, int], RequestStats] = {}
+        self._stats_table: object = None
+
+    def connection_made(self, conn: ServerConnection) -> None:
+        transport = conn.transport
+        assert transport is not None
+        conn.server_name = None
+        conn.peer_identity = None
+        conn.peer_namespace = "unknown"
+        peer = transport.get_extra_info("peername")
+        conn.peer_address = str(peer[0]).encode() if peer else b"unknown"
+        self.dp.connections.add(conn)
+
+    def dispatch(self, ex: Exchange) -> None:
+        if ex.error is not None:
+            ex.fail(ex.error.status, ex.error.reason)
+            return
+        route = self._plaintext_route(ex.head.host)
+        if isinstance(route, NoRoute):
+            ex.fail(route.status, route.reason)
+            return
+        authorizer = self.dp.authorizer
+        if not authorizer.allows_everything and not self._authorize(ex, route, authorizer):
+            return
+        ex.route = route
+        ex.balancer = route.balancer
+        ex.forward()
+
+    def _plaintext_route(self, host: bytes | None) -> LocalRoute | NoRoute:
+        routes = [r for r in self.dp.table.local_routes.values() if isinstance(r, LocalRoute)]
+        port_text = (host or b"").rpartition(b":")[2] if host and b":" in host else b""
+        if port_text.isdigit():
+            for route in routes:
+                if route.port == int(port_text):
+                    return route
+        elif len(routes) == 1:
+            return routes[0]
+        ports = ", ".join(str(r.port) for r in routes) or "none"
+        return NoRoute(
+            404,
+            f"plaintext request for Host {(host or b'').decode('latin-1')!r}: name one of this "
+            f"workload's ports in the Host header ({ports})",
+        )
+
+    def record(self, ex: Exchange, status: int, seconds: float) -> None:
+        table = self.dp.table
+        if self._stats_table is not table:
+            self._stats, self._stats_table = {}, table
+        src = ex.head.src_service
+        stats = self._stats.get((src, status))
+        if stats is None:
+            stats = self._stats[(src, status)] = self.dp.metrics.request_stats(
+                "inbound",
+                "unknown",
+                src.decode("latin-1") if src else "unknown",
+                table.namespace,
+                table.service,
+                status,
+                False,
+            )
+        stats.observe(seconds)

@@ -7,6 +7,7 @@ Text is produced only when Prometheus scrapes.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Final
@@ -88,6 +89,8 @@ class Metrics:
     def __init__(self) -> None:
         self._requests: dict[tuple[str, ...], RequestStats] = {}
         self._tcp: dict[tuple[str, ...], TcpStats] = {}
+        # When the counters began: a scraper tells a restart from a quiet spell by it.
+        self.started_at = time.time()
 
     def request_stats(
         self,
@@ -166,5 +169,8 @@ class Metrics:
             labels = _label_text(TCP_LABELS, t.labels)
             out.append(f'gossamer_tcp_bytes_total{{{labels},flow="sent"}} {t.bytes_sent}')
             out.append(f'gossamer_tcp_bytes_total{{{labels},flow="received"}} {t.bytes_received}')
+        out.append("# HELP process_start_time_seconds When the proxy started (Unix time).")
+        out.append("# TYPE process_start_time_seconds gauge")
+        out.append(f"process_start_time_seconds {self.started_at:.3f}")
         out.append("")
         return "\n".join(out)

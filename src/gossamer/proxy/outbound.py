@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
 from gossamer.proxy.http1 import (
+    BODY_NONE,
     OUTBOUND_REQUEST_KINDS,
     ProtocolError,
+    RequestHead,
     request_framing,
     request_head_bytes,
 )
@@ -23,12 +27,25 @@ from gossamer.proxy.httpproxy import (
     ServerConnection,
     UpstreamConnection,
 )
+from gossamer.proxy.resilience import RetryPolicy
+from gossamer.proxy.routematch import (
+    CompiledRule,
+    chain_edits,
+    modified_path,
+    redirect_location,
+)
 from gossamer.proxy.routing import NoRoute, Route
 from gossamer.proxy.tls import peer_identity, sni_for
+from gossamer.translate.routetypes import FaultSpec
 from gossamer.translate.snapshot import Endpoint
 
 if TYPE_CHECKING:
     from gossamer.proxy.dataplane import DataPlane
+
+log = logging.getLogger("gossamer.proxy")
+
+# A mirrored request that has not been answered by then is given up.
+MIRROR_TIMEOUT: Final = 10.0
 
 
 async def connect_peer(
@@ -154,9 +171,7 @@ class OutboundSide:
         assert host is not None
         found = self.dp.table.lookup_host(host)
         if isinstance(found, Route):
-            ex.route = found
-            ex.balancer = found.balancer
-            ex.forward()
+            self._send(ex, found)
         elif isinstance(found, NoRoute):
             ex.fail(found.status, found.reason)
         else:
@@ -169,9 +184,7 @@ class OutboundSide:
         ex.conn.unpause(PAUSE_ROUTE)
         found = self.dp.table.lookup_host(host)
         if isinstance(found, Route):
-            ex.route = found
-            ex.balancer = found.balancer
-            ex.forward()
+            self._send(ex, found)
         elif isinstance(found, NoRoute):
             ex.fail(found.status, found.reason)
         else:
@@ -180,6 +193,169 @@ class OutboundSide:
                 f"no route for host {host.decode('latin-1')}: the control plane did not "
                 f"answer about {found} in {self.dp.config.interest_timeout:g}s",
             )
+
+    # ---- traffic management ---------------------------------------------------------
+
+    def _send(self, ex: Exchange, route: Route[PeerPool]) -> None:
+        """A request for a service port: faults, then its HTTPRoutes, then a backend."""
+        if not route.managed:
+            ex.route = route
+            ex.balancer = route.balancer
+            ex.forward()
+            return
+        fault = route.fault
+        if fault is not None and self._inject_fault(ex, route, fault):
+            return
+        self._route(ex, route)
+
+    def _inject_fault(self, ex: Exchange, route: Route[PeerPool], fault: FaultSpec) -> bool:
+        """FaultPolicy: abort a share of requests, delay a share. True when it took over."""
+        rng = random.random
+        if fault.abort_status is not None and rng() * 100 < fault.abort_percent:
+            ex.route = route
+            ex.fail(fault.abort_status, f"fault injected: abort with {fault.abort_status} "
+                    f"for {route.label} (FaultPolicy)")  # fmt: skip
+            return True
+        if fault.delay is not None and rng() * 100 < fault.delay_percent:
+            self.loop.call_later(fault.delay, self._after_delay, ex, route)
+            return True
+        return False
+
+    def _after_delay(self, ex: Exchange, route: Route[PeerPool]) -> None:
+        if not ex.finished:
+            self._route(ex, route)
+
+    def _route(self, ex: Exchange, route: Route[PeerPool]) -> None:
+        router = route.router
+        if router is None:
+            self._forward(ex, route, route.retry)
+            return
+        head = ex.head
+        match = router.match(head.method, head.target, head.host, head.headers)
+        if match is None:
+            ex.route = route
+            ex.fail(
+                404,
+                f"no rule of the HTTPRoutes of {route.label} ({', '.join(router.routes)}) "
+                f"matches {head.method.decode('latin-1')} {head.target.decode('latin-1')}",
+            )
+            return
+        rule = match.rule
+        spec = rule.spec
+        ex.route = route
+        if spec.error is not None:
+            ex.fail(500, f"{rule.label}: {spec.error}")
+            return
+        if spec.redirect is not None:
+            self._redirect(ex, route, rule)
+            return
+        backend = rule.pick()
+        if backend is None:
+            ex.fail(500, f"{rule.label}: every backendRef has weight 0")
+            return
+        target = backend.target
+        if backend.error is not None or target is None:
+            ex.fail(500, f"{rule.label}: {backend.error}")
+            return
+        rewrite = spec.rewrite
+        if rule.request_edit is not None or backend.request_edit is not None or rewrite:
+            if rule.request_edit is not None:
+                head.headers = rule.request_edit.apply(head.headers)
+            if backend.request_edit is not None:
+                head.headers = backend.request_edit.apply(head.headers)
+            if rewrite is not None:
+                if rewrite.hostname is not None:
+                    head.host = rewrite.hostname.encode()
+                if rewrite.path is not None:
+                    path, sep, query = head.target.decode("latin-1").partition("?")
+                    new = modified_path(path, rewrite.path, spec.prefix)
+                    head.target = (new + sep + query).encode("latin-1")
+            self._rebuild_head(ex)
+        if rule.response_edit is not None or backend.response_edit is not None:
+            ex.response_edit = chain_edits(rule.response_edit, backend.response_edit)
+        if spec.timeout is not None:
+            ex.start_deadline(spec.timeout)
+        if spec.backend_timeout is not None:
+            ex.backend_timeout = spec.backend_timeout
+        if rule.mirrors:
+            for mirror_route, share in rule.mirrors:
+                if share >= 1.0 or random.random() < share:
+                    self._mirror(ex, mirror_route)
+        self._forward(ex, target, rule.retry or route.retry)
+
+    def _forward(self, ex: Exchange, target: Route[PeerPool], retry: RetryPolicy | None) -> None:
+        ex.route = target
+        ex.balancer = target.balancer
+        ex.outlier = target.outlier
+        limits = target.limits
+        if limits is not None:
+            if limits.max_requests is not None and limits.active >= limits.max_requests:
+                ex.fail(503, f"circuit breaker: {target.label} has {limits.active} requests "
+                        f"in flight (maxRequests {limits.max_requests})")  # fmt: skip
+                return
+            limits.active += 1
+            ex.limits = limits
+        if retry is not None:
+            retry.budget.deposit(self.loop.time())
+            ex.retry = retry
+            if retry.per_try is not None and ex.backend_timeout is None:
+                ex.backend_timeout = retry.per_try
+        ex.forward()
+
+    def _rebuild_head(self, ex: Exchange) -> None:
+        head = ex.head
+        old = ex.head_bytes
+        ex.head_bytes = request_head_bytes(
+            head.method,
+            head.target,
+            head.host,
+            head.headers,
+            request_framing(head) + self.dp.table.src_service_line,
+        )
+        if ex.out and ex.out[0] is old:
+            ex.out[0] = ex.head_bytes
+        else:
+            ex.out.insert(0, ex.head_bytes)
+
+    def _redirect(
+        self, ex: Exchange, route: Route[PeerPool], rule: CompiledRule[Route[PeerPool]]
+    ) -> None:
+        spec = rule.spec
+        assert spec.redirect is not None
+        head = ex.head
+        path, _, query = head.target.decode("latin-1").partition("?")
+        location = redirect_location(
+            spec.redirect,
+            (head.host or b"").decode("latin-1"),
+            path,
+            query,
+            route.port,
+            spec.prefix,
+        )
+        ex.reply(
+            spec.redirect.status_code,
+            [(b"location", location.encode("latin-1"))],
+            f"{rule.label}: redirect to {location}",
+        )
+
+    def _mirror(self, ex: Exchange, route: Route[PeerPool]) -> None:
+        """RequestMirror: a copy to `route`, its answer thrown away; never waited for."""
+        head = ex.head
+        if head.body != BODY_NONE:
+            return  # only requests the proxy holds whole are copied
+        copy = RequestHead()
+        copy.method = head.method
+        copy.target = head.target
+        copy.host = head.host
+        copy.headers = head.headers
+        mirror = Exchange(cast(ServerConnection, _MirrorSink(self.loop)), copy)
+        mirror.head_bytes = ex.head_bytes
+        mirror.out = [ex.head_bytes]
+        mirror.request_done = True
+        mirror.route = route
+        mirror.balancer = route.balancer
+        mirror.backend_timeout = MIRROR_TIMEOUT
+        mirror.forward()
 
     def record(self, ex: Exchange, status: int, seconds: float) -> None:
         route = ex.route
@@ -190,3 +366,36 @@ class OutboundSide:
         self.dp.metrics.request_stats(
             "outbound", table.namespace, table.service, "unknown", "unknown", status, True
         ).observe(seconds)
+
+
+class _MirrorSink:
+    """Stands in for the client of a mirrored request: whatever comes back is dropped."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.side = self
+        self.write_paused = False
+        self.client_eof = False
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def pause(self, reason: int) -> None:
+        pass
+
+    def unpause(self, reason: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def exchange_finished(self, ex: Exchange) -> None:
+        pass
+
+    def record(self, ex: Exchange, status: int, seconds: float) -> None:
+        if status >= 500 or status == 0:
+            log.debug("mirrored request to %s: %d", ex.describe_route(), status)

@@ -13,7 +13,10 @@ from typing import Final, Generic, TypeVar
 
 from gossamer.proxy.balancer import Balancer, EndpointLoad
 from gossamer.proxy.metrics import Metrics, RequestStats
+from gossamer.proxy.resilience import Limits, OutlierDetector, RetryBudget, RetryPolicy
+from gossamer.proxy.routematch import Router
 from gossamer.resources import resolve_authority
+from gossamer.translate.routetypes import FaultSpec, RetrySpec
 from gossamer.translate.snapshot import Endpoint, LocalPort, ServiceView, Snapshot
 
 P = TypeVar("P")
@@ -28,10 +31,17 @@ class Route(Generic[P]):
         "_metrics",
         "_stat_labels",
         "balancer",
+        "budget",
+        "fault",
         "label",
+        "limits",
+        "managed",
         "name",
         "namespace",
+        "outlier",
         "port",
+        "retry",
+        "router",
         "stats",
     )
 
@@ -52,6 +62,15 @@ class Route(Generic[P]):
         self._metrics = metrics
         self._stat_labels = src
         self.stats: dict[int, RequestStats] = {}
+        # Traffic management, all None unless a route or policy applies: the HTTPRoutes
+        # attached to this service port, and the policies for calls to the service.
+        self.router: Router[Route[P]] | None = None
+        self.retry: RetryPolicy | None = None
+        self.budget: RetryBudget | None = None
+        self.outlier: OutlierDetector | None = None
+        self.limits: Limits | None = None
+        self.fault: FaultSpec | None = None
+        self.managed = False  # whether any of the above is set (the fast path skips them)
 
     def stats_for(self, code: int) -> RequestStats:
         stats = self.stats.get(code)
@@ -116,6 +135,49 @@ class RouteTable(Generic[P]):
                 self.routes[(svc.name, svc.namespace, sp.port)] = Route(
                     svc.name, svc.namespace, sp.port, balancer, metrics, src
                 )
+        self._apply_traffic_management(snapshot)
+
+    def _apply_traffic_management(self, snapshot: Snapshot) -> None:
+        policies = {p.service: p for p in snapshot.policies}
+        watched: set[int] = set()
+        for route in self.routes.values():
+            policy = policies.get(f"{route.name}.{route.namespace}")
+            if policy is None:
+                continue
+            if policy.retry is not None:
+                route.budget = _budget(policy.retry)
+                route.retry = RetryPolicy(policy.retry, route.budget)
+            if policy.outlier is not None:
+                route.outlier = OutlierDetector(policy.outlier, route.balancer.loads)
+                watched.update(id(load) for load in route.balancer.loads)
+            if policy.limits is not None:
+                route.limits = Limits(policy.limits)
+            route.fault = policy.fault
+            route.managed = True
+
+        # Ejections outlive snapshots on the endpoints' loads; those no outlier policy
+        # watches any more (it was removed) end now.
+        for route in self.routes.values():
+            for load in route.balancer.loads:
+                if load.ejected_until and id(load) not in watched:
+                    load.ejected_until = 0.0
+
+        def resolve(service: str, port: int) -> Route[P] | None:
+            name, _, namespace = service.partition(".")
+            return self.routes.get((name, namespace, port))
+
+        for sr in snapshot.routes:
+            parent = resolve(sr.service, sr.port)
+            if parent is None:
+                continue
+            router: Router[Route[P]] = Router(sr, resolve)
+            for rule in router.rules:
+                if rule.spec.retry is not None:
+                    budget = parent.budget or _budget(rule.spec.retry)
+                    parent.budget = budget
+                    rule.retry = RetryPolicy(rule.spec.retry, budget)
+            parent.router = router
+            parent.managed = True
 
     def lookup_host(self, host: bytes) -> Route[P] | NoRoute | str:
         found = self._host_cache.get(host)
@@ -153,3 +215,7 @@ class RouteTable(Generic[P]):
         if route is None:
             return NoRoute(503, f"no route for host {host}: service {svc.key} has no port {port}")
         return route
+
+
+def _budget(spec: RetrySpec) -> RetryBudget:
+    return RetryBudget(spec.budget_ratio, spec.budget_min_per_second, spec.budget_ttl)

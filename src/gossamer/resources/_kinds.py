@@ -11,11 +11,29 @@ from pydantic import ValidationError
 
 from gossamer.errors import FieldError, InvalidResource
 from gossamer.resources._errors import field_errors
+from gossamer.resources.authorizationpolicy import AuthorizationPolicy
 from gossamer.resources.httproute import HTTPRoute
+from gossamer.resources.meshpolicy import MeshPolicy
+from gossamer.resources.policies import (
+    CircuitBreakerPolicy,
+    FaultPolicy,
+    OutlierPolicy,
+    RetryPolicy,
+)
 from gossamer.resources.service import Service
 from gossamer.resources.workload import Workload
 
-Resource: TypeAlias = Service | Workload | HTTPRoute
+Resource: TypeAlias = (
+    Service
+    | Workload
+    | HTTPRoute
+    | AuthorizationPolicy
+    | MeshPolicy
+    | RetryPolicy
+    | OutlierPolicy
+    | CircuitBreakerPolicy
+    | FaultPolicy
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,12 @@ _MODELS: Mapping[str, type[Resource]] = {
     "Service": Service,
     "Workload": Workload,
     "HTTPRoute": HTTPRoute,
+    "AuthorizationPolicy": AuthorizationPolicy,
+    "MeshPolicy": MeshPolicy,
+    "RetryPolicy": RetryPolicy,
+    "OutlierPolicy": OutlierPolicy,
+    "CircuitBreakerPolicy": CircuitBreakerPolicy,
+    "FaultPolicy": FaultPolicy,
 }
 
 KINDS: Mapping[str, KindInfo] = MappingProxyType(
@@ -53,6 +77,32 @@ KINDS: Mapping[str, KindInfo] = MappingProxyType(
         "HTTPRoute": KindInfo(
             "HTTPRoute", "gateway.networking.k8s.io/v1", "httproutes", (), namespaced=True
         ),
+        "AuthorizationPolicy": KindInfo(
+            "AuthorizationPolicy",
+            "security.istio.io/v1",
+            "authorizationpolicies",
+            ("ap",),
+            namespaced=True,
+        ),
+        "MeshPolicy": KindInfo(
+            "MeshPolicy", "gossamer.dev/v1alpha1", "meshpolicies", ("mp",), namespaced=True
+        ),
+        "RetryPolicy": KindInfo(
+            "RetryPolicy", "gossamer.dev/v1alpha1", "retrypolicies", (), namespaced=True
+        ),
+        "OutlierPolicy": KindInfo(
+            "OutlierPolicy", "gossamer.dev/v1alpha1", "outlierpolicies", (), namespaced=True
+        ),
+        "CircuitBreakerPolicy": KindInfo(
+            "CircuitBreakerPolicy",
+            "gossamer.dev/v1alpha1",
+            "circuitbreakerpolicies",
+            (),
+            namespaced=True,
+        ),
+        "FaultPolicy": KindInfo(
+            "FaultPolicy", "gossamer.dev/v1alpha1", "faultpolicies", (), namespaced=True
+        ),
     }
 )
 """Every kind, by its `kind` name."""
@@ -61,6 +111,7 @@ KINDS: Mapping[str, KindInfo] = MappingProxyType(
 # serves HTTPRoute at both, and much published YAML still says v1beta1).
 _OTHER_API_VERSIONS: Mapping[str, tuple[str, ...]] = {
     "HTTPRoute": ("gateway.networking.k8s.io/v1beta1",),
+    "AuthorizationPolicy": ("security.istio.io/v1beta1",),
 }
 
 

@@ -2,7 +2,8 @@
 
 Its proxy registers it; Services select it by its labels, as they select pods on
 Kubernetes. Peers reach it at `address:inboundPort` (the proxy's mTLS listener); the
-proxy hands each connection to the app on `appPort`.
+proxy hands each connection to the app on `appPort`. The control plane scrapes the
+proxy's metrics at `address:adminPort`.
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ class WorkloadSpec(Model):
     inbound_port: PortNumber
     service_account: DNS1123Subdomain = "default"
     ports: Annotated[list[WorkloadPort], each(_port_problems)] = Field(default_factory=list)
+    admin_port: PortNumber | None = None
+    """The proxy's admin listener (`/metrics`, `/ready`) at `address`, for the control
+    plane's scrapes and Prometheus; absent when it is not reachable there."""
 
 
 class Workload(Model):

