@@ -160,6 +160,9 @@ def test_root_and_intermediate_rotations_under_load_fail_no_request(
     assert [r["fingerprint"] for r in after["roots"]] == [after["rootFingerprint"]]
     assert after["rootFingerprint"] != before["rootFingerprint"]
     assert after["rotation"]["phase"] == "done"
+    report = json.loads(control_plane.cli("check", "-o", "json").stdout)
+    assert report["ok"], report
+    assert not [w for w in report["warnings"] if "rotation" in w or "roots" in w], report
     # Both proxies now serve certificates from the newest intermediate.
     for w in (client, echo):
         chain = (w.state_dir / "cert.pem").read_text()

@@ -591,7 +591,9 @@ class Exchange:
     def _retry_now(self) -> None:
         self.try_timer = None
         if not self.finished:
-            self.forward(exclude=self.tried)
+            # Another endpoint if there is one; the same one is better than none.
+            many = self.balancer is not None and len(self.balancer) > 1
+            self.forward(exclude=self.tried if many else -1)
 
     def _outlier_failure(self) -> None:
         outlier, load = self.outlier, self.load

@@ -263,6 +263,10 @@ class OutboundSide:
                 head.headers = rule.request_edit.apply(head.headers)
             if backend.request_edit is not None:
                 head.headers = backend.request_edit.apply(head.headers)
+            if any(name.lower() == b"host" for name, _ in head.headers):
+                # A modifier that set Host: it is written once, from head.host.
+                head.host = next(v for n, v in head.headers if n.lower() == b"host")
+                head.headers = [(n, v) for n, v in head.headers if n.lower() != b"host"]
             if rewrite is not None:
                 if rewrite.hostname is not None:
                     head.host = rewrite.hostname.encode()

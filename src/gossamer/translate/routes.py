@@ -302,6 +302,8 @@ def route_conditions(route: HTTPRoute, mesh: MeshView) -> list[ParentStatus]:
                 else f"consumer route: applies to clients in namespace {route.metadata.namespace}"
             )
             notes = _shadowed(mesh, route, svc)
+            if route.spec.hostnames:
+                notes.append("hostnames are ignored for a Service parent (GEP-1294)")
             message = f"attached to Service {namespace}/{ref.name} ({scope})"
             if notes:
                 message += "; " + "; ".join(notes)
