@@ -400,10 +400,18 @@ def run_setups(
             if args.rounds > 1:
                 label += f" (round {r}/{args.rounds})"
             _settle(args, label)
+            mine = [backend, *target.proxies.values(), *target.support.values()]
             try:
-                rounds[name].append(
-                    measure(label, target, backend, tools, args, work / f"h2load-{name}-{r}.log")
-                )
+                try:
+                    result = measure(
+                        label, target, backend, tools, args, work / f"h2load-{name}-{r}.log"
+                    )
+                except BenchError:
+                    procs.check_alive(mine)  # a process that died explains it better
+                    raise
+                # A process that died mid-run makes the numbers meaningless.
+                procs.check_alive(mine)
+                rounds[name].append(result)
             except BenchError as err:
                 progress(f"{label}: FAILED: {err}")
                 failed[name] = {"error": str(err)}

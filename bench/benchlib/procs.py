@@ -15,7 +15,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,8 +67,9 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def check_alive(self) -> None:
-        for proc in self.procs:
+    def check_alive(self, only: Iterable[Proc] | None = None) -> None:
+        """Raise BenchError naming the first process (of ``only``, or all) that exited."""
+        for proc in self.procs if only is None else only:
             code = proc.popen.poll()
             if code is not None:
                 raise BenchError(

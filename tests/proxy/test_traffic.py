@@ -42,6 +42,7 @@ class StatusApp:
         self.status = status
         self.hang_first = hang_first  # this many requests are never answered
         self.fail_first = fail_first  # this many get a 503 (after those that hang)
+        self.bodies: list[bytes] = []
         self.requests = 0
         self.server: asyncio.Server | None = None
 
@@ -51,8 +52,11 @@ class StatusApp:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while await reader.readuntil(b"\r\n\r\n"):
+            while head := await reader.readuntil(b"\r\n\r\n"):
                 self.requests += 1
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        self.bodies.append(await reader.readexactly(int(line.split(b":")[1])))
                 if not self.status or self.requests <= self.hang_first:
                     continue  # stuck: never answers
                 status = self.status
@@ -120,14 +124,24 @@ class Traffic:
         self.client.apply_snapshot(build_snapshot(mesh, ProxyInfo("web-1", "default", interests)))
 
     async def get(
-        self, path: str = "/", host: str = "echo", headers: dict[str, str] | None = None
+        self,
+        path: str = "/",
+        host: str = "echo",
+        headers: dict[str, str] | None = None,
+        method: str = "GET",
+        body: bytes = b"",
     ) -> tuple[int, dict[str, str], bytes]:
         assert self.client.outbound_address is not None
         reader, writer = await asyncio.open_connection(*self.client.outbound_address)
         try:
-            extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+            fields = dict(headers or {})
+            if body:
+                fields["Content-Length"] = str(len(body))
+            extra = "".join(f"{k}: {v}\r\n" for k, v in fields.items())
             writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode()
+                f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}"
+                f"Connection: close\r\n\r\n".encode()
+                + body
             )
             data = await asyncio.wait_for(reader.read(-1), 20)
         finally:
@@ -319,6 +333,21 @@ async def test_retries_recover_from_a_failing_replica(traffic: Traffic) -> None:
     assert traffic.failing["flaky"][0].requests == 3
     statuses = Counter([(await traffic.get("/"))[0] for _ in range(10)])
     assert statuses == Counter({200: 10})
+
+
+@pytest.mark.asyncio
+async def test_a_small_body_is_kept_and_sent_again_but_a_post_is_not_retried(
+    traffic: Traffic,
+) -> None:
+    traffic.services["echo"] = ["flaky"]  # 503, 503, then 200s
+    traffic.apply(policy("RetryPolicy", {"attempts": 3, "retryOn": ["gateway-error"],
+                                         "backoff": {"baseInterval": "1ms"}}))  # fmt: skip
+    flaky = traffic.failing["flaky"][0]
+    status, _, _ = await traffic.get("/", method="POST", body=b"not idempotent")
+    assert status == 503  # POST is not safe to send twice
+    status, _, _ = await traffic.get("/", method="PUT", body=b"x" * 1000)
+    assert status == 200
+    assert flaky.bodies == [b"not idempotent", b"x" * 1000, b"x" * 1000]
 
 
 @pytest.mark.asyncio

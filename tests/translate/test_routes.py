@@ -344,3 +344,17 @@ def test_a_snapshot_with_routes_and_policies_matches_golden(
         "snapshots/web-1-routes.json",
         json.dumps(snapshot_for(objects).to_dict(), indent=2, sort_keys=True) + "\n",
     )
+
+
+def test_a_route_with_an_unsupported_filter_is_not_accepted() -> None:
+    r = route(
+        "cors",
+        rules=[
+            {
+                "filters": [{"type": "CORS", "cors": {"allowOrigins": ["*"]}}],
+                "backendRefs": [backend("echo")],
+            }
+        ],
+    )
+    assert conditions(r, [*BASE, r])[0] == ("Accepted", "False", "UnsupportedValue")
+    assert snapshot_for([*BASE, r]).routes == ()

@@ -14,7 +14,11 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--server", help="API address (default: $GOSSAMER_SERVER or http://127.0.0.1:15000)"
     )
-    g.add_argument("--token-file", help="file holding the admin token (default: $GOSSAMER_TOKEN)")
+    g.add_argument(
+        "--token-file",
+        help="file holding an API token: DATA_DIR/admin.token or one from `gossamer "
+        "api-token create` (default: $GOSSAMER_TOKEN)",
+    )
 
 
 def add_output_flag(p: argparse.ArgumentParser, choices: tuple[str, ...], default: str) -> None:

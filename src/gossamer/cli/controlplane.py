@@ -83,6 +83,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="where to write the Prometheus file_sd targets (default: "
         "DATA_DIR/prometheus/targets.json)",
     )
+    p.add_argument(
+        "--auth-reads",
+        action="store_true",
+        help="reads need an API token too (scope read or admin); by default only changes "
+        "need one (an admin token), and the dashboard reads without",
+    )
     ca = p.add_argument_group("bring your own CA (all three together)")
     ca.add_argument("--ca-root-cert", type=Path, help="root certificate (PEM)")
     ca.add_argument("--ca-intermediate-cert", type=Path, help="intermediate certificate (PEM)")
@@ -115,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         certificate_ttl=args.certificate_ttl,
         scrape_interval=args.scrape_interval,
         prometheus_sd_file=args.prometheus_sd_file,
+        auth_reads=args.auth_reads,
     )
     try:
         asyncio.run(serve(config, ready_file=args.ready_file))

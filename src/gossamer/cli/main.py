@@ -7,7 +7,18 @@ import sys
 from collections.abc import Sequence
 
 from gossamer import __version__
-from gossamer.cli import audit, authz, check, controlplane, demo, proxy, resources, stat, token
+from gossamer.cli import (
+    apitoken,
+    audit,
+    authz,
+    check,
+    controlplane,
+    demo,
+    proxy,
+    resources,
+    stat,
+    token,
+)
 from gossamer.cli import ca as ca_cli
 from gossamer.cli import routes as routes_cli
 
@@ -22,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     controlplane.register(sub)
     resources.register(sub)
     token.register(sub)
+    apitoken.register(sub)
     proxy.register(sub)
     check.register(sub)
     stat.register(sub)

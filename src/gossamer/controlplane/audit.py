@@ -2,9 +2,10 @@
 
 Kept in its own SQLite file beside the store (`DATA_DIR/audit.db`, mode 0600), append
 only: the store compacts its history, the audit log never does. A record never holds a
-secret — a join token is named by its id, the admin token by its scope.
+secret — a join token is named by its id, an API token by its name.
 
-    actor   who: "admin" (the admin token), a SPIFFE ID, "join-token <id>"
+    actor   who: an API token's name ("bootstrap-admin" for DATA_DIR/admin.token, or
+            one from `gossamer api-token create`), a SPIFFE ID, "join-token <id>"
     action  what: apply.created | apply.configured | delete | certificate.issue |
             token.create | token.use | ...
     kind, namespace, name   the object concerned (for a certificate: the identity)

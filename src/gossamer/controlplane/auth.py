@@ -1,13 +1,60 @@
-"""The admin token: a bearer secret in DATA_DIR/admin.token, required on every mutating call."""
+"""Who may call the REST API: named bearer tokens with a scope, `read` or `admin`.
+
+One middleware decides for every route, from the method and the route's path:
+
+- public: readiness, version, the OpenAPI document, the trust bundle and the
+  dashboard's own files (the page must load before the user can give it a token);
+- GET/HEAD: open by default (the dashboard and `gossamer get` read without a token),
+  or at least a `read` token when the control plane runs with `--auth-reads`; the
+  audit log, the token list and `whoami` always need a token;
+- every other method changes the mesh and needs an `admin` token — a route added
+  later is protected without anyone remembering to.
+
+No token: 401. A `read` token on a change: 403. A token is never logged or recorded;
+its name is, and is the "who" of the audit log. `DATA_DIR/admin.token` is the
+"bootstrap-admin" token. See docs/decisions/0024-control-plane-access-and-discovery-scope.md.
+"""
 
 from __future__ import annotations
 
-import hmac
+import json
+import logging
 import os
 import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
 from aiohttp import web
+
+from gossamer.controlplane.tokens_store import ApiTokenStore, Scope
+
+__all__ = [
+    "ACCESS",
+    "AccessPolicy",
+    "Caller",
+    "access_middleware",
+    "bearer_token",
+    "load_or_create_admin_token",
+    "require_admin",
+    "require_scope",
+]
+
+log = logging.getLogger("gossamer.controlplane.auth")
+
+# Route paths as aiohttp and the OpenAPI document spell them.
+PUBLIC_PATHS: Final = frozenset(
+    {"/readyz", "/version", "/openapi.json", "/v1/identity/bundle", "/", "/dashboard/{name}"}
+)
+# Reads that need a token even when reads are open: who did what, which tokens exist.
+TOKEN_READS: Final = frozenset({"/v1/audit", "/v1/api-tokens", "/v1/whoami"})
+READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+
+_RANK: Final[dict[Scope, int]] = {"read": 1, "admin": 2}
+
+_MAKE_ONE = "`gossamer api-token create NAME --scope {scope}` makes a named one"
 
 
 def load_or_create_admin_token(data_dir: Path) -> str:
@@ -22,6 +69,10 @@ def load_or_create_admin_token(data_dir: Path) -> str:
     return token
 
 
+def admin_token_created(data_dir: Path) -> datetime:
+    return datetime.fromtimestamp((data_dir / "admin.token").stat().st_mtime, UTC)
+
+
 def bearer_token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
@@ -30,23 +81,121 @@ def bearer_token(request: web.Request) -> str | None:
     return value.strip()
 
 
-def require_admin(request: web.Request, admin_token: str) -> None:
-    """Raise 401 unless the request carries the admin token. Never logs the token."""
-    given = bearer_token(request)
-    if given is None or not hmac.compare_digest(given.encode(), admin_token.encode()):
-        raise web.HTTPUnauthorized(
+@dataclass(frozen=True)
+class Caller:
+    """Who made a request: the token's name (the audit log's actor) and its scope."""
+
+    name: str
+    scope: Scope
+
+
+class AccessPolicy:
+    def __init__(self, tokens: ApiTokenStore, *, auth_reads: bool = False) -> None:
+        self.tokens = tokens
+        self.auth_reads = auth_reads
+
+    def required_scope(self, method: str, path: str) -> Scope | None:
+        """The least scope a call needs; None: no token needed."""
+        if method.upper() not in READ_METHODS:
+            return "admin"
+        if path in PUBLIC_PATHS:
+            return None
+        if path in TOKEN_READS or self.auth_reads:
+            return "read"
+        return None
+
+    def authenticate(self, request: web.Request, needed: Scope) -> Caller:
+        """The caller, or 401 with what to do."""
+        secret = bearer_token(request)
+        if secret is None:
+            raise _unauthorized(_missing(needed))
+        token = self.tokens.authenticate(secret)
+        if token is None:
+            raise _unauthorized(
+                "the API token given is not known (revoked, mistyped, or from another "
+                "control plane): check --token-file or GOSSAMER_TOKEN; "
+                + _MAKE_ONE.format(scope=needed)
+            )
+        if token.expires_at is not None and token.expired(self.tokens.now()):
+            raise _unauthorized(
+                f"API token {token.name} expired at "
+                f"{token.expires_at.isoformat(timespec='seconds')}: "
+                + _MAKE_ONE.format(scope=needed)
+            )
+        return Caller(token.name, token.scope)
+
+
+def _missing(needed: Scope) -> str:
+    if needed == "admin":
+        return (
+            "this call changes the mesh and needs an admin token: pass --token-file "
+            "DATA_DIR/admin.token or set GOSSAMER_TOKEN; " + _MAKE_ONE.format(scope="admin")
+        )
+    return (
+        "this call needs an API token (scope read or admin): pass --token-file or set "
+        "GOSSAMER_TOKEN; " + _MAKE_ONE.format(scope="read")
+    )
+
+
+ACCESS: Final = web.AppKey("gossamer.access", AccessPolicy)
+
+
+def require_scope(request: web.Request, scope: Scope) -> str:
+    """The name of a caller with at least `scope` (the audit log's actor), or 401/403.
+
+    The access middleware has usually checked already; handlers that record who did
+    something call this (or `require_admin`) for the name, and as a second lock."""
+    # Checked again rather than passed on from the middleware: a hash and a compare,
+    # and no per-request state to keep.
+    caller = request.app[ACCESS].authenticate(request, scope)
+    if _RANK[caller.scope] < _RANK[scope]:
+        log.info(
+            "refused %s %s to API token %s: scope %s, needs %s",
+            request.method,
+            request.path,
+            caller.name,
+            caller.scope,
+            scope,
+        )
+        raise web.HTTPForbidden(
             text=_error_json(
-                401,
-                "Unauthorized",
-                "this call needs the admin token: pass --token-file DATA_DIR/admin.token "
-                "or set GOSSAMER_TOKEN",
+                403,
+                "Forbidden",
+                f"API token {caller.name} has scope {caller.scope}; this call needs scope "
+                f"{scope}: use an admin token (DATA_DIR/admin.token) or "
+                + _MAKE_ONE.format(scope=scope),
             ),
             content_type="application/json",
-            headers={"WWW-Authenticate": 'Bearer realm="gossamer"'},
         )
+    return caller.name
+
+
+def require_admin(request: web.Request) -> str:
+    """The name of the admin-scoped caller, or 401/403. Never logs the token."""
+    return require_scope(request, "admin")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place that decides what a call needs (see the module docstring)."""
+    resource = request.match_info.route.resource
+    if resource is not None:  # no route: let the router answer 404/405
+        needed = request.app[ACCESS].required_scope(request.method, resource.canonical)
+        if needed is not None:
+            require_scope(request, needed)
+    return await handler(request)
+
+
+def _unauthorized(message: str) -> web.HTTPUnauthorized:
+    return web.HTTPUnauthorized(
+        text=_error_json(401, "Unauthorized", message),
+        content_type="application/json",
+        headers={"WWW-Authenticate": 'Bearer realm="gossamer"'},
+    )
 
 
 def _error_json(code: int, reason: str, message: str) -> str:
-    import json
-
     return json.dumps({"error": {"code": code, "reason": reason, "message": message}})

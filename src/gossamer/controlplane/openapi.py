@@ -11,6 +11,7 @@ def _op(
     summary: str,
     *,
     admin: bool = False,
+    token: bool = False,
     params: list[str] | None = None,
     body: str | None = None,
     responses: dict[str, str] | None = None,
@@ -21,9 +22,15 @@ def _op(
             code: {"description": text} for code, text in (responses or {"200": "OK"}).items()
         },
     }
+    # Every change needs an admin-scoped API token; some reads a token of any scope
+    # (gossamer.controlplane.auth decides, from the method and the path).
     if admin:
         op["security"] = [{"adminToken": []}]
-        op["responses"].setdefault("401", {"description": "admin token missing or wrong"})
+        op["responses"].setdefault("401", {"description": "API token missing, unknown or expired"})
+        op["responses"].setdefault("403", {"description": "the API token's scope is read"})
+    elif token:
+        op["security"] = [{"adminToken": []}]
+        op["responses"].setdefault("401", {"description": "API token missing, unknown or expired"})
     if params:
         op["parameters"] = [_PARAMS[p] for p in params]
     if body:
@@ -75,11 +82,20 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": "Gossamer control plane API", "version": __version__},
         "components": {
-            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "an API token: DATA_DIR/admin.token or one from "
+                    "`gossamer api-token create`; changes need scope admin, reads need scope "
+                    "read only where marked or when the control plane runs with --auth-reads",
+                }
+            },
         },
         "paths": {
             "/readyz": {"get": _op("Readiness of the control plane")},
             "/version": {"get": _op("Version and trust domain")},
+            "/openapi.json": {"get": _op("This description of the API")},
             "/v1/apply": {
                 "post": _op(
                     "Validate and store one or more objects (YAML or JSON, multi-document), "
@@ -131,6 +147,46 @@ def openapi_document() -> dict[str, Any]:
                     body="application/json",
                     responses={"200": "the token and its expiry", "422": "invalid request"},
                 )
+            },
+            "/v1/api-tokens": {
+                "get": _op("Named API tokens: name, scope, created, expiry, last use", token=True),
+                "post": _op(
+                    "Create a named API token (read or admin); the token is in this response only",
+                    admin=True,
+                    body="application/json",
+                    responses={
+                        "200": "the token",
+                        "409": "a token with this name exists",
+                        "422": "invalid name, scope or ttlSeconds",
+                    },
+                ),
+            },
+            "/v1/api-tokens/{name}": {
+                "delete": _op(
+                    "Revoke a named API token",
+                    admin=True,
+                    params=["name"],
+                    responses={"200": "the revoked token", "404": "no such token"},
+                )
+            },
+            "/v1/whoami": {"get": _op("The calling API token's name and scope", token=True)},
+            "/v1/audit": {
+                "get": _op(
+                    "The audit log (query parameters kind, action, since, limit)", token=True
+                )
+            },
+            "/v1/ca/rotation": {
+                "get": _op("The CA rotation under way or last done"),
+                "post": _op(
+                    "Start a root or intermediate CA rotation",
+                    admin=True,
+                    body="application/json",
+                    responses={
+                        "202": "started; its progress",
+                        "409": "a rotation is already under way",
+                        "422": "invalid request",
+                    },
+                ),
             },
             "/v1/proxies": {"get": _op("Connected proxies and their snapshot versions")},
             "/v1/ca": {"get": _op("CA certificates' expiry and root fingerprint")},

@@ -344,7 +344,7 @@ class RotationController:
     async def post(self, request: web.Request) -> web.Response:
         """Start a rotation: `{"kind": "root"|"intermediate", "overlapSeconds": N,
         "rootCert", "intermediateCert", "intermediateKey": paths on this host}`."""
-        require_admin(request, self.cp.admin_token)
+        actor = require_admin(request)
         try:
             body = await request.json()
         except ValueError:
@@ -382,5 +382,6 @@ class RotationController:
             str(kind),
             timedelta(seconds=float(overlap)) if overlap is not None else None,
             operator,
+            actor=actor,
         )
         return web.json_response({"rotation": self.progress()}, status=202)

@@ -17,11 +17,16 @@ from aiohttp import web
 
 from gossamer.controlplane.api import Api
 from gossamer.controlplane.audit import AuditLog
-from gossamer.controlplane.auth import load_or_create_admin_token
+from gossamer.controlplane.auth import (
+    AccessPolicy,
+    admin_token_created,
+    load_or_create_admin_token,
+)
 from gossamer.controlplane.discovery import Discovery
 from gossamer.controlplane.rotation import RotationController
 from gossamer.controlplane.routestatus import RouteStatusReconciler
 from gossamer.controlplane.telemetry import Telemetry
+from gossamer.controlplane.tokens_store import ApiTokenStore
 from gossamer.identity.ca import CertificateAuthority, OperatorCA
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.identity.tls import server_context
@@ -46,6 +51,7 @@ class ControlPlaneConfig:
     certificate_ttl: timedelta = timedelta(hours=24)
     scrape_interval: float = 5.0
     prometheus_sd_file: Path | None = None  # default: DATA_DIR/prometheus/targets.json
+    auth_reads: bool = False  # reads need a read token too (writes always need admin)
 
 
 def control_plane_identity(trust_domain: str) -> SpiffeId:
@@ -66,6 +72,11 @@ class ControlPlane:
             ca_fingerprint=self.ca.root_fingerprint(),
         )
         self.admin_token = load_or_create_admin_token(data_dir)
+        # Named API tokens (read or admin); admin.token is the "bootstrap-admin" one.
+        self.api_tokens = ApiTokenStore(
+            data_dir / "api-tokens.json", self.admin_token, admin_token_created(data_dir)
+        )
+        self.access = AccessPolicy(self.api_tokens, auth_reads=config.auth_reads)
         # Who changed what, certificates and tokens issued; join-token use counts.
         self.audit = AuditLog(data_dir / "audit.db")
         self.discovery = Discovery(self)

@@ -1,6 +1,7 @@
 """REST endpoints for golden metrics: `/v1/stats/*`, and the control plane's `/metrics`.
 
-Reads, like every GET on the API: no token needed.
+Reads, like every GET on the API: no token needed unless the control plane runs with
+`--auth-reads` (gossamer.controlplane.auth decides for every route).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from gossamer.proxy.http1 import (
     BODY_CHUNKED,
+    BODY_LENGTH,
     BODY_NONE,
     BODY_UNTIL_CLOSE,
     Headers,
@@ -57,6 +58,7 @@ PAUSE_ROUTE: Final = 8  # waiting for the control plane to learn about a host
 PAUSE_BROKEN: Final = 16  # a malformed request waits for earlier responses to finish
 
 BUFFER_LIMIT: Final = 256 * 1024
+REPLAY_LIMIT: Final = 64 * 1024
 MAX_ATTEMPTS: Final = 3
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CRLF: Final = b"\r\n"
@@ -346,6 +348,7 @@ class Exchange:
         "outlier",
         "peer",
         "pending",
+        "replay",
         "request_done",
         "response_done",
         "response_edit",
@@ -404,6 +407,8 @@ class Exchange:
         self.deadline: asyncio.TimerHandle | None = None  # timeouts.request
         self.backend_timeout: float | None = None  # per try (timeouts.backendRequest)
         self.try_timer: asyncio.TimerHandle | None = None
+        # A copy of a small request body, kept so that a retry can send it again.
+        self.replay: list[bytes] | None = None
 
     # ---- request direction -------------------------------------------------------------
 
@@ -412,6 +417,8 @@ class Exchange:
             self.out.extend((chunk_header(len(data)), data, _CRLF))
         else:
             self.out.append(data)
+            if self.replay is not None:
+                self.replay.append(data)
         if self.upstream is None:
             self.out_size += len(data)
             if self.out_size > BUFFER_LIMIT:
@@ -552,10 +559,26 @@ class Exchange:
         if retry is None or self.retries >= retry.attempts:
             return False
         head = self.head
-        # Only a request the proxy can send again whole: no body, an idempotent method.
-        if head.body != BODY_NONE or head.method not in IDEMPOTENT or not self.request_done:
+        # Only a request the proxy can send again whole: an idempotent method, and no
+        # body or one kept whole (see keep_for_replay).
+        if head.method not in IDEMPOTENT or not self.request_done:
+            return False
+        if head.body != BODY_NONE and self.replay is None:
             return False
         return retry.budget.try_withdraw(self.conn.loop.time())
+
+    def keep_for_replay(self) -> None:
+        """Keep a copy of the request body for retries, if it is small enough to hold:
+        a Content-Length body of at most REPLAY_LIMIT (Linkerd's 64 KiB)."""
+        head = self.head
+        if head.body != BODY_LENGTH or head.expect_continue:
+            return
+        length = head.content_length or b""
+        if not length.isdigit() or int(length) > REPLAY_LIMIT:
+            return
+        out = self.out
+        # What arrived before routing is in `out`, after the head.
+        self.replay = out[1:] if out and out[0] is self.head_bytes else list(out)
 
     def _drop_upstream(self) -> None:
         """Let go of the current try's connection (mid-response: it cannot be reused)."""
@@ -578,7 +601,7 @@ class Exchange:
         self.response_started = False
         self.status = 0
         self.rout.clear()
-        self.out = [self.head_bytes]
+        self.out = [self.head_bytes, *(self.replay or ())]
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None

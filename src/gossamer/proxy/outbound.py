@@ -302,6 +302,7 @@ class OutboundSide:
         if retry is not None:
             retry.budget.deposit(self.loop.time())
             ex.retry = retry
+            ex.keep_for_replay()
             if retry.per_try is not None and ex.backend_timeout is None:
                 ex.backend_timeout = retry.per_try
         ex.forward()

@@ -126,6 +126,7 @@ def _ports_of(ref: ParentReference, svc: ServiceRecord) -> list[int]:
 
 
 def _regex_problems(route: HTTPRoute) -> list[str]:
+    """Why the route cannot be accepted as written (reason UnsupportedValue)."""
     found = []
     for i, rule in enumerate(route.spec.rules):
         for j, match in enumerate(rule.matches):
@@ -150,6 +151,17 @@ def _regex_problems(route: HTTPRoute) -> list[str]:
                         f"spec.rules[{i}].matches[{j}].{where}: regular expression "
                         f"{pattern!r} does not compile: {exc}"
                     )
+        # Extended features this mesh does not implement: the route is not accepted
+        # (rather than served without them).
+        filters = [(f"spec.rules[{i}].filters[{k}]", f) for k, f in enumerate(rule.filters)]
+        filters += [
+            (f"spec.rules[{i}].backendRefs[{b}].filters[{k}]", f)
+            for b, ref in enumerate(rule.backend_refs)
+            for k, f in enumerate(ref.filters)
+        ]
+        found += [
+            f"{where}: filter CORS is not supported" for where, f in filters if f.type == "CORS"
+        ]
     return found
 
 

@@ -49,6 +49,17 @@ function token() {
   return sessionStorage.getItem(TOKEN_KEY);
 }
 
+// The token's name and scope, from /v1/whoami: a read token reads (needed when the
+// control plane runs with --auth-reads) but is not offered the buttons that change things.
+const WHO_KEY = "gossamer.tokenWho";
+function who() {
+  try { return JSON.parse(sessionStorage.getItem(WHO_KEY) || "null"); } catch (e) { return null; }
+}
+function isAdmin() {
+  const me = who();
+  return Boolean(token()) && me !== null && me.scope === "admin";
+}
+
 async function api(path, options) {
   const headers = { Accept: "application/json" };
   const t = token();
@@ -322,7 +333,7 @@ async function servicePage(ns, name) {
   const members = svc ? workloads.items.filter((wl) => selects(svc.spec.selector, wl.metadata.labels)) : [];
   const proxyOf = new Map(proxies.items.map((p) => [p.namespace + "/" + p.workload, p]));
   const attached = routes.items.filter((r) => parentsName(r, ns, name));
-  const admin = Boolean(token());
+  const admin = isAdmin();
   const card = (label, value, cls) => h("div", { class: "card" }, h("div", { class: "label" }, label),
     h("div", { class: "value " + (cls || "") }, value));
   const callers = edges.items.filter((e) => e.namespace === ns && e.name === name);
@@ -413,9 +424,9 @@ async function refresh() {
 
 function showAuth() {
   const button = document.getElementById("auth");
-  const admin = Boolean(token());
-  button.textContent = admin ? "Admin · sign out" : "Admin token…";
-  button.className = admin ? "admin" : "";
+  const me = token() ? who() : null;
+  button.textContent = me ? `${me.name} (${me.scope}) · sign out` : "API token…";
+  button.className = isAdmin() ? "admin" : "";
 }
 
 async function header() {
@@ -425,11 +436,22 @@ async function header() {
   } catch (e) { /* refresh() reports an unreachable control plane */ }
 }
 
-document.getElementById("auth").addEventListener("click", () => {
-  if (token()) sessionStorage.removeItem(TOKEN_KEY);
-  else {
-    const t = prompt("Admin token (DATA_DIR/admin.token). Kept in this tab only.");
-    if (t && t.trim()) sessionStorage.setItem(TOKEN_KEY, t.trim());
+document.getElementById("auth").addEventListener("click", async () => {
+  if (token()) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    sessionStorage.removeItem(WHO_KEY);
+  } else {
+    const t = prompt("API token: read or admin (DATA_DIR/admin.token is admin). Kept in this tab only.");
+    if (t && t.trim()) {
+      sessionStorage.setItem(TOKEN_KEY, t.trim());
+      try {
+        const me = await api("/v1/whoami");
+        sessionStorage.setItem(WHO_KEY, JSON.stringify({ name: me.name, scope: me.scope }));
+      } catch (e) {
+        sessionStorage.removeItem(TOKEN_KEY);
+        banner(`Token refused: ${e.message}`, "error");
+      }
+    }
   }
   showAuth();
   refresh();
