@@ -34,7 +34,7 @@ from gossamer.identity.csr import generate_private_key, make_csr
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.identity.tls import client_context
 from gossamer.identity.tokens import decode_unverified
-from gossamer.translate.build import check_consistent
+from gossamer.translate.consistency import check_consistent
 from gossamer.translate.snapshot import Snapshot
 
 log = logging.getLogger("gossamer.proxy.agent")

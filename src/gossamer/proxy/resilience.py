@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from gossamer.proxy.balancer import EndpointLoad
-from gossamer.translate.routes import retry_codes
-from gossamer.translate.routetypes import LimitsSpec, OutlierSpec, RetrySpec
+from gossamer.translate.routetypes import LimitsSpec, OutlierSpec, RetrySpec, retry_codes
 
 # Methods whose requests may be sent again (RFC 9110 9.2.2, idempotent methods).
 IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))

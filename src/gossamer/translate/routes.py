@@ -82,8 +82,6 @@ CONTROLLER_NAME = "gossamer.dev/mesh"
 
 Policy = RetryPolicy | OutlierPolicy | CircuitBreakerPolicy | FaultPolicy
 
-_RETRY_CODES = {"gateway-error": (502, 503, 504)}
-
 
 def traffic_objects(objects: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """MeshView's `routes` and `policies`, typed, from the store's (validated) objects."""
@@ -585,16 +583,6 @@ def _retry_spec(p: Policy | None) -> RetrySpec | None:
         budget_min_per_second=float(s.budget.min_retries_per_second),
         budget_ttl=parse_duration(s.budget.ttl),
     )
-
-
-def retry_codes(spec: RetrySpec) -> frozenset[int]:
-    """Every response status `spec` retries."""
-    codes = set(spec.codes)
-    for condition in spec.on:
-        codes.update(_RETRY_CODES.get(condition, ()))
-        if condition == "5xx":
-            codes.update(range(500, 600))
-    return frozenset(codes)
 
 
 def build_policies(mesh: MeshView, services: Iterable[ServiceRecord]) -> list[ServicePolicy]:

@@ -233,3 +233,16 @@ def _hints(tp: type) -> dict[str, Any]:
     if hints is None:
         hints = _HINTS[tp] = typing.get_type_hints(tp)
     return hints
+
+
+_RETRY_CODES = {"gateway-error": (502, 503, 504)}
+
+
+def retry_codes(spec: RetrySpec) -> frozenset[int]:
+    """Every response status `spec` retries."""
+    codes = set(spec.codes)
+    for condition in spec.on:
+        codes.update(_RETRY_CODES.get(condition, ()))
+        if condition == "5xx":
+            codes.update(range(500, 600))
+    return frozenset(codes)
