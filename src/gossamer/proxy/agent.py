@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import aiohttp
 from cryptography import x509
 
 from gossamer.errors import IdentityError
@@ -34,12 +33,14 @@ from gossamer.identity.csr import generate_private_key, make_csr
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.identity.tls import client_context
 from gossamer.identity.tokens import decode_unverified
+from gossamer.proxy.cpclient import ControlPlaneClient, ControlPlaneUnavailable, WebSocket
 from gossamer.translate.consistency import check_consistent
 from gossamer.translate.snapshot import Snapshot
 
 log = logging.getLogger("gossamer.proxy.agent")
 
 MAX_BACKOFF = 30.0
+STREAM_SILENCE = 60.0
 
 
 class DataPlaneSink(Protocol):
@@ -132,9 +133,9 @@ class Agent:
         self.trust_domain: str | None = None
         self.snapshot: Snapshot | None = None
         self.connected = False
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._ws: WebSocket | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
+        self._client = ControlPlaneClient(*config.discovery)
         self.registered = False
         self.app_ready: bool | None = None  # as last reported to the control plane
         self.leaving = False  # once set, the workload is never registered again
@@ -190,21 +191,16 @@ class Agent:
         host = f"[{host}]" if ":" in host else host
         return f"https://{host}:{port}"
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
-        return self._session
-
     async def _call(
         self, method: str, path: str, ctx: ssl.SSLContext, body: dict[str, Any] | None = None
     ) -> Any:
         assert self.trust_domain is not None
-        async with self._http().request(method, self.base_url + path, json=body, ssl=ctx) as resp:
-            data = await resp.json(content_type=None)
-            if resp.status >= 400:
-                message = (data or {}).get("error", {}).get("message", resp.reason)
-                raise IdentityError(f"{method} {path}: {resp.status} {message}")
-            return data
+        status, data = await self._client.request(method, path, ctx, body)
+        if status >= 400:
+            error = data.get("error") if isinstance(data, dict) else None
+            message = error.get("message") if isinstance(error, dict) else data
+            raise IdentityError(f"{method} {path}: {status} {message}")
+        return data
 
     async def join(self) -> None:
         """Join token → pinned root → CSR → certificate."""
@@ -216,8 +212,9 @@ class Agent:
         insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE  # only to read the bundle, checked by the pin
-        async with self._http().get(self.base_url + "/v1/identity/bundle", ssl=insecure) as r:
-            bundle = await r.text()
+        _, bundle = await self._client.request("GET", "/v1/identity/bundle", insecure)
+        if not isinstance(bundle, str):
+            raise IdentityError("the control plane's trust bundle is not PEM text")
         root = pinned_root(bundle, claims.ca_fingerprint).encode()
         key = generate_private_key()
         identity = SpiffeId(claims.trust_domain, claims.namespace, claims.service_account)
@@ -359,7 +356,7 @@ class Agent:
                 continue
             try:
                 await self.report_readiness()
-            except (aiohttp.ClientError, OSError, TimeoutError, IdentityError) as err:
+            except (ControlPlaneUnavailable, OSError, TimeoutError, IdentityError) as err:
                 log.debug("could not report readiness: %s", err)
 
     async def deregister(self) -> None:
@@ -406,7 +403,7 @@ class Agent:
                 ):
                     raise
                 log.warning("%s failed: %s; retrying in %.1fs", what, err, backoff)
-            except (TimeoutError, aiohttp.ClientError, OSError) as err:
+            except (TimeoutError, ControlPlaneUnavailable, OSError) as err:
                 log.warning(
                     "%s: control plane unreachable (%s); retrying in %.1fs",
                     what,
@@ -434,7 +431,7 @@ class Agent:
                     await self.report_readiness(force=True)
                 await self._stream()
                 backoff = 0.25
-            except (TimeoutError, aiohttp.ClientError, OSError, IdentityError) as err:
+            except (TimeoutError, ControlPlaneUnavailable, OSError, IdentityError) as err:
                 log.warning(
                     "discovery: %s; serving the last snapshot, retrying in %.1fs",
                     err or type(err).__name__,
@@ -448,12 +445,8 @@ class Agent:
 
     async def _stream(self) -> None:
         assert self.trust_domain is not None
-        async with self._http().ws_connect(
-            self.base_url + "/v1/discovery",
-            ssl=self._ctx(),
-            heartbeat=15.0,
-            timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-        ) as ws:
+        ws = await self._client.websocket("/v1/discovery", self._ctx())
+        try:
             await ws.send_json(
                 {
                     "type": "hello",
@@ -466,14 +459,19 @@ class Agent:
             self._ws = ws
             self.connected = True
             log.info("following discovery at %s", self.base_url)
-            async for msg in ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                await self._on_message(ws, json.loads(msg.data))
+            while True:
+                # The control plane pings every 15 s: a minute of silence is a dead peer.
+                async with asyncio.timeout(STREAM_SILENCE):
+                    text = await ws.receive()
+                if text is None:
+                    break
+                await self._on_message(ws, json.loads(text))
             if ws.close_code not in (None, 1000):
-                raise aiohttp.ClientError(f"stream closed with code {ws.close_code}")
+                raise ControlPlaneUnavailable(f"stream closed with code {ws.close_code}")
+        finally:
+            await ws.close()
 
-    async def _on_message(self, ws: aiohttp.ClientWebSocketResponse, msg: dict[str, Any]) -> None:
+    async def _on_message(self, ws: WebSocket, msg: dict[str, Any]) -> None:
         if msg.get("type") == "error":
             raise IdentityError(f"control plane refused the stream: {msg.get('message')}")
         if msg.get("type") == "renew":
@@ -505,7 +503,7 @@ class Agent:
         try:
             async with asyncio.timeout(3):
                 await self.deregister()
-        except (aiohttp.ClientError, OSError, TimeoutError, IdentityError) as err:
+        except (ControlPlaneUnavailable, OSError, TimeoutError, IdentityError) as err:
             log.warning("could not remove workload from the mesh: %s", err)
 
     async def stop(self, deregister: bool = True) -> None:
@@ -518,10 +516,11 @@ class Agent:
             try:
                 async with asyncio.timeout(3):
                     await self.deregister()
-            except (TimeoutError, aiohttp.ClientError, OSError, IdentityError) as err:
+            except (TimeoutError, ControlPlaneUnavailable, OSError, IdentityError) as err:
                 log.warning("could not remove workload from the mesh: %s", err)
-        if self._session is not None:
-            await self._session.close()
+        ws = self._ws
+        if ws is not None:
+            await ws.close()
 
 
 def parse_interests(values: Iterable[str]) -> frozenset[str]:
