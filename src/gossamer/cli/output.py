@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import yaml
 
 
 def table(
@@ -26,6 +25,8 @@ def dump(data: Any, fmt: str, out: TextIO = sys.stdout) -> None:
     if fmt == "json":
         out.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
     else:
+        import yaml  # here, not at the top: the long-lived proxy process never needs it
+
         out.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
 
 
