@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 
-
 def table(
     headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO = sys.stdout
 ) -> None:
