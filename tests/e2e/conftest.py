@@ -164,6 +164,7 @@ def run_workload(
     app: list[str],
     port: str | None = None,
     extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Workload:
     inbound, outbound, admin = (f"127.0.0.1:{free_port()}" for _ in range(3))
     state = tmp / "state" / name
@@ -182,6 +183,7 @@ def run_workload(
         proc = subprocess.Popen(
             [*GOSSAMER, "run", *flags, "--", *app],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )  # fmt: skip
     return Workload(name, proc, inbound, outbound, admin, state, log)
 

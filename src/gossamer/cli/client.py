@@ -7,6 +7,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,30 @@ class Client:
 
     def get(self, path: str, **query: str) -> Any:
         return self.request("GET", path, query=query or None)
+
+    def stream(self, path: str, query: dict[str, str]) -> Iterator[Any]:
+        """GET a stream of JSON lines (`/v1/tap`), yielding each as it arrives."""
+        url = self.server + path + "?" + urllib.parse.urlencode(query)
+        headers = {"Accept": "application/x-ndjson"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(url, method="GET", headers=headers)
+        try:
+            # No read timeout: a quiet service sends nothing for as long as it is quiet.
+            resp = urllib.request.urlopen(req, timeout=None)
+        except urllib.error.HTTPError as err:
+            raise _api_error(err) from None
+        except urllib.error.URLError as err:
+            raise ApiError(
+                0,
+                f"cannot reach the control plane at {self.server} ({err.reason}); "
+                "is `gossamer control-plane` running? Set --server or GOSSAMER_SERVER",
+            ) from None
+        with resp:
+            for raw in resp:
+                line = raw.strip()
+                if line:
+                    yield json.loads(line)
 
 
 def _api_error(err: urllib.error.HTTPError) -> ApiError:

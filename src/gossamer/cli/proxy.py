@@ -141,6 +141,13 @@ def add_proxy_flags(p: argparse.ArgumentParser) -> None:
         "$XDG_STATE_HOME/gossamer/NAMESPACE-NAME)",
     )
     p.add_argument(
+        "--access-log",
+        metavar="PATH|-",
+        default=os.environ.get("GOSSAMER_ACCESS_LOG"),
+        help="write one JSON line per request to PATH, or - for standard output "
+        "(default: $GOSSAMER_ACCESS_LOG, else off)",
+    )
+    p.add_argument(
         "--drain-seconds",
         type=float,
         default=1.0,
@@ -225,6 +232,7 @@ async def _serve(
         admin=args.admin,
         app_host=args.app_host,
         upstreams=tuple(upstreams),
+        access_log=args.access_log,
     )
     agent_ref: list[Agent] = []
     dataplane = DataPlane(dp_config, on_interest=lambda s: agent_ref[0].subscribe(s))

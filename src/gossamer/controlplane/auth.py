@@ -6,7 +6,7 @@ One middleware decides for every route, from the method and the route's path:
   dashboard's own files (the page must load before the user can give it a token);
 - GET/HEAD: open by default (the dashboard and `gossamer get` read without a token),
   or at least a `read` token when the control plane runs with `--auth-reads`; the
-  audit log, the token list and `whoami` always need a token;
+  audit log, the token list, `whoami` and tap always need a token;
 - every other method changes the mesh and needs an `admin` token — a route added
   later is protected without anyone remembering to.
 
@@ -48,8 +48,9 @@ log = logging.getLogger("gossamer.controlplane.auth")
 PUBLIC_PATHS: Final = frozenset(
     {"/readyz", "/version", "/openapi.json", "/v1/identity/bundle", "/", "/dashboard/{name}"}
 )
-# Reads that need a token even when reads are open: who did what, which tokens exist.
-TOKEN_READS: Final = frozenset({"/v1/audit", "/v1/api-tokens", "/v1/whoami"})
+# Reads that need a token even when reads are open: who did what, which tokens exist,
+# and live requests (tap shows paths, whose query strings may hold secrets).
+TOKEN_READS: Final = frozenset({"/v1/audit", "/v1/api-tokens", "/v1/whoami", "/v1/tap"})
 READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _RANK: Final[dict[Scope, int]] = {"read": 1, "admin": 2}

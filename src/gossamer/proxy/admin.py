@@ -1,4 +1,4 @@
-"""The admin listener: /ready, /live, /metrics, /config. Small, and off the hot path."""
+"""The admin listener: /ready, /live, /metrics, /config, /tap. Small, and off the hot path."""
 
 from __future__ import annotations
 
@@ -14,17 +14,27 @@ log = logging.getLogger("gossamer.proxy")
 
 # A page: (status, content type, body).
 Page = tuple[int, str, bytes]
+# A streaming page (`/tap`): given the connection and the request, it answers on the
+# transport itself and returns what to call when the connection goes; None if the
+# path is not one it streams.
+Streams = Callable[["AdminConnection", RequestHead], Callable[[], None] | None]
 
 
 class AdminConnection(asyncio.Protocol):
     def __init__(
-        self, pages: Callable[[bytes, bytes], Page], registry: set[AdminConnection]
+        self,
+        pages: Callable[[bytes, bytes], Page],
+        registry: set[AdminConnection],
+        streams: Streams | None = None,
     ) -> None:
         self.pages = pages
         self.registry = registry  # so the data plane can close scrapers' keep-alives
+        self.streams = streams
         self.transport: asyncio.Transport | None = None
         self.reader = RequestReader(self, {})
         self.head: RequestHead | None = None
+        # Set while a streaming page holds the connection: called when it is lost.
+        self.on_lost: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
@@ -33,8 +43,13 @@ class AdminConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.registry.discard(self)
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            on_lost()
 
     def data_received(self, data: bytes) -> None:
+        if self.on_lost is not None:
+            return  # a stream holds the connection; nothing more is read on it
         try:
             self.reader.feed(data)
         except ProtocolError as e:
@@ -48,12 +63,24 @@ class AdminConnection(asyncio.Protocol):
     def request_body(self, data: bytes) -> None:
         pass
 
+    def request_upgrade(self, data: bytes) -> None:
+        pass  # no tunnels here: the request is answered as a plain one
+
     def request_end(self, trailers: Headers | None) -> None:
         head = self.head
         transport = self.transport
         if head is None or transport is None or transport.is_closing():
             return
         path = head.target.split(b"?", 1)[0]
+        if self.streams is not None and head.method == b"GET":
+            try:
+                self.on_lost = self.streams(self, head)
+            except Exception:
+                log.exception("admin stream %s failed", path.decode("latin-1"))
+                transport.abort()
+                return
+            if self.on_lost is not None or transport.is_closing():
+                return
         try:
             status, content_type, body = self.pages(head.method, path)
         except Exception:
