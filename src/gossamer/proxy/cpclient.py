@@ -107,19 +107,24 @@ class ControlPlaneClient:
         key = base64.b64encode(os.urandom(16)).decode()
         async with asyncio.timeout(self.timeout):
             reader, writer = await self._open(ctx)
-            writer.write(
-                (
-                    f"GET {path} HTTP/1.1\r\nHost: {self._authority()}\r\n"
-                    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                ).encode()
-            )
-            status, headers = await _read_head(reader)
-        expected = base64.b64encode(hashlib.sha1(key.encode() + _WS_GUID).digest()).decode()
-        if status != 101 or headers.get("sec-websocket-accept") != expected:
-            writer.close()
-            raise ControlPlaneUnavailable(f"discovery stream refused ({status})")
-        return WebSocket(reader, writer)
+            ws = WebSocket(reader, writer)
+            try:
+                writer.write(
+                    (
+                        f"GET {path} HTTP/1.1\r\nHost: {self._authority()}\r\n"
+                        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                    ).encode()
+                )
+                status, headers = await _read_head(reader)
+                accept = base64.b64encode(hashlib.sha1(key.encode() + _WS_GUID).digest())
+                if status != 101 or headers.get("sec-websocket-accept") != accept.decode():
+                    raise ControlPlaneUnavailable(f"discovery stream refused ({status})")
+            except BaseException:
+                ws.closed = True  # nothing to say goodbye to: just let the socket go
+                await ws.close()
+                raise
+        return ws
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
@@ -140,7 +145,8 @@ class WebSocket:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader, self._writer = reader, writer
-        self.closed = False
+        self.closed = False  # no more frames are sent
+        self._released = False  # the socket has been closed
         self.close_code: int | None = None
         self._send_lock = asyncio.Lock()
 
@@ -210,11 +216,14 @@ class WebSocket:
             raise ControlPlaneUnavailable(f"discovery stream broke: {err}") from err
 
     async def close(self) -> None:
-        if self.closed:
+        """Say goodbye if the stream still works; always release the socket."""
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(OSError, ssl.SSLError, ConnectionError):
+                await self._send_frame(_CLOSE, struct.pack("!H", 1000))
+        if self._released:
             return
-        self.closed = True
-        with contextlib.suppress(OSError, ssl.SSLError, ConnectionError):
-            await self._send_frame(_CLOSE, struct.pack("!H", 1000))
+        self._released = True
         self._writer.close()
         with contextlib.suppress(OSError, ssl.SSLError, ConnectionError):
             await self._writer.wait_closed()
