@@ -30,6 +30,7 @@ class Requests:
         self.heads: list[RequestHead] = []
         self.bodies: list[bytes] = []
         self.ends: list[Headers | None] = []
+        self.tunnel = b""
 
     def request_head(self, head: RequestHead) -> None:
         self.heads.append(head)
@@ -41,12 +42,16 @@ class Requests:
     def request_end(self, trailers: Headers | None) -> None:
         self.ends.append(trailers)
 
+    def request_upgrade(self, data: bytes) -> None:
+        self.tunnel += data
+
 
 class Responses:
     def __init__(self) -> None:
         self.heads: list[ResponseHead] = []
         self.body = b""
         self.ends = 0
+        self.tunnel: bytes | None = None
 
     def response_head(self, head: ResponseHead) -> None:
         self.heads.append(head)
@@ -56,6 +61,9 @@ class Responses:
 
     def response_end(self, trailers: Headers | None) -> None:
         self.ends += 1
+
+    def response_upgrade(self, data: bytes) -> None:
+        self.tunnel = data
 
 
 def read_requests(data: bytes, kinds: dict[bytes, int] = OUTBOUND_REQUEST_KINDS) -> Requests:
@@ -190,7 +198,6 @@ MALFORMED = [
     ),
     ("a header line that never ends", b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 300000, 431),
     ("HTTP/2 in an HTTP/1 request line", b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
-    ("CONNECT", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
 ]
 
 
@@ -342,3 +349,62 @@ def test_an_error_response_carries_its_reason() -> None:
     assert b"gossamer-error: connect refused by 10.0.0.1:4143\r\n" in data
     assert b"connection: close\r\n" in data
     assert data.endswith(b"\r\n\r\nconnect refused by 10.0.0.1:4143\n")
+
+
+# ---- tunnels (proxy.upgrade) --------------------------------------------------------
+
+
+def test_a_websocket_upgrade_is_a_tunnel_request_and_what_follows_is_the_tunnels() -> None:
+    reader = RequestReader(got := Requests(), OUTBOUND_REQUEST_KINDS)
+    reader.feed(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Key: k\r\n\r\n\x81\x00"
+    )
+    reader.feed(b"GET / HTTP/1.1\r\n\r\n")
+    (head,) = got.heads
+    assert (head.tunnel, head.upgrade, head.keep_alive) == (True, b"websocket", False)
+    assert head.headers == [(b"Sec-WebSocket-Key", b"k")]
+    assert request_framing(head) == b"connection: upgrade\r\nupgrade: websocket\r\n"
+    assert got.tunnel == b"\x81\x00GET / HTTP/1.1\r\n\r\n"
+
+
+def test_connect_is_a_tunnel_request_with_its_authority_as_target() -> None:
+    got = read_requests(b"CONNECT echo:80 HTTP/1.1\r\nHost: echo:80\r\n\r\nhello")
+    (head,) = got.heads
+    assert (head.method, head.target, head.tunnel, head.upgrade) == (
+        b"CONNECT",
+        b"echo:80",
+        True,
+        None,
+    )
+    assert request_framing(head) == b""
+    assert got.tunnel == b"hello"
+
+
+def test_a_101_hands_the_bytes_after_it_to_the_tunnel() -> None:
+    reader = ResponseReader(got := Responses())
+    reader.feed(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Accept: x\r\n\r\n\x81\x02hi"
+    )
+    assert [h.status for h in got.heads] == [101]
+    assert got.heads[0].headers == [(b"Sec-WebSocket-Accept", b"x")]
+    assert got.tunnel == b"\x81\x02hi"
+
+
+def test_a_2xx_to_connect_hands_the_bytes_after_its_head_to_the_tunnel() -> None:
+    reader = ResponseReader(got := Responses())
+    reader.expect_connect()
+    reader.feed(b"HTTP/1.1 200 Connection Established\r\n")
+    assert got.heads == []
+    reader.feed(b"X: y\r\n\r\nserver speaks first")
+    assert [h.status for h in got.heads] == [200]
+    assert got.tunnel == b"server speaks first"
+
+
+def test_a_refused_connect_is_read_as_a_plain_response() -> None:
+    reader = ResponseReader(got := Responses())
+    reader.expect_connect()
+    reader.feed(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno")
+    assert [h.status for h in got.heads] == [403]
+    assert (got.body, got.ends, got.tunnel) == (b"no", 1, None)

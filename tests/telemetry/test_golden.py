@@ -68,3 +68,33 @@ def test_histogram_quantile_matches_prometheus(
 def test_a_malformed_scrape_is_an_error_not_a_guess() -> None:
     with pytest.raises(ValueError, match="line 1"):
         parse_prometheus_text("this is not prometheus")
+
+
+def test_a_grpc_call_that_ended_with_a_status_other_than_ok_is_a_failure() -> None:
+    scrape = "\n".join(
+        f'gossamer_requests_total{{direction="inbound",dst_namespace="shop",dst_service="api",'
+        f'code="200",tls="true"{grpc}}} {n}'
+        for grpc, n in (
+            (',grpc_status="0"', 7),
+            (',grpc_status="5"', 2),
+            (',grpc_status="unknown"', 1),
+            ("", 10),
+        )
+    )
+    api = aggregate(parse_prometheus_text(scrape + "\n"))[("shop", "api")]
+    assert (api.requests, api.failures) == (20, 3)
+
+
+def test_grpc_status_is_one_more_label_on_grpc_requests_only() -> None:
+    from gossamer.proxy.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.request_stats("inbound", "a", "b", "c", "d", 200, True).observe(0.001)
+    metrics.request_stats("inbound", "a", "b", "c", "d", 200, True, "14").observe(0.001)
+    lines = [line for line in metrics.render().splitlines() if "_total{" in line]
+    assert lines == [
+        'gossamer_requests_total{direction="inbound",src_namespace="a",src_service="b",'
+        'dst_namespace="c",dst_service="d",code="200",tls="true"} 1',
+        'gossamer_requests_total{direction="inbound",src_namespace="a",src_service="b",'
+        'dst_namespace="c",dst_service="d",code="200",tls="true",grpc_status="14"} 1',
+    ]

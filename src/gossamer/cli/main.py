@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "proxy",
     "check",
     "stat",
+    "tap",
+    "top",
     "authz",
     "audit",
     "ca",

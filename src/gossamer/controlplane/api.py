@@ -18,6 +18,7 @@ from aiohttp import web
 from gossamer import __version__
 from gossamer.controlplane.auth import ACCESS, access_middleware, require_admin
 from gossamer.controlplane.openapi import openapi_document
+from gossamer.controlplane.tap_api import TapApi
 from gossamer.controlplane.telemetry_api import TelemetryApi
 from gossamer.controlplane.tokens_api import ApiTokensApi
 from gossamer.dashboard import dashboard_routes
@@ -151,6 +152,7 @@ class Api:
             ]
         )
         app.add_routes(TelemetryApi(self.cp).routes())
+        app.add_routes(TapApi(self.cp).routes())
         app.add_routes(self.cp.rotation.routes())
         app.add_routes(ApiTokensApi(self.cp).routes())
         app.add_routes(dashboard_routes())

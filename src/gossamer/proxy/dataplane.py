@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gossamer.authz import Authorizer, compile_security
 from gossamer.proxy.acceptor import InboundAcceptor
+from gossamer.proxy.accesslog import AccessLog
 from gossamer.proxy.admin import AdminConnection, Page, json_page
 from gossamer.proxy.balancer import Balancer, EndpointLoad
+from gossamer.proxy.hooks import RequestHooks
+from gossamer.proxy.http1 import RequestHead
+from gossamer.proxy.http2 import H2Connection
 from gossamer.proxy.httpproxy import ConnectError, Pool, ServerConnection
 from gossamer.proxy.inbound import (
     SERVER_NAME_ATTR,
@@ -31,10 +36,14 @@ from gossamer.proxy.inbound import (
 from gossamer.proxy.metrics import Metrics
 from gossamer.proxy.outbound import OutboundSide, PeerPool, connect_peer
 from gossamer.proxy.routing import RouteTable
+from gossamer.proxy.tap import TapHub
 from gossamer.proxy.tcp import Splice, TcpListener
 from gossamer.proxy.tls import CredentialsLike, MeshContexts, make_contexts, sni_for
 from gossamer.translate.authz import SecurityView
 from gossamer.translate.snapshot import Endpoint, Snapshot
+
+if TYPE_CHECKING:
+    from gossamer.proxy.tracing_hooks import ProxyTracer
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -42,6 +51,14 @@ SWEEP_INTERVAL: Final = 1.0
 INTEREST_RETRY: Final = 30.0  # ask the control plane again about a host after this long
 
 Address = tuple[str, int]
+
+
+def _access_log_from_env() -> str | None:
+    return os.environ.get("GOSSAMER_ACCESS_LOG") or None
+
+
+def _otel_from_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,10 @@ class DataPlaneConfig:
     reuse_port: bool = False
     backlog: int = 1024
     extra_config: dict[str, Any] = field(default_factory=dict)
+    # Observability (docs/observability.md): where access log lines go (a path, or "-"
+    # for standard output; None: off), and OpenTelemetry's OTEL_* settings for tracing.
+    access_log: str | None = field(default_factory=_access_log_from_env)
+    otel: dict[str, str] = field(default_factory=_otel_from_env)
 
 
 class DataPlane:
@@ -115,6 +136,7 @@ class DataPlane:
         self.snapshot: Snapshot | None = None
         self.connections: set[ServerConnection] = set()
         self.splices: set[Splice] = set()
+        self.h2_connections: set[H2Connection] = set()
         self._admin_connections: set[AdminConnection] = set()
         self.outbound_address: Address | None = None
         self.inbound_address: Address | None = None
@@ -139,6 +161,13 @@ class DataPlane:
         self._closed = False
         # The compiled AuthorizationPolicies of the current snapshot (inbound side).
         self.authorizer: Authorizer = compile_security(SecurityView())
+        # Tap, access log and tracing (proxy.hooks). The sides read `hooks` and
+        # `tracer` once per request; both stay None while there is nothing to do.
+        self.taps = TapHub(self._hooks_changed)
+        self.access_log: AccessLog | None = None
+        self.tracer: ProxyTracer | None = None
+        self.hooks: RequestHooks | None = None
+        self._all_hooks = RequestHooks(self, self.taps, None, None)
 
     # ---- what the rest of the proxy reads ----------------------------------------------
 
@@ -176,6 +205,7 @@ class DataPlane:
     async def _start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
         cfg = self.config
+        await self._start_observability()
         outbound = OutboundSide(self)
         self._inbound_side = InboundSide(self)
         if self.snapshot is not None:
@@ -200,7 +230,7 @@ class DataPlane:
         if self.contexts is not None:
             await self._serve_inbound()
         admin = await loop.create_server(
-            lambda: AdminConnection(self._admin_page, self._admin_connections),
+            lambda: AdminConnection(self._admin_page, self._admin_connections, self._admin_stream),
             cfg.admin[0],
             cfg.admin[1],
         )
@@ -277,6 +307,9 @@ class DataPlane:
         for splice in list(self.splices):
             if splice.transport is not None:
                 splice.transport.abort()
+        for h2conn in list(self.h2_connections):
+            if h2conn.transport is not None:
+                h2conn.transport.abort()
         for admin in list(self._admin_connections):
             if admin.transport is not None:
                 admin.transport.abort()
@@ -292,8 +325,71 @@ class DataPlane:
             await server.wait_closed()
         if self._inbound_sock is not None:
             self._inbound_sock.close()
+        await self._stop_observability()
         # Let transports finish closing before the loop may be torn down.
         await asyncio.sleep(0)
+
+    # ---- tap, access log, tracing ---------------------------------------------------------
+
+    async def _start_observability(self) -> None:
+        cfg = self.config
+        if cfg.access_log:
+            access_log = AccessLog(cfg.access_log)
+            access_log.open(self.loop)  # OSError: the proxy does not start, and says why
+            self.access_log = access_log
+        tracer = None
+        if any(k.startswith("OTEL_EXPORTER_OTLP_") for k in cfg.otel):
+            # Imported only when tracing may be on: the exporter's client is not small.
+            from gossamer.proxy.tracing_hooks import ProxyTracer
+
+            tracer = ProxyTracer.from_env(cfg.otel)
+        if tracer is not None:
+            await tracer.start_exporting()
+            self.tracer = tracer
+            log.info(
+                "tracing: spans to %s, sampler %s", tracer.exporter.endpoint, tracer.sampler.name
+            )
+        self._all_hooks = RequestHooks(self, self.taps, self.access_log, self.tracer)
+        self._hooks_changed()
+
+    async def _stop_observability(self) -> None:
+        self.hooks = None
+        if self.tracer is not None:
+            await self.tracer.stop()
+        if self.access_log is not None:
+            self.access_log.close()
+
+    def _hooks_changed(self) -> None:
+        hooks = self._all_hooks
+        self.hooks = hooks if hooks.active and not self._closed else None
+
+    def _admin_stream(self, conn: AdminConnection, head: RequestHead) -> Callable[[], None] | None:
+        path, _, query = head.target.partition(b"?")
+        if path != b"/tap" or conn.transport is None:
+            return None
+        table = self.table
+        stream = self.taps.open(
+            conn.transport,
+            query,
+            {"workload": table.workload, "namespace": table.namespace, "service": table.service},
+        )
+        if stream is None:
+            return None
+        return lambda: self.taps.close(stream)
+
+    def observability_dump(self) -> dict[str, Any]:
+        access_log = self.access_log
+        return {
+            "taps": len(self.taps.streams),
+            "access_log": None
+            if access_log is None
+            else {
+                "to": access_log.where,
+                "written": access_log.written,
+                "dropped": access_log.dropped,
+            },
+            "tracing": None if self.tracer is None else self.tracer.describe(),
+        }
 
     # ---- snapshot and credentials ------------------------------------------------------
 
@@ -407,6 +503,7 @@ class DataPlane:
             "certificate": {"not_after": contexts.not_after.isoformat()} if contexts else None,
             "snapshot": self.snapshot.to_dict() if self.snapshot is not None else None,
         }
+        dump["observability"] = self.observability_dump()
         dump.update(self.config.extra_config)
         for name, section in self._config_sections.items():
             dump[name] = section()

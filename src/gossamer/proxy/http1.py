@@ -32,6 +32,7 @@ K_HOST: Final = 4
 K_EXPECT: Final = 5
 K_SRC_SERVICE: Final = 6
 K_FORWARDED_FOR: Final = 7
+K_UPGRADE: Final = 8
 
 SRC_SERVICE_HEADER: Final = b"gossamer-src-service"
 ERROR_HEADER: Final = b"gossamer-error"
@@ -42,7 +43,7 @@ _HOP_BY_HOP: Final = {
     b"proxy-connection": K_DROP,
     b"te": K_DROP,
     b"trailer": K_DROP,
-    b"upgrade": K_DROP,
+    b"upgrade": K_UPGRADE,
     b"content-length": K_CONTENT_LENGTH,
     b"transfer-encoding": K_TRANSFER_ENCODING,
 }
@@ -85,6 +86,14 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
+class Http2Preface(ProtocolError):
+    """A connection began with the HTTP/2 preface; `data` is the read that ended it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(400, "HTTP/2 preface where HTTP/1.1 was expected")
+        self.data = data
+
+
 class RequestHead:
     """One request's start line and forwardable headers, hop-by-hop headers removed."""
 
@@ -101,6 +110,8 @@ class RequestHead:
         "src_service",
         "target",
         "transfer_encoding",
+        "tunnel",
+        "upgrade",
     )
 
     def __init__(self) -> None:
@@ -116,6 +127,10 @@ class RequestHead:
         self.expect_continue = False
         self.src_service: bytes | None = None
         self.forwarded_for: bytes | None = None
+        # A request that turns its connection into a tunnel once answered 101 (an
+        # Upgrade, whose protocol is `upgrade`) or 2xx (CONNECT); see proxy.upgrade.
+        self.tunnel = False
+        self.upgrade: bytes | None = None
 
 
 class ResponseHead:
@@ -144,11 +159,16 @@ class RequestHandler(Protocol):
     def request_body(self, data: bytes) -> None: ...
     def request_end(self, trailers: Headers | None) -> None: ...
 
+    def request_upgrade(self, data: bytes) -> None:
+        """Bytes after a tunnel request's head: they belong to the tunnel, not HTTP."""
+
 
 class ResponseHandler(Protocol):
     def response_head(self, head: ResponseHead) -> None: ...
     def response_body(self, data: bytes) -> None: ...
     def response_end(self, trailers: Headers | None) -> None: ...
+    def response_upgrade(self, data: bytes) -> None:
+        """The response switched protocols; `data` is the first of the tunnel's bytes."""
 
 
 def _connection_tokens(value: bytes) -> list[bytes]:
@@ -265,6 +285,8 @@ class RequestReader(_Reader):
         "_host",
         "_parser",
         "_src_service",
+        "_tunnel",
+        "_upgrade",
         "_upgrade_body",
         "_url",
     )
@@ -279,6 +301,8 @@ class RequestReader(_Reader):
         self._src_service: bytes | None = None
         self._forwarded_for: bytes | None = None
         self._upgrade_body = False
+        self._upgrade: bytes | None = None
+        self._tunnel = False
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises ProtocolError for a request that must be refused."""
@@ -293,18 +317,27 @@ class RequestReader(_Reader):
                 raise cause from None
             raise
         except httptools.HttpParserError as e:
+            # llhttp's words for the HTTP/2 preface, whole or mangled
+            if str(e) in ("Pause on PRI/Upgrade", "Expected HTTP/2 Connection Preface"):
+                raise Http2Preface(data) from None
             raise ProtocolError(400, f"malformed request: {_llhttp_reason(e)}") from None
         if in_head and self._in_head:
             self._count_unparsed(len(data))
 
     def _after_upgrade(self, data: bytes, offset: int) -> None:
         # llhttp stops at an Upgrade (or CONNECT) request as if the connection were
-        # switching protocols. The proxy never forwards Upgrade, so the request was
-        # handed on as a plain one; what follows it is the next request.
+        # switching protocols. A tunnel request hands everything after it to the
+        # handler from now on; an upgrade the proxy does not carry (h2c) was handed on
+        # as a plain request, and what follows it is the next request.
         if self._upgrade_body:
             raise ProtocolError(400, "upgrade request with a body is not supported")
-        self._parser = httptools.HttpRequestParser(self)
         rest = data[offset:]
+        if self._tunnel:
+            self._parser = _TunnelBytes(self._handler)  # type: ignore[assignment]
+            if rest:
+                self._handler.request_upgrade(rest)
+            return
+        self._parser = httptools.HttpRequestParser(self)
         if rest:
             self.feed(rest)
 
@@ -315,6 +348,7 @@ class RequestReader(_Reader):
         self._expect = False
         self._src_service = None
         self._forwarded_for = None
+        self._upgrade = None
 
     def on_url(self, url: bytes) -> None:
         self._url = url if not self._url else self._url + url
@@ -338,6 +372,8 @@ class RequestReader(_Reader):
             self._forwarded_for = (
                 value if self._forwarded_for is None else self._forwarded_for + b", " + value
             )
+        elif kind == K_UPGRADE:
+            self._upgrade = value
         else:
             super()._special(kind, name, value)
 
@@ -353,8 +389,6 @@ class RequestReader(_Reader):
         else:
             raise ProtocolError(505, f"HTTP/{version} is not supported")
         method = parser.get_method()
-        if method == b"CONNECT":
-            raise ProtocolError(405, "CONNECT is not supported")
         head = RequestHead()
         head.method = method
         head.target = self._url
@@ -376,7 +410,26 @@ class RequestReader(_Reader):
             head.body = BODY_LENGTH
         if parser.should_upgrade():
             self._upgrade_body = head.body != BODY_NONE and self.content_length != b"0"
+            self._tunnel_request(head)
         self._handler.request_head(head)
+
+    def _tunnel_request(self, head: RequestHead) -> None:
+        """CONNECT, or an Upgrade with `Connection: upgrade`: a tunnel if answered so.
+
+        h2c is not carried this way (the mesh speaks HTTP/2 itself): such a request
+        goes on as a plain one. The connection is not kept alive after a tunnel
+        request that is refused, since the client may already have sent tunnel bytes.
+        """
+        upgrade = self._upgrade
+        if head.method == b"CONNECT":
+            self._tunnel = True
+        elif upgrade is not None and upgrade.strip().lower() != b"h2c":
+            self._tunnel = True
+            head.upgrade = upgrade
+        else:
+            return
+        head.tunnel = True
+        head.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
         self._handler.request_body(body)
@@ -423,12 +476,21 @@ class ResponseReader(_Reader):
             if isinstance(cause, ProtocolError):
                 raise cause from None
             raise
-        except httptools.HttpParserUpgrade:
-            raise ProtocolError(502, "upstream switched protocols unasked") from None
+        except httptools.HttpParserUpgrade as e:
+            # A 101: the handler refuses it unless its request asked for a tunnel.
+            self._handler.response_upgrade(data[e.args[0] :])
+            return
         except httptools.HttpParserError as e:
             raise ProtocolError(502, f"malformed response: {_llhttp_reason(e)}") from None
         if in_head and self._in_head:
             self._count_unparsed(len(data))
+
+    def expect_connect(self) -> None:
+        """The next response answers CONNECT: after a 2xx head, the rest is the tunnel's.
+
+        llhttp cannot know what a response answers, so only the head is given to it.
+        """
+        self._parser = _ConnectResponseHead(self, self._parser)  # type: ignore[assignment]
 
     def on_message_begin(self) -> None:
         self._reset()
@@ -484,6 +546,46 @@ class _StopParsing(Exception):
     pass
 
 
+class _ConnectResponseHead:
+    """Stands in for the parser until the head of a response to CONNECT is whole."""
+
+    __slots__ = ("_buffer", "_parser", "_reader")
+
+    def __init__(self, reader: ResponseReader, parser: httptools.HttpResponseParser) -> None:
+        self._reader = reader
+        self._parser = parser
+        self._buffer = b""
+
+    def feed_data(self, data: bytes) -> None:
+        buffer = self._buffer + data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > MAX_HEAD_SIZE:
+                raise ProtocolError(502, "response head from upstream larger than 64 KiB")
+            self._buffer = buffer
+            return
+        reader, parser = self._reader, self._parser
+        reader._parser = parser
+        end += 4
+        parser.feed_data(buffer[:end])
+        if 200 <= parser.get_status_code() < 300:
+            reader._handler.response_upgrade(buffer[end:])
+        elif end < len(buffer):
+            parser.feed_data(buffer[end:])
+
+
+class _TunnelBytes:
+    """Stands in for the parser once a request has asked for a tunnel."""
+
+    __slots__ = ("_handler",)
+
+    def __init__(self, handler: RequestHandler) -> None:
+        self._handler = handler
+
+    def feed_data(self, data: bytes) -> None:
+        self._handler.request_upgrade(data)
+
+
 def _llhttp_reason(e: Exception) -> str:
     return str(e) or type(e).__name__
 
@@ -519,7 +621,14 @@ def response_head_bytes(status: int, reason: bytes, headers: Headers, extra: byt
 
 
 def request_framing(head: RequestHead) -> bytes:
-    """The framing header line a forwarded request carries (requests keep their framing)."""
+    """The framing header line a forwarded request carries (requests keep their framing).
+
+    A tunnel request carries its Upgrade instead (it has no body).
+    """
+    if head.body == BODY_NONE:
+        if head.upgrade is not None:
+            return b"connection: upgrade\r\nupgrade: " + head.upgrade + b"\r\n"
+        return b""
     if head.body == BODY_CHUNKED:
         return b"transfer-encoding: " + (head.transfer_encoding or b"chunked") + b"\r\n"
     if head.body == BODY_LENGTH:

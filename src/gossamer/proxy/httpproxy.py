@@ -31,6 +31,7 @@ from gossamer.proxy.http1 import (
     BODY_NONE,
     BODY_UNTIL_CLOSE,
     Headers,
+    Http2Preface,
     ProtocolError,
     RequestHead,
     RequestReader,
@@ -47,6 +48,8 @@ from gossamer.proxy.resilience import IDEMPOTENT
 if TYPE_CHECKING:
     from gossamer.proxy.balancer import Balancer, EndpointLoad
     from gossamer.proxy.resilience import Limits, OutlierDetector, RetryPolicy
+    from gossamer.proxy.tcp import Splice
+    from gossamer.telemetry.tracing import Span
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -56,6 +59,7 @@ PAUSE_BUFFER: Final = 2  # request bytes are piling up while no upstream is read
 PAUSE_UPSTREAM: Final = 4  # the upstream connection's write buffer is full
 PAUSE_ROUTE: Final = 8  # waiting for the control plane to learn about a host
 PAUSE_BROKEN: Final = 16  # a malformed request waits for earlier responses to finish
+PAUSE_TUNNEL: Final = 32  # a tunnel request waits for its answer (see proxy.upgrade)
 
 BUFFER_LIMIT: Final = 256 * 1024
 REPLAY_LIMIT: Final = 64 * 1024
@@ -81,6 +85,7 @@ class Side(Protocol):
     loop: asyncio.AbstractEventLoop
     request_kinds: dict[bytes, int]
     half_close: bool  # whether the downstream transport can stay open after EOF
+    splices: set[Splice]  # open tunnel ends, closed with the data plane
 
     def connection_made(self, conn: ServerConnection) -> None: ...
     def connection_lost(self, conn: ServerConnection) -> None: ...
@@ -92,6 +97,9 @@ class Side(Protocol):
 
     def dispatch(self, ex: Exchange) -> None:
         """Send the exchange on: bind it, start a connection, or fail it."""
+
+    def serve_h2(self, conn: ServerConnection, data: bytes) -> bool:
+        """Take over a connection that began with the HTTP/2 preface; False to refuse."""
 
     def record(self, ex: Exchange, status: int, seconds: float) -> None: ...
 
@@ -116,6 +124,7 @@ class ServerConnection(asyncio.Protocol):
         "server_name",
         "side",
         "transport",
+        "tunnel_data",
         "write_paused",
     )
 
@@ -132,6 +141,8 @@ class ServerConnection(asyncio.Protocol):
         self.closing = False
         self.client_eof = False
         self.broken: ProtocolError | None = None
+        # Bytes a client sent after a tunnel request, held until the tunnel opens.
+        self.tunnel_data: list[bytes] = []
         self.last_active = self.loop.time()
         # Filled in by the side when the connection is made.
         self.peer_address = b""
@@ -151,6 +162,10 @@ class ServerConnection(asyncio.Protocol):
             return
         try:
             self.reader.feed(data)
+        except Http2Preface as e:
+            if self.answering is not None or not self.side.serve_h2(self, e.data):
+                self._protocol_error(e)
+            return
         except ProtocolError as e:
             self._protocol_error(e)
             return
@@ -228,6 +243,12 @@ class ServerConnection(asyncio.Protocol):
         self.reading = None
         if ex is not None:
             ex.end_request(trailers)
+
+    def request_upgrade(self, data: bytes) -> None:
+        # Reading stays paused until the tunnel opens or is refused (and the
+        # connection closed), so at most one read is held here.
+        self.pause(PAUSE_TUNNEL)
+        self.tunnel_data.append(data)
 
     # ---- flow control and closing -------------------------------------------------------
 
@@ -362,6 +383,8 @@ class Exchange:
         "sent_at",
         "started",
         "status",
+        "switch",
+        "trace",
         "tried",
         "try_timer",
         "upstream",
@@ -395,6 +418,8 @@ class Exchange:
         self.retry_ok = head.body == BODY_NONE and head.method in _SAFE_METHODS
         self.rmode = BODY_NONE
         self.status = 0
+        # The 101 (or 2xx to CONNECT) that turns this exchange into a tunnel.
+        self.switch: ResponseHead | None = None
         # Set by Side.start for a request refused before routing; answered in turn.
         self.error: ProtocolError | None = None
         # Traffic management, set by the outbound side when a route or policy applies.
@@ -409,6 +434,8 @@ class Exchange:
         self.try_timer: asyncio.TimerHandle | None = None
         # A copy of a small request body, kept so that a retry can send it again.
         self.replay: list[bytes] | None = None
+        # This hop's span, while tracing is on and the request is sampled (proxy.hooks).
+        self.trace: Span | None = None
 
     # ---- request direction -------------------------------------------------------------
 
@@ -453,6 +480,8 @@ class Exchange:
         if self.pending:
             self._unpend()
         upstream.reader.set_handler(self, self.head.method == b"HEAD")
+        if self.head.tunnel and self.head.method == b"CONNECT":
+            upstream.reader.expect_connect()
         load = self.load
         if load is not None:
             load.outstanding += 1
@@ -668,11 +697,16 @@ class Exchange:
     def response_head(self, head: ResponseHead) -> None:
         status = head.status
         req = self.head
-        if status < 200:
-            self.interim = True
-            if status != 101 and req.http11:
-                self.rout.append(response_head_bytes(status, head.reason, head.headers, b""))
-            return
+        if status < 200 or req.tunnel:
+            if req.tunnel and (200 <= status < 300 if req.method == b"CONNECT" else status == 101):
+                self.switch = head  # the tunnel opens in response_upgrade
+                self.interim = status == 101
+                return
+            if status < 200:
+                self.interim = True
+                if status != 101 and req.http11:
+                    self.rout.append(response_head_bytes(status, head.reason, head.headers, b""))
+                return
         load = self.load
         if load is not None:
             now = self.conn.loop.time()
@@ -724,6 +758,14 @@ class Exchange:
         if self.rmode == BODY_CHUNKED:
             self.rout.append(chunked_end(trailers))
         self.response_done = True
+
+    def response_upgrade(self, data: bytes) -> None:
+        if self.switch is None:
+            raise ProtocolError(502, "upstream switched protocols unasked")
+        from gossamer.proxy.upgrade import open_tunnel  # only tunnels pay for the import
+
+        self.rout.clear()
+        open_tunnel(self, self.switch, data)
 
     def flush_response(self) -> None:
         out = self.rout
@@ -958,6 +1000,9 @@ class _Discard:
     def response_end(self, trailers: Headers | None) -> None:
         pass
 
+    def response_upgrade(self, data: bytes) -> None:
+        raise ProtocolError(502, "upstream switched protocols unasked")
+
 
 _DISCARD: Final = _Discard()
 
@@ -970,6 +1015,9 @@ class _NoHandler:
         raise ProtocolError(502, "response without a request")
 
     def response_end(self, trailers: Headers | None) -> None:
+        raise ProtocolError(502, "response without a request")
+
+    def response_upgrade(self, data: bytes) -> None:
         raise ProtocolError(502, "response without a request")
 
 

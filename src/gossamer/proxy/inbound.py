@@ -1,8 +1,9 @@
 """The inbound side: mTLS from peer proxies, authorized, forwarded to the local app.
 
 The TLS server name says which local port a connection is for (see proxy.tls); ALPN
-says whether HTTP/1.1 or opaque TCP follows. Authorization (gossamer.authz) runs per
-request for HTTP and once per connection for TCP, against the policies compiled with
+says whether HTTP/1.1, HTTP/2 (proxy.h2mesh) or opaque TCP follows. Authorization
+(gossamer.authz) runs per request (or HTTP/2 stream) for HTTP and once per connection
+for TCP, against the policies compiled with
 the current snapshot; with none that could refuse anything it costs one attribute read.
 
 A verified client certificate that names no SPIFFE ID of the mesh's trust domain (an
@@ -34,7 +35,7 @@ from gossamer.proxy.httpproxy import (
 from gossamer.proxy.metrics import RequestStats
 from gossamer.proxy.routing import NoRoute
 from gossamer.proxy.tcp import Splice
-from gossamer.proxy.tls import ALPN_TCP, peer_identity, spiffe_namespace
+from gossamer.proxy.tls import ALPN_H2, ALPN_TCP, peer_identity, spiffe_namespace
 
 if TYPE_CHECKING:
     from gossamer.proxy.dataplane import DataPlane
@@ -109,6 +110,8 @@ class InboundSide:
         self.dp = dp
         self.loop = dp.loop
         self.half_close = False
+        self.splices = dp.splices
+        self._h2_links: object = None
 
     def connection_made(self, conn: ServerConnection) -> None:
         transport = conn.transport
@@ -132,18 +135,43 @@ class InboundSide:
             )
             transport.abort()
             return
-        if ssl_object is not None and ssl_object.selected_alpn_protocol() == ALPN_TCP:
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if alpn == ALPN_TCP:
             self._splice(conn, transport)
+            return
+        if alpn == ALPN_H2:
+            self._serve_h2_peer(conn, transport)
             return
         self.dp.connections.add(conn)
 
     def connection_lost(self, conn: ServerConnection) -> None:
         self.dp.connections.discard(conn)
 
+    def serve_h2(self, conn: ServerConnection, data: bytes) -> bool:
+        return False  # between proxies HTTP/2 is chosen by ALPN, never by preface
+
+    def _serve_h2_peer(self, conn: ServerConnection, transport: asyncio.Transport) -> None:
+        from gossamer.proxy import h2mesh
+
+        if not isinstance(self._h2_links, h2mesh.Links):
+            self._h2_links = h2mesh.Links(self.dp)
+        handler = h2mesh.InboundH2(
+            self.dp,
+            self._h2_links,
+            conn.server_name,
+            conn.peer_identity,
+            conn.peer_namespace,
+            conn.peer_address.decode("latin-1"),
+        )
+        h2mesh.serve(self.dp, transport, handler, b"", conn.describe())
+
     def start(self, ex: Exchange) -> None:
         head = ex.head
         peer = ex.conn.peer_address
         xff = head.forwarded_for + b", " + peer if head.forwarded_for else peer
+        tracer = self.dp.tracer
+        if tracer is not None:
+            tracer.start(ex, False)
         ex.head_bytes = request_head_bytes(
             head.method,
             head.target,
@@ -224,6 +252,9 @@ class InboundSide:
         )
 
     def record(self, ex: Exchange, status: int, seconds: float) -> None:
+        hooks = self.dp.hooks
+        if hooks is not None:
+            hooks.finished("inbound", ex, status, seconds)
         conn = ex.conn
         table = self.dp.table
         key = (conn.peer_namespace, ex.head.src_service, status)
@@ -339,6 +370,9 @@ class PlaintextInboundSide(InboundSide):
         )
 
     def record(self, ex: Exchange, status: int, seconds: float) -> None:
+        hooks = self.dp.hooks
+        if hooks is not None:
+            hooks.finished("inbound", ex, status, seconds)
         table = self.dp.table
         if self._stats_table is not table:
             self._stats, self._stats_table = {}, table

@@ -40,6 +40,8 @@ REQUEST_LABELS: Final = (
     "code",
     "tls",
 )
+# gRPC responses carry one more: the grpc-status the call ended with.
+GRPC_REQUEST_LABELS: Final = (*REQUEST_LABELS, "grpc_status")
 TCP_LABELS: Final = ("direction", "peer_namespace", "peer_service", "tls")
 
 # Label sets made from what peers send (the source service header) are capped, so a
@@ -77,6 +79,11 @@ class TcpStats:
         self.bytes_received = 0
 
 
+def _request_label_text(labels: tuple[str, ...]) -> str:
+    names = REQUEST_LABELS if len(labels) == len(REQUEST_LABELS) else GRPC_REQUEST_LABELS
+    return _label_text(names, labels)
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -101,8 +108,9 @@ class Metrics:
         dst_service: str,
         code: int,
         tls: bool,
+        grpc_status: str | None = None,
     ) -> RequestStats:
-        labels = (
+        labels: tuple[str, ...] = (
             direction,
             src_namespace,
             src_service,
@@ -111,6 +119,8 @@ class Metrics:
             str(code),
             "true" if tls else "false",
         )
+        if grpc_status is not None:
+            labels = (*labels, grpc_status)
         stats = self._requests.get(labels)
         if stats is None:
             if len(self._requests) >= MAX_SERIES:
@@ -137,16 +147,14 @@ class Metrics:
         ]
         requests = sorted(self._requests.values(), key=lambda s: s.labels)
         for s in requests:
-            out.append(
-                f"gossamer_requests_total{{{_label_text(REQUEST_LABELS, s.labels)}}} {s.count}"
-            )
+            out.append(f"gossamer_requests_total{{{_request_label_text(s.labels)}}} {s.count}")
         out.append(
             "# HELP gossamer_request_duration_seconds Time from a request's head to the "
             "end of its response."
         )
         out.append("# TYPE gossamer_request_duration_seconds histogram")
         for s in requests:
-            labels = _label_text(REQUEST_LABELS, s.labels)
+            labels = _request_label_text(s.labels)
             cumulative = 0
             for le, n in zip(_BUCKET_TEXT, s.buckets, strict=False):
                 cumulative += n

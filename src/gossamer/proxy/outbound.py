@@ -19,6 +19,7 @@ from gossamer.proxy.http1 import (
     request_framing,
     request_head_bytes,
 )
+from gossamer.proxy.http2 import replay_preface
 from gossamer.proxy.httpproxy import (
     PAUSE_ROUTE,
     ConnectError,
@@ -41,6 +42,7 @@ from gossamer.translate.snapshot import Endpoint
 
 if TYPE_CHECKING:
     from gossamer.proxy.dataplane import DataPlane
+    from gossamer.proxy.h2mesh import OutboundH2
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -126,6 +128,8 @@ class OutboundSide:
         self.dp = dp
         self.loop = dp.loop
         self.half_close = True
+        self.splices = dp.splices
+        self._h2: OutboundH2 | None = None
 
     def connection_made(self, conn: ServerConnection) -> None:
         self.dp.connections.add(conn)
@@ -133,10 +137,26 @@ class OutboundSide:
     def connection_lost(self, conn: ServerConnection) -> None:
         self.dp.connections.discard(conn)
 
+    def serve_h2(self, conn: ServerConnection, data: bytes) -> bool:
+        """h2c with prior knowledge from the app, on the HTTP/1.1 port (proxy.h2mesh)."""
+        from gossamer.proxy.h2mesh import OutboundH2
+
+        if self._h2 is None:
+            self._h2 = OutboundH2(self.dp)
+        transport = conn.transport
+        assert transport is not None
+        conn.closing = True
+        self.connection_lost(conn)
+        self._h2.serve(transport, replay_preface(data), conn.describe())
+        return True
+
     def start(self, ex: Exchange) -> None:
         head = ex.head
         target = head.target
-        if target[:1] != b"/" and target != b"*":
+        if head.method == b"CONNECT":
+            # Authority form (RFC 9110 9.3.6): the target names the service to route by.
+            head.host = target
+        elif target[:1] != b"/" and target != b"*":
             # Absolute form, as HTTP_PROXY clients send: its authority replaces Host.
             try:
                 url = httptools.parse_url(target)
@@ -154,6 +174,9 @@ class OutboundSide:
         if not head.host:
             ex.error = ProtocolError(400, "malformed request: no Host header to route by")
             return
+        tracer = self.dp.tracer
+        if tracer is not None:
+            tracer.start(ex, True)
         ex.head_bytes = request_head_bytes(
             head.method,
             head.target,
@@ -346,8 +369,8 @@ class OutboundSide:
     def _mirror(self, ex: Exchange, route: Route[PeerPool]) -> None:
         """RequestMirror: a copy to `route`, its answer thrown away; never waited for."""
         head = ex.head
-        if head.body != BODY_NONE:
-            return  # only requests the proxy holds whole are copied
+        if head.body != BODY_NONE or head.tunnel:
+            return  # only requests the proxy holds whole are copied, and never tunnels
         copy = RequestHead()
         copy.method = head.method
         copy.target = head.target
@@ -363,6 +386,9 @@ class OutboundSide:
         mirror.forward()
 
     def record(self, ex: Exchange, status: int, seconds: float) -> None:
+        hooks = self.dp.hooks
+        if hooks is not None:
+            hooks.finished("outbound", ex, status, seconds)
         route = ex.route
         if isinstance(route, Route):
             route.stats_for(status).observe(seconds)

@@ -33,6 +33,7 @@ class Route(Generic[P]):
         "balancer",
         "budget",
         "fault",
+        "grpc_stats",
         "label",
         "limits",
         "managed",
@@ -62,6 +63,7 @@ class Route(Generic[P]):
         self._metrics = metrics
         self._stat_labels = src
         self.stats: dict[int, RequestStats] = {}
+        self.grpc_stats: dict[tuple[int, bytes], RequestStats] = {}
         # Traffic management, all None unless a route or policy applies: the HTTPRoutes
         # attached to this service port, and the policies for calls to the service.
         self.router: Router[Route[P]] | None = None
@@ -71,6 +73,17 @@ class Route(Generic[P]):
         self.limits: Limits | None = None
         self.fault: FaultSpec | None = None
         self.managed = False  # whether any of the above is set (the fast path skips them)
+
+    def grpc_stats_for(self, code: int, grpc_status: bytes) -> RequestStats:
+        """The cell for a gRPC call: labelled with its grpc-status as well."""
+        stats = self.grpc_stats.get((code, grpc_status))
+        if stats is None:
+            src_ns, src_svc = self._stat_labels
+            stats = self.grpc_stats[(code, grpc_status)] = self._metrics.request_stats(
+                "outbound", src_ns, src_svc, self.namespace, self.name, code, True,
+                grpc_status.decode("ascii"),
+            )  # fmt: skip
+        return stats
 
     def stats_for(self, code: int) -> RequestStats:
         stats = self.stats.get(code)

@@ -4,7 +4,8 @@ A proxy calling a peer's inbound listener sends, in the ClientHello:
 
 - SNI ``p<target_port>.<workload>.<namespace>.gossamer``: which of the peer's local
   ports the connection is for (one inbound listener serves them all);
-- ALPN ``gossamer/h1`` (HTTP/1.1 follows) or ``gossamer/tcp`` (opaque bytes follow).
+- ALPN ``gossamer/h1`` (HTTP/1.1 follows), ``gossamer/h2`` (HTTP/2 follows, see
+  proxy.http2) or ``gossamer/tcp`` (opaque bytes follow).
 
 The client then checks that the peer's SPIFFE ID is the endpoint's identity from the
 snapshot; the server requires a client certificate chaining to the trust bundle.
@@ -22,6 +23,7 @@ from gossamer.identity import tls as identity_tls
 
 ALPN_H1: Final = "gossamer/h1"
 ALPN_TCP: Final = "gossamer/tcp"
+ALPN_H2: Final = "gossamer/h2"
 SNI_SUFFIX: Final = ".gossamer"
 
 
@@ -46,6 +48,7 @@ class MeshContexts:
     client_h1: ssl.SSLContext
     client_tcp: ssl.SSLContext
     not_after: datetime
+    client_h2: ssl.SSLContext | None = None
 
 
 def make_contexts(creds: CredentialsLike) -> MeshContexts:
@@ -54,7 +57,7 @@ def make_contexts(creds: CredentialsLike) -> MeshContexts:
         creds.key_pem,
         creds.bundle_pem,
         require_client_cert=True,
-        alpn_protocols=[ALPN_H1, ALPN_TCP],
+        alpn_protocols=[ALPN_H1, ALPN_TCP, ALPN_H2],
     )
     # Proxies keep connections open and never resume sessions; tickets would be
     # work and bytes for nothing.
@@ -65,16 +68,19 @@ def make_contexts(creds: CredentialsLike) -> MeshContexts:
     client_tcp = identity_tls.client_context(
         creds.chain_pem, creds.key_pem, creds.bundle_pem, alpn_protocols=[ALPN_TCP]
     )
+    client_h2 = identity_tls.client_context(
+        creds.chain_pem, creds.key_pem, creds.bundle_pem, alpn_protocols=[ALPN_H2]
+    )
     intermediates = _intermediates(creds.chain_pem)
     if intermediates:
         # A peer that presents only its leaf (`openssl s_client -cert` does) can still
         # be verified when it shares our intermediate. OpenSSL uses these to build the
         # chain only: without X509_V_FLAG_PARTIAL_CHAIN trust still ends at a root
         # from the bundle.
-        for ctx in (server, client_h1, client_tcp):
+        for ctx in (server, client_h1, client_tcp, client_h2):
             ctx.load_verify_locations(cadata=intermediates)
             ctx.verify_flags &= ~ssl.VERIFY_X509_PARTIAL_CHAIN
-    return MeshContexts(server, client_h1, client_tcp, creds.not_after)
+    return MeshContexts(server, client_h1, client_tcp, creds.not_after, client_h2)
 
 
 def _intermediates(chain_pem: bytes) -> str:

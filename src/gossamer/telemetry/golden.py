@@ -67,9 +67,12 @@ class Totals:
         )
 
 
-def _failed(code: str) -> bool:
+def _failed(code: str, grpc_status: str | None = None) -> bool:
     # A proxy-made error (no route, no endpoints) counts as a failure as surely as
-    # the app's own 5xx.
+    # the app's own 5xx; so does a gRPC call that ended with any status but OK (0),
+    # though its HTTP status is 200.
+    if grpc_status is not None and grpc_status != "0":
+        return True
     return not code.isdigit() or int(code) >= 500
 
 
@@ -87,7 +90,7 @@ def aggregate(
         if s.name == "gossamer_requests_total":
             t = out.setdefault(key, Totals())
             t.requests += s.value
-            if _failed(s.labels.get("code", "")):
+            if _failed(s.labels.get("code", ""), s.labels.get("grpc_status")):
                 t.failures += s.value
         elif s.name == "gossamer_request_duration_seconds_bucket":
             le = math.inf if s.labels.get("le") == "+Inf" else float(s.labels.get("le", "nan"))

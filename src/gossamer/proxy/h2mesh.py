@@ -1,0 +1,373 @@
+"""HTTP/2 streams routed through the mesh: the outbound and inbound sides for proxy.http2.
+
+Outbound, a stream is routed by `:authority` as HTTP/1.1 is by Host, to an endpoint
+picked by the service port's balancer, over one multiplexed mTLS connection per
+endpoint (ALPN ``gossamer/h2``). Inbound, the stream is authorized and carried to the
+app over one h2c connection per local port, when the port's appProtocol says the app
+speaks HTTP/2. Every stream is counted in the same request metrics as HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from gossamer.authz import Request, principal_of
+from gossamer.proxy.http1 import SRC_SERVICE_HEADER
+from gossamer.proxy.http2 import (
+    H2_APP_PROTOCOLS,
+    H2Connection,
+    Headers,
+    StreamPair,
+    forwardable,
+    header,
+)
+from gossamer.proxy.httpproxy import ConnectError
+from gossamer.proxy.routing import NoRoute, Route
+
+if TYPE_CHECKING:
+    from gossamer.proxy.dataplane import DataPlane
+    from gossamer.proxy.inbound import AppPool, LocalRoute
+    from gossamer.proxy.outbound import PeerPool
+
+log = logging.getLogger("gossamer.proxy")
+
+_Waiter = Callable[[H2Connection | ConnectError], None]
+_DROP_FROM_APP = frozenset((SRC_SERVICE_HEADER, b"proxy-authorization"))
+_DROP_FROM_PEER = frozenset((SRC_SERVICE_HEADER,))
+
+
+def grpc_status_label(value: bytes | None) -> bytes | None:
+    """grpc-status as a metric label: one of gRPC's 17 codes, or "unknown" (bounded)."""
+    if value is None:
+        return None
+    return value if value.isdigit() and int(value) <= 16 else b"unknown"
+
+
+class Links:
+    """One multiplexed HTTP/2 connection per upstream (a peer endpoint or an app port)."""
+
+    def __init__(self, dp: DataPlane) -> None:
+        self.dp = dp
+        self.conns: dict[object, H2Connection] = {}
+        self.waiting: dict[object, list[_Waiter]] = {}
+
+    def get(
+        self,
+        key: object,
+        name: str,
+        opener: Callable[[Callable[[], H2Connection]], asyncio.Future[object] | object],
+        then: _Waiter,
+    ) -> None:
+        conn = self.conns.get(key)
+        if conn is not None and not conn.closed:
+            then(conn)
+            return
+        waiters = self.waiting.get(key)
+        if waiters is not None:
+            waiters.append(then)
+            return
+        self.waiting[key] = [then]
+        self.dp.spawn(self._open(key, name, opener))
+
+    async def _open(
+        self,
+        key: object,
+        name: str,
+        opener: Callable[[Callable[[], H2Connection]], object],
+    ) -> None:
+        def lost(conn: H2Connection) -> None:
+            self.dp.h2_connections.discard(conn)
+            if self.conns.get(key) is conn:
+                del self.conns[key]
+
+        def factory() -> H2Connection:
+            conn = H2Connection(client_side=True, on_lost=lost, name=name)
+            self.dp.h2_connections.add(conn)
+            return conn
+
+        result: H2Connection | ConnectError
+        try:
+            made = opener(factory)
+            assert asyncio.iscoroutine(made)
+            _, protocol = await made
+            assert isinstance(protocol, H2Connection)
+            result = protocol
+            self.conns[key] = protocol
+        except ConnectError as e:
+            result = e
+        except Exception as e:
+            log.exception("proxy error connecting to %s", name)
+            result = ConnectError(502, f"connect to {name} failed: {e}")
+        for waiter in self.waiting.pop(key, []):
+            waiter(result)
+
+
+class OutboundH2:
+    """Routes HTTP/2 streams from the local app (h2c prior knowledge)."""
+
+    def __init__(self, dp: DataPlane) -> None:
+        self.dp = dp
+        self.links = Links(dp)
+
+    def serve(self, transport: asyncio.BaseTransport, data: bytes, peer: str) -> None:
+        """Take over a connection from the local app that began with the preface."""
+        serve(self.dp, transport, self, data, f"app client {peer}")
+
+    def new_stream(self, conn: H2Connection, stream_id: int, headers: Headers) -> None:
+        loop = self.dp.loop
+        pair = StreamPair(conn, stream_id, loop.time())
+        authority = header(headers, b":authority") or header(headers, b"host")
+        if not authority:
+            pair.reply(400, "malformed request: no :authority to route by")
+            return
+        found = self.dp.table.lookup_host(authority)
+        if isinstance(found, str):
+            self.dp.await_interest(found, lambda: self._route(pair, headers, authority, True))
+            return
+        self._route(pair, headers, authority, False)
+
+    def _route(self, pair: StreamPair, headers: Headers, authority: bytes, waited: bool) -> None:
+        if pair.done:
+            return
+        found = self.dp.table.lookup_host(authority)
+        if isinstance(found, NoRoute):
+            pair.reply(found.status, found.reason)
+            return
+        if not isinstance(found, Route):
+            pair.reply(503, f"no route for host {authority.decode('latin-1')}")
+            return
+        route: Route[PeerPool] = found
+        if route.router is not None:
+            routed = _apply_routes(pair, route, headers)
+            if routed is None:
+                return
+            route, headers = routed
+        balancer = route.balancer
+        i = balancer.pick(self.dp.loop.time())
+        if i < 0:
+            pair.reply(503, f"no endpoints for {route.label}")
+            return
+        pool = balancer.items[i]
+        load = balancer.loads[i]
+        contexts = self.dp.contexts
+        if contexts is None or contexts.client_h2 is None:
+            pair.reply(503, "no certificate yet to call peers with")
+            return
+        context = contexts.client_h2
+        src = self.dp.table.src_service_line.partition(b": ")[2].strip()
+        fwd = forwardable(headers, _DROP_FROM_APP)
+        if src:
+            fwd.append((SRC_SERVICE_HEADER, src))
+
+        def done(p: StreamPair) -> None:
+            seconds = self.dp.loop.time() - p.started
+            grpc = grpc_status_label(p.grpc_status)
+            if grpc is None:
+                route.stats_for(p.status or 502).observe(seconds)
+            else:
+                route.grpc_stats_for(p.status or 502, grpc).observe(seconds)
+
+        pair.on_done = done
+
+        def opener(factory: Callable[[], H2Connection]) -> object:
+            from gossamer.proxy.outbound import connect_peer
+
+            return connect_peer(
+                self.dp.loop,
+                pool.endpoint,
+                pool.sni,
+                context,
+                factory,
+                self.dp.config.connect_timeout,
+            )
+
+        def then(result: H2Connection | ConnectError) -> None:
+            if isinstance(result, ConnectError):
+                if result.eject:
+                    load.connect_failed(self.dp.loop.time())
+                pair.reply(result.status, f"{route.label}: {result.reason}")
+                return
+            if load.failures:
+                load.connected()
+            pair.attach(result, fwd)
+
+        self.links.get(pool, pool.name, opener, then)
+
+
+def serve(
+    dp: DataPlane,
+    transport: asyncio.BaseTransport,
+    handler: OutboundH2 | InboundH2,
+    data: bytes,
+    name: str,
+) -> None:
+    """Make `transport` an HTTP/2 server connection whose streams go to `handler`."""
+    conn = H2Connection(client_side=False, handler=handler, name=name)
+    dp.h2_connections.add(conn)
+    conn.on_lost = dp.h2_connections.discard
+    transport.set_protocol(conn)
+    conn.connection_made(transport)
+    if data:
+        conn.data_received(data)
+
+
+def _apply_routes(
+    pair: StreamPair, route: Route[PeerPool], headers: Headers
+) -> tuple[Route[PeerPool], Headers] | None:
+    """The service port's HTTPRoutes, as for HTTP/1.1: match, header edits, a
+    backend by weight. Redirects, rewrites, mirrors, timeouts and retries are not
+    applied to HTTP/2 yet (see decision 0040)."""
+    router = route.router
+    assert router is not None
+    method = header(headers, b":method") or b"GET"
+    path = header(headers, b":path") or b"/"
+    authority = header(headers, b":authority")
+    plain = [(n, v) for n, v in headers if n[:1] != b":"]
+    match = router.match(method, path, authority, plain)
+    if match is None:
+        pair.reply(
+            404,
+            f"no rule of the HTTPRoutes of {route.label} ({', '.join(router.routes)}) "
+            f"matches {method.decode('latin-1')} {path.decode('latin-1')}",
+        )
+        return None
+    rule = match.rule
+    spec = rule.spec
+    if spec.error is not None:
+        pair.reply(500, f"{rule.label}: {spec.error}")
+        return None
+    if spec.redirect is not None or spec.rewrite is not None:
+        pair.reply(501, f"{rule.label}: redirects and rewrites are not applied to HTTP/2")
+        return None
+    backend = rule.pick()
+    if backend is None:
+        pair.reply(500, f"{rule.label}: every backendRef has weight 0")
+        return None
+    target = backend.target
+    if backend.error is not None or target is None:
+        pair.reply(500, f"{rule.label}: {backend.error}")
+        return None
+    if rule.request_edit is not None or backend.request_edit is not None:
+        pseudo = [(n, v) for n, v in headers if n[:1] == b":"]
+        if rule.request_edit is not None:
+            plain = rule.request_edit.apply(plain)
+        if backend.request_edit is not None:
+            plain = backend.request_edit.apply(plain)
+        headers = pseudo + [(n.lower(), v) for n, v in plain]
+    return target, headers
+
+
+class InboundH2:
+    """Carries HTTP/2 streams from a peer (ALPN gossamer/h2) to the local app."""
+
+    def __init__(
+        self,
+        dp: DataPlane,
+        links: Links,
+        server_name: str | None,
+        peer_identity: str | None,
+        peer_namespace: str,
+        peer_address: str,
+    ) -> None:
+        self.dp = dp
+        self.links = links
+        self.server_name = server_name
+        self.peer_identity = peer_identity
+        self.peer_namespace = peer_namespace
+        self.peer_address = peer_address
+
+    def new_stream(self, conn: H2Connection, stream_id: int, headers: Headers) -> None:
+        from gossamer.proxy.inbound import LocalRoute
+
+        dp = self.dp
+        pair = StreamPair(conn, stream_id, dp.loop.time())
+        table = dp.table
+        route = table.local_routes.get(self.server_name or "")
+        if not isinstance(route, LocalRoute):
+            pair.reply(404, f"no local port for TLS server name {self.server_name!r}")
+            return
+        src = header(headers, SRC_SERVICE_HEADER)
+
+        def done(p: StreamPair) -> None:
+            grpc = grpc_status_label(p.grpc_status)
+            key = (self.peer_namespace, src, p.status or 502)
+            stats = table.inbound_stats.get(key) if grpc is None else None
+            if stats is None:
+                stats = dp.metrics.request_stats(
+                    "inbound",
+                    self.peer_namespace,
+                    src.decode("latin-1") if src else "unknown",
+                    table.namespace,
+                    table.service,
+                    p.status or 502,
+                    True,
+                    None if grpc is None else grpc.decode(),
+                )
+                if grpc is None:
+                    table.inbound_stats[key] = stats
+            stats.observe(dp.loop.time() - p.started)
+
+        pair.on_done = done
+        if not self._speaks_h2(route):
+            pair.reply(
+                502,
+                f"app on port {route.port} is not declared HTTP/2 (appProtocol http2, grpc "
+                "or kubernetes.io/h2c); HTTP/2 to an HTTP/1.1 app is not carried",
+            )
+            return
+        if not dp.authorizer.allows_everything and not self._authorize(pair, route, headers):
+            return
+        fwd = forwardable(headers, _DROP_FROM_PEER)
+        xff = header(headers, b"x-forwarded-for")
+        address = self.peer_address.encode()
+        if xff is not None:
+            fwd = [(n, v) for n, v in fwd if n != b"x-forwarded-for"]
+        fwd.append((b"x-forwarded-for", xff + b", " + address if xff else address))
+        pool: AppPool = route.pool
+
+        def then(result: H2Connection | ConnectError) -> None:
+            if isinstance(result, ConnectError):
+                pair.reply(result.status, result.reason)
+            else:
+                pair.attach(result, fwd)
+
+        self.links.get(pool, pool.name, pool.open_with, then)
+
+    def _speaks_h2(self, route: LocalRoute) -> bool:
+        snapshot = self.dp.snapshot
+        if snapshot is None:
+            return False
+        for lp in snapshot.proxy.ports:
+            if lp.port == route.port:
+                return (lp.app_protocol or "").lower() in H2_APP_PROTOCOLS
+        return False
+
+    def _authorize(self, pair: StreamPair, route: LocalRoute, headers: Headers) -> bool:
+        path = (header(headers, b":path") or b"/").partition(b"?")[0]
+        method = header(headers, b":method") or b"GET"
+        authority = header(headers, b":authority")
+
+        def get(name: str) -> str | None:
+            wanted = name.lower().encode("latin-1")
+            found = [v for n, v in headers if n == wanted]
+            return b",".join(found).decode("latin-1") if found else None
+
+        decision = self.dp.authorizer.check(
+            Request(
+                principal=principal_of(self.peer_identity),
+                port=route.port,
+                source_ip=self.peer_address,
+                method=method.decode("latin-1"),
+                path=path.decode("latin-1"),
+                host=authority.decode("latin-1") if authority is not None else None,
+                headers=get,
+                sni=self.server_name,
+            )
+        )
+        if decision.allowed:
+            return True
+        pair.reply(403, decision.reason)
+        return False
