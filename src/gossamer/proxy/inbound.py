@@ -185,7 +185,7 @@ class InboundSide:
         if ex.error is not None:
             ex.fail(ex.error.status, ex.error.reason)
             return
-        route = self._local_route(ex.conn.server_name)
+        route = self._route_for(ex)
         if isinstance(route, NoRoute):
             ex.fail(route.status, route.reason)
             return
@@ -240,6 +240,10 @@ class InboundSide:
         if not decision.allowed:
             rule = f" rule {decision.rule}" if decision.rule is not None else ""
             log.warning("inbound %s from %s: %s%s", what, who, decision.reason, rule)
+
+    def _route_for(self, ex: Exchange) -> LocalRoute | NoRoute:
+        """Over mTLS, the TLS server name says which local port a request is for."""
+        return self._local_route(ex.conn.server_name)
 
     def _local_route(self, server_name: str | None) -> LocalRoute | NoRoute:
         route = self.dp.table.local_routes.get(server_name or "")
@@ -338,20 +342,9 @@ class PlaintextInboundSide(InboundSide):
         conn.peer_address = str(peer[0]).encode() if peer else b"unknown"
         self.dp.connections.add(conn)
 
-    def dispatch(self, ex: Exchange) -> None:
-        if ex.error is not None:
-            ex.fail(ex.error.status, ex.error.reason)
-            return
-        route = self._plaintext_route(ex.head.host)
-        if isinstance(route, NoRoute):
-            ex.fail(route.status, route.reason)
-            return
-        authorizer = self.dp.authorizer
-        if not authorizer.allows_everything and not self._authorize(ex, route, authorizer):
-            return
-        ex.route = route
-        ex.balancer = route.balancer
-        ex.forward()
+    def _route_for(self, ex: Exchange) -> LocalRoute | NoRoute:
+        """Without TLS there is no server name: the Host header picks the port."""
+        return self._plaintext_route(ex.head.host)
 
     def _plaintext_route(self, host: bytes | None) -> LocalRoute | NoRoute:
         routes = [r for r in self.dp.table.local_routes.values() if isinstance(r, LocalRoute)]
