@@ -170,6 +170,16 @@ COLUMNS: dict[str, tuple[list[str], Row]] = {
             age(o["metadata"].get("creationTimestamp"), now),
         ],
     ),
+    "GRPCRoute": (
+        ["NAME", "PARENTS", "HOSTNAMES", "RULES", "AGE"],
+        lambda o, now: [
+            o["metadata"]["name"],
+            _parents(o),
+            ",".join(o["spec"].get("hostnames") or []) or "*",
+            len(o["spec"].get("rules") or []),
+            age(o["metadata"].get("creationTimestamp"), now),
+        ],
+    ),
 }
 
 

@@ -50,6 +50,8 @@ MAX_INTERESTS = 10_000
 MESH_KINDS = frozenset({"Service", "Workload", "HTTPRoute", "AuthorizationPolicy", "MeshPolicy"})
 # The traffic policies (gossamer.resources.policies) shape snapshots too.
 MESH_KINDS |= frozenset({"RetryPolicy", "OutlierPolicy", "CircuitBreakerPolicy", "FaultPolicy"})
+# Routes of the other Gateway API kinds compile into the same snapshot routes.
+MESH_KINDS |= frozenset({"GRPCRoute", "TCPRoute"})
 
 
 def peer_identity(request: web.Request) -> SpiffeId | None:

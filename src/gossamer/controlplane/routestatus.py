@@ -1,4 +1,4 @@
-"""HTTPRoute status: `Accepted` and `ResolvedRefs` per Service parent, written back.
+"""HTTPRoute and GRPCRoute status: `Accepted` and `ResolvedRefs` per Service parent, written back.
 
 `httproute_status` is pure: the route, the mesh it lives in, its current status and
 the time give the status it should have (conditions keep their lastTransitionTime
@@ -18,15 +18,18 @@ from typing import Any
 
 from gossamer.errors import Conflict, NotFound
 from gossamer.resources import validate
+from gossamer.resources.grpcroute import GRPCRoute
 from gossamer.resources.httproute import HTTPRoute
+from gossamer.resources.tcproute import TCPRoute
 from gossamer.store import Compacted, Store
 from gossamer.translate.build import MeshView
-from gossamer.translate.routes import CONTROLLER_NAME, route_conditions
+from gossamer.translate.grpcroutes import compile_route
+from gossamer.translate.routes import CONTROLLER_NAME, ROUTE_KINDS, route_conditions
 
 log = logging.getLogger("gossamer.controlplane.routestatus")
 
 DEBOUNCE_SECONDS = 0.1
-_KINDS = ("HTTPRoute", "Service")
+_KINDS = ("HTTPRoute", "GRPCRoute", "TCPRoute", "Service")
 
 
 def httproute_status(
@@ -79,7 +82,8 @@ def _key(ref: Any, kind: Any) -> str:
 
 
 class RouteStatusReconciler:
-    """Keeps every HTTPRoute's status current with the routes and Services stored."""
+    """Keeps every HTTPRoute's and GRPCRoute's status current with the stored routes and
+    Services."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -131,16 +135,19 @@ class RouteStatusReconciler:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         written = 0
         for obj in objects:
-            if obj["kind"] != "HTTPRoute":
+            if obj["kind"] not in ROUTE_KINDS:
                 continue
             route = validate(obj)
+            if isinstance(route, GRPCRoute | TCPRoute):
+                # Its status is that of the HTTPRoute it compiles to (same references).
+                route = compile_route(route)
             assert isinstance(route, HTTPRoute)
             status = httproute_status(route, mesh, obj.get("status"), now)
             if status == (obj.get("status") or {}):
                 continue
             meta = obj["metadata"]
             try:
-                self.store.update_status("HTTPRoute", meta["namespace"], meta["name"], status)
+                self.store.update_status(obj["kind"], meta["namespace"], meta["name"], status)
             except (NotFound, Conflict):
                 continue  # changed or gone meanwhile: the next event brings it back here
             written += 1

@@ -1,7 +1,8 @@
 """Opaque TCP: bytes carried both ways between two connections, with backpressure.
 
 Outbound, a `TcpUpstream` gets a local listener; each connection to it is carried over
-mTLS (ALPN gossamer/tcp) to an endpoint of the service port. Inbound, such a
+mTLS (ALPN gossamer/tcp) to an endpoint of the service port, or of the backend a
+TCPRoute on that port picks by weight. Inbound, such a
 connection is spliced to the app's port.
 
 TLS has no half-close in asyncio, so an end of stream from either side closes the
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 
 from gossamer.proxy.httpproxy import MAX_ATTEMPTS, ConnectError
 from gossamer.proxy.metrics import TcpStats
-from gossamer.proxy.routing import NoRoute, Route
+from gossamer.proxy.routing import NoRoute, P, Route
 
 if TYPE_CHECKING:
     from gossamer.proxy.dataplane import DataPlane, TcpUpstream
@@ -114,6 +115,19 @@ class Splice(asyncio.Protocol):
             self.transport.close()
 
 
+def tcp_backend(route: Route[P]) -> Route[P] | str:
+    """Where a TCPRoute on `route`'s service port sends one connection: a backend of
+    the first TCPRoute rule, drawn by weight; or why none can take it."""
+    assert route.router is not None
+    rule = route.router.rules[route.router.spec.tcp_rules[0]]
+    backend = rule.pick()
+    if backend is None:
+        return f"{rule.label}: every backend has weight 0"
+    if backend.target is None:
+        return f"{rule.label}: {backend.error}"
+    return backend.target
+
+
 class TcpListener(asyncio.Protocol):
     """Accepts a local connection for one TcpUpstream and carries it to a peer."""
 
@@ -144,6 +158,13 @@ class TcpListener(asyncio.Protocol):
             log.warning("tcp %s: %s", what, reason)
             self.end.close()
             return
+        if found.router is not None and found.router.spec.tcp_rules:
+            backend = tcp_backend(found)
+            if isinstance(backend, str):
+                log.warning("tcp %s: %s", what, backend)
+                self.end.close()
+                return
+            found = backend
         stats = self.dp.metrics.tcp_stats("outbound", found.namespace, found.name, True)
         self.end.stats = stats
         balancer = found.balancer

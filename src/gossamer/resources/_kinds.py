@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from gossamer.errors import FieldError, InvalidResource
 from gossamer.resources._errors import field_errors
 from gossamer.resources.authorizationpolicy import AuthorizationPolicy
+from gossamer.resources.grpcroute import GRPCRoute
 from gossamer.resources.httproute import HTTPRoute
 from gossamer.resources.meshpolicy import MeshPolicy
 from gossamer.resources.policies import (
@@ -21,12 +22,15 @@ from gossamer.resources.policies import (
     RetryPolicy,
 )
 from gossamer.resources.service import Service
+from gossamer.resources.tcproute import TCPRoute
 from gossamer.resources.workload import Workload
 
 Resource: TypeAlias = (
     Service
     | Workload
     | HTTPRoute
+    | GRPCRoute
+    | TCPRoute
     | AuthorizationPolicy
     | MeshPolicy
     | RetryPolicy
@@ -60,6 +64,8 @@ _MODELS: Mapping[str, type[Resource]] = {
     "Service": Service,
     "Workload": Workload,
     "HTTPRoute": HTTPRoute,
+    "GRPCRoute": GRPCRoute,
+    "TCPRoute": TCPRoute,
     "AuthorizationPolicy": AuthorizationPolicy,
     "MeshPolicy": MeshPolicy,
     "RetryPolicy": RetryPolicy,
@@ -76,6 +82,12 @@ KINDS: Mapping[str, KindInfo] = MappingProxyType(
         ),
         "HTTPRoute": KindInfo(
             "HTTPRoute", "gateway.networking.k8s.io/v1", "httproutes", (), namespaced=True
+        ),
+        "GRPCRoute": KindInfo(
+            "GRPCRoute", "gateway.networking.k8s.io/v1", "grpcroutes", (), namespaced=True
+        ),
+        "TCPRoute": KindInfo(
+            "TCPRoute", "gateway.networking.k8s.io/v1alpha2", "tcproutes", (), namespaced=True
         ),
         "AuthorizationPolicy": KindInfo(
             "AuthorizationPolicy",

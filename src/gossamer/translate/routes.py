@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gossamer.resources import validate
+from gossamer.resources.grpcroute import GRPCRoute
 from gossamer.resources.httproute import (
     HTTPHeaderFilter,
     HTTPPathModifier,
@@ -47,6 +48,8 @@ from gossamer.resources.policies import (
     OutlierPolicy,
     RetryPolicy,
 )
+from gossamer.resources.tcproute import TCPRoute
+from gossamer.translate.grpcroutes import CompiledTCPRoute, compile_route, grpc_precedence
 from gossamer.translate.routetypes import (
     BackendTarget,
     FaultSpec,
@@ -79,6 +82,8 @@ __all__ = [
 ]
 
 CONTROLLER_NAME = "gossamer.dev/mesh"
+# The kinds that become HTTP routes (a GRPCRoute compiles to an HTTPRoute).
+ROUTE_KINDS = frozenset({"HTTPRoute", "GRPCRoute", "TCPRoute"})
 
 Policy = RetryPolicy | OutlierPolicy | CircuitBreakerPolicy | FaultPolicy
 
@@ -88,10 +93,12 @@ def traffic_objects(objects: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     routes: list[HTTPRoute] = []
     policies: list[Policy] = []
     for obj in objects:
-        if obj["kind"] == "HTTPRoute" or obj["kind"] in POLICY_KINDS:
+        if obj["kind"] in ROUTE_KINDS or obj["kind"] in POLICY_KINDS:
             resource = validate(obj)
             if isinstance(resource, HTTPRoute):
                 routes.append(resource)
+            elif isinstance(resource, GRPCRoute | TCPRoute):
+                routes.append(compile_route(resource))
             elif isinstance(
                 resource, RetryPolicy | OutlierPolicy | CircuitBreakerPolicy | FaultPolicy
             ):
@@ -473,9 +480,15 @@ def _rule_spec(
 
 
 def _precedence(
-    m: MatchSpec, route_order: int
-) -> tuple[int, int, int, int, int, int, int, int, int]:
+    m: MatchSpec, route_order: int, route: HTTPRoute, rule: int, match: int
+) -> tuple[int, ...]:
+    # A compiled GRPCRoute's matches (all POST /service/method) rank by the GRPCRoute
+    # spec, ahead of HTTPRoute matches on the same port, which would otherwise take
+    # gRPC calls with a catch-all path.
+    if (grpc := grpc_precedence(route, rule, match)) is not None:
+        return (0, *grpc, route_order, m.rule, m.index)
     return (
+        1,
         0 if m.path_type == "Exact" else 1,
         -len(m.path),
         0 if m.path_type == "PathPrefix" else 1,
@@ -500,10 +513,15 @@ def service_routes(
             continue
         rules: list[RuleSpec] = []
         keyed: list[tuple[tuple[int, ...], MatchSpec]] = []
+        tcp_rules: list[int] = []
         for order, route in enumerate(on_port):
             for i, rule in enumerate(route.spec.rules):
                 rule_index = len(rules)
                 rules.append(_rule_spec(mesh, route, i, rule, retry))
+                if isinstance(route, CompiledTCPRoute):
+                    # Connections, not requests: no match ever picks a TCPRoute rule.
+                    tcp_rules.append(rule_index)
+                    continue
                 for j, match in enumerate(rule.matches):
                     spec = MatchSpec(
                         rule=rule_index,
@@ -518,7 +536,7 @@ def service_routes(
                             HeaderMatchSpec(q.type, q.name, q.value) for q in match.query_params
                         ),
                     )
-                    keyed.append((_precedence(spec, order), spec))
+                    keyed.append((_precedence(spec, order, route, i, j), spec))
         keyed.sort(key=lambda pair: pair[0])
         out.append(
             ServiceRoutes(
@@ -527,6 +545,7 @@ def service_routes(
                 matches=tuple(spec for _, spec in keyed),
                 rules=tuple(rules),
                 routes=tuple(route_key(r) for r in on_port),
+                tcp_rules=tuple(tcp_rules),
             )
         )
     return out

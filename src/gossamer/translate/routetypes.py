@@ -184,6 +184,8 @@ class ServiceRoutes:
     matches: tuple[MatchSpec, ...] = ()
     rules: tuple[RuleSpec, ...] = ()
     routes: tuple[str, ...] = ()  # "namespace/name" of every route merged here
+    # The rules of TCPRoutes, oldest route first: an opaque connection takes the first.
+    tcp_rules: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
