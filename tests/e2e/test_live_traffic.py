@@ -4,17 +4,24 @@ project's own classes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import json
 import os
+import shutil
+import signal
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.e2e.conftest import (
@@ -224,3 +231,115 @@ def test_the_access_log_has_a_json_line_per_request(live: Live) -> None:
     assert (event["direction"], event["status"]) == ("inbound", 200)
     assert event["trace_id"] and event["source"]["service"] == "client-1"
     assert os.path.getsize(live.access_log) > 0
+
+
+class Page:
+    """One tab of a real headless Chromium, driven over the DevTools protocol."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+
+    async def eval(self, expression: str) -> Any:
+        msg_id = next(self.ids)
+        await self.ws.send_json(
+            {"id": msg_id, "method": "Runtime.evaluate",
+             "params": {"expression": expression, "returnByValue": True, "awaitPromise": True}}
+        )  # fmt: skip
+        async with asyncio.timeout(10):
+            while True:
+                reply = await self.ws.receive_json()
+                if reply.get("id") == msg_id:
+                    break
+        result = reply["result"]
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+    async def until(self, expression: str, timeout: float = 20.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = await self.eval(expression)
+            if value or time.monotonic() > deadline:
+                return value
+            await asyncio.sleep(0.2)
+
+
+@contextlib.asynccontextmanager
+async def chromium_page(url: str) -> AsyncIterator[Page]:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser is not None
+    with tempfile.TemporaryDirectory(prefix="gossamer-chromium-") as profile:
+        proc = subprocess.Popen(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", f"--user-data-dir={profile}", "--remote-debugging-port=0", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        try:
+            port_file = Path(profile) / "DevToolsActivePort"
+            deadline = time.monotonic() + 30
+            while not (port_file.exists() and port_file.read_text().strip()):
+                assert proc.poll() is None, "chromium exited"
+                assert time.monotonic() < deadline, "chromium never opened its DevTools port"
+                await asyncio.sleep(0.1)
+            port = port_file.read_text().split()[0]
+            async with aiohttp.ClientSession(trust_env=False) as session:
+                async with session.get(f"http://127.0.0.1:{port}/json/list") as resp:
+                    targets = await resp.json()
+                [target] = [t for t in targets if t["type"] == "page"]
+                async with session.ws_connect(target["webSocketDebuggerUrl"]) as ws:
+                    yield Page(ws)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+STATUS = "(document.querySelector('[data-tap-status]')?.textContent || '')"
+ROWS = "[...document.querySelectorAll('[data-tap-row]')].map((r) => r.textContent).join('\\n')"
+CLICK = "document.querySelector('[data-tap-toggle]').click(), true"
+
+
+@pytest.mark.skipif(
+    not (shutil.which("chromium") or shutil.which("chromium-browser")),
+    reason="needs Debian's chromium",
+)
+@pytest.mark.asyncio
+async def test_the_dashboards_live_tap_shows_requests_made_after_it_started(live: Live) -> None:
+    token = live.cp.token_file.read_text().strip()
+    async with chromium_page(live.cp.api + "/#/service/shop/meter") as page:
+        assert await page.until("Boolean(document.querySelector('[data-tap-toggle]'))")
+        await page.eval(CLICK)  # no token yet: it says what is missing
+        assert "needs an API token" in await page.until(STATUS + ".includes('token') && " + STATUS)
+
+        await page.eval(f"sessionStorage.setItem('gossamer.adminToken', {json.dumps(token)})")
+        await page.eval(CLICK)
+        status = await page.until(STATUS + ".startsWith('Tapping') && " + STATUS)
+        assert status == "Tapping 1 proxy(ies): meter-1", await page.eval(STATUS)
+        for i in range(3):
+            assert _curl(live.client, f"/dashboard-tap/{i}")[0] == "200"
+        rows = await page.until(f"({ROWS}).includes('/dashboard-tap/2') && {ROWS}")
+        assert rows, await page.eval(STATUS)
+        for i in range(3):
+            assert f"/dashboard-tap/{i}" in rows
+        assert "spiffe://cluster.local/ns/shop/sa/client" in rows  # the caller's identity
+        assert "client-1.shop" in rows and "meter-1.shop" in rows
+        await asyncio.sleep(5.5)  # the page redraws every 5 s: the tap and its rows stay
+        assert "/dashboard-tap/0" in await page.eval(ROWS)
+        assert await page.eval(STATUS) == status
+
+        await page.eval(CLICK)
+        assert (await page.until(STATUS + ".startsWith('Stopped') && " + STATUS)).startswith(
+            "Stopped (3 request(s))"
+        )
+        await page.eval("location.hash = '#/service/shop/nope'")
+        await page.until("document.querySelector('h1')?.textContent.startsWith('nope')")
+        await page.until("Boolean(document.querySelector('[data-tap-toggle]'))")
+        await page.eval(CLICK)
+        failed = await page.until(STATUS + ".startsWith('Tap failed') && " + STATUS)
+        assert failed.startswith("Tap failed: service shop/nope not found"), failed
+        assert await page.eval("document.body.getAttribute('data-js-errors')") is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gossamer.proxy.dataplane import DataPlane
 from gossamer.translate.snapshot import ServicePort, ServiceView
+from gossamer.translate.telemetry import TelemetryView
 from tests.proxy.conftest import EchoApp, Mesh, Pki, curl, fast_config, server_snapshot
 
 pb = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
@@ -313,3 +314,90 @@ async def test_an_absent_collector_never_fails_or_holds_a_request(pki: Pki) -> N
             assert (await _get(hops, "/"))[0] == 200
     finally:
         await _close(hops)
+
+
+def _with_telemetry(proxy: DataPlane, view: TelemetryView) -> None:
+    assert proxy.snapshot is not None
+    proxy.apply_snapshot(replace(proxy.snapshot, telemetry=view))
+
+
+@pytest.mark.asyncio
+async def test_tracing_settings_in_the_snapshot_turn_tracing_on_and_off(
+    pki: Pki, receiver: tuple[str, list[bytes]]
+) -> None:
+    endpoint, bodies = receiver
+    hops = await _two_hops(pki, access_log=None, otel={"OTEL_BSP_SCHEDULE_DELAY": "50"})
+    proxies = (hops.mesh.client, hops.server.proxy)
+    try:
+        for proxy in proxies:  # a collector's base URL: the proxy adds /v1/traces
+            _with_telemetry(proxy, TelemetryView(tracing_endpoint=endpoint))
+            assert proxy.tracer is not None and proxy.hooks is not None
+        status, _ = await _get(hops, "/from-mesh-config", f"traceparent: {TRACEPARENT}")
+        assert status == 200
+        spans = await _wait_spans(bodies, 2)
+        client = next(s for s in spans if s.kind == 3)
+        server = next(s for s in spans if s.kind == 2)
+        assert client.trace_id.hex() == server.trace_id.hex() == TRACEPARENT[3:35]
+        assert server.parent_span_id == client.span_id
+        assert _attrs(server)["url.path"] == "/from-mesh-config"
+        tracing = hops.server.proxy.observability_dump()["tracing"]
+        assert tracing["endpoint"] == endpoint + "/v1/traces"
+
+        for proxy in proxies:  # the setting removed from mesh config: off again
+            _with_telemetry(proxy, TelemetryView())
+            assert proxy.tracer is None and proxy.hooks is None
+        status, body = await _get(hops, "/untraced", f"traceparent: {TRACEPARENT}")
+        assert status == 200
+        headers = {k.lower(): v for k, v in body["headers"]}
+        assert headers["traceparent"] == TRACEPARENT
+    finally:
+        await _close(hops)
+
+
+@pytest.mark.asyncio
+async def test_the_proxys_own_environment_wins_over_tracing_in_mesh_config(
+    pki: Pki, receiver: tuple[str, list[bytes]]
+) -> None:
+    endpoint, _ = receiver
+    hops = await _traced(pki, endpoint)
+    try:
+        server = hops.server.proxy
+        tracer = server.tracer
+        assert tracer is not None
+        _with_telemetry(server, TelemetryView("http://127.0.0.1:9", "always_off", None, True))
+        assert server.tracer is not None
+        assert server.tracer.describe()["endpoint"] == endpoint + "/v1/traces"
+        assert server.tracer.sampler.name == "always_off"  # not set in its environment
+        _with_telemetry(server, TelemetryView("http://127.0.0.1:9"))
+        assert server.tracer is not tracer and server.tracer.sampler.name == tracer.sampler.name
+    finally:
+        await _close(hops)
+
+
+@pytest.mark.asyncio
+async def test_an_access_log_turned_on_in_mesh_config_writes_to_standard_output(
+    pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hops = await _two_hops(pki, access_log=None, otel={})
+    try:
+        _with_telemetry(hops.server.proxy, TelemetryView(access_log=True))
+        assert (await _get(hops, "/logged-by-mesh-config"))[0] == 200
+    finally:
+        await _close(hops)  # closing flushes
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["direction"], e["path"]) for e in lines] == [("inbound", "/logged-by-mesh-config")]
+
+
+@pytest.mark.asyncio
+async def test_an_access_log_set_in_the_environment_stays_when_mesh_config_turns_it_off(
+    pki: Pki, tmp_path: Path
+) -> None:
+    log = tmp_path / "access.log"
+    hops = await _two_hops(pki, access_log=str(log), otel={})
+    try:
+        _with_telemetry(hops.server.proxy, TelemetryView(access_log=False))
+        assert hops.server.proxy.access_log is not None
+        assert (await _get(hops, "/still-logged"))[0] == 200
+    finally:
+        await _close(hops)
+    assert "/still-logged" in log.read_text()

@@ -41,6 +41,7 @@ from gossamer.proxy.tcp import Splice, TcpListener
 from gossamer.proxy.tls import CredentialsLike, MeshContexts, make_contexts, sni_for
 from gossamer.translate.authz import SecurityView
 from gossamer.translate.snapshot import Endpoint, Snapshot
+from gossamer.translate.telemetry import TelemetryView, otel_settings
 
 if TYPE_CHECKING:
     from gossamer.proxy.tracing_hooks import ProxyTracer
@@ -168,6 +169,10 @@ class DataPlane:
         self.tracer: ProxyTracer | None = None
         self.hooks: RequestHooks | None = None
         self._all_hooks = RequestHooks(self, self.taps, None, None)
+        # The OTEL_* settings the tracer was made from: the environment's, with what
+        # the snapshot's MeshPolicy telemetry adds (`_apply_telemetry`).
+        self._otel_in_use: dict[str, str] = {}
+        self._retired_tracers: set[ProxyTracer] = set()
 
     # ---- what the rest of the proxy reads ----------------------------------------------
 
@@ -343,6 +348,7 @@ class DataPlane:
             from gossamer.proxy.tracing_hooks import ProxyTracer
 
             tracer = ProxyTracer.from_env(cfg.otel)
+        self._otel_in_use = dict(cfg.otel)
         if tracer is not None:
             await tracer.start_exporting()
             self.tracer = tracer
@@ -356,8 +362,51 @@ class DataPlane:
         self.hooks = None
         if self.tracer is not None:
             await self.tracer.stop()
+        for tracer in list(self._retired_tracers):
+            await tracer.stop()
+        self._retired_tracers.clear()
         if self.access_log is not None:
             self.access_log.close()
+
+    def _apply_telemetry(self, view: TelemetryView) -> None:
+        """Tracing and access log settings from mesh config (MeshPolicy telemetry), for
+        what the proxy's own environment and flags leave unset: they win."""
+        if self._closed:
+            return
+        changed = False
+        if not self.config.access_log:
+            if view.access_log and self.access_log is None:
+                access_log = AccessLog("-")
+                access_log.open(self.loop)
+                self.access_log, changed = access_log, True
+            elif not view.access_log and self.access_log is not None:
+                self.access_log.close()
+                self.access_log, changed = None, True
+        wanted = otel_settings(view, self.config.otel)
+        if wanted != self._otel_in_use:
+            from gossamer.proxy.tracing_hooks import ProxyTracer
+
+            new, old = ProxyTracer.from_env(wanted), self.tracer
+            self.tracer, self._otel_in_use, changed = new, wanted, True
+            if new is not None:
+                log.info(
+                    "tracing (mesh config): spans to %s, sampler %s",
+                    new.exporter.endpoint,
+                    new.sampler.name,
+                )
+            if old is not None:
+                self._retired_tracers.add(old)
+            self.spawn(self._swap_tracers(new, old))
+        if changed:
+            self._all_hooks = RequestHooks(self, self.taps, self.access_log, self.tracer)
+            self._hooks_changed()
+
+    async def _swap_tracers(self, new: ProxyTracer | None, old: ProxyTracer | None) -> None:
+        if new is not None:
+            await new.start_exporting()
+        if old is not None:
+            await old.stop()  # sends what it holds
+            self._retired_tracers.discard(old)
 
     def _hooks_changed(self) -> None:
         hooks = self._all_hooks
@@ -441,6 +490,7 @@ class DataPlane:
                 app.close()
         self._apps = apps
         self._wake_waiters(table)
+        self._apply_telemetry(snapshot.telemetry)
 
     def _peer(self, endpoint: Endpoint) -> tuple[PeerPool, EndpointLoad]:
         # Pools and latency records outlive snapshots for as long as the endpoint does.

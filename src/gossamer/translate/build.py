@@ -22,6 +22,7 @@ from gossamer.translate.snapshot import (
     Snapshot,
     content_version,
 )
+from gossamer.translate.telemetry import telemetry_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +253,7 @@ def build_snapshot(mesh: MeshView, proxy: ProxyInfo) -> Snapshot:
         policies=tuple(build_policies(mesh, asked)),
         route_services=tuple(route_services),
         security=security_for(mesh.security, workload.namespace, workload.labels),
+        telemetry=telemetry_for(mesh.security, workload.namespace, workload.labels),
     )
     snapshot = replace(snapshot, version=content_version(snapshot))
     check_consistent(snapshot)

@@ -14,6 +14,7 @@ from typing import Any
 
 from gossamer.translate.authz import SecurityView
 from gossamer.translate.routetypes import ServicePolicy, ServiceRoutes, load
+from gossamer.translate.telemetry import TelemetryView
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,9 @@ class Snapshot:
     # Security (gossamer.translate.authz): the mTLS mode, the authorization default and
     # the AuthorizationPolicies that apply to this proxy's own workload.
     security: SecurityView = field(default_factory=SecurityView)
+    # Telemetry (gossamer.translate.telemetry): MeshPolicy tracing and access log
+    # settings for this proxy's own workload.
+    telemetry: TelemetryView = field(default_factory=TelemetryView)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,6 +142,7 @@ class Snapshot:
             policies=tuple(load(ServicePolicy, p) for p in data.get("policies", ())),
             route_services=tuple(data.get("route_services", ())),
             security=SecurityView.from_dict(data.get("security")),
+            telemetry=TelemetryView.from_dict(data.get("telemetry")),
         )
 
     @staticmethod

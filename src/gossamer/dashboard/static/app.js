@@ -377,7 +377,127 @@ async function servicePage(ns, name) {
             h("td", { class: exp.cls }, exp.text),
             h("td", {}, p ? (p.upToDate ? "up to date" : "behind") : "not connected"));
         }))) : h("p", { class: "muted" }, "No workloads selected by this service.")),
+    tapPanel(ns, name),
   ];
+}
+
+// ---- live tap ------------------------------------------------------------------
+// Streams GET /v1/tap (JSON lines) with fetch and a ReadableStream. The panel is one
+// element kept across the page's 5-second redraws, so a running tap is not cut off.
+
+const TAP_ROWS = 100;
+
+function tapText(ev, side) {
+  const p = ev[side] || {};
+  const who = p.workload || p.service || "unknown";
+  return p.namespace ? `${who}.${p.namespace}` : who;
+}
+
+function tapTime(iso) {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return String(iso || "–");
+  return d.toLocaleTimeString([], { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
+}
+
+function stopTap() {
+  const t = state.tap;
+  if (t && t.controller) t.controller.abort();
+}
+
+function tapPanel(ns, name) {
+  const key = ns + "/" + name;
+  if (state.tap && state.tap.key === key) return state.tap.node;
+  stopTap();
+  const status = h("span", { class: "muted tap-status", "data-tap-status": "" }, "Not tapping.");
+  const duration = h("select", { "aria-label": "tap duration" },
+    ["1m", "5m", "15m", "60m"].map((d) => h("option", { value: d }, d)));
+  duration.value = "5m";
+  const button = h("button", { type: "button", class: "tap-toggle", "data-tap-toggle": "" }, "Start");
+  const rows = h("tbody", {});
+  const table = h("table", { class: "tap-table" },
+    h("thead", {}, h("tr", {}, ["Time", "Direction", "Source", "Destination", "Method", "Path", "Status", "Latency ms", "Identity"]
+      .map((t) => h("th", { class: t === "Status" || t === "Latency ms" ? "num" : "" }, t)))),
+    rows);
+  const empty = h("p", { class: "muted" }, "Start a tap to see this service's requests as they happen.");
+  const node = panel("Live tap",
+    h("div", { class: "tap-controls" }, button, h("label", {}, "for ", duration), status),
+    empty, table);
+  table.hidden = true;
+  const tap = { key, node, controller: null };
+  const say = (message, cls) => { status.className = "tap-status " + (cls || "muted"); status.textContent = message; };
+  const addRow = (ev) => {
+    const peer = ev.direction === "inbound" ? ev.source : ev.destination;
+    const tr = h("tr", { "data-tap-row": "" },
+      h("td", {}, tapTime(ev.time)), h("td", {}, ev.direction),
+      h("td", {}, tapText(ev, "source")), h("td", {}, tapText(ev, "destination")),
+      h("td", {}, ev.method), h("td", { class: "tap-path", title: ev.path }, ev.path),
+      h("td", { class: "num " + (ev.status >= 500 || ev.status === 0 ? "bad" : ev.status >= 400 ? "warn" : "") }, ev.status),
+      h("td", { class: "num" }, num(ev.latency_ms, 2)),
+      h("td", {}, h("code", {}, (peer && peer.identity) || "–")));
+    rows.prepend(tr);
+    while (rows.childElementCount > TAP_ROWS) rows.lastElementChild.remove();
+    table.hidden = false;
+    empty.hidden = true;
+  };
+  const run = async () => {
+    const t = token();
+    if (!t) {
+      say("Live tap needs an API token (read or admin): paths may hold secrets. Enter one with “API token…” above.", "bad");
+      return;
+    }
+    const controller = new AbortController();
+    tap.controller = controller;
+    button.textContent = "Stop";
+    say("Starting…");
+    const q = `namespace=${encodeURIComponent(ns)}&name=${encodeURIComponent(name)}&max=0` +
+      `&duration=${encodeURIComponent(duration.value)}`;
+    let seen = 0, failed = false;
+    const problems = [];
+    try {
+      const resp = await fetch(`/v1/tap?${q}`, {
+        headers: { Accept: "application/x-ndjson", Authorization: "Bearer " + t }, signal: controller.signal });
+      if (!resp.ok || !resp.body) {
+        let message = resp.status + " " + resp.statusText;
+        try { const body = await resp.json(); if (body && body.error) message = body.error.message; } catch (e) { /* not JSON */ }
+        say(`Tap failed: ${message}`, "bad");
+        return;
+      }
+      const reader = resp.body.getReader();
+      const decoder = new TextDecoder();
+      let buffered = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffered += decoder.decode(value, { stream: true });
+        let nl;
+        while ((nl = buffered.indexOf("\n")) >= 0) {
+          const line = buffered.slice(0, nl).trim();
+          buffered = buffered.slice(nl + 1);
+          if (!line) continue;
+          let ev;
+          try { ev = JSON.parse(line); } catch (e) { continue; }
+          if (ev.type === "request") { seen++; addRow(ev); }
+          else if (ev.type === "error") problems.push(`${ev.workload}: ${ev.message}`);
+          else if (ev.type === "started") {
+            const n = (ev.workloads || []).length;
+            if (!n) { failed = true; say(`Tap failed: no proxy could be tapped. ${problems.join("; ")}`, "bad"); continue; }
+            say(`Tapping ${n} proxy(ies): ${ev.workloads.join(", ")}` +
+              (problems.length ? ` · could not tap ${problems.join("; ")}` : ""), problems.length ? "warn" : "good");
+          }
+        }
+      }
+      if (!controller.signal.aborted && !failed) say(`Tap ended after ${duration.value} (${seen} request(s)).`);
+    } catch (e) {
+      if (controller.signal.aborted) say(`Stopped (${seen} request(s)).`);
+      else say(`Tap failed: ${e.message}`, "bad");
+    } finally {
+      if (tap.controller === controller) tap.controller = null;
+      button.textContent = "Start";
+    }
+  };
+  button.addEventListener("click", () => { if (tap.controller) tap.controller.abort(); else run(); });
+  state.tap = tap;
+  return node;
 }
 
 async function certificatesPage() {
@@ -405,6 +525,8 @@ async function render() {
   const hash = location.hash.replace(/^#\/?/, "");
   const parts = hash.split("/").map(decodeURIComponent);
   if (parts[0] === "service" && parts.length >= 3) return servicePage(parts[1], parts[2]);
+  stopTap();
+  state.tap = null;
   if (parts[0] === "certificates") return certificatesPage();
   return overview();
 }
@@ -438,6 +560,7 @@ async function header() {
 
 document.getElementById("auth").addEventListener("click", async () => {
   if (token()) {
+    stopTap();
     sessionStorage.removeItem(TOKEN_KEY);
     sessionStorage.removeItem(WHO_KEY);
   } else {
