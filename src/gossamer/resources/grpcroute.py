@@ -24,6 +24,7 @@ from gossamer.resources.httproute import (
     LocalObjectReference,
     ParentReference,
     SectionName,
+    config_matches_type,
 )
 from gossamer.resources.httproute import (
     _parent_ref_problems as parent_ref_problems,
@@ -137,17 +138,7 @@ class GRPCRouteFilter(Model):
 
     @model_validator(mode="after")
     def _config_matches_type(self) -> GRPCRouteFilter:
-        found: list[tuple[Loc, str]] = []
-        for name, info in type(self).model_fields.items():
-            if name == "type":
-                continue
-            alias = info.alias or name
-            is_set = getattr(self, name) is not None
-            if alias == _FILTER_FIELDS[self.type] and not is_set:
-                found.append(((alias,), f"required when type is {self.type}"))
-            elif alias != _FILTER_FIELDS[self.type] and is_set:
-                found.append(((alias,), f"must not be set when type is {self.type}"))
-        raise_problems(found)
+        raise_problems(config_matches_type(self, self.type, _FILTER_FIELDS))
         return self
 
 

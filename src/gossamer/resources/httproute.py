@@ -504,19 +504,29 @@ class HTTPRouteFilter(Model):
 
     @model_validator(mode="after")
     def _config_matches_type(self) -> HTTPRouteFilter:
-        found: list[tuple[Loc, str]] = []
-        fields = type(self).model_fields
-        for name, info in fields.items():
-            if name == "type":
-                continue
-            alias = info.alias or name
-            is_set = getattr(self, name) is not None
-            if alias == _FILTER_FIELDS[self.type] and not is_set:
-                found.append(((alias,), f"required when type is {self.type}"))
-            elif alias != _FILTER_FIELDS[self.type] and is_set:
-                found.append(((alias,), f"must not be set when type is {self.type}"))
-        raise_problems(found)
+        raise_problems(config_matches_type(self, self.type, _FILTER_FIELDS))
         return self
+
+
+def config_matches_type(
+    model: Model, type_: str, fields_by_type: dict[str, str]
+) -> list[tuple[Loc, str]]:
+    """A filter is a union on `type`: the field named for its type is set, no other.
+
+    Shared by HTTPRoute's and GRPCRoute's filters, whose unions differ only in members.
+    """
+    found: list[tuple[Loc, str]] = []
+    wanted = fields_by_type[type_]
+    for name, info in type(model).model_fields.items():
+        if name == "type":
+            continue
+        alias = info.alias or name
+        is_set = getattr(model, name) is not None
+        if alias == wanted and not is_set:
+            found.append(((alias,), f"required when type is {type_}"))
+        elif alias != wanted and is_set:
+            found.append(((alias,), f"must not be set when type is {type_}"))
+    return found
 
 
 def _path_modifiers(f: HTTPRouteFilter) -> list[tuple[Loc, HTTPPathModifier]]:
