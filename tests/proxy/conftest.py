@@ -64,11 +64,8 @@ class Pki:
             spiffe = SpiffeId(self.trust_domain, namespace, service_account)
             key_pem = generate_private_key()
             issued = self.ca.sign_csr(make_csr(key_pem, spiffe), spiffe)
-            self._cache[key] = Credentials(
-                issued.chain_pem.encode(),
-                key_pem,
-                issued.trust_bundle_pem.encode(),
-                issued.not_after,
+            self._cache[key] = Credentials.from_pem(
+                issued.chain_pem.encode(), key_pem, issued.trust_bundle_pem.encode()
             )
         return self._cache[key]
 

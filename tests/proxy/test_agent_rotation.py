@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from gossamer.identity import CertificateAuthority, SpiffeId, generate_private_key, make_csr
-from gossamer.proxy.agent import Agent, AgentConfig, credentials_from
+from gossamer.proxy.agent import Agent, AgentConfig
+from gossamer.proxy.tls import Credentials
 
 TD = "cluster.local"
 
@@ -35,7 +36,7 @@ def agent(tmp_path: Path) -> tuple[Agent, Sink, CertificateAuthority]:
                          tmp_path / "state")  # fmt: skip
     a = Agent(config, sink)
     a.trust_domain = TD
-    a.creds = credentials_from(issued.chain_pem.encode(), key, ca.trust_bundle_pem().encode())
+    a.creds = Credentials.from_pem(issued.chain_pem.encode(), key, ca.trust_bundle_pem().encode())
     return a, sink, ca
 
 

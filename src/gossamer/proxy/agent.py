@@ -25,15 +25,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from cryptography import x509
-
 from gossamer.errors import IdentityError
-from gossamer.identity.bundle import chain_fingerprints, load_bundle, pinned_root
+from gossamer.identity.bundle import load_bundle, pinned_root
 from gossamer.identity.csr import generate_private_key, make_csr
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.identity.tls import client_context
 from gossamer.identity.tokens import decode_unverified
 from gossamer.proxy.cpclient import ControlPlaneClient, ControlPlaneUnavailable, WebSocket
+from gossamer.proxy.tls import Credentials
 from gossamer.translate.consistency import check_consistent
 from gossamer.translate.snapshot import Snapshot
 
@@ -45,7 +44,7 @@ STREAM_SILENCE = 60.0
 
 class DataPlaneSink(Protocol):
     def apply_snapshot(self, snapshot: Snapshot) -> None: ...
-    def set_credentials(self, creds: Any) -> None: ...
+    def set_credentials(self, creds: Credentials) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -70,35 +69,6 @@ class AgentConfig:
     interests: frozenset[str] = frozenset()
     app_host: str = "127.0.0.1"
     admin_port: int | None = None  # registered so the control plane can scrape /metrics
-
-
-@dataclass(frozen=True)
-class Credentials:
-    chain_pem: bytes
-    key_pem: bytes
-    bundle_pem: bytes
-    not_before: datetime
-    not_after: datetime
-
-    def renew_at(self) -> datetime:
-        """Two thirds into the certificate's life, like Istio and Linkerd."""
-        return self.not_before + (self.not_after - self.not_before) * 2 / 3
-
-    def status(self) -> dict[str, str]:
-        """What the control plane is told about this certificate (hello and status)."""
-        issuer, root = chain_fingerprints(self.chain_pem, self.bundle_pem)
-        return {
-            "certificateNotAfter": self.not_after.isoformat(),
-            "issuerFingerprint": issuer,
-            "rootFingerprint": root,
-        }
-
-
-def credentials_from(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> Credentials:
-    leaf = x509.load_pem_x509_certificates(chain_pem)[0]
-    return Credentials(
-        chain_pem, key_pem, bundle_pem, leaf.not_valid_before_utc, leaf.not_valid_after_utc
-    )
 
 
 def control_plane_context(bundle_pem: bytes, creds: Credentials | None) -> ssl.SSLContext:
@@ -157,7 +127,7 @@ class Agent:
             meta = json.loads(self._path("identity.json").read_text())
         except (OSError, ValueError):
             return False
-        creds = credentials_from(chain, key, bundle)
+        creds = Credentials.from_pem(chain, key, bundle)
         if creds.not_after <= datetime.now(UTC):
             log.warning("cached certificate expired at %s; joining again", creds.not_after)
             return False
@@ -240,7 +210,7 @@ class Agent:
         )
 
     def _adopt(self, data: dict[str, Any], key: bytes) -> None:
-        creds = credentials_from(
+        creds = Credentials.from_pem(
             data["certificateChain"].encode(), key, data["trustBundle"].encode()
         )
         self.creds = creds

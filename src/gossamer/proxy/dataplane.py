@@ -38,7 +38,7 @@ from gossamer.proxy.outbound import OutboundSide, PeerPool, connect_peer
 from gossamer.proxy.routing import RouteTable
 from gossamer.proxy.tap import TapHub
 from gossamer.proxy.tcp import Splice, TcpListener
-from gossamer.proxy.tls import CredentialsLike, MeshContexts, make_contexts, sni_for
+from gossamer.proxy.tls import Credentials, MeshContexts, make_contexts, sni_for
 from gossamer.translate.authz import SecurityView
 from gossamer.translate.snapshot import Endpoint, Snapshot
 from gossamer.translate.telemetry import TelemetryView, otel_settings
@@ -85,14 +85,6 @@ class TcpUpstream:
             )
         name, _, namespace = service.partition(".")
         return cls(name, namespace or None, int(port), host or "127.0.0.1", int(listen_port))
-
-
-@dataclass(frozen=True)
-class Credentials:
-    chain_pem: bytes
-    key_pem: bytes
-    bundle_pem: bytes
-    not_after: datetime
 
 
 @dataclass
@@ -500,7 +492,7 @@ class DataPlane:
             self._peers[endpoint] = pair
         return pair
 
-    def set_credentials(self, creds: CredentialsLike) -> None:
+    def set_credentials(self, creds: Credentials) -> None:
         """Use `creds` for connections made from now on; open ones keep theirs."""
         self.contexts = make_contexts(creds)
         if self._loop is not None and not self._inbound_serving and not self._closed:

@@ -16,10 +16,13 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Final
+
+from cryptography import x509
 
 from gossamer.errors import IdentityError
 from gossamer.identity import tls as identity_tls
+from gossamer.identity.bundle import chain_fingerprints
 
 ALPN_H1: Final = "gossamer/h1"
 ALPN_TCP: Final = "gossamer/tcp"
@@ -27,17 +30,35 @@ ALPN_H2: Final = "gossamer/h2"
 SNI_SUFFIX: Final = ".gossamer"
 
 
-class CredentialsLike(Protocol):
-    """What `DataPlane.set_credentials` reads; the agent's own type fits."""
+@dataclass(frozen=True)
+class Credentials:
+    """A workload's certificate chain (leaf first), key and trust bundle."""
 
-    @property
-    def chain_pem(self) -> bytes: ...
-    @property
-    def key_pem(self) -> bytes: ...
-    @property
-    def bundle_pem(self) -> bytes: ...
-    @property
-    def not_after(self) -> datetime: ...
+    chain_pem: bytes
+    key_pem: bytes
+    bundle_pem: bytes
+    not_before: datetime
+    not_after: datetime
+
+    @classmethod
+    def from_pem(cls, chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> Credentials:
+        leaf = x509.load_pem_x509_certificates(chain_pem)[0]
+        return cls(
+            chain_pem, key_pem, bundle_pem, leaf.not_valid_before_utc, leaf.not_valid_after_utc
+        )
+
+    def renew_at(self) -> datetime:
+        """Two thirds into the certificate's life, like Istio and Linkerd."""
+        return self.not_before + (self.not_after - self.not_before) * 2 / 3
+
+    def status(self) -> dict[str, str]:
+        """What the control plane is told about this certificate (hello and status)."""
+        issuer, root = chain_fingerprints(self.chain_pem, self.bundle_pem)
+        return {
+            "certificateNotAfter": self.not_after.isoformat(),
+            "issuerFingerprint": issuer,
+            "rootFingerprint": root,
+        }
 
 
 @dataclass(frozen=True)
@@ -51,7 +72,7 @@ class MeshContexts:
     client_h2: ssl.SSLContext | None = None
 
 
-def make_contexts(creds: CredentialsLike) -> MeshContexts:
+def make_contexts(creds: Credentials) -> MeshContexts:
     server = identity_tls.server_context(
         creds.chain_pem,
         creds.key_pem,
