@@ -40,5 +40,5 @@ def test_a_bundle_without_the_pinned_root_is_refused(
 
 
 def test_a_bundle_that_is_not_pem_is_refused(ca: CertificateAuthority) -> None:
-    with pytest.raises(IdentityError, match="trust bundle is not PEM certificates"):
+    with pytest.raises(IdentityError, match="trust bundle holds no PEM certificate"):
         pinned_root("<html>502 Bad Gateway</html>", ca.root_fingerprint())

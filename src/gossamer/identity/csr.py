@@ -49,3 +49,27 @@ def make_csr(key_pem: bytes | str, identity: SpiffeId) -> bytes:
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m gossamer.identity.csr SPIFFE_ID`: a new key and a CSR for it, as JSON
+    on standard output (see identity.keygen: the proxy's way to make them)."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m gossamer.identity.csr SPIFFE_ID", file=sys.stderr)
+        return 2
+    try:
+        identity = SpiffeId.parse(args[0])
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    key = generate_private_key()
+    json.dump({"key": key.decode(), "csr": make_csr(key, identity).decode()}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

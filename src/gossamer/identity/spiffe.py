@@ -8,11 +8,14 @@ policies match on namespace and service account, so an ID without them means not
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from gossamer.errors import IdentityError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 SCHEME = "spiffe://"
 
@@ -96,27 +99,30 @@ class SpiffeId:
 
 
 def spiffe_id_from_certificate(cert: x509.Certificate) -> SpiffeId:
-    """The one SPIFFE ID a certificate's subjectAltName carries.
+    """The one SPIFFE ID a certificate's subjectAltName carries."""
+    from cryptography import x509
 
-    Zero or several spiffe:// URIs is an error: a peer that could be two identities
-    cannot be authorized as either.
-    """
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise IdentityError(
             "certificate has no subjectAltName, so it carries no SPIFFE ID"
         ) from None
-    uris = [
-        u
-        for u in san.get_values_for_type(x509.UniformResourceIdentifier)
-        if u.lower().startswith(SCHEME)
-    ]
-    if len(uris) != 1:
+    return spiffe_id_from_uris(san.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def spiffe_id_from_uris(uris: Iterable[str]) -> SpiffeId:
+    """The one SPIFFE ID among a certificate's subjectAltName URIs.
+
+    Zero or several spiffe:// URIs is an error: a peer that could be two identities
+    cannot be authorized as either.
+    """
+    found = [u for u in uris if u.lower().startswith(SCHEME)]
+    if len(found) != 1:
         raise IdentityError(
-            f"certificate must carry exactly one spiffe:// URI SAN, found {len(uris)}"
+            f"certificate must carry exactly one spiffe:// URI SAN, found {len(found)}"
         )
     try:
-        return SpiffeId.parse(uris[0])
+        return SpiffeId.parse(found[0])
     except ValueError as e:
         raise IdentityError(f"certificate carries an unusable SPIFFE ID: {e}") from None

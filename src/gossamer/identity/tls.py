@@ -18,11 +18,10 @@ import ssl
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-
-from cryptography import x509
+from typing import cast
 
 from gossamer.errors import IdentityError
-from gossamer.identity.spiffe import SpiffeId, spiffe_id_from_certificate
+from gossamer.identity.spiffe import SpiffeId, spiffe_id_from_uris
 
 
 def _as_bytes(pem: str | bytes) -> bytes:
@@ -143,8 +142,13 @@ def client_context(
 
 
 def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> SpiffeId:
-    """The SPIFFE ID in the certificate the peer presented (already verified by ``ssl``)."""
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
+    """The SPIFFE ID in the certificate the peer presented, read from what ``ssl`` decoded
+    of it. ``ssl`` decodes only a certificate it verified, so an unverified one (a
+    context without verification) names no identity, rather than one taken on trust."""
+    cert = ssl_object.getpeercert()
+    if not cert:
+        if ssl_object.getpeercert(binary_form=True):
+            raise IdentityError("the peer's certificate was not verified, so it names no one")
         raise IdentityError("the peer presented no certificate, so it has no identity")
-    return spiffe_id_from_certificate(x509.load_der_x509_certificate(der))
+    names = cast(tuple[tuple[str, str], ...], cert.get("subjectAltName", ()))
+    return spiffe_id_from_uris(value for kind, value in names if kind == "URI")

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gossamer.errors import IdentityError
-from gossamer.identity.bundle import load_bundle, pinned_root
-from gossamer.identity.csr import generate_private_key, make_csr
+from gossamer.identity.bundle import pinned_root
+from gossamer.identity.der import read_pem_certificates
+from gossamer.identity.keygen import new_key_and_csr
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.identity.tls import client_context
 from gossamer.identity.tokens import decode_unverified
@@ -186,7 +187,6 @@ class Agent:
         if not isinstance(bundle, str):
             raise IdentityError("the control plane's trust bundle is not PEM text")
         root = pinned_root(bundle, claims.ca_fingerprint).encode()
-        key = generate_private_key()
         identity = SpiffeId(claims.trust_domain, claims.namespace, claims.service_account)
         if (identity.namespace, identity.service_account) != (
             self.config.namespace,
@@ -196,11 +196,12 @@ class Agent:
                 f"the join token grants {identity}, but this proxy runs as namespace "
                 f"{self.config.namespace!r}, service account {self.config.service_account!r}"
             )
+        key, csr = await new_key_and_csr(identity)
         data = await self._call(
             "POST",
             "/v1/identity/certificates",
             control_plane_context(root, None),
-            {"token": token, "csr": make_csr(key, identity).decode()},
+            {"token": token, "csr": csr.decode()},
         )
         self._adopt(data, key)
         log.info(
@@ -219,13 +220,13 @@ class Agent:
 
     async def renew(self) -> None:
         assert self.creds is not None and self.trust_domain is not None
-        key = generate_private_key()
         identity = SpiffeId(self.trust_domain, self.config.namespace, self.config.service_account)
+        key, csr = await new_key_and_csr(identity)
         data = await self._call(
             "POST",
             "/v1/identity/renew",
             control_plane_context(self.creds.bundle_pem, self.creds),
-            {"csr": make_csr(key, identity).decode()},
+            {"csr": csr.decode()},
         )
         self._adopt(data, key)
         log.info("renewed certificate (until %s)", self.creds.not_after)
@@ -246,13 +247,12 @@ class Agent:
         creds = self.creds
         if creds is None or bundle.encode() == creds.bundle_pem:
             return
-        if not load_bundle(bundle):
-            raise IdentityError("the snapshot's trust bundle holds no certificate")
+        roots = read_pem_certificates(bundle, "the snapshot's trust bundle")
         creds = replace(creds, bundle_pem=bundle.encode())
         self.dataplane.set_credentials(creds)
         self.creds = creds
         self._save_credentials(creds)
-        log.info("trust bundle changed: now %d root(s)", len(load_bundle(bundle)))
+        log.info("trust bundle changed: now %d root(s)", len(roots))
 
     def _ctx(self) -> ssl.SSLContext:
         assert self.creds is not None

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from cryptography import x509
-
 from gossamer.errors import IdentityError
 from gossamer.identity import tls as identity_tls
 from gossamer.identity.bundle import chain_fingerprints
+from gossamer.identity.der import read_pem_certificates
 
 ALPN_H1: Final = "gossamer/h1"
 ALPN_TCP: Final = "gossamer/tcp"
@@ -42,10 +41,8 @@ class Credentials:
 
     @classmethod
     def from_pem(cls, chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> Credentials:
-        leaf = x509.load_pem_x509_certificates(chain_pem)[0]
-        return cls(
-            chain_pem, key_pem, bundle_pem, leaf.not_valid_before_utc, leaf.not_valid_after_utc
-        )
+        leaf = read_pem_certificates(chain_pem, "certificate chain")[0]
+        return cls(chain_pem, key_pem, bundle_pem, leaf.not_before, leaf.not_after)
 
     def renew_at(self) -> datetime:
         """Two thirds into the certificate's life, like Istio and Linkerd."""
