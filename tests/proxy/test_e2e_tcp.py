@@ -122,7 +122,7 @@ async def test_tcp_upstream_carries_bytes_both_ways(tcp_mesh: TcpMesh) -> None:
 async def test_tcp_connections_are_counted_while_open(tcp_mesh: TcpMesh) -> None:
     reader, writer = await asyncio.open_connection(*tcp_mesh.listener)
     try:
-        writer.write(b"x")
+        writer.write(b"\x00")  # not HTTP from the first byte: carried opaquely at once
         await asyncio.wait_for(reader.readexactly(1), 5)
         outbound = 'direction="outbound",peer_namespace="default",peer_service="db",tls="true"'
         inbound = 'direction="inbound",peer_namespace="default",peer_service="unknown",tls="true"'

@@ -142,6 +142,30 @@ def test_proxy_self_lists_its_ports_and_services() -> None:
     assert snap.proxy.identity == "spiffe://example.org/ns/shop/sa/web"
 
 
+def test_a_local_port_takes_its_app_protocol_from_the_service_port_targeting_it() -> None:
+    grpc_port = {"name": "grpc", "port": 80, "targetPort": "grpc", "appProtocol": "grpc"}
+    objects = [
+        service("echo", "shop", {"app": "echo"}, [grpc_port]),
+        service("plain", "shop", {"app": "echo"}, [{"port": 81, "targetPort": 8081}]),
+        workload(
+            "echo-1",
+            "shop",
+            {"app": "echo"},
+            [
+                {"name": "grpc", "port": 8080},
+                {"port": 8081},
+                {"port": 8082, "appProtocol": "http"},  # the workload's own word wins
+            ],
+        ),
+    ]
+    snap = build_snapshot(mesh(objects), ProxyInfo("echo-1", "shop"))
+    assert [(p.port, p.app_protocol) for p in snap.proxy.ports] == [
+        (8080, "grpc"),
+        (8081, None),
+        (8082, "http"),
+    ]
+
+
 def test_version_changes_when_an_endpoint_changes_and_only_then() -> None:
     info = ProxyInfo("web-1", "shop", frozenset({"api.shop"}))
     first = build_snapshot(mesh(), info)

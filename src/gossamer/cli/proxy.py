@@ -31,20 +31,36 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _port(text: str) -> tuple[int, int, str | None]:
-    """`8080`, `8080:18080` or `http=8080:18080` → (container port, app port, name)."""
-    name, sep, rest = text.rpartition("=")
+def _port(text: str) -> tuple[int, int, str | None, str | None]:
+    """`8080`, `8080:18080`, `http=8080:18080` or `db=5432/tcp` → (container port, app
+    port, name, appProtocol)."""
+    from gossamer.resources import validate_label_key
+
+    head, _, protocol = text.partition("/")  # appProtocol may hold one: kubernetes.io/h2c
+    name, sep, rest = head.rpartition("=")
     container, _, app = rest.partition(":")
     try:
         c = int(container)
         a = int(app) if app else c
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not [NAME=]CONTAINER_PORT[:APP_PORT]"
+            f"{text!r} is not [NAME=]CONTAINER_PORT[:APP_PORT][/APP_PROTOCOL]"
         ) from None
     if not (0 < c < 65536 and 0 < a < 65536):
         raise argparse.ArgumentTypeError(f"{text!r}: ports must be 1-65535")
-    return c, a, (name if sep else None)
+    if protocol and (errors := validate_label_key(protocol)):
+        raise argparse.ArgumentTypeError(f"{text!r}: appProtocol: {'; '.join(errors)}")
+    return c, a, (name if sep else None), (protocol or None)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
 
 
 def _upstream(text: str) -> tuple[str, int, str, int]:
@@ -84,9 +100,10 @@ def add_proxy_flags(p: argparse.ArgumentParser) -> None:
         type=_port,
         action="append",
         default=[],
-        metavar="[NAME=]PORT[:APP_PORT]",
+        metavar="[NAME=]PORT[:APP_PORT][/APP_PROTOCOL]",
         help="a port the workload serves: mesh traffic for PORT goes to the app "
-        "on APP_PORT (repeatable)",
+        "on APP_PORT; APP_PROTOCOL (tcp, http, http2, grpc...) says what the app speaks "
+        "there, else it is detected (repeatable)",
     )
     p.add_argument(
         "--upstream",
@@ -94,7 +111,15 @@ def add_proxy_flags(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SVC:PORT=HOST:PORT",
-        help="open a local TCP listener carried over mTLS to a service port",
+        help="open a local listener carried over mTLS to a service port: HTTP is "
+        "routed, anything else carried as opaque TCP (repeatable)",
+    )
+    p.add_argument(
+        "--detect-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="how long a connection whose protocol is not declared may send nothing "
+        "before it is carried as opaque TCP (default: 3; see docs/protocols.md)",
     )
     p.add_argument(
         "--inbound",
@@ -234,6 +259,8 @@ async def _serve(
         upstreams=tuple(upstreams),
         access_log=args.access_log,
     )
+    if args.detect_timeout is not None:  # else DataPlaneConfig's default
+        dp_config.detect_timeout = args.detect_timeout
     agent_ref: list[Agent] = []
     dataplane = DataPlane(dp_config, on_interest=lambda s: agent_ref[0].subscribe(s))
     await dataplane.start()
@@ -255,7 +282,7 @@ async def _serve(
             inbound_port=inbound_port,
             state_dir=_state_dir(args),
             labels=dict(args.label),
-            ports=tuple(WorkloadPortSpec(c, a, n) for c, a, n in args.port),
+            ports=tuple(WorkloadPortSpec(c, a, n, proto) for c, a, n, proto in args.port),
             join_token=args.join_token or _mint_join_token(args),
             interests=frozenset(interests),
             app_host=args.app_host,

@@ -10,7 +10,11 @@ same uvloop TLS transport and protocol as before: the per-request path is unchan
 
 In PERMISSIVE mode the first byte of each connection is peeked (``MSG_PEEK``, so
 nothing is consumed): 0x16 opens a TLS handshake record, anything else is taken as
-plaintext HTTP from outside the mesh and served by the plaintext protocol.
+plaintext from outside the mesh and served by the plaintext protocol (which tells
+HTTP/1.1, HTTP/2 and opaque TCP apart, see proxy.detect). A client that sends nothing
+within the first-byte timeout (a mesh client's ClientHello comes at once) may be
+waiting for a server that speaks first: it is handed to the quiet protocol, where
+there is one, else closed.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ log = logging.getLogger("gossamer.proxy")
 
 TLS_HANDSHAKE_RECORD: Final = 0x16
 ACCEPTS_PER_WAKE: Final = 64
-# How long a PERMISSIVE listener waits for a client's first byte.
+# How long a PERMISSIVE listener waits for a client's first byte, unless told.
 FIRST_BYTE_TIMEOUT: Final = 10.0
 
 _VERIFY_REASONS: Final = {
@@ -98,11 +102,15 @@ class InboundAcceptor:
         context: ssl.SSLContext,
         handshake_timeout: float,
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
+        quiet_factory: Callable[[], asyncio.Protocol] | None = None,
+        first_byte_timeout: float = FIRST_BYTE_TIMEOUT,
     ) -> None:
         self.loop = loop
         self.sock = sock
         self.tls_factory = tls_factory
         self.plain_factory = plain_factory
+        self.quiet_factory = quiet_factory
+        self.first_byte_timeout = first_byte_timeout
         self.context = context
         self.handshake_timeout = handshake_timeout
         self.spawn = spawn
@@ -157,15 +165,19 @@ class InboundAcceptor:
 
     def _sniff(self, conn: socket.socket, addr: Any) -> None:
         fd = conn.fileno()
-        timer = self.loop.call_later(FIRST_BYTE_TIMEOUT, self._sniff_timeout, fd)
+        timer = self.loop.call_later(self.first_byte_timeout, self._sniff_timeout, fd)
         self._sniffing[fd] = (conn, timer)
         self.loop.add_reader(fd, self._first_byte, fd, addr)
 
     def _sniff_timeout(self, fd: int) -> None:
         entry = self._sniffing.pop(fd, None)
-        if entry is not None:
-            self.loop.remove_reader(fd)
+        if entry is None:
+            return
+        self.loop.remove_reader(fd)
+        if self.quiet_factory is None:
             entry[0].close()
+        else:
+            self.spawn(self._plain(entry[0], self.quiet_factory))
 
     def _first_byte(self, fd: int, addr: Any) -> None:
         entry = self._sniffing.pop(fd, None)
@@ -184,7 +196,7 @@ class InboundAcceptor:
         elif first[0] == TLS_HANDSHAKE_RECORD:
             self.spawn(self._tls(conn, addr))
         else:
-            self.spawn(self._plain(conn))
+            self.spawn(self._plain(conn, self.plain_factory))
 
     async def _tls(self, conn: socket.socket, addr: Any) -> None:
         try:
@@ -209,9 +221,9 @@ class InboundAcceptor:
         # -1); an error before there was a transport leaves it open.
         conn.close()
 
-    async def _plain(self, conn: socket.socket) -> None:
+    async def _plain(self, conn: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
         try:
-            await self.loop.connect_accepted_socket(self.plain_factory, conn)
+            await self.loop.connect_accepted_socket(factory, conn)
         except OSError as err:
             log.debug("plaintext inbound connection failed: %s", err)
             conn.close()

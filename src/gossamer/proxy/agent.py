@@ -53,6 +53,7 @@ class WorkloadPortSpec:
     port: int
     app_port: int
     name: str | None = None
+    app_protocol: str | None = None  # what the app speaks there (proxy.detect)
 
 
 @dataclass
@@ -265,6 +266,8 @@ class Agent:
             entry: dict[str, Any] = {"port": p.port, "appPort": p.app_port}
             if p.name:
                 entry["name"] = p.name
+            if p.app_protocol:
+                entry["appProtocol"] = p.app_protocol
             ports.append(entry)
         spec: dict[str, Any] = {
             "address": c.address,

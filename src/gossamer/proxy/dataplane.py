@@ -22,6 +22,7 @@ from gossamer.proxy.acceptor import InboundAcceptor
 from gossamer.proxy.accesslog import AccessLog
 from gossamer.proxy.admin import AdminConnection, Page, json_page
 from gossamer.proxy.balancer import Balancer, EndpointLoad
+from gossamer.proxy.detect import DEFAULT_DETECT_TIMEOUT, Sniffer
 from gossamer.proxy.hooks import RequestHooks
 from gossamer.proxy.http1 import RequestHead
 from gossamer.proxy.http2 import H2Connection
@@ -37,7 +38,7 @@ from gossamer.proxy.metrics import Metrics
 from gossamer.proxy.outbound import OutboundSide, PeerPool, connect_peer
 from gossamer.proxy.routing import RouteTable
 from gossamer.proxy.tap import TapHub
-from gossamer.proxy.tcp import Splice, TcpListener
+from gossamer.proxy.tcp import Splice, TcpListener, UpstreamCarriers
 from gossamer.proxy.tls import Credentials, MeshContexts, make_contexts, sni_for
 from gossamer.translate.authz import SecurityView
 from gossamer.translate.snapshot import Endpoint, Snapshot
@@ -65,7 +66,8 @@ def _otel_from_env() -> dict[str, str]:
 @dataclass(frozen=True)
 class TcpUpstream:
     """`--upstream SVC[.NS]:PORT=LOCAL_HOST:LOCAL_PORT`: a local listener whose
-    connections are carried opaquely to the service port."""
+    connections are carried to the service port, as opaque TCP or as HTTP, as the
+    port's appProtocol or the connection's first bytes say (proxy.tcp)."""
 
     service: str
     namespace: str | None
@@ -107,6 +109,11 @@ class DataPlaneConfig:
     # How long a request for a host the snapshot does not know waits for the control
     # plane to say whether it exists.
     interest_timeout: float = 2.0
+    # How long a connection whose protocol is not declared (TCP upstreams, plaintext
+    # inbound, mTLS without ALPN) may send nothing before it is carried as opaque TCP:
+    # a server-speaks-first protocol left undeclared waits this long for its greeting
+    # (docs/decisions/0042-protocol-detection.md).
+    detect_timeout: float = DEFAULT_DETECT_TIMEOUT
     # Idle keep-alive connections kept per endpoint (and per app port): enough for the
     # concurrency a busy proxy sees, so bursts do not churn TLS handshakes.
     max_idle_per_endpoint: int = 4096
@@ -130,6 +137,7 @@ class DataPlane:
         self.connections: set[ServerConnection] = set()
         self.splices: set[Splice] = set()
         self.h2_connections: set[H2Connection] = set()
+        self.sniffers: set[Sniffer] = set()  # connections whose protocol is not known yet
         self._admin_connections: set[AdminConnection] = set()
         self.outbound_address: Address | None = None
         self.inbound_address: Address | None = None
@@ -234,8 +242,9 @@ class DataPlane:
         self._servers.append(admin)
         self.admin_address = _bound(admin)
         for up in cfg.upstreams:
+            carriers = UpstreamCarriers(self, up)
             tcp = await loop.create_server(
-                lambda up=up: TcpListener(self, up),
+                lambda up=up, carriers=carriers: TcpListener(self, up, carriers),
                 up.listen_host,
                 up.listen_port,
                 reuse_port=cfg.reuse_port or None,
@@ -265,7 +274,9 @@ class DataPlane:
             self.loop,
             self._inbound_sock,
             tls_factory=lambda: ServerConnection(side),
-            plain_factory=lambda: ServerConnection(plain),
+            plain_factory=plain.accept,
+            quiet_factory=lambda: plain.accept(quiet=True),
+            first_byte_timeout=self.config.detect_timeout,
             context=listen_ctx,
             handshake_timeout=max(self.config.connect_timeout, 5.0),
             spawn=self.spawn,
@@ -304,6 +315,8 @@ class DataPlane:
         for splice in list(self.splices):
             if splice.transport is not None:
                 splice.transport.abort()
+        for sniffer in list(self.sniffers):
+            sniffer.close()
         for h2conn in list(self.h2_connections):
             if h2conn.transport is not None:
                 h2conn.transport.abort()

@@ -1,17 +1,20 @@
 """The inbound side: mTLS from peer proxies, authorized, forwarded to the local app.
 
 The TLS server name says which local port a connection is for (see proxy.tls); ALPN
-says whether HTTP/1.1, HTTP/2 (proxy.h2mesh) or opaque TCP follows. Authorization
-(gossamer.authz) runs per request (or HTTP/2 stream) for HTTP and once per connection
-for TCP, against the policies compiled with
-the current snapshot; with none that could refuse anything it costs one attribute read.
+says whether HTTP/1.1, HTTP/2 (proxy.h2mesh) or opaque TCP follows. A client that
+offers no ALPN (not one of ours) gets the local port's appProtocol, or detection from
+its first bytes (proxy.detect). Authorization (gossamer.authz) runs per request (or
+HTTP/2 stream) for HTTP and once per connection for TCP, against the policies compiled
+with the current snapshot; with none that could refuse anything it costs one attribute
+read.
 
 A verified client certificate that names no SPIFFE ID of the mesh's trust domain (an
 operator's root may sign other certificates too) is refused right after the handshake,
 with a log line; handshakes that fail outright are logged by proxy.acceptor. In
-PERMISSIVE mTLS mode, plaintext HTTP from outside the mesh is served by
-`PlaintextInboundSide`: no identity, the local port from the Host header, metrics
-labelled tls="false".
+PERMISSIVE mTLS mode, plaintext from outside the mesh is served by
+`PlaintextInboundSide`: no identity, metrics labelled tls="false"; HTTP/1.1, HTTP/2
+(h2c prior knowledge) and opaque TCP told apart by the ports' appProtocol or the
+first bytes.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from gossamer.authz import Authorizer, Decision, Request, principal_of
+from gossamer.proxy import h2mesh
 from gossamer.proxy.balancer import Balancer
+from gossamer.proxy.detect import HTTP1, HTTP2, OPAQUE, Kind, Sniffer, kind_for
 from gossamer.proxy.http1 import INBOUND_REQUEST_KINDS, request_framing, request_head_bytes
+from gossamer.proxy.http2 import Headers, header
 from gossamer.proxy.httpproxy import (
     ConnectError,
     Exchange,
@@ -35,7 +41,7 @@ from gossamer.proxy.httpproxy import (
 from gossamer.proxy.metrics import RequestStats
 from gossamer.proxy.routing import NoRoute
 from gossamer.proxy.tcp import Splice
-from gossamer.proxy.tls import ALPN_H2, ALPN_TCP, peer_identity, spiffe_namespace
+from gossamer.proxy.tls import ALPN_H1, ALPN_H2, ALPN_TCP, peer_identity, spiffe_namespace
 
 if TYPE_CHECKING:
     from gossamer.proxy.dataplane import DataPlane
@@ -101,6 +107,20 @@ class LocalRoute:
     pool: AppPool
 
 
+@dataclass(frozen=True, slots=True)
+class TcpCaller:
+    """Who opened an inbound TCP connection, as authorization and metrics see it."""
+
+    identity: str | None
+    namespace: str
+    address: str
+    server_name: str | None
+    tls: bool
+
+    def describe(self) -> str:
+        return self.identity or self.address
+
+
 class InboundSide:
     """Forwards requests from peers to the local app (see httpproxy.Side)."""
 
@@ -142,7 +162,42 @@ class InboundSide:
         if alpn == ALPN_H2:
             self._serve_h2_peer(conn, transport)
             return
+        if alpn != ALPN_H1:
+            self._detect(conn, transport)
+            return
         self.dp.connections.add(conn)
+
+    def _detect(self, conn: ServerConnection, transport: asyncio.Transport) -> None:
+        """An mTLS client that said nothing in ALPN: the local port's appProtocol, or
+        the first bytes, say what follows."""
+        route = self._local_route(conn.server_name)
+        known = None
+        if isinstance(route, LocalRoute):
+            known = kind_for(self._app_protocol(route.port))
+        if known == HTTP1:
+            self.dp.connections.add(conn)
+            return
+
+        def take_over(transport: asyncio.Transport, kind: Kind) -> asyncio.Protocol | None:
+            if kind == HTTP1:
+                transport.set_protocol(conn)  # connection_made has run: it is running
+                self.dp.connections.add(conn)
+                return conn
+            if kind == HTTP2:
+                self._serve_h2_peer(conn, transport)
+                return cast(asyncio.Protocol, transport.get_protocol())
+            return self._splice(conn, transport)
+
+        sniffer = Sniffer(
+            self.loop, self.dp.config.detect_timeout, take_over, known=known,
+            registry=self.dp.sniffers,
+        )  # fmt: skip
+        transport.set_protocol(sniffer)
+        sniffer.connection_made(transport)
+
+    def _app_protocol(self, port: int) -> str | None:
+        local = self.dp.table.local_ports.get(port)
+        return local.app_protocol if local is not None else None
 
     def connection_lost(self, conn: ServerConnection) -> None:
         self.dp.connections.discard(conn)
@@ -151,8 +206,6 @@ class InboundSide:
         return False  # between proxies HTTP/2 is chosen by ALPN, never by preface
 
     def _serve_h2_peer(self, conn: ServerConnection, transport: asyncio.Transport) -> None:
-        from gossamer.proxy import h2mesh
-
         if not isinstance(self._h2_links, h2mesh.Links):
             self._h2_links = h2mesh.Links(self.dp)
         handler = h2mesh.InboundH2(
@@ -278,32 +331,48 @@ class InboundSide:
 
     # ---- opaque TCP --------------------------------------------------------------------
 
-    def _splice(self, conn: ServerConnection, transport: asyncio.Transport) -> None:
+    def _splice(self, conn: ServerConnection, transport: asyncio.Transport) -> Splice | None:
         route = self._local_route(conn.server_name)
         if isinstance(route, NoRoute):
             self.dp.log_tcp_refusal(conn.describe(), route.reason)
             transport.close()
-            return
+            return None
+        caller = TcpCaller(
+            conn.peer_identity,
+            conn.peer_namespace,
+            conn.peer_address.decode("latin-1"),
+            conn.server_name,
+            tls=True,
+        )
+        return self._splice_to(route, transport, caller)
+
+    def _splice_to(
+        self, route: LocalRoute, transport: asyncio.Transport, caller: TcpCaller
+    ) -> Splice | None:
+        """Authorize a TCP connection to `route`'s port, then carry its bytes to the
+        app. None: refused, and closed."""
+        who = caller.describe()
         authorizer = self.dp.authorizer
         if not authorizer.allows_everything:
             decision = authorizer.check(
                 Request(
-                    principal=principal_of(conn.peer_identity),
+                    principal=principal_of(caller.identity),
                     port=route.port,
-                    source_ip=conn.peer_address.decode("latin-1"),
+                    source_ip=caller.address,
                     tcp=True,
-                    sni=conn.server_name,
+                    sni=caller.server_name,
                 )
             )
-            self._log_decision(decision, conn.describe(), f"tcp connection to port {route.port}")
+            self._log_decision(decision, who, f"tcp connection to port {route.port}")
             if not decision.allowed:
                 transport.close()
-                return
-        stats = self.dp.metrics.tcp_stats("inbound", conn.peer_namespace, "unknown", True)
+                return None
+        stats = self.dp.metrics.tcp_stats("inbound", caller.namespace, "unknown", caller.tls)
         end = Splice(stats, counts_sent=True, registry=self.dp.splices)
         transport.set_protocol(end)
         end.connection_made(transport)
-        self.dp.spawn(self._connect_app(route.pool, end, conn.describe()))
+        self.dp.spawn(self._connect_app(route.pool, end, who))
+        return end
 
     async def _connect_app(self, pool: AppPool, end: Splice, who: str) -> None:
         app_end = Splice(end.stats, counts_sent=False, registry=self.dp.splices)
@@ -320,17 +389,61 @@ class InboundSide:
 
 
 class PlaintextInboundSide(InboundSide):
-    """Plaintext HTTP from outside the mesh, accepted only in PERMISSIVE mTLS mode.
+    """Plaintext from outside the mesh, accepted only in PERMISSIVE mTLS mode.
 
-    There is no TLS server name to say which local port a request is for, so the port
-    in the Host header says it (or the workload's only port). The caller has no
-    identity: authorization sees no principal, and metrics say tls="false".
+    What follows is told by the workload's ports' appProtocol when they all say the
+    same, else by the first bytes (proxy.detect): HTTP/1.1, HTTP/2 (h2c prior
+    knowledge) or opaque TCP. There is no TLS server name to say which local port a
+    connection is for: for HTTP the port in the Host header (or :authority) says it,
+    or the workload's only port; opaque TCP goes to the workload's only port (with
+    several, it is refused and the reason logged). The caller has no identity:
+    authorization sees no principal, and metrics say tls="false".
     """
 
     def __init__(self, dp: DataPlane) -> None:
         super().__init__(dp)
         self._stats: dict[tuple[bytes | None, int], RequestStats] = {}
         self._stats_table: object = None
+
+    def accept(self, quiet: bool = False) -> asyncio.Protocol:
+        """The protocol for a new plaintext connection. `quiet`: the client has sent
+        nothing within the detection timeout already (proxy.acceptor waited for its
+        first byte), so it is opaque unless the ports say otherwise."""
+        kinds = {kind_for(lp.app_protocol) for lp in self.dp.table.local_ports.values()}
+        known = kinds.pop() if len(kinds) == 1 else None
+        if quiet and known is None:
+            known = OPAQUE
+        return Sniffer(
+            self.loop, self.dp.config.detect_timeout, self._take_over, known=known,
+            registry=self.dp.sniffers,
+        )  # fmt: skip
+
+    def _take_over(self, transport: asyncio.Transport, kind: Kind) -> asyncio.Protocol | None:
+        if kind == HTTP1:
+            conn = ServerConnection(self)
+            transport.set_protocol(conn)
+            conn.connection_made(transport)
+            return conn
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if peer else "unknown"
+        if kind == HTTP2:
+            if not isinstance(self._h2_links, h2mesh.Links):
+                self._h2_links = h2mesh.Links(self.dp)
+            handler = PlaintextInboundH2(self, self._h2_links, address)
+            h2mesh.serve(self.dp, transport, handler, b"", f"plaintext client {address}")
+            return cast(asyncio.Protocol, transport.get_protocol())
+        routes = [r for r in self.dp.table.local_routes.values() if isinstance(r, LocalRoute)]
+        if len(routes) != 1:
+            ports = ", ".join(str(r.port) for r in routes) or "none"
+            self.dp.log_tcp_refusal(
+                address,
+                f"plaintext connection that is not HTTP: opaque TCP needs a workload with "
+                f"exactly one port to send it to, and this one has {ports}",
+            )
+            transport.close()
+            return None
+        caller = TcpCaller(None, "unknown", address, None, tls=False)
+        return self._splice_to(routes[0], transport, caller)
 
     def connection_made(self, conn: ServerConnection) -> None:
         transport = conn.transport
@@ -382,3 +495,18 @@ class PlaintextInboundSide(InboundSide):
                 False,
             )
         stats.observe(seconds)
+
+
+class PlaintextInboundH2(h2mesh.InboundH2):
+    """HTTP/2 streams from a plaintext client (PERMISSIVE mode): no identity, the local
+    port from :authority as for HTTP/1.1, metrics labelled tls="false"."""
+
+    tls = False
+
+    def __init__(self, side: PlaintextInboundSide, links: h2mesh.Links, address: str) -> None:
+        super().__init__(side.dp, links, None, None, "unknown", address)
+        self.side = side
+
+    def local_route(self, headers: Headers) -> LocalRoute | NoRoute:
+        authority = header(headers, b":authority") or header(headers, b"host")
+        return self.side._plaintext_route(authority)

@@ -192,7 +192,7 @@ class OutboundSide:
             return
         host = ex.head.host
         assert host is not None
-        found = self.dp.table.lookup_host(host)
+        found = self.lookup(host)
         if isinstance(found, Route):
             self._send(ex, found)
         elif isinstance(found, NoRoute):
@@ -201,11 +201,16 @@ class OutboundSide:
             ex.conn.pause(PAUSE_ROUTE)
             self.dp.await_interest(found, lambda: self._interest_answered(ex, host))
 
+    def lookup(self, host: bytes) -> Route[PeerPool] | NoRoute | str:
+        """Where a request for `host` goes (see RouteTable.lookup_host). A TCP
+        upstream's listener names its service port instead (proxy.tcp)."""
+        return self.dp.table.lookup_host(host)
+
     def _interest_answered(self, ex: Exchange, host: bytes) -> None:
         if ex.finished:
             return
         ex.conn.unpause(PAUSE_ROUTE)
-        found = self.dp.table.lookup_host(host)
+        found = self.lookup(host)
         if isinstance(found, Route):
             self._send(ex, found)
         elif isinstance(found, NoRoute):
@@ -266,6 +271,9 @@ class OutboundSide:
         rule = match.rule
         spec = rule.spec
         ex.route = route
+        # From here the request is the route's, in its metrics too: also when the rule
+        # itself answers (an error, a redirect) or the backend it picks fails.
+        ex.matched_route = spec.route
         if spec.error is not None:
             ex.fail(500, f"{rule.label}: {spec.error}")
             return
@@ -391,7 +399,7 @@ class OutboundSide:
             hooks.finished("outbound", ex, status, seconds)
         route = ex.route
         if isinstance(route, Route):
-            route.stats_for(status).observe(seconds)
+            route.stats_for(status, ex.matched_route).observe(seconds)
             return
         table = self.dp.table
         self.dp.metrics.request_stats(

@@ -170,6 +170,19 @@ def _target_port(port: ServicePortRecord, workload: WorkloadRecord) -> int | Non
     return None
 
 
+def _declared_protocol(mesh: MeshView, workload: WorkloadRecord, port: int) -> str | None:
+    """A workload port's appProtocol as its Services declare it: Kubernetes puts it on
+    the Service port, and a proxy registers its ports without one. The first Service
+    (by name) selecting the workload whose port targets this one and names a protocol."""
+    for (ns, _), svc in sorted(mesh.services.items()):
+        if ns != workload.namespace or not selects(svc.selector, workload.labels):
+            continue
+        for sp in svc.ports:
+            if sp.app_protocol and _target_port(sp, workload) == port:
+                return sp.app_protocol
+    return None
+
+
 def _service_view(mesh: MeshView, svc: ServiceRecord) -> ServiceView:
     members = sorted(
         (
@@ -239,7 +252,10 @@ def build_snapshot(mesh: MeshView, proxy: ProxyInfo) -> Snapshot:
             identity=identity_of(mesh.trust_domain, workload.namespace, workload.service_account),
             ports=tuple(
                 LocalPort(
-                    port=p.port, app_port=p.app_port, name=p.name, app_protocol=p.app_protocol
+                    port=p.port,
+                    app_port=p.app_port,
+                    name=p.name,
+                    app_protocol=p.app_protocol or _declared_protocol(mesh, workload, p.port),
                 )
                 for p in workload.ports
             ),
