@@ -60,3 +60,13 @@ def test_a_tapped_request_prints_on_one_line_with_who_called_whom() -> None:
         ":authority=meter.shop :path=/x :status=200 latency=1.25ms tls=true "
         "id=spiffe://cluster.local/ns/shop/sa/web"
     )
+
+
+def test_a_tapped_grpc_call_prints_its_grpc_status_too() -> None:
+    event = {
+        "time": "2025-01-01T00:00:00.000Z", "direction": "outbound", "method": "POST",
+        "path": "/shop.Board/Post", "authority": "board", "status": 200, "grpc_status": 5,
+        "latency_ms": 2.0, "tls": True, "source": {"workload": "web-1", "namespace": "shop"},
+        "destination": {"workload": "board-1", "namespace": "shop"},
+    }  # fmt: skip
+    assert ":status=200 latency=2ms tls=true grpc-status=5" in line_of(event)

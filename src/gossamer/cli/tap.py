@@ -96,6 +96,8 @@ def line_of(event: dict[str, Any]) -> str:
         f"latency={event['latency_ms']:g}ms",
         f"tls={'true' if event.get('tls') else 'false'}",
     ]
+    if event.get("grpc_status") is not None:  # a gRPC call's own status, beside HTTP's
+        parts.append(f"grpc-status={event['grpc_status']}")
     if identity:
         parts.append(f"id={identity}")
     if event.get("trace_id"):

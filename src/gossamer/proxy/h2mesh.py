@@ -3,8 +3,11 @@
 Outbound, a stream is routed by `:authority` as HTTP/1.1 is by Host, to an endpoint
 picked by the service port's balancer, over one multiplexed mTLS connection per
 endpoint (ALPN ``gossamer/h2``). Inbound, the stream is authorized and carried to the
-app over one h2c connection per local port, when the port's appProtocol says the app
-speaks HTTP/2. Every stream is counted in the same request metrics as HTTP/1.1.
+app over one h2c connection per local port when the port's appProtocol says the app
+speaks HTTP/2; otherwise as an HTTP/1.1 request on the app's keep-alive connections
+(proxy.h2to1), except a gRPC call, which needs HTTP/2 and is answered with a gRPC error
+that says to declare the port. Every stream is counted in the same request metrics as
+HTTP/1.1, and tapped, logged and traced like it (proxy.hooks) when those are on.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gossamer.authz import Request, principal_of
+from gossamer.proxy import h2to1
+from gossamer.proxy.hooks import APP_CALLER, HTTP2, Caller, StreamCaller, StreamRequest
 from gossamer.proxy.http1 import SRC_SERVICE_HEADER
 from gossamer.proxy.http2 import (
     H2_APP_PROTOCOLS,
@@ -37,6 +42,9 @@ log = logging.getLogger("gossamer.proxy")
 _Waiter = Callable[[H2Connection | ConnectError], None]
 _DROP_FROM_APP = frozenset((SRC_SERVICE_HEADER, b"proxy-authorization"))
 _DROP_FROM_PEER = frozenset((SRC_SERVICE_HEADER,))
+# The gRPC status for a call to a port that does not speak gRPC: not transient, so a
+# client does not retry it (UNAVAILABLE would be).
+GRPC_UNIMPLEMENTED = 12
 
 
 def grpc_status_label(value: bytes | None) -> bytes | None:
@@ -119,20 +127,36 @@ class OutboundH2:
     def new_stream(self, conn: H2Connection, stream_id: int, headers: Headers) -> None:
         loop = self.dp.loop
         pair = StreamPair(conn, stream_id, loop.time())
-        authority = header(headers, b":authority") or header(headers, b"host")
-        if not authority:
-            pair.reply(400, "malformed request: no :authority to route by")
-            return
-        found = self.dp.table.lookup_host(authority)
+        request = None
+        if self.dp.hooks is not None:
+            request, headers = observe(self.dp, "outbound", pair, headers, APP_CALLER)
+        authority = header(headers, b":authority") or header(headers, b"host") or b""
+        found = self.lookup(authority)
         if isinstance(found, str):
-            self.dp.await_interest(found, lambda: self._route(pair, headers, authority, True))
+            self.dp.await_interest(
+                found, lambda: self._route(pair, headers, authority, True, request)
+            )
             return
-        self._route(pair, headers, authority, False)
+        self._route(pair, headers, authority, False, request)
 
-    def _route(self, pair: StreamPair, headers: Headers, authority: bytes, waited: bool) -> None:
+    def lookup(self, authority: bytes) -> Route[PeerPool] | NoRoute | str:
+        """Where a stream for `authority` goes (see RouteTable.lookup_host). A TCP
+        upstream's listener names its service port instead (proxy.tcp)."""
+        if not authority:
+            return NoRoute(400, "malformed request: no :authority to route by")
+        return self.dp.table.lookup_host(authority)
+
+    def _route(
+        self,
+        pair: StreamPair,
+        headers: Headers,
+        authority: bytes,
+        waited: bool,
+        request: StreamRequest | None = None,
+    ) -> None:
         if pair.done:
             return
-        found = self.dp.table.lookup_host(authority)
+        found = self.lookup(authority)
         if isinstance(found, NoRoute):
             pair.reply(found.status, found.reason)
             return
@@ -140,11 +164,14 @@ class OutboundH2:
             pair.reply(503, f"no route for host {authority.decode('latin-1')}")
             return
         route: Route[PeerPool] = found
+        if request is not None:
+            request.route = route
+        via: str | None = None  # the HTTPRoute or GRPCRoute that matched, for metrics
         if route.router is not None:
             routed = _apply_routes(pair, route, headers)
             if routed is None:
                 return
-            route, headers = routed
+            route, headers, via = routed
         balancer = route.balancer
         i = balancer.pick(self.dp.loop.time())
         if i < 0:
@@ -152,6 +179,9 @@ class OutboundH2:
             return
         pool = balancer.items[i]
         load = balancer.loads[i]
+        if request is not None:
+            request.route, request.balancer, request.tried = route, balancer, i
+            request.peer = pool.name
         contexts = self.dp.contexts
         if contexts is None or contexts.client_h2 is None:
             pair.reply(503, "no certificate yet to call peers with")
@@ -166,9 +196,11 @@ class OutboundH2:
             seconds = self.dp.loop.time() - p.started
             grpc = grpc_status_label(p.grpc_status)
             if grpc is None:
-                route.stats_for(p.status or 502).observe(seconds)
+                route.stats_for(p.status or 502, via).observe(seconds)
             else:
-                route.grpc_stats_for(p.status or 502, grpc).observe(seconds)
+                route.grpc_stats_for(p.status or 502, grpc, via).observe(seconds)
+            if request is not None:
+                observed(self.dp, "outbound", request, p)
 
         pair.on_done = done
 
@@ -197,6 +229,32 @@ class OutboundH2:
         self.links.get(pool, pool.name, opener, then)
 
 
+def observe(
+    dp: DataPlane, direction: str, pair: StreamPair, headers: Headers, caller: Caller
+) -> tuple[StreamRequest, Headers]:
+    """Hooks are on (proxy.hooks): what they will read of this stream, and the headers
+    it goes on with (a span started, its context written in their place). Until the
+    side sets its own `on_done` (which must call `observed`), one reports the end."""
+    request = StreamRequest(headers, caller)
+    tracer = dp.tracer
+    if tracer is not None:
+        request.trace, headers = tracer.start_stream(
+            request.head.method, headers, direction == "outbound"
+        )
+    pair.on_done = lambda p: observed(dp, direction, request, p)
+    return request, headers
+
+
+def observed(dp: DataPlane, direction: str, request: StreamRequest, pair: StreamPair) -> None:
+    """A stream with a `StreamRequest` ended: tap, access log, span."""
+    hooks = dp.hooks
+    if hooks is not None:
+        seconds = dp.loop.time() - pair.started
+        hooks.finished(
+            direction, request, pair.status, seconds, protocol=HTTP2, grpc_status=pair.grpc_status
+        )
+
+
 def serve(
     dp: DataPlane,
     transport: asyncio.BaseTransport,
@@ -216,10 +274,11 @@ def serve(
 
 def _apply_routes(
     pair: StreamPair, route: Route[PeerPool], headers: Headers
-) -> tuple[Route[PeerPool], Headers] | None:
+) -> tuple[Route[PeerPool], Headers, str] | None:
     """The service port's HTTPRoutes, as for HTTP/1.1: match, header edits, a
-    backend by weight. Redirects, rewrites, mirrors, timeouts and retries are not
-    applied to HTTP/2 yet (see decision 0040)."""
+    backend by weight, and the matched route's "namespace/name" for the metrics.
+    Redirects, rewrites, mirrors, timeouts and retries are not applied to HTTP/2 yet
+    (see decision 0040)."""
     router = route.router
     assert router is not None
     method = header(headers, b":method") or b"GET"
@@ -257,11 +316,15 @@ def _apply_routes(
         if backend.request_edit is not None:
             plain = backend.request_edit.apply(plain)
         headers = pseudo + [(n.lower(), v) for n, v in plain]
-    return target, headers
+    return target, headers, spec.route
 
 
 class InboundH2:
     """Carries HTTP/2 streams from a peer (ALPN gossamer/h2) to the local app."""
+
+    # Whether the streams came over mTLS; plaintext ones (PERMISSIVE mode, see
+    # proxy.inbound) are counted tls="false".
+    tls = True
 
     def __init__(
         self,
@@ -278,23 +341,27 @@ class InboundH2:
         self.peer_identity = peer_identity
         self.peer_namespace = peer_namespace
         self.peer_address = peer_address
+        self.caller = StreamCaller(peer_address.encode("latin-1"), peer_identity, peer_namespace)
 
     def new_stream(self, conn: H2Connection, stream_id: int, headers: Headers) -> None:
-        from gossamer.proxy.inbound import LocalRoute
-
         dp = self.dp
         pair = StreamPair(conn, stream_id, dp.loop.time())
+        request = None
+        if dp.hooks is not None:
+            request, headers = observe(dp, "inbound", pair, headers, self.caller)
         table = dp.table
-        route = table.local_routes.get(self.server_name or "")
-        if not isinstance(route, LocalRoute):
-            pair.reply(404, f"no local port for TLS server name {self.server_name!r}")
+        route = self.local_route(headers)
+        if isinstance(route, NoRoute):
+            pair.reply(route.status, route.reason)
             return
         src = header(headers, SRC_SERVICE_HEADER)
+        tls = self.tls
 
         def done(p: StreamPair) -> None:
             grpc = grpc_status_label(p.grpc_status)
             key = (self.peer_namespace, src, p.status or 502)
-            stats = table.inbound_stats.get(key) if grpc is None else None
+            cached = grpc is None and tls  # the table's cells are the mTLS ones
+            stats = table.inbound_stats.get(key) if cached else None
             if stats is None:
                 stats = dp.metrics.request_stats(
                     "inbound",
@@ -303,21 +370,19 @@ class InboundH2:
                     table.namespace,
                     table.service,
                     p.status or 502,
-                    True,
+                    tls,
                     None if grpc is None else grpc.decode(),
                 )
-                if grpc is None:
+                if cached:
                     table.inbound_stats[key] = stats
             stats.observe(dp.loop.time() - p.started)
+            if request is not None:
+                observed(dp, "inbound", request, p)
 
         pair.on_done = done
-        if not self._speaks_h2(route):
-            pair.reply(
-                502,
-                f"app on port {route.port} is not declared HTTP/2 (appProtocol http2, grpc "
-                "or kubernetes.io/h2c); HTTP/2 to an HTTP/1.1 app is not carried",
-            )
-            return
+        pool: AppPool = route.pool
+        if request is not None:
+            request.route, request.peer = route, pool.name
         if not dp.authorizer.allows_everything and not self._authorize(pair, route, headers):
             return
         fwd = forwardable(headers, _DROP_FROM_PEER)
@@ -326,7 +391,17 @@ class InboundH2:
         if xff is not None:
             fwd = [(n, v) for n, v in fwd if n != b"x-forwarded-for"]
         fwd.append((b"x-forwarded-for", xff + b", " + address if xff else address))
-        pool: AppPool = route.pool
+        if not self._speaks_h2(route):
+            if h2to1.is_grpc(headers):
+                pair.reply_grpc(
+                    GRPC_UNIMPLEMENTED,
+                    f"app on port {route.port} is not declared gRPC: gRPC needs HTTP/2 to the "
+                    "app; declare the port's appProtocol grpc (or http2) on its Service or "
+                    "Workload",
+                )
+            else:
+                h2to1.carry(pair, fwd, pool)
+            return
 
         def then(result: H2Connection | ConnectError) -> None:
             if isinstance(result, ConnectError):
@@ -335,6 +410,15 @@ class InboundH2:
                 pair.attach(result, fwd)
 
         self.links.get(pool, pool.name, pool.open_with, then)
+
+    def local_route(self, headers: Headers) -> LocalRoute | NoRoute:
+        """The local port a stream is for: over mTLS, the TLS server name says."""
+        from gossamer.proxy.inbound import LocalRoute
+
+        route = self.dp.table.local_routes.get(self.server_name or "")
+        if isinstance(route, LocalRoute):
+            return route
+        return NoRoute(404, f"no local port for TLS server name {self.server_name!r}")
 
     def _speaks_h2(self, route: LocalRoute) -> bool:
         snapshot = self.dp.snapshot

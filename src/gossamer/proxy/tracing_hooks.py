@@ -12,7 +12,8 @@ sent them and spends nothing on tracing. With one, each request:
   exporter's bounded queue, which drops rather than waits.
 
 A request the sampler leaves out gets no span, only the onward context with the
-sampled flag off, so later hops agree.
+sampled flag off, so later hops agree. HTTP/1.1 exchanges (`start`) and HTTP/2
+streams (`start_stream`, on the stream's header list) are traced alike.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from gossamer.telemetry.tracing import (
 )
 
 if TYPE_CHECKING:
+    from gossamer.proxy.http1 import Headers
     from gossamer.proxy.httpproxy import Exchange
 
 # Incoming headers that carry trace context: read, then replaced by ours.
@@ -80,20 +82,27 @@ class ProxyTracer:
     def start(self, ex: Exchange, outbound: bool) -> None:
         """Read the request's context, start its span, write the onward context."""
         head = ex.head
+        ex.trace, head.headers = self.start_stream(head.method, head.headers, outbound)
+
+    def start_stream(
+        self, method: bytes, headers: Headers, outbound: bool
+    ) -> tuple[Span | None, Headers]:
+        """The span for a request with `headers` (None: not sampled), and the headers
+        to send on: the trace headers replaced by the span's context. An HTTP/2
+        stream's list keeps its pseudo-headers first."""
         found: dict[str, str] = {}
         kept = []
-        for name, value in head.headers:
+        for name, value in headers:
             lower = name.lower()
             if lower in TRACE_HEADERS:
                 found[lower.decode("latin-1")] = value.decode("latin-1")
             else:
                 kept.append((name, value))
         parent = extract(found) if found else None
-        method = head.method.decode("latin-1")
-        span, onward = start_span(parent, self.sampler, method, CLIENT if outbound else SERVER)
+        kind = CLIENT if outbound else SERVER
+        span, onward = start_span(parent, self.sampler, method.decode("latin-1"), kind)
         kept.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in inject(onward))
-        head.headers = kept
-        ex.trace = span
+        return span, kept
 
     def finish(self, span: Span, event: dict[str, Any], workload: tuple[str, str, str]) -> None:
         """End `span` with the mesh's attributes (from the request's tap event)."""
@@ -106,6 +115,11 @@ class ProxyTracer:
         if event["authority"]:
             attrs["server.address"] = event["authority"]
         attrs["http.response.status_code"] = status
+        attrs["network.protocol.version"] = event["protocol"].removeprefix("HTTP/")
+        grpc_status = event.get("grpc_status")
+        if grpc_status is not None:
+            attrs["rpc.system"] = "grpc"
+            attrs["rpc.grpc.status_code"] = grpc_status
         attrs["gossamer.direction"] = event["direction"]
         for side, where in (("source", source), ("destination", destination)):
             for key in ("workload", "namespace", "service", "identity"):
@@ -121,6 +135,9 @@ class ProxyTracer:
         if status >= 500 or status == 0:
             span.status = STATUS_ERROR
             span.status_message = f"HTTP {status}"
+        elif grpc_status:
+            span.status = STATUS_ERROR
+            span.status_message = f"gRPC status {grpc_status}"
         if self._resource_for != workload:
             self._resource_for = workload
             name, namespace, service = workload
