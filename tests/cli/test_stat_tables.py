@@ -34,12 +34,14 @@ ROUTES: list[dict[str, Any]] = [
         ("stat-services", lambda out: print_services(SERVICES[:1], False, out)),
         ("stat-services-all", lambda out: print_services(SERVICES, True, out)),
         ("stat-routes", lambda out: print_routes(ROUTES, False, out)),
+        ("stat-routes-all", lambda out: print_routes(ROUTES, True, out)),
         ("edges", lambda out: print_edges(EDGES, out)),
     ],
     ids=[
         "services in one namespace",
         "services across namespaces, a quiet stale one among them",
         "routes",
+        "routes across namespaces (routes --stats SERVICE)",
         "edges",
     ],
 )

@@ -79,6 +79,23 @@ class StatusApp:
             await self.server.wait_closed()
 
 
+def resilience_counts(traffic: Traffic) -> dict[str, int]:
+    """The client proxy's retry and ejection counters for echo.default, as exported."""
+    text = traffic.client.metrics.render()
+    names = {
+        "retries": "gossamer_retries_total",
+        "budget_exhausted": "gossamer_retry_budget_exhausted_total",
+        "ejections": "gossamer_outlier_ejections_total",
+    }
+    labels = '{dst_namespace="default",dst_service="echo"} '
+    counts = {}
+    for key, name in names.items():
+        lines = [line for line in text.splitlines() if line.startswith(name + labels)]
+        assert len(lines) == 1, (name, text)
+        counts[key] = int(lines[0].rsplit(" ", 1)[1])
+    return counts
+
+
 @dataclass
 class Traffic:
     """A client proxy ("web-1") and named workloads behind services it routes to."""
@@ -333,6 +350,7 @@ async def test_retries_recover_from_a_failing_replica(traffic: Traffic) -> None:
     assert traffic.failing["flaky"][0].requests == 3
     statuses = Counter([(await traffic.get("/"))[0] for _ in range(10)])
     assert statuses == Counter({200: 10})
+    assert resilience_counts(traffic) == {"retries": 2, "budget_exhausted": 0, "ejections": 0}
 
 
 @pytest.mark.asyncio
@@ -370,6 +388,10 @@ async def test_the_retry_budget_stops_a_retry_storm(traffic: Traffic) -> None:
     sent = traffic.failing["bad"][0].requests
     # Without a budget 50 requests would be 200 tries; with it, about 20% more.
     assert 55 <= sent <= 61, sent
+    counts = resilience_counts(traffic)
+    assert counts["retries"] == sent - 50
+    # A request stops at the first retry the budget refuses: each of those counted once.
+    assert counts["budget_exhausted"] >= 50 - counts["retries"]
 
 
 @pytest.mark.asyncio
@@ -388,6 +410,7 @@ async def test_an_endpoint_failing_every_request_is_ejected_and_let_back_in(
         assert (await traffic.get("/"))[0] == 503
     ejected = min(apps, key=lambda app: app.requests)
     assert ejected.requests == 2  # two failures in a row, then no more requests
+    assert resilience_counts(traffic)["ejections"] == 1
     # After the ejection time it is let back in (and, failing again, ejected again).
     await asyncio.sleep(1.2)
     loop = asyncio.get_running_loop()

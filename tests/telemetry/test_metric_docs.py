@@ -50,6 +50,21 @@ def test_every_exported_metric_is_documented() -> None:
         assert f"`{name}`" in DOCS, f"{name} is exported but not in docs/observability.md"
 
 
+def test_every_label_a_proxy_exports_is_documented() -> None:
+    proxy = Metrics()
+    # Every kind of request series: plain, gRPC, routed, routed gRPC.
+    for grpc_status in (None, "0"):
+        for route in (None, ("shop", "reads")):
+            proxy.request_stats(
+                "outbound", "a", "b", "c", "d", 200, True, grpc_status, route
+            ).observe(0.001)
+    proxy.tcp_stats("outbound", "a", "b", True)
+    labels = set(re.findall(r'[{,]([a-z_]+)="', proxy.render()))
+    assert {"grpc_status", "route_namespace", "route_name", "le", "flow"} <= labels
+    for label in labels:
+        assert f"`{label}`" in DOCS, f"label {label} is exported but not in docs/observability.md"
+
+
 def test_there_are_mesh_service_and_route_dashboards() -> None:
     uids = [json.loads(p.read_text())["uid"] for p in DASHBOARDS]
     assert sorted(uids) == ["gossamer-mesh", "gossamer-route", "gossamer-service"]

@@ -1,4 +1,5 @@
-"""`gossamer routes SERVICE`: which HTTPRoute rule a request would take, and why."""
+"""`gossamer routes SERVICE`: which HTTPRoute rule a request would take, and why;
+`gossamer routes --stats`: each route's golden metrics (the rows of `stat --routes`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import sys
 from typing import Any, TextIO
 
 from gossamer.cli.client import ApiError
-from gossamer.cli.common import add_server_flags, client_from, fail
+from gossamer.cli.common import add_output_flag, add_server_flags, client_from, fail
 from gossamer.cli.output import table
+from gossamer.cli.stat import add_window_flag, show_route_stats
 from gossamer.proxy.routematch import Router, describe_match, why_not
 from gossamer.resources import KINDS
 from gossamer.translate.build import MeshView
@@ -25,10 +27,37 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Show the HTTPRoute rules that apply to calls to SERVICE from clients in "
         "a namespace, in the order they are tried, and which one a request with the given "
         "method, path and headers takes, and why the ones before it do not fit. "
-        "Example: gossamer routes echo -n shop --path /v1 -H x-canary:1",
+        "Example: gossamer routes echo -n shop --path /v1 -H x-canary:1. "
+        "With --stats, each route's golden metrics instead: one row per route and "
+        "service its calls went to, as the callers' proxies counted the requests the "
+        "route's rules matched. Example: gossamer routes --stats -n shop --window 5m",
     )
-    p.add_argument("service", help="the service, NAME or NAME.NAMESPACE")
-    p.add_argument("-n", "--namespace", default="default", help="the service's namespace")
+    p.add_argument(
+        "service",
+        nargs="?",
+        help="the service, NAME or NAME.NAMESPACE (with --stats: only the calls routes "
+        "sent to it; optional there)",
+    )
+    p.add_argument(
+        "-n",
+        "--namespace",
+        default="default",
+        help="the service's namespace (with --stats and no SERVICE: the routes' namespace)",
+    )
+    p.add_argument(
+        "--stats",
+        action="store_true",
+        help="golden metrics per route instead: success rate, RPS, p50/p95/p99 latency "
+        "and requests over --window",
+    )
+    p.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="with --stats: routes of every namespace",
+    )
+    add_window_flag(p)
+    add_output_flag(p, choices=("table", "json"), default="table")
     p.add_argument(
         "--from",
         dest="client_namespace",
@@ -50,6 +79,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.stats:
+        service = None
+        if args.service:
+            name, _, namespace = args.service.partition(".")
+            service = (name, namespace or args.namespace)
+        return show_route_stats(args, service=service)
+    if not args.service:
+        fail("which SERVICE? (or --stats for golden metrics per route)")
+    if args.output != "table":
+        fail("-o json goes with --stats; without it the answer is a table and an explanation")
     name, _, namespace = args.service.partition(".")
     namespace = namespace or args.namespace
     headers = []

@@ -17,7 +17,8 @@ from gossamer.cli.output import dump, table
 METRIC_HEADERS = ("SUCCESS", "RPS", "P50", "P95", "P99", "REQUESTS", "STALE")
 
 
-def _window_flag(p: argparse.ArgumentParser) -> None:
+def add_window_flag(p: argparse.ArgumentParser) -> None:
+    """`--window`, the same for every command that shows golden metrics."""
     p.add_argument(
         "-w",
         "--window",
@@ -38,13 +39,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Success rate, requests per second and p50/p95/p99 latency of each "
         "service over the last WINDOW, as its own proxies counted them (every call that "
         "reached it). STALE means one of its proxies did not answer the control plane's "
-        "last scrape, so the numbers may be short. With --routes: per HTTPRoute, as "
-        "callers counted them.",
+        "last scrape, so the numbers may be short. With --routes: per HTTPRoute or "
+        "GRPCRoute and the service its calls went to, as callers counted the requests "
+        "the route's rules matched (the same as `gossamer routes --stats`).",
     )
     p.add_argument("name", nargs="?", help="one service (or route, with --routes)")
     p.add_argument("--routes", action="store_true", help="per route instead of per service")
     _namespace_flags(p)
-    _window_flag(p)
+    add_window_flag(p)
     add_output_flag(p, choices=("table", "json"), default="table")
     add_server_flags(p)
     p.set_defaults(func=stat)
@@ -58,7 +60,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("name", nargs="?", help="only edges to or from this service")
     _namespace_flags(p)
-    _window_flag(p)
+    add_window_flag(p)
     add_output_flag(p, choices=("table", "json"), default="table")
     add_server_flags(p)
     p.set_defaults(func=edges)
@@ -157,19 +159,53 @@ def _get(client: Client, path: str, query: dict[str, str]) -> dict[str, Any]:
 
 
 def stat(args: argparse.Namespace) -> int:
+    if args.routes:
+        return show_route_stats(args, route=args.name)
     client = client_from(args)
-    path = "/v1/stats/routes" if args.routes else "/v1/stats/services"
-    rows = _get(client, path, _query(args))["items"]
+    rows = _get(client, "/v1/stats/services", _query(args))["items"]
     if args.output == "json":
         dump(rows, "json")
         return 0
     if args.name and not rows:
-        what = "route" if args.routes else "service"
-        fail(f"no {what} {args.name!r} in namespace {args.namespace!r} with metrics")
-    if args.routes:
-        print_routes(rows, args.all_namespaces)
-    else:
-        print_services(rows, args.all_namespaces)
+        fail(f"no service {args.name!r} in namespace {args.namespace!r} with metrics")
+    print_services(rows, args.all_namespaces)
+    return 0
+
+
+def show_route_stats(
+    args: argparse.Namespace,
+    *,
+    route: str | None = None,
+    service: tuple[str, str] | None = None,
+) -> int:
+    """Route rows for `stat --routes [ROUTE]` and `routes --stats [SERVICE]`.
+
+    `args` has the server flags, `window`, `namespace`, `all_namespaces` and `output`.
+    With `route`, only that route's rows. With `service` (name, namespace), only the
+    rows of calls routes sent to that service, whatever namespace the routes are in:
+    consumer routes live in their callers' namespaces.
+    """
+    client = client_from(args)
+    query = {"window": args.window}
+    if service is None and not args.all_namespaces:
+        query["namespace"] = args.namespace
+    if route:
+        query["name"] = route
+    rows: list[dict[str, Any]] = _get(client, "/v1/stats/routes", query)["items"]
+    if service is not None:
+        rows = [r for r in rows if (r["service"], r["service_namespace"]) == service]
+    out = sys.stdout  # looked up now, not when this module was imported
+    if args.output == "json":
+        dump(rows, "json", out)
+        return 0
+    if not rows:
+        if route:
+            fail(f"no route {route!r} in namespace {args.namespace!r} with metrics")
+        to = f" to {service[0]}.{service[1]}" if service is not None else ""
+        where = "" if service is not None or args.all_namespaces else f" in {args.namespace}"
+        out.write(f"no requests{to} matched a route{where} in the last {args.window}\n")
+        return 0
+    print_routes(rows, args.all_namespaces or service is not None, out)
     return 0
 
 

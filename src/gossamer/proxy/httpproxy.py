@@ -364,6 +364,7 @@ class Exchange:
         "interim",
         "limits",
         "load",
+        "matched_route",
         "out",
         "out_size",
         "outlier",
@@ -423,6 +424,8 @@ class Exchange:
         # Set by Side.start for a request refused before routing; answered in turn.
         self.error: ProtocolError | None = None
         # Traffic management, set by the outbound side when a route or policy applies.
+        # matched_route: "namespace/name" of the HTTPRoute whose rule matched (metrics).
+        self.matched_route: str | None = None
         self.response_edit: Callable[[Headers], Headers] | None = None
         self.retry: RetryPolicy | None = None
         self.retries = 0
@@ -594,7 +597,7 @@ class Exchange:
             return False
         if head.body != BODY_NONE and self.replay is None:
             return False
-        return retry.budget.try_withdraw(self.conn.loop.time())
+        return retry.withdraw(self.conn.loop.time())
 
     def keep_for_replay(self) -> None:
         """Keep a copy of the request body for retries, if it is small enough to hold:
@@ -634,7 +637,7 @@ class Exchange:
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
-        delay = retry.backoff(self.retries)
+        delay = retry.counted_backoff(self.retries)
         if delay > 0:
             self.try_timer = self.conn.loop.call_later(delay, self._retry_now)
         else:

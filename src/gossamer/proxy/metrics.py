@@ -42,6 +42,19 @@ REQUEST_LABELS: Final = (
 )
 # gRPC responses carry one more: the grpc-status the call ended with.
 GRPC_REQUEST_LABELS: Final = (*REQUEST_LABELS, "grpc_status")
+# An outbound request that an HTTPRoute or GRPCRoute rule matched names that route last
+# (decision 0031); one that no rule matched has neither label, so it is no route's.
+ROUTE_LABELS: Final = ("route_namespace", "route_name")
+# A cell's label values alone say which names they go with: each set has its own length.
+_REQUEST_LABEL_NAMES: Final[dict[int, tuple[str, ...]]] = {
+    len(names): names
+    for names in (
+        REQUEST_LABELS,
+        GRPC_REQUEST_LABELS,
+        (*REQUEST_LABELS, *ROUTE_LABELS),
+        (*GRPC_REQUEST_LABELS, *ROUTE_LABELS),
+    )
+}
 TCP_LABELS: Final = ("direction", "peer_namespace", "peer_service", "tls")
 
 # Label sets made from what peers send (the source service header) are capped, so a
@@ -79,9 +92,24 @@ class TcpStats:
         self.bytes_received = 0
 
 
+class ResilienceStats:
+    """What retries and outlier detection did for one destination service: counters
+    that outlive snapshots, like the service's request series."""
+
+    __slots__ = ("budget_exhausted", "ejections", "labels", "retries")
+
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        self.labels = labels
+        self.retries = 0  # tries sent again
+        self.budget_exhausted = 0  # retries the retry budget refused
+        self.ejections = 0  # endpoints ejected by outlier detection
+
+
+RESILIENCE_LABELS: Final = ("dst_namespace", "dst_service")
+
+
 def _request_label_text(labels: tuple[str, ...]) -> str:
-    names = REQUEST_LABELS if len(labels) == len(REQUEST_LABELS) else GRPC_REQUEST_LABELS
-    return _label_text(names, labels)
+    return _label_text(_REQUEST_LABEL_NAMES[len(labels)], labels)
 
 
 def _escape(value: str) -> str:
@@ -96,6 +124,7 @@ class Metrics:
     def __init__(self) -> None:
         self._requests: dict[tuple[str, ...], RequestStats] = {}
         self._tcp: dict[tuple[str, ...], TcpStats] = {}
+        self._resilience: dict[tuple[str, ...], ResilienceStats] = {}
         # When the counters began: a scraper tells a restart from a quiet spell by it.
         self.started_at = time.time()
 
@@ -109,7 +138,9 @@ class Metrics:
         code: int,
         tls: bool,
         grpc_status: str | None = None,
+        route: tuple[str, str] | None = None,
     ) -> RequestStats:
+        """The cell for one label set; `route` is (route_namespace, route_name)."""
         labels: tuple[str, ...] = (
             direction,
             src_namespace,
@@ -121,6 +152,8 @@ class Metrics:
         )
         if grpc_status is not None:
             labels = (*labels, grpc_status)
+        if route is not None:
+            labels = (*labels, *route)
         stats = self._requests.get(labels)
         if stats is None:
             if len(self._requests) >= MAX_SERIES:
@@ -137,6 +170,15 @@ class Metrics:
         stats = self._tcp.get(labels)
         if stats is None:
             stats = self._tcp[labels] = TcpStats(labels)
+        return stats
+
+    def resilience_stats(self, dst_namespace: str, dst_service: str) -> ResilienceStats:
+        """The retry and ejection counters for one destination service (from the
+        snapshot's services, so bounded by them)."""
+        labels = (dst_namespace, dst_service)
+        stats = self._resilience.get(labels)
+        if stats is None:
+            stats = self._resilience[labels] = ResilienceStats(labels)
         return stats
 
     def render(self) -> str:
@@ -177,6 +219,25 @@ class Metrics:
             labels = _label_text(TCP_LABELS, t.labels)
             out.append(f'gossamer_tcp_bytes_total{{{labels},flow="sent"}} {t.bytes_sent}')
             out.append(f'gossamer_tcp_bytes_total{{{labels},flow="received"}} {t.bytes_received}')
+        resilience = sorted(self._resilience.values(), key=lambda s: s.labels)
+        for name, help_text, attr in (
+            ("gossamer_retries_total", "Requests sent again by a retry policy.", "retries"),
+            (
+                "gossamer_retry_budget_exhausted_total",
+                "Retries the retry budget refused (the request failed instead).",
+                "budget_exhausted",
+            ),
+            (
+                "gossamer_outlier_ejections_total",
+                "Endpoints ejected by outlier detection.",
+                "ejections",
+            ),
+        ):
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} counter")
+            for r in resilience:
+                labels = _label_text(RESILIENCE_LABELS, r.labels)
+                out.append(f"{name}{{{labels}}} {getattr(r, attr)}")
         out.append("# HELP process_start_time_seconds When the proxy started (Unix time).")
         out.append("# TYPE process_start_time_seconds gauge")
         out.append(f"process_start_time_seconds {self.started_at:.3f}")

@@ -9,10 +9,13 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from gossamer.proxy.balancer import EndpointLoad
 from gossamer.translate.routetypes import LimitsSpec, OutlierSpec, RetrySpec, retry_codes
+
+if TYPE_CHECKING:
+    from gossamer.proxy.metrics import ResilienceStats
 
 # Methods whose requests may be sent again (RFC 9110 9.2.2, idempotent methods).
 IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
@@ -85,10 +88,15 @@ class RetryPolicy:
         "on_reset",
         "per_try",
         "rng",
+        "stats",
     )
 
     def __init__(
-        self, spec: RetrySpec, budget: RetryBudget, rng: random.Random | None = None
+        self,
+        spec: RetrySpec,
+        budget: RetryBudget,
+        rng: random.Random | None = None,
+        stats: ResilienceStats | None = None,
     ) -> None:
         self.attempts = spec.attempts
         self.codes = retry_codes(spec)
@@ -99,6 +107,21 @@ class RetryPolicy:
         self.backoff_max = spec.backoff_max
         self.budget = budget
         self.rng = rng or random.Random()
+        self.stats = stats
+
+    def withdraw(self, now: float) -> bool:
+        """Whether the budget allows one more retry now; a refusal is counted."""
+        if self.budget.try_withdraw(now):
+            return True
+        if self.stats is not None:
+            self.stats.budget_exhausted += 1
+        return False
+
+    def counted_backoff(self, retry: int) -> float:
+        """`backoff`, for a retry that is going to be sent: it is counted."""
+        if self.stats is not None:
+            self.stats.retries += 1
+        return self.backoff(retry)
 
     def backoff(self, retry: int) -> float:
         """Exponential backoff with full jitter before retry number `retry` (1, 2, ...)."""
@@ -119,11 +142,17 @@ class OutlierDetector:
     once, but one always may be.
     """
 
-    __slots__ = ("loads", "spec")
+    __slots__ = ("loads", "spec", "stats")
 
-    def __init__(self, spec: OutlierSpec, loads: Sequence[EndpointLoad]) -> None:
+    def __init__(
+        self,
+        spec: OutlierSpec,
+        loads: Sequence[EndpointLoad],
+        stats: ResilienceStats | None = None,
+    ) -> None:
         self.spec = spec
         self.loads = tuple(loads)
+        self.stats = stats
 
     def _roll(self, load: EndpointLoad, now: float) -> None:
         if now - load.window_start >= self.spec.interval:
@@ -158,6 +187,8 @@ class OutlierDetector:
         if not trip or not self._may_eject(now):
             return False
         load.ejections += 1
+        if self.stats is not None:
+            self.stats.ejections += 1
         load.ejected_until = now + min(
             spec.base_ejection_time * load.ejections,
             max(spec.max_ejection_time, spec.base_ejection_time),

@@ -42,6 +42,8 @@ class Route(Generic[P]):
         "outlier",
         "port",
         "retry",
+        "route_grpc_stats",
+        "route_stats",
         "router",
         "stats",
     )
@@ -64,6 +66,10 @@ class Route(Generic[P]):
         self._stat_labels = src
         self.stats: dict[int, RequestStats] = {}
         self.grpc_stats: dict[tuple[int, bytes], RequestStats] = {}
+        # The same, for requests an HTTPRoute (or GRPCRoute) rule sent here, by that
+        # route's "namespace/name": as many as the snapshot has routes, no more.
+        self.route_stats: dict[str, dict[int, RequestStats]] = {}
+        self.route_grpc_stats: dict[str, dict[tuple[int, bytes], RequestStats]] = {}
         # Traffic management, all None unless a route or policy applies: the HTTPRoutes
         # attached to this service port, and the policies for calls to the service.
         self.router: Router[Route[P]] | None = None
@@ -74,25 +80,50 @@ class Route(Generic[P]):
         self.fault: FaultSpec | None = None
         self.managed = False  # whether any of the above is set (the fast path skips them)
 
-    def grpc_stats_for(self, code: int, grpc_status: bytes) -> RequestStats:
+    def grpc_stats_for(self, code: int, grpc_status: bytes, via: str | None = None) -> RequestStats:
         """The cell for a gRPC call: labelled with its grpc-status as well."""
-        stats = self.grpc_stats.get((code, grpc_status))
+        key = (code, grpc_status)
+        if via is None:
+            stats = self.grpc_stats.get(key)
+        else:
+            cells = self.route_grpc_stats.get(via)
+            stats = None if cells is None else cells.get(key)
         if stats is None:
-            src_ns, src_svc = self._stat_labels
-            stats = self.grpc_stats[(code, grpc_status)] = self._metrics.request_stats(
-                "outbound", src_ns, src_svc, self.namespace, self.name, code, True,
-                grpc_status.decode("ascii"),
+            stats = self._metrics.request_stats(
+                "outbound", *self._stat_labels, self.namespace, self.name, code, True,
+                grpc_status.decode("ascii"), _route_labels(via),
             )  # fmt: skip
+            by_via = self.grpc_stats if via is None else self.route_grpc_stats.setdefault(via, {})
+            by_via[key] = stats
         return stats
 
-    def stats_for(self, code: int) -> RequestStats:
-        stats = self.stats.get(code)
+    def stats_for(self, code: int, via: str | None = None) -> RequestStats:
+        """The cell for a request to this service port that ended with `code`.
+
+        `via` is the "namespace/name" of the route whose rule matched the request
+        (`RuleSpec.route`), None when no route did: that cell has no route labels
+        (decision 0031). Either way the cell is made once and then only looked up.
+        """
+        if via is None:
+            stats = self.stats.get(code)
+        else:
+            cells = self.route_stats.get(via)
+            stats = None if cells is None else cells.get(code)
         if stats is None:
-            src_ns, src_svc = self._stat_labels
-            stats = self.stats[code] = self._metrics.request_stats(
-                "outbound", src_ns, src_svc, self.namespace, self.name, code, True
-            )
+            stats = self._metrics.request_stats(
+                "outbound", *self._stat_labels, self.namespace, self.name, code, True,
+                None, _route_labels(via),
+            )  # fmt: skip
+            by_via = self.stats if via is None else self.route_stats.setdefault(via, {})
+            by_via[code] = stats
         return stats
+
+
+def _route_labels(via: str | None) -> tuple[str, str] | None:
+    if via is None:
+        return None
+    namespace, _, name = via.partition("/")
+    return namespace, name
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +148,7 @@ class RouteTable(Generic[P]):
     ) -> None:
         self.snapshot = snapshot
         self.cluster_domain = cluster_domain
+        self.metrics = metrics
         self.services: dict[tuple[str, str], ServiceView] = {}
         self.routes: dict[tuple[str, str, int], Route[P]] = {}
         self.local_ports: dict[int, LocalPort] = {}
@@ -157,11 +189,12 @@ class RouteTable(Generic[P]):
             policy = policies.get(f"{route.name}.{route.namespace}")
             if policy is None:
                 continue
+            stats = self.metrics.resilience_stats(route.namespace, route.name)
             if policy.retry is not None:
                 route.budget = _budget(policy.retry)
-                route.retry = RetryPolicy(policy.retry, route.budget)
+                route.retry = RetryPolicy(policy.retry, route.budget, stats=stats)
             if policy.outlier is not None:
-                route.outlier = OutlierDetector(policy.outlier, route.balancer.loads)
+                route.outlier = OutlierDetector(policy.outlier, route.balancer.loads, stats)
                 watched.update(id(load) for load in route.balancer.loads)
             if policy.limits is not None:
                 route.limits = Limits(policy.limits)
@@ -188,7 +221,11 @@ class RouteTable(Generic[P]):
                 if rule.spec.retry is not None:
                     budget = parent.budget or _budget(rule.spec.retry)
                     parent.budget = budget
-                    rule.retry = RetryPolicy(rule.spec.retry, budget)
+                    rule.retry = RetryPolicy(
+                        rule.spec.retry,
+                        budget,
+                        stats=self.metrics.resilience_stats(parent.namespace, parent.name),
+                    )
             parent.router = router
             parent.managed = True
 

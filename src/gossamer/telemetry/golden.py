@@ -81,10 +81,14 @@ def aggregate(
     *,
     direction: str = "inbound",
     by: tuple[str, ...] = ("dst_namespace", "dst_service"),
+    labelled: str | None = None,
 ) -> dict[Key, Totals]:
+    """Totals per group of `by`; with `labelled`, only samples that have that label."""
     out: dict[Key, Totals] = {}
     for s in samples:
         if s.labels.get("direction") != direction:
+            continue
+        if labelled is not None and not s.labels.get(labelled):
             continue
         key = tuple(s.labels.get(k, "") for k in by)
         if s.name == "gossamer_requests_total":

@@ -29,19 +29,26 @@ from gossamer.telemetry.golden import (
 
 @dataclass(frozen=True)
 class View:
-    """Which requests a view counts (`direction`) and how it groups them (`by`)."""
+    """Which requests a view counts (`direction`, and only those with the label
+    `labelled` when it is set) and how it groups them (`by`)."""
 
     direction: str
     by: tuple[str, ...]
+    labelled: str | None = None
 
 
 # Services are seen from their own proxies (inbound): every call that reached the
 # service, whoever made it. Edges and routes are seen from the caller (outbound),
 # which also counts the calls that failed before they left (no endpoints, timeouts).
+# A request no route matched has no route labels (decision 0031): no route's row.
 VIEWS: Final[Mapping[str, View]] = {
     "service": View("inbound", ("dst_namespace", "dst_service")),
     "edge": View("outbound", ("src_namespace", "src_service", "dst_namespace", "dst_service")),
-    "route": View("outbound", ("dst_namespace", "dst_service", "route_namespace", "route_name")),
+    "route": View(
+        "outbound",
+        ("dst_namespace", "dst_service", "route_namespace", "route_name"),
+        labelled="route_name",
+    ),
 }
 
 START_TIME: Final = "process_start_time_seconds"
@@ -63,7 +70,7 @@ def summarize(samples: Iterable[Sample], at: float, views: Mapping[str, View] = 
         at=at,
         started_at=started_at,
         views={
-            name: aggregate(samples, direction=view.direction, by=view.by)
+            name: aggregate(samples, direction=view.direction, by=view.by, labelled=view.labelled)
             for name, view in views.items()
         },
     )

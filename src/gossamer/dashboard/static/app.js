@@ -355,13 +355,18 @@ async function servicePage(ns, name) {
       panel("Calls", metricsTable(callees, [{ title: "To", cell: (r) => h("a", { href: svcHref(r.namespace, r.name) }, `${r.name}.${r.namespace}`) }]))),
     panel("Routes and policies",
       attached.length ? h("table", {},
-        h("thead", {}, h("tr", {}, ["Kind", "Name", "Namespace", "Success", "RPS", "P99", ""].map((t) => h("th", {}, t)))),
-        h("tbody", {}, attached.map((r) => {
-          const rs = routeStats.items.find((x) => x.name === r.metadata.name && x.namespace === r.metadata.namespace);
-          return h("tr", {}, h("td", {}, r.kind), h("td", {}, r.metadata.name), h("td", {}, r.metadata.namespace),
+        h("thead", {}, h("tr", {}, ["Kind", "Name", "Namespace", "To", "Success", "RPS", "P99", "Requests", ""].map((t) => h("th", {}, t)))),
+        // A route has a stats row per service its calls went to (decision 0031): a line each.
+        h("tbody", {}, attached.flatMap((r) => {
+          const m = r.metadata;
+          const rows = routeStats.items.filter((x) => x.name === m.name && x.namespace === m.namespace);
+          return (rows.length ? rows : [null]).map((rs, i) => h("tr", { "data-route": `${m.namespace}/${m.name}` },
+            h("td", {}, r.kind), h("td", {}, m.name), h("td", {}, m.namespace),
+            h("td", {}, rs ? `${rs.service}.${rs.service_namespace}` : "–"),
             h("td", { class: rs ? rateClass(rs.success_rate) : "" }, rs ? pct(rs.success_rate) : "–"),
             h("td", {}, rs ? num(rs.rps, 1) : "–"), h("td", {}, rs ? ms(rs.p99_ms) : "–"),
-            h("td", {}, admin ? h("button", { class: "danger", type: "button", onclick: () => deleteRoute(r) }, "Delete") : null));
+            h("td", {}, rs ? String(rs.requests) : "–"),
+            h("td", {}, admin && i === 0 ? h("button", { class: "danger", type: "button", onclick: () => deleteRoute(r) }, "Delete") : null)));
         }))) : h("p", { class: "muted" }, "No HTTPRoute names this service in its parentRefs."),
       policies.items.length ? h("ul", {}, policies.items.map((p) => h("li", {}, `${p.kind} ${p.metadata.namespace}/${p.metadata.name}`))) : null),
     panel("Workloads and certificates",
