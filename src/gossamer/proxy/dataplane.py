@@ -473,7 +473,7 @@ class DataPlane:
                 apps[lp.app_port] = pool
                 balancer: Balancer[Pool] = Balancer([pool], [EndpointLoad()])
                 local_routes[sni_for(lp.port, me.workload, me.namespace)] = LocalRoute(
-                    pool.name, lp.port, balancer, pool
+                    pool.name, lp.port, balancer, pool, (lp.app_protocol or "").lower() == "grpc"
                 )
             table.local_routes = local_routes
             authorizer = compile_security(snapshot.security)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -33,9 +34,11 @@ from gossamer.proxy.httpproxy import ConnectError
 from gossamer.proxy.routing import NoRoute, Route
 
 if TYPE_CHECKING:
+    from gossamer.proxy.balancer import EndpointLoad
     from gossamer.proxy.dataplane import DataPlane
     from gossamer.proxy.inbound import AppPool, LocalRoute
     from gossamer.proxy.outbound import PeerPool
+    from gossamer.proxy.resilience import Limits
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -157,76 +160,229 @@ class OutboundH2:
         if pair.done:
             return
         found = self.lookup(authority)
+        if isinstance(found, Route):
+            _OutboundStream(self, pair, found, headers, request).start()
+            return
+        _count_unrouted(self.dp, pair, request)
         if isinstance(found, NoRoute):
             pair.reply(found.status, found.reason)
-            return
-        if not isinstance(found, Route):
+        else:
             pair.reply(503, f"no route for host {authority.decode('latin-1')}")
-            return
-        route: Route[PeerPool] = found
+
+
+# gRPC status codes the proxy answers with (grpc/doc/statuscodes.md).
+GRPC_DEADLINE_EXCEEDED = 4
+GRPC_UNAVAILABLE = 14
+
+
+def _grpc_code_for(status: int) -> int:
+    """The gRPC status for an HTTP status the proxy answers a gRPC call with, as gRPC
+    maps them (doc/http-grpc-status-mapping.md): 429, 502, 503 and 504 are UNAVAILABLE,
+    and the rest UNKNOWN-like codes; a timeout has its own."""
+    return {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}.get(status, 2)
+
+
+def _count_unrouted(dp: DataPlane, pair: StreamPair, request: StreamRequest | None) -> None:
+    """A stream the proxy answers before it knows the service: counted as HTTP/1.1's
+    are, to destination "unknown"."""
+
+    def done(p: StreamPair) -> None:
+        table = dp.table
+        dp.metrics.request_stats(
+            "outbound", table.namespace, table.service, "unknown", "unknown", p.status or 502, True
+        ).observe(dp.loop.time() - p.started)
+        if request is not None:
+            observed(dp, "outbound", request, p)
+
+    pair.on_done = done
+
+
+class _OutboundStream:
+    """One stream from the app to a service port, as an HTTP/1.1 exchange goes: the
+    service's FaultPolicy, its HTTPRoutes or GRPCRoutes (match, header edits, weighted
+    backend, the rule's request timeout), then the backend's CircuitBreakerPolicy and
+    OutlierPolicy, and an endpoint. Counted from the moment the service is known, also
+    when the proxy answers it itself. Retries, mirrors, redirects and rewrites are not
+    applied to HTTP/2 (decision 0040)."""
+
+    __slots__ = (
+        "dp",
+        "grpc",
+        "headers",
+        "limits",
+        "load",
+        "owner",
+        "pair",
+        "request",
+        "route",
+        "timer",
+        "via",
+    )
+
+    def __init__(
+        self,
+        owner: OutboundH2,
+        pair: StreamPair,
+        route: Route[PeerPool],
+        headers: Headers,
+        request: StreamRequest | None,
+    ) -> None:
+        self.owner = owner
+        self.dp = owner.dp
+        self.pair = pair
+        self.route = route  # the service port, then the backend a rule picked
+        self.headers = headers
+        self.request = request
+        self.grpc = h2to1.is_grpc(headers)
+        self.via: str | None = None  # the HTTPRoute or GRPCRoute that matched
+        self.load: EndpointLoad | None = None
+        self.limits: Limits | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        pair.on_done = self._done
         if request is not None:
             request.route = route
-        via: str | None = None  # the HTTPRoute or GRPCRoute that matched, for metrics
+
+    def fail(self, status: int, reason: str, grpc_code: int | None = None) -> None:
+        """Answer with a proxy-made error: a gRPC call the way gRPC clients read one."""
+        if self.grpc and not self.pair.status:
+            self.pair.reply_grpc(_grpc_code_for(status) if grpc_code is None else grpc_code, reason)
+        else:
+            self.pair.reply(status, reason)
+
+    def start(self) -> None:
+        route = self.route
+        fault = route.fault
+        if fault is not None:
+            if fault.abort_status is not None and random.random() * 100 < fault.abort_percent:
+                self.fail(
+                    fault.abort_status,
+                    f"fault injected: abort with {fault.abort_status} for {route.label} "
+                    "(FaultPolicy)",
+                )
+                return
+            if fault.delay is not None and random.random() * 100 < fault.delay_percent:
+                self.timer = self.dp.loop.call_later(fault.delay, self._after_delay)
+                return
+        self._routes()
+
+    def _after_delay(self) -> None:
+        self.timer = None
+        if not self.pair.done:
+            self._routes()
+
+    def _routes(self) -> None:
+        route = self.route
         if route.router is not None:
-            routed = _apply_routes(pair, route, headers)
+            routed = _apply_routes(self, route, self.headers)
             if routed is None:
                 return
-            route, headers, via = routed
+            self.route, self.headers, timeout = routed
+            if timeout is not None:
+                self.timer = self.dp.loop.call_later(timeout, self._timed_out, timeout)
+        self._forward()
+
+    def _timed_out(self, seconds: float) -> None:
+        self.timer = None
+        if not self.pair.done:
+            self.fail(
+                504,
+                f"request timeout: {self.route.label} did not answer in {seconds:g}s",
+                GRPC_DEADLINE_EXCEEDED,
+            )
+
+    def _forward(self) -> None:
+        route, pair, dp = self.route, self.pair, self.dp
+        limits = route.limits
+        if limits is not None and limits.max_requests is not None:
+            if limits.active >= limits.max_requests:
+                self.fail(
+                    503,
+                    f"circuit breaker: {route.label} has {limits.active} requests in flight "
+                    f"(maxRequests {limits.max_requests})",
+                )
+                return
+            limits.active += 1
+            self.limits = limits
         balancer = route.balancer
-        i = balancer.pick(self.dp.loop.time())
+        i = balancer.pick(dp.loop.time())
         if i < 0:
-            pair.reply(503, f"no endpoints for {route.label}")
+            self.fail(503, f"no endpoints for {route.label}")
             return
         pool = balancer.items[i]
-        load = balancer.loads[i]
+        load = self.load = balancer.loads[i]
+        load.outstanding += 1
+        request = self.request
         if request is not None:
             request.route, request.balancer, request.tried = route, balancer, i
             request.peer = pool.name
-        contexts = self.dp.contexts
+        contexts = dp.contexts
         if contexts is None or contexts.client_h2 is None:
-            pair.reply(503, "no certificate yet to call peers with")
+            self.fail(503, "no certificate yet to call peers with")
             return
         context = contexts.client_h2
-        src = self.dp.table.src_service_line.partition(b": ")[2].strip()
-        fwd = forwardable(headers, _DROP_FROM_APP)
+        src = dp.table.src_service_line.partition(b": ")[2].strip()
+        fwd = forwardable(self.headers, _DROP_FROM_APP)
         if src:
             fwd.append((SRC_SERVICE_HEADER, src))
-
-        def done(p: StreamPair) -> None:
-            seconds = self.dp.loop.time() - p.started
-            grpc = grpc_status_label(p.grpc_status)
-            if grpc is None:
-                route.stats_for(p.status or 502, via).observe(seconds)
-            else:
-                route.grpc_stats_for(p.status or 502, grpc, via).observe(seconds)
-            if request is not None:
-                observed(self.dp, "outbound", request, p)
-
-        pair.on_done = done
 
         def opener(factory: Callable[[], H2Connection]) -> object:
             from gossamer.proxy.outbound import connect_peer
 
             return connect_peer(
-                self.dp.loop,
-                pool.endpoint,
-                pool.sni,
-                context,
-                factory,
-                self.dp.config.connect_timeout,
+                dp.loop, pool.endpoint, pool.sni, context, factory, dp.config.connect_timeout
             )
 
         def then(result: H2Connection | ConnectError) -> None:
+            if pair.done:
+                return
             if isinstance(result, ConnectError):
                 if result.eject:
-                    load.connect_failed(self.dp.loop.time())
-                pair.reply(result.status, f"{route.label}: {result.reason}")
+                    load.connect_failed(dp.loop.time())
+                    self._outlier(failed=True)
+                self.fail(result.status, f"{route.label}: {result.reason}")
                 return
             if load.failures:
                 load.connected()
             pair.attach(result, fwd)
 
-        self.links.get(pool, pool.name, opener, then)
+        self.owner.links.get(pool, pool.name, opener, then)
+
+    def _outlier(self, failed: bool) -> None:
+        outlier, load = self.route.outlier, self.load
+        if outlier is None or load is None:
+            return
+        now = self.dp.loop.time()
+        if not failed:
+            outlier.success(load, now)
+        elif outlier.failure(load, now):
+            log.warning("%s: ejected an endpoint (outlier detection)", self.route.label)
+
+    def _done(self, p: StreamPair) -> None:
+        dp = self.dp
+        now = dp.loop.time()
+        seconds = now - p.started
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.limits is not None:
+            self.limits.active -= 1
+            self.limits = None
+        load = self.load
+        if load is not None:
+            load.outstanding -= 1
+            if p.status:
+                load.observe(seconds, now)
+                grpc_failed = p.grpc_status == b"%d" % GRPC_UNAVAILABLE
+                self._outlier(failed=p.status >= 500 or grpc_failed)
+            self.load = None
+        route = self.route
+        grpc = grpc_status_label(p.grpc_status)
+        if grpc is None:
+            route.stats_for(p.status or 502, self.via).observe(seconds)
+        else:
+            route.grpc_stats_for(p.status or 502, grpc, self.via).observe(seconds)
+        if self.request is not None:
+            observed(dp, "outbound", self.request, p)
 
 
 def observe(
@@ -273,12 +429,11 @@ def serve(
 
 
 def _apply_routes(
-    pair: StreamPair, route: Route[PeerPool], headers: Headers
-) -> tuple[Route[PeerPool], Headers, str] | None:
-    """The service port's HTTPRoutes, as for HTTP/1.1: match, header edits, a
-    backend by weight, and the matched route's "namespace/name" for the metrics.
-    Redirects, rewrites, mirrors, timeouts and retries are not applied to HTTP/2 yet
-    (see decision 0040)."""
+    stream: _OutboundStream, route: Route[PeerPool], headers: Headers
+) -> tuple[Route[PeerPool], Headers, float | None] | None:
+    """The service port's HTTPRoutes or GRPCRoutes, as for HTTP/1.1: match, header
+    edits, a backend by weight, and the rule's request timeout. Sets `stream.via` to
+    the matched route's "namespace/name" for the metrics; None when it answered."""
     router = route.router
     assert router is not None
     method = header(headers, b":method") or b"GET"
@@ -287,7 +442,7 @@ def _apply_routes(
     plain = [(n, v) for n, v in headers if n[:1] != b":"]
     match = router.match(method, path, authority, plain)
     if match is None:
-        pair.reply(
+        stream.fail(
             404,
             f"no rule of the HTTPRoutes of {route.label} ({', '.join(router.routes)}) "
             f"matches {method.decode('latin-1')} {path.decode('latin-1')}",
@@ -295,19 +450,22 @@ def _apply_routes(
         return None
     rule = match.rule
     spec = rule.spec
+    # From here the stream is the route's, in its metrics too: also when the rule
+    # itself answers or the backend it picks fails.
+    stream.via = spec.route
     if spec.error is not None:
-        pair.reply(500, f"{rule.label}: {spec.error}")
+        stream.fail(500, f"{rule.label}: {spec.error}")
         return None
     if spec.redirect is not None or spec.rewrite is not None:
-        pair.reply(501, f"{rule.label}: redirects and rewrites are not applied to HTTP/2")
+        stream.fail(501, f"{rule.label}: redirects and rewrites are not applied to HTTP/2")
         return None
     backend = rule.pick()
     if backend is None:
-        pair.reply(500, f"{rule.label}: every backendRef has weight 0")
+        stream.fail(500, f"{rule.label}: every backendRef has weight 0")
         return None
     target = backend.target
     if backend.error is not None or target is None:
-        pair.reply(500, f"{rule.label}: {backend.error}")
+        stream.fail(500, f"{rule.label}: {backend.error}")
         return None
     if rule.request_edit is not None or backend.request_edit is not None:
         pseudo = [(n, v) for n, v in headers if n[:1] == b":"]
@@ -316,7 +474,7 @@ def _apply_routes(
         if backend.request_edit is not None:
             plain = backend.request_edit.apply(plain)
         headers = pseudo + [(n.lower(), v) for n, v in plain]
-    return target, headers, spec.route
+    return target, headers, spec.timeout
 
 
 class InboundH2:

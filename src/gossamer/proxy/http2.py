@@ -294,16 +294,18 @@ class StreamPair:
         conn = down.conn
         assert conn is not None
         log.warning("%s", reason)
+        started = self.status or conn.closed
+        if not started:
+            self.status = status  # set first: cancelling upstream may end the pair
         up = self.up
         if up.conn is not None:
             up.conn.reset(up, h2.errors.ErrorCodes.CANCEL)
         drop_pending(up)
         down.other = None
-        if self.status or conn.closed:
+        if started:
             conn.reset(down, h2.errors.ErrorCodes.INTERNAL_ERROR)
             self.finish()
             return
-        self.status = status
         body = reason.encode("utf-8", "replace") + b"\n"
         try:
             conn.h2.send_headers(
@@ -325,26 +327,33 @@ class StreamPair:
     def reply_grpc(self, code: int, reason: str) -> None:
         """Answer a gRPC call with a proxy-made error, the way gRPC clients read one: a
         trailers-only response (HTTP 200, `grpc-status`, `grpc-message`), with
-        `gossamer-error` as well. Nothing has gone upstream."""
+        `gossamer-error` as well. A stream already opened upstream is cancelled."""
         down = self.down
         conn = down.conn
         assert conn is not None
         log.warning("%s", reason)
-        drop_pending(self.up)
+        grpc_status = b"%d" % code
+        started = self.status or conn.closed
+        if not started:
+            # Set first: cancelling upstream may end the pair, which counts it.
+            self.status = 200
+            self.grpc_status = grpc_status
+        up = self.up
+        if up.conn is not None:
+            up.conn.reset(up, h2.errors.ErrorCodes.CANCEL)
+        drop_pending(up)
         down.other = None
-        if self.status or conn.closed:
+        if started:
             conn.reset(down, h2.errors.ErrorCodes.INTERNAL_ERROR)
             self.finish()
             return
-        self.status = 200
-        self.grpc_status = b"%d" % code
         try:
             conn.h2.send_headers(
                 down.stream_id,
                 [
                     (b":status", b"200"),
                     (b"content-type", b"application/grpc"),
-                    (b"grpc-status", self.grpc_status),
+                    (b"grpc-status", grpc_status),
                     (b"grpc-message", _grpc_message(reason)),
                     (b"gossamer-error", reason.encode("ascii", "replace")),
                 ],

@@ -105,6 +105,9 @@ class LocalRoute:
     port: int
     balancer: Balancer[Pool]
     pool: AppPool
+    # The port's appProtocol says gRPC: the app speaks nothing but HTTP/2, and an
+    # HTTP/1.1 request to it is answered by the proxy (not translated).
+    grpc_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +249,14 @@ class InboundSide:
         if not authorizer.allows_everything and not self._authorize(ex, route, authorizer):
             return
         ex.route = route
+        if route.grpc_only:
+            ex.fail(
+                502,
+                f"the app on port {route.port} is declared appProtocol grpc, which speaks "
+                "only HTTP/2, and HTTP/1.1 is not translated to HTTP/2: call it with a gRPC "
+                "client or HTTP/2 (h2c prior knowledge)",
+            )
+            return
         ex.balancer = route.balancer
         ex.forward()
 

@@ -1,0 +1,181 @@
+"""Policies on HTTP/2 streams through real proxies, with a real grpcio server and client:
+FaultPolicy, a route's request timeout, CircuitBreakerPolicy and OutlierPolicy act on
+gRPC calls as on HTTP/1.1 requests, answer the way gRPC clients read, and every stream
+is counted, also those the proxy answers itself."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from gossamer.proxy.dataplane import DataPlane
+from tests.proxy.conftest import Pki, Workload, fast_config
+from tests.proxy.test_e2e_grpc import grpc_workload
+from tests.proxy.test_route_metrics import counts, series
+from tests.proxy.test_traffic import Traffic, httproute, policy, ref, resilience_counts
+
+SERVICE = "test.Policies"
+
+
+def _sleep(request: bytes, context: grpc.ServicerContext) -> bytes:
+    time.sleep(min(float(request or b"0"), 5.0))
+    return b"slept"
+
+
+def _unavailable(request: bytes, context: grpc.ServicerContext) -> bytes:
+    context.abort(grpc.StatusCode.UNAVAILABLE, "down for maintenance")
+    return b""  # pragma: no cover - abort raises
+
+
+def _ok(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return b"ok"
+
+
+@dataclass
+class Mesh:
+    traffic: Traffic
+    address: str
+
+    def call(self, method: str, payload: bytes = b"", authority: str = "echo") -> str:
+        """One unary call: its answer, or its status code and details."""
+        options = [("grpc.default_authority", authority)]
+        with grpc.insecure_channel(self.address, options=options) as channel:
+            unary = channel.unary_unary(f"/{SERVICE}/{method}")
+            try:
+                return unary(payload, timeout=10).decode()
+            except grpc.RpcError as e:
+                return f"{e.code().name}: {e.details()}"
+
+    async def calls(self, fn: Callable[[], Any]) -> Any:
+        return await asyncio.wait_for(asyncio.to_thread(fn), 60)
+
+
+@pytest_asyncio.fixture
+async def mesh(pki: Pki) -> AsyncIterator[Mesh]:
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Sleep": grpc.unary_unary_rpc_method_handler(_sleep),
+            "Unavailable": grpc.unary_unary_rpc_method_handler(_unavailable),
+            "Ok": grpc.unary_unary_rpc_method_handler(_ok),
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    proxy = await grpc_workload(pki, "v1", port)
+    client = DataPlane(fast_config(), on_interest=lambda key: None)
+    try:
+        await client.start()
+        client.set_credentials(pki.issue("default", "web"))
+        traffic = Traffic(pki, client, services={"echo": ["v1"]})
+        traffic.workloads["v1"] = Workload("v1", None, proxy, pki.identity("default", "echo"))  # type: ignore[arg-type]
+        assert client.outbound_address is not None
+        host, outbound = client.outbound_address
+        yield Mesh(traffic, f"{host}:{outbound}")
+    finally:
+        await client.close()
+        await proxy.close()
+        server.stop(None)
+
+
+@pytest.mark.asyncio
+async def test_a_fault_abort_answers_grpc_unavailable_and_is_counted(mesh: Mesh) -> None:
+    mesh.traffic.apply(policy("FaultPolicy", {"abort": {"httpStatus": 503, "percent": 100}}))
+
+    got = await mesh.calls(lambda: mesh.call("Ok"))
+
+    assert got.startswith("UNAVAILABLE: fault injected: abort with 503")
+    assert counts(mesh.traffic.client.metrics.render()) == {
+        series(dst_service="echo", code="200", grpc_status="14"): 1
+    }
+
+
+@pytest.mark.asyncio
+async def test_a_route_request_timeout_ends_a_slow_call_with_deadline_exceeded(
+    mesh: Mesh,
+) -> None:
+    mesh.traffic.apply(
+        httproute("slow", [{"backendRefs": [ref("echo")], "timeouts": {"request": "300ms"}}])
+    )
+
+    started = time.monotonic()
+    slow = await mesh.calls(lambda: mesh.call("Sleep", b"3"))
+    elapsed = time.monotonic() - started
+    fast = await mesh.calls(lambda: mesh.call("Sleep", b"0"))
+
+    assert slow.startswith("DEADLINE_EXCEEDED: request timeout: echo.default:80 did not answer")
+    assert elapsed < 2.5  # the proxy's 300 ms, not the server's 3 s
+    assert fast == "slept"
+    labels = {"route_namespace": "default", "route_name": "slow"}
+    assert counts(mesh.traffic.client.metrics.render()) == {
+        series(dst_service="echo", code="200", grpc_status="4", **labels): 1,
+        series(dst_service="echo", code="200", grpc_status="0", **labels): 1,
+    }
+
+
+@pytest.mark.asyncio
+async def test_the_circuit_breaker_refuses_a_stream_over_max_requests(mesh: Mesh) -> None:
+    mesh.traffic.apply(policy("CircuitBreakerPolicy", {"maxRequests": 1}))
+    results: list[str] = []
+
+    def two_calls() -> list[str]:
+        first = threading.Thread(target=lambda: results.append(mesh.call("Sleep", b"1.5")))
+        first.start()
+        time.sleep(0.5)  # the first call is in flight at the server
+        second = mesh.call("Ok")
+        first.join()
+        return [*results, second]
+
+    slow, refused = await mesh.calls(two_calls)
+    after = await mesh.calls(lambda: mesh.call("Ok"))
+
+    assert slow == "slept"
+    assert refused.startswith("UNAVAILABLE: circuit breaker: echo.default:80 has 1 requests")
+    assert after == "ok"  # the slot came back when the first call ended
+
+
+@pytest.mark.asyncio
+async def test_outlier_detection_ejects_an_endpoint_answering_unavailable(mesh: Mesh) -> None:
+    mesh.traffic.apply(
+        policy("OutlierPolicy", {"consecutiveFailures": 2, "baseEjectionTime": "30s"})
+    )
+
+    got = await mesh.calls(lambda: [mesh.call("Unavailable") for _ in range(2)])
+
+    assert got == ["UNAVAILABLE: down for maintenance"] * 2
+    assert resilience_counts(mesh.traffic) == {"retries": 0, "budget_exhausted": 0, "ejections": 1}
+
+
+@pytest.mark.asyncio
+async def test_a_stream_for_an_unknown_host_is_counted_to_unknown(mesh: Mesh) -> None:
+    mesh.traffic.apply()
+
+    got = await mesh.calls(lambda: mesh.call("Ok", authority="nowhere.default"))
+
+    assert got.startswith("UNIMPLEMENTED") or got.startswith("UNAVAILABLE"), got
+    statuses = Counter(labels for labels in counts(mesh.traffic.client.metrics.render()) if labels)
+    assert len(statuses) == 1
+    (only,) = statuses
+    assert ("dst_service", "unknown") in only
+
+
+@pytest.mark.asyncio
+async def test_http1_to_a_port_declared_grpc_gets_a_clear_error(mesh: Mesh) -> None:
+    mesh.traffic.apply()
+
+    status, head, _ = await mesh.traffic.get("/")
+
+    assert status == 502
+    assert "declared appProtocol grpc, which speaks only HTTP/2" in head["gossamer-error"]
