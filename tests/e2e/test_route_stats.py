@@ -69,6 +69,28 @@ spec:
     - type: URLRewrite
       urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /status/500}}
     backendRefs: [{name: meter, port: 80}]
+---
+# Nothing calls meter-grpc: it is here for the dashboard to list its route and policy.
+apiVersion: v1
+kind: Service
+metadata: {name: meter-grpc, namespace: shop}
+spec: {selector: {app: meter}, ports: [{name: grpc, port: 80, targetPort: http}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: calls, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: meter-grpc}]
+  rules:
+  - matches: [{method: {service: shop.Meter}}]
+    backendRefs: [{name: meter-grpc, port: 80}]
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: CircuitBreakerPolicy
+metadata: {name: meter-grpc, namespace: shop}
+spec:
+  targetRefs: [{group: "", kind: Service, name: meter-grpc}]
+  maxRequests: 1000
 """
 # path → (status, how many times)
 SENT = {"/a/x": (200, 5), "/b/200": (200, 3), "/b/503": (503, 2), "/c": (500, 4)}
@@ -231,5 +253,20 @@ def test_the_dashboards_service_page_shows_each_routes_rows(routed: Routed) -> N
         ("pages", "meter.shop"): ("100.00%", "5"),
         ("pages", "meter-canary.shop"): ("60.00%", "5"),
     }, dom[-3000:]
+    assert "data-js-errors" not in dom
+    assert "Uncaught" not in log
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium")
+def test_the_dashboard_lists_grpcroutes_and_traffic_policies_of_a_service(
+    routed: Routed,
+) -> None:
+    dom, log = dump_dom(routed.cp.api + "/#/service/shop/meter-grpc")
+    assert 'data-page="service"' in dom, dom[-3000:]
+    assert re.search(r'<tr data-route="shop/calls"><td>GRPCRoute</td><td>calls</td>', dom), dom[
+        -3000:
+    ]
+    assert 'data-policy="CircuitBreakerPolicy/meter-grpc"' in dom, dom[-3000:]
+    assert 'data-route="shop/pages"' not in dom  # it names meter in its parentRefs
     assert "data-js-errors" not in dom
     assert "Uncaught" not in log

@@ -302,28 +302,44 @@ function parentsName(route, ns, name) {
     p.name === name && (p.namespace || routeNs) === ns && (!p.kind || p.kind === "Service"));
 }
 
+// The kinds that attach to a Service: routes by parentRefs, policies by targetRefs.
+const ROUTE_KINDS = { HTTPRoute: "httproutes", GRPCRoute: "grpcroutes", TCPRoute: "tcproutes" };
+const POLICY_KINDS = ["retrypolicies", "outlierpolicies", "circuitbreakerpolicies", "faultpolicies"];
+
+async function listAll(plurals, query) {
+  const lists = await Promise.all(plurals.map((p) => optional(`/v1/resources/${p}${query || ""}`)));
+  return { items: lists.flatMap((l) => l.items) };
+}
+
+function targetsName(policy, ns, name) {
+  return policy.metadata.namespace === ns && ((policy.spec || {}).targetRefs || []).some((t) =>
+    t.name === name && (!t.kind || t.kind === "Service"));
+}
+
 async function deleteRoute(route) {
   const m = route.metadata;
-  if (!confirm(`Delete HTTPRoute ${m.namespace}/${m.name}?`)) return;
+  if (!confirm(`Delete ${route.kind} ${m.namespace}/${m.name}?`)) return;
   try {
-    await api(`/v1/resources/httproutes/${encodeURIComponent(m.namespace)}/${encodeURIComponent(m.name)}`, { method: "DELETE" });
-    banner(`Deleted HTTPRoute ${m.namespace}/${m.name}.`);
+    await api(`/v1/resources/${ROUTE_KINDS[route.kind]}/${encodeURIComponent(m.namespace)}/${encodeURIComponent(m.name)}`, { method: "DELETE" });
+    banner(`Deleted ${route.kind} ${m.namespace}/${m.name}.`);
     refresh();
   } catch (e) {
-    banner(`Could not delete HTTPRoute ${m.namespace}/${m.name}: ${e.message}`, "error");
+    banner(`Could not delete ${route.kind} ${m.namespace}/${m.name}: ${e.message}`, "error");
   }
 }
 
 async function servicePage(ns, name) {
   const w = encodeURIComponent(state.window);
   const q = `namespace=${encodeURIComponent(ns)}&name=${encodeURIComponent(name)}`;
-  const [stat, edges, routeStats, series, routes, policies, svcs, workloads, proxies] = await Promise.all([
+  const nsQuery = `?namespace=${encodeURIComponent(ns)}`;
+  const [stat, edges, routeStats, series, routes, authz, traffic, svcs, workloads, proxies] = await Promise.all([
     api(`/v1/stats/services?window=${w}&${q}`),
     api(`/v1/stats/edges?window=${w}&${q}`),
     api(`/v1/stats/routes?window=${w}`),
     api(`/v1/stats/series?view=service&${q}&window=15m&step=15s`),
-    optional("/v1/resources/httproutes"),
-    optional(`/v1/resources/authorizationpolicies?namespace=${encodeURIComponent(ns)}`),
+    listAll(Object.values(ROUTE_KINDS)),
+    optional(`/v1/resources/authorizationpolicies${nsQuery}`),
+    listAll(POLICY_KINDS, nsQuery),
     optional(`/v1/resources/services?namespace=${encodeURIComponent(ns)}`),
     optional(`/v1/resources/workloads?namespace=${encodeURIComponent(ns)}`),
     api("/v1/proxies"),
@@ -333,6 +349,7 @@ async function servicePage(ns, name) {
   const members = svc ? workloads.items.filter((wl) => selects(svc.spec.selector, wl.metadata.labels)) : [];
   const proxyOf = new Map(proxies.items.map((p) => [p.namespace + "/" + p.workload, p]));
   const attached = routes.items.filter((r) => parentsName(r, ns, name));
+  const policies = [...authz.items, ...traffic.items.filter((p) => targetsName(p, ns, name))];
   const admin = isAdmin();
   const card = (label, value, cls) => h("div", { class: "card" }, h("div", { class: "label" }, label),
     h("div", { class: "value " + (cls || "") }, value));
@@ -367,8 +384,8 @@ async function servicePage(ns, name) {
             h("td", {}, rs ? num(rs.rps, 1) : "–"), h("td", {}, rs ? ms(rs.p99_ms) : "–"),
             h("td", {}, rs ? String(rs.requests) : "–"),
             h("td", {}, admin && i === 0 ? h("button", { class: "danger", type: "button", onclick: () => deleteRoute(r) }, "Delete") : null)));
-        }))) : h("p", { class: "muted" }, "No HTTPRoute names this service in its parentRefs."),
-      policies.items.length ? h("ul", {}, policies.items.map((p) => h("li", {}, `${p.kind} ${p.metadata.namespace}/${p.metadata.name}`))) : null),
+        }))) : h("p", { class: "muted" }, "No HTTPRoute, GRPCRoute or TCPRoute names this service in its parentRefs."),
+      policies.length ? h("ul", {}, policies.map((p) => h("li", { "data-policy": `${p.kind}/${p.metadata.name}` }, `${p.kind} ${p.metadata.namespace}/${p.metadata.name}`))) : null),
     panel("Workloads and certificates",
       members.length ? h("table", {},
         h("thead", {}, h("tr", {}, ["Workload", "Address", "Ready", "Identity", "Certificate expires in", "Snapshot"].map((t) => h("th", {}, t)))),
