@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Gossamer's benchmark: one HTTP/1.1 keep-alive workload, three ways, in one run.
+"""Gossamer's benchmark: one workload, three ways, in one run.
+
+The workload is HTTP/1.1 keep-alive (the default) or gRPC unary calls over HTTP/2
+(--workload grpc, see below).
 
   direct    load generator → nginx
   gossamer  load generator → client proxy (plain HTTP, Host: echo.bench)
@@ -11,6 +14,13 @@ Each setup gets a short warm-up, a max-throughput run (wrk, fixed keep-alive
 connections) and a fixed-rate run (h2load --h1 --rps, open loop per connection,
 1,000 rps by default) during which each proxy's resident memory is sampled.
 Results are printed as a table and written as JSON (bench/results/latest.json).
+
+--workload grpc: the backend is nginx speaking h2c (a static gRPC answer with the
+trailer grpc-status 0), the proxies carry HTTP/2 on both hops (Gossamer: h2c in,
+ALPN gossamer/h2 over mTLS, h2c to the app, whose Service port says appProtocol grpc;
+Envoy: h2c in, h2 over TLS 1.3, h2c out), and h2load sends unary calls with gRPC
+framing over --grpc-connections connections of --grpc-streams concurrent streams for
+--duration seconds. Each setup's answer is checked to be proper gRPC first.
 
 Needs: nginx, wrk and h2load (Debian: nginx-light wrk nghttp2-client; installed
 with apt-get when missing and run as root, unless --no-install) and, for the envoy
@@ -40,7 +50,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 try:
-    from benchlib import loadgen, setups
+    from benchlib import grpc, loadgen, setups
     from benchlib.procs import (
         BenchError,
         CpuMeter,
@@ -56,8 +66,11 @@ except ModuleNotFoundError as err:
     )
 
 SETUPS = ("direct", "gossamer", "envoy")
+BASELINE = "gossamer-baseline"  # with --baseline-src
+WORKLOADS = ("http1", "grpc")
 APT_PACKAGES = {"nginx": "nginx-light", "wrk": "wrk", "h2load": "nghttp2-client"}
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+GRPC_RESULTS = RESULTS.with_name("grpc-latest.json")
 
 # Targets for Gossamer, printed beside the figures.
 TARGET_THROUGHPUT_VS_ENVOY = 1.5
@@ -74,6 +87,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="bench/run.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--workload",
+        choices=WORKLOADS,
+        default="http1",
+        help="http1: HTTP/1.1 keep-alive (wrk and h2load --h1); grpc: gRPC unary calls "
+        "over HTTP/2 (h2load) (default: http1)",
+    )
+    p.add_argument(
+        "--grpc-connections",
+        type=int,
+        default=4,
+        help="--workload grpc: h2load connections (default: 4)",
+    )
+    p.add_argument(
+        "--grpc-streams",
+        type=int,
+        default=16,
+        help="--workload grpc: concurrent streams per connection, h2load -m (default: 16)",
+    )
+    p.add_argument(
+        "--baseline-src",
+        type=Path,
+        metavar="DIR",
+        help="also measure the Gossamer of another checkout (its src directory, put first "
+        "on PYTHONPATH) as the setup gossamer-baseline, in the same run as this one: "
+        "a before/after comparison whose ratio holds on a drifting machine",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record each gossamer proxy with py-spy (pip install py-spy) during its "
+        "first throughput measurement, as flame-graph-ready collapsed stacks in DIR; "
+        "the sampling costs CPU, so those figures are not comparable",
     )
     p.add_argument(
         "--only",
@@ -117,8 +165,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--json",
         type=Path,
-        default=RESULTS,
-        help=f"where to write the results (default: {RESULTS})",
+        help=f"where to write the results (default: {RESULTS}, or {GRPC_RESULTS.name} "
+        "beside it for --workload grpc)",
     )
     p.add_argument(
         "--keep",
@@ -144,16 +192,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="exit 1 when Gossamer misses a target (default: report only)",
     )
     args = p.parse_args(argv)
+    if args.json is None:
+        args.json = GRPC_RESULTS if args.workload == "grpc" else RESULTS
     args.setups = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.setups if s not in SETUPS]
     if unknown or not args.setups:
         p.error(f"--only: unknown setup(s) {', '.join(unknown) or '(none)'}; pick from {SETUPS}")
+    if args.baseline_src is not None:
+        if not (args.baseline_src / "gossamer" / "__init__.py").is_file():
+            p.error(f"--baseline-src: no gossamer package in {args.baseline_src}")
+        at = args.setups.index("gossamer") + 1 if "gossamer" in args.setups else 0
+        args.setups.insert(at, BASELINE)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
     if args.duration < 1 or args.warmup < 0:
         p.error("--duration must be at least 1 and --warmup not negative")
     if args.rate < 1 or args.rate_connections < 1 or args.rate % args.rate_connections:
         p.error("--rate must be a positive multiple of --rate-connections")
+    if args.grpc_connections < 1 or args.grpc_streams < 1:
+        p.error("--grpc-connections and --grpc-streams must be at least 1")
+    # Gossamer carries every call over one connection per hop, whose peer allows
+    # 256 concurrent streams (and the backend 1,024): more would be refused, not queued.
+    if args.grpc_connections * args.grpc_streams > 256:
+        p.error("--grpc-connections x --grpc-streams must be at most 256")
     return args
 
 
@@ -349,6 +410,74 @@ def measure(
     }
 
 
+def _py_spy(profile: Path, target: setups.Target, seconds: float) -> list[subprocess.Popen[bytes]]:
+    """Start py-spy on each proxy of ``target``: collapsed stacks, one file per proxy."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        _die("--profile needs py-spy: pip install py-spy")
+    profile.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for name, proc in target.proxies.items():
+        out = profile / (name.replace(" ", "-") + ".collapsed")
+        argv = [py_spy, "record", "--pid", str(proc.pid), "--duration", str(max(1, round(seconds)))]
+        # Sampling without stopping the process, 200 times a second.
+        argv += ["--rate", "200", "--nonblocking", "--format", "raw", "--output", str(out)]
+        spies.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return spies
+
+
+def measure_grpc(
+    label: str,
+    target: setups.Target,
+    backend: Proc,
+    tools: Tools,
+    args: argparse.Namespace,
+    body: Path,
+    log: Path,
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    """The gRPC workload: closed-loop unary calls (h2load) and the CPU each process used."""
+    c, m = args.grpc_connections, args.grpc_streams
+    if args.warmup > 0:
+        progress(f"{label}: warming up ({args.warmup:g} s)…")
+        grpc.h2load(tools.h2load, target.port, c, m, args.warmup, body)
+    proxies = {k: p.pid for k, p in target.proxies.items()}
+    support = {k: p.pid for k, p in target.support.items()}
+    progress(f"{label}: measuring gRPC unary calls, {c} conns x {m} streams ({args.duration:g} s)…")
+    spies = _py_spy(profile, target, args.duration) if profile is not None else []
+    try:
+        with CpuMeter({**proxies, **support, "nginx": backend.pid}) as cpu:
+            load = grpc.h2load(tools.h2load, target.port, c, m, args.duration, body, log)
+    finally:
+        for spy in spies:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spy.wait(timeout=30)
+            if spy.poll() is None:
+                spy.kill()
+                spy.wait()
+    if spies:
+        progress(f"{label}: py-spy profiles in {profile}")
+    log.unlink(missing_ok=True)  # one line per call: large, and parsed already
+
+    def usage(k: str) -> dict[str, float]:
+        percent = cpu.percent[k]
+        return {
+            "cpu_percent": percent,
+            # CPU time per call (µs): how much of a core one call costs this process,
+            # which a shared machine's noise moves less than throughput.
+            "cpu_us_per_call": percent / 100 * 1e6 / load.rps if load.rps else math.nan,
+        }
+
+    return {
+        "throughput": load.to_json(),
+        "proxies": {k: usage(k) for k in proxies},
+        "support": {k: usage(k) for k in support},
+        "backend_cpu_percent": cpu.percent["nginx"],
+        "loadgen_cpu_percent": cpu.loadgen_percent,
+        "others_cpu_percent": cpu.others_percent,
+    }
+
+
 def _settle(args: argparse.Namespace, label: str) -> None:
     if args.wait_quiet <= 0:
         return
@@ -367,21 +496,50 @@ def run_setups(
     args: argparse.Namespace, tools: Tools, procs: Processes, work: Path
 ) -> dict[str, dict[str, Any]]:
     """Start every setup, then measure them in turn, ``--rounds`` times over."""
-    progress("starting the backend (nginx)…")
-    backend_port, backend = setups.start_backend(procs, tools.nginx, work)
+    is_grpc = args.workload == "grpc"
+    if is_grpc:
+        progress("starting the backend (nginx, h2c, gRPC answers)…")
+        backend_port, backend = grpc.start_backend(procs, tools.nginx, work)
+        body = grpc.write_request_body(work)
+    else:
+        progress("starting the backend (nginx)…")
+        backend_port, backend = setups.start_backend(procs, tools.nginx, work)
     targets: dict[str, setups.Target] = {}
     failed: dict[str, dict[str, Any]] = {}
+    checks: dict[str, dict[str, Any]] = {}
     for name in args.setups:
         progress(f"{name}: starting…")
         mark = len(procs.procs)
         try:
             if name == "direct":
                 targets[name] = setups.Target(port=backend_port)
-            elif name == "gossamer":
-                targets[name] = setups.start_gossamer(procs, backend_port, work)
+            elif name in ("gossamer", BASELINE):
+                src = args.baseline_src if name == BASELINE else None
+                targets[name] = (
+                    setups.start_gossamer(
+                        procs,
+                        backend_port,
+                        work,
+                        service_yaml=setups.GRPC_SERVICE_YAML,
+                        ready_check=grpc.call_ok,
+                        name=name,
+                        src=src,
+                    )
+                    if is_grpc
+                    else setups.start_gossamer(procs, backend_port, work, name=name, src=src)
+                )
             else:
                 assert tools.envoy is not None
-                targets[name] = setups.start_envoy(procs, tools.envoy, backend_port, work)
+                targets[name] = (
+                    setups.start_envoy(
+                        procs, tools.envoy, backend_port, work, http2=True, ready_check=grpc.call_ok
+                    )
+                    if is_grpc
+                    else setups.start_envoy(procs, tools.envoy, backend_port, work)
+                )
+            if is_grpc:
+                # Proper gRPC end to end (the trailer too), before any number counts.
+                checks[name] = grpc.verify(targets[name].port, name)
         except BenchError as err:
             progress(f"{name}: FAILED to start: {err}")
             failed[name] = {"error": str(err)}
@@ -401,10 +559,14 @@ def run_setups(
                 label += f" (round {r}/{args.rounds})"
             _settle(args, label)
             mine = [backend, *target.proxies.values(), *target.support.values()]
+            profile = args.profile if r == 1 and name == "gossamer" else None
             try:
                 try:
-                    result = measure(
-                        label, target, backend, tools, args, work / f"h2load-{name}-{r}.log"
+                    log = work / f"h2load-{name}-{r}.log"
+                    result = (
+                        measure_grpc(label, target, backend, tools, args, body, log, profile)
+                        if is_grpc
+                        else measure(label, target, backend, tools, args, log)
                     )
                 except BenchError:
                     procs.check_alive(mine)  # a process that died explains it better
@@ -422,6 +584,8 @@ def run_setups(
             results[name] = failed[name]
         else:
             results[name] = combine(rounds[name])
+            if name in checks:
+                results[name]["checks"] = checks[name]
     return results
 
 
@@ -437,7 +601,19 @@ def _combine_values(key: str, values: list[Any]) -> Any:
 
 # Counts add up over rounds; memory keeps its maximum; everything else is the median.
 SUMMED = frozenset(
-    {"requests", "errors", "non_2xx", "delayed_sends", "connect", "read", "write", "timeout"}
+    {
+        "requests",
+        "errors",
+        "non_2xx",
+        "delayed_sends",
+        "connect",
+        "read",
+        "write",
+        "timeout",
+        "succeeded",
+        "failed",
+        "errored",
+    }
 )
 
 
@@ -699,6 +875,182 @@ def render(
     return "\n".join(parts)
 
 
+# ---- reporting: the gRPC workload ----------------------------------------------------
+
+
+def summarize_grpc(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Gossamer's figures over Envoy's and over direct's: throughput, latency, CPU."""
+    ok = {k: v for k, v in results.items() if "error" not in v}
+
+    def get(setup: str, key: str) -> float | None:
+        return float(ok[setup]["throughput"][key]) if setup in ok else None
+
+    def cpu_per_call(setup: str) -> float | None:
+        if setup not in ok or not ok[setup]["proxies"]:
+            return None
+        return sum(float(p["cpu_us_per_call"]) for p in ok[setup]["proxies"].values())
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    ratios: dict[str, dict[str, float | None]] = {}
+    for peer in ("envoy", "direct"):
+        ratios[f"gossamer/{peer}"] = {
+            "throughput_rps": ratio(get("gossamer", "rps"), get(peer, "rps")),
+            "p50_ms": ratio(get("gossamer", "p50_ms"), get(peer, "p50_ms")),
+            "p99_ms": ratio(get("gossamer", "p99_ms"), get(peer, "p99_ms")),
+        }
+    ratios["gossamer/envoy"]["proxy_cpu_per_call"] = ratio(
+        cpu_per_call("gossamer"), cpu_per_call("envoy")
+    )
+    if BASELINE in ok:
+        ratios[f"gossamer/{BASELINE}"] = {
+            "throughput_rps": ratio(get("gossamer", "rps"), get(BASELINE, "rps")),
+            "p50_ms": ratio(get("gossamer", "p50_ms"), get(BASELINE, "p50_ms")),
+            "p99_ms": ratio(get("gossamer", "p99_ms"), get(BASELINE, "p99_ms")),
+            "proxy_cpu_per_call": ratio(cpu_per_call("gossamer"), cpu_per_call(BASELINE)),
+        }
+        ratios[f"{BASELINE}/envoy"] = {
+            "throughput_rps": ratio(get(BASELINE, "rps"), get("envoy", "rps")),
+            "p50_ms": ratio(get(BASELINE, "p50_ms"), get("envoy", "p50_ms")),
+            "p99_ms": ratio(get(BASELINE, "p99_ms"), get("envoy", "p99_ms")),
+            "proxy_cpu_per_call": ratio(cpu_per_call(BASELINE), cpu_per_call("envoy")),
+        }
+    return ratios
+
+
+def render_grpc(
+    results: dict[str, dict[str, Any]],
+    ratios: dict[str, dict[str, float | None]],
+    args: argparse.Namespace,
+) -> str:
+    c, m = args.grpc_connections, args.grpc_streams
+    rows: list[list[str]] = []
+    for name, r in results.items():
+        if "error" in r:
+            rows.append([name, "FAILED", *["-"] * 8])
+            continue
+        t = r["throughput"]
+        rows.append(
+            [
+                name,
+                _f(t["rps"], ",.0f"),
+                _f(t["p50_ms"]),
+                _f(t["p90_ms"]),
+                _f(t["p99_ms"]),
+                f"{t['succeeded']:,}",
+                str(t["errors"]),
+                f"{_f(r['backend_cpu_percent'], '.0f')}%",
+                f"{_f(r['loadgen_cpu_percent'], '.0f')}%",
+                f"{_f(r['others_cpu_percent'], '.0f')}%",
+            ]
+        )
+    parts = [
+        (f"medians of {args.rounds} rounds; " if args.rounds > 1 else "")
+        + f"gRPC unary calls: h2load -c{c} -m{m} ({c * m} calls in flight), "
+        f"{args.duration:g} s (latencies in ms; errors = non-2xx + failed + errored; "
+        "CPU in % of one core; other = processes this run did not start)",
+        _table(
+            [
+                "setup",
+                "calls/s",
+                "p50",
+                "p90",
+                "p99",
+                "ok calls",
+                "errors",
+                "nginx CPU",
+                "h2load CPU",
+                "other CPU",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    proxy_rows = [
+        [
+            name,
+            proxy,
+            _f(p["cpu_percent"], ".0f") + "%",
+            _f(p["cpu_us_per_call"], ".1f"),
+        ]
+        for name, r in results.items()
+        if "error" not in r
+        for proxy, p in [*r["proxies"].items(), *r.get("support", {}).items()]
+    ]
+    if proxy_rows:
+        parts += [
+            "proxies (CPU = % of one core during the measurement; per call = CPU µs per call)",
+            _table(["setup", "process", "CPU", "CPU µs/call"], proxy_rows, right_from=2),
+            "",
+        ]
+    cols = ["throughput_rps", "p50_ms", "p99_ms", "proxy_cpu_per_call"]
+    ratio_rows = [
+        [pair, *("-" if v.get(k) is None else _f(v[k], ".2f") + "x" for k in cols)]
+        for pair, v in ratios.items()
+        if any(v.get(k) is not None for k in cols)
+    ]
+    if ratio_rows:
+        parts += [
+            "ratios (calls/s: higher is better; latency and CPU per call: lower is better)",
+            _table(["", "calls/s", "p50", "p99", "proxy CPU/call"], ratio_rows),
+        ]
+    notes = []
+    for name, r in results.items():
+        if "error" in r:
+            notes.append(f"{name} FAILED: {r['error'].splitlines()[0]}")
+            continue
+        t = r["throughput"]
+        if t["errors"]:
+            notes.append(
+                f"{name}: {t['non_2xx']} non-2xx, {t['failed']} failed, {t['errored']} errored"
+            )
+        if r["others_cpu_percent"] > BUSY_WARNING_PERCENT:
+            notes.append(
+                f"{name}: processes this run did not start used "
+                f"{r['others_cpu_percent']:.0f}% of a core meanwhile; its numbers are noisy"
+            )
+    if notes:
+        parts += ["", "notes", *(f"  - {n}" for n in notes)]
+    return "\n".join(parts)
+
+
+def report_grpc(
+    results: dict[str, dict[str, Any]], facts: dict[str, Any], args: argparse.Namespace
+) -> int:
+    ratios = summarize_grpc(results)
+    print()
+    print(render_grpc(results, ratios, args))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "machine": facts,
+        "settings": {
+            "workload": "grpc",
+            "setups": args.setups,
+            "baseline_src": None if args.baseline_src is None else str(args.baseline_src),
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "rounds": args.rounds,
+            "load": {
+                "tool": "h2load",
+                "connections": args.grpc_connections,
+                "streams_per_connection": args.grpc_streams,
+                "method": grpc.METHOD,
+                "request_bytes": len(grpc.grpc_message(grpc.REQUEST_PAYLOAD)),
+                "response_bytes": len(grpc.grpc_message(grpc.RESPONSE_PAYLOAD)),
+            },
+            "backend": "nginx, 1 worker, h2c, static gRPC answer + trailer grpc-status 0",
+            "gossamer": "h2c in, ALPN gossamer/h2 over mTLS 1.3, h2c to the app (appProtocol grpc)",
+            "envoy": "static bootstrap, --concurrency 1, h2c in, h2 over TLS 1.3 mTLS, h2c out",
+        },
+        "results": results,
+        "ratios": ratios,
+    }
+    args.json.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nresults written to {args.json}")
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
 # ---- main -----------------------------------------------------------------------------
 
 
@@ -713,7 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _interrupt)
     work = Path(tempfile.mkdtemp(prefix="gossamer-bench-"))
     procs = Processes(work)
-    progress(f"gossamer bench: {', '.join(args.setups)}; work dir {work}")
+    progress(f"gossamer bench ({args.workload}): {', '.join(args.setups)}; work dir {work}")
     results: dict[str, dict[str, Any]] = {}
     try:
         facts = machine_facts(tools)
@@ -741,6 +1093,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
+    if args.workload == "grpc":
+        return report_grpc(results, facts, args)
     summary = summarize(results)
     print()
     print(render(results, summary, args))

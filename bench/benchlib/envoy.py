@@ -4,6 +4,10 @@ Two Envoys mirror Gossamer's two proxies: a client Envoy with a plain HTTP/1.1
 listener routing ``echo.bench`` to a cluster that speaks TLS 1.3 with a client
 certificate to the server Envoy, which requires and verifies client certificates and
 forwards to the backend. Both run one worker (``--concurrency 1``) and log no access.
+
+With ``http2`` (the gRPC workload) every hop is HTTP/2 instead: h2c with prior
+knowledge into the client Envoy, h2 over the same TLS 1.3 (ALPN ``h2``) between the
+two, and h2c to the backend; Envoy's own HTTP/2 defaults otherwise.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ _UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.U
 _DOWNSTREAM_TLS = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 )
+_HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,9 @@ def _certificates(tls: TlsFiles) -> list[dict[str, Any]]:
     ]
 
 
-def _http_listener(name: str, port: int, cluster: str, domains: list[str]) -> dict[str, Any]:
+def _http_listener(
+    name: str, port: int, cluster: str, domains: list[str], http2: bool = False
+) -> dict[str, Any]:
     return {
         "name": name,
         "address": _address(port),
@@ -91,7 +98,7 @@ def _http_listener(name: str, port: int, cluster: str, domains: list[str]) -> di
                         "typed_config": {
                             "@type": _HCM,
                             "stat_prefix": name,
-                            "codec_type": "HTTP1",
+                            "codec_type": "HTTP2" if http2 else "HTTP1",
                             # No access_log: none is configured, so none is written.
                             "route_config": {
                                 "name": name,
@@ -122,8 +129,8 @@ def _http_listener(name: str, port: int, cluster: str, domains: list[str]) -> di
     }
 
 
-def _cluster(name: str, port: int) -> dict[str, Any]:
-    return {
+def _cluster(name: str, port: int, http2: bool = False) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -132,11 +139,25 @@ def _cluster(name: str, port: int) -> dict[str, Any]:
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(port)}}]}],
         },
     }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            _HTTP_PROTOCOL_OPTIONS: {
+                "@type": f"type.googleapis.com/{_HTTP_PROTOCOL_OPTIONS}",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return cluster
 
 
-def server_bootstrap(inbound_port: int, backend_port: int, tls: TlsFiles) -> dict[str, Any]:
+def _alpn(http2: bool) -> dict[str, list[str]]:
+    return {"alpn_protocols": ["h2"]} if http2 else {}
+
+
+def server_bootstrap(
+    inbound_port: int, backend_port: int, tls: TlsFiles, http2: bool = False
+) -> dict[str, Any]:
     """The server side: mTLS listener (client certificate required) → backend."""
-    listener = _http_listener("inbound", inbound_port, "backend", ["*"])
+    listener = _http_listener("inbound", inbound_port, "backend", ["*"], http2)
     listener["filter_chains"][0]["transport_socket"] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
@@ -146,6 +167,7 @@ def server_bootstrap(inbound_port: int, backend_port: int, tls: TlsFiles) -> dic
                 "tls_params": _tls_params(),
                 "tls_certificates": _certificates(tls),
                 "validation_context": {"trusted_ca": {"filename": str(tls.trust_bundle)}},
+                **_alpn(http2),
             },
         },
     }
@@ -153,19 +175,24 @@ def server_bootstrap(inbound_port: int, backend_port: int, tls: TlsFiles) -> dic
         "admin": {"address": _address(0)},
         "static_resources": {
             "listeners": [listener],
-            "clusters": [_cluster("backend", backend_port)],
+            "clusters": [_cluster("backend", backend_port, http2)],
         },
     }
 
 
 def client_bootstrap(
-    outbound_port: int, server_port: int, tls: TlsFiles, server_id: str, host: str
+    outbound_port: int,
+    server_port: int,
+    tls: TlsFiles,
+    server_id: str,
+    host: str,
+    http2: bool = False,
 ) -> dict[str, Any]:
     """The client side: plain HTTP listener for ``host`` → mTLS to the server Envoy.
 
     Like Gossamer's outbound, it checks the server's SPIFFE ID, not just its chain.
     """
-    cluster = _cluster("echo", server_port)
+    cluster = _cluster("echo", server_port, http2)
     cluster["transport_socket"] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
@@ -179,13 +206,16 @@ def client_bootstrap(
                         {"san_type": "URI", "matcher": {"exact": server_id}}
                     ],
                 },
+                **_alpn(http2),
             },
         },
     }
     return {
         "admin": {"address": _address(0)},
         "static_resources": {
-            "listeners": [_http_listener("outbound", outbound_port, "echo", [host, f"{host}:*"])],
+            "listeners": [
+                _http_listener("outbound", outbound_port, "echo", [host, f"{host}:*"], http2)
+            ],
             "clusters": [cluster],
         },
     }

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,14 @@ spec:
   selector: {{app: echo}}
   ports: [{{name: http, port: 80, targetPort: 8080}}]
 """
+# The gRPC workload's Service: appProtocol grpc makes the server proxy speak h2c to
+# the app (without it, HTTP/2 to the app is refused as not declared).
+GRPC_SERVICE_YAML = SERVICE_YAML.replace("name: http,", "name: grpc,").replace(
+    "targetPort: 8080}", "targetPort: 8080, appProtocol: grpc}"
+)
+
+# A check that a request makes the whole trip through a target's port.
+ReadyCheck = Callable[[int], bool]
 
 
 @dataclass
@@ -116,14 +125,27 @@ def _read_when_present(path: Path, what: str, procs: Processes, timeout: float =
     return path.read_text()
 
 
-def start_gossamer(procs: Processes, backend_port: int, work: Path) -> Target:
-    """A control plane, the ``echo`` Service, a server proxy and a client proxy."""
-    directory = work / "gossamer"
+def start_gossamer(
+    procs: Processes,
+    backend_port: int,
+    work: Path,
+    service_yaml: str = SERVICE_YAML,
+    ready_check: ReadyCheck = get_ok,
+    name: str = "gossamer",
+    src: Path | None = None,
+) -> Target:
+    """A control plane, the ``echo`` Service, a server proxy and a client proxy.
+
+    ``src``: run the Gossamer found there (another checkout's ``src``, first on
+    PYTHONPATH) instead of this one, so that two versions are measured in one run.
+    """
+    directory = work / name
     directory.mkdir()
+    env = None if src is None else {**os.environ, "PYTHONPATH": str(src.resolve())}
     data = directory / "cp"
     ready = directory / "cp.ready"
     cp = procs.spawn(
-        "gossamer-control-plane",
+        f"{name}-control-plane",
         _gossamer(
             "control-plane",
             "--data-dir",
@@ -137,6 +159,7 @@ def start_gossamer(procs: Processes, backend_port: int, work: Path) -> Target:
             "--log-level",
             "warning",
         ),
+        env=env,
     )
     lines = dict(
         line.split("=", 1) for line in _read_when_present(ready, "control plane", procs).split()
@@ -145,22 +168,23 @@ def start_gossamer(procs: Processes, backend_port: int, work: Path) -> Target:
     token_file = data / "admin.token"
     applied = subprocess.run(
         _gossamer("apply", "-f", "-", "--server", api, "--token-file", str(token_file)),
-        input=SERVICE_YAML.encode(),
+        input=service_yaml.encode(),
         capture_output=True,
         timeout=60,
         check=False,
+        env=env,
     )
     if applied.returncode != 0:
         raise BenchError(f"gossamer apply failed: {applied.stderr.decode(errors='replace')}")
 
-    def proxy(name: str, sa: str, extra: list[str]) -> tuple[Proc, dict[str, str]]:
-        ready_file = directory / f"{name}.ready.json"
+    def proxy(workload: str, sa: str, extra: list[str]) -> tuple[Proc, dict[str, str]]:
+        ready_file = directory / f"{workload}.ready.json"
         proc = procs.spawn(
-            f"gossamer-proxy-{name}",
+            f"{name}-proxy-{workload}",
             _gossamer(
                 "proxy",
                 "--name",
-                name,
+                workload,
                 "-n",
                 NAMESPACE,
                 "--service-account",
@@ -181,25 +205,27 @@ def start_gossamer(procs: Processes, backend_port: int, work: Path) -> Target:
                 "--token-file",
                 str(token_file),
                 "--state-dir",
-                str(directory / "state" / name),
+                str(directory / "state" / workload),
                 "--ready-file",
                 str(ready_file),
                 "--log-level",
                 "warning",
             ),
+            env=env,
         )
         addresses: dict[str, str] = json.loads(
-            _read_when_present(ready_file, f"gossamer proxy {name}", procs)
+            _read_when_present(ready_file, f"{name} proxy {workload}", procs)
         )
         return proc, addresses
 
-    server, _ = proxy("echo-1", "echo", ["--port", f"http=8080:{backend_port}"])
+    port_name = "grpc" if "appProtocol: grpc" in service_yaml else "http"
+    server, _ = proxy("echo-1", "echo", ["--port", f"{port_name}=8080:{backend_port}"])
     client, client_addr = proxy("client-1", "client", [])
     outbound = int(client_addr["outbound"].rsplit(":", 1)[1])
     # The first request to a service subscribes the client proxy to it; wait until the
     # endpoint has arrived and a request makes the whole trip.
     wait_for(
-        "a request through gossamer", lambda: get_ok(outbound), procs, timeout=30, interval=0.2
+        f"a request through {name}", lambda: ready_check(outbound), procs, timeout=30, interval=0.2
     )
     return Target(
         port=outbound,
@@ -254,9 +280,17 @@ def _envoy_ready(admin: str) -> bool:
 
 
 def start_envoy(
-    procs: Processes, envoy_bin: str, backend_port: int, work: Path, log_level: str = "warning"
+    procs: Processes,
+    envoy_bin: str,
+    backend_port: int,
+    work: Path,
+    log_level: str = "warning",
+    http2: bool = False,
+    ready_check: ReadyCheck = get_ok,
 ) -> Target:
-    """Server Envoy first (its listener port feeds the client's cluster), then the client."""
+    """Server Envoy first (its listener port feeds the client's cluster), then the client.
+
+    ``http2``: HTTP/2 on every hop (h2c in and to the backend, h2 over TLS between)."""
     directory = work / "envoy"
     directory.mkdir()
     tls = envoy.issue_identities(directory, ["echo", "client"])
@@ -271,13 +305,17 @@ def start_envoy(
         wait_for(f"envoy {name}", lambda: _envoy_ready(admin), procs, timeout=30)
         return proc, _listener_port(admin, listener)
 
-    server, inbound = run("server", envoy.server_bootstrap(0, backend_port, tls["echo"]), "inbound")
+    server, inbound = run(
+        "server", envoy.server_bootstrap(0, backend_port, tls["echo"], http2=http2), "inbound"
+    )
     client, outbound = run(
         "client",
-        envoy.client_bootstrap(0, inbound, tls["client"], tls["echo"].spiffe_id, HOST),
+        envoy.client_bootstrap(0, inbound, tls["client"], tls["echo"].spiffe_id, HOST, http2=http2),
         "outbound",
     )
-    wait_for("a request through envoy", lambda: get_ok(outbound), procs, timeout=30, interval=0.2)
+    wait_for(
+        "a request through envoy", lambda: ready_check(outbound), procs, timeout=30, interval=0.2
+    )
     return Target(
         port=outbound,
         proxies={"envoy client": client, "envoy server": server},

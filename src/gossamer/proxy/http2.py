@@ -24,11 +24,15 @@ Where HTTP/2 comes from and goes:
 Headers and data are handed on as h2 decodes them (HPACK state is per connection, so
 header blocks are re-encoded; DATA payloads are passed through uncopied). Trailers
 (gRPC's `grpc-status`) travel as trailers. Bad input closes the connection with the
-error code h2 names (PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR...); a flood
-of control frames (SETTINGS, PING, RST_STREAM) gets ENHANCE_YOUR_CALM. A reset stream
-is reset on its other half; other streams go on. What a stream still had queued when it
-ends early is acknowledged to its sender all the same (`drop_pending`): the
-connection's window is shared by all its streams.
+error code h2 names (PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR...), a
+malformed header block (`malformed`, checked here rather than by h2) with
+PROTOCOL_ERROR; a flood of control frames (SETTINGS, PING, RST_STREAM) gets
+ENHANCE_YOUR_CALM. A reset stream is reset on its other half; other streams go on.
+What a stream still had queued when it ends early is acknowledged to its sender all
+the same (`drop_pending`): the connection's window is shared by all its streams.
+
+Cost (decision 0044): what a read makes a connection send goes out in one write when
+the read is handled (`flush`), and a request's end rides on its last DATA frame.
 """
 
 from __future__ import annotations
@@ -387,7 +391,7 @@ class H2Connection(asyncio.Protocol):
         config = h2.config.H2Configuration(
             client_side=client_side,
             header_encoding=None,
-            # Checked by `malformed` instead: the same rules, a fraction of the cost.
+            # Checked by `malformed` instead: the same rules at about half the cost.
             validate_inbound_headers=False,
             normalize_inbound_headers=False,
             validate_outbound_headers=False,
@@ -426,6 +430,9 @@ class H2Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        outermost = _owed is None
+        if outermost:
+            _begin_read()
         try:
             events = self.h2.receive_data(data)
             for event in events:
@@ -433,8 +440,11 @@ class H2Connection(asyncio.Protocol):
         except h2.exceptions.ProtocolError as e:
             code = getattr(e, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
             self.fail(code, f"HTTP/2 protocol error from {self.name}: {e}")
-            return
-        self.flush()
+        else:
+            self.flush()
+        finally:
+            if outermost:
+                _end_read()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -668,15 +678,23 @@ class H2Connection(asyncio.Protocol):
         self.flush()
 
     def flush(self) -> None:
-        """Have what h2 has to send written at the end of this loop turn.
+        """Have what h2 has to send written once, after the work at hand.
 
         One read can hold many streams' frames, and each event queues frames here or on
-        the stream's other connection; writing per event cost one write (and on TLS one
-        record) each. Deferred to the end of the turn (`call_soon` runs after every
-        callback already due), all of them go out in one write per connection.
+        a stream's other connection; writing per event cost a write (and on TLS a
+        record) each. During a read, the write waits for the read's end, so every
+        connection it touched gets one write (see `_end_read`); otherwise (a callback,
+        a connect completing) for the end of this loop turn (`call_soon`). Writing at
+        the read's end rather than at the turn's lets the next hop start sooner: with
+        calls in flight through two proxies sharing cores, that kept more of them busy
+        (1.16x the calls/s at the same CPU per call; decision 0044).
         """
-        if not self._flush_scheduled and not self.closed:
-            self._flush_scheduled = True
+        if self._flush_scheduled or self.closed:
+            return
+        self._flush_scheduled = True
+        if _owed is not None:
+            _owed.append(self)
+        else:
             asyncio.get_running_loop().call_soon(self._write_out)
 
     def _write_out(self) -> None:
@@ -714,6 +732,24 @@ class _Malformed(h2.exceptions.ProtocolError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"malformed header block: {reason}")
+
+
+# The connections owed a write while a read is handled (None: no read is).
+# One event loop per process, so one list will do; a read handled within another
+# adds to the outer one's list.
+_owed: list[H2Connection] | None = None
+
+
+def _begin_read() -> None:
+    global _owed
+    _owed = []
+
+
+def _end_read() -> None:
+    global _owed
+    owed, _owed = _owed, None
+    for conn in owed or ():
+        conn._write_out()
 
 
 class _Flood(h2.exceptions.ProtocolError):
