@@ -253,6 +253,9 @@ def test_the_dashboards_service_page_shows_each_routes_rows(routed: Routed) -> N
         ("pages", "meter.shop"): ("100.00%", "5"),
         ("pages", "meter-canary.shop"): ("60.00%", "5"),
     }, dom[-3000:]
+    # Each row has a sparkline of its requests per second with traffic in it.
+    sparks = re.findall(r'<tr data-route="shop/\w+">.*?<svg[^>]*data-spark="(\d+)"', dom)
+    assert len(sparks) == 3 and all(int(n) >= 1 for n in sparks), dom[-3000:]
     assert "data-js-errors" not in dom
     assert "Uncaught" not in log
 

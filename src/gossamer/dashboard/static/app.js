@@ -265,6 +265,32 @@ function chart(title, points, field, format, color) {
   return h("div", { class: "chart" }, h("h3", {}, title), svg);
 }
 
+// A route row's requests per second over the last 15 minutes, small enough for a cell.
+function sparkline(points, label) {
+  const W = 120, H = 28, P = 2;
+  const values = points.map((p) => p.rps);
+  const max = Math.max(0.001, ...values.filter((v) => v !== null && v !== undefined));
+  const svg = s("svg", { class: "spark", viewBox: `0 0 ${W} ${H}`, width: W, height: H,
+    role: "img", "aria-label": label, "data-spark": String(points.filter((p) => p.rps).length) });
+  let d = "", pen = false;
+  points.forEach((p, i) => {
+    const v = p.rps;
+    if (v === null || v === undefined) { pen = false; return; }
+    const x = P + (i * (W - 2 * P)) / Math.max(points.length - 1, 1);
+    const y = H - P - (v / max) * (H - 2 * P);
+    d += `${pen ? "L" : "M"} ${x.toFixed(1)} ${y.toFixed(1)} `;
+    pen = true;
+  });
+  if (d) svg.append(s("path", { d, fill: "none", stroke: "#3b5bdb", "stroke-width": 1.5 }));
+  return svg;
+}
+
+function routeSeries(rs) {
+  const q = new URLSearchParams({ view: "route", namespace: rs.service_namespace, name: rs.service,
+    route_namespace: rs.namespace, route_name: rs.name, window: "15m", step: "30s" });
+  return api(`/v1/stats/series?${q}`).then((r) => r.points, () => []);
+}
+
 // ---- pages ---------------------------------------------------------------------
 
 async function overview() {
@@ -350,6 +376,10 @@ async function servicePage(ns, name) {
   const proxyOf = new Map(proxies.items.map((p) => [p.namespace + "/" + p.workload, p]));
   const attached = routes.items.filter((r) => parentsName(r, ns, name));
   const policies = [...authz.items, ...traffic.items.filter((p) => targetsName(p, ns, name))];
+  const shownRows = routeStats.items.filter((x) => attached.some((r) =>
+    r.metadata.name === x.name && r.metadata.namespace === x.namespace));
+  const sparks = new Map(await Promise.all(shownRows.map(async (rs) =>
+    [rs, await routeSeries(rs)])));
   const admin = isAdmin();
   const card = (label, value, cls) => h("div", { class: "card" }, h("div", { class: "label" }, label),
     h("div", { class: "value " + (cls || "") }, value));
@@ -372,7 +402,7 @@ async function servicePage(ns, name) {
       panel("Calls", metricsTable(callees, [{ title: "To", cell: (r) => h("a", { href: svcHref(r.namespace, r.name) }, `${r.name}.${r.namespace}`) }]))),
     panel("Routes and policies",
       attached.length ? h("table", {},
-        h("thead", {}, h("tr", {}, ["Kind", "Name", "Namespace", "To", "Success", "RPS", "P99", "Requests", ""].map((t) => h("th", {}, t)))),
+        h("thead", {}, h("tr", {}, ["Kind", "Name", "Namespace", "To", "Success", "RPS", "P99", "Requests", "Last 15 min", ""].map((t) => h("th", {}, t)))),
         // A route has a stats row per service its calls went to (decision 0031): a line each.
         h("tbody", {}, attached.flatMap((r) => {
           const m = r.metadata;
@@ -383,6 +413,7 @@ async function servicePage(ns, name) {
             h("td", { class: rs ? rateClass(rs.success_rate) : "" }, rs ? pct(rs.success_rate) : "–"),
             h("td", {}, rs ? num(rs.rps, 1) : "–"), h("td", {}, rs ? ms(rs.p99_ms) : "–"),
             h("td", {}, rs ? String(rs.requests) : "–"),
+            h("td", {}, rs && sparks.has(rs) ? sparkline(sparks.get(rs), `${m.name} to ${rs.service}: requests per second`) : null),
             h("td", {}, admin && i === 0 ? h("button", { class: "danger", type: "button", onclick: () => deleteRoute(r) }, "Delete") : null)));
         }))) : h("p", { class: "muted" }, "No HTTPRoute, GRPCRoute or TCPRoute names this service in its parentRefs."),
       policies.length ? h("ul", {}, policies.map((p) => h("li", { "data-policy": `${p.kind}/${p.metadata.name}` }, `${p.kind} ${p.metadata.namespace}/${p.metadata.name}`))) : null),
