@@ -45,6 +45,7 @@ def _ok(request: bytes, context: grpc.ServicerContext) -> bytes:
 class Mesh:
     traffic: Traffic
     address: str
+    served: Counter[str]  # calls the server answered, by method
 
     def call(self, method: str, payload: bytes = b"", authority: str = "echo") -> str:
         """One unary call: its answer, or its status code and details."""
@@ -62,12 +63,26 @@ class Mesh:
 
 @pytest_asyncio.fixture
 async def mesh(pki: Pki) -> AsyncIterator[Mesh]:
+    calls: Counter[str] = Counter()
+
+    def flaky(request: bytes, context: grpc.ServicerContext) -> bytes:
+        """UNAVAILABLE to the first call, then answers."""
+        calls["Flaky"] += 1
+        if calls["Flaky"] == 1:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        return b"ok"
+
+    def unavailable(request: bytes, context: grpc.ServicerContext) -> bytes:
+        calls["Unavailable"] += 1
+        return _unavailable(request, context)
+
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
         {
             "Sleep": grpc.unary_unary_rpc_method_handler(_sleep),
-            "Unavailable": grpc.unary_unary_rpc_method_handler(_unavailable),
+            "Unavailable": grpc.unary_unary_rpc_method_handler(unavailable),
             "Ok": grpc.unary_unary_rpc_method_handler(_ok),
+            "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
         },
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
@@ -83,7 +98,7 @@ async def mesh(pki: Pki) -> AsyncIterator[Mesh]:
         traffic.workloads["v1"] = Workload("v1", None, proxy, pki.identity("default", "echo"))  # type: ignore[arg-type]
         assert client.outbound_address is not None
         host, outbound = client.outbound_address
-        yield Mesh(traffic, f"{host}:{outbound}")
+        yield Mesh(traffic, f"{host}:{outbound}", calls)
     finally:
         await client.close()
         await proxy.close()
@@ -179,3 +194,53 @@ async def test_http1_to_a_port_declared_grpc_gets_a_clear_error(mesh: Mesh) -> N
 
     assert status == 502
     assert "declared appProtocol grpc, which speaks only HTTP/2" in head["gossamer-error"]
+
+
+RETRY = {"attempts": 2, "retryOn": ["gateway-error"], "backoff": {"baseInterval": "1ms"}}
+
+
+@pytest.mark.asyncio
+async def test_a_retry_policy_sends_a_grpc_call_again_after_unavailable(mesh: Mesh) -> None:
+    mesh.traffic.apply(policy("RetryPolicy", RETRY))
+
+    got = await mesh.calls(lambda: mesh.call("Flaky", b"x" * 1000))
+
+    assert got == "ok"
+    assert mesh.served["Flaky"] == 2
+    assert resilience_counts(mesh.traffic)["retries"] == 1
+    assert counts(mesh.traffic.client.metrics.render()) == {
+        series(dst_service="echo", code="200", grpc_status="0"): 1
+    }
+
+
+@pytest.mark.asyncio
+async def test_retries_stop_after_the_policys_attempts(mesh: Mesh) -> None:
+    mesh.traffic.apply(policy("RetryPolicy", RETRY))
+
+    got = await mesh.calls(lambda: mesh.call("Unavailable"))
+
+    assert got == "UNAVAILABLE: down for maintenance"
+    assert mesh.served["Unavailable"] == 3  # the call and two retries
+    assert resilience_counts(mesh.traffic)["retries"] == 2
+
+
+@pytest.mark.asyncio
+async def test_a_call_too_big_to_keep_is_not_retried(mesh: Mesh) -> None:
+    mesh.traffic.apply(policy("RetryPolicy", RETRY))
+
+    got = await mesh.calls(lambda: mesh.call("Flaky", b"x" * 100_000))
+
+    assert got == "UNAVAILABLE: warming up"
+    assert mesh.served["Flaky"] == 1
+    assert resilience_counts(mesh.traffic)["retries"] == 0
+
+
+@pytest.mark.asyncio
+async def test_a_route_rules_retry_applies_to_grpc_calls(mesh: Mesh) -> None:
+    rule = {"backendRefs": [ref("echo")], "retry": {"attempts": 1, "codes": [503]}}
+    mesh.traffic.apply(httproute("calls", [rule]))
+
+    got = await mesh.calls(lambda: mesh.call("Flaky"))
+
+    assert got == "ok"
+    assert mesh.served["Flaky"] == 2

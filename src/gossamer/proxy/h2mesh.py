@@ -30,7 +30,8 @@ from gossamer.proxy.http2 import (
     forwardable,
     header,
 )
-from gossamer.proxy.httpproxy import ConnectError
+from gossamer.proxy.httpproxy import MAX_ATTEMPTS, ConnectError
+from gossamer.proxy.resilience import IDEMPOTENT
 from gossamer.proxy.routing import NoRoute, Route
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from gossamer.proxy.dataplane import DataPlane
     from gossamer.proxy.inbound import AppPool, LocalRoute
     from gossamer.proxy.outbound import PeerPool
-    from gossamer.proxy.resilience import Limits
+    from gossamer.proxy.resilience import Limits, RetryPolicy
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -200,12 +201,20 @@ def _count_unrouted(dp: DataPlane, pair: StreamPair, request: StreamRequest | No
 class _OutboundStream:
     """One stream from the app to a service port, as an HTTP/1.1 exchange goes: the
     service's FaultPolicy, its HTTPRoutes or GRPCRoutes (match, header edits, weighted
-    backend, the rule's request timeout), then the backend's CircuitBreakerPolicy and
-    OutlierPolicy, and an endpoint. Counted from the moment the service is known, also
-    when the proxy answers it itself. Retries, mirrors, redirects and rewrites are not
-    applied to HTTP/2 (decision 0040)."""
+    backend, the rule's request timeout), then the backend's CircuitBreakerPolicy,
+    OutlierPolicy and RetryPolicy (or the rule's `retry`), and an endpoint. Counted
+    from the moment the service is known, also when the proxy answers it itself.
+    Mirrors, redirects and rewrites are not applied to HTTP/2 (decision 0040).
+
+    A retry sends the whole request again to another endpoint when the answer's status
+    is one the policy retries, or a gRPC call ends at once with UNAVAILABLE (gRPC's
+    503) and the policy retries 503: only a gRPC call or an idempotent method, whose
+    request has ended and whose DATA fits REPLAY_LIMIT (kept as it passes), within the
+    retry budget; and when an endpoint cannot be connected to, another is tried.
+    """
 
     __slots__ = (
+        "connects",
         "dp",
         "grpc",
         "headers",
@@ -214,8 +223,12 @@ class _OutboundStream:
         "owner",
         "pair",
         "request",
+        "retries",
+        "retry",
+        "retry_timer",
         "route",
         "timer",
+        "tried",
         "via",
     )
 
@@ -238,6 +251,11 @@ class _OutboundStream:
         self.load: EndpointLoad | None = None
         self.limits: Limits | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.retry: RetryPolicy | None = None
+        self.retry_timer: asyncio.TimerHandle | None = None
+        self.retries = 0
+        self.connects = 0
+        self.tried = -1
         pair.on_done = self._done
         if request is not None:
             request.route = route
@@ -272,13 +290,20 @@ class _OutboundStream:
 
     def _routes(self) -> None:
         route = self.route
+        retry = route.retry
         if route.router is not None:
             routed = _apply_routes(self, route, self.headers)
             if routed is None:
                 return
-            self.route, self.headers, timeout = routed
+            self.route, self.headers, timeout, rule_retry = routed
+            retry = rule_retry or retry
             if timeout is not None:
                 self.timer = self.dp.loop.call_later(timeout, self._timed_out, timeout)
+        method = header(self.headers, b":method") or b""
+        if retry is not None and (self.grpc or method in IDEMPOTENT):
+            self.retry = retry
+            self.pair.replay = []
+            self.pair.on_response = self._on_response
         self._forward()
 
     def _timed_out(self, seconds: float) -> None:
@@ -291,7 +316,7 @@ class _OutboundStream:
             )
 
     def _forward(self) -> None:
-        route, pair, dp = self.route, self.pair, self.dp
+        route = self.route
         limits = route.limits
         if limits is not None and limits.max_requests is not None:
             if limits.active >= limits.max_requests:
@@ -303,11 +328,18 @@ class _OutboundStream:
                 return
             limits.active += 1
             self.limits = limits
+        self._attach()
+
+    def _attach(self) -> None:
+        """Open the stream to an endpoint (another than the last, when there is one)."""
+        route, pair, dp = self.route, self.pair, self.dp
         balancer = route.balancer
-        i = balancer.pick(dp.loop.time())
+        i = balancer.pick(dp.loop.time(), exclude=self.tried if len(balancer) > 1 else -1)
         if i < 0:
             self.fail(503, f"no endpoints for {route.label}")
             return
+        self.tried = i
+        self.connects += 1
         pool = balancer.items[i]
         load = self.load = balancer.loads[i]
         load.outstanding += 1
@@ -338,8 +370,13 @@ class _OutboundStream:
             if isinstance(result, ConnectError):
                 if result.eject:
                     load.connect_failed(dp.loop.time())
-                    self._outlier(failed=True)
-                self.fail(result.status, f"{route.label}: {result.reason}")
+                self._let_go(failed=True if result.eject else None)
+                # Nothing was sent: any stream may go to another endpoint.
+                if self.connects < min(MAX_ATTEMPTS, len(balancer)):
+                    log.warning("%s: %s; trying another endpoint", route.label, result.reason)
+                    self._attach()
+                else:
+                    self.fail(result.status, f"{route.label}: {result.reason}")
                 return
             if load.failures:
                 load.connected()
@@ -347,9 +384,44 @@ class _OutboundStream:
 
         self.owner.links.get(pool, pool.name, opener, then)
 
-    def _outlier(self, failed: bool) -> None:
-        outlier, load = self.route.outlier, self.load
-        if outlier is None or load is None:
+    def _on_response(self, pair: StreamPair, status: int, grpc_status: bytes | None) -> bool:
+        """A response head from upstream: True when it is dropped for a retry."""
+        retry = self.retry
+        if retry is None or pair.replay is None or not pair.down.recv_end:
+            return False
+        failed = status in retry.codes or (grpc_status == b"14" and 503 in retry.codes)
+        if not failed or self.retries >= retry.attempts:
+            return False
+        if not retry.withdraw(self.dp.loop.time()):
+            return False
+        self.retries += 1
+        self._let_go(failed=True)
+        what = f"grpc-status {grpc_status.decode()}" if grpc_status == b"14" else str(status)
+        log.info("%s: answered %s; retrying", self.route.label, what)
+        pair.restart_upstream()
+        self.connects = 0
+        delay = retry.counted_backoff(self.retries)
+        if delay > 0:
+            self.retry_timer = self.dp.loop.call_later(delay, self._retry_now)
+        else:
+            self._retry_now()
+        return True
+
+    def _retry_now(self) -> None:
+        self.retry_timer = None
+        if not self.pair.done:
+            self._attach()
+
+    def _let_go(self, failed: bool | None) -> None:
+        """The current try's endpoint is done with: its load, and outlier detection's
+        verdict (None: none, as when the client went away before an answer)."""
+        load = self.load
+        if load is None:
+            return
+        self.load = None
+        load.outstanding -= 1
+        outlier = self.route.outlier
+        if outlier is None or failed is None:
             return
         now = self.dp.loop.time()
         if not failed:
@@ -361,20 +433,18 @@ class _OutboundStream:
         dp = self.dp
         now = dp.loop.time()
         seconds = now - p.started
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        for timer in (self.timer, self.retry_timer):
+            if timer is not None:
+                timer.cancel()
+        self.timer = self.retry_timer = None
         if self.limits is not None:
             self.limits.active -= 1
             self.limits = None
         load = self.load
-        if load is not None:
-            load.outstanding -= 1
-            if p.status:
-                load.observe(seconds, now)
-                grpc_failed = p.grpc_status == b"%d" % GRPC_UNAVAILABLE
-                self._outlier(failed=p.status >= 500 or grpc_failed)
-            self.load = None
+        if load is not None and p.status:
+            load.observe(seconds, now)
+        grpc_failed = p.grpc_status == b"%d" % GRPC_UNAVAILABLE
+        self._let_go(failed=p.status >= 500 or grpc_failed if p.status else None)
         route = self.route
         grpc = grpc_status_label(p.grpc_status)
         if grpc is None:
@@ -430,10 +500,10 @@ def serve(
 
 def _apply_routes(
     stream: _OutboundStream, route: Route[PeerPool], headers: Headers
-) -> tuple[Route[PeerPool], Headers, float | None] | None:
+) -> tuple[Route[PeerPool], Headers, float | None, RetryPolicy | None] | None:
     """The service port's HTTPRoutes or GRPCRoutes, as for HTTP/1.1: match, header
-    edits, a backend by weight, and the rule's request timeout. Sets `stream.via` to
-    the matched route's "namespace/name" for the metrics; None when it answered."""
+    edits, a backend by weight, the rule's request timeout and retry. Sets `stream.via`
+    to the matched route's "namespace/name" for the metrics; None when it answered."""
     router = route.router
     assert router is not None
     method = header(headers, b":method") or b"GET"
@@ -474,7 +544,7 @@ def _apply_routes(
         if backend.request_edit is not None:
             plain = backend.request_edit.apply(plain)
         headers = pseudo + [(n.lower(), v) for n, v in plain]
-    return target, headers, spec.timeout
+    return target, headers, spec.timeout, rule.retry
 
 
 class InboundH2:

@@ -57,6 +57,9 @@ log = logging.getLogger("gossamer.proxy")
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _PREFACE_LINE: Final = PREFACE[:18]
 
+# A request whose DATA is at most this long may be sent again by a retry (Linkerd's
+# 64 KiB, as for HTTP/1.1).
+REPLAY_LIMIT: Final = 64 * 1024
 # What this proxy lets a peer send ahead, per stream and per connection.
 STREAM_WINDOW: Final = 256 * 1024
 CONNECTION_WINDOW: Final = 4 * 1024 * 1024
@@ -258,7 +261,18 @@ class StreamPair:
     `status` and `grpc_status` are what came back; `on_done` lets the side count it.
     """
 
-    __slots__ = ("done", "down", "grpc_status", "on_done", "started", "status", "up")
+    __slots__ = (
+        "done",
+        "down",
+        "grpc_status",
+        "on_done",
+        "on_response",
+        "replay",
+        "replay_size",
+        "started",
+        "status",
+        "up",
+    )
 
     def __init__(self, down_conn: H2Connection, stream_id: int, started: float) -> None:
         self.down = _Half(down_conn, stream_id, self)
@@ -269,7 +283,45 @@ class StreamPair:
         self.grpc_status: bytes | None = None
         self.on_done: Callable[[StreamPair], None] | None = None
         self.done = False
+        # Retries (proxy.h2mesh): the request's DATA kept to send again, while it fits
+        # REPLAY_LIMIT (None: not kept), and a look at each response head before it
+        # goes downstream, which may take the response over (True) to try again.
+        self.replay: list[bytes] | None = None
+        self.replay_size = 0
+        self.on_response: Callable[[StreamPair, int, bytes | None], bool] | None = None
         down_conn.halves[stream_id] = self.down
+
+    def keep(self, data: bytes) -> None:
+        """Keep a copy of request DATA for a retry, or give up keeping when too big."""
+        replay = self.replay
+        if replay is not None:
+            self.replay_size += len(data)
+            if self.replay_size > REPLAY_LIMIT:
+                self.replay = None
+            else:
+                replay.append(data)
+
+    def restart_upstream(self) -> None:
+        """Cancel the upstream stream (the pair goes on) and queue the whole request
+        again, for `attach` to another (or the same) connection: a retry."""
+        replay = self.replay
+        assert replay is not None
+        old = self.up
+        drop_pending(old)
+        if old.conn is not None:
+            old.conn.halves.pop(old.stream_id, None)
+            if not old.conn.closed:
+                with contextlib.suppress(h2.exceptions.H2Error):
+                    old.conn.h2.reset_stream(old.stream_id, h2.errors.ErrorCodes.CANCEL)
+                old.conn.flush()
+        old.other = None
+        up = self.up = _Half(None, 0, self)
+        up.other, self.down.other = self.down, up
+        # Acknowledged to the client when first sent: nothing to acknowledge again.
+        up.pending.extend([data, 0] for data in replay)
+        up.ended = self.down.recv_end
+        self.status = 0
+        self.grpc_status = None
 
     def attach(self, up_conn: H2Connection, headers: Headers) -> None:
         """Open the upstream stream and send the request head (and what is queued)."""
@@ -478,7 +530,11 @@ class H2Connection(asyncio.Protocol):
             if other is None:
                 self.h2.acknowledge_received_data(event.flow_controlled_length or 0, stream_id)
                 return
-            other.pending.append([event.data or b"", event.flow_controlled_length or 0])
+            data = event.data or b""
+            other.pending.append([data, event.flow_controlled_length or 0])
+            pair = other.pair
+            if pair.replay is not None and other is pair.up:
+                pair.keep(data)
             if other.conn is not None:
                 if event.stream_ended is not None and not other.sent_end:
                     # The end rides on this DATA frame: send it on the last one too,
@@ -509,6 +565,9 @@ class H2Connection(asyncio.Protocol):
             ended = event.stream_ended is not None
             if ended:
                 pair.grpc_status = header(headers, b"grpc-status")
+            hook = pair.on_response
+            if hook is not None and hook(pair, pair.status, pair.grpc_status):
+                return  # tried again: this response goes nowhere
             other = half.other
             assert other.conn is not None
             try:
@@ -533,6 +592,8 @@ class H2Connection(asyncio.Protocol):
             trailers = forwardable(trailers)
             if half.pair.up is half:
                 half.pair.grpc_status = header(trailers, b"grpc-status")
+            else:
+                half.pair.replay = None  # request trailers: not sent again
             other = half.other
             other.trailers = trailers
             other.ended = True
