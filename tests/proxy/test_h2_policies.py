@@ -72,6 +72,13 @@ async def mesh(pki: Pki) -> AsyncIterator[Mesh]:
             context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
         return b"ok"
 
+    def slow_once(request: bytes, context: grpc.ServicerContext) -> bytes:
+        """The first call takes 3 s, then they answer at once."""
+        calls["SlowOnce"] += 1
+        if calls["SlowOnce"] == 1:
+            time.sleep(3.0)
+        return b"ok"
+
     def unavailable(request: bytes, context: grpc.ServicerContext) -> bytes:
         calls["Unavailable"] += 1
         return _unavailable(request, context)
@@ -83,6 +90,7 @@ async def mesh(pki: Pki) -> AsyncIterator[Mesh]:
             "Unavailable": grpc.unary_unary_rpc_method_handler(unavailable),
             "Ok": grpc.unary_unary_rpc_method_handler(_ok),
             "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
+            "SlowOnce": grpc.unary_unary_rpc_method_handler(slow_once),
         },
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
@@ -244,3 +252,29 @@ async def test_a_route_rules_retry_applies_to_grpc_calls(mesh: Mesh) -> None:
 
     assert got == "ok"
     assert mesh.served["Flaky"] == 2
+
+
+@pytest.mark.asyncio
+async def test_a_per_try_timeout_sends_a_stuck_call_again(mesh: Mesh) -> None:
+    spec = {"attempts": 1, "perTryTimeout": "300ms", "backoff": {"baseInterval": "1ms"}}
+    mesh.traffic.apply(policy("RetryPolicy", spec))
+
+    started = time.monotonic()
+    got = await mesh.calls(lambda: mesh.call("SlowOnce"))
+
+    assert got == "ok"
+    assert time.monotonic() - started < 2.5  # the second try, not the first's 3 s
+    assert mesh.served["SlowOnce"] == 2
+    assert resilience_counts(mesh.traffic)["retries"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_backend_request_timeout_ends_a_slow_call(mesh: Mesh) -> None:
+    rule = {"backendRefs": [ref("echo")], "timeouts": {"backendRequest": "300ms"}}
+    mesh.traffic.apply(httproute("calls", [rule]))
+
+    got = await mesh.calls(lambda: mesh.call("Sleep", b"3"))
+
+    assert got.startswith(
+        "DEADLINE_EXCEEDED: backend request timeout: echo.default:80 did not answer in 0.3s"
+    )

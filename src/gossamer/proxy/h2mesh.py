@@ -210,10 +210,13 @@ class _OutboundStream:
     is one the policy retries, or a gRPC call ends at once with UNAVAILABLE (gRPC's
     503) and the policy retries 503: only a gRPC call or an idempotent method, whose
     request has ended and whose DATA fits REPLAY_LIMIT (kept as it passes), within the
-    retry budget; and when an endpoint cannot be connected to, another is tried.
+    retry budget; also when a try has no response head within the per-try timeout
+    (timeouts.backendRequest, else perTryTimeout). When an endpoint cannot be
+    connected to, another is tried.
     """
 
     __slots__ = (
+        "backend_timeout",
         "connects",
         "dp",
         "grpc",
@@ -229,6 +232,7 @@ class _OutboundStream:
         "route",
         "timer",
         "tried",
+        "try_timer",
         "via",
     )
 
@@ -253,6 +257,9 @@ class _OutboundStream:
         self.timer: asyncio.TimerHandle | None = None
         self.retry: RetryPolicy | None = None
         self.retry_timer: asyncio.TimerHandle | None = None
+        # Per try: the rule's timeouts.backendRequest, else the retry's perTryTimeout.
+        self.backend_timeout: float | None = None
+        self.try_timer: asyncio.TimerHandle | None = None
         self.retries = 0
         self.connects = 0
         self.tried = -1
@@ -295,7 +302,7 @@ class _OutboundStream:
             routed = _apply_routes(self, route, self.headers)
             if routed is None:
                 return
-            self.route, self.headers, timeout, rule_retry = routed
+            self.route, self.headers, timeout, self.backend_timeout, rule_retry = routed
             retry = rule_retry or retry
             if timeout is not None:
                 self.timer = self.dp.loop.call_later(timeout, self._timed_out, timeout)
@@ -304,6 +311,8 @@ class _OutboundStream:
             self.retry = retry
             self.pair.replay = []
             self.pair.on_response = self._on_response
+            if self.backend_timeout is None:
+                self.backend_timeout = retry.per_try
         self._forward()
 
     def _timed_out(self, seconds: float) -> None:
@@ -381,23 +390,44 @@ class _OutboundStream:
             if load.failures:
                 load.connected()
             pair.attach(result, fwd)
+            if self.backend_timeout is not None and not pair.done:
+                self.try_timer = dp.loop.call_later(
+                    self.backend_timeout, self._try_timed_out, self.backend_timeout
+                )
 
         self.owner.links.get(pool, pool.name, opener, then)
 
     def _on_response(self, pair: StreamPair, status: int, grpc_status: bytes | None) -> bool:
         """A response head from upstream: True when it is dropped for a retry."""
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
         retry = self.retry
-        if retry is None or pair.replay is None or not pair.down.recv_end:
+        if retry is None:
             return False
         failed = status in retry.codes or (grpc_status == b"14" and 503 in retry.codes)
-        if not failed or self.retries >= retry.attempts:
+        what = f"grpc-status {grpc_status.decode()}" if grpc_status == b"14" else str(status)
+        return failed and self._try_again(f"answered {what}")
+
+    def _try_timed_out(self, seconds: float) -> None:
+        self.try_timer = None
+        pair = self.pair
+        if pair.done or pair.status:
+            return
+        reason = f"backend request timeout: {self.route.label} did not answer in {seconds:g}s"
+        if not self._try_again(reason):
+            self.fail(504, reason, GRPC_DEADLINE_EXCEEDED)
+
+    def _try_again(self, reason: str) -> bool:
+        """Send the request again, if the retry policy, its budget and the request allow."""
+        retry, pair = self.retry, self.pair
+        if retry is None or pair.replay is None or not pair.down.recv_end:
             return False
-        if not retry.withdraw(self.dp.loop.time()):
+        if self.retries >= retry.attempts or not retry.withdraw(self.dp.loop.time()):
             return False
         self.retries += 1
         self._let_go(failed=True)
-        what = f"grpc-status {grpc_status.decode()}" if grpc_status == b"14" else str(status)
-        log.info("%s: answered %s; retrying", self.route.label, what)
+        log.info("%s: %s; retrying", self.route.label, reason)
         pair.restart_upstream()
         self.connects = 0
         delay = retry.counted_backoff(self.retries)
@@ -433,10 +463,10 @@ class _OutboundStream:
         dp = self.dp
         now = dp.loop.time()
         seconds = now - p.started
-        for timer in (self.timer, self.retry_timer):
+        for timer in (self.timer, self.retry_timer, self.try_timer):
             if timer is not None:
                 timer.cancel()
-        self.timer = self.retry_timer = None
+        self.timer = self.retry_timer = self.try_timer = None
         if self.limits is not None:
             self.limits.active -= 1
             self.limits = None
@@ -500,9 +530,9 @@ def serve(
 
 def _apply_routes(
     stream: _OutboundStream, route: Route[PeerPool], headers: Headers
-) -> tuple[Route[PeerPool], Headers, float | None, RetryPolicy | None] | None:
+) -> tuple[Route[PeerPool], Headers, float | None, float | None, RetryPolicy | None] | None:
     """The service port's HTTPRoutes or GRPCRoutes, as for HTTP/1.1: match, header
-    edits, a backend by weight, the rule's request timeout and retry. Sets `stream.via`
+    edits, a backend by weight, the rule's request and backend timeouts and retry. Sets `stream.via`
     to the matched route's "namespace/name" for the metrics; None when it answered."""
     router = route.router
     assert router is not None
@@ -544,7 +574,7 @@ def _apply_routes(
         if backend.request_edit is not None:
             plain = backend.request_edit.apply(plain)
         headers = pseudo + [(n.lower(), v) for n, v in plain]
-    return target, headers, spec.timeout, rule.retry
+    return target, headers, spec.timeout, spec.backend_timeout, rule.retry
 
 
 class InboundH2:
