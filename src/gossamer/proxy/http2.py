@@ -344,15 +344,21 @@ class StreamPair:
             up.sent_end = True
         up_conn.pump(up)
 
-    def reply(self, status: int, reason: str) -> None:
-        """Answer the downstream stream with a proxy-made error (`gossamer-error`)."""
+    def _take_over(
+        self, reason: str, status: int, grpc_status: bytes | None
+    ) -> H2Connection | None:
+        """Stop the upstream stream so that the proxy answers the client itself: the
+        client's connection to answer on, or None when a response had begun (the
+        client's stream is reset instead)."""
         down = self.down
         conn = down.conn
         assert conn is not None
         log.warning("%s", reason)
         started = self.status or conn.closed
         if not started:
-            self.status = status  # set first: cancelling upstream may end the pair
+            # Set first: cancelling upstream may end the pair, which counts it.
+            self.status = status
+            self.grpc_status = grpc_status
         up = self.up
         if up.conn is not None:
             up.conn.reset(up, h2.errors.ErrorCodes.CANCEL)
@@ -361,7 +367,15 @@ class StreamPair:
         if started:
             conn.reset(down, h2.errors.ErrorCodes.INTERNAL_ERROR)
             self.finish()
+            return None
+        return conn
+
+    def reply(self, status: int, reason: str) -> None:
+        """Answer the downstream stream with a proxy-made error (`gossamer-error`)."""
+        conn = self._take_over(reason, status, None)
+        if conn is None:
             return
+        down = self.down
         body = reason.encode("utf-8", "replace") + b"\n"
         try:
             conn.h2.send_headers(
@@ -384,25 +398,11 @@ class StreamPair:
         """Answer a gRPC call with a proxy-made error, the way gRPC clients read one: a
         trailers-only response (HTTP 200, `grpc-status`, `grpc-message`), with
         `gossamer-error` as well. A stream already opened upstream is cancelled."""
-        down = self.down
-        conn = down.conn
-        assert conn is not None
-        log.warning("%s", reason)
         grpc_status = b"%d" % code
-        started = self.status or conn.closed
-        if not started:
-            # Set first: cancelling upstream may end the pair, which counts it.
-            self.status = 200
-            self.grpc_status = grpc_status
-        up = self.up
-        if up.conn is not None:
-            up.conn.reset(up, h2.errors.ErrorCodes.CANCEL)
-        drop_pending(up)
-        down.other = None
-        if started:
-            conn.reset(down, h2.errors.ErrorCodes.INTERNAL_ERROR)
-            self.finish()
+        conn = self._take_over(reason, 200, grpc_status)
+        if conn is None:
             return
+        down = self.down
         try:
             conn.h2.send_headers(
                 down.stream_id,
