@@ -278,3 +278,27 @@ async def test_a_backend_request_timeout_ends_a_slow_call(mesh: Mesh) -> None:
     assert got.startswith(
         "DEADLINE_EXCEEDED: backend request timeout: echo.default:80 did not answer in 0.3s"
     )
+
+
+@pytest.mark.asyncio
+async def test_a_call_whose_upstream_connection_is_lost_is_sent_again(mesh: Mesh) -> None:
+    spec = {"attempts": 1, "retryOn": ["reset"], "backoff": {"baseInterval": "1ms"}}
+    mesh.traffic.apply(policy("RetryPolicy", spec))
+    server_proxy = mesh.traffic.workloads["v1"].proxy
+
+    async def cut_when_called() -> None:
+        while mesh.served["SlowOnce"] == 0:
+            await asyncio.sleep(0.02)
+        for conn in list(server_proxy.h2_connections):
+            assert conn.transport is not None
+            conn.transport.abort()
+
+    cutter = asyncio.create_task(cut_when_called())
+    started = time.monotonic()
+    got = await mesh.calls(lambda: mesh.call("SlowOnce"))
+    await cutter
+
+    assert got == "ok"
+    assert time.monotonic() - started < 2.5  # the retry's answer, not the first try's
+    assert mesh.served["SlowOnce"] == 2
+    assert resilience_counts(mesh.traffic)["retries"] == 1

@@ -211,8 +211,9 @@ class _OutboundStream:
     503) and the policy retries 503: only a gRPC call or an idempotent method, whose
     request has ended and whose DATA fits REPLAY_LIMIT (kept as it passes), within the
     retry budget; also when a try has no response head within the per-try timeout
-    (timeouts.backendRequest, else perTryTimeout). When an endpoint cannot be
-    connected to, another is tried.
+    (timeouts.backendRequest, else perTryTimeout), or (retryOn `reset` or `5xx`)
+    when its stream is reset or its connection lost before one. When an endpoint
+    cannot be connected to, another is tried.
     """
 
     __slots__ = (
@@ -311,6 +312,8 @@ class _OutboundStream:
             self.retry = retry
             self.pair.replay = []
             self.pair.on_response = self._on_response
+            if retry.on_reset:
+                self.pair.on_reset = self._on_reset
             if self.backend_timeout is None:
                 self.backend_timeout = retry.per_try
         self._forward()
@@ -408,6 +411,13 @@ class _OutboundStream:
         failed = status in retry.codes or (grpc_status == b"14" and 503 in retry.codes)
         what = f"grpc-status {grpc_status.decode()}" if grpc_status == b"14" else str(status)
         return failed and self._try_again(f"answered {what}")
+
+    def _on_reset(self, pair: StreamPair) -> bool:
+        """The upstream stream was reset or its connection lost before an answer."""
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        return self._try_again("reset before answering")
 
     def _try_timed_out(self, seconds: float) -> None:
         self.try_timer = None

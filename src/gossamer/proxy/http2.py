@@ -266,6 +266,7 @@ class StreamPair:
         "down",
         "grpc_status",
         "on_done",
+        "on_reset",
         "on_response",
         "replay",
         "replay_size",
@@ -289,6 +290,9 @@ class StreamPair:
         self.replay: list[bytes] | None = None
         self.replay_size = 0
         self.on_response: Callable[[StreamPair, int, bytes | None], bool] | None = None
+        # The upstream stream was reset, or its connection lost, before an answer:
+        # True when the side sent the request again instead.
+        self.on_reset: Callable[[StreamPair], bool] | None = None
         down_conn.halves[stream_id] = self.down
 
     def keep(self, data: bytes) -> None:
@@ -505,6 +509,8 @@ class H2Connection(asyncio.Protocol):
             pair = half.pair
             other = half.other
             if half is pair.up and not pair.status:
+                if pair.on_reset is not None and pair.on_reset(pair):
+                    continue
                 pair.reply(502, f"upstream reset: {self.name} closed the connection")
             elif other is not None and other.conn is not None:
                 other.conn.reset(other, h2.errors.ErrorCodes.CANCEL)
@@ -618,6 +624,10 @@ class H2Connection(asyncio.Protocol):
             self._control_frame()
             half = self.halves.pop(event.stream_id or 0, None)
             if half is not None:
+                pair = half.pair
+                on_reset = pair.on_reset if half is pair.up and not pair.status else None
+                if on_reset is not None and on_reset(pair):
+                    return
                 other = half.other
                 if other is not None and other.conn is not None:
                     other.conn.reset(other, event.error_code or h2.errors.ErrorCodes.CANCEL)
