@@ -1,12 +1,18 @@
-"""Flags and failure handling shared by the CLI's commands."""
+"""Flags and failure handling shared by the CLI's commands.
+
+Light on purpose: `gossamer run` stays resident beside every workload as the
+supervisor of its proxy and app, and imports this; the API client (urllib, ssl, http)
+is loaded only by the commands that call the control plane.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from gossamer.cli.client import ApiError, Client
+if TYPE_CHECKING:
+    from gossamer.cli.client import Client
 
 
 def add_server_flags(p: argparse.ArgumentParser) -> None:
@@ -31,7 +37,16 @@ def add_output_flag(p: argparse.ArgumentParser, choices: tuple[str, ...], defaul
     )
 
 
+def host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 def client_from(args: argparse.Namespace) -> Client:
+    from gossamer.cli.client import ApiError, Client
+
     try:
         return Client.from_settings(args.server, args.token_file)
     except ApiError as err:

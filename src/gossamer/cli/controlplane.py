@@ -8,16 +8,9 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
-from gossamer.cli.common import fail
+from gossamer.cli.common import fail, host_port
 from gossamer.cli.token import parse_ttl
 from gossamer.errors import GossamerError
-
-
-def host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _ttl(text: str) -> timedelta:
