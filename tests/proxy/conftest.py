@@ -110,6 +110,8 @@ class EchoApp:
         self.port = 0
         self.requests = 0
         self.connections = 0
+        # (method, path, body length, body sha256) of each request whose body was read.
+        self.received: list[tuple[str, str, int, str]] = []
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> int:
@@ -166,6 +168,7 @@ class EchoApp:
         async for piece in _body(reader, chunked, length):
             digest.update(piece)
             size += len(piece)
+        self.received.append((method, path, size, digest.hexdigest()))
         if path == "/bytes" or path == "/chunked":
             n = int(params.get("n", "0"))
             block = b"x" * 65536

@@ -9,6 +9,7 @@ snapshot → proxy behaviour.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -468,6 +469,30 @@ async def test_mirrored_requests_reach_the_mirror_and_do_not_change_the_answer(
             break
         await asyncio.sleep(0.05)
     assert mirror.requests == 5
+
+
+@pytest.mark.asyncio
+async def test_a_small_request_body_is_mirrored_whole_and_a_large_one_not_at_all(
+    traffic: Traffic,
+) -> None:
+    traffic.apply(
+        httproute("mirror", [{"filters": [{"type": "RequestMirror", "requestMirror": {
+            "backendRef": mirror_ref("echo-mirror")}}], "backendRefs": [ref("echo")]}])
+    )  # fmt: skip
+    small, large = b"s" * 20_000, b"L" * 100_000
+    assert (await traffic.get("/small", method="POST", body=small))[0] == 200
+    assert (await traffic.get("/large", method="POST", body=large))[0] == 200
+    assert (await traffic.get("/after"))[0] == 200
+    mirror = traffic.workloads["mirror"].app
+    for _ in range(100):
+        if any(path == "/after" for _, path, _, _ in mirror.received):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # a copy of /large, were there one, would have come first
+    assert mirror.received == [
+        ("POST", "/small", len(small), hashlib.sha256(small).hexdigest()),
+        ("GET", "/after", 0, hashlib.sha256(b"").hexdigest()),
+    ]
 
 
 @pytest.mark.asyncio

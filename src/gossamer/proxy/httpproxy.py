@@ -351,6 +351,7 @@ class Exchange:
     """One request and its response, from head to end."""
 
     __slots__ = (
+        "after_request",
         "attempts",
         "backend_timeout",
         "balancer",
@@ -409,6 +410,8 @@ class Exchange:
         self.tried = -1
         self.attempts = 0
         self.request_done = False
+        # Called once the whole request has been read (a mirror waiting for its body).
+        self.after_request: list[Callable[[], None]] | None = None
         self.response_started = False
         self.response_done = False
         self.interim = False
@@ -456,6 +459,11 @@ class Exchange:
 
     def end_request(self, trailers: Headers | None) -> None:
         self.request_done = True
+        after = self.after_request
+        if after is not None:
+            self.after_request = None
+            for call in after:
+                call()
         if self.finished:
             return
         if self.head.body == BODY_CHUNKED:
@@ -603,7 +611,7 @@ class Exchange:
         """Keep a copy of the request body for retries, if it is small enough to hold:
         a Content-Length body of at most REPLAY_LIMIT (Linkerd's 64 KiB)."""
         head = self.head
-        if head.body != BODY_LENGTH or head.expect_continue:
+        if head.body != BODY_LENGTH or head.expect_continue or self.replay is not None:
             return
         length = head.content_length or b""
         if not length.isdigit() or int(length) > REPLAY_LIMIT:

@@ -375,10 +375,28 @@ class OutboundSide:
         )
 
     def _mirror(self, ex: Exchange, route: Route[PeerPool]) -> None:
-        """RequestMirror: a copy to `route`, its answer thrown away; never waited for."""
+        """RequestMirror: a copy to `route`, its answer thrown away; never waited for.
+
+        A request with a Content-Length body of at most REPLAY_LIMIT is copied whole
+        (the body is kept as it arrives, as for a retry, and the copy leaves once it is
+        all in); a chunked or larger body, an `Expect: 100-continue` and a tunnel are
+        not copied."""
         head = ex.head
-        if head.body != BODY_NONE or head.tunnel:
-            return  # only requests the proxy holds whole are copied, and never tunnels
+        if head.tunnel:
+            return
+        if head.body != BODY_NONE:
+            ex.keep_for_replay()
+            if ex.replay is None:
+                return  # not a body the proxy may hold whole
+            if not ex.request_done:
+                if ex.after_request is None:
+                    ex.after_request = []
+                ex.after_request.append(lambda: self._send_mirror(ex, route))
+                return
+        self._send_mirror(ex, route)
+
+    def _send_mirror(self, ex: Exchange, route: Route[PeerPool]) -> None:
+        head = ex.head
         copy = RequestHead()
         copy.method = head.method
         copy.target = head.target
@@ -386,7 +404,7 @@ class OutboundSide:
         copy.headers = head.headers
         mirror = Exchange(cast(ServerConnection, _MirrorSink(self.loop)), copy)
         mirror.head_bytes = ex.head_bytes
-        mirror.out = [ex.head_bytes]
+        mirror.out = [ex.head_bytes, *(ex.replay or ())]
         mirror.request_done = True
         mirror.route = route
         mirror.balancer = route.balancer
