@@ -113,12 +113,42 @@ def control_plane(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
         stop_process(cp.proc)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
+    """A port for a process a test starts to listen on, later.
+
+    Not one the kernel picks for port 0: that comes from the ephemeral range, where
+    every outgoing connection also takes its source port, so between this call and the
+    process's bind another connection may take it (a rare, confusing failure). Ports
+    below the ephemeral range are taken only by listeners; each is checked free and
+    handed out once per test run.
+    """
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(low - 12_000, 1024), low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 @dataclass

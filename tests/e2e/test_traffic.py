@@ -133,8 +133,8 @@ def shop(control_plane: ControlPlaneProcess, tmp_path: Path) -> Iterator[dict[st
         out = started["client"].outbound
         deadline = time.monotonic() + 30
         for host in ("echo.shop", "echo-canary.shop"):
-            while head_and_body(curl("-x", f"http://{out}", f"http://{host}/"))[0] != 200:
-                assert time.monotonic() < deadline, f"{host} never answered"
+            while (got := head_and_body(curl("-x", f"http://{out}", f"http://{host}/")))[0] != 200:
+                assert time.monotonic() < deadline, f"{host} never answered 200; last: {got}"
                 time.sleep(0.2)
         yield started
     finally:
