@@ -79,6 +79,10 @@ async def mesh(pki: Pki) -> AsyncIterator[Mesh]:
             time.sleep(3.0)
         return b"ok"
 
+    def sleep(request: bytes, context: grpc.ServicerContext) -> bytes:
+        calls["Sleep"] += 1
+        return _sleep(request, context)
+
     def unavailable(request: bytes, context: grpc.ServicerContext) -> bytes:
         calls["Unavailable"] += 1
         return _unavailable(request, context)
@@ -86,7 +90,7 @@ async def mesh(pki: Pki) -> AsyncIterator[Mesh]:
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
         {
-            "Sleep": grpc.unary_unary_rpc_method_handler(_sleep),
+            "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
             "Unavailable": grpc.unary_unary_rpc_method_handler(unavailable),
             "Ok": grpc.unary_unary_rpc_method_handler(_ok),
             "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
@@ -154,9 +158,12 @@ async def test_the_circuit_breaker_refuses_a_stream_over_max_requests(mesh: Mesh
     results: list[str] = []
 
     def two_calls() -> list[str]:
-        first = threading.Thread(target=lambda: results.append(mesh.call("Sleep", b"1.5")))
+        first = threading.Thread(target=lambda: results.append(mesh.call("Sleep", b"2")))
         first.start()
-        time.sleep(0.5)  # the first call is in flight at the server
+        deadline = time.monotonic() + 20
+        while mesh.served["Sleep"] == 0:  # until the first call is in flight at the server
+            assert time.monotonic() < deadline, "the first call never reached the server"
+            time.sleep(0.01)
         second = mesh.call("Ok")
         first.join()
         return [*results, second]
