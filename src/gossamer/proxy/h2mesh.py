@@ -16,6 +16,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from gossamer.authz import Request, principal_of
@@ -129,8 +130,7 @@ class OutboundH2:
         serve(self.dp, transport, self, data, f"app client {peer}")
 
     def new_stream(self, conn: H2Connection, stream_id: int, headers: Headers) -> None:
-        loop = self.dp.loop
-        pair = StreamPair(conn, stream_id, loop.time())
+        pair = StreamPair(conn, stream_id, perf_counter())
         request = None
         if self.dp.hooks is not None:
             request, headers = observe(self.dp, "outbound", pair, headers, APP_CALLER)
@@ -191,7 +191,7 @@ def _count_unrouted(dp: DataPlane, pair: StreamPair, request: StreamRequest | No
         table = dp.table
         dp.metrics.request_stats(
             "outbound", table.namespace, table.service, "unknown", "unknown", p.status or 502, True
-        ).observe(dp.loop.time() - p.started)
+        ).observe(perf_counter() - p.started)
         if request is not None:
             observed(dp, "outbound", request, p)
 
@@ -472,7 +472,7 @@ class _OutboundStream:
     def _done(self, p: StreamPair) -> None:
         dp = self.dp
         now = dp.loop.time()
-        seconds = now - p.started
+        seconds = perf_counter() - p.started
         for timer in (self.timer, self.retry_timer, self.try_timer):
             if timer is not None:
                 timer.cancel()
@@ -515,7 +515,7 @@ def observed(dp: DataPlane, direction: str, request: StreamRequest, pair: Stream
     """A stream with a `StreamRequest` ended: tap, access log, span."""
     hooks = dp.hooks
     if hooks is not None:
-        seconds = dp.loop.time() - pair.started
+        seconds = perf_counter() - pair.started
         hooks.finished(
             direction, request, pair.status, seconds, protocol=HTTP2, grpc_status=pair.grpc_status
         )
@@ -613,7 +613,7 @@ class InboundH2:
 
     def new_stream(self, conn: H2Connection, stream_id: int, headers: Headers) -> None:
         dp = self.dp
-        pair = StreamPair(conn, stream_id, dp.loop.time())
+        pair = StreamPair(conn, stream_id, perf_counter())
         request = None
         if dp.hooks is not None:
             request, headers = observe(dp, "inbound", pair, headers, self.caller)
@@ -643,7 +643,7 @@ class InboundH2:
                 )
                 if cached:
                     table.inbound_stats[key] = stats
-            stats.observe(dp.loop.time() - p.started)
+            stats.observe(perf_counter() - p.started)
             if request is not None:
                 observed(dp, "inbound", request, p)
 

@@ -23,6 +23,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from gossamer.proxy.http1 import (
@@ -396,7 +397,9 @@ class Exchange:
     def __init__(self, conn: ServerConnection, head: RequestHead) -> None:
         self.conn = conn
         self.head = head
-        self.started = conn.loop.time()
+        # Latency is timed with perf_counter: the loop's clock (uvloop's) ticks in
+        # milliseconds, and many requests take less than one.
+        self.started = perf_counter()
         self.sent_at = 0.0
         self.out: list[bytes] = []
         self.out_size = 0
@@ -790,7 +793,6 @@ class Exchange:
         self.finished = True
         self._release()
         conn = self.conn
-        now = conn.loop.time()
         load = self.load
         if load is not None:
             load.outstanding -= 1
@@ -802,7 +804,7 @@ class Exchange:
                 upstream.release()
             else:
                 upstream.close()
-        conn.side.record(self, self.status, now - self.started)
+        conn.side.record(self, self.status, perf_counter() - self.started)
         conn.exchange_finished(self)
 
     # ---- failures ----------------------------------------------------------------------
@@ -826,7 +828,7 @@ class Exchange:
         if self.response_started:
             # Too late for an error response: closing is the only way to say the
             # response is incomplete.
-            conn.side.record(self, self.status, conn.loop.time() - self.started)
+            conn.side.record(self, self.status, perf_counter() - self.started)
             conn.abort()
             conn.exchange_finished(self)
             return
@@ -835,7 +837,7 @@ class Exchange:
         conn.write(
             error_response(status, reason, close=close, head_only=self.head.method == b"HEAD")
         )
-        conn.side.record(self, status, conn.loop.time() - self.started)
+        conn.side.record(self, status, perf_counter() - self.started)
         conn.exchange_finished(self)
 
     def reply(self, status: int, headers: Headers, reason: str) -> None:
@@ -850,7 +852,7 @@ class Exchange:
         self.close_after = close
         extra = b"content-length: 0\r\n" + (b"connection: close\r\n" if close else b"")
         conn.write(response_head_bytes(status, b"", headers, extra))
-        conn.side.record(self, status, conn.loop.time() - self.started)
+        conn.side.record(self, status, perf_counter() - self.started)
         conn.exchange_finished(self)
 
     def upstream_lost(self, upstream: UpstreamConnection, reused: bool) -> None:

@@ -14,6 +14,7 @@ it asked for). Neither connection goes back to a pool once it carried a tunnel.
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from gossamer.proxy.http1 import ResponseHead, response_head_bytes
@@ -69,4 +70,4 @@ def open_tunnel(ex: Exchange, head: ResponseHead, data: bytes) -> None:
     up_transport.set_protocol(up)
     up.connection_made(up_transport)
     down.join(up)
-    conn.side.record(ex, head.status, conn.loop.time() - ex.started)
+    conn.side.record(ex, head.status, perf_counter() - ex.started)
