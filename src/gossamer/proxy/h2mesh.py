@@ -188,10 +188,7 @@ def _count_unrouted(dp: DataPlane, pair: StreamPair, request: StreamRequest | No
     are, to destination "unknown"."""
 
     def done(p: StreamPair) -> None:
-        table = dp.table
-        dp.metrics.request_stats(
-            "outbound", table.namespace, table.service, "unknown", "unknown", p.status or 502, True
-        ).observe(perf_counter() - p.started)
+        dp.table.unrouted_stats(p.status or 502).observe(perf_counter() - p.started)
         if request is not None:
             observed(dp, "outbound", request, p)
 
@@ -220,7 +217,6 @@ class _OutboundStream:
         "backend_timeout",
         "connects",
         "dp",
-        "grpc",
         "headers",
         "limits",
         "load",
@@ -251,7 +247,6 @@ class _OutboundStream:
         self.route = route  # the service port, then the backend a rule picked
         self.headers = headers
         self.request = request
-        self.grpc = h2to1.is_grpc(headers)
         self.via: str | None = None  # the HTTPRoute or GRPCRoute that matched
         self.load: EndpointLoad | None = None
         self.limits: Limits | None = None
@@ -270,7 +265,7 @@ class _OutboundStream:
 
     def fail(self, status: int, reason: str, grpc_code: int | None = None) -> None:
         """Answer with a proxy-made error: a gRPC call the way gRPC clients read one."""
-        if self.grpc and not self.pair.status:
+        if not self.pair.status and h2to1.is_grpc(self.headers):
             self.pair.reply_grpc(_grpc_code_for(status) if grpc_code is None else grpc_code, reason)
         else:
             self.pair.reply(status, reason)
@@ -308,7 +303,7 @@ class _OutboundStream:
             if timeout is not None:
                 self.timer = self.dp.loop.call_later(timeout, self._timed_out, timeout)
         method = header(self.headers, b":method") or b""
-        if retry is not None and (self.grpc or method in IDEMPOTENT):
+        if retry is not None and (method in IDEMPOTENT or h2to1.is_grpc(self.headers)):
             self.retry = retry
             self.pair.replay = []
             self.pair.on_response = self._on_response

@@ -419,10 +419,7 @@ class OutboundSide:
         if isinstance(route, Route):
             route.stats_for(status, ex.matched_route).observe(seconds)
             return
-        table = self.dp.table
-        self.dp.metrics.request_stats(
-            "outbound", table.namespace, table.service, "unknown", "unknown", status, True
-        ).observe(seconds)
+        self.dp.table.unrouted_stats(status).observe(seconds)
 
 
 class _MirrorSink:

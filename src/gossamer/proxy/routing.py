@@ -229,6 +229,12 @@ class RouteTable(Generic[P]):
             parent.router = router
             parent.managed = True
 
+    def unrouted_stats(self, code: int) -> RequestStats:
+        """The cell for an outbound request answered before its service was known."""
+        return self.metrics.request_stats(
+            "outbound", self.namespace, self.service, "unknown", "unknown", code, True
+        )
+
     def lookup_host(self, host: bytes) -> Route[P] | NoRoute | str:
         found = self._host_cache.get(host)
         if found is not None:
