@@ -16,7 +16,13 @@ its trust bundle that signed that intermediate; a CA rotation waits on them
 (docs/decisions/0022-ca-rotation.md). The snapshot's `trust_bundle` is the set of roots
 the proxy verifies peers (and the control plane) against; an ack says it is applied.
 The proxy is authenticated by its client certificate: it may only speak for a
-Workload whose namespace and service account match its SPIFFE ID.
+Workload whose namespace and service account match its SPIFFE ID, and a registration
+may only replace a Workload that the same identity owns (a Workload's identity never
+changes in place; an operator deletes it first).
+
+The stream is also the workload's lease: a proxy-registered Workload whose proxy holds
+no stream for LEASE_SECONDS gets the condition `ProxyConnected: False` and leaves
+every endpoint set until its proxy is back (docs/decisions/0045-workload-lease.md).
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossamer.controlplane.discovery")
 
 DEBOUNCE_SECONDS = 0.05
+# How long a proxy-registered workload stays an endpoint without its proxy's stream:
+# long enough for a proxy restart or a control-plane restart, short enough that a
+# dead workload stops taking requests within seconds.
+LEASE_SECONDS = 10.0
 MAX_INTERESTS = 10_000
 MESH_KINDS = frozenset({"Service", "Workload", "HTTPRoute", "AuthorizationPolicy", "MeshPolicy"})
 # The traffic policies (gossamer.resources.policies) shape snapshots too.
@@ -70,6 +80,38 @@ def peer_identity(request: web.Request) -> SpiffeId | None:
         return SpiffeId.parse(spiffe[0])
     except ValueError:
         return None
+
+
+def _condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or ():
+        if isinstance(cond, Mapping) and cond.get("type") == kind:
+            return cond
+    return None
+
+
+def with_condition(
+    status: Mapping[str, Any] | None, kind: str, flag: bool, reason: str, message: str
+) -> tuple[dict[str, Any], bool]:
+    """`status` with condition `kind` set; and whether its status value changed (the
+    transition time moves only then, as in Kubernetes)."""
+    out = dict(status or {})
+    conditions = [c for c in out.get("conditions") or () if c.get("type") != kind]
+    previous = _condition(out, kind)
+    value = "True" if flag else "False"
+    changed = previous is None or previous.get("status") != value
+    conditions.append(
+        {
+            "type": kind,
+            "status": value,
+            "reason": reason,
+            "message": message[:512],
+            "lastTransitionTime": datetime.now(UTC).isoformat(timespec="seconds")
+            if changed or previous is None
+            else previous.get("lastTransitionTime", ""),
+        }
+    )
+    out["conditions"] = conditions
+    return out, changed
 
 
 def require_identity(request: web.Request) -> SpiffeId:
@@ -119,6 +161,10 @@ class Discovery:
         self._sessions: dict[tuple[str, str], ProxySession] = {}
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Workload lease: when each workload's proxy last left (monotonic seconds); a
+        # workload never seen by this process counts from its start.
+        self._started = time.monotonic()
+        self._gone_since: dict[tuple[str, str], float] = {}
 
     # -- mesh state ---------------------------------------------------------------
 
@@ -145,6 +191,7 @@ class Discovery:
         self._tasks = [
             asyncio.create_task(self._follow_store(), name="discovery-follow-store"),
             asyncio.create_task(self._fan_out(), name="discovery-fan-out"),
+            asyncio.create_task(self._lease_loop(), name="discovery-leases"),
         ]
 
     async def stop(self) -> None:
@@ -184,6 +231,54 @@ class Discovery:
             self._changed.clear()
             for session in self._sessions.values():
                 session.wake.set()
+
+    # -- workload leases --------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 5)
+            self.expire_leases(time.monotonic())
+
+    def expire_leases(self, now: float) -> None:
+        """Take out of endpoints every proxy-registered workload whose proxy has held no
+        stream for LEASE_SECONDS. A Workload an operator applied by hand (no `Ready`
+        condition: no proxy reports for it) holds no lease."""
+        for key in [k for k in self._gone_since if ("Workload", *k) not in self._objects]:
+            del self._gone_since[key]  # deleted workloads
+        for (kind, namespace, name), obj in list(self._objects.items()):
+            key = (namespace, name)
+            if kind != "Workload" or key in self._sessions or _condition(obj, "Ready") is None:
+                continue
+            connected = _condition(obj, "ProxyConnected")
+            if connected is not None and connected.get("status") == "False":
+                continue
+            if now - self._gone_since.get(key, self._started) >= LEASE_SECONDS:
+                self._set_connected(namespace, name, False)
+
+    def _set_connected(self, namespace: str, name: str, connected: bool) -> None:
+        try:
+            current = self.cp.store.get("Workload", namespace, name)
+        except NotFound:
+            return
+        status, changed = with_condition(
+            current.get("status"),
+            "ProxyConnected",
+            connected,
+            "StreamOpen" if connected else "LeaseExpired",
+            "" if connected else f"no discovery stream from its proxy for {LEASE_SECONDS:g}s",
+        )
+        if not changed:
+            return
+        self.cp.store.update_status("Workload", namespace, name, status)
+        log.log(
+            logging.INFO if connected else logging.WARNING,
+            "workload %s/%s %s",
+            namespace,
+            name,
+            "is back: its proxy reconnected"
+            if connected
+            else f"left endpoints: its proxy has been away for {LEASE_SECONDS:g}s",
+        )
 
     def proxy_status(self) -> list[dict[str, Any]]:
         rows = []
@@ -345,6 +440,18 @@ class Discovery:
         ) != (namespace, name):
             raise web.HTTPBadRequest(reason="body must be the Workload named in the path")
         self._check_owner(identity, namespace, obj["spec"].get("serviceAccount", "default"))
+        try:
+            current = self.cp.store.get("Workload", namespace, name)
+        except NotFound:
+            current = None
+        if current is not None:
+            owner = current["spec"].get("serviceAccount", "default")
+            if owner != identity.service_account:
+                raise IdentityError(
+                    f"workload {namespace}/{name} belongs to service account {owner!r}; "
+                    f"{identity} may not replace it (a workload's identity never changes "
+                    "in place: an operator deletes it first)"
+                )
         [result] = self.cp.store.apply([obj])
         log.info("workload %s/%s registered by %s (%s)", namespace, name, identity, result.action)
         return web.json_response(result.object)
@@ -362,33 +469,19 @@ class Discovery:
         """The proxy says whether its app is listening; only a ready workload is an endpoint."""
         identity = require_identity(request)
         namespace, name = request.match_info["namespace"], request.match_info["name"]
+        body = await self._json_body(request)
         current = self.cp.store.get("Workload", namespace, name)
         self._check_owner(identity, namespace, current["spec"].get("serviceAccount", "default"))
-        body = await self._json_body(request)
         ready, message = body.get("ready"), body.get("message", "")
         if not isinstance(ready, bool) or not isinstance(message, str):
             return error_response(400, "BadRequest", "ready: must be a boolean; message: a string")
-        status = dict(current.get("status") or {})
-        conditions = [c for c in status.get("conditions") or () if c.get("type") != "Ready"]
-        previous = next(
-            (c for c in status.get("conditions") or () if c.get("type") == "Ready"), None
+        status, changed = with_condition(
+            current.get("status"),
+            "Ready",
+            ready,
+            "AppListening" if ready else "AppNotListening",
+            message,
         )
-        flag = "True" if ready else "False"
-        changed = previous is None or previous.get("status") != flag
-        conditions.append(
-            {
-                "type": "Ready",
-                "status": flag,
-                "reason": "AppListening" if ready else "AppNotListening",
-                "message": message[:512],
-                "lastTransitionTime": datetime.now(UTC).isoformat(timespec="seconds")
-                if changed
-                else previous.get("lastTransitionTime", "")
-                if previous
-                else "",
-            }
-        )
-        status["conditions"] = conditions
         obj = self.cp.store.update_status("Workload", namespace, name, status)
         if changed:
             log.info(
@@ -419,6 +512,8 @@ class Discovery:
         if previous is not None:
             await previous.ws.close()
         self._sessions[key] = session
+        self._gone_since.pop(key, None)
+        self._set_connected(*key, True)
         log.info("proxy %s/%s connected as %s", session.namespace, session.workload, identity)
         sender = asyncio.create_task(self._send_loop(session))
         try:
@@ -432,6 +527,7 @@ class Discovery:
                 await sender
             if self._sessions.get(key) is session:
                 del self._sessions[key]
+                self._gone_since[key] = time.monotonic()
             log.info("proxy %s/%s disconnected", session.namespace, session.workload)
         return ws
 

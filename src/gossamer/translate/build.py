@@ -46,14 +46,20 @@ class WorkloadRecord:
 
 
 def _is_ready(status: Mapping[str, Any] | None) -> bool:
-    """A `Ready` condition that is not "True" keeps a workload out of endpoints.
+    """A `Ready` condition that is not "True", or `ProxyConnected: False`, keeps a
+    workload out of endpoints.
 
     A Workload with no such condition (one an operator applied by hand) is ready; a
-    proxy reports the condition as it finds its app listening or not.
+    proxy reports `Ready` as it finds its app listening or not, and the control plane
+    sets `ProxyConnected` from the proxy's discovery stream (its lease).
     """
     for cond in (status or {}).get("conditions") or ():
-        if isinstance(cond, Mapping) and cond.get("type") == "Ready":
-            return cond.get("status") == "True"
+        if not isinstance(cond, Mapping):
+            continue
+        if cond.get("type") == "Ready" and cond.get("status") != "True":
+            return False
+        if cond.get("type") == "ProxyConnected" and cond.get("status") == "False":
+            return False
     return True
 
 
