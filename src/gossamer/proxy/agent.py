@@ -7,7 +7,10 @@ it (and checks the control plane's SPIFFE ID) before sending the token or a CSR.
 
 Static stability: certificate, key, bundle and the last snapshot are cached in the
 state directory. With the control plane gone, the proxy keeps serving from them,
-can restart from them, and reconnects with jittered backoff.
+can restart from them, and reconnects with jittered backoff. The cache is bound to the
+control plane it came from: state cached from another discovery address, or under a
+CA root that a given join token does not pin, is set aside and the proxy joins afresh,
+so it never serves another mesh's snapshot.
 """
 
 from __future__ import annotations
@@ -19,13 +22,12 @@ import logging
 import os
 import random
 import ssl
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from gossamer.errors import IdentityError
+from gossamer.errors import GossamerError, IdentityError
 from gossamer.identity.bundle import pinned_root
 from gossamer.identity.der import read_pem_certificates
 from gossamer.identity.keygen import new_key_and_csr
@@ -39,8 +41,18 @@ from gossamer.translate.snapshot import Snapshot
 
 log = logging.getLogger("gossamer.proxy.agent")
 
+INITIAL_BACKOFF = 0.25
 MAX_BACKOFF = 30.0
-STREAM_SILENCE = 60.0
+# The control plane pings every 15 s: this long without any frame, ping included, is
+# a dead peer.
+STREAM_SILENCE = 45.0
+# Files of the cache that say where the proxy stands in one mesh.
+CACHE_FILES = ("cert.pem", "key.pem", "bundle.pem", "identity.json", "snapshot.json")
+
+
+class CannotJoin(GossamerError):
+    """Joining cannot succeed by retrying: no join token, or one the control plane
+    refused (expired, used up, for another identity). The message says what to pass."""
 
 
 class DataPlaneSink(Protocol):
@@ -111,6 +123,7 @@ class Agent:
         self.registered = False
         self.app_ready: bool | None = None  # as last reported to the control plane
         self.leaving = False  # once set, the workload is never registered again
+        self._streamed = False  # the current stream has delivered a snapshot
         # Set by a "renew" message (a CA rotation): renew now, not at two thirds of life.
         self._renew_now = asyncio.Event()
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -128,6 +141,17 @@ class Agent:
             bundle = self._path("bundle.pem").read_bytes()
             meta = json.loads(self._path("identity.json").read_text())
         except (OSError, ValueError):
+            return False
+        foreign = self._foreign_cache(meta, bundle)
+        if foreign:
+            log.warning(
+                "cached state in %s is not for this control plane (%s): setting it aside "
+                "and joining afresh",
+                self.config.state_dir,
+                foreign,
+            )
+            for name in CACHE_FILES:
+                self._path(name).unlink(missing_ok=True)
             return False
         creds = Credentials.from_pem(chain, key, bundle)
         if creds.not_after <= datetime.now(UTC):
@@ -147,12 +171,38 @@ class Agent:
             log.info("serving cached snapshot %s until the control plane answers", snapshot.version)
         return True
 
+    @property
+    def _control_plane(self) -> str:
+        host, port = self.config.discovery
+        return f"{host}:{port}"
+
+    def _foreign_cache(self, meta: Any, bundle: bytes) -> str:
+        """Why the cache belongs to another mesh, or "" when it is this one's."""
+        if not isinstance(meta, dict):
+            return "identity.json is not an object"
+        cached = meta.get("controlPlane")
+        if cached is not None and cached != self._control_plane:
+            return f"it came from the control plane at {cached}"
+        token = self.config.join_token
+        if token:
+            try:
+                claims = decode_unverified(token)
+                pinned_root(bundle, claims.ca_fingerprint)
+            except IdentityError:
+                return "the join token pins a CA root the cached trust bundle does not hold"
+            if claims.trust_domain != meta.get("trust_domain"):
+                return f"the join token is for trust domain {claims.trust_domain!r}"
+        return ""
+
     def _save_credentials(self, creds: Credentials) -> None:
         _write_private(self._path("key.pem"), creds.key_pem)
         _write_private(self._path("cert.pem"), creds.chain_pem)
         _write_private(self._path("bundle.pem"), creds.bundle_pem)
         _write_private(
-            self._path("identity.json"), json.dumps({"trust_domain": self.trust_domain}).encode()
+            self._path("identity.json"),
+            json.dumps(
+                {"trust_domain": self.trust_domain, "controlPlane": self._control_plane}
+            ).encode(),
         )
 
     # -- control plane calls ------------------------------------------------------
@@ -169,17 +219,22 @@ class Agent:
         assert self.trust_domain is not None
         status, data = await self._client.request(method, path, ctx, body)
         if status >= 400:
-            error = data.get("error") if isinstance(data, dict) else None
-            message = error.get("message") if isinstance(error, dict) else data
-            raise IdentityError(f"{method} {path}: {status} {message}")
+            raise IdentityError(f"{method} {path}: {status} {_message(data)}")
         return data
 
     async def join(self) -> None:
         """Join token → pinned root → CSR → certificate."""
         token = self.config.join_token
         if not token:
-            raise IdentityError("no join token: pass --join-token or GOSSAMER_JOIN_TOKEN")
-        claims = decode_unverified(token)
+            raise CannotJoin(
+                "no join token and no cached credentials: pass --join-token (or set "
+                "GOSSAMER_JOIN_TOKEN) with a token from `gossamer token create`, or "
+                "--token-file with an admin token to mint one"
+            )
+        try:
+            claims = decode_unverified(token)
+        except IdentityError as err:
+            raise CannotJoin(f"the join token cannot be read: {err}") from err
         self.trust_domain = claims.trust_domain
         insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         insecure.check_hostname = False
@@ -193,17 +248,21 @@ class Agent:
             self.config.namespace,
             self.config.service_account,
         ):
-            raise IdentityError(
+            raise CannotJoin(
                 f"the join token grants {identity}, but this proxy runs as namespace "
                 f"{self.config.namespace!r}, service account {self.config.service_account!r}"
             )
         key, csr = await new_key_and_csr(identity)
-        data = await self._call(
+        status, data = await self._client.request(
             "POST",
             "/v1/identity/certificates",
             control_plane_context(root, None),
             {"token": token, "csr": csr.decode()},
         )
+        if status in (401, 403):  # the token itself was refused: retrying cannot help
+            raise CannotJoin(f"the control plane refused the join token: {_message(data)}")
+        if status >= 400:
+            raise IdentityError(f"join: {status} {_message(data)}")
         self._adopt(data, key)
         log.info(
             "joined the mesh as %s (certificate until %s)",
@@ -365,16 +424,14 @@ class Agent:
             self._tasks.append(asyncio.create_task(self._readiness_loop(), name="agent-ready"))
 
     async def _retry(self, what: str, call: Any) -> None:
-        backoff = 0.25
+        backoff = INITIAL_BACKOFF
         while True:
             try:
                 await call()
                 return
+            except CannotJoin:
+                raise
             except IdentityError as err:
-                if "join token" in str(err) and (
-                    "expired" in str(err) or "already used" in str(err)
-                ):
-                    raise
                 log.warning("%s failed: %s; retrying in %.1fs", what, err, backoff)
             except (TimeoutError, ControlPlaneUnavailable, OSError) as err:
                 log.warning(
@@ -396,14 +453,14 @@ class Agent:
             await self._retry("certificate renewal", self.renew)
 
     async def _follow(self) -> None:
-        backoff = 0.25
+        backoff = INITIAL_BACKOFF
         while True:
+            self._streamed = False
             try:
                 await self.register()
                 if self.config.ports:
                     await self.report_readiness(force=True)
                 await self._stream()
-                backoff = 0.25
             except (TimeoutError, ControlPlaneUnavailable, OSError, IdentityError) as err:
                 log.warning(
                     "discovery: %s; serving the last snapshot, retrying in %.1fs",
@@ -413,6 +470,8 @@ class Agent:
             finally:
                 self.connected = False
                 self._ws = None
+            if self._streamed:  # it worked: whatever broke it, come back quickly
+                backoff = INITIAL_BACKOFF
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, MAX_BACKOFF)
 
@@ -433,9 +492,7 @@ class Agent:
             self.connected = True
             log.info("following discovery at %s", self.base_url)
             while True:
-                # The control plane pings every 15 s: a minute of silence is a dead peer.
-                async with asyncio.timeout(STREAM_SILENCE):
-                    text = await ws.receive()
+                text = await ws.receive(silence=STREAM_SILENCE)
                 if text is None:
                     break
                 await self._on_message(ws, json.loads(text))
@@ -453,6 +510,7 @@ class Agent:
             return
         if msg.get("type") != "snapshot":
             return
+        self._streamed = True  # the control plane serves this proxy
         version = str(msg.get("version", ""))
         try:
             snapshot = Snapshot.from_dict(msg["snapshot"])
@@ -496,5 +554,7 @@ class Agent:
             await ws.close()
 
 
-def parse_interests(values: Iterable[str]) -> frozenset[str]:
-    return frozenset(v.lower() for v in values)
+def _message(data: Any) -> Any:
+    """The message of an API error body, or the body itself."""
+    error = data.get("error") if isinstance(data, dict) else None
+    return error.get("message") if isinstance(error, dict) else data

@@ -27,13 +27,6 @@ class ControlPlaneUnavailable(OSError):
     """The control plane could not be reached, or broke the protocol mid-way."""
 
 
-class HttpError(Exception):
-    def __init__(self, status: int, body: Any) -> None:
-        self.status, self.body = status, body
-        message = body.get("error", {}).get("message") if isinstance(body, dict) else None
-        super().__init__(f"{status} {message or body!r}")
-
-
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -191,12 +184,16 @@ class WebSocket:
             payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         return bool(b1 & 0x80), b1 & 0x0F, payload
 
-    async def receive(self) -> str | None:
-        """The next text message, or None once the stream has closed cleanly."""
+    async def receive(self, silence: float | None = None) -> str | None:
+        """The next text message, or None once the stream has closed cleanly.
+
+        `silence`: TimeoutError when that many seconds pass without any frame — a ping
+        counts, so a quiet but live stream never times out."""
         parts: list[bytes] = []
         try:
             while True:
-                fin, opcode, payload = await self._read_frame()
+                async with asyncio.timeout(silence):
+                    fin, opcode, payload = await self._read_frame()
                 if opcode == _PING:
                     await self._send_frame(_PONG, payload)
                 elif opcode == _PONG:
