@@ -56,6 +56,9 @@ DEBOUNCE_SECONDS = 0.05
 # long enough for a proxy restart or a control-plane restart, short enough that a
 # dead workload stops taking requests within seconds.
 LEASE_SECONDS = 10.0
+# After the control plane (re)starts, proxies in back-off (up to 30 s, jittered by
+# half) need longer to find it again: no lease expires before this.
+RESTART_GRACE_SECONDS = 60.0
 MAX_INTERESTS = 10_000
 MESH_KINDS = frozenset({"Service", "Workload", "HTTPRoute", "AuthorizationPolicy", "MeshPolicy"})
 # The traffic policies (gossamer.resources.policies) shape snapshots too.
@@ -162,7 +165,7 @@ class Discovery:
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # Workload lease: when each workload's proxy last left (monotonic seconds); a
-        # workload never seen by this process counts from its start.
+        # workload not seen since this process started has RESTART_GRACE_SECONDS.
         self._started = time.monotonic()
         self._gone_since: dict[tuple[str, str], float] = {}
 
@@ -252,7 +255,12 @@ class Discovery:
             connected = _condition(obj, "ProxyConnected")
             if connected is not None and connected.get("status") == "False":
                 continue
-            if now - self._gone_since.get(key, self._started) >= LEASE_SECONDS:
+            gone = self._gone_since.get(key)
+            if gone is None:
+                expired = now - self._started >= RESTART_GRACE_SECONDS
+            else:
+                expired = now - gone >= LEASE_SECONDS
+            if expired:
                 self._set_connected(namespace, name, False)
 
     def _set_connected(self, namespace: str, name: str, connected: bool) -> None:
