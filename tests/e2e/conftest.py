@@ -195,8 +195,10 @@ def run_workload(
     port: str | None = None,
     extra: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    listeners: tuple[str, str, str] | None = None,
 ) -> Workload:
-    inbound, outbound, admin = (f"127.0.0.1:{free_port()}" for _ in range(3))
+    inbound, outbound, admin = listeners or tuple(f"127.0.0.1:{free_port()}" for _ in range(3))
     state = tmp / "state" / name
     log = tmp / f"{name}.log"
     flags = [
@@ -213,7 +215,7 @@ def run_workload(
         proc = subprocess.Popen(
             [*GOSSAMER, "run", *flags, "--", *app],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, **env} if env else None,
+            env={**os.environ, **env} if env else None, cwd=cwd,
         )  # fmt: skip
     return Workload(name, proc, inbound, outbound, admin, state, log)
 

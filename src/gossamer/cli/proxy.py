@@ -22,6 +22,7 @@ from gossamer.errors import GossamerError
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable, Coroutine
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -295,7 +296,10 @@ async def _serve(
     )
     agent_ref.append(agent)
     try:
-        await agent.start()
+        # Joining may wait on an unreachable control plane for as long as it takes:
+        # a signal still stops the proxy meanwhile.
+        if not await _until_stopped(agent.start(), stop):
+            return
         while not dataplane.ready and not stop.is_set():
             await asyncio.sleep(0.05)
         if args.ready_file:
@@ -331,6 +335,26 @@ async def _serve(
         if was_registered and args.drain_seconds > 0:
             await asyncio.sleep(args.drain_seconds)
         await dataplane.close()
+
+
+async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run `work` unless `stop` is set first (then cancel it): True when it finished."""
+    import asyncio
+
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        return False
+    task.result()  # its error, if it failed
+    return True
 
 
 def _scrapable_admin_port(admin: tuple[str, int] | None, address: str) -> int | None:
@@ -396,8 +420,67 @@ def run_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
+# Never in the app's environment: control-plane credentials stay with the proxy.
+CREDENTIAL_VARIABLES = ("GOSSAMER_TOKEN", "GOSSAMER_JOIN_TOKEN")
+
+
+def _die_with_supervisor(signum: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets `signum` when the supervisor dies, even by SIGKILL."""
+    parent = os.getpid()
+
+    def arm() -> None:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signum, 0, 0, 0)
+        if os.getppid() != parent:  # the supervisor died before the line above
+            os.kill(os.getpid(), signum)
+
+    return arm
+
+
+def _proxy_command(proxy_flags: list[str], ready_file: Path) -> tuple[list[str], dict[str, str]]:
+    """The proxy's command line and environment. A join token on the command line moves
+    to the environment: any local user can read a process's arguments. `-P` keeps the
+    working directory (the app's, perhaps writable by it) off the import path of the
+    process that holds the workload's key."""
+    env = dict(os.environ)
+    flags: list[str] = []
+    rest = iter(proxy_flags)
+    for flag in rest:
+        if flag == "--join-token":
+            env["GOSSAMER_JOIN_TOKEN"] = next(rest, "")
+        elif flag.startswith("--join-token="):
+            env["GOSSAMER_JOIN_TOKEN"] = flag.partition("=")[2]
+        else:
+            flags.append(flag)
+    command = [sys.executable, "-P", "-m", "gossamer.cli.main", "proxy", *flags]
+    return [*command, "--ready-file", str(ready_file)], env
+
+
+def app_environment(outbound: str, admin: str) -> dict[str, str]:
+    """What the app runs with: the supervisor's environment less every control-plane
+    credential, plus where its proxy listens."""
+    env = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARIABLES}
+    url = f"http://{outbound}"
+    env.update(
+        {
+            "HTTP_PROXY": url,
+            "http_proxy": url,
+            "GOSSAMER_OUTBOUND": outbound,
+            "GOSSAMER_ADMIN": admin,
+            "NO_PROXY": "localhost,127.0.0.1",
+            "no_proxy": "localhost,127.0.0.1",
+        }
+    )
+    return env
+
+
 def run_wrapped(args: argparse.Namespace) -> int:
-    """The proxy runs as a child `gossamer proxy`; the app starts once it is ready."""
+    """The proxy runs as a child `gossamer proxy`; the app starts once it is ready.
+
+    Both children die with the supervisor (PR_SET_PDEATHSIG), even when it is killed
+    with SIGKILL: the proxy gets SIGTERM and leaves the mesh, the app SIGKILL."""
     import tempfile
     import time
 
@@ -406,45 +489,6 @@ def run_wrapped(args: argparse.Namespace) -> int:
         fail("no command to run", hint="gossamer run --name web --port 8080 -- python app.py")
     raw: list[str] = args.raw_argv
     proxy_flags = raw[raw.index("run") + 1 : raw.index("--") if "--" in raw else len(raw)]
-    with tempfile.TemporaryDirectory(prefix="gossamer-run-") as tmp:
-        ready_file = Path(tmp) / "ready.json"
-        proxy = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gossamer.cli.main",
-                "proxy",
-                *proxy_flags,
-                "--ready-file",
-                str(ready_file),
-            ],
-        )
-        deadline = time.monotonic() + 60
-        while not ready_file.exists():
-            if proxy.poll() is not None:
-                fail(f"the proxy exited with code {proxy.returncode} before it was ready")
-            if time.monotonic() > deadline:
-                proxy.terminate()
-                proxy.wait()
-                fail("the proxy was not ready after 60s (is the control plane reachable?)")
-            time.sleep(0.05)
-        addresses = json.loads(ready_file.read_text())
-    outbound = f"http://{addresses['outbound']}"
-    env = {
-        **os.environ,
-        "HTTP_PROXY": outbound,
-        "http_proxy": outbound,
-        "GOSSAMER_OUTBOUND": addresses["outbound"],
-        "GOSSAMER_ADMIN": addresses["admin"],
-        "NO_PROXY": "localhost,127.0.0.1",
-        "no_proxy": "localhost,127.0.0.1",
-    }
-    try:
-        app = subprocess.Popen(command, env=env)
-    except OSError as err:
-        _stop(proxy)
-        fail(f"cannot start {command[0]}: {err.strerror}")
-
     received: list[int] = []
 
     def remember(signum: int, _frame: Any) -> None:
@@ -452,6 +496,37 @@ def run_wrapped(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, remember)
+    with tempfile.TemporaryDirectory(prefix="gossamer-run-") as tmp:
+        ready_file = Path(tmp) / "ready.json"
+        proxy_command, proxy_env = _proxy_command(proxy_flags, ready_file)
+        proxy = subprocess.Popen(
+            proxy_command, env=proxy_env, preexec_fn=_die_with_supervisor(signal.SIGTERM)
+        )
+        deadline = time.monotonic() + 60
+        while not ready_file.exists():
+            if proxy.poll() is not None:
+                fail(f"the proxy exited with code {proxy.returncode} before it was ready")
+            if received:
+                _stop(proxy)
+                return 128 + received[0]
+            if time.monotonic() > deadline:
+                _stop(proxy)
+                fail(
+                    "the proxy was not ready after 60s: it could not join or reach the "
+                    "control plane (its log above says why)"
+                )
+            time.sleep(0.05)
+        addresses = json.loads(ready_file.read_text())
+    try:
+        app = subprocess.Popen(
+            command,
+            env=app_environment(addresses["outbound"], addresses["admin"]),
+            preexec_fn=_die_with_supervisor(signal.SIGKILL),
+        )
+    except OSError as err:
+        _stop(proxy)
+        fail(f"cannot start {command[0]}: {err.strerror}")
+
     left = False
     while app.poll() is None:
         if received:
