@@ -33,8 +33,10 @@ from gossamer.errors import (
 )
 from gossamer.identity.bundle import certificate_fingerprint
 from gossamer.resources import (
+    decode_text,
     is_dns1123_label,
     is_dns1123_subdomain,
+    load_json,
     parse_documents,
     resolve_kind,
     to_dict,
@@ -65,11 +67,43 @@ def invalid_response(errors: list[InvalidResource]) -> web.Response:
     return error_response(422, "Invalid", message, details=details)
 
 
+_BODY = "request body"  # how errors name what the client sent
+
+
+class BadRequest(GossamerError):
+    """A request the server cannot read (its body is not UTF-8, not JSON, too deep): 400."""
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's body as JSON, read without a traceback whatever it holds.
+
+    Its nesting is bounded before `json` (which recurses) sees it; raises BadRequest (400,
+    one short message such as "request body: nested deeper than 64 levels at line 1,
+    column 65") when it is not UTF-8, nests too deeply, or is not JSON. Every handler
+    that takes a JSON body reads it with this rather than `request.json()`."""
+    try:
+        return load_json(decode_text(await request.read(), _BODY), _BODY)
+    except InvalidResource as err:
+        raise BadRequest(str(err)) from None
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Typed errors become JSON responses with a status a client can act on."""
     try:
         return await handler(request)
+    except BadRequest as err:
+        return error_response(400, "BadRequest", str(err))
+    except UnicodeDecodeError as err:
+        # A handler that decoded a body itself (`request.text()`, `request.json()`).
+        log.info("refused %s %s: body not UTF-8", request.method, request.path)
+        return error_response(
+            400, "BadRequest", f"{_BODY}: not UTF-8 at byte {err.start} ({err.reason})"
+        )
+    except RecursionError:
+        # `request.json()` on deeply nested JSON: a short answer, not a long traceback.
+        log.info("refused %s %s: RecursionError reading the body", request.method, request.path)
+        return error_response(400, "BadRequest", f"{_BODY}: nested too deeply")
     except InvalidResource as err:
         return invalid_response([err])
     except NotFound as err:
@@ -93,8 +127,9 @@ def _kind(request: web.Request) -> str:
 
 
 async def _read_objects(request: web.Request) -> list[dict[str, Any]]:
-    text = await request.text()
-    docs = parse_documents(text, source="request body")
+    # Read as UTF-8 whatever charset the request names, as Kubernetes reads YAML.
+    text = decode_text(await request.read(), _BODY)
+    docs = parse_documents(text, source=_BODY)
     if not docs:
         raise InvalidResource([FieldError("", "no objects in the request body")])
     problems: list[InvalidResource] = []
@@ -262,10 +297,7 @@ class Api:
 
     async def create_token(self, request: web.Request) -> web.Response:
         actor = require_admin(request)
-        try:
-            body = await request.json()
-        except json.JSONDecodeError:
-            return error_response(400, "BadRequest", "body must be JSON")
+        body = await read_json(request)
         if not isinstance(body, dict):
             return error_response(400, "BadRequest", "body must be a JSON object")
         errors = []

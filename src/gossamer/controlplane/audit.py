@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gossamer.errors import StoreError
+
 __all__ = ["AuditLog"]
 
 _SCHEMA = """
@@ -48,20 +50,42 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _unusable(path: Path, why: str) -> StoreError:
+    return StoreError(
+        f"{path} is not a usable audit log ({why}): restore it from a backup, or move it "
+        "aside (with any -wal and -shm files beside it) to start a new, empty audit log"
+    )
+
+
 class AuditLog:
     """Append-only records in SQLite; safe to call from any thread."""
 
-    def __init__(self, path: Path, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(
+        self, path: Path, clock: Callable[[], datetime] = _now, *, expect_existing: bool = False
+    ) -> None:
+        """Open (or create) the log at `path`. `expect_existing`: the data dir shows an
+        earlier start, so an existing empty file is lost records (and lost join-token use
+        counts, which would let a used token be used again) and is refused, as the store
+        does. A file SQLite cannot read raises StoreError saying what to do."""
         self.path = path
         self._clock = clock
+        if expect_existing and path.is_file() and path.stat().st_size == 0:
+            raise _unusable(path, "it is empty (0 bytes), but this control plane has run before")
         if not path.exists():
             # Created 0600 before SQLite opens it: records name identities and serials.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=10000")
-        self._conn.executescript(_SCHEMA)
+        try:
+            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as err:
+            raise _unusable(path, str(err)) from None
+        try:
+            self._conn.execute("PRAGMA busy_timeout=10000")
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as err:
+            self._conn.close()
+            raise _unusable(path, str(err)) from None
 
     def close(self) -> None:
         with self._lock:

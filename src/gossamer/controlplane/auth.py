@@ -30,6 +30,7 @@ from typing import Final
 from aiohttp import web
 
 from gossamer.controlplane.tokens_store import ApiTokenStore, Scope
+from gossamer.errors import StoreError
 
 __all__ = [
     "ACCESS",
@@ -58,16 +59,43 @@ _RANK: Final[dict[Scope, int]] = {"read": 1, "admin": 2}
 _MAKE_ONE = "`gossamer api-token create NAME --scope {scope}` makes a named one"
 
 
+MIN_ADMIN_TOKEN_LENGTH: Final = 16
+
+
 def load_or_create_admin_token(data_dir: Path) -> str:
+    """DATA_DIR/admin.token, created (0600, a random token) when there is none.
+
+    An existing file must hold a token: an empty one would start a control plane that
+    nobody can administer, so it is refused (StoreError), as is one shorter than 16
+    characters or not UTF-8 text. Deleting the file has a new token made at the next
+    start; writing a token into it sets one."""
     path = data_dir / "admin.token"
     if path.exists():
-        return path.read_text().strip()
+        try:
+            token = path.read_bytes().decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise _bad_admin_token(path, "is not UTF-8 text") from None
+        if not token:
+            raise _bad_admin_token(path, "is empty")
+        if len(token) < MIN_ADMIN_TOKEN_LENGTH:
+            raise _bad_admin_token(
+                path, f"holds a token of {len(token)} characters (at least 16 are needed)"
+            )
+        return token
     token = "gsa_" + secrets.token_urlsafe(32)
     # Created with 0600 from the first byte: no window where another user can read it.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token
+
+
+def _bad_admin_token(path: Path, why: str) -> StoreError:
+    return StoreError(
+        f"{path} {why}, so nobody could administer this control plane: delete it to have "
+        "a new admin token made at the next start, or write a token of at least 16 "
+        "characters into it"
+    )
 
 
 def admin_token_created(data_dir: Path) -> datetime:

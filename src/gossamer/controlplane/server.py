@@ -27,11 +27,12 @@ from gossamer.controlplane.rotation import RotationController
 from gossamer.controlplane.routestatus import RouteStatusReconciler
 from gossamer.controlplane.telemetry import Telemetry
 from gossamer.controlplane.tokens_store import ApiTokenStore
+from gossamer.errors import StoreError
 from gossamer.identity.ca import CertificateAuthority, OperatorCA
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.identity.tls import server_context
 from gossamer.identity.tokens import JoinTokenIssuer, load_or_create_token_key
-from gossamer.store import Store, open_store
+from gossamer.store import Store, make_dirs, open_store
 
 log = logging.getLogger("gossamer.controlplane")
 
@@ -58,12 +59,61 @@ def control_plane_identity(trust_domain: str) -> SpiffeId:
     return SpiffeId(trust_domain, CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_ACCOUNT)
 
 
+def has_run_before(data_dir: Path) -> bool:
+    """Whether a control plane has started with `data_dir` before.
+
+    Every start opens the store first and then writes the CA and admin.token, so either
+    of those being there means the store was created (with its tables) on an earlier
+    start. The store and the audit log use this to tell a lost database (an existing
+    but empty file: refused) from a new one (no file: created)."""
+    ca_dir = data_dir / "ca"
+    return (data_dir / "admin.token").exists() or (ca_dir.is_dir() and any(ca_dir.iterdir()))
+
+
 class ControlPlane:
     def __init__(self, config: ControlPlaneConfig) -> None:
         self.config = config
+        try:
+            self._open_data_dir(config)
+        except BaseException as err:
+            for opened in ("audit", "store"):
+                if hasattr(self, opened):
+                    getattr(self, opened).close()
+            if not isinstance(err, OSError):
+                raise
+            # Not the CLI's "ports in use" hint: a file or directory here is the problem.
+            where = err.filename or config.data_dir
+            raise StoreError(
+                f"cannot use {where}: {err.strerror or err}: check that it is a directory "
+                "(or file) this user may read and write"
+            ) from None
+        self.discovery = Discovery(self)
+        self.rotation = RotationController(self)  # CA rotation (resumed in start)
+        self.route_status = RouteStatusReconciler(self.store)
+        self.telemetry = Telemetry(
+            self.store,
+            interval=config.scrape_interval,
+            sd_file=config.prometheus_sd_file or config.data_dir / "prometheus" / "targets.json",
+            self_target=self._metrics_target,
+        )
+        self.api = Api(self)
+        self._runners: list[web.AppRunner] = []
+        self._tls: ssl.SSLContext | None = None
+        self._tls_current: ssl.SSLContext | None = None
+        self._renew_task: asyncio.Task[None] | None = None
+        self.api_address: tuple[str, int] = config.api
+        self.discovery_address: tuple[str, int] = config.discovery
+
+    def _open_data_dir(self, config: ControlPlaneConfig) -> None:
+        """The state kept in DATA_DIR: store, CA, token key, admin token, API tokens,
+        audit log. Each file is created with its mode set (0600, directories 0700),
+        whatever the umask; an unreadable or lost one stops the start with what to do."""
         data_dir = config.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.store: Store = open_store(config.store_url or str(data_dir / "gossamer.db"))
+        ran_before = has_run_before(data_dir)
+        make_dirs(data_dir, 0o700)
+        self.store: Store = open_store(
+            config.store_url or str(data_dir / "gossamer.db"), expect_existing=ran_before
+        )
         ca_dir = data_dir / "ca"
         self.ca = CertificateAuthority.initialize(ca_dir, config.trust_domain, config.operator_ca)
         self.tokens = JoinTokenIssuer(
@@ -78,23 +128,7 @@ class ControlPlane:
         )
         self.access = AccessPolicy(self.api_tokens, auth_reads=config.auth_reads)
         # Who changed what, certificates and tokens issued; join-token use counts.
-        self.audit = AuditLog(data_dir / "audit.db")
-        self.discovery = Discovery(self)
-        self.rotation = RotationController(self)  # CA rotation (resumed in start)
-        self.route_status = RouteStatusReconciler(self.store)
-        self.telemetry = Telemetry(
-            self.store,
-            interval=config.scrape_interval,
-            sd_file=config.prometheus_sd_file or data_dir / "prometheus" / "targets.json",
-            self_target=self._metrics_target,
-        )
-        self.api = Api(self)
-        self._runners: list[web.AppRunner] = []
-        self._tls: ssl.SSLContext | None = None
-        self._tls_current: ssl.SSLContext | None = None
-        self._renew_task: asyncio.Task[None] | None = None
-        self.api_address: tuple[str, int] = config.api
-        self.discovery_address: tuple[str, int] = config.discovery
+        self.audit = AuditLog(data_dir / "audit.db", expect_existing=ran_before)
 
     def _metrics_target(self) -> str:
         """Where Prometheus finds the control plane's own /metrics (the API listener)."""
@@ -209,12 +243,16 @@ async def serve(config: ControlPlaneConfig, ready_file: Path | None = None) -> N
     cp = ControlPlane(config)
     await cp.start()
     if ready_file is not None:
-        # Written whole and renamed, so a reader never sees half of it.
+        # Written whole and renamed, so a reader never sees half of it; 0644 whatever
+        # the umask (it holds addresses, nothing secret).
         tmp = ready_file.with_suffix(".tmp")
-        tmp.write_text(
-            f"api=http://{cp.api_address[0]}:{cp.api_address[1]}\n"
-            f"discovery={cp.discovery_address[0]}:{cp.discovery_address[1]}\n"
-        )
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(
+                f"api=http://{cp.api_address[0]}:{cp.api_address[1]}\n"
+                f"discovery={cp.discovery_address[0]}:{cp.discovery_address[1]}\n"
+            )
         os.replace(tmp, ready_file)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

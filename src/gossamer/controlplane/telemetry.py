@@ -27,7 +27,7 @@ from typing import Any, Final
 import aiohttp
 
 from gossamer.errors import GossamerError
-from gossamer.store import Store
+from gossamer.store import Store, make_dirs
 from gossamer.telemetry.golden import Golden, Key, parse_prometheus_text
 from gossamer.telemetry.window import (
     Health,
@@ -46,6 +46,8 @@ RETENTION: Final = 16 * 60.0  # a 15 minute window, and a scrape before it to co
 MAX_WINDOW: Final = 15 * 60.0
 DEFAULT_WINDOW: Final = 60.0
 MAX_SCRAPE_BYTES: Final = 16 * 1024 * 1024
+SD_DIR_MODE: Final = 0o750  # a directory the file_sd writer creates
+SD_FILE_MODE: Final = 0o644  # the file_sd file (addresses of proxies, nothing secret)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -250,9 +252,18 @@ class Telemetry:
         text = json.dumps(groups, indent=2) + "\n"
         if text == self._sd_written:
             return
-        self.sd_file.parent.mkdir(parents=True, exist_ok=True)
+        # Modes set whatever the umask: Prometheus, often another user in this one's
+        # group, reads the file; nobody else needs to, and nobody but us writes it.
+        make_dirs(self.sd_file.parent, SD_DIR_MODE)
         tmp = self.sd_file.with_name(self.sd_file.name + ".tmp")
-        tmp.write_text(text)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SD_FILE_MODE)
+        try:
+            os.fchmod(fd, SD_FILE_MODE)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, self.sd_file)  # Prometheus never reads half a file
         self._sd_written = text
 

@@ -6,7 +6,6 @@ listing needs a token, creating and revoking an admin token.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -41,10 +40,10 @@ class ApiTokensApi:
         """`{"name": N, "scope": "read"|"admin", "ttlSeconds": S or null}`: the token,
         in this response only."""
         actor = require_admin(request)
-        try:
-            body = await request.json()
-        except json.JSONDecodeError:
-            body = None
+        # Imported here: the API module imports this one to mount these routes.
+        from gossamer.controlplane.api import read_json
+
+        body = await read_json(request)
         if not isinstance(body, dict):
             raise InvalidResource([FieldError("", "body must be a JSON object")], "api token")
         name, scope, ttl = body.get("name"), body.get("scope", "read"), body.get("ttlSeconds")

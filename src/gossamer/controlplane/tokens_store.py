@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
-from gossamer.errors import Conflict, FieldError, InvalidResource, NotFound
+from gossamer.errors import Conflict, FieldError, InvalidResource, NotFound, StoreError
 from gossamer.resources import is_dns1123_label
 
 __all__ = [
@@ -107,18 +107,28 @@ class ApiTokenStore:
     def _load(self) -> None:
         if not self.path.exists():
             return
-        doc = json.loads(self.path.read_text())
-        for item in doc.get("tokens", []):
-            token = ApiToken(
-                name=item["name"],
-                scope=item["scope"],
-                sha256=item["sha256"],
-                created_at=datetime.fromisoformat(item["createdAt"]),
-                expires_at=_parse(item.get("expiresAt")),
-            )
-            self._tokens[token.name] = token
-        for name, when in doc.get("lastUsed", {}).items():
-            self._last_used[name] = datetime.fromisoformat(when)
+        try:
+            doc = json.loads(self.path.read_bytes().decode("utf-8"))
+            for item in doc.get("tokens", []):
+                token = ApiToken(
+                    name=_checked(item["name"], is_dns1123_label, "name"),
+                    scope=_checked(item["scope"], SCOPES.__contains__, "scope"),
+                    sha256=_checked(item["sha256"], _is_digest, "sha256"),
+                    created_at=_time(item["createdAt"]),
+                    expires_at=_parse(item.get("expiresAt")),
+                )
+                self._tokens[token.name] = token
+            for name, when in doc.get("lastUsed", {}).items():
+                self._last_used[name] = _time(when)
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            # The file is replaced whole on every change, so this is damage, not a
+            # write in progress: say so rather than start without the named tokens.
+            why = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+            raise StoreError(
+                f"{self.path} is not a readable API token file ({why}): restore it from a "
+                "backup, or move it aside to start with only the bootstrap admin token "
+                "(DATA_DIR/admin.token; named tokens must then be created again)"
+            ) from None
         self._last_used_saved = dict(self._last_used)
 
     def _save(self) -> None:
@@ -241,4 +251,23 @@ class ApiTokenStore:
 
 
 def _parse(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
+    return None if text is None else _time(text)
+
+
+def _time(text: object) -> datetime:
+    if not isinstance(text, str):
+        raise ValueError(f"a time must be an ISO 8601 string, not {text!r}")
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"time {text!r} has no time zone")
+    return moment
+
+
+def _checked(value: Any, check: Callable[[Any], bool], field: str) -> Any:
+    if not isinstance(value, str) or not check(value):
+        raise ValueError(f"a token's {field} is {value!r}")
+    return value
+
+
+def _is_digest(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)

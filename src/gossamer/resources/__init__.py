@@ -19,6 +19,8 @@ if TYPE_CHECKING:
         resolve_authority,
     )
     from gossamer.resources._documents import (
+        decode_text,
+        load_json,
         parse_documents,
     )
     from gossamer.resources._kinds import (
@@ -57,6 +59,8 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "ServiceRef": "gossamer.resources._authority",
     "resolve_authority": "gossamer.resources._authority",
+    "decode_text": "gossamer.resources._documents",
+    "load_json": "gossamer.resources._documents",
     "parse_documents": "gossamer.resources._documents",
     "KINDS": "gossamer.resources._kinds",
     "KindInfo": "gossamer.resources._kinds",
@@ -92,10 +96,12 @@ __all__ = [
     "ServiceSpec",
     "Workload",
     "WorkloadSpec",
+    "decode_text",
     "is_dns1035_label",
     "is_dns1123_label",
     "is_dns1123_subdomain",
     "json_schema",
+    "load_json",
     "parse_documents",
     "parse_duration",
     "resolve_authority",

@@ -27,6 +27,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
+from gossamer.resources._limits import MAX_LABELS
 from gossamer.resources._names import (
     DNS1123_LABEL_PATTERN,
     DNS1123_LABEL_REASON,
@@ -177,6 +178,8 @@ def rule(check: Callable[[str], bool], reason: str, **schema: Any) -> Rule:
 
 def _check_label_map(labels: dict[str, str]) -> dict[str, str]:
     found: list[tuple[Loc, str]] = []
+    if len(labels) > MAX_LABELS:
+        raise invalid(f"must have at most {MAX_LABELS} labels (has {len(labels)})")
     for key, value in labels.items():
         if key_errors := validate_label_key(key):
             found.append(((key,), "invalid key: " + "; ".join(key_errors)))

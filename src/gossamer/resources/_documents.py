@@ -1,18 +1,32 @@
-"""Multi-document YAML (or JSON) → plain dicts, read the way kubectl reads them."""
+"""Multi-document YAML (or JSON) → plain dicts, read the way kubectl reads them.
+
+Input from outside is bounded before anything recursive sees it: both PyYAML's
+composer and `json` recurse once per level of nesting, so a few kilobytes of `[[[[`
+would otherwise end in a RecursionError (and a traceback per request). Nesting is
+counted while composing (YAML) or by a scan before parsing (JSON), and YAML aliases may
+not make a document much larger than what is written ("billion laughs").
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from typing import Any, Final
 
 import yaml
+from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
-from yaml.nodes import MappingNode, ScalarNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from gossamer.errors import FieldError, InvalidResource
 
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+
+MAX_DEPTH: Final = 64
+"""Mappings and lists inside each other, at most; the deepest resource needs about 8."""
+MAX_ALIAS_VALUES: Final = 100_000
+"""How many values YAML aliases (`*name`) may add to a document, beyond those written."""
 
 
 class _Loader(yaml.SafeLoader):
@@ -23,6 +37,40 @@ class _Loader(yaml.SafeLoader):
     The pure-Python loader, not libyaml's: its messages are the same on every machine,
     and configuration files are small.
     """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    # Depth is counted on the way in, so the composer's recursion stops at MAX_DEPTH.
+    # (The stubs type `anchor` as a dict; PyYAML passes the anchor's name or None.)
+    def compose_sequence_node(self, anchor: Any) -> SequenceNode:
+        self._enter()
+        try:
+            node: SequenceNode = super().compose_sequence_node(anchor)
+            return node
+        finally:
+            self._depth -= 1
+
+    def compose_mapping_node(self, anchor: Any) -> MappingNode:
+        self._enter()
+        try:
+            node: MappingNode = super().compose_mapping_node(anchor)
+            return node
+        finally:
+            self._depth -= 1
+
+    def _enter(self) -> None:
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+
+    def compose_document(self) -> Node | None:
+        node: Node | None = super().compose_document()
+        if node is not None:
+            _check_aliases(node)
+        return node
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -42,6 +90,102 @@ _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP_TAG]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+
+
+def _check_aliases(root: Node) -> None:
+    """Refuse a document that aliases make recursive, too deep or too large.
+
+    Each node is measured once (aliases share nodes), so this costs what is written,
+    not what the aliases would expand to."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) expanded
+    open_: set[int] = set()
+
+    def measure(node: Node, level: int) -> tuple[int, int]:
+        key = id(node)
+        if key in measured:
+            values, depth = measured[key]
+            if level + depth - 1 > MAX_DEPTH:
+                raise _alias_error(node, f"nested deeper than {MAX_DEPTH} levels")
+            return values, depth
+        if key in open_:
+            raise _alias_error(node, "an alias refers to a node that contains it")
+        if not isinstance(node, MappingNode | SequenceNode):
+            measured[key] = (1, 0)
+            return 1, 0
+        if level > MAX_DEPTH:
+            raise _alias_error(node, f"nested deeper than {MAX_DEPTH} levels")
+        open_.add(key)
+        children: list[Node] = (
+            [n for pair in node.value for n in pair]
+            if isinstance(node, MappingNode)
+            else list(node.value)
+        )
+        values, depth = 1, 1
+        for child in children:
+            child_values, child_depth = measure(child, level + 1)
+            values += child_values
+            depth = max(depth, child_depth + 1)
+        open_.discard(key)
+        measured[key] = (values, depth)
+        return values, depth
+
+    values, _ = measure(root, 1)
+    if values - len(measured) > MAX_ALIAS_VALUES:
+        raise _alias_error(
+            root,
+            f"aliases expand it to {values:,} values, {values - len(measured):,} more than "
+            f"written; at most {MAX_ALIAS_VALUES:,} more are allowed",
+        )
+
+
+def _alias_error(node: Node, problem: str) -> ComposerError:
+    return ComposerError(None, None, problem, node.start_mark)
+
+
+# A JSON string (escapes included), or one bracket; everything else is skipped.
+_JSON_NESTING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def json_nesting_error(text: str, limit: int = MAX_DEPTH) -> str | None:
+    """Why JSON `text` nests too deeply to parse ("nested deeper than 64 levels at
+    line 1, column 65"), or None. A scan, not a parse: it runs before `json` recurses."""
+    depth = 0
+    for match in _JSON_NESTING.finditer(text):
+        char = match.group()
+        if char in "[{":
+            depth += 1
+            if depth > limit:
+                start = match.start()
+                line = text.count("\n", 0, start) + 1
+                column = start - (text.rfind("\n", 0, start) + 1) + 1
+                return f"nested deeper than {limit} levels at line {line}, column {column}"
+        elif char in "]}":
+            depth -= 1
+    return None
+
+
+def load_json(text: str, source: str = "-") -> Any:
+    """The JSON value in `text`, its nesting bounded (see `json_nesting_error`).
+
+    Raises InvalidResource (subject `source`) for a syntax error or deep nesting."""
+    if (problem := json_nesting_error(text)) is not None:
+        raise InvalidResource([FieldError("", problem)], subject=source)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidResource([FieldError("", f"invalid JSON: {exc}")], subject=source) from None
+
+
+def decode_text(data: bytes, source: str = "-") -> str:
+    """`data` as UTF-8 text (a leading byte order mark dropped), as Kubernetes reads
+    YAML and JSON. Raises InvalidResource naming the first byte that is not UTF-8."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidResource(
+            [FieldError("", f"not UTF-8 at byte {exc.start} ({exc.reason})")], subject=source
+        ) from None
+    return text.removeprefix("\ufeff")
 
 
 def _type_name(value: object) -> str:
@@ -66,6 +210,8 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _load(text: str, source: str) -> list[Any]:
     """Every document in `text`, empty ones as None, so that indexes count every document."""
     if text.lstrip().startswith("{"):
+        if (problem := json_nesting_error(text)) is not None:
+            raise InvalidResource([FieldError("document 1", problem)], subject=source)
         # Strict JSON first: YAML 1.1 refuses some valid JSON (tabs between tokens).
         try:
             return [json.loads(text, object_pairs_hook=_reject_duplicate_keys)]

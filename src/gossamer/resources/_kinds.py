@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from gossamer.errors import FieldError, InvalidResource
 from gossamer.resources._errors import field_errors
+from gossamer.resources._limits import limit_errors
 from gossamer.resources.authorizationpolicy import AuthorizationPolicy
 from gossamer.resources.grpcroute import GRPCRoute
 from gossamer.resources.httproute import HTTPRoute
@@ -164,9 +165,11 @@ def _subject(obj: Mapping[str, Any]) -> str:
     metadata = metadata if isinstance(metadata, Mapping) else {}
     namespace = metadata.get("namespace", "default")
     name = metadata.get("name")
-    namespace = namespace if isinstance(namespace, str) else "?"
-    name = name if isinstance(name, str) else "?"
-    return f"{kind if isinstance(kind, str) else 'object'} {namespace}/{name}"
+    # Named only by what could be valid: the subject heads every error message.
+    kind = kind if isinstance(kind, str) and len(kind) <= 63 else "object"
+    namespace = namespace if isinstance(namespace, str) and len(namespace) <= 63 else "?"
+    name = name if isinstance(name, str) and len(name) <= 253 else "?"
+    return f"{kind} {namespace}/{name}"
 
 
 def _check_type(obj: Mapping[str, Any]) -> tuple[type[Resource] | None, list[FieldError]]:
@@ -203,11 +206,17 @@ def validate(obj: Mapping[str, Any]) -> Resource:
     """The typed resource `obj` describes, with Kubernetes' defaults filled in.
 
     Raises InvalidResource, subject like "Service default/echo", carrying every error
-    found, each with its field path ("spec.ports[0].port") and a short reason.
+    found, each with its field path ("spec.ports[0].port") and a short reason. An object
+    beyond the bounds in `gossamer.resources._limits` (size, string length, nesting) is
+    refused with those errors alone, before its fields are checked.
     """
     if not isinstance(obj, Mapping):
         raise InvalidResource([FieldError("", "must be a mapping with apiVersion and kind")])
     subject = _subject(obj)
+    # Bounds first: what follows (and the error messages, which quote values) then
+    # works on an object of bounded size.
+    if too_large := limit_errors(obj):
+        raise InvalidResource(too_large, subject)
     model, errors = _check_type(obj)
     if model is None:
         raise InvalidResource(errors, subject)

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from gossamer.resources._base import LabelMap, Model, invalid, raise_problems
+from gossamer.resources._limits import MAX_POLICY_RULES, MAX_RULE_PARTS, MAX_VALUES
 from gossamer.resources._names import is_dns1123_label
 from gossamer.resources.meta import ObjectMeta
 
@@ -145,16 +146,16 @@ class PolicyTargetReference(Model):
 
 
 class Source(Model):
-    principals: list[Principal] = Field(default_factory=list)
-    not_principals: list[Principal] = Field(default_factory=list)
-    request_principals: list[Value] = Field(default_factory=list)
-    not_request_principals: list[Value] = Field(default_factory=list)
-    namespaces: list[Namespace] = Field(default_factory=list)
-    not_namespaces: list[Namespace] = Field(default_factory=list)
-    ip_blocks: list[IPBlock] = Field(default_factory=list)
-    not_ip_blocks: list[IPBlock] = Field(default_factory=list)
-    remote_ip_blocks: list[IPBlock] = Field(default_factory=list)
-    not_remote_ip_blocks: list[IPBlock] = Field(default_factory=list)
+    principals: list[Principal] = Field(default_factory=list, max_length=MAX_VALUES)
+    not_principals: list[Principal] = Field(default_factory=list, max_length=MAX_VALUES)
+    request_principals: list[Value] = Field(default_factory=list, max_length=MAX_VALUES)
+    not_request_principals: list[Value] = Field(default_factory=list, max_length=MAX_VALUES)
+    namespaces: list[Namespace] = Field(default_factory=list, max_length=MAX_VALUES)
+    not_namespaces: list[Namespace] = Field(default_factory=list, max_length=MAX_VALUES)
+    ip_blocks: list[IPBlock] = Field(default_factory=list, max_length=MAX_VALUES)
+    not_ip_blocks: list[IPBlock] = Field(default_factory=list, max_length=MAX_VALUES)
+    remote_ip_blocks: list[IPBlock] = Field(default_factory=list, max_length=MAX_VALUES)
+    not_remote_ip_blocks: list[IPBlock] = Field(default_factory=list, max_length=MAX_VALUES)
 
     @model_validator(mode="after")
     def _not_empty(self) -> Source:
@@ -164,14 +165,14 @@ class Source(Model):
 
 
 class Operation(Model):
-    hosts: list[Value] = Field(default_factory=list)
-    not_hosts: list[Value] = Field(default_factory=list)
-    ports: list[Port] = Field(default_factory=list)
-    not_ports: list[Port] = Field(default_factory=list)
-    methods: list[Value] = Field(default_factory=list)
-    not_methods: list[Value] = Field(default_factory=list)
-    paths: list[Path] = Field(default_factory=list)
-    not_paths: list[Path] = Field(default_factory=list)
+    hosts: list[Value] = Field(default_factory=list, max_length=MAX_VALUES)
+    not_hosts: list[Value] = Field(default_factory=list, max_length=MAX_VALUES)
+    ports: list[Port] = Field(default_factory=list, max_length=MAX_VALUES)
+    not_ports: list[Port] = Field(default_factory=list, max_length=MAX_VALUES)
+    methods: list[Value] = Field(default_factory=list, max_length=MAX_VALUES)
+    not_methods: list[Value] = Field(default_factory=list, max_length=MAX_VALUES)
+    paths: list[Path] = Field(default_factory=list, max_length=MAX_VALUES)
+    not_paths: list[Path] = Field(default_factory=list, max_length=MAX_VALUES)
 
     @model_validator(mode="after")
     def _not_empty(self) -> Operation:
@@ -219,8 +220,8 @@ def condition_key_problem(key: str) -> str | None:
 
 class Condition(Model):
     key: str
-    values: list[str] = Field(default_factory=list)
-    not_values: list[str] = Field(default_factory=list)
+    values: list[str] = Field(default_factory=list, max_length=MAX_VALUES)
+    not_values: list[str] = Field(default_factory=list, max_length=MAX_VALUES)
 
     @model_validator(mode="after")
     def _check(self) -> Condition:
@@ -248,9 +249,9 @@ def _camel(field: str) -> str:
 class Rule(Model):
     """A rule matches when every part present matches: any `from`, any `to`, all `when`."""
 
-    from_: list[RuleFrom] = Field(default_factory=list, alias="from")
-    to: list[RuleTo] = Field(default_factory=list)
-    when: list[Condition] = Field(default_factory=list)
+    from_: list[RuleFrom] = Field(default_factory=list, alias="from", max_length=MAX_RULE_PARTS)
+    to: list[RuleTo] = Field(default_factory=list, max_length=MAX_RULE_PARTS)
+    when: list[Condition] = Field(default_factory=list, max_length=MAX_RULE_PARTS)
 
 
 class ExtensionProvider(Model):
@@ -260,10 +261,12 @@ class ExtensionProvider(Model):
 class AuthorizationPolicySpec(Model):
     selector: WorkloadSelector | None = None
     target_ref: PolicyTargetReference | None = None
-    target_refs: list[PolicyTargetReference] = Field(default_factory=list)
+    target_refs: list[PolicyTargetReference] = Field(
+        default_factory=list, max_length=MAX_RULE_PARTS
+    )
     action: Literal["ALLOW", "DENY", "AUDIT", "CUSTOM"] = "ALLOW"
     provider: ExtensionProvider | None = None
-    rules: list[Rule] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list, max_length=MAX_POLICY_RULES)
     """No rules: the policy never matches (an ALLOW policy then allows nothing);
     one empty rule `{}` matches every request."""
 

@@ -17,6 +17,7 @@ from gossamer.resources._base import (
     first_seen,
     invalid,
 )
+from gossamer.resources._limits import MAX_PORTS
 from gossamer.resources._names import IANA_SVC_NAME_RULES, is_iana_svc_name
 from gossamer.resources.meta import ServiceMeta
 
@@ -86,7 +87,9 @@ class ServiceSpec(Model):
     selector: LabelMap = Field(default_factory=dict)
     """Workloads whose labels include all of these; empty selects none (endpoints are
     then managed by hand, as in Kubernetes)."""
-    ports: Annotated[list[ServicePort], each(_port_problems)] = Field(min_length=1)
+    ports: Annotated[list[ServicePort], each(_port_problems)] = Field(
+        min_length=1, max_length=MAX_PORTS
+    )
     type: Literal["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"] = "ClusterIP"
     cluster_ip: str | None = Field(default=None, alias="clusterIP")
     cluster_ips: list[str] = Field(default_factory=list, alias="clusterIPs")

@@ -24,6 +24,7 @@ from gossamer.resources._base import (
     invalid,
     rule,
 )
+from gossamer.resources._limits import MAX_PORTS
 from gossamer.resources._names import IANA_SVC_NAME_REASON, is_dns1123_subdomain, is_iana_svc_name
 from gossamer.resources.meta import ObjectMeta
 
@@ -84,7 +85,9 @@ class WorkloadSpec(Model):
     address: Annotated[str, AfterValidator(_check_address)]
     inbound_port: PortNumber
     service_account: DNS1123Subdomain = "default"
-    ports: Annotated[list[WorkloadPort], each(_port_problems)] = Field(default_factory=list)
+    ports: Annotated[list[WorkloadPort], each(_port_problems)] = Field(
+        default_factory=list, max_length=MAX_PORTS
+    )
     admin_port: PortNumber | None = None
     """The proxy's admin listener (`/metrics`, `/ready`) at `address`, for the control
     plane's scrapes and Prometheus; absent when it is not reachable there."""

@@ -7,22 +7,32 @@ from urllib.parse import unquote, urlsplit
 
 from gossamer.errors import StoreError
 from gossamer.store.base import ApplyResult, Compacted, Store, WatchEvent
-from gossamer.store.sqlite import SqliteStore
+from gossamer.store.sqlite import SqliteStore, make_dirs
 
-__all__ = ["ApplyResult", "Compacted", "SqliteStore", "Store", "WatchEvent", "open_store"]
+__all__ = [
+    "ApplyResult",
+    "Compacted",
+    "SqliteStore",
+    "Store",
+    "WatchEvent",
+    "make_dirs",
+    "open_store",
+]
 
 _SUPPORTED = "sqlite:///ABSOLUTE/PATH, or a plain file path (SQLite)"
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, expect_existing: bool = False) -> Store:
     """Open the store named by `url`: a file path or `sqlite:///abs/path`.
 
-    Raises StoreError for a URL it cannot use, listing the supported forms.
+    `expect_existing`: the caller knows the store has been used before, so an empty one
+    is lost data and refused (see SqliteStore). Raises StoreError for a URL it cannot
+    use, listing the supported forms.
     """
     if "://" not in url:
         if not url:
             raise StoreError(f"no store given: use {_SUPPORTED}")
-        return SqliteStore(Path(url).expanduser())
+        return SqliteStore(Path(url).expanduser(), expect_existing=expect_existing)
     parts = urlsplit(url)
     if parts.scheme != "sqlite":
         raise StoreError(
@@ -33,4 +43,4 @@ def open_store(url: str) -> Store:
             f"store URL {url!r} must name an absolute path with three slashes, "
             "like sqlite:///var/lib/gossamer/store.db"
         )
-    return SqliteStore(unquote(parts.path))
+    return SqliteStore(unquote(parts.path), expect_existing=expect_existing)

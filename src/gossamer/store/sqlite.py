@@ -31,7 +31,7 @@ from gossamer.store.base import (
     utc_now,
 )
 
-__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+__all__ = ["SCHEMA_VERSION", "SqliteStore", "make_dirs"]
 
 SCHEMA_VERSION = 1
 
@@ -65,6 +65,12 @@ class SqliteStore:
     `event_retention` is how many recent revisions of history `changes` and `watch`
     can replay; `poll_interval` is how often a watch checks for writes made by other
     processes. Usable as a context manager that closes it.
+
+    `expect_existing` says the caller knows this store has been used before (the
+    control plane passes it when its data dir shows an earlier start). A missing file is
+    then still created, but an existing one that is empty (0 bytes, or SQLite without
+    Gossamer's tables) is refused with StoreError rather than silently started as an
+    empty mesh: an empty file where a store was is a lost store, not a new one.
     """
 
     def __init__(
@@ -75,6 +81,7 @@ class SqliteStore:
         clock: Clock = utc_now,
         poll_interval: float = 0.2,
         busy_timeout: float = 10.0,
+        expect_existing: bool = False,
     ) -> None:
         if event_retention < 1:
             raise ValueError(f"event_retention must be at least 1, got {event_retention}")
@@ -88,7 +95,7 @@ class SqliteStore:
         self._watchers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._watchers_lock = threading.Lock()
         self._closed = False
-        self._conn = _open(self.path, busy_timeout)
+        self._conn = _open(self.path, busy_timeout, expect_existing)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -346,7 +353,11 @@ class _Writer:
 # -- opening -----------------------------------------------------------------------
 
 
-def _open(path: Path, busy_timeout: float) -> sqlite3.Connection:
+def _open(path: Path, busy_timeout: float, expect_existing: bool) -> sqlite3.Connection:
+    refuse_empty = expect_existing and path.exists()
+    if refuse_empty and path.is_file() and path.stat().st_size == 0:
+        # Refused before SQLite opens it, so a -wal file beside it is left as it is.
+        raise _lost_store(path, "it is empty (0 bytes)")
     try:
         _create_private_file(path)
     except OSError as e:
@@ -364,7 +375,7 @@ def _open(path: Path, busy_timeout: float) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         # Checked before switching to WAL, which rewrites the file header: a file
         # that is refused must be left exactly as it was found.
-        _prepare_schema(conn, path)
+        _prepare_schema(conn, path, refuse_empty)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
@@ -380,15 +391,35 @@ def _open(path: Path, busy_timeout: float) -> sqlite3.Connection:
         raise
 
 
+def make_dirs(path: Path, mode: int) -> None:
+    """Create directory `path`, and any missing parents, with exactly `mode` whatever
+    the umask (`Path.mkdir(parents=True)` gives parents 0777 less the umask: 0777 under
+    umask 000). A directory that exists is left as found."""
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=mode)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue  # made by another process meanwhile; its mode is its own
+        os.chmod(directory, mode)
+
+
 def _create_private_file(path: Path) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_dirs(path.parent, 0o700)
     # Created here rather than by sqlite3 so the mode is 0600 from the first
     # instant; SQLite gives its -wal and -shm files the database file's mode.
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     os.close(fd)
 
 
-def _prepare_schema(conn: sqlite3.Connection, path: Path) -> None:
+def _prepare_schema(conn: sqlite3.Connection, path: Path, refuse_empty: bool) -> None:
     # IMMEDIATE, so two processes opening a new file at once do not both create it.
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -398,6 +429,8 @@ def _prepare_schema(conn: sqlite3.Connection, path: Path) -> None:
                 "SELECT name FROM sqlite_master WHERE type = 'table'"
             ).fetchall()
         }
+        if not tables and refuse_empty:
+            raise _lost_store(path, "it holds no tables")
         if not tables:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -423,6 +456,16 @@ def _prepare_schema(conn: sqlite3.Connection, path: Path) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _lost_store(path: Path, why: str) -> StoreError:
+    beside = [p.name for p in (Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
+    also = f" (with {' and '.join(beside)} beside it)" if beside else ""
+    return StoreError(
+        f"{path} is not a usable store: {why}, but this store has been used before (the "
+        "data dir shows an earlier start), so the mesh's objects are lost. Restore it "
+        f"from a backup, or move it aside{also} to start again with no objects"
+    )
 
 
 def _not_a_store(path: Path, why: str) -> StoreError:
