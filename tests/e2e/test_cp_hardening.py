@@ -80,7 +80,7 @@ def _service_with_ports(count: int) -> bytes:
         ("/v1/apply", _service_with_ports(10_000), 422, "spec.ports: must have at most 100 items"),
         ("/v1/tokens", b"[" * 100_000, 400, "request body: nested deeper than 64 levels"),
         ("/v1/api-tokens", b'{"name": "\xff"}', 400, "request body: not UTF-8 at byte 10"),
-        ("/v1/ca/rotation", b"[" * 100_000, 400, "request body: nested too deeply"),
+        ("/v1/ca/rotation", b"[" * 100_000, 400, "request body: nested deeper than 64 levels"),
     ],
     ids=[
         "apply: YAML that is not UTF-8",

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from gossamer.controlplane.api import error_response, errors_middleware
+from gossamer.controlplane.api import BadRequest, error_response, errors_middleware, read_json
 from gossamer.errors import IdentityError, InvalidResource, NotFound, Unauthorized
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.resources import to_dict, validate
@@ -353,12 +353,9 @@ class Discovery:
         )
 
     async def _json_body(self, request: web.Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise web.HTTPBadRequest(reason=f"body must be JSON: {err}") from err
+        body = await read_json(request)
         if not isinstance(body, dict):
-            raise web.HTTPBadRequest(reason="body must be a JSON object")
+            raise BadRequest("request body: must be a JSON object")
         return body
 
     def _issue(self, csr: object, identity: SpiffeId, actor: str) -> web.Response:

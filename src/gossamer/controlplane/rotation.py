@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
+from gossamer.controlplane.api import read_json
 from gossamer.controlplane.auth import require_admin
 from gossamer.errors import Conflict, FieldError, IdentityError, InvalidResource
 from gossamer.identity.bundle import certificate_fingerprint, load_bundle
@@ -345,10 +346,7 @@ class RotationController:
         """Start a rotation: `{"kind": "root"|"intermediate", "overlapSeconds": N,
         "rootCert", "intermediateCert", "intermediateKey": paths on this host}`."""
         actor = require_admin(request)
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body = await read_json(request)
         if not isinstance(body, dict):
             raise InvalidResource([FieldError("", "body must be a JSON object")], "rotation")
         kind, overlap = body.get("kind"), body.get("overlapSeconds")

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from gossamer.errors import GossamerError, IdentityError
+from gossamer.errors import IdentityError
 from gossamer.identity.bundle import pinned_root
 from gossamer.identity.der import read_pem_certificates
 from gossamer.identity.keygen import new_key_and_csr
@@ -50,7 +50,7 @@ STREAM_SILENCE = 45.0
 CACHE_FILES = ("cert.pem", "key.pem", "bundle.pem", "identity.json", "snapshot.json")
 
 
-class CannotJoin(GossamerError):
+class CannotJoin(IdentityError):
     """Joining cannot succeed by retrying: no join token, or one the control plane
     refused (expired, used up, for another identity). The message says what to pass."""
 
