@@ -60,7 +60,11 @@ def grpc_status_label(value: bytes | None) -> bytes | None:
 
 
 class Links:
-    """One multiplexed HTTP/2 connection per upstream (a peer endpoint or an app port)."""
+    """One multiplexed HTTP/2 connection per upstream (a peer endpoint or an app port).
+
+    A draining connection (a GOAWAY either way, or its streams used up) takes no new
+    streams: the next stream opens another, and the old one closes once idle.
+    """
 
     def __init__(self, dp: DataPlane) -> None:
         self.dp = dp
@@ -75,7 +79,7 @@ class Links:
         then: _Waiter,
     ) -> None:
         conn = self.conns.get(key)
-        if conn is not None and not conn.closed:
+        if conn is not None and not conn.closed and not conn.draining:
             then(conn)
             return
         waiters = self.waiting.get(key)

@@ -26,10 +26,32 @@ header blocks are re-encoded; DATA payloads are passed through uncopied). Traile
 (gRPC's `grpc-status`) travel as trailers. Bad input closes the connection with the
 error code h2 names (PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR...), a
 malformed header block (`malformed`, checked here rather than by h2) with
-PROTOCOL_ERROR; a flood of control frames (SETTINGS, PING, RST_STREAM) gets
-ENHANCE_YOUR_CALM. A reset stream is reset on its other half; other streams go on.
+PROTOCOL_ERROR. A reset stream is reset on its other half; other streams go on.
 What a stream still had queued when it ends early is acknowledged to its sender all
 the same (`drop_pending`): the connection's window is shared by all its streams.
+
+Abuse (docs/security.md), counted with plain integers as frames and streams arrive
+(`_GuardedH2` sees each frame before h2 acts on it):
+
+- floods: more than CONTROL_FRAME_LIMIT frames a second that carry nothing to a stream
+  (SETTINGS, PING, RST_STREAM, PRIORITY, GOAWAY, unknown types, empty DATA, and from
+  a client DATA or HEADERS that make nothing happen, as on a stream already reset), or
+  more than EMPTY_FRAME_LIMIT empty DATA frames in a row, close the connection with
+  GOAWAY ENHANCE_YOUR_CALM (as nghttp2 and Envoy do since CVE-2019-9518);
+- rapid reset (CVE-2023-44487): a stream the client resets before its answer and
+  within PREMATURE_RESET_LIFETIME is premature; when they are half of the streams
+  (counted from PREMATURE_RESET_STREAMS on, as Envoy does) the connection drains
+  with GOAWAY ENHANCE_YOUR_CALM;
+- a connection carries at most MAX_STREAMS_PER_CONNECTION streams, then drains with
+  GOAWAY NO_ERROR (and the client side opens no more on it), so that the client
+  opens another;
+- a request with more than MAX_HEADER_FIELDS header (or trailer) fields is answered
+  431 and its stream ended; the connection goes on.
+
+Draining (`go_away`, or a GOAWAY from the peer): no new stream is taken or opened, the
+streams open finish, then the connection closes. A stream the peer sends after this
+end's GOAWAY is refused (REFUSED_STREAM: the client may send it again elsewhere) and
+counted like a control frame, so a client that ignores the GOAWAY is cut off.
 
 Cost (decision 0044): what a read makes a connection send goes out in one write when
 the read is handled (`flush`), and a request's end rides on its last DATA frame.
@@ -43,6 +65,7 @@ import logging
 import re
 from collections import deque
 from collections.abc import Callable
+from time import monotonic, perf_counter
 from typing import Final, Protocol, cast
 
 import h2.config
@@ -51,6 +74,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, WindowUpdateFrame
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -64,8 +88,23 @@ REPLAY_LIMIT: Final = 64 * 1024
 STREAM_WINDOW: Final = 256 * 1024
 CONNECTION_WINDOW: Final = 4 * 1024 * 1024
 MAX_STREAMS: Final = 256
-# Control frames (SETTINGS, PING, RST_STREAM) a peer may send per second.
+# Limits on what a peer may make the proxy do (see the module docstring). Frames that
+# carry nothing to a stream (SETTINGS, PING, RST_STREAM, PRIORITY...) a peer may send
+# per second, and empty DATA frames without END_STREAM it may send in a row (Envoy's
+# max_consecutive_inbound_frames_with_empty_payload).
 CONTROL_FRAME_LIMIT: Final = 500
+EMPTY_FRAME_LIMIT: Final = 1
+# Streams one connection carries before it drains (Envoy's max_requests_per_connection,
+# which is unlimited there by default; this bounds what one connection may cost).
+MAX_STREAMS_PER_CONNECTION: Final = 10_000
+# Premature resets: a client's reset of a stream not yet answered, within this many
+# seconds of its start (Envoy: premature_reset_min_stream_lifetime_seconds). Half of a
+# connection's streams may be, counted from this many streams on (before that, half
+# of it: Envoy's premature_reset_total_stream_count, 500 there).
+PREMATURE_RESET_LIFETIME: Final = 1.0
+PREMATURE_RESET_STREAMS: Final = 100
+# Fields in a request's header block or trailers (Envoy's max_headers_count).
+MAX_HEADER_FIELDS: Final = 100
 
 H2_APP_PROTOCOLS: Final = frozenset(("http2", "grpc", "kubernetes.io/h2c", "h2c"))
 
@@ -343,6 +382,11 @@ class StreamPair:
         up.conn = up_conn
         up.stream_id = stream_id
         up_conn.halves[stream_id] = up
+        up_conn.streams += 1
+        if up_conn.streams >= MAX_STREAMS_PER_CONNECTION:
+            # Its last: the peer would say GOAWAY after it (its own cap, if it is a
+            # proxy like this one), and a stream sent meanwhile would be refused.
+            up_conn.draining = True
         if whole:
             up.ended = False
             up.sent_end = True
@@ -453,7 +497,7 @@ class H2Connection(asyncio.Protocol):
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        self.h2 = h2.connection.H2Connection(config)
+        self.h2 = _GuardedH2(config)
         self.h2.local_settings = h2.settings.Settings(
             client=client_side,
             initial_values={
@@ -469,8 +513,11 @@ class H2Connection(asyncio.Protocol):
         self.halves: dict[int, _Half] = {}
         self.closed = False
         self.write_paused = False
-        self._control = 0
-        self._control_since = 0.0
+        # A GOAWAY went one way or the other: no new streams; closed once idle.
+        self.draining = False
+        self.streams = 0  # opened on this connection, by either end
+        self._premature = 0  # streams the client reset early (server side)
+        self._last_taken = 0  # the last stream the peer opened that was taken
         # A write is owed: what h2 has to send goes out once, at the end of this loop
         # turn, not once per event (see `flush`).
         self._flush_scheduled = False
@@ -506,17 +553,7 @@ class H2Connection(asyncio.Protocol):
         self.closed = True
         halves, self.halves = self.halves, {}
         for half in halves.values():
-            pair = half.pair
-            other = half.other
-            if half is pair.up and not pair.status:
-                if pair.on_reset is not None and pair.on_reset(pair):
-                    continue
-                pair.reply(502, f"upstream reset: {self.name} closed the connection")
-            elif other is not None and other.conn is not None:
-                other.conn.reset(other, h2.errors.ErrorCodes.CANCEL)
-                pair.finish()
-            else:
-                pair.finish()
+            _lost(half, f"upstream reset: {self.name} closed the connection")
         if self.on_lost is not None:
             self.on_lost(self)
 
@@ -550,13 +587,30 @@ class H2Connection(asyncio.Protocol):
             elif other.carrier is not None:
                 other.carrier.send()
         elif isinstance(event, h2.events.RequestReceived):
-            assert event.stream_id is not None and event.headers is not None
-            headers = list(event.headers)
-            _check(headers, REQUEST_PSEUDO)
-            if self.handler is None:
-                self.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            stream_id = event.stream_id
+            assert stream_id is not None and event.headers is not None
+            if self.draining:
+                self.h2.control_frame()
+                with contextlib.suppress(h2.exceptions.H2Error):  # reset meanwhile
+                    self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
                 return
-            self.handler.new_stream(self, event.stream_id, headers)
+            self.streams += 1
+            self._last_taken = stream_id
+            headers = list(event.headers)
+            if len(headers) > MAX_HEADER_FIELDS:
+                self._too_many_fields(stream_id, len(headers), event.stream_ended is not None)
+            else:
+                _check(headers, REQUEST_PSEUDO)
+                if self.handler is None:
+                    self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                    return
+                self.handler.new_stream(self, stream_id, headers)
+            if self.streams >= MAX_STREAMS_PER_CONNECTION:
+                self.go_away(
+                    h2.errors.ErrorCodes.NO_ERROR,
+                    f"{self.name}: {self.streams} streams on one connection: GOAWAY, for "
+                    "the client to open another",
+                )
         elif isinstance(event, h2.events.ResponseReceived):
             if event.headers is None:
                 return
@@ -591,8 +645,14 @@ class H2Connection(asyncio.Protocol):
             if event.headers is None:
                 return
             trailers = list(event.headers)
-            _check(trailers, TRAILER_PSEUDO)
             half = self.halves.get(event.stream_id or 0)
+            if len(trailers) > MAX_HEADER_FIELDS and half is not None and half is half.pair.down:
+                half.pair.reply(
+                    431,
+                    f"request trailers have {len(trailers)} fields, more than {MAX_HEADER_FIELDS}",
+                )
+                return
+            _check(trailers, TRAILER_PSEUDO)
             if half is None or half.other is None:
                 return
             trailers = forwardable(trailers)
@@ -621,10 +681,15 @@ class H2Connection(asyncio.Protocol):
                     other.carrier.send()
             self._settle(half)
         elif isinstance(event, h2.events.StreamReset):
-            self._control_frame()
             half = self.halves.pop(event.stream_id or 0, None)
             if half is not None:
                 pair = half.pair
+                if (
+                    half is pair.down
+                    and not pair.status
+                    and perf_counter() - pair.started < PREMATURE_RESET_LIFETIME
+                ):
+                    self._premature_reset()
                 on_reset = pair.on_reset if half is pair.up and not pair.status else None
                 if on_reset is not None and on_reset(pair):
                     return
@@ -642,12 +707,9 @@ class H2Connection(asyncio.Protocol):
             else:
                 self._pump_all()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self._control_frame()
             self._pump_all()
-        elif isinstance(event, (h2.events.PingReceived, h2.events.SettingsAcknowledged)):
-            self._control_frame()
         elif isinstance(event, h2.events.ConnectionTerminated):
-            self.close()
+            self._went_away(event.last_stream_id or 0, event.error_code or 0)
         elif isinstance(event, h2.events.InformationalResponseReceived):
             # A 1xx (100 Continue to a request that expects it): passed on as it is.
             half = self.halves.get(event.stream_id or 0)
@@ -657,14 +719,64 @@ class H2Connection(asyncio.Protocol):
                     other.conn.h2.send_headers(other.stream_id, forwardable(list(event.headers)))
                 other.conn.flush()
 
-    def _control_frame(self) -> None:
-        now = asyncio.get_running_loop().time()
-        if now - self._control_since > 1.0:
-            self._control_since = now
-            self._control = 0
-        self._control += 1
-        if self._control > CONTROL_FRAME_LIMIT:
-            raise _Flood
+    def _premature_reset(self) -> None:
+        self._premature += 1
+        premature = self._premature
+        if 2 * premature >= max(PREMATURE_RESET_STREAMS, self.streams):
+            self.go_away(
+                h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
+                f"{self.name} reset {premature} of its {self.streams} streams before "
+                "their answers (rapid reset): GOAWAY",
+            )
+
+    def _too_many_fields(self, stream_id: int, count: int, ended: bool) -> None:
+        """Answer a request whose header block is too long 431, and end its stream."""
+        reason = f"request has {count} header fields, more than {MAX_HEADER_FIELDS}"
+        log.warning("%s from %s", reason, self.name)
+        with contextlib.suppress(h2.exceptions.H2Error):  # the client reset it meanwhile
+            self.h2.send_headers(
+                stream_id,
+                [(b":status", b"431"), (b"gossamer-error", reason.encode())],
+                end_stream=True,
+            )
+            if not ended:
+                # The rest of the request is not wanted (RFC 9113 8.1: a complete
+                # answer, then RST_STREAM NO_ERROR).
+                self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+
+    def go_away(self, code: int, reason: str) -> None:
+        """Say GOAWAY and take no new streams: the open ones finish, then the connection
+        closes. h2 sends nothing at all after a GOAWAY of its own, so the frame is made
+        here and h2 goes on for the streams that are left."""
+        if self.draining or self.closed or self.transport is None:
+            return
+        log.warning("%s", reason)
+        self._write_out()  # what h2 has queued goes first
+        self.draining = True
+        # Not h2's highest_inbound_stream_id: h2 has read the whole read's frames, and
+        # streams after this event's are refused, not taken.
+        last = self._last_taken
+        if not self.transport.is_closing():
+            self.transport.write(GoAwayFrame(0, last_stream_id=last, error_code=code).serialize())
+        self.flush()  # and closes the connection if no stream is open
+
+    def _went_away(self, last_stream_id: int, code: int) -> None:
+        """The peer said GOAWAY: the streams this end opened after `last_stream_id` were
+        not taken, and fail as if the connection were lost (or are tried again); the
+        others finish, then the connection closes."""
+        self.draining = True
+        if code:
+            log.warning("%s said GOAWAY with error %d", self.name, code)
+        mine = 1 if self.h2.config.client_side else 0
+        refused = [
+            half for sid, half in self.halves.items() if sid > last_stream_id and sid % 2 == mine
+        ]
+        for half in refused:
+            del self.halves[half.stream_id]
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.h2.reset_stream(half.stream_id, h2.errors.ErrorCodes.CANCEL)
+            _lost(half, f"upstream refused the stream: {self.name} said GOAWAY")
+        self.flush()
 
     def forget(self, half: _Half) -> None:
         self.halves.pop(half.stream_id, None)
@@ -773,19 +885,106 @@ class H2Connection(asyncio.Protocol):
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+        if self.draining and not self.halves:
+            self.close()
 
     def fail(self, code: int, reason: str) -> None:
-        """Close the connection with GOAWAY `code`."""
+        """Close the connection with GOAWAY `code` (unless h2 has already sent one)."""
         log.warning("%s", reason)
-        with contextlib.suppress(h2.exceptions.H2Error):
-            self.h2.close_connection(error_code=code)
+        if self.h2.state_machine.state is not h2.connection.ConnectionState.CLOSED:
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.h2.close_connection(error_code=code)
         self.close()
 
     def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self._write_out()  # what is owed (a GOAWAY) goes before the close
+        transport = self.transport
+        if transport is not None and not self.closed:
             self.closed = True
-            self.transport.close()
+            data = self.h2.data_to_send()  # what is owed (a GOAWAY) goes before the close
+            if data and not transport.is_closing():
+                transport.write(data)
+            transport.close()
+
+
+def _lost(half: _Half, reason: str) -> None:
+    """`half`'s stream is gone with its connection (or was refused by a GOAWAY)."""
+    pair = half.pair
+    other = half.other
+    if half is pair.up and not pair.status:
+        if pair.on_reset is not None and pair.on_reset(pair):
+            return
+        pair.reply(502, reason)
+    elif other is not None and other.conn is not None:
+        other.conn.reset(other, h2.errors.ErrorCodes.CANCEL)
+        pair.finish()
+    else:
+        pair.finish()
+
+
+# h2's own frame handling, called directly rather than through super(), which would
+# make an object per frame.
+_h2_receive_frame: Final = h2.connection.H2Connection._receive_frame
+
+
+class _GuardedH2(h2.connection.H2Connection):
+    """h2's connection, with each frame received counted before h2 acts on it.
+
+    The flood limits count frames, not h2's events: a DATA or HEADERS frame on a stream
+    already reset makes no event (h2 answers it with an RST_STREAM), a PING ACK or a
+    frame of an unknown type makes one that nothing would count, and a HEADERS frame
+    with a priority makes the same event as a PRIORITY frame. Per frame this is a type
+    check and, for DATA, a look at its payload: no allocation.
+
+    A GOAWAY is not given to h2, which would refuse every frame after it, even those
+    of the streams the GOAWAY lets finish; it becomes a ConnectionTerminated event
+    here, and H2Connection drains the connection.
+    """
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config)
+        self.server_side = not config.client_side
+        self.control = 0  # control frames since control_since
+        self.control_since = 0.0
+        self.empty = 0  # empty DATA frames in a row
+
+    def _receive_frame(self, frame: Frame) -> list[h2.events.Event]:
+        if isinstance(frame, (DataFrame, HeadersFrame)):
+            # Envoy's rule: a DATA frame with neither payload nor END_STREAM is empty;
+            # any other DATA or HEADERS frame ends a run of them.
+            if isinstance(frame, HeadersFrame) or frame.data or "END_STREAM" in frame.flags:
+                self.empty = 0
+            else:
+                self.empty += 1
+                if self.empty > EMPTY_FRAME_LIMIT:
+                    raise _Flood(f"{self.empty} empty DATA frames in a row")
+                self.control_frame()
+            events = _h2_receive_frame(self, frame)
+            if not events and self.server_side:
+                # It made nothing happen: no better than a PING. Not counted from an
+                # upstream, whose frames in flight when this proxy cancels a stream
+                # (a client went away) are many more than a client's are.
+                self.control_frame()
+            return events
+        if isinstance(frame, WindowUpdateFrame):
+            return _h2_receive_frame(self, frame)
+        self.control_frame()
+        if isinstance(frame, GoAwayFrame):
+            event = h2.events.ConnectionTerminated()
+            event.error_code = frame.error_code
+            event.last_stream_id = frame.last_stream_id
+            event.additional_data = frame.additional_data
+            return [event]
+        return _h2_receive_frame(self, frame)
+
+    def control_frame(self) -> None:
+        """Count a frame that carries nothing to a stream; too many a second are a flood."""
+        now = monotonic()
+        if now - self.control_since > 1.0:
+            self.control_since = now
+            self.control = 0
+        self.control += 1
+        if self.control > CONTROL_FRAME_LIMIT:
+            raise _Flood(f"more than {CONTROL_FRAME_LIMIT} control frames in a second")
 
 
 def _check(headers: Headers, pseudo: frozenset[bytes]) -> None:
@@ -824,7 +1023,6 @@ def _end_read() -> None:
 
 
 class _Flood(h2.exceptions.ProtocolError):
-    error_code = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    """Too many frames that carry nothing: the connection ends with ENHANCE_YOUR_CALM."""
 
-    def __init__(self) -> None:
-        super().__init__(f"more than {CONTROL_FRAME_LIMIT} control frames in a second")
+    error_code = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM

@@ -1,0 +1,535 @@
+"""HTTP/2 abuse against real proxies, frame by frame: empty-DATA floods, rapid reset,
+too many header fields, and the cap on streams per connection.
+
+A raw client (`RawH2`) writes frames built with hyperframe to a real socket (the
+outbound h2c listener, or the inbound over mTLS with ALPN gossamer/h2) and reads every
+frame that comes back, so a test sees GOAWAYs and resets as they are sent. The app
+behind the proxies is the HTTP/1.1 echo app, which counts the requests that reach it.
+Every loop is bounded in count and time; sockets and proxies close in `finally`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, suppress
+
+import hpack
+import pytest
+from hyperframe.frame import (
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    SettingsFrame,
+)
+
+from gossamer.identity.tls import client_context
+from gossamer.proxy import http2
+from gossamer.proxy.dataplane import DataPlane
+from gossamer.proxy.tls import ALPN_H2, sni_for
+from tests.proxy.conftest import EchoApp, Pki
+from tests.proxy.test_e2e_upgrade import two_proxies
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+NO_ERROR = 0
+PROTOCOL_ERROR = 1
+REFUSED_STREAM = 7
+CANCEL = 8
+ENHANCE_YOUR_CALM = 11
+
+Fields = list[tuple[bytes, bytes]]
+
+
+def request(
+    path: bytes = b"/anything", method: bytes = b"GET", *extra: tuple[bytes, bytes]
+) -> Fields:
+    return [
+        (b":method", method),
+        (b":scheme", b"http"),
+        (b":authority", b"echo"),
+        (b":path", path),
+        *extra,
+    ]
+
+
+def many_fields(n: int) -> list[tuple[bytes, bytes]]:
+    return [(b"x-field-%03d" % i, b"v") for i in range(n)]
+
+
+class RawH2:
+    """An HTTP/2 client that writes the frames it is given and records what comes back."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.encoder = hpack.Encoder()
+        self.decoder = hpack.Decoder()
+        self.goaway: tuple[int, int] | None = None  # (error code, last stream id)
+        self.resets: dict[int, int] = {}
+        self.heads: dict[int, Fields] = {}
+        self.bodies: dict[int, bytearray] = {}
+        self.ended: set[int] = set()
+        self.eof = asyncio.Event()
+        self._task = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(
+        cls,
+        address: tuple[str, int],
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> RawH2:
+        reader, writer = await asyncio.open_connection(
+            *address, ssl=tls, server_hostname=server_hostname
+        )
+        client = cls(reader, writer)
+        writer.write(PREFACE + SettingsFrame(0).serialize())
+        return client
+
+    def headers(self, stream_id: int, fields: Fields, end_stream: bool = True) -> bytes:
+        frame = HeadersFrame(stream_id, self.encoder.encode(fields))
+        frame.flags.add("END_HEADERS")
+        if end_stream:
+            frame.flags.add("END_STREAM")
+        return frame.serialize()
+
+    @staticmethod
+    def data(stream_id: int, data: bytes = b"", end_stream: bool = False) -> bytes:
+        frame = DataFrame(stream_id, data)
+        if end_stream:
+            frame.flags.add("END_STREAM")
+        return frame.serialize()
+
+    @staticmethod
+    def rst(stream_id: int, code: int = CANCEL) -> bytes:
+        return RstStreamFrame(stream_id, error_code=code).serialize()
+
+    async def send(self, data: bytes) -> bool:
+        """Write `data`; False once the proxy has closed the connection."""
+        if self.eof.is_set() or self.writer.transport.is_closing():
+            return False
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except (ConnectionError, OSError):
+            return False
+        await asyncio.sleep(0)  # let what came back be read
+        return not self.eof.is_set()
+
+    async def until(self, done: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """Wait (bounded) until `done()` holds or the connection ends."""
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            if self.eof.is_set():
+                return done()
+            await asyncio.sleep(0.005)
+        return done()
+
+    async def settled(self, *stream_ids: int, timeout: float = 10.0) -> bool:
+        """Wait (bounded) until each stream has ended or been reset."""
+        return await self.until(
+            lambda: all(i in self.ended or i in self.resets for i in stream_ids), timeout
+        )
+
+    async def closed(self, timeout: float = 10.0) -> bool:
+        """Wait (bounded) until the proxy has closed the connection."""
+        return await self.until(self.eof.is_set, timeout)
+
+    async def get(self, stream_id: int, fields: Fields, timeout: float = 10.0) -> int | None:
+        """Send a request without a body; its response status, or None if reset."""
+        await self.send(self.headers(stream_id, fields))
+        await self.settled(stream_id, timeout=timeout)
+        return self.status(stream_id)
+
+    def status(self, stream_id: int) -> int | None:
+        for name, value in self.heads.get(stream_id, ()):
+            if name == b":status":
+                return int(value)
+        return None
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                head = await self.reader.readexactly(9)
+                frame, length = Frame.parse_frame_header(memoryview(head))
+                frame.parse_body(memoryview(await self.reader.readexactly(length)))
+                self._received(frame)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            self.eof.set()
+
+    def _received(self, frame: Frame) -> None:
+        sid = frame.stream_id
+        if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
+            self.writer.write(SettingsFrame(0, flags=["ACK"]).serialize())
+        elif isinstance(frame, GoAwayFrame):
+            self.goaway = (frame.error_code, frame.last_stream_id)
+        elif isinstance(frame, RstStreamFrame):
+            self.resets[sid] = frame.error_code
+        elif isinstance(frame, HeadersFrame):
+            fields = [(bytes(n), bytes(v)) for n, v in self.decoder.decode(frame.data, raw=True)]
+            if sid in self.heads:
+                self.heads[sid] += fields  # trailers
+            else:
+                self.heads[sid] = fields
+            if "END_STREAM" in frame.flags:
+                self.ended.add(sid)
+        elif isinstance(frame, DataFrame):
+            self.bodies.setdefault(sid, bytearray()).extend(frame.data)
+            if "END_STREAM" in frame.flags:
+                self.ended.add(sid)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with suppress(asyncio.CancelledError):
+            await self._task
+        self.writer.transport.abort()
+
+
+@asynccontextmanager
+async def echo_mesh(pki: Pki) -> AsyncIterator[tuple[DataPlane, DataPlane, EchoApp]]:
+    """Two proxies (client "web", server "echo-1") in front of the HTTP/1.1 echo app."""
+    app = EchoApp("echo-1")
+    port = await app.start()
+    try:
+        async with two_proxies(pki, port) as (client, server):
+            yield client, server, app
+    finally:
+        await app.close()
+
+
+def inbound_context(pki: Pki) -> ssl.SSLContext:
+    creds = pki.issue("default", "web")
+    return client_context(
+        creds.chain_pem, creds.key_pem, creds.bundle_pem, alpn_protocols=[ALPN_H2]
+    )
+
+
+async def open_to(pki: Pki, client: DataPlane, server: DataPlane, side: str) -> RawH2:
+    """A raw connection to the client proxy's outbound h2c port, or (side "inbound")
+    straight to the server proxy's inbound over mTLS as a peer proxy would come."""
+    if side == "outbound":
+        assert client.outbound_address is not None
+        return await RawH2.open(client.outbound_address)
+    assert server.inbound_address is not None
+    return await RawH2.open(
+        server.inbound_address,
+        inbound_context(pki),
+        server_hostname=sni_for(8080, "echo-1", "default"),
+    )
+
+
+# ---- empty DATA frames --------------------------------------------------------------
+
+FLOOD_CHUNK = 1000  # empty DATA frames per write
+FLOOD_CHUNKS = 200  # at most 200,000 frames
+
+
+async def flood_data(raw: RawH2, payload: bytes = b"", reset: bool = False) -> int:
+    """Open a stream (and reset it, if `reset`) and send DATA frames with `payload` on
+    it until the connection is cut (or FLOOD_CHUNKS writes); how many went out."""
+    await raw.send(raw.headers(1, request(b"/anything", b"POST"), end_stream=False))
+    if reset:
+        await raw.send(raw.rst(1))
+    chunk = RawH2.data(1, payload) * FLOOD_CHUNK
+    sent = 0
+    for _ in range(FLOOD_CHUNKS):
+        if raw.goaway is not None or not await raw.send(chunk):
+            break
+        sent += FLOOD_CHUNK
+    return sent
+
+
+FLOODS = [
+    ("empty DATA on the outbound h2c port", "outbound", b"", False),
+    ("empty DATA on the mtls inbound", "inbound", b"", False),
+    # Each makes h2 answer RST_STREAM, and no event.
+    ("one-byte DATA on a stream already reset", "outbound", b"x", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("side", "payload", "reset"), [f[1:] for f in FLOODS], ids=[f[0] for f in FLOODS]
+)
+@pytest.mark.asyncio
+async def test_a_flood_of_data_frames_that_carry_nothing_gets_goaway_and_the_connection_closes(
+    pki: Pki, side: str, payload: bytes, reset: bool
+) -> None:
+    async with echo_mesh(pki) as (client, server, _):
+        raw = await open_to(pki, client, server, side)
+        try:
+            sent = await flood_data(raw, payload, reset)
+            await raw.closed()
+            assert raw.goaway is not None, f"no GOAWAY after {sent} DATA frames"
+            assert raw.eof.is_set()
+            assert raw.goaway[0] in (ENHANCE_YOUR_CALM, PROTOCOL_ERROR)
+            assert sent < FLOOD_CHUNK * FLOOD_CHUNKS  # cut off, not sent to the end
+        finally:
+            await raw.close()
+
+
+@pytest.mark.asyncio
+async def test_one_empty_data_frame_between_others_is_allowed(pki: Pki) -> None:
+    """An empty DATA frame now and then (some clients flush one) is not a flood."""
+    async with echo_mesh(pki) as (client, server, _):
+        raw = await open_to(pki, client, server, "outbound")
+        try:
+            await raw.send(raw.headers(1, request(b"/anything", b"POST"), end_stream=False))
+            for _ in range(3):
+                await raw.send(raw.data(1) + raw.data(1, b"abc"))
+            await raw.send(raw.data(1, end_stream=True))
+            assert await raw.settled(1)
+            assert raw.status(1) == 200 and raw.goaway is None
+            assert b'"body_length": 9' in raw.bodies[1]
+        finally:
+            await raw.close()
+
+
+def _flood_in_a_thread(address: tuple[str, int], stop: threading.Event) -> Iterator[int]:
+    """Empty DATA frames from a plain blocking socket, off the proxies' loop, until
+    the proxy cuts it or `stop`; yields once per chunk written (bounded)."""
+    with socket.create_connection(address, timeout=5) as sock:
+        encoder = hpack.Encoder()
+        head = HeadersFrame(1, encoder.encode(request(b"/anything", b"POST")))
+        head.flags.add("END_HEADERS")
+        sock.sendall(PREFACE + SettingsFrame(0).serialize() + head.serialize())
+        chunk = RawH2.data(1) * FLOOD_CHUNK
+        for _ in range(FLOOD_CHUNKS * 5):
+            if stop.is_set():
+                return
+            try:
+                sock.sendall(chunk)
+            except OSError:
+                return
+            yield FLOOD_CHUNK
+
+
+@pytest.mark.asyncio
+async def test_a_request_on_another_connection_is_answered_during_a_flood(pki: Pki) -> None:
+    """Four connections flood empty DATA frames from threads while a request is made
+    on a fifth: it is answered, and every flooding connection is cut."""
+    async with echo_mesh(pki) as (client, _, _):
+        assert client.outbound_address is not None
+        address = client.outbound_address
+        stop = threading.Event()
+        sent = [0] * 4
+
+        def flood(i: int) -> None:
+            for n in _flood_in_a_thread(address, stop):
+                sent[i] += n
+
+        threads = [asyncio.create_task(asyncio.to_thread(flood, i)) for i in range(4)]
+        raw = None
+        try:
+            await asyncio.sleep(0.2)  # the floods are under way
+            raw = await RawH2.open(address)
+            status = await raw.get(1, request(b"/anything"), timeout=20)
+            assert status == 200
+            # The floods end because the proxy cut them, not because `stop` was set.
+            done, _ = await asyncio.wait(threads, timeout=20)
+            assert len(done) == 4, f"floods still running after {sent} frames"
+            assert all(n < FLOOD_CHUNK * FLOOD_CHUNKS * 5 for n in sent)
+        finally:
+            stop.set()
+            await asyncio.gather(*threads, return_exceptions=True)
+            if raw is not None:
+                await raw.close()
+
+
+# ---- rapid reset --------------------------------------------------------------------
+
+RESET_BATCHES = 15
+RESET_BATCH = 20
+
+
+@pytest.mark.parametrize("side", ["outbound", "inbound"], ids=["outbound h2c", "mtls inbound"])
+@pytest.mark.asyncio
+async def test_rapid_reset_gets_goaway_and_few_cancelled_requests_reach_the_app(
+    pki: Pki, side: str
+) -> None:
+    """Streams opened and reset 50 ms later, below the control-frame limit (300 resets
+    in about a second), the way CVE-2023-44487 is exploited; the client ignores the
+    GOAWAY and goes on, as an attacker would."""
+    async with echo_mesh(pki) as (client, server, app):
+        raw = await open_to(pki, client, server, side)
+        try:
+            stream_id = 1
+            sent = 0
+            for _ in range(RESET_BATCHES):
+                ids = list(range(stream_id, stream_id + 2 * RESET_BATCH, 2))
+                stream_id += 2 * RESET_BATCH
+                if not await raw.send(b"".join(raw.headers(i, request(b"/hang")) for i in ids)):
+                    break
+                sent += len(ids)
+                await asyncio.sleep(0.05)  # long enough for a request to reach the app
+                if not await raw.send(b"".join(raw.rst(i) for i in ids)):
+                    break
+            await asyncio.sleep(0.2)  # what is still on its way reaches the app
+            assert raw.goaway is not None and raw.goaway[0] == ENHANCE_YOUR_CALM, raw.goaway
+            total = RESET_BATCHES * RESET_BATCH
+            assert app.requests <= total // 3, f"{app.requests} of {sent} reached the app"
+        finally:
+            await raw.close()
+
+
+@pytest.mark.asyncio
+async def test_streams_answered_before_the_client_resets_them_are_not_premature(
+    pki: Pki,
+) -> None:
+    """Resetting streams after their answers is normal: no GOAWAY."""
+    async with echo_mesh(pki) as (client, server, _):
+        raw = await open_to(pki, client, server, "outbound")
+        try:
+            for i in range(1, 2 * 120, 2):
+                await raw.send(raw.headers(i, request(b"/stream", b"POST"), end_stream=False))
+                await raw.until(lambda: raw.status(i) is not None)  # noqa: B023 (awaited here)
+                await raw.send(raw.rst(i))
+            assert raw.goaway is None
+            assert await raw.get(1001, request()) == 200
+        finally:
+            await raw.close()
+
+
+# ---- header fields ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["headers", "trailers"])
+@pytest.mark.asyncio
+async def test_a_request_with_too_many_header_fields_is_refused(pki: Pki, where: str) -> None:
+    async with echo_mesh(pki) as (client, server, app):
+        raw = await open_to(pki, client, server, "outbound")
+        try:
+            if where == "headers":
+                await raw.send(raw.headers(1, request(b"/anything", b"GET", *many_fields(150))))
+            else:
+                await raw.send(raw.headers(1, request(b"/anything", b"POST"), end_stream=False))
+                await raw.send(raw.data(1, b"body"))
+                await raw.send(raw.headers(1, many_fields(150)))
+            assert await raw.settled(1)
+            assert raw.status(1) == 431 or raw.resets.get(1) not in (None, NO_ERROR)
+            # A stream error only: the connection goes on, and a request within the
+            # limit gets through.
+            assert raw.goaway is None
+            fields = many_fields(http2.MAX_HEADER_FIELDS - 5)
+            assert await raw.get(5, request(b"/anything", b"GET", *fields)) == 200
+            assert [r[1] for r in app.received] == ["/anything"]
+        finally:
+            await raw.close()
+
+
+# ---- streams per connection ---------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_connection_is_drained_after_its_stream_cap(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After MAX_STREAMS_PER_CONNECTION streams the proxy says GOAWAY (NO_ERROR), answers
+    what it took, refuses what comes after, and closes. The cap holds on the mesh link
+    between the proxies too: the client proxy opens another and no request fails."""
+    monkeypatch.setattr(http2, "MAX_STREAMS_PER_CONNECTION", 5)
+    async with echo_mesh(pki) as (client, server, app):
+        statuses = []
+        for _ in range(3):
+            raw = await open_to(pki, client, server, "outbound")
+            try:
+                for i in range(1, 9, 2):
+                    statuses.append(await raw.get(i, request()))
+                assert raw.goaway is None
+                # The fifth stream, and a sixth the proxy reads before answering it.
+                await raw.send(raw.headers(9, request()) + raw.headers(11, request()))
+                assert await raw.settled(9, 11)
+                statuses.append(raw.status(9))
+                assert raw.goaway == (NO_ERROR, 9)
+                assert raw.resets[11] == REFUSED_STREAM
+                assert await raw.closed()
+            finally:
+                await raw.close()
+        assert statuses == [200] * 15
+        assert len(app.received) == 15
+
+
+# ---- a GOAWAY from upstream -----------------------------------------------------------
+
+
+class GoAwayApp:
+    """An h2c app whose first connection says GOAWAY (NO_ERROR, last stream: the first it
+    got) once two streams are open, then answers the first; later connections answer
+    every stream at once."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.connections = 0
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h2.config
+        import h2.connection
+        import h2.events
+
+        self.connections += 1
+        first = self.connections == 1
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        conn = h2.connection.H2Connection(config)
+        conn.initiate_connection()
+        streams: list[int] = []
+        said_goaway = False
+        try:
+            writer.write(conn.data_to_send())
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived) and event.stream_id:
+                        streams.append(event.stream_id)
+                        if not first:
+                            conn.send_headers(event.stream_id, [(":status", "200")], True)
+                writer.write(conn.data_to_send())
+                if first and len(streams) >= 2 and not said_goaway:
+                    said_goaway = True
+                    # Made here: h2 itself sends nothing after a GOAWAY of its own.
+                    writer.write(GoAwayFrame(0, last_stream_id=streams[0]).serialize())
+                    conn.send_headers(streams[0], [(":status", "200")], end_stream=True)
+                    writer.write(conn.data_to_send())
+        except (ConnectionError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            writer.transport.abort()
+
+
+@pytest.mark.asyncio
+async def test_streams_an_upstream_took_before_its_goaway_finish(pki: Pki) -> None:
+    """The app says GOAWAY with two of the proxy's streams open: the one it took is
+    answered, the one it did not is refused (502), and the next stream goes on a new
+    connection."""
+    app = GoAwayApp()
+    port = await app.start()
+    try:
+        async with two_proxies(pki, port, "http2") as (client, _):
+            assert client.outbound_address is not None
+            raw = await RawH2.open(client.outbound_address)
+            try:
+                await raw.send(raw.headers(1, request(b"/")) + raw.headers(3, request(b"/")))
+                assert await raw.settled(1, 3)
+                assert sorted([raw.status(1), raw.status(3)]) == [200, 502]
+                refused = 1 if raw.status(1) == 502 else 3
+                assert b"said GOAWAY" in dict(raw.heads[refused])[b"gossamer-error"]
+                assert await raw.get(5, request(b"/")) == 200
+                assert app.connections == 2
+            finally:
+                await raw.close()
+    finally:
+        await app.close()
