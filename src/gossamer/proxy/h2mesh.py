@@ -306,8 +306,14 @@ class _OutboundStream:
             retry = rule_retry or retry
             if timeout is not None:
                 self.timer = self.dp.loop.call_later(timeout, self._timed_out, timeout)
+        if retry is None:
+            self._forward()
+            return
+        # Every stream under a retry policy pays into its budget, as an HTTP/1.1
+        # request does: without the deposits, a percentage budget never allows a retry.
+        retry.budget.deposit(self.dp.loop.time())
         method = header(self.headers, b":method") or b""
-        if retry is not None and (method in IDEMPOTENT or h2to1.is_grpc(self.headers)):
+        if method in IDEMPOTENT or h2to1.is_grpc(self.headers):
             self.retry = retry
             self.pair.replay = []
             self.pair.on_response = self._on_response
