@@ -49,10 +49,13 @@ spec:
 """
 
 
-def fetch(outbound: str, path: str = "/") -> tuple[str, dict[str, str]]:
+def fetch(outbound: str, path: str = "/", http2: bool = False) -> tuple[str, dict[str, str]]:
+    if http2:  # h2c with prior knowledge to the outbound listener, routed by :authority
+        target = ["--http2-prior-knowledge", "-H", "Host: echo.shop", f"http://{outbound}{path}"]
+    else:
+        target = ["-x", f"http://{outbound}", f"http://echo.shop{path}"]
     r = subprocess.run(
-        ["curl", "-s", "--max-time", "10", "-D", "-", "-o", "/dev/null", "-x",
-         f"http://{outbound}", f"http://echo.shop{path}"],
+        ["curl", "-s", "--max-time", "10", "-D", "-", "-o", "/dev/null", *target],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     lines = r.stdout.splitlines()
@@ -95,19 +98,21 @@ def secured(control_plane: ControlPlaneProcess, tmp_path: Path) -> Iterator[dict
             w.stop()
 
 
+@pytest.mark.parametrize("http2", [False, True], ids=["HTTP/1.1", "HTTP/2"])
 def test_policy_allows_one_identity_denies_another_and_audits_without_blocking(
-    secured: dict[str, Workload], control_plane: ControlPlaneProcess
+    secured: dict[str, Workload], control_plane: ControlPlaneProcess, http2: bool
 ) -> None:
-    status, _ = fetch(secured["client"].outbound, "/audited/report")
+    status, _ = fetch(secured["client"].outbound, "/audited/report", http2)
     assert status == "200"
-    status, headers = fetch(secured["intruder"].outbound, "/")
+    status, headers = fetch(secured["intruder"].outbound, "/denied", http2)
     assert status == "403"
     assert headers["gossamer-error"] == "denied by shop/echo-allow: no rule matches"
     echo_log = secured["echo"].log
     wait_for(lambda: "audit: GET /audited/report" in echo_log.read_text(), "no audit line")
     wait_for(
         lambda: (
-            "spiffe://cluster.local/ns/shop/sa/intruder: denied by shop/echo-allow"
+            "GET /denied on port 8080" in echo_log.read_text()
+            and "spiffe://cluster.local/ns/shop/sa/intruder: denied by shop/echo-allow"
             in echo_log.read_text()
         ),
         "no log line for the denial",

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from gossamer.authz import Request, principal_of
 from gossamer.proxy import h2to1
+from gossamer.proxy.authorize import authorize
 from gossamer.proxy.hooks import APP_CALLER, HTTP2, Caller, StreamCaller, StreamRequest
 from gossamer.proxy.http1 import SRC_SERVICE_HEADER
 from gossamer.proxy.http2 import (
@@ -712,17 +713,19 @@ class InboundH2:
             found = [v for n, v in headers if n == wanted]
             return b",".join(found).decode("latin-1") if found else None
 
-        decision = self.dp.authorizer.check(
-            Request(
-                principal=principal_of(self.peer_identity),
-                port=route.port,
-                source_ip=self.peer_address,
-                method=method.decode("latin-1"),
-                path=path.decode("latin-1"),
-                host=authority.decode("latin-1") if authority is not None else None,
-                headers=get,
-                sni=self.server_name,
-            )
+        request = Request(
+            principal=principal_of(self.peer_identity),
+            port=route.port,
+            source_ip=self.peer_address,
+            method=method.decode("latin-1"),
+            path=path.decode("latin-1"),
+            host=authority.decode("latin-1") if authority is not None else None,
+            headers=get,
+            sni=self.server_name,
+        )
+        what = f"{request.method} {request.path} on port {route.port} (HTTP/2)"
+        decision = authorize(
+            self.dp.authorizer, request, self.peer_identity or self.peer_address, what
         )
         if decision.allowed:
             return True
