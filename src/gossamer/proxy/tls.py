@@ -112,16 +112,6 @@ def sni_for(target_port: int, workload: str, namespace: str) -> str:
     return f"p{target_port}.{workload}.{namespace}{SNI_SUFFIX}"
 
 
-def parse_sni(server_name: str | None) -> tuple[int, str, str] | None:
-    """(target port, workload, namespace) from a mesh SNI; None if it is not one."""
-    if not server_name or not server_name.endswith(SNI_SUFFIX):
-        return None
-    parts = server_name[: -len(SNI_SUFFIX)].split(".")
-    if len(parts) != 3 or not parts[0].startswith("p") or not parts[0][1:].isdigit():
-        return None
-    return int(parts[0][1:]), parts[1], parts[2]
-
-
 def peer_identity(ssl_object: ssl.SSLObject | None) -> str | None:
     """The peer's SPIFFE ID as a URI, or None when it presented no usable one."""
     if ssl_object is None:
