@@ -1,16 +1,19 @@
-"""HTTP/2 abuse against real proxies, frame by frame: empty-DATA floods, rapid reset,
-too many header fields, and the cap on streams per connection.
+"""HTTP/2 abuse against real proxies, frame by frame: empty-DATA floods, WINDOW_UPDATE
+floods, rapid reset, too many header fields, and the cap on streams per connection.
 
 A raw client (`RawH2`) writes frames built with hyperframe to a real socket (the
 outbound h2c listener, or the inbound over mTLS with ALPN gossamer/h2) and reads every
 frame that comes back, so a test sees GOAWAYs and resets as they are sent. The app
-behind the proxies is the HTTP/1.1 echo app, which counts the requests that reach it.
+behind the proxies is the HTTP/1.1 echo app, which counts the requests that reach it
+(or a grpcio server, for large gRPC calls that must not trip a limit). The exact
+WINDOW_UPDATE allowance is checked on one in-memory hop (tests/proxy/test_http2.py).
 Every loop is bounded in count and time; sockets and proxies close in `finally`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import threading
@@ -18,6 +21,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 import hpack
 import pytest
 from hyperframe.frame import (
@@ -27,6 +35,7 @@ from hyperframe.frame import (
     HeadersFrame,
     RstStreamFrame,
     SettingsFrame,
+    WindowUpdateFrame,
 )
 
 from gossamer.identity.tls import client_context
@@ -34,7 +43,9 @@ from gossamer.proxy import http2
 from gossamer.proxy.dataplane import DataPlane
 from gossamer.proxy.tls import ALPN_H2, sni_for
 from tests.proxy.conftest import EchoApp, Pki
+from tests.proxy.test_e2e_grpc import SERVICE, grpc_server
 from tests.proxy.test_e2e_upgrade import two_proxies
+from tests.proxy.test_http2 import REQUEST, RESPONSE, _connected, _turn
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 NO_ERROR = 0
@@ -341,6 +352,210 @@ async def test_a_request_on_another_connection_is_answered_during_a_flood(pki: P
             await asyncio.gather(*threads, return_exceptions=True)
             if raw is not None:
                 await raw.close()
+
+
+# ---- WINDOW_UPDATE frames -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream_id", [0, 1], ids=["on the connection", "on an open stream"])
+@pytest.mark.asyncio
+async def test_window_updates_beyond_envoys_allowance_get_goaway_enhance_your_calm(
+    stream_id: int,
+) -> None:
+    """Envoy's rule to the frame: after one stream and three DATA frames sent, a client
+    may send 5 + 2 x (1 + 10 x 3) = 67 WINDOW_UPDATE frames; the 68th is a flood."""
+    hop, client, app = await _connected()
+    client.send_headers(1, REQUEST)  # the stream stays open: no END_STREAM
+    hop.down.data_received(client.data_to_send())
+    await _turn()
+    app.receive_data(hop.up_pipe.take())
+    app.send_headers(1, RESPONSE)
+    for _ in range(3):
+        app.send_data(1, b"x" * 100)
+    hop.up.data_received(app.data_to_send())
+    await _turn()
+    received = client.receive_data(hop.down_pipe.take())
+    assert sum(isinstance(e, h2.events.DataReceived) for e in received) == 3
+
+    update = WindowUpdateFrame(stream_id, window_increment=1).serialize()
+    hop.down.data_received(update * 67)
+    await _turn()
+    assert not hop.down_pipe.closed
+    assert not any(
+        isinstance(e, h2.events.ConnectionTerminated)
+        for e in client.receive_data(hop.down_pipe.take())
+    )
+    hop.down.data_received(update)
+    assert hop.down_pipe.closed
+    ended = [
+        e.error_code
+        for e in client.receive_data(hop.down_pipe.take())
+        if isinstance(e, h2.events.ConnectionTerminated)
+    ]
+    assert ended == [ENHANCE_YOUR_CALM]
+    # Envoy's defaults (Http2ProtocolOptions), which the 67 above assume.
+    assert (http2.WINDOW_UPDATE_BASE, http2.WINDOW_UPDATES_PER_DATA_FRAME) == (5, 10)
+
+
+WINDOW_UPDATE_CHUNK = 1000  # WINDOW_UPDATE frames per write
+WINDOW_UPDATE_CHUNKS = 100  # at most 100,000 frames
+
+
+async def flood_window_updates(raw: RawH2, stream_id: int) -> int:
+    """Send WINDOW_UPDATE frames (increment 1) on `stream_id`, opened first unless it is
+    0, until the connection is cut (or WINDOW_UPDATE_CHUNKS writes); how many went out."""
+    if stream_id:
+        await raw.send(raw.headers(stream_id, request(b"/anything", b"POST"), end_stream=False))
+    chunk = WindowUpdateFrame(stream_id, window_increment=1).serialize() * WINDOW_UPDATE_CHUNK
+    sent = 0
+    for _ in range(WINDOW_UPDATE_CHUNKS):
+        if raw.goaway is not None or not await raw.send(chunk):
+            break
+        sent += WINDOW_UPDATE_CHUNK
+    return sent
+
+
+@pytest.mark.parametrize("stream_id", [0, 1], ids=["on the connection", "on an open stream"])
+@pytest.mark.parametrize("side", ["outbound", "inbound"], ids=["outbound h2c", "mtls inbound"])
+@pytest.mark.asyncio
+async def test_a_flood_of_window_updates_gets_goaway_and_the_connection_closes(
+    pki: Pki, side: str, stream_id: int
+) -> None:
+    """Each WINDOW_UPDATE on the connection made the proxy look at every open stream,
+    and nothing limited them."""
+    async with echo_mesh(pki) as (client, server, _):
+        raw = await open_to(pki, client, server, side)
+        try:
+            sent = await flood_window_updates(raw, stream_id)
+            await raw.closed()
+            assert raw.goaway is not None, f"no GOAWAY after {sent} WINDOW_UPDATE frames"
+            assert raw.goaway[0] == ENHANCE_YOUR_CALM
+            assert raw.eof.is_set()
+            assert sent < WINDOW_UPDATE_CHUNK * WINDOW_UPDATE_CHUNKS
+        finally:
+            await raw.close()
+
+
+def window_update_floods(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the proxies logged about WINDOW_UPDATE floods, on any of their connections:
+    the client's, the link between them, and the one to the app."""
+    return [r.getMessage() for r in caplog.records if "WINDOW_UPDATE" in r.getMessage()]
+
+
+async def eager_exchange(
+    address: tuple[str, int], streams: int, body: bytes, timeout: float = 60.0
+) -> tuple[dict[int, bytes], int | None]:
+    """POST `body` to /stream (echoed back as it arrives) on `streams` streams at once,
+    with an h2 client that sends as many WINDOW_UPDATE frames as an honest one may: one
+    for the connection and one for each stream as it opens (to widen their windows),
+    then for every DATA frame received one for its stream and one for the connection.
+    What came back on each stream, and the GOAWAY error code if there was one."""
+    reader, writer = await asyncio.open_connection(*address)
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    conn.initiate_connection()
+    conn.increment_flow_control_window(1 << 20)
+    to_send: dict[int, memoryview] = {}
+    received: dict[int, bytearray] = {}
+    for _ in range(streams):
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, request(b"/stream", b"POST"))
+        conn.increment_flow_control_window(1 << 20, sid)
+        to_send[sid] = memoryview(body)
+        received[sid] = bytearray()
+    ended: set[int] = set()
+    goaway = None
+    deadline = time.monotonic() + timeout
+    try:
+        while len(ended) < streams and goaway is None and time.monotonic() < deadline:
+            for sid, rest in list(to_send.items()):
+                while rest:
+                    window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                    if window <= 0:
+                        break
+                    piece, rest = rest[:window], rest[window:]
+                    conn.send_data(sid, piece, end_stream=not rest)
+                to_send[sid] = rest
+                if not rest:
+                    del to_send[sid]
+            writer.write(conn.data_to_send())
+            await writer.drain()
+            data = await asyncio.wait_for(reader.read(65536), deadline - time.monotonic())
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived) and event.stream_id:
+                    received[event.stream_id] += event.data or b""
+                    size = event.flow_controlled_length or 0
+                    if size:
+                        conn.increment_flow_control_window(size)
+                        # Not on a stream that a later frame of this read ended.
+                        with suppress(h2.exceptions.StreamClosedError):
+                            conn.increment_flow_control_window(size, event.stream_id)
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    ended.add(event.stream_id or 0)
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    goaway = event.error_code
+    finally:
+        writer.transport.abort()
+    return {sid: bytes(data) for sid, data in received.items()}, goaway
+
+
+@pytest.mark.asyncio
+async def test_large_bodies_both_ways_with_eager_window_updates_never_trip_the_limit(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two 4 MiB uploads echoed back at once through both proxies, by a client that
+    returns credit for every DATA frame: neither its connection nor the link between
+    the proxies (whose ends send each other WINDOW_UPDATEs both ways) is cut."""
+    caplog.set_level(logging.WARNING, logger="gossamer.proxy")
+    body = bytes(range(256)) * (4 * 4096)
+    async with echo_mesh(pki) as (client, _, _):
+        assert client.outbound_address is not None
+        received, goaway = await eager_exchange(client.outbound_address, 2, body)
+    assert goaway is None
+    assert received == {1: body, 3: body}
+    assert window_update_floods(caplog) == []
+
+
+def large_grpc_calls(address: tuple[str, int]) -> tuple[bool, list[int]]:
+    """An 8 MiB unary call answered with 8 MiB, and a bidi stream of 64 x 128 KiB
+    messages each way, on one channel."""
+    options = [
+        ("grpc.default_authority", "echo"),
+        ("grpc.max_receive_message_length", 16 << 20),
+        ("grpc.max_send_message_length", 16 << 20),
+    ]
+    big = bytes(range(256)) * (8 * 4096)
+    with grpc.insecure_channel(f"{address[0]}:{address[1]}", options=options) as channel:
+        unary = channel.unary_unary(f"/{SERVICE}/Unary")
+        whole = unary(big, timeout=30) == big[::-1]
+        bidi = channel.stream_stream(f"/{SERVICE}/Bidi")
+        messages = (bytes((i,)) * (128 * 1024) for i in range(64))
+        sizes = [len(m) for m in bidi(messages, timeout=30)]
+    return whole, sizes
+
+
+@pytest.mark.asyncio
+async def test_multi_megabyte_grpc_calls_both_ways_never_trip_the_window_update_limit(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """grpcio's own flow control (BDP probing, its WINDOW_UPDATEs) against the proxies,
+    client to proxy, proxy to proxy, and proxy to a grpcio server as its client."""
+    caplog.set_level(logging.WARNING, logger="gossamer.proxy")
+    server, app_port = grpc_server()
+    try:
+        async with two_proxies(pki, app_port, "grpc") as (client, _):
+            assert client.outbound_address is not None
+            whole, sizes = await asyncio.wait_for(
+                asyncio.to_thread(large_grpc_calls, client.outbound_address), 90
+            )
+    finally:
+        server.stop(None)
+    assert whole
+    assert sizes == [128 * 1024] * 64
+    assert window_update_floods(caplog) == []
 
 
 # ---- rapid reset --------------------------------------------------------------------

@@ -35,9 +35,11 @@ Abuse (docs/security.md), counted with plain integers as frames and streams arri
 
 - floods: more than CONTROL_FRAME_LIMIT frames a second that carry nothing to a stream
   (SETTINGS, PING, RST_STREAM, PRIORITY, GOAWAY, unknown types, empty DATA, and from
-  a client DATA or HEADERS that make nothing happen, as on a stream already reset), or
-  more than EMPTY_FRAME_LIMIT empty DATA frames in a row, close the connection with
-  GOAWAY ENHANCE_YOUR_CALM (as nghttp2 and Envoy do since CVE-2019-9518);
+  a client DATA or HEADERS that make nothing happen, as on a stream already reset),
+  more than EMPTY_FRAME_LIMIT empty DATA frames in a row, or more WINDOW_UPDATE frames
+  than WINDOW_UPDATES_PER_DATA_FRAME for each DATA frame this end sent (Envoy's rule,
+  in `_GuardedH2`), close the connection with GOAWAY ENHANCE_YOUR_CALM (as nghttp2
+  and Envoy do since CVE-2019-9518);
 - rapid reset (CVE-2023-44487): a stream the client resets before its answer and
   within PREMATURE_RESET_LIFETIME is premature; when they are half of the streams
   (counted from PREMATURE_RESET_STREAMS on, as Envoy does) the connection drains
@@ -94,6 +96,13 @@ MAX_STREAMS: Final = 256
 # max_consecutive_inbound_frames_with_empty_payload).
 CONTROL_FRAME_LIMIT: Final = 500
 EMPTY_FRAME_LIMIT: Final = 1
+# WINDOW_UPDATE frames a peer may send for each DATA frame this end sent (Envoy's
+# max_inbound_window_update_frames_per_data_frame_sent), beyond a few to begin with
+# and two for each stream opened (see _GuardedH2). A peer that returns credit for what
+# it received sends at most two per DATA frame (the stream's and the connection's);
+# each one on the connection makes this end look at every open stream.
+WINDOW_UPDATES_PER_DATA_FRAME: Final = 10
+WINDOW_UPDATE_BASE: Final = 5
 # Streams one connection carries before it drains (Envoy's max_requests_per_connection,
 # which is unlimited there by default; this bounds what one connection may cost).
 MAX_STREAMS_PER_CONNECTION: Final = 10_000
@@ -383,6 +392,7 @@ class StreamPair:
         up.stream_id = stream_id
         up_conn.halves[stream_id] = up
         up_conn.streams += 1
+        h2conn.opened += 1
         if up_conn.streams >= MAX_STREAMS_PER_CONNECTION:
             # Its last: the peer would say GOAWAY after it (its own cap, if it is a
             # proxy like this one), and a stream sent meanwhile would be refused.
@@ -595,6 +605,7 @@ class H2Connection(asyncio.Protocol):
                     self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
                 return
             self.streams += 1
+            self.h2.opened += 1
             self._last_taken = stream_id
             headers = list(event.headers)
             if len(headers) > MAX_HEADER_FIELDS:
@@ -921,9 +932,11 @@ def _lost(half: _Half, reason: str) -> None:
         pair.finish()
 
 
-# h2's own frame handling, called directly rather than through super(), which would
-# make an object per frame.
+# h2's own frame handling and sending, called directly rather than through super(),
+# which would make an object per frame.
 _h2_receive_frame: Final = h2.connection.H2Connection._receive_frame
+_h2_send_data: Final = h2.connection.H2Connection.send_data
+_h2_end_stream: Final = h2.connection.H2Connection.end_stream
 
 
 class _GuardedH2(h2.connection.H2Connection):
@@ -934,6 +947,14 @@ class _GuardedH2(h2.connection.H2Connection):
     frame of an unknown type makes one that nothing would count, and a HEADERS frame
     with a priority makes the same event as a PRIORITY frame. Per frame this is a type
     check and, for DATA, a look at its payload: no allocation.
+
+    WINDOW_UPDATE frames are limited as Envoy limits them
+    (`ProtocolConstraints::checkInboundFrameLimits`): more than
+    WINDOW_UPDATE_BASE + 2 x (streams opened + WINDOW_UPDATES_PER_DATA_FRAME x DATA
+    frames sent) over the connection's life is a flood. A peer sends them to return
+    credit for DATA this end sent, and perhaps once for the connection and once per
+    stream to widen a window, so no honest peer comes near: the counts are of frames,
+    not bytes, and each DATA frame sent (however small) earns twenty.
 
     A GOAWAY is not given to h2, which would refuse every frame after it, even those
     of the streams the GOAWAY lets finish; it becomes a ConnectionTerminated event
@@ -946,6 +967,9 @@ class _GuardedH2(h2.connection.H2Connection):
         self.control = 0  # control frames since control_since
         self.control_since = 0.0
         self.empty = 0  # empty DATA frames in a row
+        self.window_updates = 0  # WINDOW_UPDATE frames received
+        self.data_sent = 0  # DATA frames sent
+        self.opened = 0  # streams opened, by either end (H2Connection counts them)
 
     def _receive_frame(self, frame: Frame) -> list[h2.events.Event]:
         if isinstance(frame, (DataFrame, HeadersFrame)):
@@ -966,6 +990,15 @@ class _GuardedH2(h2.connection.H2Connection):
                 self.control_frame()
             return events
         if isinstance(frame, WindowUpdateFrame):
+            self.window_updates += 1
+            if self.window_updates > WINDOW_UPDATE_BASE + 2 * (
+                self.opened + WINDOW_UPDATES_PER_DATA_FRAME * self.data_sent
+            ):
+                raise _Flood(
+                    f"{self.window_updates} WINDOW_UPDATE frames for {self.data_sent} DATA "
+                    f"frames sent and {self.opened} streams opened (more than "
+                    f"{WINDOW_UPDATES_PER_DATA_FRAME} per DATA frame)"
+                )
             return _h2_receive_frame(self, frame)
         self.control_frame()
         if isinstance(frame, GoAwayFrame):
@@ -975,6 +1008,20 @@ class _GuardedH2(h2.connection.H2Connection):
             event.additional_data = frame.additional_data
             return [event]
         return _h2_receive_frame(self, frame)
+
+    def send_data(
+        self,
+        stream_id: int,
+        data: bytes | memoryview,
+        end_stream: bool = False,
+        pad_length: int | None = None,
+    ) -> None:
+        _h2_send_data(self, stream_id, data, end_stream, pad_length)
+        self.data_sent += 1
+
+    def end_stream(self, stream_id: int) -> None:
+        _h2_end_stream(self, stream_id)  # an empty DATA frame with END_STREAM
+        self.data_sent += 1
 
     def control_frame(self) -> None:
         """Count a frame that carries nothing to a stream; too many a second are a flood."""
