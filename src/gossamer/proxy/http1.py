@@ -8,17 +8,20 @@ because a proxy re-frames bodies (chunked in, chunked out; close-delimited in,
 chunked out to an HTTP/1.1 client).
 
 Anything the proxy cannot forward unambiguously raises `ProtocolError` with the
-status to answer, so request smuggling through a malformed head is never possible.
+status to answer, so request smuggling through a malformed head is never possible. A
+request head (and its trailers) may hold at most MAX_HEADERS fields in MAX_HEAD_SIZE
+bytes (proxy.limits); over either, 431.
 """
 
 from __future__ import annotations
 
+import sys
 from http import HTTPStatus
 from typing import Final, Protocol
 
 import httptools
 
-MAX_HEAD_SIZE: Final = 64 * 1024
+from gossamer.proxy.limits import MAX_HEAD_SIZE, MAX_HEADERS
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -188,11 +191,13 @@ class _Reader:
 
     __slots__ = (
         "_connection",
+        "_fields",
         "_head_size",
         "_headers",
         "_in_body",
         "_in_head",
         "_kinds",
+        "_max_fields",
         "_too_large",
         "_trailers",
         "_unparsed",
@@ -200,9 +205,12 @@ class _Reader:
         "transfer_encoding",
     )
 
-    def __init__(self, kinds: dict[bytes, int]) -> None:
+    def __init__(self, kinds: dict[bytes, int], max_fields: int) -> None:
         self._kinds = kinds
         self._too_large = (431, "request head larger than 64 KiB")
+        # Header fields so far in the head (or, after it, the trailers) being read.
+        self._fields = 0
+        self._max_fields = max_fields
         self._headers: Headers = []
         self._trailers: Headers | None = None
         self._connection: list[bytes] | None = None
@@ -217,6 +225,7 @@ class _Reader:
         self._headers = []
         self._trailers = None
         self._connection = None
+        self._fields = 0
         self._head_size = 0
         self._unparsed = 0
         self._in_head = True
@@ -237,6 +246,9 @@ class _Reader:
         self._head_size += len(name) + len(value)
         if self._head_size > MAX_HEAD_SIZE:
             raise ProtocolError(*self._too_large)
+        self._fields += 1
+        if self._fields > self._max_fields:
+            self._too_many()
         if self._in_body:
             if self._trailers is None:
                 self._trailers = []
@@ -264,9 +276,14 @@ class _Reader:
             else:
                 self.transfer_encoding += b", " + value
 
+    def _too_many(self) -> None:
+        part = "trailer" if self._in_body else "header"
+        raise ProtocolError(431, f"request has more than {self._max_fields} {part} fields")
+
     def _headers_done(self) -> Headers:
         self._in_body = True
         self._in_head = False
+        self._fields = 0  # trailers are counted apart
         headers = self._headers
         if self._connection is not None:
             named = set(self._connection) - {b"close", b"keep-alive"}
@@ -291,8 +308,10 @@ class RequestReader(_Reader):
         "_url",
     )
 
-    def __init__(self, handler: RequestHandler, kinds: dict[bytes, int]) -> None:
-        super().__init__(kinds)
+    def __init__(
+        self, handler: RequestHandler, kinds: dict[bytes, int], max_fields: int = MAX_HEADERS
+    ) -> None:
+        super().__init__(kinds, max_fields)
         self._handler = handler
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
@@ -449,7 +468,9 @@ class ResponseReader(_Reader):
     __slots__ = ("_close_delimited", "_handler", "_head_only", "_parser", "_reason", "_stopped")
 
     def __init__(self, handler: ResponseHandler) -> None:
-        super().__init__(RESPONSE_KINDS)
+        # A response's fields are not counted: the app's answer is the app's business,
+        # and its head is still held to MAX_HEAD_SIZE.
+        super().__init__(RESPONSE_KINDS, sys.maxsize)
         self._too_large = (502, "response head from upstream larger than 64 KiB")
         self._handler = handler
         self._parser = httptools.HttpResponseParser(self)

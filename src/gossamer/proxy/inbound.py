@@ -23,13 +23,21 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
+
+import httptools
 
 from gossamer.authz import Authorizer, Decision, Request, principal_of
 from gossamer.proxy import h2mesh
 from gossamer.proxy.balancer import Balancer
 from gossamer.proxy.detect import HTTP1, HTTP2, OPAQUE, Kind, Sniffer, kind_for
-from gossamer.proxy.http1 import INBOUND_REQUEST_KINDS, request_framing, request_head_bytes
+from gossamer.proxy.http1 import (
+    INBOUND_REQUEST_KINDS,
+    ProtocolError,
+    RequestHead,
+    request_framing,
+    request_head_bytes,
+)
 from gossamer.proxy.http2 import Headers, header
 from gossamer.proxy.httpproxy import (
     ConnectError,
@@ -50,6 +58,44 @@ log = logging.getLogger("gossamer.proxy")
 
 SERVER_NAME_ATTR = "gossamer_server_name"
 _XFF = b"x-forwarded-for: "
+_DEFAULT_PORTS: Final = {b"http": b":80", b"https": b":443"}
+
+
+def host_problem(head: RequestHead) -> str | None:
+    """Why a request cannot go to the app as it came, or None.
+
+    The app must not see a request whose Host it cannot trust: HTTP/1.1 requires Host
+    (RFC 9112 section 3.2), and an absolute-form target's authority must be the Host
+    (the app would use the one, authorization and routing the other). Envoy and nginx
+    refuse both with 400; so does the inbound.
+    """
+    host = head.host
+    if host is None:
+        if head.http11:
+            return "malformed request: HTTP/1.1 request without a Host header (RFC 9112 3.2)"
+        return None
+    target = head.target
+    if target[:1] == b"/" or target == b"*" or head.method == b"CONNECT":
+        return None
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        return "malformed request: bad request target"
+    if not url.host:
+        return "malformed request: bad request target"
+    authority = url.host + (b":%d" % url.port if url.port else b"")
+    default = _DEFAULT_PORTS.get((url.schema or b"").lower(), b"")
+
+    def plain(value: bytes) -> bytes:
+        value = value.strip().lower()
+        return value[: -len(default)] if default and value.endswith(default) else value
+
+    if plain(authority) != plain(host):
+        return (
+            f"malformed request: the request target names {authority.decode('latin-1')!r} "
+            f"but the Host header says {host.decode('latin-1')!r}"
+        )
+    return None
 
 
 class AppPool(Pool):
@@ -223,6 +269,10 @@ class InboundSide:
 
     def start(self, ex: Exchange) -> None:
         head = ex.head
+        problem = host_problem(head)
+        if problem is not None:
+            ex.error = ProtocolError(400, problem)
+            return
         peer = ex.conn.peer_address
         xff = head.forwarded_for + b", " + peer if head.forwarded_for else peer
         tracer = self.dp.tracer
