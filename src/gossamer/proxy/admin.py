@@ -1,4 +1,9 @@
-"""The admin listener: /ready, /live, /metrics, /config, /tap. Small, and off the hot path."""
+"""The admin listener: /ready, /live, /metrics, /config, /tap. Small, and off the hot path.
+
+It must answer while the data listeners are under load: at most `max_connections`
+admin connections are open at once (proxy.limits), and the data plane keeps the last
+file descriptors for it (proxy.acceptor.FdBudget).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from collections.abc import Callable
 from typing import cast
 
 from gossamer.proxy.http1 import Headers, ProtocolError, RequestHead, RequestReader, error_response
+from gossamer.proxy.limits import MAX_ADMIN_CONNECTIONS
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -26,9 +32,13 @@ class AdminConnection(asyncio.Protocol):
         pages: Callable[[bytes, bytes], Page],
         registry: set[AdminConnection],
         streams: Streams | None = None,
+        max_connections: int = MAX_ADMIN_CONNECTIONS,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self.pages = pages
         self.registry = registry  # so the data plane can close scrapers' keep-alives
+        self.max_connections = max_connections
+        self.on_refused = on_refused
         self.streams = streams
         self.transport: asyncio.Transport | None = None
         self.reader = RequestReader(self, {})
@@ -39,6 +49,12 @@ class AdminConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
+        if len(self.registry) >= self.max_connections:
+            # Not registered: connection_lost's discard is then a no-op.
+            if self.on_refused is not None:
+                self.on_refused()
+            self.transport.abort()
+            return
         self.registry.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -52,6 +52,7 @@ from gossamer.proxy.tcp import Splice
 from gossamer.proxy.tls import ALPN_H1, ALPN_H2, ALPN_TCP, peer_identity, spiffe_namespace
 
 if TYPE_CHECKING:
+    from gossamer.proxy.acceptor import FdBudget
     from gossamer.proxy.dataplane import DataPlane
 
 log = logging.getLogger("gossamer.proxy")
@@ -101,7 +102,7 @@ def host_problem(head: RequestHead) -> str | None:
 class AppPool(Pool):
     """Plain keep-alive connections to the local app on one port."""
 
-    __slots__ = ("host", "port", "timeout")
+    __slots__ = ("fds", "host", "port", "timeout")
 
     def __init__(
         self,
@@ -110,11 +111,13 @@ class AppPool(Pool):
         port: int,
         timeout: float,
         max_idle: int = 4096,
+        fds: FdBudget | None = None,
     ) -> None:
         super().__init__(loop, f"app on {host}:{port}", max_idle)
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.fds = fds  # connections that would take the admin listener's descriptors: 503
 
     async def open(self) -> UpstreamConnection:
         _, protocol = await self.open_with(lambda: UpstreamConnection(self))
@@ -126,7 +129,9 @@ class AppPool(Pool):
     ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
         try:
             async with asyncio.timeout(self.timeout):
-                return await self.loop.create_connection(factory, self.host, self.port)
+                transport, protocol = await self.loop.create_connection(
+                    factory, self.host, self.port
+                )
         except TimeoutError:
             raise ConnectError(
                 504,
@@ -143,6 +148,13 @@ class AppPool(Pool):
                 f"connect to app on {self.host}:{self.port} failed: {e.strerror or e}",
                 eject=False,
             ) from None
+        fds = self.fds
+        if fds is not None and not fds.upstream_ok(transport):
+            transport.abort()
+            raise ConnectError(
+                503, fds.upstream_refusal(f"app on {self.host}:{self.port}"), eject=False
+            )
+        return transport, protocol
 
 
 @dataclass(frozen=True, slots=True)

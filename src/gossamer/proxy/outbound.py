@@ -41,6 +41,7 @@ from gossamer.translate.routetypes import FaultSpec
 from gossamer.translate.snapshot import Endpoint
 
 if TYPE_CHECKING:
+    from gossamer.proxy.acceptor import FdBudget
     from gossamer.proxy.dataplane import DataPlane
     from gossamer.proxy.h2mesh import OutboundH2
 
@@ -57,8 +58,12 @@ async def connect_peer(
     context: ssl.SSLContext,
     factory: Callable[[], asyncio.Protocol],
     timeout: float,
+    fds: FdBudget | None = None,
 ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
-    """Open an mTLS connection to a peer's inbound listener and check who answered."""
+    """Open an mTLS connection to a peer's inbound listener and check who answered.
+
+    `fds`: refuse (503) a connection that would take one of the descriptors kept for
+    the admin listener."""
     where = f"{endpoint.address}:{endpoint.inbound_port}"
     try:
         async with asyncio.timeout(timeout):
@@ -78,6 +83,9 @@ async def connect_peer(
         raise ConnectError(502, f"TLS handshake with {where} failed: {e.reason or e}") from None
     except OSError as e:
         raise ConnectError(502, f"connect to {where} failed: {e.strerror or e}") from None
+    if fds is not None and not fds.upstream_ok(transport):
+        transport.abort()
+        raise ConnectError(503, fds.upstream_refusal(where), eject=False)
     got = peer_identity(transport.get_extra_info("ssl_object"))
     if got != endpoint.identity:
         transport.abort()
@@ -114,6 +122,7 @@ class PeerPool(Pool):
             contexts.client_h1,
             lambda: UpstreamConnection(self),
             self.dp.config.connect_timeout,
+            self.dp.fds,
         )
         assert isinstance(protocol, UpstreamConnection)
         return protocol
