@@ -212,6 +212,7 @@ class DataPlane:
         self._peers: dict[Endpoint, tuple[PeerPool, EndpointLoad]] = {}
         self._old_peers: dict[Endpoint, tuple[PeerPool, EndpointLoad]] = {}
         self._apps: dict[int, AppPool] = {}
+        self._retired: set[Pool] = set()  # closed, with connections still opening or in use
         self._servers: list[asyncio.AbstractServer] = []
         self._inbound_sock: socket.socket | None = None
         self._inbound_serving = False
@@ -565,13 +566,21 @@ class DataPlane:
             self._acceptor.permissive = self._permissive()
         for endpoint, (peer_pool, _) in old_peers.items():
             if endpoint not in self._peers:
-                peer_pool.close()
+                self._retire(peer_pool)
         for port, app in self._apps.items():
             if port not in apps:
-                app.close()
+                self._retire(app)
         self._apps = apps
         self._wake_waiters(table)
         self._apply_telemetry(snapshot.telemetry)
+
+    def _retire(self, pool: Pool) -> None:
+        """Close a pool the snapshot no longer has. Requests may still be waiting for
+        connections it is opening, or using its connections: it is kept (and closed
+        with the data plane) until they are done."""
+        pool.close()
+        if pool.opening or pool.live:
+            self._retired.add(pool)
 
     def _peer(self, endpoint: Endpoint) -> tuple[PeerPool, EndpointLoad]:
         # Pools and latency records outlive snapshots for as long as the endpoint does.
@@ -763,6 +772,7 @@ class DataPlane:
     def _pools(self) -> list[Pool]:
         pools: list[Pool] = [pool for pool, _ in self._peers.values()]
         pools.extend(self._apps.values())
+        pools.extend(self._retired)
         return pools
 
     def _sweep(self) -> None:
@@ -776,6 +786,8 @@ class DataPlane:
                 pool.sweep(now, cfg.idle_timeout)
             for app in self._apps.values():
                 app.sweep(now, cfg.app_idle_timeout)
+            if self._retired:
+                self._retired = {p for p in self._retired if p.opening or p.live}
             if cfg.fd_limit is None:
                 self.fds.set_limit(fd_limit())
             acceptor = self._acceptor

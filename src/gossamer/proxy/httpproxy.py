@@ -491,6 +491,7 @@ class Exchange:
         conn = self.conn
         self.upstream = upstream
         upstream.exchange = self
+        upstream.answered = False
         if self.pending:
             self._unpend()
         upstream.reader.set_handler(self, self.head.method == b"HEAD")
@@ -597,16 +598,22 @@ class Exchange:
             return
         self.fail(504, reason)
 
-    def _may_retry(self) -> bool:
+    def _may_retry(self, unfinished: bool = False) -> bool:
+        """Whether to send the request again, within the policy and its budget.
+
+        `unfinished`: also one whose body is still arriving, if it is kept whole for
+        replay (the retry then waits for the rest)."""
         retry = self.retry
         if retry is None or self.retries >= retry.attempts:
             return False
         head = self.head
         # Only a request the proxy can send again whole: an idempotent method, and no
         # body or one kept whole (see keep_for_replay).
-        if head.method not in IDEMPOTENT or not self.request_done:
+        if head.method not in IDEMPOTENT:
             return False
         if head.body != BODY_NONE and self.replay is None:
+            return False
+        if not self.request_done and not (unfinished and self.replay is not None):
             return False
         return retry.withdraw(self.conn.loop.time())
 
@@ -653,6 +660,10 @@ class Exchange:
             self.try_timer = self.conn.loop.call_later(delay, self._retry_now)
         else:
             self._retry_now()
+
+    def _retry_when_whole(self) -> None:
+        if not self.finished:
+            self._schedule_retry()
 
     def _retry_now(self) -> None:
         self.try_timer = None
@@ -862,14 +873,27 @@ class Exchange:
         self.upstream = None
         if self.load is not None:
             self.load.outstanding -= 1
-        if not self.response_started and self.retry is not None and self.retry.on_reset:
+        if upstream.answered:
+            # Some of a response came (a 1xx, part of a head): the request reached the
+            # upstream, which may have acted on it; it is not sent again.
+            self.load = None
+            self.fail(502, f"upstream reset: {self.peer} closed the connection mid-response")
+            return
+        if self.retry is not None and self.retry.on_reset:
             self._outlier_failure()
-            if self._may_retry():
+            if self._may_retry(unfinished=True):
                 log.info("%s: %s reset the connection; retrying", self.describe_route(), self.peer)
                 self.load = None
-                self._schedule_retry()
+                if self.request_done:
+                    self._schedule_retry()
+                else:
+                    # The rest of the body is on its way (and kept): the retry sends
+                    # the request whole once it is in.
+                    if self.after_request is None:
+                        self.after_request = []
+                    self.after_request.append(self._retry_when_whole)
                 return
-        if not self.response_started and self.retry_ok and reused and self.attempts < MAX_ATTEMPTS:
+        if self.retry_ok and reused and self.attempts < MAX_ATTEMPTS:
             # A pooled connection the peer had just closed: the request never reached
             # it, and a request without a body can be sent again.
             self.out = [self.head_bytes]
@@ -897,6 +921,7 @@ class UpstreamConnection(asyncio.Protocol):
     """A client connection to a peer's inbound listener or to the local app."""
 
     __slots__ = (
+        "answered",
         "closed",
         "exchange",
         "idle_since",
@@ -913,6 +938,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.reader = ResponseReader(_NO_HANDLER)
         self.exchange: Exchange | None = None
+        # Whether any byte has come since the exchange was bound (Exchange.bind): a
+        # request whose connection resets before that may be sent again.
+        self.answered = False
         self.idle_since = 0.0
         self.served = 0
         self.closed = False
@@ -930,6 +958,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes nobody asked for: the connection's state is unknown, drop it.
             self.close()
             return
+        self.answered = True
         try:
             self.reader.feed(data)
         except ProtocolError as e:
@@ -1093,11 +1122,13 @@ class Pool:
             if ex.attempts == attempt:
                 ex.connect_failed(ConnectError(502, f"connect to {self.name} failed: {e}"))
             return
-        if ex.finished or self.closed or ex.attempts != attempt:
+        if ex.finished or ex.attempts != attempt:
             # The client went away meanwhile, or a timeout moved the request on to
             # another try; the connection is still good to keep.
             upstream.release()
         else:
+            # Also when the pool was closed meanwhile (its endpoint left the snapshot):
+            # the request goes on the connection opened for it, which is closed after.
             ex.bind(upstream)
 
     def sweep(self, now: float, idle_timeout: float) -> None:
@@ -1113,9 +1144,12 @@ class Pool:
         self.idle = keep
 
     def close(self) -> None:
+        """Close the idle connections; those in use close when their exchange ends.
+
+        Connections being opened are left to finish: each has a request waiting for
+        it, which would otherwise never be answered. Whoever closes the data plane
+        cancels them (see `opening`)."""
         self.closed = True
         idle, self.idle = self.idle, []
         for upstream in idle:
             upstream.close()
-        for task in list(self.opening):
-            task.cancel()
