@@ -19,9 +19,8 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from gossamer.authz import Request, principal_of
 from gossamer.proxy import h2to1
-from gossamer.proxy.authorize import authorize
+from gossamer.proxy.authorize import authorize_http
 from gossamer.proxy.hooks import APP_CALLER, HTTP2, Caller, StreamCaller, StreamRequest
 from gossamer.proxy.http1 import SRC_SERVICE_HEADER
 from gossamer.proxy.http2 import (
@@ -379,7 +378,13 @@ class _OutboundStream:
             from gossamer.proxy.outbound import connect_peer
 
             return connect_peer(
-                dp.loop, pool.endpoint, pool.sni, context, factory, dp.config.connect_timeout
+                dp.loop,
+                pool.endpoint,
+                pool.sni,
+                context,
+                factory,
+                dp.config.connect_timeout,
+                fds=dp.fds,
             )
 
         def then(result: H2Connection | ConnectError) -> None:
@@ -704,28 +709,16 @@ class InboundH2:
         return False
 
     def _authorize(self, pair: StreamPair, route: LocalRoute, headers: Headers) -> bool:
-        path = (header(headers, b":path") or b"/").partition(b"?")[0]
-        method = header(headers, b":method") or b"GET"
-        authority = header(headers, b":authority")
-
-        def get(name: str) -> str | None:
-            wanted = name.lower().encode("latin-1")
-            found = [v for n, v in headers if n == wanted]
-            return b",".join(found).decode("latin-1") if found else None
-
-        request = Request(
-            principal=principal_of(self.peer_identity),
-            port=route.port,
+        decision = authorize_http(
+            self.dp.authorizer,
+            identity=self.peer_identity,
             source_ip=self.peer_address,
-            method=method.decode("latin-1"),
-            path=path.decode("latin-1"),
-            host=authority.decode("latin-1") if authority is not None else None,
-            headers=get,
             sni=self.server_name,
-        )
-        what = f"{request.method} {request.path} on port {route.port} (HTTP/2)"
-        decision = authorize(
-            self.dp.authorizer, request, self.peer_identity or self.peer_address, what
+            port=route.port,
+            method=header(headers, b":method") or b"GET",
+            target=header(headers, b":path") or b"/",
+            host=header(headers, b":authority"),
+            headers=headers,
         )
         if decision.allowed:
             return True

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from gossamer.authz import Authorizer, Decision, Request, principal_of
+from gossamer.authz import Authorizer
 from gossamer.proxy import h2mesh
+from gossamer.proxy.authorize import authorize_http, authorize_tcp
 from gossamer.proxy.balancer import Balancer
 from gossamer.proxy.detect import HTTP1, HTTP2, OPAQUE, Kind, Sniffer, kind_for
 from gossamer.proxy.http1 import (
@@ -327,45 +328,21 @@ class InboundSide:
         target = head.target
         if not target.startswith(b"/") and b"://" in target:  # absolute-form
             target = b"/" + target.split(b"://", 1)[1].partition(b"/")[2]
-        path = target.partition(b"?")[0].partition(b"#")[0]
-        headers = head.headers
-
-        def header(name: str) -> str | None:
-            wanted = name.encode("latin-1")
-            found = [v for n, v in headers if n.lower() == wanted]
-            return b",".join(found).decode("latin-1") if found else None
-
-        request = Request(
-            principal=principal_of(conn.peer_identity),
-            port=route.port,
+        decision = authorize_http(
+            authorizer,
+            identity=conn.peer_identity,
             source_ip=conn.peer_address.decode("latin-1"),
-            method=head.method.decode("latin-1"),
-            path=path.decode("latin-1"),
-            host=head.host.decode("latin-1") if head.host is not None else None,
-            headers=header,
             sni=conn.server_name,
+            port=route.port,
+            method=head.method,
+            target=target,
+            host=head.host,
+            headers=head.headers,
         )
-        decision = authorizer.check(request)
-        what = f"{request.method} {request.path} on port {route.port}"
-        self._log_decision(decision, conn.describe(), what)
         if decision.allowed:
             return True
         ex.fail(403, decision.reason, logged=True)
         return False
-
-    @staticmethod
-    def _log_decision(decision: Decision, who: str, what: str) -> None:
-        if decision.audited:
-            log.info(
-                "audit: %s from %s: %s (%s)",
-                what,
-                who,
-                "allowed" if decision.allowed else "denied",
-                ", ".join(decision.audited),
-            )
-        if not decision.allowed:
-            rule = f" rule {decision.rule}" if decision.rule is not None else ""
-            log.warning("inbound %s from %s: %s%s", what, who, decision.reason, rule)
 
     def _route_for(self, ex: Exchange) -> LocalRoute | NoRoute:
         """Over mTLS, the TLS server name says which local port a request is for."""
@@ -427,16 +404,14 @@ class InboundSide:
         who = caller.describe()
         authorizer = self.dp.authorizer
         if not authorizer.allows_everything:
-            decision = authorizer.check(
-                Request(
-                    principal=principal_of(caller.identity),
-                    port=route.port,
-                    source_ip=caller.address,
-                    tcp=True,
-                    sni=caller.server_name,
-                )
+            decision = authorize_tcp(
+                authorizer,
+                identity=caller.identity,
+                source_ip=caller.address,
+                sni=caller.server_name,
+                port=route.port,
+                who=who,
             )
-            self._log_decision(decision, who, f"tcp connection to port {route.port}")
             if not decision.allowed:
                 transport.close()
                 return None
