@@ -41,6 +41,7 @@ from hyperframe.frame import (
 from gossamer.identity.tls import client_context
 from gossamer.proxy import http2
 from gossamer.proxy.dataplane import DataPlane
+from gossamer.proxy.limits import MAX_HEADERS
 from gossamer.proxy.tls import ALPN_H2, sni_for
 from tests.proxy.conftest import EchoApp, Pki
 from tests.proxy.test_e2e_grpc import SERVICE, grpc_server
@@ -632,7 +633,7 @@ async def test_a_request_with_too_many_header_fields_is_refused(pki: Pki, where:
             # A stream error only: the connection goes on, and a request within the
             # limit gets through.
             assert raw.goaway is None
-            fields = many_fields(http2.MAX_HEADER_FIELDS - 5)
+            fields = many_fields(MAX_HEADERS - 5)
             assert await raw.get(5, request(b"/anything", b"GET", *fields)) == 200
             assert [r[1] for r in app.received] == ["/anything"]
         finally:

@@ -389,6 +389,18 @@ def _install_loop() -> None:
         uvloop.install()
 
 
+def _raise_fd_limit() -> None:
+    """Every connection is a descriptor: take the hard RLIMIT_NOFILE, not the soft one
+    (often 1,024). The data plane keeps a share of it back for the admin listener and
+    for connections to peers and the app (proxy.limits)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run_proxy(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -397,6 +409,7 @@ def run_proxy(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     _install_loop()
+    _raise_fd_limit()
 
     async def main() -> None:
         stop, ready, leave = asyncio.Event(), asyncio.Event(), asyncio.Event()

@@ -47,7 +47,7 @@ Abuse (docs/security.md), counted with plain integers as frames and streams arri
 - a connection carries at most MAX_STREAMS_PER_CONNECTION streams, then drains with
   GOAWAY NO_ERROR (and the client side opens no more on it), so that the client
   opens another;
-- a request with more than MAX_HEADER_FIELDS header (or trailer) fields is answered
+- a request with more than MAX_HEADERS header (or trailer) fields is answered
   431 and its stream ended; the connection goes on.
 
 Draining (`go_away`, or a GOAWAY from the peer): no new stream is taken or opened, the
@@ -77,6 +77,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, WindowUpdateFrame
+
+from gossamer.proxy.limits import MAX_HEADERS
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -112,8 +114,7 @@ MAX_STREAMS_PER_CONNECTION: Final = 10_000
 # of it: Envoy's premature_reset_total_stream_count, 500 there).
 PREMATURE_RESET_LIFETIME: Final = 1.0
 PREMATURE_RESET_STREAMS: Final = 100
-# Fields in a request's header block or trailers (Envoy's max_headers_count).
-MAX_HEADER_FIELDS: Final = 100
+# Fields in a request's header block or trailers: limits.MAX_HEADERS, as for HTTP/1.1.
 
 H2_APP_PROTOCOLS: Final = frozenset(("http2", "grpc", "kubernetes.io/h2c", "h2c"))
 
@@ -608,7 +609,7 @@ class H2Connection(asyncio.Protocol):
             self.h2.opened += 1
             self._last_taken = stream_id
             headers = list(event.headers)
-            if len(headers) > MAX_HEADER_FIELDS:
+            if len(headers) > MAX_HEADERS:
                 self._too_many_fields(stream_id, len(headers), event.stream_ended is not None)
             else:
                 _check(headers, REQUEST_PSEUDO)
@@ -657,10 +658,10 @@ class H2Connection(asyncio.Protocol):
                 return
             trailers = list(event.headers)
             half = self.halves.get(event.stream_id or 0)
-            if len(trailers) > MAX_HEADER_FIELDS and half is not None and half is half.pair.down:
+            if len(trailers) > MAX_HEADERS and half is not None and half is half.pair.down:
                 half.pair.reply(
                     431,
-                    f"request trailers have {len(trailers)} fields, more than {MAX_HEADER_FIELDS}",
+                    f"request trailers have {len(trailers)} fields, more than {MAX_HEADERS}",
                 )
                 return
             _check(trailers, TRAILER_PSEUDO)
@@ -742,7 +743,7 @@ class H2Connection(asyncio.Protocol):
 
     def _too_many_fields(self, stream_id: int, count: int, ended: bool) -> None:
         """Answer a request whose header block is too long 431, and end its stream."""
-        reason = f"request has {count} header fields, more than {MAX_HEADER_FIELDS}"
+        reason = f"request has {count} header fields, more than {MAX_HEADERS}"
         log.warning("%s from %s", reason, self.name)
         with contextlib.suppress(h2.exceptions.H2Error):  # the client reset it meanwhile
             self.h2.send_headers(
