@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING
@@ -31,8 +30,8 @@ from gossamer.proxy.http2 import (
     forwardable,
     header,
 )
-from gossamer.proxy.httpproxy import MAX_ATTEMPTS, ConnectError
-from gossamer.proxy.resilience import IDEMPOTENT
+from gossamer.proxy.httpproxy import ConnectError
+from gossamer.proxy.policy import Answer, Call, failed
 from gossamer.proxy.routing import NoRoute, Route
 
 if TYPE_CHECKING:
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
     from gossamer.proxy.dataplane import DataPlane
     from gossamer.proxy.inbound import AppPool, LocalRoute
     from gossamer.proxy.outbound import PeerPool
-    from gossamer.proxy.resilience import Limits, RetryPolicy
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -200,41 +198,30 @@ def _count_unrouted(dp: DataPlane, pair: StreamPair, request: StreamRequest | No
 
 
 class _OutboundStream:
-    """One stream from the app to a service port, as an HTTP/1.1 exchange goes: the
-    service's FaultPolicy, its HTTPRoutes or GRPCRoutes (match, header edits, weighted
-    backend, the rule's request timeout), then the backend's CircuitBreakerPolicy,
-    OutlierPolicy and RetryPolicy (or the rule's `retry`), and an endpoint. Counted
-    from the moment the service is known, also when the proxy answers it itself.
-    Mirrors, redirects and rewrites are not applied to HTTP/2 (decision 0040).
+    """One stream from the app to a service port. Its policies are a `Call`'s
+    (proxy.policy.call), decided as for HTTP/1.1: FaultPolicy, the HTTPRoutes or
+    GRPCRoutes (match, header edits, weighted backend, timeouts), the backend's
+    CircuitBreakerPolicy, RetryPolicy (or the rule's `retry`) and OutlierPolicy.
+    Counted from the moment the service is known, also when the proxy answers it
+    itself. Mirrors, redirects and rewrites are not applied to HTTP/2 (decision 0040).
 
-    A retry sends the whole request again to another endpoint when the answer's status
-    is one the policy retries, or a gRPC call ends at once with UNAVAILABLE (gRPC's
-    503) and the policy retries 503: only a gRPC call or an idempotent method, whose
-    request has ended and whose DATA fits REPLAY_LIMIT (kept as it passes), within the
-    retry budget; also when a try has no response head within the per-try timeout
-    (timeouts.backendRequest, else perTryTimeout), or (retryOn `reset` or `5xx`)
-    when its stream is reset or its connection lost before one. When an endpoint
-    cannot be connected to, another is tried.
+    What is HTTP/2's own: a retry sends the whole stream again when its request has
+    ended and its DATA fit REPLAY_LIMIT (kept as it passes), and a gRPC call is
+    replayable whatever its method; a gRPC client is answered with a grpc-status.
     """
 
     __slots__ = (
-        "backend_timeout",
-        "connects",
+        "call",
         "dp",
         "headers",
-        "limits",
         "load",
         "owner",
         "pair",
         "request",
-        "retries",
-        "retry",
         "retry_timer",
-        "route",
         "timer",
         "tried",
         "try_timer",
-        "via",
     )
 
     def __init__(
@@ -248,20 +235,13 @@ class _OutboundStream:
         self.owner = owner
         self.dp = owner.dp
         self.pair = pair
-        self.route = route  # the service port, then the backend a rule picked
         self.headers = headers
         self.request = request
-        self.via: str | None = None  # the HTTPRoute or GRPCRoute that matched
+        self.call: Call[PeerPool] = Call(route, header(headers, b":method") or b"")
         self.load: EndpointLoad | None = None
-        self.limits: Limits | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.retry: RetryPolicy | None = None
+        self.timer: asyncio.TimerHandle | None = None  # a fault's delay, then timeouts.request
         self.retry_timer: asyncio.TimerHandle | None = None
-        # Per try: the rule's timeouts.backendRequest, else the retry's perTryTimeout.
-        self.backend_timeout: float | None = None
         self.try_timer: asyncio.TimerHandle | None = None
-        self.retries = 0
-        self.connects = 0
         self.tried = -1
         pair.on_done = self._done
         if request is not None:
@@ -274,21 +254,17 @@ class _OutboundStream:
         else:
             self.pair.reply(status, reason)
 
+    def answer(self, answer: Answer) -> None:
+        self.fail(answer.status, answer.reason, answer.grpc_code)
+
     def start(self) -> None:
-        route = self.route
-        fault = route.fault
-        if fault is not None:
-            if fault.abort_status is not None and random.random() * 100 < fault.abort_percent:
-                self.fail(
-                    fault.abort_status,
-                    f"fault injected: abort with {fault.abort_status} for {route.label} "
-                    "(FaultPolicy)",
-                )
-                return
-            if fault.delay is not None and random.random() * 100 < fault.delay_percent:
-                self.timer = self.dp.loop.call_later(fault.delay, self._after_delay)
-                return
-        self._routes()
+        fault = self.call.fault()
+        if isinstance(fault, Answer):
+            self.answer(fault)
+        elif fault is not None:
+            self.timer = self.dp.loop.call_later(fault, self._after_delay)
+        else:
+            self._routes()
 
     def _after_delay(self) -> None:
         self.timer = None
@@ -296,67 +272,71 @@ class _OutboundStream:
             self._routes()
 
     def _routes(self) -> None:
-        route = self.route
-        retry = route.retry
-        if route.router is not None:
-            routed = _apply_routes(self, route, self.headers)
-            if routed is None:
+        call = self.call
+        target, rule_retry = call.route, None
+        if target.router is not None:
+            headers = self.headers
+            plain = [(n, v) for n, v in headers if n[:1] != b":"]
+            routed = call.apply_routes(
+                header(headers, b":method") or b"GET",
+                header(headers, b":path") or b"/",
+                header(headers, b":authority"),
+                plain,
+            )
+            if isinstance(routed, Answer):
+                self.answer(routed)
                 return
-            self.route, self.headers, timeout, self.backend_timeout, rule_retry = routed
-            retry = rule_retry or retry
-            if timeout is not None:
-                self.timer = self.dp.loop.call_later(timeout, self._timed_out, timeout)
-        if retry is None:
-            self._forward()
+            assert routed is not None
+            rule, backend = routed.rule, routed.backend
+            if backend is None or routed.target is None or rule.spec.rewrite is not None:
+                self.fail(501, f"{rule.label}: redirects and rewrites are not applied to HTTP/2")
+                return
+            if rule.request_edit is not None or backend.request_edit is not None:
+                if rule.request_edit is not None:
+                    plain = rule.request_edit.apply(plain)
+                if backend.request_edit is not None:
+                    plain = backend.request_edit.apply(plain)
+                pseudo = [(n, v) for n, v in headers if n[:1] == b":"]
+                self.headers = pseudo + [(n.lower(), v) for n, v in plain]
+            target, rule_retry = routed.target, rule.retry
+            if call.timeout is not None:
+                self.timer = self.dp.loop.call_later(call.timeout, self._timed_out, call.timeout)
+        refused = call.admit(target, rule_retry, self.dp.loop.time())
+        if refused is not None:
+            self.answer(refused)
             return
-        # Every stream under a retry policy pays into its budget, as an HTTP/1.1
-        # request does: without the deposits, a percentage budget never allows a retry.
-        retry.budget.deposit(self.dp.loop.time())
-        method = header(self.headers, b":method") or b""
-        if method in IDEMPOTENT or h2to1.is_grpc(self.headers):
-            self.retry = retry
-            self.pair.replay = []
-            self.pair.on_response = self._on_response
-            if retry.on_reset:
-                self.pair.on_reset = self._on_reset
-            if self.backend_timeout is None:
-                self.backend_timeout = retry.per_try
-        self._forward()
+        if call.retry is not None:
+            # A gRPC call may be sent again whatever its method: the retry policy on
+            # it says its client may see it twice.
+            call.replayable = call.replayable or h2to1.is_grpc(self.headers)
+            if call.replayable:
+                pair = self.pair
+                pair.replay = []
+                pair.on_response = self._on_response
+                if call.retries_reset():
+                    pair.on_reset = self._on_reset
+        self._attach()
 
     def _timed_out(self, seconds: float) -> None:
         self.timer = None
         if not self.pair.done:
             self.fail(
                 504,
-                f"request timeout: {self.route.label} did not answer in {seconds:g}s",
+                f"request timeout: {self.call.route.label} did not answer in {seconds:g}s",
                 GRPC_DEADLINE_EXCEEDED,
             )
 
-    def _forward(self) -> None:
-        route = self.route
-        limits = route.limits
-        if limits is not None and limits.max_requests is not None:
-            if limits.active >= limits.max_requests:
-                self.fail(
-                    503,
-                    f"circuit breaker: {route.label} has {limits.active} requests in flight "
-                    f"(maxRequests {limits.max_requests})",
-                )
-                return
-            limits.active += 1
-            self.limits = limits
-        self._attach()
-
     def _attach(self) -> None:
         """Open the stream to an endpoint (another than the last, when there is one)."""
-        route, pair, dp = self.route, self.pair, self.dp
+        call, pair, dp = self.call, self.pair, self.dp
+        route = call.route
         balancer = route.balancer
         i = balancer.pick(dp.loop.time(), exclude=self.tried if len(balancer) > 1 else -1)
         if i < 0:
             self.fail(503, f"no endpoints for {route.label}")
             return
         self.tried = i
-        self.connects += 1
+        call.connects += 1
         pool = balancer.items[i]
         load = self.load = balancer.loads[i]
         load.outstanding += 1
@@ -394,8 +374,7 @@ class _OutboundStream:
                 if result.eject:
                     load.connect_failed(dp.loop.time())
                 self._let_go(failed=True if result.eject else None)
-                # Nothing was sent: any stream may go to another endpoint.
-                if self.connects < min(MAX_ATTEMPTS, len(balancer)):
+                if call.connect_failed(len(balancer), dp.loop.time()):
                     log.warning("%s: %s; trying another endpoint", route.label, result.reason)
                     self._attach()
                 else:
@@ -404,10 +383,8 @@ class _OutboundStream:
             if load.failures:
                 load.connected()
             pair.attach(result, fwd)
-            if self.backend_timeout is not None and not pair.done:
-                self.try_timer = dp.loop.call_later(
-                    self.backend_timeout, self._try_timed_out, self.backend_timeout
-                )
+            if call.per_try is not None and not pair.done:
+                self.try_timer = dp.loop.call_later(call.per_try, self._try_timed_out, call.per_try)
 
         self.owner.links.get(pool, pool.name, opener, then)
 
@@ -416,12 +393,10 @@ class _OutboundStream:
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
-        retry = self.retry
-        if retry is None:
+        if not self.call.retries_status(status, grpc_status):
             return False
-        failed = status in retry.codes or (grpc_status == b"14" and 503 in retry.codes)
         what = f"grpc-status {grpc_status.decode()}" if grpc_status == b"14" else str(status)
-        return failed and self._try_again(f"answered {what}")
+        return self._try_again(f"answered {what}")
 
     def _on_reset(self, pair: StreamPair) -> bool:
         """The upstream stream was reset or its connection lost before an answer."""
@@ -435,23 +410,20 @@ class _OutboundStream:
         pair = self.pair
         if pair.done or pair.status:
             return
-        reason = f"backend request timeout: {self.route.label} did not answer in {seconds:g}s"
+        reason = f"backend request timeout: {self.call.route.label} did not answer in {seconds:g}s"
         if not self._try_again(reason):
             self.fail(504, reason, GRPC_DEADLINE_EXCEEDED)
 
     def _try_again(self, reason: str) -> bool:
         """Send the request again, if the retry policy, its budget and the request allow."""
-        retry, pair = self.retry, self.pair
-        if retry is None or pair.replay is None or not pair.down.recv_end:
+        pair = self.pair
+        whole = pair.replay is not None and pair.down.recv_end
+        delay = self.call.try_again(whole, self.dp.loop.time())
+        if delay is None:
             return False
-        if self.retries >= retry.attempts or not retry.withdraw(self.dp.loop.time()):
-            return False
-        self.retries += 1
         self._let_go(failed=True)
-        log.info("%s: %s; retrying", self.route.label, reason)
+        log.info("%s: %s; retrying", self.call.route.label, reason)
         pair.restart_upstream()
-        self.connects = 0
-        delay = retry.counted_backoff(self.retries)
         if delay > 0:
             self.retry_timer = self.dp.loop.call_later(delay, self._retry_now)
         else:
@@ -471,14 +443,8 @@ class _OutboundStream:
             return
         self.load = None
         load.outstanding -= 1
-        outlier = self.route.outlier
-        if outlier is None or failed is None:
-            return
-        now = self.dp.loop.time()
-        if not failed:
-            outlier.success(load, now)
-        elif outlier.failure(load, now):
-            log.warning("%s: ejected an endpoint (outlier detection)", self.route.label)
+        if failed is not None:
+            self.call.outcome(load, failed, self.dp.loop.time())
 
     def _done(self, p: StreamPair) -> None:
         dp = self.dp
@@ -488,22 +454,17 @@ class _OutboundStream:
             if timer is not None:
                 timer.cancel()
         self.timer = self.retry_timer = self.try_timer = None
-        if self.limits is not None:
-            self.limits.active -= 1
-            self.limits = None
+        call = self.call
+        call.finish()
         load = self.load
         if load is not None and p.status:
             load.observe(seconds, now)
-        grpc_failed = p.grpc_status == b"%d" % GRPC_UNAVAILABLE
-        self._let_go(failed=p.status >= 500 or grpc_failed if p.status else None)
-        route = self.route
-        grpc = grpc_status_label(p.grpc_status)
-        if grpc is None:
-            route.stats_for(p.status or 502, self.via).observe(seconds)
-        else:
-            route.grpc_stats_for(p.status or 502, grpc, self.via).observe(seconds)
-        if self.request is not None:
-            observed(dp, "outbound", self.request, p)
+        self._let_go(failed=failed(p.status, p.grpc_status) if p.status else None)
+        call.stats(p.status or 502, grpc_status_label(p.grpc_status)).observe(seconds)
+        request = self.request
+        if request is not None:
+            request.retries = call.retries
+            observed(dp, "outbound", request, p)
 
 
 def observe(
@@ -547,55 +508,6 @@ def serve(
     conn.connection_made(transport)
     if data:
         conn.data_received(data)
-
-
-def _apply_routes(
-    stream: _OutboundStream, route: Route[PeerPool], headers: Headers
-) -> tuple[Route[PeerPool], Headers, float | None, float | None, RetryPolicy | None] | None:
-    """The service port's HTTPRoutes or GRPCRoutes, as for HTTP/1.1: match, header
-    edits, a backend by weight, the rule's request and backend timeouts and retry. Sets `stream.via`
-    to the matched route's "namespace/name" for the metrics; None when it answered."""
-    router = route.router
-    assert router is not None
-    method = header(headers, b":method") or b"GET"
-    path = header(headers, b":path") or b"/"
-    authority = header(headers, b":authority")
-    plain = [(n, v) for n, v in headers if n[:1] != b":"]
-    match = router.match(method, path, authority, plain)
-    if match is None:
-        stream.fail(
-            404,
-            f"no rule of the HTTPRoutes of {route.label} ({', '.join(router.routes)}) "
-            f"matches {method.decode('latin-1')} {path.decode('latin-1')}",
-        )
-        return None
-    rule = match.rule
-    spec = rule.spec
-    # From here the stream is the route's, in its metrics too: also when the rule
-    # itself answers or the backend it picks fails.
-    stream.via = spec.route
-    if spec.error is not None:
-        stream.fail(500, f"{rule.label}: {spec.error}")
-        return None
-    if spec.redirect is not None or spec.rewrite is not None:
-        stream.fail(501, f"{rule.label}: redirects and rewrites are not applied to HTTP/2")
-        return None
-    backend = rule.pick()
-    if backend is None:
-        stream.fail(500, f"{rule.label}: every backendRef has weight 0")
-        return None
-    target = backend.target
-    if backend.error is not None or target is None:
-        stream.fail(500, f"{rule.label}: {backend.error}")
-        return None
-    if rule.request_edit is not None or backend.request_edit is not None:
-        pseudo = [(n, v) for n, v in headers if n[:1] == b":"]
-        if rule.request_edit is not None:
-            plain = rule.request_edit.apply(plain)
-        if backend.request_edit is not None:
-            plain = backend.request_edit.apply(plain)
-        headers = pseudo + [(n.lower(), v) for n, v in plain]
-    return target, headers, spec.timeout, spec.backend_timeout, rule.retry
 
 
 class InboundH2:

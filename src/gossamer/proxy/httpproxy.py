@@ -24,7 +24,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from gossamer.proxy.http1 import (
     BODY_CHUNKED,
@@ -44,11 +44,11 @@ from gossamer.proxy.http1 import (
     response_framing,
     response_head_bytes,
 )
-from gossamer.proxy.resilience import IDEMPOTENT
 
 if TYPE_CHECKING:
     from gossamer.proxy.balancer import Balancer, EndpointLoad
-    from gossamer.proxy.resilience import Limits, OutlierDetector, RetryPolicy
+    from gossamer.proxy.policy import Call
+    from gossamer.proxy.resilience import Limits
     from gossamer.proxy.tcp import Splice
     from gossamer.telemetry.tracing import Span
 
@@ -356,6 +356,7 @@ class Exchange:
         "attempts",
         "backend_timeout",
         "balancer",
+        "call",
         "close_after",
         "conn",
         "deadline",
@@ -364,12 +365,9 @@ class Exchange:
         "head",
         "head_bytes",
         "interim",
-        "limits",
         "load",
-        "matched_route",
         "out",
         "out_size",
-        "outlier",
         "peer",
         "pending",
         "replay",
@@ -377,8 +375,6 @@ class Exchange:
         "response_done",
         "response_edit",
         "response_started",
-        "retries",
-        "retry",
         "retry_ok",
         "rmode",
         "rout",
@@ -429,22 +425,23 @@ class Exchange:
         self.switch: ResponseHead | None = None
         # Set by Side.start for a request refused before routing; answered in turn.
         self.error: ProtocolError | None = None
-        # Traffic management, set by the outbound side when a route or policy applies.
-        # matched_route: "namespace/name" of the HTTPRoute whose rule matched (metrics).
-        self.matched_route: str | None = None
+        # Traffic management: the outbound side's policy decisions, when a route or
+        # policy applies to the service (proxy.policy.call); None otherwise.
+        self.call: Call[Any] | None = None
         self.response_edit: Callable[[Headers], Headers] | None = None
-        self.retry: RetryPolicy | None = None
-        self.retries = 0
-        self.outlier: OutlierDetector | None = None
-        self.limits: Limits | None = None
         self.pending = False  # counted in limits.pending while a connection opens
         self.deadline: asyncio.TimerHandle | None = None  # timeouts.request
-        self.backend_timeout: float | None = None  # per try (timeouts.backendRequest)
+        self.backend_timeout: float | None = None  # per try (the call's, or a mirror's)
         self.try_timer: asyncio.TimerHandle | None = None
         # A copy of a small request body, kept so that a retry can send it again.
         self.replay: list[bytes] | None = None
         # This hop's span, while tracing is on and the request is sampled (proxy.hooks).
         self.trace: Span | None = None
+
+    @property
+    def retries(self) -> int:
+        """Tries sent again (the hooks read it)."""
+        return 0 if self.call is None else self.call.retries
 
     # ---- request direction -------------------------------------------------------------
 
@@ -525,6 +522,9 @@ class Exchange:
             return
         self.tried = i
         self.attempts += 1
+        call = self.call
+        if call is not None:
+            call.connects += 1
         pool = balancer.items[i]
         self.load = balancer.loads[i]
         self.peer = pool.name
@@ -534,7 +534,7 @@ class Exchange:
         if upstream is not None:
             self.bind(upstream)
             return
-        limits = self.limits
+        limits = None if call is None else call.limits
         if limits is not None and not self._may_connect(limits, balancer):
             return
         pool.connect(self)
@@ -564,8 +564,9 @@ class Exchange:
 
     def _unpend(self) -> None:
         self.pending = False
-        if self.limits is not None:
-            self.limits.pending -= 1
+        limits = None if self.call is None else self.call.limits
+        if limits is not None:
+            limits.pending -= 1
 
     # ---- timeouts and retries ---------------------------------------------------------
 
@@ -589,33 +590,28 @@ class Exchange:
         self.try_timer = None
         if self.finished or self.response_done:
             return
-        self._outlier_failure()
+        self._outcome(failed=True)
         reason = f"backend request timeout: {self.peer} did not answer in {seconds:g}s"
-        if not self.response_started and self._may_retry():
+        if not self.response_started and (delay := self._retry_delay()) is not None:
             log.info("%s: %s; retrying", self.describe_route(), reason)
             self._drop_upstream()
-            self._schedule_retry()
+            self._schedule_retry(delay)
             return
         self.fail(504, reason)
 
-    def _may_retry(self, unfinished: bool = False) -> bool:
-        """Whether to send the request again, within the policy and its budget.
+    def _retry_delay(self, unfinished: bool = False) -> float | None:
+        """The backoff before sending the request again, or None: the call's retry
+        policy, attempts and budget decide, for a request the proxy holds whole (no
+        body, or one kept whole: see keep_for_replay).
 
         `unfinished`: also one whose body is still arriving, if it is kept whole for
         replay (the retry then waits for the rest)."""
-        retry = self.retry
-        if retry is None or self.retries >= retry.attempts:
-            return False
-        head = self.head
-        # Only a request the proxy can send again whole: an idempotent method, and no
-        # body or one kept whole (see keep_for_replay).
-        if head.method not in IDEMPOTENT:
-            return False
-        if head.body != BODY_NONE and self.replay is None:
-            return False
-        if not self.request_done and not (unfinished and self.replay is not None):
-            return False
-        return retry.withdraw(self.conn.loop.time())
+        call = self.call
+        if call is None:
+            return None
+        kept = self.head.body == BODY_NONE or self.replay is not None
+        whole = kept and (self.request_done or (unfinished and self.replay is not None))
+        return call.try_again(whole, self.conn.loop.time())
 
     def keep_for_replay(self) -> None:
         """Keep a copy of the request body for retries, if it is small enough to hold:
@@ -644,10 +640,7 @@ class Exchange:
                 self.load.outstanding -= 1
         self.load = None
 
-    def _schedule_retry(self) -> None:
-        retry = self.retry
-        assert retry is not None
-        self.retries += 1
+    def _schedule_retry(self, delay: float) -> None:
         self.response_started = False
         self.status = 0
         self.rout.clear()
@@ -655,15 +648,14 @@ class Exchange:
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
-        delay = retry.counted_backoff(self.retries)
         if delay > 0:
             self.try_timer = self.conn.loop.call_later(delay, self._retry_now)
         else:
             self._retry_now()
 
-    def _retry_when_whole(self) -> None:
+    def _retry_when_whole(self, delay: float) -> None:
         if not self.finished:
-            self._schedule_retry()
+            self._schedule_retry(delay)
 
     def _retry_now(self) -> None:
         self.try_timer = None
@@ -672,14 +664,11 @@ class Exchange:
             many = self.balancer is not None and len(self.balancer) > 1
             self.forward(exclude=self.tried if many else -1)
 
-    def _outlier_failure(self) -> None:
-        outlier, load = self.outlier, self.load
-        if (
-            outlier is not None
-            and load is not None
-            and outlier.failure(load, self.conn.loop.time())
-        ):
-            log.warning("%s: ejected %s (outlier detection)", self.describe_route(), self.peer)
+    def _outcome(self, failed: bool) -> None:
+        """Outlier detection hears how the current try went."""
+        call, load = self.call, self.load
+        if call is not None and load is not None:
+            call.outcome(load, failed, self.conn.loop.time(), self.peer)
 
     def _release(self) -> None:
         """The exchange is over: stop its timers, give back what it counted against."""
@@ -691,10 +680,8 @@ class Exchange:
             self.try_timer = None
         if self.pending:
             self._unpend()
-        limits = self.limits
-        if limits is not None:
-            limits.active -= 1
-            self.limits = None
+        if self.call is not None:
+            self.call.finish()
 
     def connect_failed(self, err: ConnectError) -> None:
         if self.finished:
@@ -702,13 +689,21 @@ class Exchange:
         if self.pending:
             self._unpend()
         load = self.load
+        now = self.conn.loop.time()
         if err.eject and load is not None:
-            load.connect_failed(self.conn.loop.time())
-            self._outlier_failure()
+            load.connect_failed(now)
+            self._outcome(failed=True)
         log.warning("%s: %s", self.describe_route(), err.reason)
-        # Nothing was sent, so any request can go to another endpoint.
-        balancer = self.balancer
-        if balancer is not None and self.attempts < min(MAX_ATTEMPTS, len(balancer)):
+        # Nothing was sent, so the request may go to another endpoint: as the call's
+        # retry policy says, else up to MAX_ATTEMPTS endpoints.
+        balancer, call = self.balancer, self.call
+        if balancer is None:
+            again = False
+        elif call is None:
+            again = self.attempts < min(MAX_ATTEMPTS, len(balancer))
+        else:
+            again = call.connect_failed(len(balancer), now)
+        if again:
             self.forward(exclude=self.tried)
         else:
             self.fail(err.status, err.reason, logged=True)
@@ -736,24 +731,14 @@ class Exchange:
         if load is not None:
             now = self.conn.loop.time()
             load.observe(now - self.sent_at, now)
-            outlier = self.outlier
-            if outlier is not None:
-                if status >= 500:
-                    if outlier.failure(load, now):
-                        log.warning(
-                            "%s: ejected %s after %d (outlier detection)",
-                            self.describe_route(),
-                            self.peer,
-                            status,
-                        )
-                else:
-                    outlier.success(load, now)
-        retry = self.retry
-        if retry is not None and status in retry.codes and self._may_retry():
-            log.info("%s: %s answered %d; retrying", self.describe_route(), self.peer, status)
-            self._drop_upstream()
-            self._schedule_retry()
-            return
+        call = self.call
+        if call is not None:
+            self._outcome(failed=status >= 500)
+            if call.retries_status(status) and (delay := self._retry_delay()) is not None:
+                log.info("%s: %s answered %d; retrying", self.describe_route(), self.peer, status)
+                self._drop_upstream()
+                self._schedule_retry(delay)
+                return
         self.response_started = True
         self.status = status
         if self.response_edit is not None:
@@ -879,19 +864,21 @@ class Exchange:
             self.load = None
             self.fail(502, f"upstream reset: {self.peer} closed the connection mid-response")
             return
-        if self.retry is not None and self.retry.on_reset:
-            self._outlier_failure()
-            if self._may_retry(unfinished=True):
+        call = self.call
+        if call is not None and call.retries_reset():
+            self._outcome(failed=True)
+            delay = self._retry_delay(unfinished=True)
+            if delay is not None:
                 log.info("%s: %s reset the connection; retrying", self.describe_route(), self.peer)
                 self.load = None
                 if self.request_done:
-                    self._schedule_retry()
+                    self._schedule_retry(delay)
                 else:
                     # The rest of the body is on its way (and kept): the retry sends
                     # the request whole once it is in.
                     if self.after_request is None:
                         self.after_request = []
-                    self.after_request.append(self._retry_when_whole)
+                    self.after_request.append(lambda: self._retry_when_whole(delay))
                 return
         if self.retry_ok and reused and self.attempts < MAX_ATTEMPTS:
             # A pooled connection the peer had just closed: the request never reached

@@ -28,8 +28,9 @@ from gossamer.proxy.httpproxy import (
     ServerConnection,
     UpstreamConnection,
 )
-from gossamer.proxy.resilience import RetryPolicy
+from gossamer.proxy.policy import Answer, Call
 from gossamer.proxy.routematch import (
+    CompiledBackend,
     CompiledRule,
     chain_edits,
     modified_path,
@@ -37,7 +38,6 @@ from gossamer.proxy.routematch import (
 )
 from gossamer.proxy.routing import NoRoute, Route
 from gossamer.proxy.tls import peer_identity, sni_for
-from gossamer.translate.routetypes import FaultSpec
 from gossamer.translate.snapshot import Endpoint
 
 if TYPE_CHECKING:
@@ -234,69 +234,69 @@ class OutboundSide:
     # ---- traffic management ---------------------------------------------------------
 
     def _send(self, ex: Exchange, route: Route[PeerPool]) -> None:
-        """A request for a service port: faults, then its HTTPRoutes, then a backend."""
+        """A request for a service port: its policies are a `Call`'s (proxy.policy):
+        faults, then its HTTPRoutes, then a backend; a port with none takes the fast
+        path straight to its balancer."""
+        ex.route = route
         if not route.managed:
-            ex.route = route
             ex.balancer = route.balancer
             ex.forward()
             return
-        fault = route.fault
-        if fault is not None and self._inject_fault(ex, route, fault):
-            return
-        self._route(ex, route)
+        call: Call[PeerPool] = Call(route, ex.head.method)
+        ex.call = call
+        fault = call.fault()
+        if isinstance(fault, Answer):
+            ex.fail(fault.status, fault.reason)
+        elif fault is not None:
+            self.loop.call_later(fault, self._after_delay, ex)
+        else:
+            self._route(ex, call)
 
-    def _inject_fault(self, ex: Exchange, route: Route[PeerPool], fault: FaultSpec) -> bool:
-        """FaultPolicy: abort a share of requests, delay a share. True when it took over."""
-        rng = random.random
-        if fault.abort_status is not None and rng() * 100 < fault.abort_percent:
-            ex.route = route
-            ex.fail(fault.abort_status, f"fault injected: abort with {fault.abort_status} "
-                    f"for {route.label} (FaultPolicy)")  # fmt: skip
-            return True
-        if fault.delay is not None and rng() * 100 < fault.delay_percent:
-            self.loop.call_later(fault.delay, self._after_delay, ex, route)
-            return True
-        return False
+    def _after_delay(self, ex: Exchange) -> None:
+        call = ex.call
+        if not ex.finished and call is not None:
+            self._route(ex, call)
 
-    def _after_delay(self, ex: Exchange, route: Route[PeerPool]) -> None:
-        if not ex.finished:
-            self._route(ex, route)
-
-    def _route(self, ex: Exchange, route: Route[PeerPool]) -> None:
-        router = route.router
-        if router is None:
-            self._forward(ex, route, route.retry)
-            return
+    def _route(self, ex: Exchange, call: Call[PeerPool]) -> None:
         head = ex.head
-        match = router.match(head.method, head.target, head.host, head.headers)
-        if match is None:
-            ex.route = route
-            ex.fail(
-                404,
-                f"no rule of the HTTPRoutes of {route.label} ({', '.join(router.routes)}) "
-                f"matches {head.method.decode('latin-1')} {head.target.decode('latin-1')}",
-            )
+        routed = call.apply_routes(head.method, head.target, head.host, head.headers)
+        if isinstance(routed, Answer):
+            ex.fail(routed.status, routed.reason)
             return
-        rule = match.rule
-        spec = rule.spec
-        ex.route = route
-        # From here the request is the route's, in its metrics too: also when the rule
-        # itself answers (an error, a redirect) or the backend it picks fails.
-        ex.matched_route = spec.route
-        if spec.error is not None:
-            ex.fail(500, f"{rule.label}: {spec.error}")
+        target, rule_retry = call.route, None
+        if routed is not None:
+            rule, backend = routed.rule, routed.backend
+            if backend is None or routed.target is None:
+                self._redirect(ex, call.route, rule)
+                return
+            self._edit(ex, rule, backend)
+            if rule.mirrors:
+                for mirror_route, share in rule.mirrors:
+                    if share >= 1.0 or random.random() < share:
+                        self._mirror(ex, mirror_route)
+            target, rule_retry = routed.target, rule.retry
+        if call.timeout is not None:
+            ex.start_deadline(call.timeout)
+        refused = call.admit(target, rule_retry, self.loop.time())
+        ex.route = target
+        if refused is not None:
+            ex.fail(refused.status, refused.reason)
             return
-        if spec.redirect is not None:
-            self._redirect(ex, route, rule)
-            return
-        backend = rule.pick()
-        if backend is None:
-            ex.fail(500, f"{rule.label}: every backendRef has weight 0")
-            return
-        target = backend.target
-        if backend.error is not None or target is None:
-            ex.fail(500, f"{rule.label}: {backend.error}")
-            return
+        ex.balancer = target.balancer
+        ex.backend_timeout = call.per_try
+        if call.retry is not None:
+            ex.keep_for_replay()
+        ex.forward()
+
+    def _edit(
+        self,
+        ex: Exchange,
+        rule: CompiledRule[Route[PeerPool]],
+        backend: CompiledBackend[Route[PeerPool]],
+    ) -> None:
+        """The rule's and the backend's header modifiers and the rule's URL rewrite,
+        on the request head; their response header modifiers, on the answer."""
+        head, spec = ex.head, rule.spec
         rewrite = spec.rewrite
         if rule.request_edit is not None or backend.request_edit is not None or rewrite:
             if rule.request_edit is not None:
@@ -317,35 +317,6 @@ class OutboundSide:
             self._rebuild_head(ex)
         if rule.response_edit is not None or backend.response_edit is not None:
             ex.response_edit = chain_edits(rule.response_edit, backend.response_edit)
-        if spec.timeout is not None:
-            ex.start_deadline(spec.timeout)
-        if spec.backend_timeout is not None:
-            ex.backend_timeout = spec.backend_timeout
-        if rule.mirrors:
-            for mirror_route, share in rule.mirrors:
-                if share >= 1.0 or random.random() < share:
-                    self._mirror(ex, mirror_route)
-        self._forward(ex, target, rule.retry or route.retry)
-
-    def _forward(self, ex: Exchange, target: Route[PeerPool], retry: RetryPolicy | None) -> None:
-        ex.route = target
-        ex.balancer = target.balancer
-        ex.outlier = target.outlier
-        limits = target.limits
-        if limits is not None:
-            if limits.max_requests is not None and limits.active >= limits.max_requests:
-                ex.fail(503, f"circuit breaker: {target.label} has {limits.active} requests "
-                        f"in flight (maxRequests {limits.max_requests})")  # fmt: skip
-                return
-            limits.active += 1
-            ex.limits = limits
-        if retry is not None:
-            retry.budget.deposit(self.loop.time())
-            ex.retry = retry
-            ex.keep_for_replay()
-            if retry.per_try is not None and ex.backend_timeout is None:
-                ex.backend_timeout = retry.per_try
-        ex.forward()
 
     def _rebuild_head(self, ex: Exchange) -> None:
         head = ex.head
@@ -424,9 +395,13 @@ class OutboundSide:
         hooks = self.dp.hooks
         if hooks is not None:
             hooks.finished("outbound", ex, status, seconds)
+        call = ex.call
+        if call is not None:
+            call.stats(status).observe(seconds)
+            return
         route = ex.route
         if isinstance(route, Route):
-            route.stats_for(status, ex.matched_route).observe(seconds)
+            route.stats_for(status).observe(seconds)
             return
         self.dp.table.unrouted_stats(status).observe(seconds)
 
