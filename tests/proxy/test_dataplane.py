@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from gossamer.proxy.dataplane import DataPlane
+from gossamer.proxy.inbound import LocalRoute
 from tests.proxy.conftest import (
     EchoApp,
     Mesh,
@@ -81,3 +82,27 @@ async def test_close_is_idempotent_and_frees_the_ports(pki: Pki) -> None:
     await dp.close()
     with pytest.raises(OSError):
         await asyncio.open_connection(*dp.outbound_address)
+
+
+@pytest.mark.parametrize(
+    ("app_protocol", "speaks_h2", "grpc_only"),
+    [("http", False, False), ("http2", True, False), ("grpc", True, True),
+     ("kubernetes.io/h2c", True, False), (None, False, False)],
+)  # fmt: skip
+@pytest.mark.asyncio
+async def test_what_a_local_port_speaks_is_decided_once_per_snapshot(
+    pki: Pki, app_protocol: str | None, speaks_h2: bool, grpc_only: bool
+) -> None:
+    """HTTP/2 streams read it from their local route; no stream scans the port list."""
+    snapshot = server_snapshot(pki, "echo-1", 18080)
+    ports = (replace(snapshot.proxy.ports[0], app_protocol=app_protocol),)
+    snapshot = replace(snapshot, proxy=replace(snapshot.proxy, ports=ports))
+    dp = DataPlane(fast_config(), on_interest=lambda key: None)
+    try:
+        await dp.start()
+        dp.apply_snapshot(snapshot)
+        [route] = dp.table.local_routes.values()
+    finally:
+        await dp.close()
+    assert isinstance(route, LocalRoute)
+    assert (route.speaks_h2, route.grpc_only) == (speaks_h2, grpc_only)

@@ -27,7 +27,7 @@ from gossamer.proxy.balancer import Balancer, EndpointLoad
 from gossamer.proxy.detect import DEFAULT_DETECT_TIMEOUT, Sniffer
 from gossamer.proxy.hooks import RequestHooks
 from gossamer.proxy.http1 import RequestHead
-from gossamer.proxy.http2 import H2Connection
+from gossamer.proxy.http2 import H2_APP_PROTOCOLS, H2Connection
 from gossamer.proxy.httpproxy import ConnectError, Pool, ServerConnection
 from gossamer.proxy.inbound import (
     SERVER_NAME_ATTR,
@@ -549,8 +549,14 @@ class DataPlane:
                 )
                 apps[lp.app_port] = pool
                 balancer: Balancer[Pool] = Balancer([pool], [EndpointLoad()])
+                protocol = (lp.app_protocol or "").lower()
                 local_routes[sni_for(lp.port, me.workload, me.namespace)] = LocalRoute(
-                    pool.name, lp.port, balancer, pool, (lp.app_protocol or "").lower() == "grpc"
+                    pool.name,
+                    lp.port,
+                    balancer,
+                    pool,
+                    grpc_only=protocol == "grpc",
+                    speaks_h2=protocol in H2_APP_PROTOCOLS,
                 )
             table.local_routes = local_routes
             authorizer = compile_security(snapshot.security)

@@ -23,7 +23,6 @@ from gossamer.proxy.authorize import authorize_http
 from gossamer.proxy.hooks import APP_CALLER, HTTP2, Caller, StreamCaller, StreamRequest
 from gossamer.proxy.http1 import SRC_SERVICE_HEADER
 from gossamer.proxy.http2 import (
-    H2_APP_PROTOCOLS,
     H2Connection,
     Headers,
     StreamPair,
@@ -582,7 +581,7 @@ class InboundH2:
         if xff is not None:
             fwd = [(n, v) for n, v in fwd if n != b"x-forwarded-for"]
         fwd.append((b"x-forwarded-for", xff + b", " + address if xff else address))
-        if not self._speaks_h2(route):
+        if not route.speaks_h2:
             if h2to1.is_grpc(headers):
                 pair.reply_grpc(
                     GRPC_UNIMPLEMENTED,
@@ -610,15 +609,6 @@ class InboundH2:
         if isinstance(route, LocalRoute):
             return route
         return NoRoute(404, f"no local port for TLS server name {self.server_name!r}")
-
-    def _speaks_h2(self, route: LocalRoute) -> bool:
-        snapshot = self.dp.snapshot
-        if snapshot is None:
-            return False
-        for lp in snapshot.proxy.ports:
-            if lp.port == route.port:
-                return (lp.app_protocol or "").lower() in H2_APP_PROTOCOLS
-        return False
 
     def _authorize(self, pair: StreamPair, route: LocalRoute, headers: Headers) -> bool:
         decision = authorize_http(

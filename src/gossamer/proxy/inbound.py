@@ -167,6 +167,9 @@ class LocalRoute:
     # The port's appProtocol says gRPC: the app speaks nothing but HTTP/2, and an
     # HTTP/1.1 request to it is answered by the proxy (not translated).
     grpc_only: bool = False
+    # The port's appProtocol says the app speaks HTTP/2 (http2, grpc, h2c): streams go
+    # to it as HTTP/2, else they are translated to HTTP/1.1 (proxy.h2to1).
+    speaks_h2: bool = False
 
 
 @dataclass(frozen=True, slots=True)
