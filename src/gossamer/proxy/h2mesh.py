@@ -548,23 +548,9 @@ class InboundH2:
         tls = self.tls
 
         def done(p: StreamPair) -> None:
-            grpc = grpc_status_label(p.grpc_status)
-            key = (self.peer_namespace, src, p.status or 502)
-            cached = grpc is None and tls  # the table's cells are the mTLS ones
-            stats = table.inbound_stats.get(key) if cached else None
-            if stats is None:
-                stats = dp.metrics.request_stats(
-                    "inbound",
-                    self.peer_namespace,
-                    src.decode("latin-1") if src else "unknown",
-                    table.namespace,
-                    table.service,
-                    p.status or 502,
-                    tls,
-                    None if grpc is None else grpc.decode(),
-                )
-                if cached:
-                    table.inbound_stats[key] = stats
+            stats = table.inbound_stats_for(
+                self.peer_namespace, src, p.status or 502, tls, grpc_status_label(p.grpc_status)
+            )
             stats.observe(perf_counter() - p.started)
             if request is not None:
                 observed(dp, "inbound", request, p)

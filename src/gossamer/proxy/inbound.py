@@ -47,7 +47,6 @@ from gossamer.proxy.httpproxy import (
     ServerConnection,
     UpstreamConnection,
 )
-from gossamer.proxy.metrics import RequestStats
 from gossamer.proxy.routing import NoRoute
 from gossamer.proxy.tcp import Splice
 from gossamer.proxy.tls import ALPN_H1, ALPN_H2, ALPN_TCP, peer_identity, spiffe_namespace
@@ -366,21 +365,9 @@ class InboundSide:
         if hooks is not None:
             hooks.finished("inbound", ex, status, seconds)
         conn = ex.conn
-        table = self.dp.table
-        key = (conn.peer_namespace, ex.head.src_service, status)
-        stats = table.inbound_stats.get(key)
-        if stats is None:
-            src = ex.head.src_service
-            stats = table.inbound_stats[key] = self.dp.metrics.request_stats(
-                "inbound",
-                conn.peer_namespace,
-                src.decode("latin-1") if src else "unknown",
-                table.namespace,
-                table.service,
-                status,
-                True,
-            )
-        stats.observe(seconds)
+        self.dp.table.inbound_stats_for(conn.peer_namespace, ex.head.src_service, status).observe(
+            seconds
+        )
 
     # ---- opaque TCP --------------------------------------------------------------------
 
@@ -450,11 +437,6 @@ class PlaintextInboundSide(InboundSide):
     several, it is refused and the reason logged). The caller has no identity:
     authorization sees no principal, and metrics say tls="false".
     """
-
-    def __init__(self, dp: DataPlane) -> None:
-        super().__init__(dp)
-        self._stats: dict[tuple[bytes | None, int], RequestStats] = {}
-        self._stats_table: object = None
 
     def accept(self, quiet: bool = False) -> asyncio.Protocol:
         """The protocol for a new plaintext connection. `quiet`: the client has sent
@@ -530,22 +512,9 @@ class PlaintextInboundSide(InboundSide):
         hooks = self.dp.hooks
         if hooks is not None:
             hooks.finished("inbound", ex, status, seconds)
-        table = self.dp.table
-        if self._stats_table is not table:
-            self._stats, self._stats_table = {}, table
-        src = ex.head.src_service
-        stats = self._stats.get((src, status))
-        if stats is None:
-            stats = self._stats[(src, status)] = self.dp.metrics.request_stats(
-                "inbound",
-                "unknown",
-                src.decode("latin-1") if src else "unknown",
-                table.namespace,
-                table.service,
-                status,
-                False,
-            )
-        stats.observe(seconds)
+        self.dp.table.inbound_stats_for("unknown", ex.head.src_service, status, tls=False).observe(
+            seconds
+        )
 
 
 class PlaintextInboundH2(h2mesh.InboundH2):

@@ -161,7 +161,11 @@ class RouteTable(Generic[P]):
         # Filled in by the inbound side: TLS server name → where its requests go, and
         # the inbound metric cells by (source namespace, source service, code).
         self.local_routes: dict[str, object] = {}
-        self.inbound_stats: dict[tuple[str, bytes | None, int], RequestStats] = {}
+        # Inbound cells by (peer namespace, source service, status, tls, grpc-status):
+        # one lookup for HTTP/1.1 and HTTP/2, mTLS and plaintext (inbound_stats_for).
+        self.inbound_stats: dict[
+            tuple[str, bytes | None, int, bool, bytes | None], RequestStats
+        ] = {}
         if snapshot is None:
             return
         me = snapshot.proxy
@@ -228,6 +232,35 @@ class RouteTable(Generic[P]):
                     )
             parent.router = router
             parent.managed = True
+
+    def inbound_stats_for(
+        self,
+        peer_namespace: str,
+        src: bytes | None,
+        code: int,
+        tls: bool = True,
+        grpc_status: bytes | None = None,
+    ) -> RequestStats:
+        """The cell for a request from a peer to this workload (HTTP/1.1 or HTTP/2):
+        made once per snapshot, then only looked up. `src` is the caller's service as
+        its proxy said (`l5d-dst`-like header), `grpc_status` already bounded."""
+        key = (peer_namespace, src, code, tls, grpc_status)
+        stats = self.inbound_stats.get(key)
+        if stats is None:
+            if len(self.inbound_stats) >= _HOST_CACHE_MAX:
+                # The source service is a peer's word: never let it grow memory unbounded.
+                self.inbound_stats.clear()
+            stats = self.inbound_stats[key] = self.metrics.request_stats(
+                "inbound",
+                peer_namespace,
+                src.decode("latin-1") if src else "unknown",
+                self.namespace,
+                self.service,
+                code,
+                tls,
+                None if grpc_status is None else grpc_status.decode("ascii"),
+            )
+        return stats
 
     def unrouted_stats(self, code: int) -> RequestStats:
         """The cell for an outbound request answered before its service was known."""
