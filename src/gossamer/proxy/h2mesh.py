@@ -31,6 +31,7 @@ from gossamer.proxy.http2 import (
 )
 from gossamer.proxy.httpproxy import ConnectError
 from gossamer.proxy.policy import Answer, Call, failed
+from gossamer.proxy.routematch import chain_edits
 from gossamer.proxy.routing import NoRoute, Route
 
 if TYPE_CHECKING:
@@ -202,7 +203,8 @@ class _OutboundStream:
     GRPCRoutes (match, header edits, weighted backend, timeouts), the backend's
     CircuitBreakerPolicy, RetryPolicy (or the rule's `retry`) and OutlierPolicy.
     Counted from the moment the service is known, also when the proxy answers it
-    itself. Mirrors, redirects and rewrites are not applied to HTTP/2 (decision 0040).
+    itself. Header modifiers apply to requests and responses alike; mirrors, redirects
+    and rewrites are not applied to HTTP/2 (decision 0040).
 
     What is HTTP/2's own: a retry sends the whole stream again when its request has
     ended and its DATA fit REPLAY_LIMIT (kept as it passes), and a gRPC call is
@@ -216,6 +218,7 @@ class _OutboundStream:
         "load",
         "owner",
         "pair",
+        "peer",
         "request",
         "retry_timer",
         "timer",
@@ -242,6 +245,7 @@ class _OutboundStream:
         self.retry_timer: asyncio.TimerHandle | None = None
         self.try_timer: asyncio.TimerHandle | None = None
         self.tried = -1
+        self.peer = "upstream"  # the endpoint of the current try
         pair.on_done = self._done
         if request is not None:
             request.route = route
@@ -297,6 +301,8 @@ class _OutboundStream:
                     plain = backend.request_edit.apply(plain)
                 pseudo = [(n, v) for n, v in headers if n[:1] == b":"]
                 self.headers = pseudo + [(n.lower(), v) for n, v in plain]
+            if rule.response_edit is not None or backend.response_edit is not None:
+                self.pair.response_edit = chain_edits(rule.response_edit, backend.response_edit)
             target, rule_retry = routed.target, rule.retry
             if call.timeout is not None:
                 self.timer = self.dp.loop.call_later(call.timeout, self._timed_out, call.timeout)
@@ -337,6 +343,7 @@ class _OutboundStream:
         self.tried = i
         call.connects += 1
         pool = balancer.items[i]
+        self.peer = pool.name
         load = self.load = balancer.loads[i]
         load.outstanding += 1
         request = self.request
@@ -409,7 +416,7 @@ class _OutboundStream:
         pair = self.pair
         if pair.done or pair.status:
             return
-        reason = f"backend request timeout: {self.call.route.label} did not answer in {seconds:g}s"
+        reason = f"backend request timeout: {self.peer} did not answer in {seconds:g}s"
         if not self._try_again(reason):
             self.fail(504, reason, GRPC_DEADLINE_EXCEEDED)
 

@@ -319,6 +319,7 @@ class StreamPair:
         "on_response",
         "replay",
         "replay_size",
+        "response_edit",
         "started",
         "status",
         "up",
@@ -342,6 +343,8 @@ class StreamPair:
         # The upstream stream was reset, or its connection lost, before an answer:
         # True when the side sent the request again instead.
         self.on_reset: Callable[[StreamPair], bool] | None = None
+        # A route's ResponseHeaderModifier: applied to the response head's fields.
+        self.response_edit: Callable[[Headers], Headers] | None = None
         down_conn.halves[stream_id] = self.down
 
     def keep(self, data: bytes) -> None:
@@ -401,7 +404,12 @@ class StreamPair:
         if whole:
             up.ended = False
             up.sent_end = True
-        up_conn.pump(up)
+            # Nothing is left for pump to send, and it writes nothing: the HEADERS go
+            # out with the next flush, which outside a read (a retry after its backoff)
+            # nothing else would schedule.
+            up_conn.flush()
+        else:
+            up_conn.pump(up)
 
     def _take_over(
         self, reason: str, status: int, grpc_status: bytes | None
@@ -642,8 +650,14 @@ class H2Connection(asyncio.Protocol):
                 return  # tried again: this response goes nowhere
             other = half.other
             assert other.conn is not None
+            fwd = forwardable(headers)
+            edit = pair.response_edit
+            if edit is not None:
+                pseudo = [(n, v) for n, v in fwd if n[:1] == b":"]
+                plain = edit([(n, v) for n, v in fwd if n[:1] != b":"])
+                fwd = pseudo + [(n.lower(), v) for n, v in plain]
             try:
-                other.conn.h2.send_headers(other.stream_id, forwardable(headers), end_stream=ended)
+                other.conn.h2.send_headers(other.stream_id, fwd, end_stream=ended)
             except h2.exceptions.H2Error:
                 # The client's stream is gone (reset meanwhile): only this one ends.
                 other.conn.forget(other)
