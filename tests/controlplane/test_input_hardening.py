@@ -480,7 +480,7 @@ async def client(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], st
         ("/v1/tokens", b"{nope", 400, "request body: invalid JSON"),
         ("/v1/api-tokens", b"[" * 50_000, 400, "request body: nested deeper than 64 levels"),
         # A handler that still reads with request.json() (CA rotation): the safety net.
-        ("/v1/ca/rotation", b"[" * 50_000, 400, "request body: nested too deeply"),
+        ("/v1/ca/rotation", b"[" * 50_000, 400, "request body: nested deeper than 64 levels"),
     ],
     ids=[
         "apply: not UTF-8",

@@ -178,7 +178,10 @@ def test_the_proxy_does_not_import_from_the_working_directory(
 def test_a_killed_supervisor_takes_its_proxy_and_app_with_it(
     control_plane: ControlPlaneProcess, echo: Workload, tmp_path: Path
 ) -> None:
-    children = _children(echo.proc.pid)
+    deadline = time.monotonic() + 15
+    while len(children := _children(echo.proc.pid)) < 2:  # the app starts after the proxy
+        assert time.monotonic() < deadline, children
+        time.sleep(0.05)
     assert len(children) == 2, children  # the proxy and the app
     echo.proc.send_signal(signal.SIGKILL)
     echo.proc.wait()

@@ -117,10 +117,14 @@ class RetryPolicy:
             self.stats.budget_exhausted += 1
         return False
 
-    def counted_backoff(self, retry: int) -> float:
-        """`backoff`, for a retry that is going to be sent: it is counted."""
+    def count(self) -> None:
+        """A retry is going to be sent: it is counted."""
         if self.stats is not None:
             self.stats.retries += 1
+
+    def counted_backoff(self, retry: int) -> float:
+        """`backoff`, for a retry that is going to be sent: it is counted."""
+        self.count()
         return self.backoff(retry)
 
     def backoff(self, retry: int) -> float:

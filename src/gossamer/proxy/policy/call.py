@@ -191,7 +191,7 @@ class Call(Generic[P]):
         if not retry.withdraw(now):
             return False
         self.retries += 1
-        retry.counted_backoff(self.retries)  # counted; the next endpoint needs no wait
+        retry.count()  # the next endpoint is tried at once: no backoff
         return True
 
     def retries_status(self, status: int, grpc_status: bytes | None = None) -> bool:
