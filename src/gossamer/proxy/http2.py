@@ -76,7 +76,14 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, WindowUpdateFrame
+from hyperframe.frame import (
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    WindowUpdateFrame,
+)
 
 from gossamer.proxy.limits import MAX_HEADERS
 
@@ -1014,6 +1021,11 @@ class _GuardedH2(h2.connection.H2Connection):
                     f"frames sent and {self.opened} streams opened (more than "
                     f"{WINDOW_UPDATES_PER_DATA_FRAME} per DATA frame)"
                 )
+            return _h2_receive_frame(self, frame)
+        if isinstance(frame, RstStreamFrame) and not self.server_side:
+            # An upstream may end every stream it answered with RST_STREAM (NO_ERROR:
+            # "stop sending the body", RFC 9113 8.1; nginx does, at any rate): they are
+            # bounded by the streams this proxy opens, so not counted as a flood.
             return _h2_receive_frame(self, frame)
         self.control_frame()
         if isinstance(frame, GoAwayFrame):
