@@ -4,6 +4,7 @@ the app's own /proc entries."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -105,6 +106,32 @@ def test_a_workload_cannot_take_over_another_identitys_workload(
     assert code == 200, answer
 
 
+def test_a_registration_that_never_streams_leaves_endpoints_and_its_status_is_not_its_own(
+    control_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    """A proxy writes no status, and a Workload it registers holds a lease even before
+    (or without) a Ready report or a discovery stream: a registration that never
+    streams is out of endpoints after LEASE_SECONDS."""
+    cert, key = _certificate_for(control_plane, tmp_path, "ghost")
+    ghost = {
+        "metadata": {"labels": {"app": "echo"}},
+        "spec": {"address": "127.0.0.1", "inboundPort": free_port(),
+                 "serviceAccount": "ghost", "ports": [{"port": 8080, "appPort": 9}]},
+        "status": {"conditions": [{"type": "Ready", "status": "True"},
+                                  {"type": "ProxyConnected", "status": "True"}]},
+    }  # fmt: skip
+    code, answer = _as(control_plane, tmp_path, cert, key, "PUT",
+                       "/v1/workloads/shop/ghost-1", ghost)  # fmt: skip
+    assert code == 200, answer
+    stored = _workload(control_plane, "ghost-1")
+    assert _condition(stored, "Ready") is None  # what the body said was dropped
+    assert [c["reason"] for c in stored["status"]["conditions"]] == ["Registered"]
+    deadline = time.monotonic() + 30
+    while _condition(_workload(control_plane, "ghost-1"), "ProxyConnected") != "False":
+        assert time.monotonic() < deadline, _workload(control_plane, "ghost-1")
+        time.sleep(0.5)
+
+
 def _environ(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
@@ -201,6 +228,42 @@ def test_a_killed_supervisor_takes_its_proxy_and_app_with_it(
         again.wait_ready()
     finally:
         again.stop()
+
+
+def test_a_supervisor_killed_while_its_proxy_starts_leaves_nothing_running(
+    control_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    """kill -9 of `gossamer run` the moment its proxy child exists, before or just after
+    that child's exec: the child must still die (its signal handlers are the
+    supervisor's until exec, and a SIGTERM they catch is lost)."""
+    survivors = []
+    for i in range(5):
+        w = run_workload(
+            control_plane, tmp_path, f"race-{i}", service_account="race",
+            labels={"app": "race"}, app=[sys.executable, "-c", "import time; time.sleep(600)"],
+        )  # fmt: skip
+        child = None
+        try:
+            deadline = time.monotonic() + 10
+            while child is None and time.monotonic() < deadline:
+                kids = _children(w.proc.pid)
+                child = kids[0] if kids else None
+            assert child is not None, "the supervisor started no proxy"
+            w.proc.send_signal(signal.SIGKILL)
+            w.proc.wait()
+            deadline = time.monotonic() + 15
+            while Path(f"/proc/{child}").exists() and not _zombie(child):
+                if time.monotonic() > deadline:
+                    survivors.append(child)
+                    break
+                time.sleep(0.1)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(w.proc.pid, signal.SIGKILL)
+            if child is not None and child in survivors:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+    assert not survivors, f"proxies outlived their supervisor: {survivors}"
 
 
 def _zombie(pid: int) -> bool:

@@ -185,8 +185,10 @@ def add_proxy_flags(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # No abbreviations: `--join-tok` would slip past _proxy_command's rewriting.
     p = sub.add_parser(
         "proxy",
+        allow_abbrev=False,
         help="run the proxy for one workload",
         description="Join the mesh (join token → certificate), register the workload, follow "
         "discovery, and carry the workload's traffic with mTLS.",
@@ -196,6 +198,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     r = sub.add_parser(
         "run",
+        allow_abbrev=False,
         help="run a command with a proxy beside it",
         description="Start the proxy, wait until it is ready, then run CMD with HTTP_PROXY "
         "and GOSSAMER_OUTBOUND pointing at the outbound listener. Signals go to CMD; "
@@ -444,6 +447,10 @@ def _die_with_supervisor(signum: int) -> Callable[[], None]:
     def arm() -> None:
         import ctypes
 
+        # The supervisor's catch-all handlers (remember) are inherited until exec: a
+        # SIGTERM before then would be remembered by nobody and lost.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signum, 0, 0, 0)
         if os.getppid() != parent:  # the supervisor died before the line above

@@ -250,9 +250,11 @@ class Discovery:
             del self._gone_since[key]  # deleted workloads
         for (kind, namespace, name), obj in list(self._objects.items()):
             key = (namespace, name)
-            if kind != "Workload" or key in self._sessions or _condition(obj, "Ready") is None:
+            if kind != "Workload" or key in self._sessions:
                 continue
             connected = _condition(obj, "ProxyConnected")
+            if connected is None and _condition(obj, "Ready") is None:
+                continue  # applied by an operator: no proxy to expect
             if connected is not None and connected.get("status") == "False":
                 continue
             gone = self._gone_since.get(key)
@@ -263,7 +265,7 @@ class Discovery:
             if expired:
                 self._set_connected(namespace, name, False)
 
-    def _set_connected(self, namespace: str, name: str, connected: bool) -> None:
+    def _set_connected(self, namespace: str, name: str, connected: bool, reason: str = "") -> None:
         try:
             current = self.cp.store.get("Workload", namespace, name)
         except NotFound:
@@ -272,12 +274,14 @@ class Discovery:
             current.get("status"),
             "ProxyConnected",
             connected,
-            "StreamOpen" if connected else "LeaseExpired",
+            reason or ("StreamOpen" if connected else "LeaseExpired"),
             "" if connected else f"no discovery stream from its proxy for {LEASE_SECONDS:g}s",
         )
         if not changed:
             return
         self.cp.store.update_status("Workload", namespace, name, status)
+        if reason == "Registered":
+            return  # register() says so
         log.log(
             logging.INFO if connected else logging.WARNING,
             "workload %s/%s %s",
@@ -431,6 +435,7 @@ class Discovery:
         identity = require_identity(request)
         body = await self._json_body(request)
         namespace, name = request.match_info["namespace"], request.match_info["name"]
+        body.pop("status", None)  # the control plane writes status, never a proxy's body
         body.setdefault("apiVersion", "gossamer.dev/v1alpha1")
         body.setdefault("kind", "Workload")
         meta = body.setdefault("metadata", {})
@@ -458,6 +463,13 @@ class Discovery:
                     "in place: an operator deletes it first)"
                 )
         [result] = self.cp.store.apply([obj])
+        # Registered by a proxy: it holds a lease from now on, which its discovery
+        # stream keeps (a registration that never streams leaves endpoints when it ends).
+        key = (namespace, name)
+        if key not in self._sessions:
+            self._gone_since[key] = time.monotonic()
+        if _condition(result.object, "ProxyConnected") is None:
+            self._set_connected(namespace, name, True, "Registered")
         log.info("workload %s/%s registered by %s (%s)", namespace, name, identity, result.action)
         return web.json_response(result.object)
 
