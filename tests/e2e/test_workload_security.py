@@ -266,6 +266,33 @@ def test_a_supervisor_killed_while_its_proxy_starts_leaves_nothing_running(
     assert not survivors, f"proxies outlived their supervisor: {survivors}"
 
 
+def test_what_the_app_started_ends_with_a_killed_supervisor(
+    control_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    """An app that is a shell starting the real server (npm start, a wrapper script): its
+    children end with kill -9 of `gossamer run` too, not only the shell."""
+    pid_file = tmp_path / "server.pid"
+    script = (f"{sys.executable} -c 'import time; time.sleep(600)' & "
+              f"echo $! > {pid_file}; wait")  # fmt: skip
+    w = run_workload(control_plane, tmp_path, "wrapped-1", service_account="wrapped",
+                     labels={"app": "wrapped"}, app=["sh", "-c", script])  # fmt: skip
+    server = None
+    try:
+        server = int(_wait_file(pid_file, w.proc, w.log))
+        w.proc.send_signal(signal.SIGKILL)
+        w.proc.wait()
+        deadline = time.monotonic() + 15
+        while Path(f"/proc/{server}").exists() and not _zombie(server):
+            assert time.monotonic() < deadline, "the app's child outlived gossamer run"
+            time.sleep(0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(w.proc.pid, signal.SIGKILL)
+        if server is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server, signal.SIGKILL)
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"

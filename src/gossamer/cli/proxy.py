@@ -181,6 +181,9 @@ def add_proxy_flags(p: argparse.ArgumentParser) -> None:
         "learn of it before the listeners close (default: 1)",
     )
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+    # gossamer run: a pipe on which it writes its app's process group, for the proxy to
+    # end that group if gossamer run itself is killed (see run_wrapped).
+    p.add_argument("--app-group-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -392,6 +395,20 @@ def _install_loop() -> None:
         uvloop.install()
 
 
+def _end_orphaned_app(fd: int | None, parent: int) -> None:
+    """`gossamer run` was killed (this proxy outlived its parent): end its app's whole
+    process group, which PR_SET_PDEATHSIG alone does not reach (the app's children)."""
+    if fd is None or os.getppid() == parent:
+        return  # the supervisor is alive and ends its app itself
+    try:
+        data = os.read(fd, 64)  # its writer is gone: this cannot block
+        pgid = int(data.split()[0])
+    except (OSError, ValueError, IndexError):
+        return  # it died before the app started
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def _raise_fd_limit() -> None:
     """Every connection is a descriptor: take the hard RLIMIT_NOFILE, not the soft one
     (often 1,024). The data plane keeps a share of it back for the admin listener and
@@ -413,6 +430,7 @@ def run_proxy(args: argparse.Namespace) -> int:
     )
     _install_loop()
     _raise_fd_limit()
+    parent = os.getppid()
 
     async def main() -> None:
         stop, ready, leave = asyncio.Event(), asyncio.Event(), asyncio.Event()
@@ -433,6 +451,8 @@ def run_proxy(args: argparse.Namespace) -> int:
             f"cannot start the proxy: {err}",
             hint="pick free ports with --inbound, --outbound and --admin",
         )
+    finally:
+        _end_orphaned_app(args.app_group_fd, parent)
     return 0
 
 
@@ -516,12 +536,17 @@ def run_wrapped(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, remember)
+    group_r, group_w = os.pipe()
     with tempfile.TemporaryDirectory(prefix="gossamer-run-") as tmp:
         ready_file = Path(tmp) / "ready.json"
         proxy_command, proxy_env = _proxy_command(proxy_flags, ready_file)
         proxy = subprocess.Popen(
-            proxy_command, env=proxy_env, preexec_fn=_die_with_supervisor(signal.SIGTERM)
+            [*proxy_command, "--app-group-fd", str(group_r)],
+            env=proxy_env,
+            preexec_fn=_die_with_supervisor(signal.SIGTERM),
+            pass_fds=(group_r,),
         )
+        os.close(group_r)
         deadline = time.monotonic() + 60
         while not ready_file.exists():
             if proxy.poll() is not None:
@@ -538,14 +563,20 @@ def run_wrapped(args: argparse.Namespace) -> int:
             time.sleep(0.05)
         addresses = json.loads(ready_file.read_text())
     try:
+        # Its own process group: signals reach the app and every process it starts, after
+        # the proxy has left the mesh (not straight from the terminal), and what it
+        # leaves behind ends with it.
         app = subprocess.Popen(
             command,
             env=app_environment(addresses["outbound"], addresses["admin"]),
             preexec_fn=_die_with_supervisor(signal.SIGKILL),
+            process_group=0,
         )
     except OSError as err:
         _stop(proxy)
         fail(f"cannot start {command[0]}: {err.strerror}")
+    with contextlib.suppress(OSError):
+        os.write(group_w, b"%d\n" % app.pid)  # for the proxy, should this process be killed
 
     left = False
     while app.poll() is None:
@@ -560,10 +591,13 @@ def run_wrapped(args: argparse.Namespace) -> int:
                 while app.poll() is None and time.monotonic() < drain_until:
                     time.sleep(0.05)
             with contextlib.suppress(ProcessLookupError):
-                app.send_signal(received.pop(0))
+                os.killpg(app.pid, received.pop(0))
         time.sleep(0.05)
     code = app.returncode
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(app.pid, signal.SIGKILL)  # what the app left running
     _stop(proxy)
+    os.close(group_w)
     return code if code >= 0 else 128 - code
 
 
