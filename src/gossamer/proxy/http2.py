@@ -68,7 +68,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 from time import monotonic, perf_counter
-from typing import Final, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 import h2.config
 import h2.connection
@@ -592,165 +592,187 @@ class H2Connection(asyncio.Protocol):
     # ---- events ------------------------------------------------------------------------
 
     def _event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            stream_id = event.stream_id or 0
-            half = self.halves.get(stream_id)
-            other = half.other if half is not None else None
-            if other is None:
-                self.h2.acknowledge_received_data(event.flow_controlled_length or 0, stream_id)
+        handler = _EVENT_HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
+
+    def _on_data(self, event: h2.events.DataReceived) -> None:
+        """DATA: on to the other half, as its window allows."""
+        stream_id = event.stream_id or 0
+        half = self.halves.get(stream_id)
+        other = half.other if half is not None else None
+        if other is None:
+            self.h2.acknowledge_received_data(event.flow_controlled_length or 0, stream_id)
+            return
+        data = event.data or b""
+        other.pending.append([data, event.flow_controlled_length or 0])
+        pair = other.pair
+        if pair.replay is not None and other is pair.up:
+            pair.keep(data)
+        if other.conn is not None:
+            if event.stream_ended is not None and not other.sent_end:
+                # The end rides on this DATA frame: send it on the last one too,
+                # not as an empty DATA frame of its own (StreamEnded comes next).
+                other.ended = True
+            other.conn.pump(other)
+        elif other.carrier is not None:
+            other.carrier.send()
+
+    def _on_request(self, event: h2.events.RequestReceived) -> None:
+        """A new stream from a client: checked, counted, handed to the side."""
+        stream_id = event.stream_id
+        assert stream_id is not None and event.headers is not None
+        if self.draining:
+            self.h2.control_frame()
+            with contextlib.suppress(h2.exceptions.H2Error):  # reset meanwhile
+                self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        self.streams += 1
+        self.h2.opened += 1
+        self._last_taken = stream_id
+        headers = list(event.headers)
+        if len(headers) > MAX_HEADERS:
+            self._too_many_fields(stream_id, len(headers), event.stream_ended is not None)
+        else:
+            _check(headers, REQUEST_PSEUDO)
+            if self.handler is None:
+                self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
                 return
-            data = event.data or b""
-            other.pending.append([data, event.flow_controlled_length or 0])
-            pair = other.pair
-            if pair.replay is not None and other is pair.up:
-                pair.keep(data)
-            if other.conn is not None:
-                if event.stream_ended is not None and not other.sent_end:
-                    # The end rides on this DATA frame: send it on the last one too,
-                    # not as an empty DATA frame of its own (StreamEnded comes next).
-                    other.ended = True
-                other.conn.pump(other)
-            elif other.carrier is not None:
-                other.carrier.send()
-        elif isinstance(event, h2.events.RequestReceived):
-            stream_id = event.stream_id
-            assert stream_id is not None and event.headers is not None
-            if self.draining:
-                self.h2.control_frame()
-                with contextlib.suppress(h2.exceptions.H2Error):  # reset meanwhile
-                    self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-                return
-            self.streams += 1
-            self.h2.opened += 1
-            self._last_taken = stream_id
-            headers = list(event.headers)
-            if len(headers) > MAX_HEADERS:
-                self._too_many_fields(stream_id, len(headers), event.stream_ended is not None)
-            else:
-                _check(headers, REQUEST_PSEUDO)
-                if self.handler is None:
-                    self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-                    return
-                self.handler.new_stream(self, stream_id, headers)
-            if self.streams >= MAX_STREAMS_PER_CONNECTION:
-                self.go_away(
-                    h2.errors.ErrorCodes.NO_ERROR,
-                    f"{self.name}: {self.streams} streams on one connection: GOAWAY, for "
-                    "the client to open another",
-                )
-        elif isinstance(event, h2.events.ResponseReceived):
-            if event.headers is None:
-                return
-            headers = list(event.headers)
-            _check(headers, RESPONSE_PSEUDO)
-            half = self.halves.get(event.stream_id or 0)
-            if half is None or half.other is None:
-                return
-            pair = half.pair
-            status = header(headers, b":status")
-            pair.status = int(status) if status and status.isdigit() else 502
-            ended = event.stream_ended is not None
-            if ended:
-                pair.grpc_status = header(headers, b"grpc-status")
-            hook = pair.on_response
-            if hook is not None and hook(pair, pair.status, pair.grpc_status):
-                return  # tried again: this response goes nowhere
-            other = half.other
-            assert other.conn is not None
-            fwd = forwardable(headers)
-            edit = pair.response_edit
-            if edit is not None:
-                pseudo = [(n, v) for n, v in fwd if n[:1] == b":"]
-                plain = edit([(n, v) for n, v in fwd if n[:1] != b":"])
-                fwd = pseudo + [(n.lower(), v) for n, v in plain]
-            try:
-                other.conn.h2.send_headers(other.stream_id, fwd, end_stream=ended)
-            except h2.exceptions.H2Error:
-                # The client's stream is gone (reset meanwhile): only this one ends.
-                other.conn.forget(other)
-                self.reset(half, h2.errors.ErrorCodes.CANCEL)
-                return
-            if ended:
-                other.sent_end = True
-                other.conn._settle(other)
-            other.conn.flush()
-        elif isinstance(event, h2.events.TrailersReceived):
-            if event.headers is None:
-                return
-            trailers = list(event.headers)
-            half = self.halves.get(event.stream_id or 0)
-            if len(trailers) > MAX_HEADERS and half is not None and half is half.pair.down:
-                half.pair.reply(
-                    431,
-                    f"request trailers have {len(trailers)} fields, more than {MAX_HEADERS}",
-                )
-                return
-            _check(trailers, TRAILER_PSEUDO)
-            if half is None or half.other is None:
-                return
-            trailers = forwardable(trailers)
-            if half.pair.up is half:
-                half.pair.grpc_status = header(trailers, b"grpc-status")
-            else:
-                half.pair.replay = None  # request trailers: not sent again
-            other = half.other
-            other.trailers = trailers
+            self.handler.new_stream(self, stream_id, headers)
+        if self.streams >= MAX_STREAMS_PER_CONNECTION:
+            self.go_away(
+                h2.errors.ErrorCodes.NO_ERROR,
+                f"{self.name}: {self.streams} streams on one connection: GOAWAY, for "
+                "the client to open another",
+            )
+
+    def _on_response(self, event: h2.events.ResponseReceived) -> None:
+        """A response head from upstream: the side may take it over (a retry); else on."""
+        if event.headers is None:
+            return
+        headers = list(event.headers)
+        _check(headers, RESPONSE_PSEUDO)
+        half = self.halves.get(event.stream_id or 0)
+        if half is None or half.other is None:
+            return
+        pair = half.pair
+        status = header(headers, b":status")
+        pair.status = int(status) if status and status.isdigit() else 502
+        ended = event.stream_ended is not None
+        if ended:
+            pair.grpc_status = header(headers, b"grpc-status")
+        hook = pair.on_response
+        if hook is not None and hook(pair, pair.status, pair.grpc_status):
+            return  # tried again: this response goes nowhere
+        other = half.other
+        assert other.conn is not None
+        fwd = forwardable(headers)
+        edit = pair.response_edit
+        if edit is not None:
+            pseudo = [(n, v) for n, v in fwd if n[:1] == b":"]
+            plain = edit([(n, v) for n, v in fwd if n[:1] != b":"])
+            fwd = pseudo + [(n.lower(), v) for n, v in plain]
+        try:
+            other.conn.h2.send_headers(other.stream_id, fwd, end_stream=ended)
+        except h2.exceptions.H2Error:
+            # The client's stream is gone (reset meanwhile): only this one ends.
+            other.conn.forget(other)
+            self.reset(half, h2.errors.ErrorCodes.CANCEL)
+            return
+        if ended:
+            other.sent_end = True
+            other.conn._settle(other)
+        other.conn.flush()
+
+    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+        """Trailers (gRPC's status among them), sent on after the last DATA."""
+        if event.headers is None:
+            return
+        trailers = list(event.headers)
+        half = self.halves.get(event.stream_id or 0)
+        if len(trailers) > MAX_HEADERS and half is not None and half is half.pair.down:
+            half.pair.reply(
+                431,
+                f"request trailers have {len(trailers)} fields, more than {MAX_HEADERS}",
+            )
+            return
+        _check(trailers, TRAILER_PSEUDO)
+        if half is None or half.other is None:
+            return
+        trailers = forwardable(trailers)
+        if half.pair.up is half:
+            half.pair.grpc_status = header(trailers, b"grpc-status")
+        else:
+            half.pair.replay = None  # request trailers: not sent again
+        other = half.other
+        other.trailers = trailers
+        other.ended = True
+        if other.conn is not None:
+            other.conn.pump(other)
+        elif other.carrier is not None:
+            other.carrier.send()
+
+    def _on_stream_ended(self, event: h2.events.StreamEnded) -> None:
+        """This end of the stream is done: the other half ends once its queue is sent."""
+        half = self.halves.get(event.stream_id or 0)
+        if half is None:
+            return
+        half.recv_end = True
+        other = half.other
+        if other is not None and not other.ended and not other.sent_end:
             other.ended = True
             if other.conn is not None:
                 other.conn.pump(other)
             elif other.carrier is not None:
                 other.carrier.send()
-        elif isinstance(event, h2.events.StreamEnded):
-            half = self.halves.get(event.stream_id or 0)
-            if half is None:
+        self._settle(half)
+
+    def _on_stream_reset(self, event: h2.events.StreamReset) -> None:
+        """The peer reset a stream: its pair ends, unless the side tries again."""
+        half = self.halves.pop(event.stream_id or 0, None)
+        if half is not None:
+            pair = half.pair
+            if (
+                half is pair.down
+                and not pair.status
+                and perf_counter() - pair.started < PREMATURE_RESET_LIFETIME
+            ):
+                self._premature_reset()
+            on_reset = pair.on_reset if half is pair.up and not pair.status else None
+            if on_reset is not None and on_reset(pair):
                 return
-            half.recv_end = True
             other = half.other
-            if other is not None and not other.ended and not other.sent_end:
-                other.ended = True
-                if other.conn is not None:
-                    other.conn.pump(other)
-                elif other.carrier is not None:
-                    other.carrier.send()
-            self._settle(half)
-        elif isinstance(event, h2.events.StreamReset):
-            half = self.halves.pop(event.stream_id or 0, None)
+            if other is not None and other.conn is not None:
+                other.conn.reset(other, event.error_code or h2.errors.ErrorCodes.CANCEL)
+            elif other is not None:
+                drop_pending(other)
+            half.pair.finish()
+
+    def _on_window_updated(self, event: h2.events.WindowUpdated) -> None:
+        """More window: send what waited for it."""
+        if event.stream_id:
+            half = self.halves.get(event.stream_id)
             if half is not None:
-                pair = half.pair
-                if (
-                    half is pair.down
-                    and not pair.status
-                    and perf_counter() - pair.started < PREMATURE_RESET_LIFETIME
-                ):
-                    self._premature_reset()
-                on_reset = pair.on_reset if half is pair.up and not pair.status else None
-                if on_reset is not None and on_reset(pair):
-                    return
-                other = half.other
-                if other is not None and other.conn is not None:
-                    other.conn.reset(other, event.error_code or h2.errors.ErrorCodes.CANCEL)
-                elif other is not None:
-                    drop_pending(other)
-                half.pair.finish()
-        elif isinstance(event, h2.events.WindowUpdated):
-            if event.stream_id:
-                half = self.halves.get(event.stream_id)
-                if half is not None:
-                    self.pump(half)
-            else:
-                self._pump_all()
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
+                self.pump(half)
+        else:
             self._pump_all()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self._went_away(event.last_stream_id or 0, event.error_code or 0)
-        elif isinstance(event, h2.events.InformationalResponseReceived):
-            # A 1xx (100 Continue to a request that expects it): passed on as it is.
-            half = self.halves.get(event.stream_id or 0)
-            other = half.other if half is not None else None
-            if other is not None and other.conn is not None and event.headers is not None:
-                with contextlib.suppress(h2.exceptions.H2Error):
-                    other.conn.h2.send_headers(other.stream_id, forwardable(list(event.headers)))
-                other.conn.flush()
+
+    def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        """New settings may open windows: send what waited."""
+        self._pump_all()
+
+    def _on_terminated(self, event: h2.events.ConnectionTerminated) -> None:
+        """GOAWAY (see _went_away)."""
+        self._went_away(event.last_stream_id or 0, event.error_code or 0)
+
+    def _on_informational(self, event: h2.events.InformationalResponseReceived) -> None:
+        """A 1xx (100 Continue to a request that expects it): passed on as it is."""
+        half = self.halves.get(event.stream_id or 0)
+        other = half.other if half is not None else None
+        if other is not None and other.conn is not None and event.headers is not None:
+            with contextlib.suppress(h2.exceptions.H2Error):
+                other.conn.h2.send_headers(other.stream_id, forwardable(list(event.headers)))
+            other.conn.flush()
 
     def _premature_reset(self) -> None:
         self._premature += 1
@@ -1059,6 +1081,21 @@ class _GuardedH2(h2.connection.H2Connection):
         self.control += 1
         if self.control > CONTROL_FRAME_LIMIT:
             raise _Flood(f"more than {CONTROL_FRAME_LIMIT} control frames in a second")
+
+
+# What each event of h2 does: a type lookup per event, not a chain of isinstance.
+_EVENT_HANDLERS: Final[dict[type[h2.events.Event], Callable[[H2Connection, Any], None]]] = {
+    h2.events.DataReceived: H2Connection._on_data,
+    h2.events.RequestReceived: H2Connection._on_request,
+    h2.events.ResponseReceived: H2Connection._on_response,
+    h2.events.TrailersReceived: H2Connection._on_trailers,
+    h2.events.StreamEnded: H2Connection._on_stream_ended,
+    h2.events.StreamReset: H2Connection._on_stream_reset,
+    h2.events.WindowUpdated: H2Connection._on_window_updated,
+    h2.events.RemoteSettingsChanged: H2Connection._on_settings,
+    h2.events.ConnectionTerminated: H2Connection._on_terminated,
+    h2.events.InformationalResponseReceived: H2Connection._on_informational,
+}
 
 
 def _check(headers: Headers, pseudo: frozenset[bytes]) -> None:
