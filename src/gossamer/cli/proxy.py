@@ -204,8 +204,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         allow_abbrev=False,
         help="run a command with a proxy beside it",
         description="Start the proxy, wait until it is ready, then run CMD with HTTP_PROXY "
-        "and GOSSAMER_OUTBOUND pointing at the outbound listener. Signals go to CMD; "
-        "the exit code is CMD's; the workload is removed from the mesh on exit.",
+        "and GOSSAMER_OUTBOUND pointing at the outbound listener (and without "
+        "GOSSAMER_TOKEN or GOSSAMER_JOIN_TOKEN). CMD runs in its own process group: "
+        "signals go to it after the workload has left the mesh; the exit code is CMD's; "
+        "the proxy, CMD and what CMD started end with gossamer run, even on kill -9.",
         usage="gossamer run [proxy flags] -- CMD [ARGS...]",
     )
     add_proxy_flags(r)
