@@ -24,6 +24,7 @@ from gossamer.proxy.acceptor import FdBudget, InboundAcceptor, fd_limit
 from gossamer.proxy.accesslog import AccessLog
 from gossamer.proxy.admin import AdminConnection, Page, json_page
 from gossamer.proxy.balancer import Balancer, EndpointLoad
+from gossamer.proxy.connect import connect_peer
 from gossamer.proxy.detect import DEFAULT_DETECT_TIMEOUT, Sniffer
 from gossamer.proxy.hooks import RequestHooks
 from gossamer.proxy.http1 import RequestHead
@@ -33,15 +34,15 @@ from gossamer.proxy.inbound import (
     SERVER_NAME_ATTR,
     AppPool,
     InboundSide,
-    LocalRoute,
     PlaintextInboundSide,
 )
 from gossamer.proxy.limits import HANDSHAKE_TIMEOUT, MAX_ADMIN_CONNECTIONS, MAX_HANDSHAKES
 from gossamer.proxy.metrics import Metrics
-from gossamer.proxy.outbound import OutboundSide, PeerPool, connect_peer
-from gossamer.proxy.routing import RouteTable
+from gossamer.proxy.outbound import OutboundSide, PeerPool
+from gossamer.proxy.routing import LocalRoute, RouteTable
+from gossamer.proxy.splice import Splice
 from gossamer.proxy.tap import TapHub
-from gossamer.proxy.tcp import Splice, TcpListener, UpstreamCarriers
+from gossamer.proxy.tcp import TcpListener, UpstreamCarriers
 from gossamer.proxy.tls import Credentials, MeshContexts, make_contexts, sni_for
 from gossamer.translate.authz import SecurityView
 from gossamer.translate.snapshot import Endpoint, Snapshot
@@ -535,7 +536,7 @@ class DataPlane:
         self._peers = {}
         try:
             table = RouteTable(snapshot, self.config.cluster_domain, self.metrics, self._peer)
-            local_routes: dict[str, object] = {}
+            local_routes: dict[str, LocalRoute] = {}
             apps: dict[int, AppPool] = {}
             me = snapshot.proxy
             for lp in me.ports:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from gossamer.proxy import h2to1
 from gossamer.proxy.authorize import authorize_http
+from gossamer.proxy.connect import connect_peer
 from gossamer.proxy.hooks import APP_CALLER, HTTP2, Caller, StreamCaller, StreamRequest
 from gossamer.proxy.http1 import SRC_SERVICE_HEADER
 from gossamer.proxy.http2 import (
@@ -32,12 +33,12 @@ from gossamer.proxy.http2 import (
 from gossamer.proxy.httpproxy import ConnectError
 from gossamer.proxy.policy import Answer, Call, failed
 from gossamer.proxy.routematch import chain_edits
-from gossamer.proxy.routing import NoRoute, Route
+from gossamer.proxy.routing import LocalRoute, NoRoute, Route
 
 if TYPE_CHECKING:
     from gossamer.proxy.balancer import EndpointLoad
     from gossamer.proxy.dataplane import DataPlane
-    from gossamer.proxy.inbound import AppPool, LocalRoute
+    from gossamer.proxy.inbound import AppPool
     from gossamer.proxy.outbound import PeerPool
 
 log = logging.getLogger("gossamer.proxy")
@@ -361,8 +362,6 @@ class _OutboundStream:
             fwd.append((SRC_SERVICE_HEADER, src))
 
         def opener(factory: Callable[[], H2Connection]) -> object:
-            from gossamer.proxy.outbound import connect_peer
-
             return connect_peer(
                 dp.loop,
                 pool.endpoint,
@@ -596,10 +595,8 @@ class InboundH2:
 
     def local_route(self, headers: Headers) -> LocalRoute | NoRoute:
         """The local port a stream is for: over mTLS, the TLS server name says."""
-        from gossamer.proxy.inbound import LocalRoute
-
         route = self.dp.table.local_routes.get(self.server_name or "")
-        if isinstance(route, LocalRoute):
+        if route is not None:
             return route
         return NoRoute(404, f"no local port for TLS server name {self.server_name!r}")
 

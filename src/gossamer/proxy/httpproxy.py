@@ -44,12 +44,13 @@ from gossamer.proxy.http1 import (
     response_framing,
     response_head_bytes,
 )
+from gossamer.proxy.upgrade import open_tunnel
 
 if TYPE_CHECKING:
     from gossamer.proxy.balancer import Balancer, EndpointLoad
     from gossamer.proxy.policy import Call
     from gossamer.proxy.resilience import Limits
-    from gossamer.proxy.tcp import Splice
+    from gossamer.proxy.splice import Splice
     from gossamer.telemetry.tracing import Span
 
 log = logging.getLogger("gossamer.proxy")
@@ -772,8 +773,6 @@ class Exchange:
     def response_upgrade(self, data: bytes) -> None:
         if self.switch is None:
             raise ProtocolError(502, "upstream switched protocols unasked")
-        from gossamer.proxy.upgrade import open_tunnel  # only tunnels pay for the import
-
         self.rout.clear()
         open_tunnel(self, self.switch, data)
 

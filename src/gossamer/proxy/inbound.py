@@ -30,7 +30,6 @@ import httptools
 from gossamer.authz import Authorizer
 from gossamer.proxy import h2mesh
 from gossamer.proxy.authorize import authorize_http, authorize_tcp
-from gossamer.proxy.balancer import Balancer
 from gossamer.proxy.detect import HTTP1, HTTP2, OPAQUE, Kind, Sniffer, kind_for
 from gossamer.proxy.http1 import (
     INBOUND_REQUEST_KINDS,
@@ -47,8 +46,8 @@ from gossamer.proxy.httpproxy import (
     ServerConnection,
     UpstreamConnection,
 )
-from gossamer.proxy.routing import NoRoute
-from gossamer.proxy.tcp import Splice
+from gossamer.proxy.routing import LocalRoute, NoRoute
+from gossamer.proxy.splice import Splice
 from gossamer.proxy.tls import ALPN_H1, ALPN_H2, ALPN_TCP, peer_identity, spiffe_namespace
 
 if TYPE_CHECKING:
@@ -155,20 +154,6 @@ class AppPool(Pool):
                 503, fds.upstream_refusal(f"app on {self.host}:{self.port}"), eject=False
             )
         return transport, protocol
-
-
-@dataclass(frozen=True, slots=True)
-class LocalRoute:
-    label: str
-    port: int
-    balancer: Balancer[Pool]
-    pool: AppPool
-    # The port's appProtocol says gRPC: the app speaks nothing but HTTP/2, and an
-    # HTTP/1.1 request to it is answered by the proxy (not translated).
-    grpc_only: bool = False
-    # The port's appProtocol says the app speaks HTTP/2 (http2, grpc, h2c): streams go
-    # to it as HTTP/2, else they are translated to HTTP/1.1 (proxy.h2to1).
-    speaks_h2: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +337,7 @@ class InboundSide:
 
     def _local_route(self, server_name: str | None) -> LocalRoute | NoRoute:
         route = self.dp.table.local_routes.get(server_name or "")
-        if isinstance(route, LocalRoute):
+        if route is not None:
             return route
         return NoRoute(
             404,
@@ -465,7 +450,7 @@ class PlaintextInboundSide(InboundSide):
             handler = PlaintextInboundH2(self, self._h2_links, address)
             h2mesh.serve(self.dp, transport, handler, b"", f"plaintext client {address}")
             return cast(asyncio.Protocol, transport.get_protocol())
-        routes = [r for r in self.dp.table.local_routes.values() if isinstance(r, LocalRoute)]
+        routes = list(self.dp.table.local_routes.values())
         if len(routes) != 1:
             ports = ", ".join(str(r.port) for r in routes) or "none"
             self.dp.log_tcp_refusal(
@@ -493,7 +478,7 @@ class PlaintextInboundSide(InboundSide):
         return self._plaintext_route(ex.head.host)
 
     def _plaintext_route(self, host: bytes | None) -> LocalRoute | NoRoute:
-        routes = [r for r in self.dp.table.local_routes.values() if isinstance(r, LocalRoute)]
+        routes = list(self.dp.table.local_routes.values())
         port_text = (host or b"").rpartition(b":")[2] if host and b":" in host else b""
         if port_text.isdigit():
             for route in routes:

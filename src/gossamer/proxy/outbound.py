@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import ssl
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
+from gossamer.proxy.connect import connect_peer
+from gossamer.proxy.h2mesh import OutboundH2
 from gossamer.proxy.http1 import (
     BODY_NONE,
     OUTBOUND_REQUEST_KINDS,
@@ -37,62 +37,16 @@ from gossamer.proxy.routematch import (
     redirect_location,
 )
 from gossamer.proxy.routing import NoRoute, Route
-from gossamer.proxy.tls import peer_identity, sni_for
+from gossamer.proxy.tls import sni_for
 from gossamer.translate.snapshot import Endpoint
 
 if TYPE_CHECKING:
-    from gossamer.proxy.acceptor import FdBudget
     from gossamer.proxy.dataplane import DataPlane
-    from gossamer.proxy.h2mesh import OutboundH2
 
 log = logging.getLogger("gossamer.proxy")
 
 # A mirrored request that has not been answered by then is given up.
 MIRROR_TIMEOUT: Final = 10.0
-
-
-async def connect_peer(
-    loop: asyncio.AbstractEventLoop,
-    endpoint: Endpoint,
-    sni: str,
-    context: ssl.SSLContext,
-    factory: Callable[[], asyncio.Protocol],
-    timeout: float,
-    fds: FdBudget | None = None,
-) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
-    """Open an mTLS connection to a peer's inbound listener and check who answered.
-
-    `fds`: refuse (503) a connection that would take one of the descriptors kept for
-    the admin listener."""
-    where = f"{endpoint.address}:{endpoint.inbound_port}"
-    try:
-        async with asyncio.timeout(timeout):
-            transport, protocol = await loop.create_connection(
-                factory,
-                endpoint.address,
-                endpoint.inbound_port,
-                ssl=context,
-                server_hostname=sni,
-                ssl_handshake_timeout=timeout,
-            )
-    except TimeoutError:
-        raise ConnectError(504, f"connect timeout to {where} after {timeout:g}s") from None
-    except ConnectionRefusedError:
-        raise ConnectError(502, f"connect refused by {where}") from None
-    except ssl.SSLError as e:
-        raise ConnectError(502, f"TLS handshake with {where} failed: {e.reason or e}") from None
-    except OSError as e:
-        raise ConnectError(502, f"connect to {where} failed: {e.strerror or e}") from None
-    if fds is not None and not fds.upstream_ok(transport):
-        transport.abort()
-        raise ConnectError(503, fds.upstream_refusal(where), eject=False)
-    got = peer_identity(transport.get_extra_info("ssl_object"))
-    if got != endpoint.identity:
-        transport.abort()
-        raise ConnectError(
-            502, f"TLS identity mismatch (expected {endpoint.identity}, got {got or 'none'})"
-        )
-    return transport, protocol
 
 
 class PeerPool(Pool):
@@ -148,8 +102,6 @@ class OutboundSide:
 
     def serve_h2(self, conn: ServerConnection, data: bytes) -> bool:
         """h2c with prior knowledge from the app, on the HTTP/1.1 port (proxy.h2mesh)."""
-        from gossamer.proxy.h2mesh import OutboundH2
-
         if self._h2 is None:
             self._h2 = OutboundH2(self.dp)
         transport = conn.transport

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from gossamer.proxy.balancer import Balancer, EndpointLoad
 from gossamer.proxy.metrics import Metrics, RequestStats
@@ -18,6 +18,9 @@ from gossamer.proxy.routematch import Router
 from gossamer.resources import resolve_authority
 from gossamer.translate.routetypes import FaultSpec, RetrySpec
 from gossamer.translate.snapshot import Endpoint, LocalPort, ServiceView, Snapshot
+
+if TYPE_CHECKING:
+    from gossamer.proxy.inbound import AppPool
 
 P = TypeVar("P")
 
@@ -132,6 +135,22 @@ class NoRoute:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class LocalRoute:
+    """A port of this proxy's own workload: where peers' requests for it go."""
+
+    label: str
+    port: int
+    balancer: Balancer[Any]
+    pool: AppPool
+    # The port's appProtocol says gRPC: the app speaks nothing but HTTP/2, and an
+    # HTTP/1.1 request to it is answered by the proxy (not translated).
+    grpc_only: bool = False
+    # The port's appProtocol says the app speaks HTTP/2 (http2, grpc, h2c): streams go
+    # to it as HTTP/2, else they are translated to HTTP/1.1 (proxy.h2to1).
+    speaks_h2: bool = False
+
+
 class RouteTable(Generic[P]):
     """What one snapshot says about where requests go.
 
@@ -158,9 +177,8 @@ class RouteTable(Generic[P]):
         self.service = ""
         self.src_service_line = b""
         self._host_cache: dict[bytes, Route[P] | NoRoute | str] = {}
-        # Filled in by the inbound side: TLS server name → where its requests go, and
-        # the inbound metric cells by (source namespace, source service, code).
-        self.local_routes: dict[str, object] = {}
+        # Filled in by the data plane: TLS server name → the local port it names.
+        self.local_routes: dict[str, LocalRoute] = {}
         # Inbound cells by (peer namespace, source service, status, tls, grpc-status):
         # one lookup for HTTP/1.1 and HTTP/2, mTLS and plaintext (inbound_stats_for).
         self.inbound_stats: dict[

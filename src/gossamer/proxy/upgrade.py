@@ -18,7 +18,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from gossamer.proxy.http1 import ResponseHead, response_head_bytes
-from gossamer.proxy.tcp import Splice
+from gossamer.proxy.splice import Splice
 
 if TYPE_CHECKING:
     from gossamer.proxy.httpproxy import Exchange
