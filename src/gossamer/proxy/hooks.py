@@ -24,6 +24,7 @@ from gossamer.proxy.tap import TapHub
 if TYPE_CHECKING:
     from gossamer.proxy.balancer import Balancer
     from gossamer.proxy.dataplane import DataPlane
+    from gossamer.proxy.routing import LocalRoute, Route
     from gossamer.proxy.tracing_hooks import ProxyTracer
     from gossamer.telemetry.tracing import Span
 
@@ -51,7 +52,7 @@ class Observed(Protocol):
     @property
     def conn(self) -> Caller: ...
     @property
-    def route(self) -> object: ...
+    def route(self) -> Route[Any] | LocalRoute | None: ...
     @property
     def peer(self) -> str: ...
     @property
@@ -93,7 +94,7 @@ class StreamRequest:
         head.src_service = header(headers, SRC_SERVICE_HEADER)
         self.head = head
         self.conn = conn
-        self.route: object = None
+        self.route: Route[Any] | LocalRoute | None = None
         self.peer = "upstream"
         self.balancer: Balancer[Any] | None = None
         self.tried = -1
@@ -170,7 +171,7 @@ def request_event(
     }
     conn = ex.conn
     route = ex.route
-    route_label = getattr(route, "label", None)
+    route_label = route.label if route is not None else None
     upstream = None if ex.peer == "upstream" else ex.peer
     if direction == "outbound":
         source = me

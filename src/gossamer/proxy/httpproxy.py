@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from gossamer.proxy.balancer import Balancer, EndpointLoad
     from gossamer.proxy.policy import Call
     from gossamer.proxy.resilience import Limits
+    from gossamer.proxy.routing import LocalRoute, Route
     from gossamer.proxy.splice import Splice
     from gossamer.telemetry.tracing import Span
 
@@ -402,7 +403,8 @@ class Exchange:
         self.out_size = 0
         self.head_bytes = b""
         self.rout: list[bytes] = []
-        self.route: object = None  # whatever the side routed to (for metrics)
+        # The service port (outbound) or local port (inbound) it went to, once known.
+        self.route: Route[Any] | LocalRoute | None = None
         self.balancer: Balancer[Pool] | None = None
         self.load: EndpointLoad | None = None
         self.upstream: UpstreamConnection | None = None
@@ -710,8 +712,8 @@ class Exchange:
             self.fail(err.status, err.reason, logged=True)
 
     def describe_route(self) -> str:
-        label = getattr(self.route, "label", None)
-        return str(label) if label is not None else self.peer
+        route = self.route
+        return route.label if route is not None else self.peer
 
     # ---- response direction (ResponseHandler) ------------------------------------------
 

@@ -180,7 +180,7 @@ class InboundSide:
         self.loop = dp.loop
         self.half_close = False
         self.splices = dp.splices
-        self._h2_links: object = None
+        self._h2_links: h2mesh.Links | None = None
 
     def connection_made(self, conn: ServerConnection) -> None:
         transport = conn.transport
@@ -255,7 +255,7 @@ class InboundSide:
         return False  # between proxies HTTP/2 is chosen by ALPN, never by preface
 
     def _serve_h2_peer(self, conn: ServerConnection, transport: asyncio.Transport) -> None:
-        if not isinstance(self._h2_links, h2mesh.Links):
+        if self._h2_links is None:
             self._h2_links = h2mesh.Links(self.dp)
         handler = h2mesh.InboundH2(
             self.dp,
@@ -445,7 +445,7 @@ class PlaintextInboundSide(InboundSide):
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if peer else "unknown"
         if kind == HTTP2:
-            if not isinstance(self._h2_links, h2mesh.Links):
+            if self._h2_links is None:
                 self._h2_links = h2mesh.Links(self.dp)
             handler = PlaintextInboundH2(self, self._h2_links, address)
             h2mesh.serve(self.dp, transport, handler, b"", f"plaintext client {address}")
