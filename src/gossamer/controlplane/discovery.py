@@ -22,7 +22,8 @@ changes in place; an operator deletes it first).
 
 The stream is also the workload's lease: a proxy-registered Workload whose proxy holds
 no stream for LEASE_SECONDS gets the condition `ProxyConnected: False` and leaves
-every endpoint set until its proxy is back (docs/decisions/0045-workload-lease.md).
+every endpoint set until its proxy is back; the lease starts when a proxy registers
+the Workload (docs/decisions/0045-workload-ownership-lease-and-supervision.md).
 """
 
 from __future__ import annotations
@@ -244,8 +245,9 @@ class Discovery:
 
     def expire_leases(self, now: float) -> None:
         """Take out of endpoints every proxy-registered workload whose proxy has held no
-        stream for LEASE_SECONDS. A Workload an operator applied by hand (no `Ready`
-        condition: no proxy reports for it) holds no lease."""
+        stream for LEASE_SECONDS. A Workload an operator applied by hand (neither a
+        `ProxyConnected` nor a `Ready` condition: no proxy registered or reports for it)
+        holds no lease."""
         for key in [k for k in self._gone_since if ("Workload", *k) not in self._objects]:
             del self._gone_since[key]  # deleted workloads
         for (kind, namespace, name), obj in list(self._objects.items()):
