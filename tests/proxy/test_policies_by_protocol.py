@@ -494,7 +494,11 @@ def _prefer_the_dead_endpoint(mesh: Mesh) -> EndpointLoad:
         pool.endpoint.workload: load
         for pool, load in zip(balancer.items, balancer.loads, strict=True)
     }
-    loads["live"].ewma = 100.0
+    # Both as of now: a load last stamped long ago has decayed to nothing, and two
+    # zero costs tie, which the balancer breaks at random.
+    now = asyncio.get_running_loop().time()
+    loads["live"].ewma, loads["live"].stamp = 100.0, now
+    loads["dead"].ewma, loads["dead"].stamp = 0.001, now
     return loads["dead"]
 
 
