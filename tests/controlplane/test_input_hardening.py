@@ -24,7 +24,7 @@ from gossamer.controlplane.server import ControlPlane, ControlPlaneConfig, has_r
 from gossamer.controlplane.telemetry import Telemetry
 from gossamer.controlplane.tokens_store import ApiTokenStore
 from gossamer.errors import InvalidResource, StoreError
-from gossamer.resources import decode_text, load_json, parse_documents, validate
+from gossamer.resources import decode_text, load_json, parse_documents, to_dict, validate
 from gossamer.resources._limits import MAX_OBJECT_BYTES, limit_errors
 from gossamer.store import SqliteStore, make_dirs, open_store
 
@@ -215,11 +215,13 @@ def test_objects_beyond_the_limits_are_refused_naming_the_field(
 
 
 def test_objects_at_the_limits_are_accepted() -> None:
-    validate(_service(100))
-    validate(_workload(100))
-    validate(_policy(rules=[{"to": [{"operation": {"paths": ["/" + "a" * 4095]}}]}] * 100))
+    assert len(to_dict(validate(_service(100)))["spec"]["ports"]) == 100
+    assert len(to_dict(validate(_workload(100)))["spec"]["ports"]) == 100
+    rules = [{"to": [{"operation": {"paths": ["/" + "a" * 4095]}}]}] * 100
+    assert len(to_dict(validate(_policy(rules=rules)))["spec"]["rules"]) == 100
     big_note = {"example.com/note": "n" * 200_000}  # annotations: 256 KiB together
-    validate({**_service(1), "metadata": {"name": "web", "annotations": big_note}})
+    noted = validate({**_service(1), "metadata": {"name": "web", "annotations": big_note}})
+    assert to_dict(noted)["metadata"]["annotations"] == big_note
 
 
 def test_a_huge_object_costs_no_more_than_its_bound_to_refuse() -> None:
