@@ -343,7 +343,7 @@ def test_open_store_opens_sqlite(path: Path, as_url: Any) -> None:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("etcd://localhost:2379", r"unsupported store URL .*scheme 'etcd'.*sqlite:///"),
+        ("mysql://localhost:3306", r"unsupported store URL .*scheme 'mysql'.*sqlite:///.*etcd://"),
         ("sqlite://relative/store.db", r"absolute path"),
         ("", r"no store given"),
     ],

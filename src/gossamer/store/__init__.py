@@ -7,11 +7,13 @@ from urllib.parse import unquote, urlsplit
 
 from gossamer.errors import StoreError
 from gossamer.store.base import ApplyResult, Compacted, Store, WatchEvent
+from gossamer.store.etcd import EtcdStore
 from gossamer.store.sqlite import SqliteStore, make_dirs
 
 __all__ = [
     "ApplyResult",
     "Compacted",
+    "EtcdStore",
     "SqliteStore",
     "Store",
     "WatchEvent",
@@ -19,11 +21,15 @@ __all__ = [
     "open_store",
 ]
 
-_SUPPORTED = "sqlite:///ABSOLUTE/PATH, or a plain file path (SQLite)"
+_SUPPORTED = (
+    "sqlite:///ABSOLUTE/PATH, or a plain file path (SQLite); "
+    "etcd://HOST:PORT[,HOST:PORT...][/prefix] (etcd)"
+)
 
 
 def open_store(url: str, *, expect_existing: bool = False) -> Store:
-    """Open the store named by `url`: a file path or `sqlite:///abs/path`.
+    """Open the store named by `url`: a file path, `sqlite:///abs/path`, or
+    `etcd://H1:P1,H2:P2[/prefix]` (a Store on those etcd members, under that key prefix).
 
     `expect_existing`: the caller knows the store has been used before, so an empty one
     is lost data and refused (see SqliteStore). Raises StoreError for a URL it cannot
@@ -34,6 +40,8 @@ def open_store(url: str, *, expect_existing: bool = False) -> Store:
             raise StoreError(f"no store given: use {_SUPPORTED}")
         return SqliteStore(Path(url).expanduser(), expect_existing=expect_existing)
     parts = urlsplit(url)
+    if parts.scheme == "etcd":
+        return EtcdStore.from_url(url)
     if parts.scheme != "sqlite":
         raise StoreError(
             f"unsupported store URL {url!r} (scheme {parts.scheme!r}): supported are {_SUPPORTED}"

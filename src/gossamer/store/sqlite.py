@@ -14,21 +14,22 @@ import json
 import os
 import sqlite3
 import threading
-import uuid
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from gossamer.errors import Conflict, FieldError, InvalidResource, NotFound, StoreError
-from gossamer.store.base import (
-    SERVER_METADATA,
-    ApplyResult,
-    Clock,
-    Compacted,
-    WatchEvent,
-    format_timestamp,
-    utc_now,
+from gossamer.errors import NotFound, StoreError
+from gossamer.store.base import ApplyResult, Clock, Compacted, WatchEvent, utc_now
+from gossamer.store.objects import (
+    Key,
+    check_version,
+    created,
+    dumps,
+    key_of,
+    normalize,
+    same_config,
+    updated,
 )
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore", "make_dirs"]
@@ -56,7 +57,6 @@ CREATE TABLE events (
 """
 
 _EventType = Literal["ADDED", "MODIFIED", "DELETED"]
-_Key = tuple[str, str, str]
 
 
 class SqliteStore:
@@ -201,23 +201,23 @@ class SqliteStore:
     def apply(self, objects: Sequence[dict[str, Any]]) -> builtins.list[ApplyResult]:
         # A JSON round trip both copies the input (so it is never mutated) and
         # makes comparisons with stored bodies exact (tuples become lists, etc.).
-        incoming = [_normalize(obj) for obj in objects]
+        incoming = [normalize(obj) for obj in objects]
         results: list[ApplyResult] = []
         with self._writing() as writer:
             for obj in incoming:
-                key = _key(obj)
+                key = key_of(obj)
                 stored = _load(writer.conn, key)
-                _check_version(key, obj["metadata"].get("resourceVersion"), stored)
+                check_version(key, obj["metadata"].get("resourceVersion"), stored)
                 if stored is None:
-                    created = self._created(obj, writer.next_revision())
-                    writer.put(key, created, "ADDED")
-                    results.append(ApplyResult(created, "created"))
-                elif _same_config(obj, stored):
+                    new = created(obj, writer.next_revision(), self._clock)
+                    writer.put(key, new, "ADDED")
+                    results.append(ApplyResult(new, "created"))
+                elif same_config(obj, stored):
                     results.append(ApplyResult(stored, "unchanged"))
                 else:
-                    updated = _updated(obj, stored, writer.next_revision())
-                    writer.put(key, updated, "MODIFIED")
-                    results.append(ApplyResult(updated, "configured"))
+                    changed = updated(obj, stored, writer.next_revision())
+                    writer.put(key, changed, "MODIFIED")
+                    results.append(ApplyResult(changed, "configured"))
         return results
 
     def update_status(
@@ -229,12 +229,12 @@ class SqliteStore:
         resource_version: str | None = None,
     ) -> dict[str, Any]:
         key = (kind, namespace, name)
-        status = _normalize(status)
+        status = normalize(status)
         with self._writing() as writer:
             stored = _load(writer.conn, key)
             if stored is None:
                 raise NotFound(kind, name, namespace)
-            _check_version(key, resource_version, stored)
+            check_version(key, resource_version, stored)
             if stored.get("status") == status:
                 return stored
             stored["status"] = status
@@ -250,18 +250,10 @@ class SqliteStore:
             stored = _load(writer.conn, key)
             if stored is None:
                 raise NotFound(kind, name, namespace)
-            _check_version(key, resource_version, stored)
+            check_version(key, resource_version, stored)
             stored["metadata"]["resourceVersion"] = str(writer.next_revision())
             writer.remove(key, stored)
         return stored
-
-    def _created(self, obj: dict[str, Any], revision: int) -> dict[str, Any]:
-        metadata = obj["metadata"]
-        metadata["resourceVersion"] = str(revision)
-        metadata["uid"] = str(uuid.uuid4())
-        metadata["creationTimestamp"] = format_timestamp(self._clock())
-        metadata["generation"] = 1
-        return obj
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -319,8 +311,8 @@ class _Writer:
         self.revision += 1
         return self.revision
 
-    def put(self, key: _Key, obj: dict[str, Any], type: _EventType) -> None:
-        body = _dumps(obj)
+    def put(self, key: Key, obj: dict[str, Any], type: _EventType) -> None:
+        body = dumps(obj)
         self.conn.execute(
             "INSERT OR REPLACE INTO objects (kind, namespace, name, revision, body)"
             " VALUES (?, ?, ?, ?, ?)",
@@ -328,9 +320,9 @@ class _Writer:
         )
         self._event(type, body)
 
-    def remove(self, key: _Key, last_state: dict[str, Any]) -> None:
+    def remove(self, key: Key, last_state: dict[str, Any]) -> None:
         self.conn.execute("DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?", key)
-        self._event("DELETED", _dumps(last_state))
+        self._event("DELETED", dumps(last_state))
 
     def _event(self, type: _EventType, body: str) -> None:
         self.conn.execute(
@@ -474,33 +466,10 @@ def _not_a_store(path: Path, why: str) -> StoreError:
     )
 
 
-# -- objects -----------------------------------------------------------------------
+# -- rows --------------------------------------------------------------------------
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def _normalize(obj: dict[str, Any]) -> dict[str, Any]:
-    copied: dict[str, Any] = json.loads(_dumps(obj))
-    return copied
-
-
-def _key(obj: dict[str, Any]) -> _Key:
-    metadata = obj.get("metadata")
-    missing = []
-    if not isinstance(obj.get("kind"), str) or not obj["kind"]:
-        missing.append(FieldError("kind", "required"))
-    if not isinstance(metadata, dict) or not metadata.get("name"):
-        missing.append(FieldError("metadata.name", "required"))
-    if missing:
-        raise InvalidResource(missing, "the store cannot key this object")
-    assert isinstance(metadata, dict)
-    # Cluster-scoped objects have no namespace; they are keyed under "".
-    return obj["kind"], str(metadata.get("namespace") or ""), str(metadata["name"])
-
-
-def _load(conn: sqlite3.Connection, key: _Key) -> dict[str, Any] | None:
+def _load(conn: sqlite3.Connection, key: Key) -> dict[str, Any] | None:
     row = conn.execute(
         "SELECT body FROM objects WHERE kind = ? AND namespace = ? AND name = ?", key
     ).fetchone()
@@ -508,57 +477,6 @@ def _load(conn: sqlite3.Connection, key: _Key) -> dict[str, Any] | None:
         return None
     loaded: dict[str, Any] = json.loads(row[0])
     return loaded
-
-
-def _describe(key: _Key) -> str:
-    kind, namespace, name = key
-    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
-
-
-def _check_version(key: _Key, given: str | None, stored: dict[str, Any] | None) -> None:
-    if not given:
-        return
-    if stored is None:
-        raise Conflict(
-            f"{_describe(key)} was written at resourceVersion {given}, but it no longer "
-            "exists (current version: none): create it again without a resourceVersion"
-        )
-    current = stored["metadata"]["resourceVersion"]
-    if str(given) != current:
-        raise Conflict(
-            f"{_describe(key)} has changed: the write is based on resourceVersion {given}, "
-            f"but the current version is {current}: get it again and reapply your change"
-        )
-
-
-def _config(obj: dict[str, Any]) -> dict[str, Any]:
-    """The part of an object a client sets through apply."""
-    config = {k: v for k, v in obj.items() if k != "status"}
-    config["metadata"] = {
-        k: v for k, v in obj.get("metadata", {}).items() if k not in SERVER_METADATA
-    }
-    return config
-
-
-def _same_config(obj: dict[str, Any], stored: dict[str, Any]) -> bool:
-    return _config(obj) == _config(stored)
-
-
-def _updated(obj: dict[str, Any], stored: dict[str, Any], revision: int) -> dict[str, Any]:
-    updated = _config(obj)
-    kept = stored["metadata"]
-    generation = kept["generation"]
-    if obj.get("spec") != stored.get("spec"):
-        generation += 1
-    updated["metadata"].update(
-        resourceVersion=str(revision),
-        uid=kept["uid"],
-        creationTimestamp=kept["creationTimestamp"],
-        generation=generation,
-    )
-    if "status" in stored:
-        updated["status"] = stored["status"]
-    return updated
 
 
 def _meta_int(conn: sqlite3.Connection, key: str) -> int:
