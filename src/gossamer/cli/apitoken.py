@@ -9,9 +9,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gossamer.cli.client import ApiError
-from gossamer.cli.common import add_output_flag, add_server_flags, client_from, fail
-from gossamer.cli.output import age, dump, table
-from gossamer.cli.token import parse_ttl
+from gossamer.cli.common import (
+    add_output_flag,
+    add_server_flags,
+    client_from,
+    emit,
+    fail,
+    parse_duration,
+)
+from gossamer.cli.output import age, table
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,17 +44,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     c.add_argument(
         "--ttl",
-        type=parse_ttl,
+        type=parse_duration,
         help="how long the token is valid, e.g. 12h, 30d (default: until revoked)",
     )
-    add_output_flag(c, choices=("text", "json"), default="text")
+    add_output_flag(c)
     add_server_flags(c)
     c.set_defaults(func=create)
 
     ls = tsub.add_parser(
         "list", help="list tokens", description="Names, scopes, creation, expiry, last use."
     )
-    add_output_flag(ls, choices=("table", "json"), default="table")
+    add_output_flag(ls)
     add_server_flags(ls)
     ls.set_defaults(func=list_tokens)
 
@@ -73,9 +79,7 @@ def create(args: argparse.Namespace) -> int:
         result = client.request("POST", "/v1/api-tokens", body=json.dumps(body).encode())
     except ApiError as err:
         _fail(err)
-    if args.output == "json":
-        dump(result, "json")
-    else:
+    if not emit(args, result):
         print(result["token"])
     return 0
 
@@ -95,8 +99,7 @@ def list_tokens(args: argparse.Namespace) -> int:
         items = client.get("/v1/api-tokens")["items"]
     except ApiError as err:
         _fail(err)
-    if args.output == "json":
-        dump({"items": items}, "json")
+    if emit(args, {"items": items}):
         return 0
     now = datetime.now(UTC)
     table(

@@ -7,9 +7,15 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from gossamer.cli.client import ApiError
-from gossamer.cli.common import add_output_flag, add_server_flags, client_from, fail
-from gossamer.cli.output import dump, table
-from gossamer.cli.token import parse_ttl
+from gossamer.cli.common import (
+    add_output_flag,
+    add_server_flags,
+    client_from,
+    emit,
+    fail,
+    parse_duration,
+)
+from gossamer.cli.output import table
 
 __all__ = ["register"]
 
@@ -33,14 +39,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--limit", type=int, default=1000, help="at most this many, the newest (default: 1000)"
     )
-    add_output_flag(p, choices=("table", "json"), default="table")
+    add_output_flag(p)
     add_server_flags(p)
     p.set_defaults(func=audit)
 
 
 def _since(text: str) -> str:
     try:
-        seconds = parse_ttl(text)
+        seconds = parse_duration(text)
     except argparse.ArgumentTypeError:
         try:
             return datetime.fromisoformat(text).isoformat()
@@ -62,8 +68,7 @@ def audit(args: argparse.Namespace) -> int:
         items = client.get("/v1/audit", **query)["items"]
     except ApiError as err:
         fail(err.message)
-    if args.output == "json":
-        dump({"items": items}, "json")
+    if emit(args, {"items": items}):
         return 0
     table(
         ["TIME", "ACTOR", "ACTION", "OBJECT", "DETAIL"],

@@ -14,8 +14,7 @@ from typing import Any
 
 from gossamer.authz import Request, compile_security, principal_of
 from gossamer.cli.client import ApiError
-from gossamer.cli.common import add_output_flag, add_server_flags, client_from, fail
-from gossamer.cli.output import dump
+from gossamer.cli.common import add_output_flag, add_server_flags, client_from, emit, fail
 from gossamer.translate.authz import SecurityIndex, security_for
 
 __all__ = ["explain", "register"]
@@ -64,7 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--source-ip", default="127.0.0.1", help="the caller's address (default: 127.0.0.1)"
     )
     e.add_argument("--tcp", action="store_true", help="an opaque TCP connection rather than HTTP")
-    add_output_flag(e, choices=("text", "json"), default="text")
+    add_output_flag(e)
     add_server_flags(e)
     e.set_defaults(func=explain)
 
@@ -166,9 +165,7 @@ def explain(args: argparse.Namespace) -> int:
         "to": f"{name}.{namespace}:{port['port']}",
         "workloads": results,
     }
-    if args.output == "json":
-        dump(report, "json")
-    else:
+    if not emit(args, report):
         _print(report, args)
     return 0 if report["allowed"] else 1
 

@@ -17,9 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from gossamer.cli.client import ApiError, Client
-from gossamer.cli.common import add_output_flag, add_server_flags, client_from, fail
-from gossamer.cli.output import dump
-from gossamer.cli.token import parse_ttl
+from gossamer.cli.common import (
+    add_output_flag,
+    add_server_flags,
+    client_from,
+    emit,
+    fail,
+    parse_duration,
+)
 
 POLL_SECONDS = 0.5
 
@@ -40,7 +45,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Show the trusted roots, the intermediate that signs certificates now, "
         "and the progress of the current (or last) rotation.",
     )
-    add_output_flag(s, choices=("text", "json"), default="text")
+    add_output_flag(s)
     add_server_flags(s)
     s.set_defaults(func=status)
 
@@ -58,7 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("what", choices=("root", "intermediate"), help="what to rotate")
     r.add_argument(
         "--overlap",
-        type=parse_ttl,
+        type=parse_duration,
         help="how long the old root stays trusted once every proxy is on the new chain "
         "(1h, 30m, seconds; default: the certificate lifetime)",
     )
@@ -68,7 +73,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("--wait", action="store_true", help="wait until the old root is removed as well")
     r.add_argument(
         "--timeout",
-        type=parse_ttl,
+        type=parse_duration,
         default=600,
         help="give up following after this long; the rotation goes on (default: 10m)",
     )
@@ -164,8 +169,7 @@ def status(args: argparse.Namespace) -> int:
         ca = client.get("/v1/ca")
     except ApiError as err:
         fail(err.message)
-    if args.output == "json":
-        dump(ca, "json")
+    if emit(args, ca):
         return 0
     print(f"trust domain {ca['trustDomain']}")
     for root in ca.get("roots", []):

@@ -7,9 +7,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from gossamer.cli.client import ApiError
-from gossamer.cli.common import add_output_flag, add_server_flags, client_from
-from gossamer.cli.output import dump, duration, table
+from gossamer.cli.client import ApiError, Client
+from gossamer.cli.common import add_output_flag, add_server_flags, client_from, duration_arg, emit
+from gossamer.cli.output import duration, table
 
 # Warn well before anything expires: a CA a month ahead, a leaf when a third of its
 # day is left (renewal should have happened at two thirds of its life).
@@ -23,9 +23,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="check the control plane, the CA and every connected proxy",
         description="Say whether the control plane is up, how long the CA certificates and "
         "each proxy's certificate have left, and whether every registered proxy is "
-        "connected and on its latest snapshot. Exits 1 if anything is wrong.",
+        "connected, on its latest snapshot and finds its app listening. Exits 1 if "
+        "anything is wrong. With --wait, checks again every second until all is well or "
+        "the time is up (a script's way to wait for a control plane it just started). "
+        "A proxy that cannot join registers nothing, so name the workloads you expect "
+        "with --workload to have their absence reported.",
     )
-    add_output_flag(p, choices=("text", "json"), default="text")
+    p.add_argument(
+        "--wait",
+        type=duration_arg(),
+        metavar="DURATION",
+        help="retry until every check passes, for at most DURATION (e.g. 30s); print "
+        "only the last result",
+    )
+    p.add_argument(
+        "--workload",
+        action="append",
+        default=[],
+        metavar="[NS/]NAME",
+        help="a workload that must be registered, connected and ready (repeatable)",
+    )
+    add_output_flag(p)
     add_server_flags(p)
     p.set_defaults(func=check)
 
@@ -48,8 +66,32 @@ def _rotation_text(rotation: dict[str, Any]) -> str:
     return text + " (`gossamer ca status`)"
 
 
+def _expected(text: str) -> tuple[str, str]:
+    namespace, sep, name = text.rpartition("/")
+    return (namespace if sep else "default"), name
+
+
+def _not_ready(workload: dict[str, Any]) -> str | None:
+    """Why a registered workload is kept out of endpoints, if it is."""
+    for cond in (workload.get("status") or {}).get("conditions") or ():
+        if cond.get("type") == "Ready" and cond.get("status") != "True":
+            return cond.get("message") or cond.get("reason") or "its app is not ready"
+    return None
+
+
 def check(args: argparse.Namespace) -> int:
     client = client_from(args)
+    deadline = time.monotonic() + (args.wait or 0)
+    while True:
+        report = gather(client, [_expected(w) for w in args.workload])
+        if report["ok"] or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    return show(args, client, report)
+
+
+def gather(client: Client, expected: list[tuple[str, str]]) -> dict[str, Any]:
+    """Every check's result, as `-o json` prints it."""
     now = datetime.now(UTC)
     report: dict[str, Any] = {"ok": True, "problems": [], "warnings": []}
     try:
@@ -58,12 +100,8 @@ def check(args: argparse.Namespace) -> int:
         proxies = client.get("/v1/proxies")["items"]
         workloads = client.get("/v1/resources/workloads")["items"]
     except ApiError as err:
-        report.update(ok=False, problems=[err.message])
-        if args.output == "json":
-            dump(report, "json")
-        else:
-            print(f"✗ control plane: {err.message}")
-        return 1
+        report.update(ok=False, problems=[err.message], unreachable=True)
+        return report
     report["controlPlane"] = {"server": client.server, "up": True}
     report["ca"] = ca
     for what, field in (("root", "rootExpiresAt"), ("intermediate", "intermediateExpiresAt")):
@@ -92,6 +130,13 @@ def check(args: argparse.Namespace) -> int:
     connected: dict[tuple[str, str], dict[str, Any]] = {
         (p["namespace"], p["workload"]): p for p in proxies
     }
+    registered = {(w["metadata"]["namespace"], w["metadata"]["name"]) for w in workloads}
+    for ns, name in expected:
+        if (ns, name) not in registered:
+            report["problems"].append(
+                f"workload {ns}/{name} is not registered: its proxy has not joined the mesh "
+                "(see its log; `gossamer audit --kind JoinToken` shows join tokens used)"
+            )
     rows = []
     for wl in workloads:
         key = (wl["metadata"]["namespace"], wl["metadata"]["name"])
@@ -104,6 +149,9 @@ def check(args: argparse.Namespace) -> int:
                 f"proxy {key[0]}/{key[1]} is not on its latest snapshot"
                 + (f" (rejected: {p['nackError']})" if p.get("nackError") else "")
             )
+        why = _not_ready(wl)
+        if p is not None and why:
+            report["problems"].append(f"workload {key[0]}/{key[1]} is not ready: {why}")
         issuer = (p or {}).get("issuerFingerprint") or ""
         if p and not rotating and issuer and issuer != ca.get("issuerFingerprint", issuer):
             report["warnings"].append(
@@ -128,9 +176,18 @@ def check(args: argparse.Namespace) -> int:
         )
     report["proxies"] = rows
     report["ok"] = not report["problems"]
-    if args.output == "json":
-        dump(report, "json")
+    return report
+
+
+def show(args: argparse.Namespace, client: Client, report: dict[str, Any]) -> int:
+    if emit(args, report):
         return 0 if report["ok"] else 1
+    if report.get("unreachable"):
+        print(f"✗ control plane: {report['problems'][0]}")
+        return 1
+    now = datetime.now(UTC)
+    ca = report["ca"]
+    rows = report["proxies"]
     print(f"✓ control plane is up at {client.server}")
     mark = "!" if report["warnings"] else "✓"
     print(

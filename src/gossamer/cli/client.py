@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -33,7 +34,7 @@ class Client:
 
     @staticmethod
     def from_settings(server: str | None, token_file: str | None) -> Client:
-        server = server or os.environ.get("GOSSAMER_SERVER") or DEFAULT_SERVER
+        server = normalize_server(server or os.environ.get("GOSSAMER_SERVER") or DEFAULT_SERVER)
         token = None
         if token_file:
             try:
@@ -42,7 +43,7 @@ class Client:
                 raise ApiError(0, f"cannot read token file {token_file}: {err.strerror}") from err
         else:
             token = os.environ.get("GOSSAMER_TOKEN") or None
-        return Client(server.rstrip("/"), token)
+        return Client(server, token)
 
     def request(
         self,
@@ -67,22 +68,40 @@ class Client:
                 data = resp.read()
         except urllib.error.HTTPError as err:
             raise _api_error(err) from None
-        except urllib.error.URLError as err:
-            raise ApiError(
-                0,
-                f"cannot reach the control plane at {self.server} ({err.reason}); "
-                "is `gossamer control-plane` running? Set --server or GOSSAMER_SERVER",
-            ) from None
-        except TimeoutError:
-            raise ApiError(
-                0, f"the control plane at {self.server} did not answer in time"
-            ) from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            raise self._unreachable(err) from None
         if not data:
             return None
         try:
             return json.loads(data)
-        except json.JSONDecodeError:
-            return data.decode()
+        except ValueError:
+            return data.decode(errors="replace")
+
+    @property
+    def _not_api(self) -> str:
+        return (
+            "is it the control plane's API address (its --api, default 127.0.0.1:15000), "
+            "not the discovery port? Set --server or GOSSAMER_SERVER"
+        )
+
+    def _unreachable(self, err: BaseException) -> ApiError:
+        """What a failure below HTTP means to the user, without a traceback."""
+        if isinstance(err, TimeoutError) or "timed out" in str(err):
+            return ApiError(0, f"the control plane at {self.server} did not answer in time")
+        reason = err.reason if isinstance(err, urllib.error.URLError) else err
+        if isinstance(reason, ConnectionRefusedError | OSError) and not isinstance(
+            err, http.client.HTTPException | ConnectionResetError
+        ):
+            return ApiError(
+                0,
+                f"cannot reach the control plane at {self.server} ({reason}); "
+                "is `gossamer control-plane` running? Set --server or GOSSAMER_SERVER",
+            )
+        return ApiError(
+            0,
+            f"{self.server} did not answer as the control plane's API "
+            f"({type(reason).__name__}: {reason or 'connection closed'}); {self._not_api}",
+        )
 
     def get(self, path: str, **query: str) -> Any:
         return self.request("GET", path, query=query or None)
@@ -99,17 +118,34 @@ class Client:
             resp = urllib.request.urlopen(req, timeout=None)
         except urllib.error.HTTPError as err:
             raise _api_error(err) from None
-        except urllib.error.URLError as err:
-            raise ApiError(
-                0,
-                f"cannot reach the control plane at {self.server} ({err.reason}); "
-                "is `gossamer control-plane` running? Set --server or GOSSAMER_SERVER",
-            ) from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            raise self._unreachable(err) from None
         with resp:
-            for raw in resp:
-                line = raw.strip()
-                if line:
-                    yield json.loads(line)
+            try:
+                for raw in resp:
+                    line = raw.strip()
+                    if line:
+                        yield json.loads(line)
+            except (http.client.HTTPException, OSError, ValueError) as err:
+                raise ApiError(
+                    0,
+                    f"the control plane at {self.server} broke off the stream "
+                    f"({type(err).__name__}); is it still running?",
+                ) from None
+
+
+def normalize_server(server: str) -> str:
+    """`127.0.0.1:15000`, `localhost:15000` or a URL → a URL the client can open."""
+    server = server.strip().rstrip("/")
+    if "://" not in server:
+        server = "http://" + server
+    parsed = urllib.parse.urlsplit(server)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ApiError(
+            0,
+            f"--server {server!r}: expected http://HOST:PORT, https://HOST:PORT or HOST:PORT",
+        )
+    return server
 
 
 def _api_error(err: urllib.error.HTTPError) -> ApiError:

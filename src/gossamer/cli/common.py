@@ -3,22 +3,37 @@
 Light on purpose: `gossamer run` stays resident beside every workload as the
 supervisor of its proxy and app, and imports this; the API client (urllib, ssl, http)
 is loaded only by the commands that call the control plane.
+
+Exit codes, the same for every command (docs/cli.md): 0 done, 1 something is wrong
+(an error, a failed check, a denied call), 2 the command line itself is wrong,
+130 interrupted, 141 the reader of the output went away (`| head`).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from gossamer.cli.client import Client
+
+# One set of output formats for every command (decision 0080): `table` for people,
+# `json` and `yaml` for scripts, `wide` where a table has more to show than fits.
+FORMATS = ("table", "wide", "json", "yaml")
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
 def add_server_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("control plane")
     g.add_argument(
-        "--server", help="API address (default: $GOSSAMER_SERVER or http://127.0.0.1:15000)"
+        "--server",
+        help="API address, http://HOST:PORT or HOST:PORT (default: $GOSSAMER_SERVER or "
+        "http://127.0.0.1:15000)",
     )
     g.add_argument(
         "--token-file",
@@ -27,14 +42,63 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_output_flag(p: argparse.ArgumentParser, choices: tuple[str, ...], default: str) -> None:
+def add_output_flag(
+    p: argparse.ArgumentParser,
+    *,
+    wide: bool = False,
+    structured: tuple[str, ...] = ("json", "yaml"),
+) -> None:
+    """`-o table|json|yaml`, and `wide` where the command has a wider table."""
+    choices = ("table", *(("wide",) if wide else ()), *structured)
     p.add_argument(
         "-o",
         "--output",
         choices=choices,
-        default=default,
-        help=f"output format (default: {default})",
+        default="table",
+        help=f"output format: {', '.join(choices)} (default: table)",
     )
+
+
+def emit(args: argparse.Namespace, data: Any) -> bool:
+    """Print `data` as JSON or YAML if that is what `-o` asked for; True if it did."""
+    if args.output not in ("json", "yaml"):
+        return False
+    from gossamer.cli.output import dump
+
+    dump(data, args.output)
+    return True
+
+
+def parse_duration(text: str) -> int:
+    """`1h`, `30m`, `2d12h`, `90s`, or plain seconds → seconds."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    m = _DURATION.match(text)
+    if not m or not any(m.groups()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30s, 1m, 1h or 2d")
+    d, h, mi, s = (int(g or 0) for g in m.groups())
+    return ((d * 24 + h) * 60 + mi) * 60 + s
+
+
+def duration_arg(*, least: int = 1, most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a duration (`30s`, `1m`, `90`) in seconds, within bounds."""
+
+    def parse(text: str) -> int:
+        seconds = parse_duration(text)
+        if seconds < least or (most is not None and seconds > most):
+            top = f" and at most {_span(most)}" if most is not None else ""
+            raise argparse.ArgumentTypeError(f"{text!r}: must be at least {_span(least)}{top}")
+        return seconds
+
+    return parse
+
+
+def _span(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def host_port(text: str) -> tuple[str, int]:

@@ -8,13 +8,12 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
-from gossamer.cli.common import fail, host_port
-from gossamer.cli.token import parse_ttl
+from gossamer.cli.common import fail, host_port, parse_duration
 from gossamer.errors import GossamerError
 
 
 def _ttl(text: str) -> timedelta:
-    seconds = parse_ttl(text)
+    seconds = parse_duration(text)
     if not 10 <= seconds <= 90 * 86400:
         raise argparse.ArgumentTypeError("must be between 10s and 90d")
     return timedelta(seconds=seconds)

@@ -10,9 +10,10 @@ from typing import Any, TextIO
 
 
 def table(
-    headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO = sys.stdout
+    headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO | None = None
 ) -> None:
     """Columns padded to their widest cell, two spaces apart, like kubectl."""
+    out = out or sys.stdout  # looked up per call: tests and pipes replace it
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
@@ -20,7 +21,8 @@ def table(
         out.write(line.rstrip() + "\n")
 
 
-def dump(data: Any, fmt: str, out: TextIO = sys.stdout) -> None:
+def dump(data: Any, fmt: str, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     if fmt == "json":
         out.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
     else:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gossamer.cli.client import ApiError
-from gossamer.cli.common import add_output_flag, add_server_flags, client_from, fail
-from gossamer.cli.output import age, dump, table
+from gossamer.cli.common import add_output_flag, add_server_flags, client_from, emit, fail
+from gossamer.cli.output import age, table
 from gossamer.errors import InvalidResource
-from gossamer.resources import parse_documents, resolve_kind
+from gossamer.resources import KINDS, parse_documents, resolve_kind
 
 Row = Callable[[dict[str, Any], datetime | None], list[object]]
 
@@ -33,30 +33,54 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="FILE",
         help="file to apply, or - for standard input (repeatable)",
     )
-    add_output_flag(p, choices=("text", "json"), default="text")
+    add_output_flag(p)
     add_server_flags(p)
     p.set_defaults(func=apply)
 
     p = sub.add_parser(
         "get",
         help="show objects of a kind",
-        description="List objects of KIND (service, workload, httproute; plural and short "
-        "names work), or show one by NAME.",
+        description=f"List objects of KIND, or show one by NAME. Kinds: {kinds_help()}. "
+        "Plural names and Kind.group work too (services, httproutes.gateway.networking.k8s.io). "
+        "-o wide adds labels and, for policies, their full settings.",
     )
-    p.add_argument("kind", help="service|svc, workload|wl, httproute")
+    p.add_argument("kind", help="the kind: " + kinds_help())
     p.add_argument("name", nargs="?", help="one object's name")
     p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="list across namespaces")
-    add_output_flag(p, choices=("table", "yaml", "json"), default="table")
+    add_output_flag(p, wide=True)
     add_server_flags(p)
     p.set_defaults(func=get)
 
-    p = sub.add_parser("delete", help="delete an object", description="Delete KIND NAME.")
-    p.add_argument("kind", help="service|svc, workload|wl, httproute")
-    p.add_argument("name", help="the object's name")
+    p = sub.add_parser(
+        "delete",
+        help="delete an object, or every object in a file",
+        description="Delete KIND NAME, or (with -f) every object FILE names, as `kubectl "
+        "delete -f` does. Kinds: " + kinds_help() + ".",
+    )
+    p.add_argument("kind", nargs="?", help="the kind: " + kinds_help())
+    p.add_argument("name", nargs="?", help="the object's name")
     p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        metavar="FILE",
+        help="delete the objects in FILE (YAML/JSON, - for standard input; repeatable)",
+    )
+    p.add_argument(
+        "--ignore-not-found", action="store_true", help="an object already gone is not an error"
+    )
     add_server_flags(p)
     p.set_defaults(func=delete)
+
+
+def kinds_help() -> str:
+    """Every kind `get` and `delete` take, with its short name: from the one registry."""
+    return ", ".join(
+        info.kind.lower() + (f" ({'/'.join(info.short_names)})" if info.short_names else "")
+        for info in KINDS.values()
+    )
 
 
 def _read(source: str) -> str:
@@ -97,8 +121,7 @@ def apply(args: argparse.Namespace) -> int:
             print("nothing was applied", file=sys.stderr)
             return 1
         fail(err.message, hint="nothing was applied")
-    if args.output == "json":
-        dump(result, "json")
+    if emit(args, result):
         return 0
     for item in result["items"]:
         print(f"{item['kind'].lower()}/{item['name']} ({item['namespace']}) {item['action']}")
@@ -183,24 +206,89 @@ COLUMNS: dict[str, tuple[list[str], Row]] = {
 }
 
 
+def _targets(obj: dict[str, Any]) -> str:
+    """What a policy applies to: its targetRefs, or its workload selector, or all."""
+    spec = obj.get("spec") or {}
+    refs = spec.get("targetRefs") or ([spec["targetRef"]] if spec.get("targetRef") else [])
+    if refs:
+        return ",".join(f"{r.get('kind', 'Service')}/{r['name']}" for r in refs)
+    sel = (spec.get("selector") or {}).get("matchLabels") or {}
+    if sel:
+        return ",".join(f"{k}={v}" for k, v in sorted(sel.items()))
+    return "<namespace>"
+
+
+def _settings(obj: dict[str, Any], wide: bool) -> str:
+    """A policy's own settings on one line, `attempts=2,backoff.baseInterval=25ms`
+    (`-o wide`: all of them, else the first 60 characters)."""
+    spec = {
+        k: v
+        for k, v in (obj.get("spec") or {}).items()
+        if k not in ("targetRefs", "targetRef", "selector")
+    }
+    text = ",".join(_flat(spec))
+    return text if wide or len(text) <= 60 else text[:59] + "…"
+
+
+def _flat(value: Any, prefix: str = "") -> list[str]:
+    if isinstance(value, dict):
+        return [kv for k, v in value.items() for kv in _flat(v, f"{prefix}{k}.")]
+    if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
+        return [f"{prefix[:-1]}={'|'.join(str(v) for v in value)}"]
+    if isinstance(value, list):
+        return [kv for i, v in enumerate(value) for kv in _flat(v, f"{prefix[:-1]}[{i}].")]
+    return [f"{prefix[:-1]}={value}"]
+
+
+def _labels(obj: dict[str, Any]) -> str:
+    labels = obj["metadata"].get("labels") or {}
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "<none>"
+
+
+POLICY_KINDS = (
+    "AuthorizationPolicy",
+    "MeshPolicy",
+    "RetryPolicy",
+    "OutlierPolicy",
+    "CircuitBreakerPolicy",
+    "FaultPolicy",
+)
+
+
 def print_table(
     kind: str,
     items: list[dict[str, Any]],
     all_namespaces: bool,
     now: datetime | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
+    wide: bool = False,
 ) -> None:
-    headers, row = COLUMNS.get(
-        kind,
-        (
-            ["NAME", "AGE"],
-            lambda o, now: [
+    """kubectl's table for `kind`; `wide` adds LABELS (and a policy's whole settings)."""
+    if kind in POLICY_KINDS:
+        headers = ["NAME", "TARGETS", "SETTINGS", "AGE"]
+
+        def row(o: dict[str, Any], now: datetime | None) -> list[object]:
+            return [
                 o["metadata"]["name"],
+                _targets(o),
+                _settings(o, wide),
                 age(o["metadata"].get("creationTimestamp"), now),
-            ],
-        ),
-    )
+            ]
+    else:
+        headers, row = COLUMNS.get(
+            kind,
+            (
+                ["NAME", "AGE"],
+                lambda o, now: [
+                    o["metadata"]["name"],
+                    age(o["metadata"].get("creationTimestamp"), now),
+                ],
+            ),
+        )
     rows = [row(o, now) for o in items]
+    if wide:
+        headers = [*headers, "LABELS"]
+        rows = [[*r, _labels(o)] for o, r in zip(items, rows, strict=True)]
     if all_namespaces:
         headers = ["NAMESPACE", *headers]
         rows = [[o["metadata"]["namespace"], *r] for o, r in zip(items, rows, strict=True)]
@@ -227,28 +315,48 @@ def get(args: argparse.Namespace) -> int:
             items = client.get(f"/v1/resources/{plural}", **query)["items"]
     except ApiError as err:
         fail(err.message)
-    if args.output == "json":
-        dump(
-            items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}, "json"
-        )
-    elif args.output == "yaml":
-        dump(
-            items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}, "yaml"
-        )
+    if emit(args, items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}):
+        pass
     elif not items:
         where = "any namespace" if args.all_namespaces else f"namespace {args.namespace}"
         print(f"No {plural} found in {where}.", file=sys.stderr)
     else:
-        print_table(kind, items, args.all_namespaces)
+        print_table(kind, items, args.all_namespaces, wide=args.output == "wide")
     return 0
 
 
 def delete(args: argparse.Namespace) -> int:
-    kind, plural = _kind(args.kind)
+    """Delete each object named; exit 1 if any could not be (the rest are still deleted,
+    as `kubectl delete -f` does: a delete cannot be all or nothing across objects)."""
+    targets: list[tuple[str, str, str, str]] = []  # kind, plural, namespace, name
+    if args.filename:
+        if args.kind or args.name:
+            fail("give KIND NAME or -f FILE, not both")
+        try:
+            docs = [d for src in args.filename for d in parse_documents(_read(src), source=src)]
+        except InvalidResource as err:
+            fail(f"{err}", hint="fix the file; nothing was deleted")
+        for doc in docs:
+            kind, plural = _kind(str(doc.get("kind", "")))
+            meta = doc.get("metadata") or {}
+            if not meta.get("name"):
+                fail(f"a {kind} in the file has no metadata.name; nothing was deleted")
+            targets.append((kind, plural, meta.get("namespace") or args.namespace, meta["name"]))
+    elif args.kind and args.name:
+        kind, plural = _kind(args.kind)
+        targets.append((kind, plural, args.namespace, args.name))
+    else:
+        fail("what to delete? KIND NAME, or -f FILE")
     client = client_from(args)
-    try:
-        client.request("DELETE", f"/v1/resources/{plural}/{args.namespace}/{args.name}")
-    except ApiError as err:
-        fail(err.message)
-    print(f"{kind.lower()}/{args.name} ({args.namespace}) deleted")
-    return 0
+    failed = 0
+    for kind, plural, namespace, name in targets:
+        try:
+            client.request("DELETE", f"/v1/resources/{plural}/{namespace}/{name}")
+        except ApiError as err:
+            if err.status == 404 and args.ignore_not_found:
+                continue
+            print(f"error: {kind.lower()}/{name} ({namespace}): {err.message}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{kind.lower()}/{name} ({namespace}) deleted")
+    return 1 if failed else 0

@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="with --stats: routes of every namespace",
     )
     add_window_flag(p)
-    add_output_flag(p, choices=("table", "json"), default="table")
+    add_output_flag(p)
     p.add_argument(
         "--from",
         dest="client_namespace",
@@ -88,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.service:
         fail("which SERVICE? (or --stats for golden metrics per route)")
     if args.output != "table":
-        fail("-o json goes with --stats; without it the answer is a table and an explanation")
+        fail(
+            f"-o {args.output} goes with --stats; without it the answer is a table and an "
+            "explanation"
+        )
     name, _, namespace = args.service.partition(".")
     namespace = namespace or args.namespace
     headers = []

@@ -11,8 +11,14 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from gossamer.cli.client import ApiError, Client
-from gossamer.cli.common import add_output_flag, add_server_flags, client_from, fail
-from gossamer.cli.output import dump, table
+from gossamer.cli.common import (
+    add_output_flag,
+    add_server_flags,
+    client_from,
+    emit,
+    fail,
+)
+from gossamer.cli.output import table
 
 METRIC_HEADERS = ("SUCCESS", "RPS", "P50", "P95", "P99", "REQUESTS", "STALE")
 
@@ -47,7 +53,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--routes", action="store_true", help="per route instead of per service")
     _namespace_flags(p)
     add_window_flag(p)
-    add_output_flag(p, choices=("table", "json"), default="table")
+    add_output_flag(p)
     add_server_flags(p)
     p.set_defaults(func=stat)
 
@@ -61,7 +67,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name", nargs="?", help="only edges to or from this service")
     _namespace_flags(p)
     add_window_flag(p)
-    add_output_flag(p, choices=("table", "json"), default="table")
+    add_output_flag(p)
     add_server_flags(p)
     p.set_defaults(func=edges)
 
@@ -163,12 +169,31 @@ def stat(args: argparse.Namespace) -> int:
         return show_route_stats(args, route=args.name)
     client = client_from(args)
     rows = _get(client, "/v1/stats/services", _query(args))["items"]
-    if args.output == "json":
-        dump(rows, "json")
+    if emit(args, rows):
         return 0
     if args.name and not rows:
         fail(f"no service {args.name!r} in namespace {args.namespace!r} with metrics")
+    if not rows:
+        return _nothing(client, args, "services")
     print_services(rows, args.all_namespaces)
+    return 0
+
+
+def _nothing(client: Client, args: argparse.Namespace, what: str) -> int:
+    """No rows: 1 if the namespace holds no Service at all (a mistyped -n), else 0 and
+    a line saying there was no traffic in the window, rather than a bare header."""
+    where = "any namespace" if args.all_namespaces else f"namespace {args.namespace}"
+    query = {} if args.all_namespaces else {"namespace": args.namespace}
+    try:
+        services = client.get("/v1/resources/services", **query)["items"]
+    except ApiError as err:
+        fail(err.message)
+    if not services:
+        fail(
+            f"no Service in {where}",
+            hint="`gossamer get services -A` lists every namespace's services",
+        )
+    print(f"no {what} with traffic in {where} in the last {args.window}", file=sys.stderr)
     return 0
 
 
@@ -195,8 +220,7 @@ def show_route_stats(
     if service is not None:
         rows = [r for r in rows if (r["service"], r["service_namespace"]) == service]
     out = sys.stdout  # looked up now, not when this module was imported
-    if args.output == "json":
-        dump(rows, "json", out)
+    if emit(args, rows):
         return 0
     if not rows:
         if route:
@@ -212,10 +236,10 @@ def show_route_stats(
 def edges(args: argparse.Namespace) -> int:
     client = client_from(args)
     rows = _get(client, "/v1/stats/edges", _query(args))["items"]
-    if args.output == "json":
-        dump(rows, "json")
+    if emit(args, rows):
+        pass
     elif not rows:
-        print(f"no calls between services in the last {args.window}")
+        return _nothing(client, args, "calls between services")
     else:
         print_edges(rows)
     return 0

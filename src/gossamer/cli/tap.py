@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
 from gossamer.cli.client import ApiError, Client
-from gossamer.cli.common import add_output_flag, add_server_flags, client_from, fail
+from gossamer.cli.common import add_output_flag, add_server_flags, client_from, duration_arg, fail
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,8 +29,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--direction", choices=("inbound", "outbound"), help="only requests to it, or from it"
     )
     p.add_argument("--max", type=int, default=0, help="stop after this many requests")
-    p.add_argument("--duration", help="stop after this long, e.g. 30s, 5m")
-    add_output_flag(p, choices=("wide", "json"), default="wide")
+    p.add_argument("--duration", type=duration_arg(), help="stop after this long, e.g. 30s, 5m")
+    add_output_flag(p, structured=("json",))
     add_server_flags(p)
     p.set_defaults(func=tap)
 
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def tap_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
     p.add_argument("--path", help="only requests whose path starts with this")
-    p.add_argument("--method", help="only requests with this method (GET, POST, ...)")
+    p.add_argument("-X", "--method", help="only requests with this method (GET, POST, ...)")
 
 
 def tap_query(args: argparse.Namespace, name: str | None, **extra: str | None) -> dict[str, str]:
@@ -53,12 +54,22 @@ def tap_query(args: argparse.Namespace, name: str | None, **extra: str | None) -
     return {k: v for k, v in query.items() if v}
 
 
-def open_tap(client: Client, query: dict[str, str]) -> Iterator[dict[str, Any]]:
-    """Requests from the tap, after saying on stderr which proxies are tapped."""
+def open_tap(
+    client: Client, query: dict[str, str], duration: float | None = None, limit: int = 0
+) -> Iterator[dict[str, Any]]:
+    """Requests from the tap, after saying on stderr which proxies are tapped.
+
+    The control plane ends the stream when `duration` has passed or `limit` requests
+    came; a stream that ends before either (the control plane stopped) is an error,
+    not a quiet exit 0.
+    """
+    started = time.monotonic()
+    seen = 0
     try:
         for event in client.stream("/v1/tap", query):
             kind = event.get("type")
             if kind == "request":
+                seen += 1
                 yield event
             elif kind == "error":
                 print(
@@ -73,6 +84,12 @@ def open_tap(client: Client, query: dict[str, str]) -> Iterator[dict[str, Any]]:
                 print(f"tapping {', '.join(workloads)}", file=sys.stderr, flush=True)
     except ApiError as err:
         fail(err.message)
+    if (limit and seen >= limit) or (duration and time.monotonic() - started >= duration):
+        return
+    fail(
+        f"the control plane at {client.server} ended the tap early; is it still running?",
+        hint="`gossamer check` says whether it answers",
+    )
 
 
 def _who(where: dict[str, Any]) -> str:
@@ -114,9 +131,9 @@ def tap(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         args.service,
         direction=args.direction,
         max=str(args.max) if args.max else None,
-        duration=args.duration,
+        duration=f"{args.duration}s" if args.duration else None,
     )
-    for event in open_tap(client, query):
+    for event in open_tap(client, query, args.duration, args.max):
         out.write((json.dumps(event) if args.output == "json" else line_of(event)) + "\n")
         out.flush()
     return 0

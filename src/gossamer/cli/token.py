@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 
 from gossamer.cli.client import ApiError
-from gossamer.cli.common import add_output_flag, add_server_flags, client_from, fail
-from gossamer.cli.output import dump
-
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
-
-def parse_ttl(text: str) -> int:
-    """`1h`, `30m`, `2d12h`, or plain seconds."""
-    if text.isdigit():
-        return int(text)
-    m = _DURATION.match(text)
-    if not m or not any(m.groups()):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 1h, 30m or 2d")
-    d, h, mi, s = (int(g or 0) for g in m.groups())
-    return ((d * 24 + h) * 60 + mi) * 60 + s
+from gossamer.cli.common import (
+    add_output_flag,
+    add_server_flags,
+    client_from,
+    emit,
+    fail,
+    parse_duration,
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,7 +32,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     c.add_argument(
         "--ttl",
-        type=parse_ttl,
+        type=parse_duration,
         default=3600,
         help="how long the token is valid, e.g. 30m, 1h, 2d (default: 1h)",
     )
@@ -50,7 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=1,
         help="how many workloads may join with it, 1-1000 (default: 1, single use)",
     )
-    add_output_flag(c, choices=("text", "json"), default="text")
+    add_output_flag(c)
     add_server_flags(c)
     c.set_defaults(func=create)
 
@@ -69,8 +61,6 @@ def create(args: argparse.Namespace) -> int:
         if err.details:
             fail("; ".join(f"{d['path']}: {d['reason']}" for d in err.details))
         fail(err.message)
-    if args.output == "json":
-        dump(result, "json")
-    else:
+    if not emit(args, result):
         print(result["token"])
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -12,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from gossamer.cli.common import add_output_flag, add_server_flags, client_from, fail
-from gossamer.cli.output import table
+from gossamer.cli.common import add_output_flag, add_server_flags, client_from, duration_arg
+from gossamer.cli.output import dump, table
 from gossamer.cli.tap import open_tap, tap_flags, tap_query
 
 HEADERS = ("METHOD", "PATH", "COUNT", "RPS", "SUCCESS", "BEST", "WORST", "LAST")
@@ -105,30 +104,37 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("service", nargs="?", help="one service (default: the whole namespace)")
     tap_flags(p)
-    p.add_argument("-w", "--window", type=float, default=30.0, help="seconds (default: 30)")
     p.add_argument(
-        "--duration", default="10s", help="how long a snapshot taps, e.g. 10s (default: 10s)"
+        "-w",
+        "--window",
+        type=duration_arg(),
+        default=30,
+        help="how far back the table looks, e.g. 30s, 1m, 5m (default: 30s)",
     )
-    add_output_flag(p, choices=("table", "json"), default="table")
+    p.add_argument(
+        "--duration",
+        type=duration_arg(most=3600),
+        default=10,
+        help="how long a snapshot taps, e.g. 10s (default: 10s)",
+    )
+    add_output_flag(p)
     add_server_flags(p)
     p.set_defaults(func=top)
 
 
 def top(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    if args.window <= 0:
-        fail("--window must be more than 0 seconds")
     client = client_from(args)
     live = args.output == "table" and out.isatty()
     query = tap_query(
-        args, args.service, direction="inbound", duration=None if live else args.duration
+        args, args.service, direction="inbound", duration=None if live else f"{args.duration}s"
     )
     board = TopTable(args.window)
     if not live:
-        for event in open_tap(client, query):
+        for event in open_tap(client, query, args.duration):
             board.add(event, time.monotonic())
         rows = board.rows(time.monotonic())
-        if args.output == "json":
-            out.write(json.dumps(rows, indent=2) + "\n")
+        if args.output in ("json", "yaml"):
+            dump(rows, args.output, out)
         else:
             render(rows, out)
         return 0
