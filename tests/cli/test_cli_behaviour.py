@@ -282,7 +282,7 @@ def test_tap_fails_when_the_control_plane_goes_away(tmp_path: Path) -> None:
             env={**base, **env},
         )
         assert tap.stderr is not None
-        assert tap.stderr.readline().startswith("tapping shop/cli-echo-1")
+        assert tap.stderr.readline().startswith("tapping cli-echo-1")
         stop_process(cp.proc)
         _, err = tap.communicate(timeout=60)
         assert tap.returncode == 1, err
