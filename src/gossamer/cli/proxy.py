@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gossamer.cli.capture import add_run_flags as add_capture_flags
 from gossamer.cli.common import fail, host_port
 from gossamer.errors import GossamerError
 
@@ -211,6 +212,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         usage="gossamer run [proxy flags] -- CMD [ARGS...]",
     )
     add_proxy_flags(r)
+    add_capture_flags(r)
     r.add_argument("command", nargs=argparse.REMAINDER, help="the app to run, after --")
     r.set_defaults(func=run_wrapped)
 
@@ -462,8 +464,9 @@ def run_proxy(args: argparse.Namespace) -> int:
 CREDENTIAL_VARIABLES = ("GOSSAMER_TOKEN", "GOSSAMER_JOIN_TOKEN")
 
 
-def _die_with_supervisor(signum: int) -> Callable[[], None]:
-    """A preexec_fn: the child gets `signum` when the supervisor dies, even by SIGKILL."""
+def _die_with_supervisor(signum: int, then: Callable[[], None] | None = None) -> Callable[[], None]:
+    """A preexec_fn: the child gets `signum` when the supervisor dies, even by SIGKILL;
+    `then` runs after (the proxy of a captured workload takes its own group)."""
     parent = os.getpid()
 
     def arm() -> None:
@@ -477,6 +480,8 @@ def _die_with_supervisor(signum: int) -> Callable[[], None]:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signum, 0, 0, 0)
         if os.getppid() != parent:  # the supervisor died before the line above
             os.kill(os.getpid(), signum)
+        if then is not None:
+            then()
 
     return arm
 
@@ -500,21 +505,22 @@ def _proxy_command(proxy_flags: list[str], ready_file: Path) -> tuple[list[str],
     return [*command, "--ready-file", str(ready_file)], env
 
 
-def app_environment(outbound: str, admin: str) -> dict[str, str]:
+def app_environment(outbound: str, admin: str, http_proxy: bool = True) -> dict[str, str]:
     """What the app runs with: the supervisor's environment less every control-plane
-    credential, plus where its proxy listens."""
+    credential, plus where its proxy listens (and HTTP_PROXY, unless its traffic is
+    captured: then the app is left as it is)."""
     env = {k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARIABLES}
-    url = f"http://{outbound}"
-    env.update(
-        {
-            "HTTP_PROXY": url,
-            "http_proxy": url,
-            "GOSSAMER_OUTBOUND": outbound,
-            "GOSSAMER_ADMIN": admin,
-            "NO_PROXY": "localhost,127.0.0.1",
-            "no_proxy": "localhost,127.0.0.1",
-        }
-    )
+    env.update({"GOSSAMER_OUTBOUND": outbound, "GOSSAMER_ADMIN": admin})
+    if http_proxy:
+        url = f"http://{outbound}"
+        env.update(
+            {
+                "HTTP_PROXY": url,
+                "http_proxy": url,
+                "NO_PROXY": "localhost,127.0.0.1",
+                "no_proxy": "localhost,127.0.0.1",
+            }
+        )
     return env
 
 
@@ -522,15 +528,27 @@ def run_wrapped(args: argparse.Namespace) -> int:
     """The proxy runs as a child `gossamer proxy`; the app starts once it is ready.
 
     Both children die with the supervisor (PR_SET_PDEATHSIG), even when it is killed
-    with SIGKILL: the proxy gets SIGTERM and leaves the mesh, the app SIGKILL."""
+    with SIGKILL: the proxy gets SIGTERM and leaves the mesh, the app SIGKILL. With
+    --capture, the rules are in place before the proxy starts and gone after both end."""
+    from gossamer.cli.capture import captured
+
+    with captured(args) as as_proxy_group:
+        return _supervise(args, as_proxy_group)
+
+
+def _supervise(args: argparse.Namespace, as_proxy_group: Callable[[], None] | None) -> int:
     import tempfile
     import time
+
+    from gossamer.cli.capture import strip_run_flags
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         fail("no command to run", hint="gossamer run --name web --port 8080 -- python app.py")
     raw: list[str] = args.raw_argv
-    proxy_flags = raw[raw.index("run") + 1 : raw.index("--") if "--" in raw else len(raw)]
+    proxy_flags = strip_run_flags(
+        raw[raw.index("run") + 1 : raw.index("--") if "--" in raw else len(raw)]
+    )
     received: list[int] = []
 
     def remember(signum: int, _frame: Any) -> None:
@@ -545,7 +563,7 @@ def run_wrapped(args: argparse.Namespace) -> int:
         proxy = subprocess.Popen(
             [*proxy_command, "--app-group-fd", str(group_r)],
             env=proxy_env,
-            preexec_fn=_die_with_supervisor(signal.SIGTERM),
+            preexec_fn=_die_with_supervisor(signal.SIGTERM, then=as_proxy_group),
             pass_fds=(group_r,),
         )
         os.close(group_r)
@@ -570,7 +588,9 @@ def run_wrapped(args: argparse.Namespace) -> int:
         # leaves behind ends with it.
         app = subprocess.Popen(
             command,
-            env=app_environment(addresses["outbound"], addresses["admin"]),
+            env=app_environment(
+                addresses["outbound"], addresses["admin"], http_proxy=not args.capture
+            ),
             preexec_fn=_die_with_supervisor(signal.SIGKILL),
             process_group=0,
         )
@@ -580,8 +600,15 @@ def run_wrapped(args: argparse.Namespace) -> int:
     with contextlib.suppress(OSError):
         os.write(group_w, b"%d\n" % app.pid)  # for the proxy, should this process be killed
 
-    left = False
+    left = proxy_gone = False
     while app.poll() is None:
+        if as_proxy_group is not None and not proxy_gone and proxy.poll() is not None:
+            proxy_gone = True
+            print(
+                f"gossamer run: the proxy exited with code {proxy.returncode}: the app's "
+                "captured connections are refused until a proxy listens again (fail closed)",
+                file=sys.stderr,
+            )
         if received:
             if not left:
                 # Leave the mesh first and give peers a moment to hear of it, so no
