@@ -259,7 +259,9 @@ def test_check_wait_waits_for_a_control_plane_that_starts_later(tmp_path: Path) 
             stop_process(late.proc)
 
 
-def test_tap_fails_when_the_control_plane_goes_away(tmp_path: Path) -> None:
+def test_tap_finds_a_workload_by_name_and_fails_when_the_control_plane_goes_away(
+    tmp_path: Path,
+) -> None:
     cp = start_control_plane(tmp_path / "cp")
     workload = None
     tap = None
@@ -273,6 +275,13 @@ def test_tap_fails_when_the_control_plane_goes_away(tmp_path: Path) -> None:
             app=echo_app("cli-echo-1", app), port=f"http=8080:{app}",
         )  # fmt: skip
         workload.wait_ready()
+        # A workload taps by its own name too: one no Service selects is a node of the
+        # topology under that name (cli-echo-1 has a Service, but none by its name).
+        by_workload = gossamer("tap", "cli-echo-1", "-n", "shop", "--duration", "1s", env=env)
+        assert by_workload.returncode == 0, by_workload.stderr
+        assert by_workload.stderr.startswith("tapping cli-echo-1")
+        nothing = gossamer("tap", "nobody", "-n", "shop", env=env)
+        assert nothing.returncode == 1 and "nor a workload of that name" in nothing.stderr
         base = {k: v for k, v in os.environ.items() if not k.startswith("GOSSAMER_")}
         tap = subprocess.Popen(
             [*GOSSAMER, "tap", "cli-echo", "-n", "shop"],

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gossamer.cli.output import age, duration
+from gossamer.cli.output import age, duration, rule_ref
 from gossamer.cli.resources import print_table
 from gossamer.resources import parse_documents, to_dict, validate
 
@@ -82,3 +82,18 @@ def test_durations_show_the_two_largest_units() -> None:
     assert duration(86399) == "23h59m"
     assert duration(364 * 86400 + 23 * 3600) == "364d23h"
     assert duration(-1) == "expired"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((0, None, ""), "rules[0]"),
+        ((1, None, "shop/canary"), "shop/canary rules[1]"),
+        ((0, "canary", "shop/canary"), "shop/canary rule canary"),
+    ],
+    ids=["an authz rule by field path", "an unnamed route rule", "a named route rule"],
+)
+def test_rules_are_named_by_name_or_field_path_everywhere(
+    args: tuple[int, str | None, str], expected: str
+) -> None:
+    assert rule_ref(*args) == expected

@@ -15,6 +15,7 @@ from typing import Any
 from gossamer.authz import Request, compile_security, principal_of
 from gossamer.cli.client import ApiError
 from gossamer.cli.common import add_output_flag, add_server_flags, client_from, emit, fail
+from gossamer.cli.output import rule_ref
 from gossamer.translate.authz import SecurityIndex, security_for
 
 __all__ = ["explain", "register"]
@@ -48,7 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="SERVICE[.NS][:PORT]",
         help="the service called (namespace default: default; port default: its first port)",
     )
-    e.add_argument("--method", default="GET", help="HTTP method (default: GET)")
+    e.add_argument("-X", "--method", default="GET", help="HTTP method (default: GET)")
     e.add_argument("--path", default="/", help="request path (default: /)")
     e.add_argument("--host", help="Host header (default: SERVICE.NS)")
     e.add_argument(
@@ -176,7 +177,7 @@ def _print(report: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"{'ALLOWED' if report['allowed'] else 'DENIED'}: {what} from {who} to {report['to']}")
     for r in report["workloads"]:
         where = f"workload {r['workload']}" if r["workload"] else "(no workload registered)"
-        rule = f", rule {r['rule']}" if r["rule"] is not None else ""
+        rule = f", {rule_ref(r['rule'])}" if isinstance(r["rule"], int) else ""
         print(f"  {where} port {r['port']}: {r['reason']}{rule}")
         if r["audited"]:
             print(f"    audited by {', '.join(r['audited'])}")

@@ -31,6 +31,15 @@ def dump(data: Any, fmt: str, out: TextIO | None = None) -> None:
         out.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
 
 
+def rule_ref(index: int, name: str | None = None, owner: str = "") -> str:
+    """A rule of an object as every command names it: `rule NAME` if it has a name,
+    else its field path `rules[N]` (counted from 0, as validation errors count).
+    `routes` numbers rules #1, #2 in the order they are tried; that is a position,
+    not a name (decision 0081)."""
+    ref = f"rule {name}" if name else f"rules[{index}]"
+    return f"{owner} {ref}" if owner else ref
+
+
 def age(timestamp: str | None, now: datetime | None = None) -> str:
     """Kubernetes-style age: 45s, 12m, 3h, 9d."""
     if not timestamp:

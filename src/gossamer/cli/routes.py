@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from gossamer.cli.client import ApiError
 from gossamer.cli.common import add_output_flag, add_server_flags, client_from, fail
-from gossamer.cli.output import table
+from gossamer.cli.output import rule_ref, table
 from gossamer.cli.stat import add_window_flag, show_route_stats
 from gossamer.proxy.routematch import Router, describe_match, why_not
 from gossamer.resources import KINDS
@@ -154,7 +154,7 @@ def explain(
     router: Router[str] = Router(sr, lambda service, p: f"{service}:{p}")
     rows = []
     for i, m in enumerate(router.matches):
-        rows.append([i + 1, m.rule.label, describe_match(m.spec), _backends(m.rule.spec)])
+        rows.append([i + 1, _rule(m.rule.spec), describe_match(m.spec), _backends(m.rule.spec)])
     table(["#", "RULE", "MATCH", "THEN"], rows, out)
     req_headers = [(k.encode(), v.encode()) for k, v in headers if k.lower() != "host"]
     host = next((v for k, v in headers if k.lower() == "host"), f"{name}.{namespace}")
@@ -165,13 +165,17 @@ def explain(
         if m is chosen:
             break
         reason = why_not(m, method.encode(), path.encode(), host.encode(), req_headers)
-        out.write(f"  #{i + 1} {m.rule.label}: no, {reason}\n")
+        out.write(f"  #{i + 1} {_rule(m.rule.spec)}: no, {reason}\n")
     if chosen is None:
         out.write("  → 404: no rule matches (a request that matches no rule gets a 404)\n")
         return 1
     n = router.matches.index(chosen) + 1
-    out.write(f"  #{n} {chosen.rule.label}: yes → {_backends(chosen.rule.spec)}\n")
+    out.write(f"  #{n} {_rule(chosen.rule.spec)}: yes → {_backends(chosen.rule.spec)}\n")
     return 0
+
+
+def _rule(rule: RuleSpec) -> str:
+    return rule_ref(rule.index, rule.name, owner=rule.route)
 
 
 def _backends(rule: RuleSpec) -> str:

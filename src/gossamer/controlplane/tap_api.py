@@ -50,12 +50,24 @@ class TapApi:
         return [web.get("/v1/tap", self.tap)]
 
     def tap_targets(self, namespace: str, name: str | None) -> list[Target] | str:
-        """The proxies to tap, or why there are none."""
+        """The proxies to tap, or why there are none.
+
+        `name` is a Service, or else a Workload: one that no Service selects (a load
+        generator, a client) is a node of the topology under its workload name, as its
+        proxy names itself in `gossamer-src-service`, and is tapped by that name.
+        """
         store = self.cp.store
         services = store.list("Service", namespace)
-        if name is not None and not any(s["metadata"]["name"] == name for s in services):
-            return f"service {namespace}/{name} not found; `gossamer get services -n {namespace}`"
         targets = targets_from(store.list("Workload", namespace), services)
+        if name is not None and not any(s["metadata"]["name"] == name for s in services):
+            alone = [t for t in targets if t.workload == name]
+            if alone:
+                return alone
+            return (
+                f"service {namespace}/{name} not found, nor a workload of that name; "
+                f"`gossamer get services -n {namespace}` and `gossamer get workloads -n "
+                f"{namespace}` list them"
+            )
         if name is not None:
             targets = [t for t in targets if name in t.services]
             if not targets:
