@@ -41,11 +41,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from gossamer.controlplane.api import BadRequest, error_response, errors_middleware, read_json
+from gossamer.controlplane.snapshotcache import BuildKey, SnapshotCache, services_selecting
 from gossamer.errors import IdentityError, InvalidResource, NotFound, Unauthorized
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.resources import to_dict, validate
 from gossamer.store import Compacted
-from gossamer.translate import InconsistentSnapshot, MeshView, ProxyInfo, build_snapshot
+from gossamer.store.objects import same_config
+from gossamer.translate import InconsistentSnapshot, MeshView, ProxyInfo
 
 if TYPE_CHECKING:
     from gossamer.controlplane.server import ControlPlane
@@ -146,6 +148,7 @@ class ProxySession:
     acked_bundle: str = ""  # the trust bundle of the last snapshot the proxy acked
     sent_bundles: dict[str, str] = field(default_factory=dict)  # version -> trust bundle
     renew_requested_at: float = 0.0
+    build_key: BuildKey | None = None  # the snapshot cache entry it was last sent from
 
     def certificate_status(self, msg: Mapping[str, Any]) -> None:
         self.certificate_not_after = str(msg.get("certificateNotAfter", ""))
@@ -169,6 +172,11 @@ class Discovery:
         # workload not seen since this process started has RESTART_GRACE_SECONDS.
         self._started = time.monotonic()
         self._gone_since: dict[tuple[str, str], float] = {}
+        # One build per change (gossamer.controlplane.snapshotcache): what changed since
+        # the last fan-out decides which snapshots are dropped and which sessions woken.
+        self.snapshots = SnapshotCache()
+        self._everything_changed = False
+        self._changed_workloads: list[tuple[str, str, list[dict[str, str]]]] = []
 
     # -- mesh state ---------------------------------------------------------------
 
@@ -216,24 +224,66 @@ class Discovery:
                     if obj["kind"] not in MESH_KINDS:
                         continue
                     key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+                    old = self._objects.get(key)
                     if event.type == "DELETED":
                         self._objects.pop(key, None)
                     else:
                         self._objects[key] = obj
-                    self._mesh = None
-                    self._changed.set()
+                    if self._note_change(old, obj, deleted=event.type == "DELETED"):
+                        self._mesh = None
+                        self._changed.set()
             except Compacted:
                 log.warning("store history compacted under the watch; re-listing")
                 self._load()
+                self._everything_changed = True
                 self._changed.set()
 
+    def _note_change(
+        self, old: Mapping[str, Any] | None, new: Mapping[str, Any], *, deleted: bool
+    ) -> bool:
+        """Record what a store event changed for the next fan-out; False if it changes
+        no snapshot (a status write on anything but a Workload: translation reads
+        status only to tell a Workload's readiness)."""
+        kind = new["kind"]
+        if kind != "Workload":
+            if old is not None and not deleted and same_config(dict(new), dict(old)):
+                return False
+            self._everything_changed = True
+            return True
+        labels = [dict(o["metadata"].get("labels") or {}) for o in (old, new) if o is not None]
+        self._changed_workloads.append(
+            (new["metadata"]["namespace"], new["metadata"]["name"], labels)
+        )
+        return True
+
     async def _fan_out(self) -> None:
-        """Debounce bursts of changes, then wake every session to rebuild its snapshot."""
+        """Debounce bursts of changes, then drop the snapshots they affect and wake the
+        sessions that were sent one of those (or whose own Workload changed)."""
         while True:
             await self._changed.wait()
             await asyncio.sleep(DEBOUNCE_SECONDS)
             self._changed.clear()
+            self._wake_affected()
+
+    def _wake_affected(self) -> None:
+        changed, self._changed_workloads = self._changed_workloads, []
+        if self._everything_changed:
+            self._everything_changed = False
+            self.snapshots.clear()
             for session in self._sessions.values():
+                session.wake.set()
+            return
+        mesh = self.mesh()
+        holding: set[str] = set()
+        own: set[tuple[str, str]] = set()
+        for namespace, name, label_sets in changed:
+            holding |= services_selecting(mesh, namespace, label_sets)
+            own.add((namespace, name))
+        dropped = self.snapshots.drop_holding(holding)
+        if len(self.snapshots) > 2 * len(self._sessions) + 64:
+            self.snapshots.keep_only(s.build_key for s in self._sessions.values())
+        for key, session in self._sessions.items():
+            if key in own or session.build_key is None or session.build_key in dropped:
                 session.wake.set()
 
     # -- workload leases --------------------------------------------------------------
@@ -298,10 +348,8 @@ class Discovery:
         rows = []
         mesh = self.mesh()
         for session in sorted(self._sessions.values(), key=lambda s: (s.namespace, s.workload)):
-            try:
-                latest = build_snapshot(mesh, session.info()).version
-            except InconsistentSnapshot:
-                latest = ""
+            # From the cache, never a build: status is asked often, of every proxy.
+            latest = self.snapshots.latest_version(mesh, session.info())
             rows.append(
                 {
                     "workload": session.workload,
@@ -328,6 +376,7 @@ class Discovery:
     def trust_bundle_changed(self) -> None:
         """The CA's roots changed: rebuild and push every proxy's snapshot."""
         self._mesh = None
+        self._everything_changed = True
         self._changed.set()
 
     async def request_renewal(self, session: ProxySession, reason: str) -> None:
@@ -609,27 +658,20 @@ class Discovery:
             await session.wake.wait()
             session.wake.clear()
             try:
-                snapshot = build_snapshot(self.mesh(), session.info())
+                prepared = self.snapshots.prepare(self.mesh(), session.info())
             except InconsistentSnapshot as err:
                 log.error(
                     "not sending a snapshot to %s/%s: %s", session.namespace, session.workload, err
                 )
                 continue
-            if snapshot.version == session.sent_version:
+            session.build_key = prepared.key
+            if prepared.version == session.sent_version:
                 continue
             if len(session.sent_bundles) >= 16:  # a proxy that never acks
                 session.sent_bundles.clear()
-            session.sent_bundles[snapshot.version] = snapshot.trust_bundle
-            await session.ws.send_str(
-                json.dumps(
-                    {
-                        "type": "snapshot",
-                        "version": snapshot.version,
-                        "snapshot": snapshot.to_dict(),
-                    }
-                )
-            )
-            session.sent_version = snapshot.version
+            session.sent_bundles[prepared.version] = prepared.trust_bundle
+            await session.ws.send_str(prepared.message)
+            session.sent_version = prepared.version
 
 
 def _interests(raw: Any) -> set[str]:
