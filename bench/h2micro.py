@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The CPU one proxy hop spends per gRPC unary call in proxy/http2.py, in one process.
+"""The CPU one proxy hop spends per gRPC unary call in proxy/wire/http2.py, in one process.
 
 No sockets, no TLS, no routing: an ``h2`` client and an ``h2`` backend talk through one
 downstream and one upstream `H2Connection` joined by `StreamPair`s, over in-memory
@@ -29,7 +29,7 @@ import h2.events
 try:
     from benchlib.grpc import METHOD, REQUEST_PAYLOAD, RESPONSE_PAYLOAD, grpc_message
 
-    from gossamer.proxy.http2 import H2Connection, Headers, StreamPair, forwardable
+    from gossamer.proxy.wire.http2 import H2Connection, Headers, StreamPair, forwardable
 except ModuleNotFoundError as err:
     sys.exit(f"h2micro: {err}; run it with the project's environment: .venv/bin/python")
 

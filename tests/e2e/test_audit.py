@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gossamer.errors import IdentityError
-from gossamer.proxy.agent import Agent
+from gossamer.proxy.agent.session import Agent
 from tests.e2e.conftest import ControlPlaneProcess
 from tests.e2e.test_discovery import agent_for
 

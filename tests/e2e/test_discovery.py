@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gossamer.errors import IdentityError
-from gossamer.proxy.agent import Agent, AgentConfig, WorkloadPortSpec
+from gossamer.proxy.agent.session import Agent, AgentConfig, WorkloadPortSpec
 from gossamer.translate import Snapshot
 from tests.e2e.conftest import ControlPlaneProcess
 

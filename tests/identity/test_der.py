@@ -99,7 +99,7 @@ def test_a_key_and_csr_made_in_a_child_process_are_signed_by_the_ca(
 
 def test_the_proxy_process_does_not_load_cryptography() -> None:
     code = (
-        "import sys, gossamer.cli.main, gossamer.cli.proxy, gossamer.proxy.agent, "
+        "import sys, gossamer.cli.main, gossamer.cli.proxy, gossamer.proxy.agent.session, "
         "gossamer.proxy.dataplane; print('cryptography' in sys.modules)"
     )
     out = subprocess.run(

@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from gossamer.identity import CertificateAuthority, SpiffeId, generate_private_key, make_csr
 from gossamer.identity.tls import client_context, server_context
-from gossamer.proxy.acceptor import InboundAcceptor, refusal_reason
+from gossamer.proxy.wire.acceptor import InboundAcceptor, refusal_reason
 
 TD = "cluster.local"
 

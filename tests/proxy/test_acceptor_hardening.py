@@ -25,9 +25,9 @@ import pytest_asyncio
 
 from gossamer.identity import CertificateAuthority, SpiffeId, generate_private_key, make_csr
 from gossamer.identity.tls import client_context, server_context
-from gossamer.proxy.acceptor import FdBudget, InboundAcceptor
 from gossamer.proxy.dataplane import TRIM_AFTER, TRIM_INTERVAL, DataPlane, HeapTrim
-from gossamer.proxy.limits import downstream_fd_ceiling, upstream_fd_ceiling
+from gossamer.proxy.wire.acceptor import FdBudget, InboundAcceptor
+from gossamer.proxy.wire.limits import downstream_fd_ceiling, upstream_fd_ceiling
 from tests.proxy.conftest import fast_config, parse_responses, raw_exchange
 from tests.proxy.test_acceptor import Greeter
 

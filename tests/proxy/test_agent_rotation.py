@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from gossamer.identity import CertificateAuthority, SpiffeId, generate_private_key, make_csr
-from gossamer.proxy.agent import Agent, AgentConfig
-from gossamer.proxy.tls import Credentials
+from gossamer.proxy.agent.session import Agent, AgentConfig
+from gossamer.proxy.wire.tls import Credentials
 
 TD = "cluster.local"
 

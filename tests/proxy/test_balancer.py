@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from gossamer.proxy.balancer import BACKOFF_BASE, DEFAULT_RTT, Balancer, EndpointLoad
+from gossamer.proxy.policy.balancer import BACKOFF_BASE, DEFAULT_RTT, Balancer, EndpointLoad
 
 
 def balancer(n: int, seed: int = 1) -> Balancer[str]:

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from gossamer.proxy.balancer import EndpointLoad
-from gossamer.proxy.metrics import Metrics
+from gossamer.proxy.observe.metrics import Metrics
 from gossamer.proxy.policy import Answer, Call, Routed, failed
-from gossamer.proxy.routing import Route, RouteTable
+from gossamer.proxy.policy.balancer import EndpointLoad
+from gossamer.proxy.policy.routing import Route, RouteTable
 from gossamer.translate import MeshView, ProxyInfo, build_snapshot
 from gossamer.translate.snapshot import Endpoint
 from tests.translate.test_routes import BUNDLE, backend, route, service, workload

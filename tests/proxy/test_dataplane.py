@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from gossamer.proxy.dataplane import DataPlane
-from gossamer.proxy.routing import LocalRoute
+from gossamer.proxy.policy.routing import LocalRoute
 from tests.proxy.conftest import (
     EchoApp,
     Mesh,

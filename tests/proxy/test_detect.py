@@ -18,8 +18,9 @@ import pytest_asyncio
 
 from gossamer.cli.proxy import add_proxy_flags
 from gossamer.identity.tls import client_context
-from gossamer.proxy.dataplane import DataPlane, TcpUpstream
-from gossamer.proxy.detect import (
+from gossamer.proxy.dataplane import DataPlane
+from gossamer.proxy.outbound.tcp import TcpUpstream
+from gossamer.proxy.wire.detect import (
     HTTP1,
     HTTP2,
     MAX_SNIFF,
@@ -29,8 +30,8 @@ from gossamer.proxy.detect import (
     classify,
     kind_for,
 )
-from gossamer.proxy.http2 import PREFACE
-from gossamer.proxy.tls import sni_for
+from gossamer.proxy.wire.http2 import PREFACE
+from gossamer.proxy.wire.tls import sni_for
 from gossamer.translate.authz import SecurityView
 from gossamer.translate.snapshot import (
     Endpoint,

@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gossamer.proxy.dataplane import DataPlane
-from gossamer.proxy.outbound import PeerPool
+from gossamer.proxy.forward.connect import PeerPool
 from gossamer.translate.snapshot import Endpoint, ServicePort, ServiceView
 from tests.proxy.conftest import (
     Mesh,

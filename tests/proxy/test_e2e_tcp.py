@@ -11,7 +11,8 @@ from typing import cast
 import pytest
 import pytest_asyncio
 
-from gossamer.proxy.dataplane import DataPlane, TcpUpstream
+from gossamer.proxy.dataplane import DataPlane
+from gossamer.proxy.outbound.tcp import TcpUpstream
 from gossamer.translate.snapshot import (
     Endpoint,
     LocalPort,

@@ -8,7 +8,8 @@ from typing import Any, cast
 
 import pytest
 
-from gossamer.proxy.dataplane import DataPlane, TcpUpstream
+from gossamer.proxy.dataplane import DataPlane
+from gossamer.proxy.outbound.tcp import TcpUpstream
 from gossamer.resources import to_dict, validate
 from gossamer.translate import MeshView, ProxyInfo, build_snapshot
 from gossamer.translate.snapshot import LocalPort, ProxySelf, Snapshot

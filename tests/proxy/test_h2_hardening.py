@@ -39,10 +39,10 @@ from hyperframe.frame import (
 )
 
 from gossamer.identity.tls import client_context
-from gossamer.proxy import http2
 from gossamer.proxy.dataplane import DataPlane
-from gossamer.proxy.limits import MAX_HEADERS
-from gossamer.proxy.tls import ALPN_H2, sni_for
+from gossamer.proxy.wire import http2
+from gossamer.proxy.wire.limits import MAX_HEADERS
+from gossamer.proxy.wire.tls import ALPN_H2, sni_for
 from tests.proxy.conftest import EchoApp, Pki
 from tests.proxy.test_e2e_grpc import SERVICE, grpc_server
 from tests.proxy.test_e2e_upgrade import two_proxies

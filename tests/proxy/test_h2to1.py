@@ -20,8 +20,8 @@ import h2.events
 import pytest
 
 from gossamer.proxy.dataplane import DataPlane
-from gossamer.proxy.h2to1 import H1Exchange
-from gossamer.proxy.httpproxy import BUFFER_LIMIT
+from gossamer.proxy.forward.exchange import BUFFER_LIMIT
+from gossamer.proxy.inbound.h2to1 import H1Exchange
 from tests.proxy.conftest import EchoApp, Pki, curl
 from tests.proxy.test_e2e_http import admin_get, closed_port, metric
 from tests.proxy.test_e2e_upgrade import two_proxies

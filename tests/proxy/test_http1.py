@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gossamer.proxy.http1 import (
+from gossamer.proxy.wire.http1 import (
     BODY_CHUNKED,
     BODY_LENGTH,
     BODY_NONE,
@@ -351,7 +351,7 @@ def test_an_error_response_carries_its_reason() -> None:
     assert data.endswith(b"\r\n\r\nconnect refused by 10.0.0.1:4143\n")
 
 
-# ---- tunnels (proxy.upgrade) --------------------------------------------------------
+# ---- tunnels (proxy.wire.upgrade) --------------------------------------------------------
 
 
 def test_a_websocket_upgrade_is_a_tunnel_request_and_what_follows_is_the_tunnels() -> None:

@@ -15,9 +15,9 @@ import pytest
 import pytest_asyncio
 
 from gossamer.identity.tls import client_context
-from gossamer.proxy.http1 import ProtocolError, RequestHead, RequestReader, ResponseReader
-from gossamer.proxy.limits import MAX_HEADERS
-from gossamer.proxy.tls import ALPN_H1, sni_for
+from gossamer.proxy.wire.http1 import ProtocolError, RequestHead, RequestReader, ResponseReader
+from gossamer.proxy.wire.limits import MAX_HEADERS
+from gossamer.proxy.wire.tls import ALPN_H1, sni_for
 from tests.proxy.conftest import Mesh, Pki, Workload, parse_responses, start_workload
 
 

@@ -1,4 +1,4 @@
-"""proxy/http2.py without sockets: header checks, batched writes, END_STREAM on DATA.
+"""proxy/wire/http2.py without sockets: header checks, batched writes, END_STREAM on DATA.
 
 One `H2Connection` pair (a downstream server end and an upstream client end joined
 by `StreamPair`s, as the outbound and inbound sides join them) sits between an `h2`
@@ -16,7 +16,7 @@ import h2.events
 import hpack
 import pytest
 
-from gossamer.proxy.http2 import (
+from gossamer.proxy.wire.http2 import (
     REQUEST_PSEUDO,
     RESPONSE_PSEUDO,
     TRAILER_PSEUDO,

@@ -7,9 +7,9 @@ Each test body is written once and runs three times:
   the peer as HTTP/2 and translated there to the same HTTP/1.1 apps (decision 0043);
 - `grpc`: a real grpcio client and server, h2c all the way to the app.
 
-HTTP/1.1 requests and HTTP/2 streams go through two copies of the policy code
-(`proxy.outbound` with `proxy.httpproxy`, and `proxy.h2mesh`): these tests say where
-the copies agree, and each strict xfail names a way in which they do not yet.
+HTTP/1.1 requests (`proxy.outbound.http` with `proxy.forward.exchange`) and HTTP/2
+streams (`proxy.outbound.h2`) drive the same `Call` (proxy.policy.call): these tests
+say that the two agree, and each strict xfail names a way in which they do not yet.
 Redirects, rewrites and mirrors are HTTP/1.1's only (decision 0040): HTTP/2 gets the
 documented 501 for a redirect or a rewrite.
 
@@ -33,9 +33,9 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from gossamer.proxy.balancer import EndpointLoad
 from gossamer.proxy.dataplane import DataPlane
-from gossamer.proxy.resilience import Limits
+from gossamer.proxy.policy.balancer import EndpointLoad
+from gossamer.proxy.policy.resilience import Limits
 from tests.proxy.conftest import Pki, fast_config, start_workload
 from tests.proxy.test_e2e_grpc import grpc_workload
 from tests.proxy.test_e2e_http import closed_port

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from gossamer.proxy.balancer import Balancer, EndpointLoad
-from gossamer.proxy.resilience import OutlierDetector, RetryBudget, RetryPolicy
+from gossamer.proxy.policy.balancer import Balancer, EndpointLoad
+from gossamer.proxy.policy.resilience import OutlierDetector, RetryBudget, RetryPolicy
 from gossamer.translate.routetypes import OutlierSpec, RetrySpec
 
 

@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from gossamer.proxy.dataplane import DataPlane
-from gossamer.proxy.tls import make_contexts
+from gossamer.proxy.wire.tls import make_contexts
 from gossamer.resources import to_dict, validate
 from gossamer.translate import MeshView, ProxyInfo, build_snapshot
 from tests.proxy.conftest import Pki, fast_config, parse_responses

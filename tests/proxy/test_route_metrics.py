@@ -11,10 +11,10 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from gossamer.proxy.balancer import Balancer
 from gossamer.proxy.dataplane import DataPlane
-from gossamer.proxy.metrics import Metrics
-from gossamer.proxy.routing import Route
+from gossamer.proxy.observe.metrics import Metrics
+from gossamer.proxy.policy.balancer import Balancer
+from gossamer.proxy.policy.routing import Route
 from gossamer.telemetry.golden import parse_prometheus_text
 from gossamer.telemetry.window import summarize
 from tests.proxy.conftest import Pki, Workload, fast_config, start_workload

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from gossamer.proxy.routematch import (
+from gossamer.proxy.policy.routematch import (
     EXACT,
     PREFIX,
     CompiledHeaderEdit,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gossamer.proxy.balancer import EndpointLoad
-from gossamer.proxy.metrics import Metrics
-from gossamer.proxy.routing import NoRoute, Route, RouteTable
+from gossamer.proxy.observe.metrics import Metrics
+from gossamer.proxy.policy.balancer import EndpointLoad
+from gossamer.proxy.policy.routing import NoRoute, Route, RouteTable
 from gossamer.resources import ServiceRef, resolve_authority
 from gossamer.translate.snapshot import Endpoint, ProxySelf, ServicePort, ServiceView, Snapshot
 

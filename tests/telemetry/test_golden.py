@@ -86,7 +86,7 @@ def test_a_grpc_call_that_ended_with_a_status_other_than_ok_is_a_failure() -> No
 
 
 def test_grpc_status_is_one_more_label_on_grpc_requests_only() -> None:
-    from gossamer.proxy.metrics import Metrics
+    from gossamer.proxy.observe.metrics import Metrics
 
     metrics = Metrics()
     metrics.request_stats("inbound", "a", "b", "c", "d", 200, True).observe(0.001)

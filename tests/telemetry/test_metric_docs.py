@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gossamer.controlplane.telemetry import Telemetry
-from gossamer.proxy.metrics import Metrics
+from gossamer.proxy.observe.metrics import Metrics
 from gossamer.store import SqliteStore
 
 ROOT = Path(__file__).parents[2]

@@ -254,8 +254,9 @@ async def _serve(
     import asyncio
     import gc
 
-    from gossamer.proxy.agent import Agent, AgentConfig, WorkloadPortSpec
-    from gossamer.proxy.dataplane import DataPlane, DataPlaneConfig, TcpUpstream
+    from gossamer.proxy.agent.session import Agent, AgentConfig, WorkloadPortSpec
+    from gossamer.proxy.dataplane import DataPlane, DataPlaneConfig
+    from gossamer.proxy.outbound.tcp import TcpUpstream
 
     upstreams = []
     for svc, port, lhost, lport in args.upstream:
@@ -416,7 +417,7 @@ def _end_orphaned_app(fd: int | None, parent: int) -> None:
 def _raise_fd_limit() -> None:
     """Every connection is a descriptor: take the hard RLIMIT_NOFILE, not the soft one
     (often 1,024). The data plane keeps a share of it back for the admin listener and
-    for connections to peers and the app (proxy.limits)."""
+    for connections to peers and the app (proxy.wire.limits)."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

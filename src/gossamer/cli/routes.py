@@ -11,7 +11,7 @@ from gossamer.cli.client import ApiError
 from gossamer.cli.common import add_output_flag, add_server_flags, client_from, fail
 from gossamer.cli.output import rule_ref, table
 from gossamer.cli.stat import add_window_flag, show_route_stats
-from gossamer.proxy.routematch import Router, describe_match, why_not
+from gossamer.proxy.policy.routematch import Router, describe_match, why_not
 from gossamer.resources import KINDS
 from gossamer.translate.build import MeshView
 from gossamer.translate.routes import service_routes

@@ -6,7 +6,7 @@ as one stream of JSON lines:
 
 - `{"type": "error", "workload": ..., "message": ...}` for a proxy it cannot tap;
 - `{"type": "started", "workloads": [...]}` once every proxy has answered (or failed);
-- `{"type": "request", ...}` per request (see gossamer.proxy.hooks.request_event),
+- `{"type": "request", ...}` per request (see gossamer.proxy.observe.hooks.request_event),
   until the client goes, `max` requests have been sent, or `duration` has passed.
 
 A target that does not exist, or has no proxy to tap, is a 404 that says which.

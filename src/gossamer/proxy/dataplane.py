@@ -20,36 +20,36 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from gossamer.authz import Authorizer, compile_security
-from gossamer.proxy.acceptor import FdBudget, InboundAcceptor, fd_limit
-from gossamer.proxy.accesslog import AccessLog
-from gossamer.proxy.admin import AdminConnection, Page, json_page
-from gossamer.proxy.balancer import Balancer, EndpointLoad
-from gossamer.proxy.connect import connect_peer
-from gossamer.proxy.detect import DEFAULT_DETECT_TIMEOUT, Sniffer
-from gossamer.proxy.hooks import RequestHooks
-from gossamer.proxy.http1 import RequestHead
-from gossamer.proxy.http2 import H2_APP_PROTOCOLS, H2Connection
-from gossamer.proxy.httpproxy import ConnectError, Pool, ServerConnection
-from gossamer.proxy.inbound import (
+from gossamer.proxy.forward.connect import PeerPool, connect_peer
+from gossamer.proxy.forward.exchange import ConnectError, Pool, ServerConnection
+from gossamer.proxy.inbound.http import (
     SERVER_NAME_ATTR,
     AppPool,
     InboundSide,
     PlaintextInboundSide,
 )
-from gossamer.proxy.limits import HANDSHAKE_TIMEOUT, MAX_ADMIN_CONNECTIONS, MAX_HANDSHAKES
-from gossamer.proxy.metrics import Metrics
-from gossamer.proxy.outbound import OutboundSide, PeerPool
-from gossamer.proxy.routing import LocalRoute, RouteTable
-from gossamer.proxy.splice import Splice
-from gossamer.proxy.tap import TapHub
-from gossamer.proxy.tcp import TcpListener, UpstreamCarriers
-from gossamer.proxy.tls import Credentials, MeshContexts, make_contexts, sni_for
+from gossamer.proxy.observe.accesslog import AccessLog
+from gossamer.proxy.observe.admin import AdminConnection, Page, json_page
+from gossamer.proxy.observe.hooks import Local, RequestHooks
+from gossamer.proxy.observe.metrics import Metrics
+from gossamer.proxy.observe.tap import TapHub
+from gossamer.proxy.outbound.http import OutboundSide
+from gossamer.proxy.outbound.tcp import TcpListener, TcpUpstream, UpstreamCarriers
+from gossamer.proxy.policy.balancer import Balancer, EndpointLoad
+from gossamer.proxy.policy.routing import LocalRoute, RouteTable
+from gossamer.proxy.wire.acceptor import FdBudget, InboundAcceptor, fd_limit
+from gossamer.proxy.wire.detect import DEFAULT_DETECT_TIMEOUT, Sniffer
+from gossamer.proxy.wire.http1 import RequestHead
+from gossamer.proxy.wire.http2 import H2_APP_PROTOCOLS, H2Connection
+from gossamer.proxy.wire.limits import HANDSHAKE_TIMEOUT, MAX_ADMIN_CONNECTIONS, MAX_HANDSHAKES
+from gossamer.proxy.wire.splice import Splice
+from gossamer.proxy.wire.tls import Credentials, MeshContexts, make_contexts, sni_for
 from gossamer.translate.authz import SecurityView
 from gossamer.translate.snapshot import Endpoint, Snapshot
 from gossamer.translate.telemetry import TelemetryView, otel_settings
 
 if TYPE_CHECKING:
-    from gossamer.proxy.tracing_hooks import ProxyTracer
+    from gossamer.proxy.observe.tracing import ProxyTracer
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -69,32 +69,6 @@ def _access_log_from_env() -> str | None:
 
 def _otel_from_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
-
-
-@dataclass(frozen=True)
-class TcpUpstream:
-    """`--upstream SVC[.NS]:PORT=LOCAL_HOST:LOCAL_PORT`: a local listener whose
-    connections are carried to the service port, as opaque TCP or as HTTP, as the
-    port's appProtocol or the connection's first bytes say (proxy.tcp)."""
-
-    service: str
-    namespace: str | None
-    port: int
-    listen_host: str
-    listen_port: int
-
-    @classmethod
-    def parse(cls, spec: str) -> TcpUpstream:
-        """Parse the command-line form; ValueError says what is wrong."""
-        target, sep, local = spec.partition("=")
-        service, _, port = target.rpartition(":")
-        host, _, listen_port = local.rpartition(":")
-        if not sep or not service or not port.isdigit() or not listen_port.isdigit():
-            raise ValueError(
-                f"upstream {spec!r}: expected SVC[.NAMESPACE]:PORT=LOCAL_HOST:LOCAL_PORT"
-            )
-        name, _, namespace = service.partition(".")
-        return cls(name, namespace or None, int(port), host or "127.0.0.1", int(listen_port))
 
 
 @dataclass
@@ -128,12 +102,12 @@ class DataPlaneConfig:
     # Several processes may serve the same ports (SO_REUSEPORT) when one core is not enough.
     reuse_port: bool = False
     backlog: int = 1024
-    # What an unauthenticated inbound connection may cost (proxy.limits): seconds from
+    # What an unauthenticated inbound connection may cost (proxy.wire.limits): seconds from
     # accept to a finished TLS handshake, and how many may be at it at once.
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     max_handshakes: int = MAX_HANDSHAKES
     max_admin_connections: int = MAX_ADMIN_CONNECTIONS
-    # The file descriptors the proxy budgets for (proxy.acceptor.FdBudget); None: its
+    # The file descriptors the proxy budgets for (proxy.wire.acceptor.FdBudget); None: its
     # RLIMIT_NOFILE when it starts.
     fd_limit: int | None = None
     extra_config: dict[str, Any] = field(default_factory=dict)
@@ -228,13 +202,13 @@ class DataPlane:
         self._closed = False
         # The compiled AuthorizationPolicies of the current snapshot (inbound side).
         self.authorizer: Authorizer = compile_security(SecurityView())
-        # Tap, access log and tracing (proxy.hooks). The sides read `hooks` and
+        # Tap, access log and tracing (proxy.observe.hooks). The sides read `hooks` and
         # `tracer` once per request; both stay None while there is nothing to do.
         self.taps = TapHub(self._hooks_changed)
         self.access_log: AccessLog | None = None
         self.tracer: ProxyTracer | None = None
         self.hooks: RequestHooks | None = None
-        self._all_hooks = RequestHooks(self, self.taps, None, None)
+        self._all_hooks = RequestHooks(self.local, self.taps, None, None)
         # The OTEL_* settings the tracer was made from: the environment's, with what
         # the snapshot's MeshPolicy telemetry adds (`_apply_telemetry`).
         self._otel_in_use: dict[str, str] = {}
@@ -256,6 +230,12 @@ class DataPlane:
                 None, self.config.cluster_domain, self.metrics, self._peer
             )
         return table
+
+    def local(self) -> Local:
+        """This proxy as tap events, access log lines and spans name it."""
+        table, snapshot = self.table, self.snapshot
+        identity = snapshot.proxy.identity if snapshot is not None else None
+        return Local(table.workload, table.namespace, table.service, identity)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = self.loop.create_task(coro)
@@ -343,7 +323,7 @@ class DataPlane:
         listen_ctx = self.contexts.server
         listen_ctx.sni_callback = self._on_sni
         side, plain = self._inbound_side, PlaintextInboundSide(self)
-        # Our own accept loop (proxy.acceptor): refused handshakes are logged with their
+        # Our own accept loop (proxy.wire.acceptor): refused handshakes are logged with their
         # reason, and PERMISSIVE mode serves plaintext beside TLS.
         acceptor = self._acceptor = InboundAcceptor(
             self.loop,
@@ -427,7 +407,7 @@ class DataPlane:
         tracer = None
         if any(k.startswith("OTEL_EXPORTER_OTLP_") for k in cfg.otel):
             # Imported only when tracing may be on: the exporter's client is not small.
-            from gossamer.proxy.tracing_hooks import ProxyTracer
+            from gossamer.proxy.observe.tracing import ProxyTracer
 
             tracer = ProxyTracer.from_env(cfg.otel)
         self._otel_in_use = dict(cfg.otel)
@@ -437,7 +417,7 @@ class DataPlane:
             log.info(
                 "tracing: spans to %s, sampler %s", tracer.exporter.endpoint, tracer.sampler.name
             )
-        self._all_hooks = RequestHooks(self, self.taps, self.access_log, self.tracer)
+        self._all_hooks = RequestHooks(self.local, self.taps, self.access_log, self.tracer)
         self._hooks_changed()
 
     async def _stop_observability(self) -> None:
@@ -466,7 +446,7 @@ class DataPlane:
                 self.access_log, changed = None, True
         wanted = otel_settings(view, self.config.otel)
         if wanted != self._otel_in_use:
-            from gossamer.proxy.tracing_hooks import ProxyTracer
+            from gossamer.proxy.observe.tracing import ProxyTracer
 
             new, old = ProxyTracer.from_env(wanted), self.tracer
             self.tracer, self._otel_in_use, changed = new, wanted, True
@@ -480,7 +460,7 @@ class DataPlane:
                 self._retired_tracers.add(old)
             self.spawn(self._swap_tracers(new, old))
         if changed:
-            self._all_hooks = RequestHooks(self, self.taps, self.access_log, self.tracer)
+            self._all_hooks = RequestHooks(self.local, self.taps, self.access_log, self.tracer)
             self._hooks_changed()
 
     async def _swap_tracers(self, new: ProxyTracer | None, old: ProxyTracer | None) -> None:
@@ -675,7 +655,7 @@ class DataPlane:
         self.admin_refused += 1
 
     def _connection_metrics(self) -> str:
-        """What the connection limits did (proxy.limits), in exposition format."""
+        """What the connection limits did (proxy.wire.limits), in exposition format."""
         acceptor = self._acceptor
         fds = self.fds
         refused = {

@@ -4,7 +4,7 @@ These are what `gossamer.translate.routes` makes of HTTPRoutes and the gossamer.
 policy kinds for one proxy: already scoped (producer or consumer routes, whichever
 apply to the proxy's namespace), already ordered by the Gateway API's precedence,
 durations in seconds, header names lowercased. The proxy compiles them once per
-snapshot (`gossamer.proxy.routematch`) and never looks at a resource.
+snapshot (`gossamer.proxy.policy.routematch`) and never looks at a resource.
 """
 
 from __future__ import annotations

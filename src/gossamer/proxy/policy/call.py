@@ -27,14 +27,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
-from gossamer.proxy.resilience import IDEMPOTENT
+from gossamer.proxy.policy.resilience import IDEMPOTENT
 
 if TYPE_CHECKING:
-    from gossamer.proxy.balancer import EndpointLoad
-    from gossamer.proxy.metrics import RequestStats
-    from gossamer.proxy.resilience import Limits, RetryPolicy
-    from gossamer.proxy.routematch import CompiledBackend, CompiledRule
-    from gossamer.proxy.routing import Route
+    from gossamer.proxy.observe.metrics import RequestStats
+    from gossamer.proxy.policy.balancer import EndpointLoad
+    from gossamer.proxy.policy.resilience import Limits, RetryPolicy
+    from gossamer.proxy.policy.routematch import CompiledBackend, CompiledRule
+    from gossamer.proxy.policy.routing import Route
 
 log = logging.getLogger("gossamer.proxy")
 

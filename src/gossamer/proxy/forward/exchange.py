@@ -1,0 +1,1143 @@
+"""HTTP/1.1 forwarding: downstream connections, exchanges, upstream connections, pools.
+
+The hot path, in the order a request takes it:
+
+- `ServerConnection` (an asyncio.Protocol) feeds bytes to a `RequestReader`; each
+  request head becomes an `Exchange`, handed to the `Side` (outbound or inbound)
+  to route.
+- The side picks an endpoint's `Pool`; an idle `UpstreamConnection` is bound to the
+  exchange at once, else one is opened (the only place a task is made).
+- Request bytes are gathered per read and written to the upstream transport in one
+  call; response bytes likewise the other way. Each direction applies backpressure:
+  a full write buffer pauses reading on the other side.
+
+Pipelined requests queue behind the one being answered, with reading paused, so
+responses can never go out of order. Every response the proxy makes itself carries
+`gossamer-error` and is logged with the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+
+from gossamer.proxy.wire.http1 import (
+    BODY_CHUNKED,
+    BODY_LENGTH,
+    BODY_NONE,
+    BODY_UNTIL_CLOSE,
+    Headers,
+    Http2Preface,
+    ProtocolError,
+    RequestHead,
+    RequestReader,
+    ResponseHead,
+    ResponseReader,
+    chunk_header,
+    chunked_end,
+    error_response,
+    response_framing,
+    response_head_bytes,
+)
+from gossamer.proxy.wire.upgrade import open_tunnel
+
+if TYPE_CHECKING:
+    from gossamer.proxy.policy import Call
+    from gossamer.proxy.policy.balancer import Balancer, EndpointLoad
+    from gossamer.proxy.policy.resilience import Limits
+    from gossamer.proxy.policy.routing import LocalRoute, Route
+    from gossamer.proxy.wire.splice import Splice
+    from gossamer.telemetry.tracing import Span
+
+log = logging.getLogger("gossamer.proxy")
+
+# Why reading from a downstream connection is paused; reading resumes when none holds.
+PAUSE_QUEUE: Final = 1  # a pipelined request waits for the responses before it
+PAUSE_BUFFER: Final = 2  # request bytes are piling up while no upstream is ready
+PAUSE_UPSTREAM: Final = 4  # the upstream connection's write buffer is full
+PAUSE_ROUTE: Final = 8  # waiting for the control plane to learn about a host
+PAUSE_BROKEN: Final = 16  # a malformed request waits for earlier responses to finish
+PAUSE_TUNNEL: Final = 32  # a tunnel request waits for its answer (see proxy.wire.upgrade)
+
+BUFFER_LIMIT: Final = 256 * 1024
+REPLAY_LIMIT: Final = 64 * 1024
+MAX_ATTEMPTS: Final = 3
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CRLF: Final = b"\r\n"
+_SAFE_METHODS: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
+
+
+class ConnectError(Exception):
+    """Opening an upstream connection failed; `status` and `reason` are what to answer."""
+
+    def __init__(self, status: int, reason: str, *, eject: bool = True) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.eject = eject
+
+
+class Side(Protocol):
+    """What differs between the outbound listener (app → mesh) and the inbound one."""
+
+    loop: asyncio.AbstractEventLoop
+    request_kinds: dict[bytes, int]
+    half_close: bool  # whether the downstream transport can stay open after EOF
+    splices: set[Splice]  # open tunnel ends, closed with the data plane
+
+    def connection_made(self, conn: ServerConnection) -> None: ...
+    def connection_lost(self, conn: ServerConnection) -> None: ...
+    def start(self, ex: Exchange) -> None:
+        """Set `ex.head_bytes` and `ex.out` for a new exchange, or `ex.error`.
+
+        It may not answer yet: an earlier pipelined request may still be in flight.
+        """
+
+    def dispatch(self, ex: Exchange) -> None:
+        """Send the exchange on: bind it, start a connection, or fail it."""
+
+    def serve_h2(self, conn: ServerConnection, data: bytes) -> bool:
+        """Take over a connection that began with the HTTP/2 preface; False to refuse."""
+
+    def record(self, ex: Exchange, status: int, seconds: float) -> None: ...
+
+
+class ServerConnection(asyncio.Protocol):
+    """One downstream HTTP/1.1 connection."""
+
+    __slots__ = (
+        "answering",
+        "broken",
+        "client_eof",
+        "closing",
+        "last_active",
+        "loop",
+        "paused",
+        "peer_address",
+        "peer_identity",
+        "peer_namespace",
+        "queue",
+        "reader",
+        "reading",
+        "server_name",
+        "side",
+        "transport",
+        "tunnel_data",
+        "write_paused",
+    )
+
+    def __init__(self, side: Side) -> None:
+        self.side = side
+        self.loop = side.loop
+        self.transport: asyncio.Transport | None = None
+        self.reader = RequestReader(self, side.request_kinds)
+        self.reading: Exchange | None = None
+        self.answering: Exchange | None = None
+        self.queue: deque[Exchange] | None = None
+        self.paused = 0
+        self.write_paused = False
+        self.closing = False
+        self.client_eof = False
+        self.broken: ProtocolError | None = None
+        # Bytes a client sent after a tunnel request, held until the tunnel opens.
+        self.tunnel_data: list[bytes] = []
+        self.last_active = self.loop.time()
+        # Filled in by the side when the connection is made.
+        self.peer_address = b""
+        self.peer_identity: str | None = None
+        self.peer_namespace = ""
+        self.server_name: str | None = None
+
+    # ---- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+        self.side.connection_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.reader.feed(data)
+        except Http2Preface as e:
+            if self.answering is not None or not self.side.serve_h2(self, e.data):
+                self._protocol_error(e)
+            return
+        except ProtocolError as e:
+            self._protocol_error(e)
+            return
+        except Exception:
+            log.exception("proxy error handling a request; closing the connection")
+            self.abort()
+            return
+        ex = self.reading
+        if ex is not None and ex.out and ex.upstream is not None:
+            ex.flush_request()
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        if self.reading is not None:
+            # A request cut short can never be completed: drop everything.
+            log.warning("%s: client closed the connection mid-request", self.describe())
+            self.abort()
+            return False
+        if self.answering is None:
+            self.close()
+        # Keep the write side open for the responses owed, where the transport can
+        # (TLS cannot: asyncio closes it after close_notify regardless).
+        return self.side.half_close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.side.connection_lost(self)
+        ex = self.answering
+        self.answering = None
+        if ex is not None:
+            ex.downstream_lost()
+        if self.queue:
+            for queued in self.queue:
+                queued.finished = True
+            self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.answering
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.answering
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.resume_reading()
+
+    # ---- RequestHandler ----------------------------------------------------------------
+
+    def request_head(self, head: RequestHead) -> None:
+        if self.closing:
+            # The rest of a read after a response that closes the connection.
+            self.reading = None
+            return
+        ex = Exchange(self, head)
+        self.reading = ex
+        self.side.start(ex)
+        if self.answering is None:
+            self.answering = ex
+            self.side.dispatch(ex)
+        else:
+            if self.queue is None:
+                self.queue = deque()
+            self.queue.append(ex)
+            self.pause(PAUSE_QUEUE)
+
+    def request_body(self, data: bytes) -> None:
+        ex = self.reading
+        if ex is not None and not ex.finished:
+            ex.send_body(data)
+
+    def request_end(self, trailers: Headers | None) -> None:
+        ex = self.reading
+        self.reading = None
+        if ex is not None:
+            ex.end_request(trailers)
+
+    def request_upgrade(self, data: bytes) -> None:
+        # Reading stays paused until the tunnel opens or is refused (and the
+        # connection closed), so at most one read is held here.
+        self.pause(PAUSE_TUNNEL)
+        self.tunnel_data.append(data)
+
+    # ---- flow control and closing -------------------------------------------------------
+
+    def pause(self, reason: int) -> None:
+        if not self.paused and self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def unpause(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and self.transport is not None and not self.closing:
+                self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _protocol_error(self, e: ProtocolError) -> None:
+        ex = self.reading
+        self.reading = None
+        if ex is not None and not ex.finished:
+            if ex is self.answering:
+                # The request being forwarded turned out malformed part-way (a bad chunk).
+                ex.fail(e.status, e.reason)
+                self.close()
+                return
+            # A pipelined request still queued: it goes nowhere, the error answers it.
+            ex.finished = True
+            if self.queue is not None:
+                self.queue.remove(ex)
+        if self.answering is not None:
+            # Earlier requests are still being answered; the error goes out after them.
+            self.broken = e
+            self.pause(PAUSE_BROKEN)
+            return
+        self._refuse(e)
+
+    def _refuse(self, e: ProtocolError) -> None:
+        log.warning("%s: %s", self.describe(), e.reason)
+        self.side.record(Exchange(self, RequestHead()), e.status, 0.0)
+        self.write(error_response(e.status, e.reason, close=True))
+        self.close()
+
+    def exchange_finished(self, ex: Exchange) -> None:
+        """`ex` has been answered (or failed): start on the next request, or close."""
+        if self.answering is not ex:
+            return
+        self.answering = None
+        self.unpause(PAUSE_UPSTREAM)
+        self.last_active = self.loop.time()
+        if self.closing:
+            return
+        if ex.close_after or not ex.request_done:
+            self.close()
+            return
+        queue = self.queue
+        if queue:
+            nxt = queue.popleft()
+            if not queue:
+                self.unpause(PAUSE_QUEUE)
+            self.answering = nxt
+            self.side.dispatch(nxt)
+        elif self.broken is not None:
+            self._refuse(self.broken)
+        elif self.client_eof:
+            self.close()
+
+    def sweep(self, now: float, idle_timeout: float, response_timeout: float) -> None:
+        """Called about once a second: enforce the response and idle timeouts."""
+        ex = self.answering
+        if ex is None:
+            if self.reading is None and now - self.last_active > idle_timeout:
+                self.close()
+            return
+        if (
+            ex.upstream is not None
+            and not ex.response_started
+            and ex.request_done
+            and now - ex.sent_at > response_timeout
+        ):
+            ex.fail(504, f"upstream timeout: {ex.peer} sent no response in {response_timeout:g}s")
+
+    def describe(self) -> str:
+        return self.peer_identity or self.peer_address.decode("latin-1") or "client"
+
+
+class Exchange:
+    """One request and its response, from head to end."""
+
+    __slots__ = (
+        "after_request",
+        "attempts",
+        "backend_timeout",
+        "balancer",
+        "call",
+        "close_after",
+        "conn",
+        "deadline",
+        "error",
+        "finished",
+        "head",
+        "head_bytes",
+        "interim",
+        "load",
+        "out",
+        "out_size",
+        "peer",
+        "pending",
+        "replay",
+        "request_done",
+        "response_done",
+        "response_edit",
+        "response_started",
+        "retry_ok",
+        "rmode",
+        "rout",
+        "route",
+        "sent_at",
+        "started",
+        "status",
+        "switch",
+        "trace",
+        "tried",
+        "try_timer",
+        "upstream",
+        "upstream_keep",
+    )
+
+    def __init__(self, conn: ServerConnection, head: RequestHead) -> None:
+        self.conn = conn
+        self.head = head
+        # Latency is timed with perf_counter: the loop's clock (uvloop's) ticks in
+        # milliseconds, and many requests take less than one.
+        self.started = perf_counter()
+        self.sent_at = 0.0
+        self.out: list[bytes] = []
+        self.out_size = 0
+        self.head_bytes = b""
+        self.rout: list[bytes] = []
+        # The service port (outbound) or local port (inbound) it went to, once known.
+        self.route: Route[Any] | LocalRoute | None = None
+        self.balancer: Balancer[Pool] | None = None
+        self.load: EndpointLoad | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.peer = "upstream"
+        self.tried = -1
+        self.attempts = 0
+        self.request_done = False
+        # Called once the whole request has been read (a mirror waiting for its body).
+        self.after_request: list[Callable[[], None]] | None = None
+        self.response_started = False
+        self.response_done = False
+        self.interim = False
+        self.finished = False
+        self.close_after = False
+        self.upstream_keep = False
+        # A request that may be sent again if a pooled connection turns out dead.
+        self.retry_ok = head.body == BODY_NONE and head.method in _SAFE_METHODS
+        self.rmode = BODY_NONE
+        self.status = 0
+        # The 101 (or 2xx to CONNECT) that turns this exchange into a tunnel.
+        self.switch: ResponseHead | None = None
+        # Set by Side.start for a request refused before routing; answered in turn.
+        self.error: ProtocolError | None = None
+        # Traffic management: the outbound side's policy decisions, when a route or
+        # policy applies to the service (proxy.policy.call); None otherwise.
+        self.call: Call[Any] | None = None
+        self.response_edit: Callable[[Headers], Headers] | None = None
+        self.pending = False  # counted in limits.pending while a connection opens
+        self.deadline: asyncio.TimerHandle | None = None  # timeouts.request
+        self.backend_timeout: float | None = None  # per try (the call's, or a mirror's)
+        self.try_timer: asyncio.TimerHandle | None = None
+        # A copy of a small request body, kept so that a retry can send it again.
+        self.replay: list[bytes] | None = None
+        # This hop's span, while tracing is on and the request is sampled (proxy.observe.hooks).
+        self.trace: Span | None = None
+
+    @property
+    def retries(self) -> int:
+        """Tries sent again (the hooks read it)."""
+        return 0 if self.call is None else self.call.retries
+
+    # ---- request direction -------------------------------------------------------------
+
+    def send_body(self, data: bytes) -> None:
+        if self.head.body == BODY_CHUNKED:
+            self.out.extend((chunk_header(len(data)), data, _CRLF))
+        else:
+            self.out.append(data)
+            if self.replay is not None:
+                self.replay.append(data)
+        if self.upstream is None:
+            self.out_size += len(data)
+            if self.out_size > BUFFER_LIMIT:
+                self.conn.pause(PAUSE_BUFFER)
+
+    def end_request(self, trailers: Headers | None) -> None:
+        self.request_done = True
+        after = self.after_request
+        if after is not None:
+            self.after_request = None
+            for call in after:
+                call()
+        if self.finished:
+            return
+        if self.head.body == BODY_CHUNKED:
+            self.out.append(chunked_end(trailers))
+        if self.upstream is not None and self.out:
+            self.flush_request()
+
+    def flush_request(self) -> None:
+        out = self.out
+        upstream = self.upstream
+        assert upstream is not None
+        if out:
+            transport = upstream.transport
+            # A transport the peer just reset is closed before connection_lost says so;
+            # writing to it would raise, and connection_lost will fail the exchange.
+            if not transport.is_closing():
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def bind(self, upstream: UpstreamConnection) -> None:
+        """Start sending on `upstream` (idle from a pool, or just opened)."""
+        conn = self.conn
+        self.upstream = upstream
+        upstream.exchange = self
+        upstream.answered = False
+        if self.pending:
+            self._unpend()
+        upstream.reader.set_handler(self, self.head.method == b"HEAD")
+        if self.head.tunnel and self.head.method == b"CONNECT":
+            upstream.reader.expect_connect()
+        load = self.load
+        if load is not None:
+            load.outstanding += 1
+            if load.failures:
+                load.connected()
+        self.sent_at = conn.loop.time()
+        if upstream.write_paused:
+            conn.pause(PAUSE_UPSTREAM)
+        if conn.write_paused:
+            upstream.pause_reading()
+        if self.head.expect_continue and not self.response_started:
+            conn.write(CONTINUE)
+        self.flush_request()
+        self.out_size = 0
+        conn.unpause(PAUSE_BUFFER)
+
+    def forward(self, exclude: int = -1) -> None:
+        """Pick an endpoint from `balancer` and send there."""
+        balancer = self.balancer
+        assert balancer is not None
+        loop = self.conn.loop
+        now = loop.time()
+        i = balancer.pick(now, exclude=exclude)
+        if i < 0:
+            self.fail(503, f"no endpoints for {self.describe_route()}")
+            return
+        self.tried = i
+        self.attempts += 1
+        call = self.call
+        if call is not None:
+            call.connects += 1
+        pool = balancer.items[i]
+        self.load = balancer.loads[i]
+        self.peer = pool.name
+        if self.backend_timeout is not None:
+            self._start_try_timer(self.backend_timeout)
+        upstream = pool.take()
+        if upstream is not None:
+            self.bind(upstream)
+            return
+        limits = None if call is None else call.limits
+        if limits is not None and not self._may_connect(limits, balancer):
+            return
+        pool.connect(self)
+
+    def _may_connect(self, limits: Limits, balancer: Balancer[Pool]) -> bool:
+        """Circuit breaking: a new connection only within maxConnections, and a request
+        waits for one only within maxPendingRequests; over either, a 503."""
+        if limits.max_connections is not None:
+            live = sum(pool.live for pool in balancer.items)
+            if live >= limits.max_connections:
+                self.fail(
+                    503,
+                    f"circuit breaker: {self.describe_route()} has {live} connections open "
+                    f"(maxConnections {limits.max_connections})",
+                )
+                return False
+        if limits.max_pending is not None and limits.pending >= limits.max_pending:
+            self.fail(
+                503,
+                f"circuit breaker: {self.describe_route()} has {limits.pending} requests "
+                f"waiting for a connection (maxPendingRequests {limits.max_pending})",
+            )
+            return False
+        limits.pending += 1
+        self.pending = True
+        return True
+
+    def _unpend(self) -> None:
+        self.pending = False
+        limits = None if self.call is None else self.call.limits
+        if limits is not None:
+            limits.pending -= 1
+
+    # ---- timeouts and retries ---------------------------------------------------------
+
+    def start_deadline(self, seconds: float) -> None:
+        """timeouts.request: the whole exchange must be answered within `seconds`."""
+        self.deadline = self.conn.loop.call_later(seconds, self._deadline_passed, seconds)
+
+    def _deadline_passed(self, seconds: float) -> None:
+        self.deadline = None
+        if not self.finished:
+            self.fail(
+                504, f"request timeout: {self.describe_route()} did not answer in {seconds:g}s"
+            )
+
+    def _start_try_timer(self, seconds: float) -> None:
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+        self.try_timer = self.conn.loop.call_later(seconds, self._try_timed_out, seconds)
+
+    def _try_timed_out(self, seconds: float) -> None:
+        self.try_timer = None
+        if self.finished or self.response_done:
+            return
+        self._outcome(failed=True)
+        reason = f"backend request timeout: {self.peer} did not answer in {seconds:g}s"
+        if not self.response_started and (delay := self._retry_delay()) is not None:
+            log.info("%s: %s; retrying", self.describe_route(), reason)
+            self._drop_upstream()
+            self._schedule_retry(delay)
+            return
+        self.fail(504, reason)
+
+    def _retry_delay(self, unfinished: bool = False) -> float | None:
+        """The backoff before sending the request again, or None: the call's retry
+        policy, attempts and budget decide, for a request the proxy holds whole (no
+        body, or one kept whole: see keep_for_replay).
+
+        `unfinished`: also one whose body is still arriving, if it is kept whole for
+        replay (the retry then waits for the rest)."""
+        call = self.call
+        if call is None:
+            return None
+        kept = self.head.body == BODY_NONE or self.replay is not None
+        whole = kept and (self.request_done or (unfinished and self.replay is not None))
+        return call.try_again(whole, self.conn.loop.time())
+
+    def keep_for_replay(self) -> None:
+        """Keep a copy of the request body for retries, if it is small enough to hold:
+        a Content-Length body of at most REPLAY_LIMIT (Linkerd's 64 KiB)."""
+        head = self.head
+        if head.body != BODY_LENGTH or head.expect_continue or self.replay is not None:
+            return
+        length = head.content_length or b""
+        if not length.isdigit() or int(length) > REPLAY_LIMIT:
+            return
+        out = self.out
+        # What arrived before routing is in `out`, after the head.
+        self.replay = out[1:] if out and out[0] is self.head_bytes else list(out)
+
+    def _drop_upstream(self) -> None:
+        """Let go of the current try's connection (mid-response: it cannot be reused)."""
+        upstream = self.upstream
+        self.upstream = None
+        if self.pending:
+            self._unpend()
+        if upstream is not None:
+            upstream.exchange = None
+            upstream.reader.set_handler(_DISCARD, False)
+            upstream.abort()
+            if self.load is not None:
+                self.load.outstanding -= 1
+        self.load = None
+
+    def _schedule_retry(self, delay: float) -> None:
+        self.response_started = False
+        self.status = 0
+        self.rout.clear()
+        self.out = [self.head_bytes, *(self.replay or ())]
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        if delay > 0:
+            self.try_timer = self.conn.loop.call_later(delay, self._retry_now)
+        else:
+            self._retry_now()
+
+    def _retry_when_whole(self, delay: float) -> None:
+        if not self.finished:
+            self._schedule_retry(delay)
+
+    def _retry_now(self) -> None:
+        self.try_timer = None
+        if not self.finished:
+            # Another endpoint if there is one; the same one is better than none.
+            many = self.balancer is not None and len(self.balancer) > 1
+            self.forward(exclude=self.tried if many else -1)
+
+    def _outcome(self, failed: bool) -> None:
+        """Outlier detection hears how the current try went."""
+        call, load = self.call, self.load
+        if call is not None and load is not None:
+            call.outcome(load, failed, self.conn.loop.time(), self.peer)
+
+    def _release(self) -> None:
+        """The exchange is over: stop its timers, give back what it counted against."""
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        if self.pending:
+            self._unpend()
+        if self.call is not None:
+            self.call.finish()
+
+    def connect_failed(self, err: ConnectError) -> None:
+        if self.finished:
+            return
+        if self.pending:
+            self._unpend()
+        load = self.load
+        now = self.conn.loop.time()
+        if err.eject and load is not None:
+            load.connect_failed(now)
+            self._outcome(failed=True)
+        log.warning("%s: %s", self.describe_route(), err.reason)
+        # Nothing was sent, so the request may go to another endpoint: as the call's
+        # retry policy says, else up to MAX_ATTEMPTS endpoints.
+        balancer, call = self.balancer, self.call
+        if balancer is None:
+            again = False
+        elif call is None:
+            again = self.attempts < min(MAX_ATTEMPTS, len(balancer))
+        else:
+            again = call.connect_failed(len(balancer), now)
+        if again:
+            self.forward(exclude=self.tried)
+        else:
+            self.fail(err.status, err.reason, logged=True)
+
+    def describe_route(self) -> str:
+        route = self.route
+        return route.label if route is not None else self.peer
+
+    # ---- response direction (ResponseHandler) ------------------------------------------
+
+    def response_head(self, head: ResponseHead) -> None:
+        status = head.status
+        req = self.head
+        if status < 200 or req.tunnel:
+            if req.tunnel and (200 <= status < 300 if req.method == b"CONNECT" else status == 101):
+                self.switch = head  # the tunnel opens in response_upgrade
+                self.interim = status == 101
+                return
+            if status < 200:
+                self.interim = True
+                if status != 101 and req.http11:
+                    self.rout.append(response_head_bytes(status, head.reason, head.headers, b""))
+                return
+        load = self.load
+        if load is not None:
+            now = self.conn.loop.time()
+            load.observe(now - self.sent_at, now)
+        call = self.call
+        if call is not None:
+            self._outcome(failed=status >= 500)
+            if call.retries_status(status) and (delay := self._retry_delay()) is not None:
+                log.info("%s: %s answered %d; retrying", self.describe_route(), self.peer, status)
+                self._drop_upstream()
+                self._schedule_retry(delay)
+                return
+        self.response_started = True
+        self.status = status
+        if self.response_edit is not None:
+            head.headers = self.response_edit(head.headers)
+        mode, framing = response_framing(head, req.http11)
+        self.rmode = mode
+        self.upstream_keep = head.keep_alive
+        close = not req.keep_alive or mode == BODY_UNTIL_CLOSE or self.conn.client_eof
+        self.close_after = close
+        if close:
+            if req.http11:
+                framing += b"connection: close\r\n"
+        elif not req.http11:
+            framing += b"connection: keep-alive\r\n"
+        self.rout.append(response_head_bytes(status, head.reason, head.headers, framing))
+
+    def response_body(self, data: bytes) -> None:
+        if self.rmode == BODY_CHUNKED:
+            self.rout.extend((chunk_header(len(data)), data, _CRLF))
+        else:
+            self.rout.append(data)
+
+    def response_end(self, trailers: Headers | None) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.rmode == BODY_CHUNKED:
+            self.rout.append(chunked_end(trailers))
+        self.response_done = True
+
+    def response_upgrade(self, data: bytes) -> None:
+        if self.switch is None:
+            raise ProtocolError(502, "upstream switched protocols unasked")
+        self.rout.clear()
+        open_tunnel(self, self.switch, data)
+
+    def flush_response(self) -> None:
+        out = self.rout
+        if out:
+            self.conn.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+        if self.response_done and not self.finished:
+            self._complete()
+
+    def _complete(self) -> None:
+        self.finished = True
+        self._release()
+        conn = self.conn
+        load = self.load
+        if load is not None:
+            load.outstanding -= 1
+        upstream = self.upstream
+        self.upstream = None
+        if upstream is not None:
+            upstream.exchange = None
+            if self.request_done and self.upstream_keep:
+                upstream.release()
+            else:
+                upstream.close()
+        conn.side.record(self, self.status, perf_counter() - self.started)
+        conn.exchange_finished(self)
+
+    # ---- failures ----------------------------------------------------------------------
+
+    def fail(self, status: int, reason: str, *, logged: bool = False) -> None:
+        """Answer with a proxy-made error (or cut the response short if one started)."""
+        if self.finished:
+            return
+        self.finished = True
+        self._release()
+        conn = self.conn
+        if not logged:
+            log.warning("%s: %s", self.describe_route(), reason)
+        upstream = self.upstream
+        self.upstream = None
+        if upstream is not None:
+            upstream.exchange = None
+            upstream.abort()
+            if self.load is not None:
+                self.load.outstanding -= 1
+        if self.response_started:
+            # Too late for an error response: closing is the only way to say the
+            # response is incomplete.
+            conn.side.record(self, self.status, perf_counter() - self.started)
+            conn.abort()
+            conn.exchange_finished(self)
+            return
+        close = not self.request_done or not self.head.keep_alive or conn.client_eof
+        self.close_after = close
+        conn.write(
+            error_response(status, reason, close=close, head_only=self.head.method == b"HEAD")
+        )
+        conn.side.record(self, status, perf_counter() - self.started)
+        conn.exchange_finished(self)
+
+    def reply(self, status: int, headers: Headers, reason: str) -> None:
+        """Answer with a response the proxy makes by design (a redirect), bodiless."""
+        if self.finished:
+            return
+        self.finished = True
+        self._release()
+        conn = self.conn
+        log.debug("%s", reason)
+        close = not self.request_done or not self.head.keep_alive or conn.client_eof
+        self.close_after = close
+        extra = b"content-length: 0\r\n" + (b"connection: close\r\n" if close else b"")
+        conn.write(response_head_bytes(status, b"", headers, extra))
+        conn.side.record(self, status, perf_counter() - self.started)
+        conn.exchange_finished(self)
+
+    def upstream_lost(self, upstream: UpstreamConnection, reused: bool) -> None:
+        """The upstream connection closed or reset before the response ended."""
+        if self.finished:
+            return
+        self.upstream = None
+        if self.load is not None:
+            self.load.outstanding -= 1
+        if upstream.answered:
+            # Some of a response came (a 1xx, part of a head): the request reached the
+            # upstream, which may have acted on it; it is not sent again.
+            self.load = None
+            self.fail(502, f"upstream reset: {self.peer} closed the connection mid-response")
+            return
+        call = self.call
+        if call is not None and call.retries_reset():
+            self._outcome(failed=True)
+            delay = self._retry_delay(unfinished=True)
+            if delay is not None:
+                log.info("%s: %s reset the connection; retrying", self.describe_route(), self.peer)
+                self.load = None
+                if self.request_done:
+                    self._schedule_retry(delay)
+                else:
+                    # The rest of the body is on its way (and kept): the retry sends
+                    # the request whole once it is in.
+                    if self.after_request is None:
+                        self.after_request = []
+                    self.after_request.append(lambda: self._retry_when_whole(delay))
+                return
+        if self.retry_ok and reused and self.attempts < MAX_ATTEMPTS:
+            # A pooled connection the peer had just closed: the request never reached
+            # it, and a request without a body can be sent again.
+            self.out = [self.head_bytes]
+            self.load = None
+            self.forward()
+            return
+        self.load = None
+        self.fail(502, f"upstream reset: {self.peer} closed the connection")
+
+    def downstream_lost(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._release()
+        if self.load is not None and self.upstream is not None:
+            self.load.outstanding -= 1
+        upstream = self.upstream
+        self.upstream = None
+        if upstream is not None:
+            upstream.exchange = None
+            upstream.abort()
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """A client connection to a peer's inbound listener or to the local app."""
+
+    __slots__ = (
+        "answered",
+        "closed",
+        "exchange",
+        "idle_since",
+        "pool",
+        "read_paused",
+        "reader",
+        "served",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self.reader = ResponseReader(_NO_HANDLER)
+        self.exchange: Exchange | None = None
+        # Whether any byte has come since the exchange was bound (Exchange.bind): a
+        # request whose connection resets before that may be sent again.
+        self.answered = False
+        self.idle_since = 0.0
+        self.served = 0
+        self.closed = False
+        self.read_paused = False
+        self.write_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+        self.pool.live += 1
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:
+            # Bytes nobody asked for: the connection's state is unknown, drop it.
+            self.close()
+            return
+        self.answered = True
+        try:
+            self.reader.feed(data)
+        except ProtocolError as e:
+            ex.flush_response()
+            ex.fail(e.status, f"{e.reason} from {self.pool.name}")
+            return
+        except Exception:
+            log.exception("proxy error handling a response from %s", self.pool.name)
+            ex.fail(502, f"proxy error reading the response from {self.pool.name}")
+            return
+        ex.flush_response()
+
+    def eof_received(self) -> bool:
+        ex = self.exchange
+        if ex is not None and self.reader.eof():
+            ex.flush_response()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.live -= 1
+        self.pool.discard(self)
+        ex = self.exchange
+        if ex is not None:
+            if exc is None and self.reader.eof():
+                ex.flush_response()  # that was the end of a close-delimited response
+                return
+            self.exchange = None
+            ex.flush_response()
+            ex.upstream_lost(self, self.served > 0)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.exchange
+        if ex is not None:
+            ex.conn.pause(PAUSE_UPSTREAM)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.exchange
+        if ex is not None:
+            ex.conn.unpause(PAUSE_UPSTREAM)
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and not self.closed:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def release(self) -> None:
+        self.served += 1
+        self.resume_reading()
+        self.pool.release(self)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool.discard(self)
+            self.transport.close()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool.discard(self)
+            self.transport.abort()
+
+
+class _Discard:
+    """Reads the rest of a response that a retry has replaced, into nowhere."""
+
+    def response_head(self, head: ResponseHead) -> None:
+        pass
+
+    def response_body(self, data: bytes) -> None:
+        pass
+
+    def response_end(self, trailers: Headers | None) -> None:
+        pass
+
+    def response_upgrade(self, data: bytes) -> None:
+        raise ProtocolError(502, "upstream switched protocols unasked")
+
+
+_DISCARD: Final = _Discard()
+
+
+class _NoHandler:
+    def response_head(self, head: ResponseHead) -> None:
+        raise ProtocolError(502, "response without a request")
+
+    def response_body(self, data: bytes) -> None:
+        raise ProtocolError(502, "response without a request")
+
+    def response_end(self, trailers: Headers | None) -> None:
+        raise ProtocolError(502, "response without a request")
+
+    def response_upgrade(self, data: bytes) -> None:
+        raise ProtocolError(502, "response without a request")
+
+
+_NO_HANDLER: Final = _NoHandler()
+
+
+class Pool:
+    """Keep-alive connections to one endpoint (a peer's inbound listener, or the app).
+
+    Subclasses say how to open a connection; `open` raises ConnectError.
+    """
+
+    __slots__ = ("closed", "idle", "live", "loop", "max_idle", "name", "opening")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, name: str, max_idle: int = 256) -> None:
+        self.loop = loop
+        self.name = name
+        self.idle: list[UpstreamConnection] = []
+        self.max_idle = max_idle
+        self.closed = False
+        self.live = 0  # connections made and not yet lost (circuit breaking counts them)
+        self.opening: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> UpstreamConnection:
+        raise NotImplementedError
+
+    def take(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            upstream = idle.pop()
+            if not upstream.closed and not upstream.transport.is_closing():
+                return upstream
+        return None
+
+    def release(self, upstream: UpstreamConnection) -> None:
+        if self.closed or len(self.idle) >= self.max_idle:
+            upstream.close()
+            return
+        upstream.idle_since = self.loop.time()
+        self.idle.append(upstream)
+
+    def discard(self, upstream: UpstreamConnection) -> None:
+        with contextlib.suppress(ValueError):
+            self.idle.remove(upstream)
+
+    def connect(self, ex: Exchange) -> None:
+        task = self.loop.create_task(self._connect(ex, ex.attempts))
+        self.opening.add(task)
+        task.add_done_callback(self.opening.discard)
+
+    async def _connect(self, ex: Exchange, attempt: int) -> None:
+        try:
+            upstream = await self.open()
+        except ConnectError as e:
+            if ex.attempts == attempt:
+                ex.connect_failed(e)
+            return
+        except Exception as e:
+            log.exception("proxy error connecting to %s", self.name)
+            if ex.attempts == attempt:
+                ex.connect_failed(ConnectError(502, f"connect to {self.name} failed: {e}"))
+            return
+        if ex.finished or ex.attempts != attempt:
+            # The client went away meanwhile, or a timeout moved the request on to
+            # another try; the connection is still good to keep.
+            upstream.release()
+        else:
+            # Also when the pool was closed meanwhile (its endpoint left the snapshot):
+            # the request goes on the connection opened for it, which is closed after.
+            ex.bind(upstream)
+
+    def sweep(self, now: float, idle_timeout: float) -> None:
+        if not self.idle:
+            return
+        keep = []
+        for upstream in self.idle:
+            if now - upstream.idle_since > idle_timeout:
+                upstream.closed = True
+                upstream.transport.close()
+            else:
+                keep.append(upstream)
+        self.idle = keep
+
+    def close(self) -> None:
+        """Close the idle connections; those in use close when their exchange ends.
+
+        Connections being opened are left to finish: each has a request waiting for
+        it, which would otherwise never be answered. Whoever closes the data plane
+        cancels them (see `opening`)."""
+        self.closed = True
+        idle, self.idle = self.idle, []
+        for upstream in idle:
+            upstream.close()

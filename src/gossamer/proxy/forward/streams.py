@@ -1,0 +1,140 @@
+"""What HTTP/2 streams routed through the mesh share in both directions.
+
+The outbound side (proxy.outbound.h2) routes a stream by `:authority` to a peer; the
+inbound side (proxy.inbound.h2) carries it to the app. Both open their upstream
+connections through `Links` (one multiplexed connection per peer endpoint or app
+port), take over a downstream connection with `serve`, and report a finished stream to
+the hooks (tap, access log, span: proxy.observe.hooks) with `observe`/`observed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+from gossamer.proxy.forward.exchange import ConnectError
+from gossamer.proxy.observe.hooks import HTTP2, Caller, StreamRequest
+from gossamer.proxy.wire.http2 import H2Connection, Headers, StreamHandler, StreamPair
+
+if TYPE_CHECKING:
+    from gossamer.proxy.forward.plane import Streams
+
+log = logging.getLogger("gossamer.proxy")
+
+_Waiter = Callable[[H2Connection | ConnectError], None]
+
+
+def grpc_status_label(value: bytes | None) -> bytes | None:
+    """grpc-status as a metric label: one of gRPC's 17 codes, or "unknown" (bounded)."""
+    if value is None:
+        return None
+    return value if value.isdigit() and int(value) <= 16 else b"unknown"
+
+
+class Links:
+    """One multiplexed HTTP/2 connection per upstream (a peer endpoint or an app port).
+
+    A draining connection (a GOAWAY either way, or its streams used up) takes no new
+    streams: the next stream opens another, and the old one closes once idle.
+    """
+
+    def __init__(self, dp: Streams) -> None:
+        self.dp = dp
+        self.conns: dict[object, H2Connection] = {}
+        self.waiting: dict[object, list[_Waiter]] = {}
+
+    def get(
+        self,
+        key: object,
+        name: str,
+        opener: Callable[[Callable[[], H2Connection]], asyncio.Future[object] | object],
+        then: _Waiter,
+    ) -> None:
+        conn = self.conns.get(key)
+        if conn is not None and not conn.closed and not conn.draining:
+            then(conn)
+            return
+        waiters = self.waiting.get(key)
+        if waiters is not None:
+            waiters.append(then)
+            return
+        self.waiting[key] = [then]
+        self.dp.spawn(self._open(key, name, opener))
+
+    async def _open(
+        self,
+        key: object,
+        name: str,
+        opener: Callable[[Callable[[], H2Connection]], object],
+    ) -> None:
+        def lost(conn: H2Connection) -> None:
+            self.dp.h2_connections.discard(conn)
+            if self.conns.get(key) is conn:
+                del self.conns[key]
+
+        def factory() -> H2Connection:
+            conn = H2Connection(client_side=True, on_lost=lost, name=name)
+            self.dp.h2_connections.add(conn)
+            return conn
+
+        result: H2Connection | ConnectError
+        try:
+            made = opener(factory)
+            assert asyncio.iscoroutine(made)
+            _, protocol = await made
+            assert isinstance(protocol, H2Connection)
+            result = protocol
+            self.conns[key] = protocol
+        except ConnectError as e:
+            result = e
+        except Exception as e:
+            log.exception("proxy error connecting to %s", name)
+            result = ConnectError(502, f"connect to {name} failed: {e}")
+        for waiter in self.waiting.pop(key, []):
+            waiter(result)
+
+
+def observe(
+    dp: Streams, direction: str, pair: StreamPair, headers: Headers, caller: Caller
+) -> tuple[StreamRequest, Headers]:
+    """Hooks are on (proxy.hooks): what they will read of this stream, and the headers
+    it goes on with (a span started, its context written in their place). Until the
+    side sets its own `on_done` (which must call `observed`), one reports the end."""
+    request = StreamRequest(headers, caller)
+    tracer = dp.tracer
+    if tracer is not None:
+        request.trace, headers = tracer.start_stream(
+            request.head.method, headers, direction == "outbound"
+        )
+    pair.on_done = lambda p: observed(dp, direction, request, p)
+    return request, headers
+
+
+def observed(dp: Streams, direction: str, request: StreamRequest, pair: StreamPair) -> None:
+    """A stream with a `StreamRequest` ended: tap, access log, span."""
+    hooks = dp.hooks
+    if hooks is not None:
+        seconds = perf_counter() - pair.started
+        hooks.finished(
+            direction, request, pair.status, seconds, protocol=HTTP2, grpc_status=pair.grpc_status
+        )
+
+
+def serve(
+    dp: Streams,
+    transport: asyncio.BaseTransport,
+    handler: StreamHandler,
+    data: bytes,
+    name: str,
+) -> None:
+    """Make `transport` an HTTP/2 server connection whose streams go to `handler`."""
+    conn = H2Connection(client_side=False, handler=handler, name=name)
+    dp.h2_connections.add(conn)
+    conn.on_lost = dp.h2_connections.discard
+    transport.set_protocol(conn)
+    conn.connection_made(transport)
+    if data:
+        conn.data_received(data)

@@ -1,0 +1,128 @@
+"""The admin listener: /ready, /live, /metrics, /config, /tap. Small, and off the hot path.
+
+It must answer while the data listeners are under load: at most `max_connections`
+admin connections are open at once (proxy.wire.limits), and the data plane keeps the last
+file descriptors for it (proxy.wire.acceptor.FdBudget).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import cast
+
+from gossamer.proxy.wire.http1 import (
+    Headers,
+    ProtocolError,
+    RequestHead,
+    RequestReader,
+    error_response,
+)
+from gossamer.proxy.wire.limits import MAX_ADMIN_CONNECTIONS
+
+log = logging.getLogger("gossamer.proxy")
+
+# A page: (status, content type, body).
+Page = tuple[int, str, bytes]
+# A streaming page (`/tap`): given the connection and the request, it answers on the
+# transport itself and returns what to call when the connection goes; None if the
+# path is not one it streams.
+Streams = Callable[["AdminConnection", RequestHead], Callable[[], None] | None]
+
+
+class AdminConnection(asyncio.Protocol):
+    def __init__(
+        self,
+        pages: Callable[[bytes, bytes], Page],
+        registry: set[AdminConnection],
+        streams: Streams | None = None,
+        max_connections: int = MAX_ADMIN_CONNECTIONS,
+        on_refused: Callable[[], None] | None = None,
+    ) -> None:
+        self.pages = pages
+        self.registry = registry  # so the data plane can close scrapers' keep-alives
+        self.max_connections = max_connections
+        self.on_refused = on_refused
+        self.streams = streams
+        self.transport: asyncio.Transport | None = None
+        self.reader = RequestReader(self, {})
+        self.head: RequestHead | None = None
+        # Set while a streaming page holds the connection: called when it is lost.
+        self.on_lost: Callable[[], None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+        if len(self.registry) >= self.max_connections:
+            # Not registered: connection_lost's discard is then a no-op.
+            if self.on_refused is not None:
+                self.on_refused()
+            self.transport.abort()
+            return
+        self.registry.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.registry.discard(self)
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            on_lost()
+
+    def data_received(self, data: bytes) -> None:
+        if self.on_lost is not None:
+            return  # a stream holds the connection; nothing more is read on it
+        try:
+            self.reader.feed(data)
+        except ProtocolError as e:
+            if self.transport is not None:
+                self.transport.write(error_response(e.status, e.reason, close=True))
+                self.transport.close()
+
+    def request_head(self, head: RequestHead) -> None:
+        self.head = head
+
+    def request_body(self, data: bytes) -> None:
+        pass
+
+    def request_upgrade(self, data: bytes) -> None:
+        pass  # no tunnels here: the request is answered as a plain one
+
+    def request_end(self, trailers: Headers | None) -> None:
+        head = self.head
+        transport = self.transport
+        if head is None or transport is None or transport.is_closing():
+            return
+        path = head.target.split(b"?", 1)[0]
+        if self.streams is not None and head.method == b"GET":
+            try:
+                self.on_lost = self.streams(self, head)
+            except Exception:
+                log.exception("admin stream %s failed", path.decode("latin-1"))
+                transport.abort()
+                return
+            if self.on_lost is not None or transport.is_closing():
+                return
+        try:
+            status, content_type, body = self.pages(head.method, path)
+        except Exception:
+            log.exception("admin page %s failed", path.decode("latin-1"))
+            status, content_type, body = 500, "text/plain", b"internal error\n"
+        close = not head.keep_alive
+        transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s\r\n"
+            % (
+                status,
+                b"OK" if status == 200 else b"Error",
+                content_type.encode(),
+                len(body),
+                b"connection: close\r\n" if close else b"",
+            )
+            + (b"" if head.method == b"HEAD" else body)
+        )
+        if close:
+            transport.close()
+
+
+def json_page(data: object) -> Page:
+    return 200, "application/json", json.dumps(data, indent=2, sort_keys=True, default=str).encode()

@@ -1,0 +1,19 @@
+"""What the outbound side needs of the data plane (see proxy.forward.plane)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from gossamer.proxy.forward.plane import Plane
+
+if TYPE_CHECKING:
+    from gossamer.proxy.forward.connect import PeerPool
+    from gossamer.proxy.wire.splice import Splice
+
+
+class OutboundPlane(Plane, Protocol):
+    """The common `Plane`, and for TCP upstreams: waiting for the control plane to
+    answer about a service, and carrying a spliced connection to a peer."""
+
+    async def wait_interest(self, key: str) -> None: ...
+    async def connect_tcp_peer(self, pool: PeerPool, end: Splice) -> None: ...

@@ -1,0 +1,102 @@
+"""One end of a byte pipe: opaque TCP, and tunnels (WebSocket upgrades, CONNECT).
+
+Below every side that carries bytes (proxy.outbound.tcp, proxy.wire.upgrade,
+proxy.inbound.http), so that none of them needs another to splice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from gossamer.proxy.observe.metrics import TcpStats
+
+
+class Splice(asyncio.Protocol):
+    """One end of a byte pipe; `join` connects it to the other end."""
+
+    __slots__ = ("closed", "counts_sent", "other", "pending", "registry", "stats", "transport")
+
+    def __init__(
+        self,
+        stats: TcpStats | None = None,
+        counts_sent: bool = True,
+        registry: set[Splice] | None = None,
+    ) -> None:
+        self.registry = registry  # open ends, so the data plane can close them
+        self.transport: asyncio.Transport | None = None
+        self.other: Splice | None = None
+        self.pending: list[bytes] = []
+        self.closed = False
+        self.stats = stats
+        # Which counter this end's incoming bytes go to (the opening side's view).
+        self.counts_sent = counts_sent
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+        if self.registry is not None:
+            self.registry.add(self)
+        if self.other is None:
+            self.transport.pause_reading()
+
+    def join(self, other: Splice) -> None:
+        self.other = other
+        other.other = self
+        for end in (self, other):
+            if end.stats is not None and end.counts_sent:
+                end.stats.open += 1
+        for end in (self, other):
+            pending, end.pending = end.pending, []
+            for data in pending:
+                end.data_received(data)
+            if end.closed:
+                end._close_other()
+            elif end.transport is not None:
+                end.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        other = self.other
+        if other is None or other.transport is None:
+            self.pending.append(data)
+            return
+        other.transport.write(data)
+        stats = self.stats
+        if stats is not None:
+            if self.counts_sent:
+                stats.bytes_sent += len(data)
+            else:
+                stats.bytes_received += len(data)
+
+    def eof_received(self) -> bool:
+        self._close_other()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.registry is not None:
+            self.registry.discard(self)
+        self.closed = True
+        if self.stats is not None and self.counts_sent and self.other is not None:
+            self.stats.open -= 1
+        self._close_other()
+
+    def _close_other(self) -> None:
+        other = self.other
+        if other is not None and other.transport is not None and not other.transport.is_closing():
+            other.transport.close()
+
+    def pause_writing(self) -> None:
+        other = self.other
+        if other is not None and other.transport is not None:
+            other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        other = self.other
+        if other is not None and other.transport is not None:
+            other.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
