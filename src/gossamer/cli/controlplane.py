@@ -51,6 +51,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="discovery (mTLS) listen address (default: 127.0.0.1:15012)",
     )
     p.add_argument(
+        "--xds",
+        type=host_port,
+        help="also serve Envoy over xDS (ADS and SDS, mTLS) at this address, e.g. "
+        "127.0.0.1:15010; needs pip install 'gossamer[envoy]' (default: off)",
+    )
+    p.add_argument(
         "--trust-domain",
         default="cluster.local",
         help="SPIFFE trust domain (default: cluster.local)",
@@ -107,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         api=args.api,
         discovery=args.discovery,
+        xds=args.xds,
         trust_domain=args.trust_domain,
         store_url=args.store,
         operator_ca=operator,

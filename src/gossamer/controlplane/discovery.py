@@ -33,7 +33,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,7 @@ from gossamer.store.objects import same_config
 from gossamer.translate import InconsistentSnapshot, MeshView, ProxyInfo
 
 if TYPE_CHECKING:
+    from gossamer.controlplane.replicas import Replicas
     from gossamer.controlplane.server import ControlPlane
 
 log = logging.getLogger("gossamer.controlplane.discovery")
@@ -63,6 +64,8 @@ LEASE_SECONDS = 10.0
 # half) need longer to find it again: no lease expires before this.
 RESTART_GRACE_SECONDS = 60.0
 MAX_INTERESTS = 10_000
+# A ProxyConnected condition names the replica whose stream holds the lease.
+_HELD_BY = "discovery stream held by replica "
 MESH_KINDS = frozenset({"Service", "Workload", "HTTPRoute", "AuthorizationPolicy", "MeshPolicy"})
 # The traffic policies (gossamer.resources.policies) shape snapshots too.
 MESH_KINDS |= frozenset({"RetryPolicy", "OutlierPolicy", "CircuitBreakerPolicy", "FaultPolicy"})
@@ -172,6 +175,12 @@ class Discovery:
         # workload not seen since this process started has RESTART_GRACE_SECONDS.
         self._started = time.monotonic()
         self._gone_since: dict[tuple[str, str], float] = {}
+        # Other streams a proxy may hold instead of this one (Envoy's xDS stream,
+        # gossamer.xds): they hold the lease too, are woken on every change, and
+        # report their proxies' status beside this stream's.
+        self._leases_held: dict[tuple[str, str], int] = {}
+        self.change_listeners: list[Callable[[], None]] = []
+        self.status_sources: list[Callable[[], list[dict[str, Any]]]] = []
         # One build per change (gossamer.controlplane.snapshotcache): what changed since
         # the last fan-out decides which snapshots are dropped and which sessions woken.
         self.snapshots = SnapshotCache()
@@ -272,6 +281,8 @@ class Discovery:
             self.snapshots.clear()
             for session in self._sessions.values():
                 session.wake.set()
+            for listener in self.change_listeners:
+                listener()
             return
         mesh = self.mesh()
         holding: set[str] = set()
@@ -285,6 +296,8 @@ class Discovery:
         for key, session in self._sessions.items():
             if key in own or session.build_key is None or session.build_key in dropped:
                 session.wake.set()
+        for listener in self.change_listeners:
+            listener()  # xDS sessions (gossamer.xds) compare versions themselves
 
     # -- workload leases --------------------------------------------------------------
 
@@ -302,13 +315,22 @@ class Discovery:
             del self._gone_since[key]  # deleted workloads
         for (kind, namespace, name), obj in list(self._objects.items()):
             key = (namespace, name)
-            if kind != "Workload" or key in self._sessions:
+            if kind != "Workload" or key in self._sessions or key in self._leases_held:
                 continue
             connected = _condition(obj, "ProxyConnected")
             if connected is None and _condition(obj, "Ready") is None:
                 continue  # applied by an operator: no proxy to expect
             if connected is not None and connected.get("status") == "False":
                 continue
+            holder = _holder(connected)
+            if holder and holder != self._replica_id:
+                # Another replica's stream: its to keep while it is alive; the leader's
+                # to expire, a restart grace after that replica was last seen.
+                if self._expired_elsewhere(holder):
+                    self._set_connected(namespace, name, False)
+                continue
+            if not holder and not self._leads():
+                continue  # written before replicas: the leader's to judge
             gone = self._gone_since.get(key)
             if gone is None:
                 expired = now - self._started >= RESTART_GRACE_SECONDS
@@ -316,6 +338,26 @@ class Discovery:
                 expired = now - gone >= LEASE_SECONDS
             if expired:
                 self._set_connected(namespace, name, False)
+
+    @property
+    def _replicas(self) -> Replicas | None:
+        return getattr(self.cp, "replicas", None)
+
+    @property
+    def _replica_id(self) -> str:
+        replicas = self._replicas
+        return replicas.replica_id if replicas is not None and replicas.shared else ""
+
+    def _leads(self) -> bool:
+        replicas = self._replicas
+        return replicas is None or replicas.is_leader()
+
+    def _expired_elsewhere(self, holder: str) -> bool:
+        replicas = self._replicas
+        if replicas is None or not replicas.is_leader():
+            return False
+        seen = replicas.last_seen(holder)
+        return seen is None or time.time() - seen >= max(RESTART_GRACE_SECONDS, replicas.lease)
 
     def _set_connected(self, namespace: str, name: str, connected: bool, reason: str = "") -> None:
         try:
@@ -327,11 +369,15 @@ class Discovery:
             "ProxyConnected",
             connected,
             reason or ("StreamOpen" if connected else "LeaseExpired"),
-            "" if connected else f"no discovery stream from its proxy for {LEASE_SECONDS:g}s",
+            (_HELD_BY + self._replica_id if self._replica_id else "")
+            if connected
+            else f"no discovery stream from its proxy for {LEASE_SECONDS:g}s",
         )
-        if not changed:
+        if status == current.get("status"):
             return
         self.cp.store.update_status("Workload", namespace, name, status)
+        if not changed:
+            return  # the same state, now held by this replica
         if reason == "Registered":
             return  # register() says so
         log.log(
@@ -343,6 +389,23 @@ class Discovery:
             if connected
             else f"left endpoints: its proxy has been away for {LEASE_SECONDS:g}s",
         )
+
+    def hold_lease(self, namespace: str, name: str) -> None:
+        """Another stream (xDS) from the workload's proxy is open: it holds the lease."""
+        key = (namespace, name)
+        self._leases_held[key] = self._leases_held.get(key, 0) + 1
+        self._gone_since.pop(key, None)
+        self._set_connected(namespace, name, True)
+
+    def release_lease(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        held = self._leases_held.get(key, 0) - 1
+        if held > 0:
+            self._leases_held[key] = held
+            return
+        self._leases_held.pop(key, None)
+        if key not in self._sessions:
+            self._gone_since[key] = time.monotonic()
 
     def proxy_status(self) -> list[dict[str, Any]]:
         rows = []
@@ -366,6 +429,8 @@ class Discovery:
                     "rootFingerprint": session.root_fingerprint,
                 }
             )
+        for source in self.status_sources:
+            rows.extend(source())
         return rows
 
     # -- CA rotation ----------------------------------------------------------------
@@ -672,6 +737,11 @@ class Discovery:
             session.sent_bundles[prepared.version] = prepared.trust_bundle
             await session.ws.send_str(prepared.message)
             session.sent_version = prepared.version
+
+
+def _holder(condition: Mapping[str, Any] | None) -> str:
+    message = str((condition or {}).get("message", ""))
+    return message.removeprefix(_HELD_BY) if message.startswith(_HELD_BY) else ""
 
 
 def _interests(raw: Any) -> set[str]:

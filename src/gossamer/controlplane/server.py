@@ -12,6 +12,7 @@ import ssl
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -34,6 +35,9 @@ from gossamer.identity.tls import server_context
 from gossamer.identity.tokens import JoinTokenIssuer, load_or_create_token_key
 from gossamer.store import Store, make_dirs, open_store
 
+if TYPE_CHECKING:
+    from gossamer.xds.server import XdsServer
+
 log = logging.getLogger("gossamer.controlplane")
 
 CONTROL_PLANE_NAMESPACE = "gossamer-system"
@@ -46,6 +50,7 @@ class ControlPlaneConfig:
     data_dir: Path
     api: tuple[str, int] = ("127.0.0.1", 15000)
     discovery: tuple[str, int] = ("127.0.0.1", 15012)
+    xds: tuple[str, int] | None = None  # Envoy's ADS/SDS listener (gossamer.xds); off
     trust_domain: str = "cluster.local"
     store_url: str | None = None
     operator_ca: OperatorCA | None = None
@@ -103,6 +108,8 @@ class ControlPlane:
         self._renew_task: asyncio.Task[None] | None = None
         self.api_address: tuple[str, int] = config.api
         self.discovery_address: tuple[str, int] = config.discovery
+        self.xds: XdsServer | None = None
+        self.xds_address: tuple[str, int] | None = None
 
     def _open_data_dir(self, config: ControlPlaneConfig) -> None:
         """The state kept in DATA_DIR: store, CA, token key, admin token, API tokens,
@@ -206,6 +213,11 @@ class ControlPlane:
         self._runners.append(disc_runner)
         self.discovery_address = _bound(disc_runner)
         self._renew_task = asyncio.create_task(self._renew_server_certificate())
+        if self.config.xds is not None:
+            from gossamer.xds.server import XdsServer  # grpcio only when asked for
+
+            self.xds = XdsServer(self)
+            self.xds_address = await self.xds.start(self.config.xds)
         await self.route_status.start()
         await self.telemetry.start()
         await self.rotation.start()
@@ -222,6 +234,8 @@ class ControlPlane:
         await self.rotation.stop()
         await self.telemetry.stop()
         await self.route_status.stop()
+        if self.xds is not None:
+            await self.xds.stop()
         log.debug("stopping discovery")
         await self.discovery.stop()
         log.debug("closing the store")
@@ -253,6 +267,8 @@ async def serve(config: ControlPlaneConfig, ready_file: Path | None = None) -> N
                 f"api=http://{cp.api_address[0]}:{cp.api_address[1]}\n"
                 f"discovery={cp.discovery_address[0]}:{cp.discovery_address[1]}\n"
             )
+            if cp.xds_address is not None:
+                f.write(f"xds={cp.xds_address[0]}:{cp.xds_address[1]}\n")
         os.replace(tmp, ready_file)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,0 +1,262 @@
+"""An Envoy's way into the mesh: join (a certificate for the xDS connection), register
+its Workload, and the bootstrap that points it at the control plane's xDS server.
+
+Everything else Envoy gets over xDS. The bootstrap names the workload in
+`node.metadata` (WORKLOAD, NAMESPACE, INBOUND, OUTBOUND, UPSTREAMS, INTERESTS), which
+the xDS server reads to build its listeners (gossamer.xds.server.NodeSpec).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gossamer.errors import IdentityError
+from gossamer.identity import tls as identity_tls
+from gossamer.identity.bundle import pinned_root
+from gossamer.identity.csr import generate_private_key, make_csr
+from gossamer.identity.spiffe import SpiffeId
+from gossamer.identity.tokens import decode_unverified
+
+__all__ = [
+    "EnvoyWorkload",
+    "JoinedFiles",
+    "deregister",
+    "envoy_bootstrap",
+    "join",
+    "register",
+    "report_ready",
+]
+
+CONTROL_PLANE_SAN_SUFFIX = "/ns/gossamer-system/sa/control-plane"
+
+
+@dataclass(frozen=True)
+class JoinedFiles:
+    """Where the workload's certificate for the control plane lies."""
+
+    chain: Path
+    key: Path
+    bundle: Path
+    trust_domain: str
+
+
+@dataclass(frozen=True)
+class EnvoyWorkload:
+    """What `gossamer proxy` takes as flags, for an Envoy."""
+
+    name: str
+    namespace: str
+    service_account: str
+    inbound: tuple[str, int]
+    outbound: tuple[str, int] | None = None
+    address: str = "127.0.0.1"
+    labels: dict[str, str] = field(default_factory=dict)
+    ports: tuple[dict[str, Any], ...] = ()  # {"port", "appPort", "name", "appProtocol"}
+    upstreams: tuple[dict[str, str], ...] = ()  # {"service": "db.ns:5432", "listen": "h:p"}
+    interests: tuple[str, ...] | None = None
+
+    def workload_object(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "gossamer.dev/v1alpha1",
+            "kind": "Workload",
+            "metadata": {"name": self.name, "namespace": self.namespace, "labels": self.labels},
+            "spec": {
+                "address": self.address,
+                "inboundPort": self.inbound[1],
+                "serviceAccount": self.service_account,
+                "ports": list(self.ports),
+            },
+        }
+
+
+def _write_private(path: Path, data: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(data)
+
+
+def _call(url: str, ctx: ssl.SSLContext, method: str = "GET", body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, context=ctx, timeout=10) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode("utf-8", "replace")[:500]
+        raise IdentityError(f"{method} {url}: {err.code} {detail}") from None
+    ctype = resp.headers.get("content-type", "")
+    return json.loads(raw) if "json" in ctype else raw.decode()
+
+
+def join(discovery: str, token: str, directory: Path) -> JoinedFiles:
+    """Join token → the pinned root → CSR → a certificate, written under `directory`."""
+    claims = decode_unverified(token)
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE  # only to read the bundle, checked by the pin
+    bundle = _call(f"https://{discovery}/v1/identity/bundle", insecure)
+    root = pinned_root(bundle, claims.ca_fingerprint)
+    identity = SpiffeId(claims.trust_domain, claims.namespace, claims.service_account)
+    key = generate_private_key()
+    ctx = identity_tls.client_context(None, None, root)
+    data = _call(
+        f"https://{discovery}/v1/identity/certificates",
+        ctx,
+        "POST",
+        {"token": token, "csr": make_csr(key, identity).decode()},
+    )
+    files = JoinedFiles(
+        directory / "cert-chain.pem", directory / "key.pem", directory / "root-cert.pem",
+        claims.trust_domain,
+    )  # fmt: skip
+    _write_private(files.key, key.decode())
+    _write_private(files.chain, data["certificateChain"])
+    _write_private(files.bundle, data["trustBundle"])
+    return files
+
+
+def register(discovery: str, files: JoinedFiles, workload: EnvoyWorkload) -> None:
+    """Register (or replace) the Workload; its xDS stream then holds its lease."""
+    _call(
+        f"https://{discovery}/v1/workloads/{workload.namespace}/{workload.name}",
+        _mtls(files),
+        "PUT",
+        workload.workload_object(),
+    )
+
+
+def deregister(discovery: str, files: JoinedFiles, workload: EnvoyWorkload) -> None:
+    """Leave the mesh: the Workload goes, and with it every endpoint of this Envoy."""
+    _call(
+        f"https://{discovery}/v1/workloads/{workload.namespace}/{workload.name}",
+        _mtls(files),
+        "DELETE",
+    )
+
+
+def _mtls(files: JoinedFiles) -> ssl.SSLContext:
+    return identity_tls.client_context(
+        files.chain.read_bytes(), files.key.read_bytes(), files.bundle.read_bytes()
+    )
+
+
+def report_ready(discovery: str, files: JoinedFiles, workload: EnvoyWorkload, ready: bool) -> None:
+    """Whether the app listens: only a ready workload is an endpoint."""
+    _call(
+        f"https://{discovery}/v1/workloads/{workload.namespace}/{workload.name}/status",
+        _mtls(files),
+        "PUT",
+        {"ready": ready, "message": "" if ready else "app not listening"},
+    )
+
+
+def envoy_bootstrap(
+    workload: EnvoyWorkload,
+    xds: tuple[str, int],
+    files: JoinedFiles,
+    admin: tuple[str, int],
+) -> dict[str, Any]:
+    """Envoy's bootstrap: who it is, the xDS server (mTLS, the control plane's SPIFFE ID
+    checked), ADS for every resource type, and the admin listener (readiness, stats)."""
+    metadata: dict[str, Any] = {
+        "WORKLOAD": workload.name,
+        "NAMESPACE": workload.namespace,
+        "INBOUND": f"{workload.inbound[0]}:{workload.inbound[1]}",
+    }
+    if workload.outbound is not None:
+        metadata["OUTBOUND"] = f"{workload.outbound[0]}:{workload.outbound[1]}"
+    if workload.upstreams:
+        metadata["UPSTREAMS"] = [dict(u) for u in workload.upstreams]
+    if workload.interests is not None:
+        metadata["INTERESTS"] = list(workload.interests)
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    tls = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+            "UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": str(files.chain)},
+                        "private_key": {"filename": str(files.key)},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(files.bundle)},
+                    "match_typed_subject_alt_names": [
+                        {
+                            "san_type": "URI",
+                            "matcher": {
+                                "exact": f"spiffe://{files.trust_domain}{CONTROL_PLANE_SAN_SUFFIX}"
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    return {
+        "node": {
+            "id": f"{workload.namespace}/{workload.name}",
+            "cluster": workload.namespace,
+            "metadata": metadata,
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
+                "set_node_on_first_message_only": True,
+            },
+            "cds_config": ads,
+            "lds_config": ads,
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": "xds",
+                    "type": "STATIC",
+                    "connect_timeout": "5s",
+                    "load_assignment": {
+                        "cluster_name": "xds",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": xds[0],
+                                                    "port_value": xds[1],
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                            "HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "transport_socket": tls,
+                }
+            ]
+        },
+        "admin": {"address": {"socket_address": {"address": admin[0], "port_value": admin[1]}}},
+    }

@@ -1,0 +1,212 @@
+"""Envoy over xDS in one mesh with Gossamer proxies: real Envoy, real proxies, real curl.
+
+Each test starts a control plane serving xDS, Envoy workloads configured only over
+ADS/SDS, and Gossamer workloads with `gossamer run`, and sends real requests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import echo_app, free_port, run_workload, sleeper
+from tests.xds.conftest import EnvoyProcess, XdsControlPlane, start_echo, start_envoy_workload
+
+pytestmark = pytest.mark.e2e
+
+SERVICES = """
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: shop}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: envoy-echo, namespace: shop}
+spec:
+  selector: {app: envoy-echo}
+  ports: [{name: http, port: 80, targetPort: http}]
+"""
+
+
+def curl(proxy: str, host: str, path: str = "/", *extra: str) -> tuple[int, dict[str, Any]]:
+    """A request through an outbound listener; the status, and the echo's JSON if any."""
+    out = subprocess.run(
+        ["curl", "-s", "-m", "5", "-o", "-", "-w", "\n%{http_code}", "-H", f"Host: {host}",
+         *extra, f"http://{proxy}{path}"],
+        capture_output=True, text=True, timeout=15,
+    )  # fmt: skip
+    body, _, code = out.stdout.rpartition("\n")
+    try:
+        data = json.loads(body) if body.startswith("{") else {"text": body}
+    except json.JSONDecodeError:
+        data = {"text": body}
+    return int(code or 0), data
+
+
+def until(
+    what: str, probe: Callable[[], tuple[int, dict[str, Any]]], want: int, timeout: float = 30
+) -> dict[str, Any]:
+    """Probe until it answers `want` (config travels asynchronously); bounded in time."""
+    deadline = time.monotonic() + timeout
+    last: tuple[int, dict[str, Any]] = (0, {})
+    while time.monotonic() < deadline:
+        last = probe()
+        if last[0] == want:
+            return last[1]
+        time.sleep(0.3)
+    raise AssertionError(f"{what}: wanted {want}, last answer {last}")
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[Any]]:
+    things: list[Any] = []
+    try:
+        yield things
+    finally:
+        for thing in reversed(things):
+            thing.stop()
+
+
+def envoy_echo(xcp: XdsControlPlane, tmp: Path, cleanup: list[Any], name: str) -> EnvoyProcess:
+    app_port = free_port()
+    app = start_echo(name, app_port, tmp / f"{name}-app.log")
+    envoy = start_envoy_workload(
+        xcp, tmp, name, service_account="envoy-echo", labels={"app": "envoy-echo"},
+        ports=({"name": "http", "port": 8080, "appPort": app_port},), outbound=False,
+    )  # fmt: skip
+    envoy.apps.append(app)
+    cleanup.append(envoy)
+    envoy.wait_ready()
+    return envoy
+
+
+def apply(xcp: XdsControlPlane, text: str) -> None:
+    xcp.cp.cli("apply", "-f", "-", stdin=text, check=True)
+
+
+def test_envoy_calls_a_gossamer_workload_over_mtls_h1_and_h2(
+    xds_control_plane: XdsControlPlane, tmp_path: Path, cleanup: list[Any]
+) -> None:
+    xcp = xds_control_plane
+    apply(xcp, SERVICES)
+    # Only Envoy's identity may call echo: the Gossamer inbound checks the SPIFFE ID.
+    apply(
+        xcp,
+        """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-envoy, namespace: shop}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/envoy-client]}}]}]
+""",
+    )
+    app_port = free_port()
+    echo = run_workload(
+        xcp.cp, tmp_path, "echo-1", service_account="echo", labels={"app": "echo"},
+        app=echo_app("echo-1", app_port), port=f"http=8080:{app_port}",
+    )  # fmt: skip
+    cleanup.append(echo)
+    echo.wait_ready()
+    client = start_envoy_workload(
+        xcp, tmp_path, "envoy-client", service_account="envoy-client", labels={"app": "client"}
+    )
+    cleanup.append(client)
+    client.wait_ready()
+    assert client.outbound is not None
+    data = until("HTTP/1.1 via envoy", lambda: curl(client.outbound or "", "echo.shop"), 200)
+    assert data["servedBy"] == "echo-1"
+    data = until(
+        "HTTP/2 via envoy",
+        lambda: curl(client.outbound or "", "echo.shop", "/h2", "--http2-prior-knowledge"),
+        200,
+    )
+    assert data["servedBy"] == "echo-1" and data["path"] == "/h2"
+
+
+def test_a_gossamer_proxy_calls_an_envoy_workload_and_envoy_enforces_authorization(
+    xds_control_plane: XdsControlPlane, tmp_path: Path, cleanup: list[Any]
+) -> None:
+    xcp = xds_control_plane
+    apply(xcp, SERVICES)
+    envoy_echo(xcp, tmp_path, cleanup, "envoy-echo-1")
+    client = run_workload(
+        xcp.cp, tmp_path, "web-1", service_account="web", labels={"app": "web"}, app=sleeper()
+    )
+    cleanup.append(client)
+    client.wait_ready()
+    data = until("gossamer → envoy", lambda: curl(client.outbound, "envoy-echo.shop"), 200)
+    assert data["servedBy"] == "envoy-echo-1"
+    data = until(
+        "gossamer → envoy, HTTP/2",
+        lambda: curl(client.outbound, "envoy-echo.shop", "/x", "--http2-prior-knowledge"),
+        200,
+    )
+    assert data["servedBy"] == "envoy-echo-1"
+    # Envoy's RBAC, from the AuthorizationPolicy, denies the Gossamer proxy's identity.
+    apply(
+        xcp,
+        """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: envoy-echo}}
+  action: DENY
+  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]}]
+""",
+    )
+    denied = until("denied by envoy", lambda: curl(client.outbound, "envoy-echo.shop"), 403)
+    assert "RBAC" in denied.get("text", "")
+
+
+def test_a_config_envoy_refuses_is_reported_and_the_last_good_one_keeps_serving(
+    xds_control_plane: XdsControlPlane, tmp_path: Path, cleanup: list[Any]
+) -> None:
+    xcp = xds_control_plane
+    apply(xcp, SERVICES)
+    envoy_echo(xcp, tmp_path, cleanup, "envoy-echo-1")
+    client = start_envoy_workload(
+        xcp, tmp_path, "envoy-client", service_account="envoy-client", labels={"app": "client"}
+    )
+    cleanup.append(client)
+    client.wait_ready()
+    until("before the bad route", lambda: curl(client.outbound or "", "envoy-echo.shop"), 200)
+    # Python's re takes a lookahead, so the route is accepted; Envoy's RE2 refuses it.
+    apply(
+        xcp,
+        """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: lookahead, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: envoy-echo}]
+  rules:
+  - matches: [{path: {type: RegularExpression, value: "/a(?=b).*"}}]
+    backendRefs: [{name: envoy-echo, port: 80}]
+""",
+    )
+    deadline = time.monotonic() + 30
+    report: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        out = xcp.cp.cli("check", "-o", "json")
+        report = json.loads(out.stdout)
+        if any("rejected" in p for p in report["problems"]):
+            break
+        time.sleep(0.3)
+    problems = [p for p in report["problems"] if "envoy-client" in p]
+    assert problems and "rejected: RouteConfiguration" in problems[0], report
+    # The refused routes never replaced the accepted ones: traffic still flows.
+    status, data = curl(client.outbound or "", "envoy-echo.shop", "/still")
+    assert (status, data["servedBy"]) == (200, "envoy-echo-1")
+
