@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,41 @@ spec:
     status, data = curl(client.outbound or "", "envoy-echo.shop", "/still")
     assert (status, data["servedBy"]) == (200, "envoy-echo-1")
 
+
+def test_gossamer_run_with_engine_envoy_serves_the_app_and_dies_with_its_supervisor(
+    xds_control_plane: XdsControlPlane, tmp_path: Path, cleanup: list[Any]
+) -> None:
+    xcp = xds_control_plane
+    apply(xcp, SERVICES)
+    app_port = free_port()
+    envoy_echo = run_workload(
+        xcp.cp, tmp_path, "echo-1", service_account="echo", labels={"app": "echo"},
+        app=echo_app("echo-1", app_port), port=f"http=8080:{app_port}",
+        extra=("--engine", "envoy", "--xds", f"{xcp.xds[0]}:{xcp.xds[1]}"),
+    )  # fmt: skip
+    cleanup.append(envoy_echo)
+    envoy_echo.wait_ready()  # Envoy's own /ready, on the --admin address
+    client = run_workload(
+        xcp.cp, tmp_path, "web-1", service_account="web", labels={"app": "web"}, app=sleeper()
+    )
+    cleanup.append(client)
+    client.wait_ready()
+    data = until(
+        "gossamer → gossamer run --engine envoy", lambda: curl(client.outbound, "echo"), 200
+    )
+    assert data["servedBy"] == "echo-1"
+    rows = json.loads(xcp.cp.cli("check", "-o", "json").stdout)["proxies"]
+    assert {r["workload"]: r["state"] for r in rows}["echo-1"] == "connected"
+    # kill -9 of `gossamer run`: Envoy (and the app) go with it.
+    envoy_echo.proc.kill()
+    envoy_echo.proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{envoy_echo.admin}/ready", timeout=1):
+                pass
+        except OSError:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("envoy still answers after its supervisor was killed")

