@@ -22,6 +22,12 @@ EDGES: list[dict[str, Any]] = [
     {"src_name": "web", "src_namespace": "shop", "name": "api", "namespace": "shop", **BUSY,
      "stale": False},
 ]  # fmt: skip
+RETRIED = {"effective_success_rate": 0.985, "actual_success_rate": 0.9575, "retries": 35}
+WIDE_SERVICES: list[dict[str, Any]] = [
+    {**SERVICES[0], **RETRIED},
+    {**SERVICES[1], "effective_success_rate": None, "actual_success_rate": None, "retries": None},
+]
+WIDE_EDGES: list[dict[str, Any]] = [{**EDGES[0], **RETRIED}]
 ROUTES: list[dict[str, Any]] = [
     {"name": "api-reads", "namespace": "shop", "service": "api", "service_namespace": "shop",
      **BUSY, "stale": False},
@@ -36,6 +42,10 @@ ROUTES: list[dict[str, Any]] = [
         ("stat-routes", lambda out: print_routes(ROUTES, False, out)),
         ("stat-routes-all", lambda out: print_routes(ROUTES, True, out)),
         ("edges", lambda out: print_edges(EDGES, out)),
+        ("stat-services-wide", lambda out: print_services(WIDE_SERVICES, True, out, wide=True)),
+        ("edges-wide", lambda out: print_edges(WIDE_EDGES, out, wide=True)),
+        ("edges-retried", lambda out: print_edges(WIDE_EDGES, out)),
+        ("stat-routes-wide", lambda out: print_routes(ROUTES, False, out, wide=True)),
     ],
     ids=[
         "services in one namespace",
@@ -43,6 +53,10 @@ ROUTES: list[dict[str, Any]] = [
         "routes",
         "routes across namespaces (routes --stats SERVICE)",
         "edges",
+        "services, wide: effective and actual success and retries",
+        "edges, wide: effective and actual success and retries",
+        "edges with retries, narrow: a line points at -o wide",
+        "routes, wide: retries per route are not known",
     ],
 )
 def test_stat_tables_match_golden(

@@ -130,7 +130,7 @@ def test_stat_reports_the_exact_count_and_success_rate(metered: Metered) -> None
     [row] = rows
     assert set(row) == {
         "name", "namespace", "requests", "success_rate", "rps", "p50_ms", "p95_ms", "p99_ms",
-        "stale",
+        "stale", "effective_success_rate", "effective_rps", "actual_success_rate", "retries",
     }  # fmt: skip
     assert (row["name"], row["namespace"]) == ("meter", "shop")
     assert row["requests"] == OK + FAILED

@@ -102,6 +102,7 @@ EXPECTED = {  # (route, service) → (requests, success rate)
 ROW_FIELDS = {
     "name", "namespace", "service", "service_namespace", "requests", "success_rate", "rps",
     "p50_ms", "p95_ms", "p99_ms", "stale",
+    "effective_success_rate", "effective_rps", "actual_success_rate", "retries",
 }  # fmt: skip
 
 

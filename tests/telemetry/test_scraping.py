@@ -141,6 +141,11 @@ async def test_requests_between_scrapes_read_back_exactly(
         "p50_ms": 5.0,
         "p95_ms": 9.5,
         "p99_ms": 9.9,
+        # Called from outside the mesh only: no caller's proxy says what callers got.
+        "effective_success_rate": None,
+        "effective_rps": None,
+        "actual_success_rate": 0.9,
+        "retries": None,
         "stale": False,
     }
 

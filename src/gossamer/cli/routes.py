@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="with --stats: routes of every namespace",
     )
     add_window_flag(p)
-    add_output_flag(p)
+    add_output_flag(p, wide=True)
     p.add_argument(
         "--from",
         dest="client_namespace",

@@ -21,6 +21,9 @@ from gossamer.cli.common import (
 from gossamer.cli.output import table
 
 METRIC_HEADERS = ("SUCCESS", "RPS", "P50", "P95", "P99", "REQUESTS", "STALE")
+# -o wide: what retries did (decision 0082). EFFECTIVE: what callers got, once per call;
+# ACTUAL: every try; RETRIES: the tries sent again. "-" where it is not known.
+RETRY_HEADERS = ("EFFECTIVE", "ACTUAL", "RETRIES")
 
 
 def add_window_flag(p: argparse.ArgumentParser) -> None:
@@ -53,7 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--routes", action="store_true", help="per route instead of per service")
     _namespace_flags(p)
     add_window_flag(p)
-    add_output_flag(p)
+    add_output_flag(p, wide=True)
     add_server_flags(p)
     p.set_defaults(func=stat)
 
@@ -67,7 +70,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name", nargs="?", help="only edges to or from this service")
     _namespace_flags(p)
     add_window_flag(p)
-    add_output_flag(p)
+    add_output_flag(p, wide=True)
     add_server_flags(p)
     p.set_defaults(func=edges)
 
@@ -99,52 +102,109 @@ def metric_cells(row: dict[str, Any]) -> list[object]:
     ]
 
 
+def retry_cells(row: dict[str, Any]) -> list[object]:
+    def pct(v: float | None) -> str:
+        return _fmt(None if v is None else v * 100, ".2f", "%")
+
+    retries = row.get("retries")
+    return [
+        pct(row.get("effective_success_rate")),
+        pct(row.get("actual_success_rate")),
+        "-" if retries is None else retries,
+    ]
+
+
+def _with_retries(
+    headers: list[str], rows: list[list[object]], data: Sequence[dict[str, Any]], wide: bool
+) -> tuple[list[str], list[list[object]]]:
+    if not wide:
+        return headers, rows
+    return [*headers, *RETRY_HEADERS], [
+        [*r, *retry_cells(d)] for r, d in zip(rows, data, strict=True)
+    ]
+
+
+def _retry_note(data: Sequence[dict[str, Any]], wide: bool, out: TextIO) -> None:
+    """Under a narrow table: retries happened, so SUCCESS is only half the story."""
+    retries = sum(d.get("retries") or 0 for d in data)
+    if retries and not wide:
+        out.write(
+            f"{retries} retries in the window: -o wide shows EFFECTIVE (what callers got) "
+            "and ACTUAL (every try) success\n"
+        )
+
+
 def print_services(
-    rows: Sequence[dict[str, Any]], all_namespaces: bool, out: TextIO = sys.stdout
+    rows: Sequence[dict[str, Any]],
+    all_namespaces: bool,
+    out: TextIO | None = None,
+    wide: bool = False,
 ) -> None:
+    out = out or sys.stdout
     lead = ["NAMESPACE", "NAME"] if all_namespaces else ["NAME"]
     table(
-        [*lead, *METRIC_HEADERS],
-        [
-            [*([r["namespace"]] if all_namespaces else []), r["name"], *metric_cells(r)]
-            for r in rows
-        ],
+        *_with_retries(
+            [*lead, *METRIC_HEADERS],
+            [
+                [*([r["namespace"]] if all_namespaces else []), r["name"], *metric_cells(r)]
+                for r in rows
+            ],
+            rows,
+            wide,
+        ),
         out,
     )
+    _retry_note(rows, wide, out)
 
 
 def print_routes(
-    rows: Sequence[dict[str, Any]], all_namespaces: bool, out: TextIO = sys.stdout
+    rows: Sequence[dict[str, Any]],
+    all_namespaces: bool,
+    out: TextIO | None = None,
+    wide: bool = False,
 ) -> None:
+    out = out or sys.stdout
     lead = ["NAMESPACE", "ROUTE", "SERVICE"] if all_namespaces else ["ROUTE", "SERVICE"]
     table(
-        [*lead, *METRIC_HEADERS],
-        [
+        *_with_retries(
+            [*lead, *METRIC_HEADERS],
             [
-                *([r["namespace"]] if all_namespaces else []),
-                r["name"],
-                f"{r['service']}.{r['service_namespace']}",
-                *metric_cells(r),
-            ]
-            for r in rows
-        ],
+                [
+                    *([r["namespace"]] if all_namespaces else []),
+                    r["name"],
+                    f"{r['service']}.{r['service_namespace']}",
+                    *metric_cells(r),
+                ]
+                for r in rows
+            ],
+            rows,
+            wide,
+        ),
         out,
     )
 
 
-def print_edges(rows: Sequence[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+def print_edges(
+    rows: Sequence[dict[str, Any]], out: TextIO | None = None, wide: bool = False
+) -> None:
+    out = out or sys.stdout
     table(
-        ["SRC", "DST", *METRIC_HEADERS],
-        [
+        *_with_retries(
+            ["SRC", "DST", *METRIC_HEADERS],
             [
-                f"{r['src_name']}.{r['src_namespace']}",
-                f"{r['name']}.{r['namespace']}",
-                *metric_cells(r),
-            ]
-            for r in rows
-        ],
+                [
+                    f"{r['src_name']}.{r['src_namespace']}",
+                    f"{r['name']}.{r['namespace']}",
+                    *metric_cells(r),
+                ]
+                for r in rows
+            ],
+            rows,
+            wide,
+        ),
         out,
     )
+    _retry_note(rows, wide, out)
 
 
 def _query(args: argparse.Namespace) -> dict[str, str]:
@@ -175,7 +235,7 @@ def stat(args: argparse.Namespace) -> int:
         fail(f"no service {args.name!r} in namespace {args.namespace!r} with metrics")
     if not rows:
         return _nothing(client, args, "services")
-    print_services(rows, args.all_namespaces)
+    print_services(rows, args.all_namespaces, wide=args.output == "wide")
     return 0
 
 
@@ -229,7 +289,7 @@ def show_route_stats(
         where = "" if service is not None or args.all_namespaces else f" in {args.namespace}"
         out.write(f"no requests{to} matched a route{where} in the last {args.window}\n")
         return 0
-    print_routes(rows, args.all_namespaces or service is not None, out)
+    print_routes(rows, args.all_namespaces or service is not None, out, args.output == "wide")
     return 0
 
 
@@ -241,7 +301,7 @@ def edges(args: argparse.Namespace) -> int:
     elif not rows:
         return _nothing(client, args, "calls between services")
     else:
-        print_edges(rows)
+        print_edges(rows, wide=args.output == "wide")
     return 0
 
 

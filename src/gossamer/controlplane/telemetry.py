@@ -30,6 +30,7 @@ from gossamer.errors import GossamerError
 from gossamer.store import Store, make_dirs
 from gossamer.telemetry.golden import Golden, Key, parse_prometheus_text
 from gossamer.telemetry.window import (
+    RETRY_VIEW,
     Health,
     Scrape,
     is_stale,
@@ -126,6 +127,32 @@ def golden_fields(g: Golden | None) -> dict[str, Any]:
         "p50_ms": _num(g.p50_ms),
         "p95_ms": _num(g.p95_ms),
         "p99_ms": _num(g.p99_ms),
+    }
+
+
+def retry_fields(
+    effective: Golden | None, actual: Golden | None, retries: float | None
+) -> dict[str, Any]:
+    """Effective success (what callers got, one count per call), actual success (every
+    try, retries included) and the retries between them (decision 0082).
+
+    A service's actual success is what its own proxies saw; an edge's is derived: the
+    calls that succeeded over the tries sent (calls + retries), since each succeeded
+    call ended with one successful try and every retry followed a failed one.
+    """
+    actual_rate = actual.success_rate if actual is not None else None
+    if actual is None and effective is not None and retries is not None and effective.requests:
+        ok = (effective.success_rate or 0.0) * effective.requests
+        actual_rate = ok / (effective.requests + retries)
+    return {
+        "effective_success_rate": (
+            None
+            if effective is None or effective.success_rate is None
+            else round(effective.success_rate, 6)
+        ),
+        "effective_rps": None if effective is None else round(effective.rps, 3),
+        "actual_success_rate": None if actual_rate is None else round(actual_rate, 6),
+        "retries": None if retries is None else round(retries),
     }
 
 
@@ -300,6 +327,10 @@ class Telemetry:
     ) -> list[dict[str, Any]]:
         """Every Service (and any other group that was called), with its golden metrics."""
         golden = self._golden("service", window)
+        effective = self._golden("service_out", window)
+        retries: dict[tuple[str, str], float] = {}
+        for key, g in self._golden(RETRY_VIEW, window).items():
+            retries[(key[2], key[3])] = retries.get((key[2], key[3]), 0.0) + g.requests
         keys = {
             (s["metadata"]["namespace"], s["metadata"]["name"]) for s in self.store.list("Service")
         }
@@ -314,6 +345,11 @@ class Telemetry:
                     "name": svc,
                     "namespace": ns,
                     **golden_fields(golden.get((ns, svc))),
+                    **retry_fields(
+                        effective.get((ns, svc)),
+                        golden.get((ns, svc)),
+                        retries.get((ns, svc), 0.0) if (ns, svc) in effective else None,
+                    ),
                     "stale": (ns, svc) in stale,
                 }
             )
@@ -324,6 +360,7 @@ class Telemetry:
     ) -> list[dict[str, Any]]:
         """Caller → callee pairs seen in the window; `name`/`namespace` are the callee."""
         golden = self._golden("edge", window)
+        retries = self._golden(RETRY_VIEW, window)
         stale_services = self._stale_services()
         stale_keys = self._stale_keys("edge")
         rows = []
@@ -340,6 +377,9 @@ class Telemetry:
                     "name": dst,
                     "namespace": dst_ns,
                     **golden_fields(golden[key]),
+                    **retry_fields(
+                        golden[key], None, retries[key].requests if key in retries else 0.0
+                    ),
                     "stale": key in stale_keys or (src_ns, src) in stale_services,
                 }
             )
@@ -365,6 +405,8 @@ class Telemetry:
                     "service": svc,
                     "service_namespace": svc_ns,
                     **golden_fields(golden[key]),
+                    # The proxy counts retries per destination, not per route: unknown.
+                    **retry_fields(golden[key], None, None),
                     "stale": key in stale_keys,
                 }
             )

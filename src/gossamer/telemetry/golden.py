@@ -103,6 +103,37 @@ def aggregate(
     return out
 
 
+RETRIES = "gossamer_retries_total"
+
+
+def retries_by_edge(samples: Iterable[Sample]) -> dict[Key, Totals]:
+    """One proxy's retries per caller → callee edge, as `Totals.requests` (decision 0082).
+
+    `gossamer_retries_total` is labelled by the destination only: every retry a proxy
+    sends is its own service's. That service is the `src_*` of the proxy's outbound
+    requests to the same destination (a retried call is counted there too), so the
+    edge key is (src_namespace, src_service, dst_namespace, dst_service), the key of
+    the "edge" view.
+    """
+    samples = list(samples)
+    callers: dict[tuple[str, str], tuple[str, str]] = {}
+    for s in samples:
+        if s.name == "gossamer_requests_total" and s.labels.get("direction") == "outbound":
+            dst = (s.labels.get("dst_namespace", ""), s.labels.get("dst_service", ""))
+            callers.setdefault(
+                dst, (s.labels.get("src_namespace", ""), s.labels.get("src_service", ""))
+            )
+    out: dict[Key, Totals] = {}
+    for s in samples:
+        if s.name != RETRIES or not s.value:
+            continue
+        dst = (s.labels.get("dst_namespace", ""), s.labels.get("dst_service", ""))
+        src = callers.get(dst)
+        if src is not None:
+            out.setdefault((*src, *dst), Totals()).requests += s.value
+    return out
+
+
 def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
     """Prometheus' interpolation: linear within the bucket holding the q-th observation."""
     ordered = sorted(buckets.items())

@@ -24,6 +24,7 @@ from gossamer.telemetry.golden import (
     Totals,
     aggregate,
     histogram_quantile,
+    retries_by_edge,
 )
 
 
@@ -44,6 +45,9 @@ class View:
 VIEWS: Final[Mapping[str, View]] = {
     "service": View("inbound", ("dst_namespace", "dst_service")),
     "edge": View("outbound", ("src_namespace", "src_service", "dst_namespace", "dst_service")),
+    # What the callers got from a service (one count per call, after any retries): its
+    # effective success, beside the "service" view's actual (every try that reached it).
+    "service_out": View("outbound", ("dst_namespace", "dst_service")),
     "route": View(
         "outbound",
         ("dst_namespace", "dst_service", "route_namespace", "route_name"),
@@ -52,6 +56,7 @@ VIEWS: Final[Mapping[str, View]] = {
 }
 
 START_TIME: Final = "process_start_time_seconds"
+RETRY_VIEW: Final = "edge_retries"
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,14 @@ def summarize(samples: Iterable[Sample], at: float, views: Mapping[str, View] = 
         at=at,
         started_at=started_at,
         views={
-            name: aggregate(samples, direction=view.direction, by=view.by, labelled=view.labelled)
-            for name, view in views.items()
+            **{
+                name: aggregate(
+                    samples, direction=view.direction, by=view.by, labelled=view.labelled
+                )
+                for name, view in views.items()
+            },
+            # Retries per edge, in `Totals.requests`: counted in windows like the rest.
+            RETRY_VIEW: retries_by_edge(samples),
         },
     )
 
