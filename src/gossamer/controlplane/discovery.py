@@ -357,7 +357,7 @@ class Discovery:
         if replicas is None or not replicas.is_leader():
             return False
         seen = replicas.last_seen(holder)
-        return seen is None or time.time() - seen >= max(RESTART_GRACE_SECONDS, replicas.lease)
+        return seen is None or replicas.now() - seen >= max(RESTART_GRACE_SECONDS, replicas.lease)
 
     def _set_connected(self, namespace: str, name: str, connected: bool, reason: str = "") -> None:
         try:
