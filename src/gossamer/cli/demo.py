@@ -153,38 +153,69 @@ def _wait_ready(demo: Demo, timeout: float = 30) -> None:
         raise RuntimeError(f"proxies not ready after {timeout:.0f}s: {', '.join(pending)}")
 
 
-def _scrape(demo: Demo) -> dict[tuple[str, ...], Totals]:
+EDGE_KEY = ("src_namespace", "src_service", "dst_namespace", "dst_service")
+
+
+@dataclass
+class Counts:
+    """One scrape of every demo proxy: per service (inbound) and per edge (outbound)."""
+
+    services: dict[tuple[str, ...], Totals]
+    edges: dict[tuple[str, ...], Totals]
+
+
+def _scrape(demo: Demo) -> Counts:
     samples = []
     for admin in demo.admins.values():
         with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
             samples.extend(parse_prometheus_text(admin_get(admin, "/metrics").decode()))
-    return aggregate(samples)
+    return Counts(aggregate(samples), aggregate(samples, direction="outbound", by=EDGE_KEY))
+
+
+def shell_settings(api: str, token_file: str) -> str:
+    """The line that points `gossamer tap`, `top`, `stat` in another shell at the demo."""
+    return f"export GOSSAMER_SERVER={api} GOSSAMER_TOKEN=$(cat {token_file})"
 
 
 def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _render(rows: list[Golden], elapsed: float, api: str, tty: bool) -> None:
+def _cells(r: Golden) -> list[object]:
+    return [
+        _fmt(None if r.success_rate is None else r.success_rate * 100, ".2f") + "%",
+        _fmt(r.rps, ".1f"),
+        _fmt(r.p50_ms, ".1f") + "ms",
+        _fmt(r.p95_ms, ".1f") + "ms",
+        _fmt(r.p99_ms, ".1f") + "ms",
+    ]
+
+
+def _render(
+    rows: list[Golden],
+    edges: list[Golden],
+    elapsed: float,
+    interval: float,
+    settings: str,
+    api: str,
+    tty: bool,
+) -> None:
     if tty:
         sys.stdout.write("\x1b[H\x1b[2J")
     print(f"Gossamer demo — {elapsed:5.0f}s — control plane {api} — Ctrl-C to stop")
-    print(f"dashboard: {api}/   (or: gossamer stat -n {NAMESPACE} --server {api})")
-    print("golden metrics per service (inbound, last interval):\n")
+    print(f"dashboard: {api}/   in another shell, for gossamer stat, edges, tap and top:")
+    print(f"  {settings}")
+    # Each view says its window: this table's is the refresh interval, `gossamer stat`'s
+    # is --window (1m by default), the dashboard's is its selector; their numbers differ.
+    print(f"\nper service, as its own proxies served it, over the last {interval:g}s:\n")
     table(
         ["NAMESPACE", "SERVICE", "SUCCESS", "RPS", "P50", "P95", "P99"],
-        [
-            [
-                r.key[0],
-                r.key[1],
-                _fmt(None if r.success_rate is None else r.success_rate * 100, ".2f") + "%",
-                _fmt(r.rps, ".1f"),
-                _fmt(r.p50_ms, ".1f") + "ms",
-                _fmt(r.p95_ms, ".1f") + "ms",
-                _fmt(r.p99_ms, ".1f") + "ms",
-            ]
-            for r in rows
-        ],
+        [[r.key[0], r.key[1], *_cells(r)] for r in rows],
+    )
+    print(f"\nper call from service to service, as the callers counted, last {interval:g}s:\n")
+    table(
+        ["SRC", "DST", "SUCCESS", "RPS", "P50", "P95", "P99"],
+        [[f"{r.key[1]}.{r.key[0]}", f"{r.key[3]}.{r.key[2]}", *_cells(r)] for r in edges],
     )
     print(flush=True)
 
@@ -279,6 +310,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 _gossamer("run", *flags, "--", sys.executable, "-m", "gossamer.demo.apps", *app),
             )
         _wait_ready(demo)
+        settings = shell_settings(api, token_file)
+        print(f"ready; in another shell: {settings}", flush=True)
         tty = sys.stdout.isatty()
         started = previous_at = time.monotonic()
         previous = _scrape(demo)
@@ -290,7 +323,16 @@ def run_demo(args: argparse.Namespace) -> int:
             demo.check_alive()
             now = time.monotonic()
             current = _scrape(demo)
-            _render(golden_between(previous, current, now - previous_at), now - started, api, tty)
+            seconds = now - previous_at
+            _render(
+                golden_between(previous.services, current.services, seconds),
+                golden_between(previous.edges, current.edges, seconds),
+                now - started,
+                args.interval,
+                settings,
+                api,
+                tty,
+            )
             previous, previous_at = current, now
             if now >= end:
                 break
