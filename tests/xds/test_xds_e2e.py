@@ -249,3 +249,55 @@ def test_gossamer_run_with_engine_envoy_serves_the_app_and_dies_with_its_supervi
         time.sleep(0.2)
     else:
         raise AssertionError("envoy still answers after its supervisor was killed")
+
+
+def _serials(certs: Any) -> set[str]:
+    """Every certificate serial number in Envoy's /certs answer."""
+    if isinstance(certs, dict):
+        own = {str(certs["serial_number"])} if "serial_number" in certs else set()
+        return own.union(*(_serials(v) for v in certs.values()))
+    if isinstance(certs, list):
+        return set().union(*(_serials(v) for v in certs))
+    return set()
+
+
+def _api(xcp: XdsControlPlane, path: str) -> Any:
+    with urllib.request.urlopen(f"{xcp.cp.api}{path}", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_an_intermediate_rotation_reaches_envoy_over_sds_with_no_failed_call(
+    xds_control_plane: XdsControlPlane, tmp_path: Path, cleanup: list[Any]
+) -> None:
+    xcp = xds_control_plane
+    apply(xcp, SERVICES)
+    envoy = envoy_echo(xcp, tmp_path, cleanup, "envoy-echo-1")
+    client = run_workload(
+        xcp.cp, tmp_path, "web-1", service_account="web", labels={"app": "web"}, app=sleeper()
+    )
+    cleanup.append(client)
+    client.wait_ready()
+    until("before the rotation", lambda: curl(client.outbound, "envoy-echo.shop"), 200)
+    served_before = json.loads(envoy.admin_get("/certs")[1])
+    xcp.cp.cli("ca", "rotate", "intermediate", check=True)
+    new_issuer = _api(xcp, "/v1/ca")["issuerFingerprint"]
+    deadline = time.monotonic() + 30
+    failures, calls = [], 0
+    row: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status, _ = curl(client.outbound, "envoy-echo.shop")
+        calls += 1
+        if status != 200:
+            failures.append(status)
+        rows = _api(xcp, "/v1/proxies")["items"]
+        row = next(r for r in rows if r["workload"] == "envoy-echo-1")
+        if row["issuerFingerprint"] == new_issuer and row["upToDate"]:
+            break
+        time.sleep(0.2)
+    assert row.get("issuerFingerprint") == new_issuer, row
+    # Envoy serves the new leaf (SDS), and the Gossamer client accepts its new chain.
+    served_after = json.loads(envoy.admin_get("/certs")[1])
+    assert _serials(served_after) - _serials(served_before), "Envoy serves no new certificate"
+    status, data = curl(client.outbound, "envoy-echo.shop")
+    assert (status, data["servedBy"]) == (200, "envoy-echo-1")
+    assert failures == [], f"{len(failures)} of {calls} calls failed during the rotation"

@@ -251,9 +251,18 @@ class XdsServer:
             session.wake()
 
     async def _renew_loop(self) -> None:
+        """Wake every session when the CA signs with a new intermediate (a rotation's
+        switch, which changes no trust bundle: nothing else says so), and every
+        RENEW_CHECK_SECONDS for renewals that fall due."""
+        issuer = self.cp.ca.issuer_fingerprint()
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(RENEW_CHECK_SECONDS)
-            self._wake_all()
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            current = self.cp.ca.issuer_fingerprint()
+            if current != issuer or now - last >= RENEW_CHECK_SECONDS:
+                issuer, last = current, now
+                self._wake_all()
 
     # -- status -----------------------------------------------------------------------
 
