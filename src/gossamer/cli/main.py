@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "routes",
     "demo",
     "capture",
+    "inject",
 )
 # The proxy lives as long as its workload: it loads only its own command module, so
 # it does not carry the rest of the CLI (the resource models alone are megabytes).
