@@ -120,7 +120,7 @@ class TapReader:
 @pytest.mark.asyncio
 async def test_with_nothing_observing_the_hot_path_has_no_hooks(plain: TwoHops) -> None:
     for proxy in (plain.mesh.client, plain.server.proxy):
-        assert proxy.observe.hooks is None and proxy.tracer is None
+        assert proxy.hooks is None and proxy.tracer is None
     status, body = await _get(plain, "/", f"traceparent: {TRACEPARENT}")
     assert status == 200
     # Without a collector the proxies pass the app's trace headers on untouched.
@@ -331,7 +331,7 @@ async def test_tracing_settings_in_the_snapshot_turn_tracing_on_and_off(
     try:
         for proxy in proxies:  # a collector's base URL: the proxy adds /v1/traces
             _with_telemetry(proxy, TelemetryView(tracing_endpoint=endpoint))
-            assert proxy.tracer is not None and proxy.observe.hooks is not None
+            assert proxy.tracer is not None and proxy.hooks is not None
         status, _ = await _get(hops, "/from-mesh-config", f"traceparent: {TRACEPARENT}")
         assert status == 200
         spans = await _wait_spans(bodies, 2)
@@ -345,7 +345,7 @@ async def test_tracing_settings_in_the_snapshot_turn_tracing_on_and_off(
 
         for proxy in proxies:  # the setting removed from mesh config: off again
             _with_telemetry(proxy, TelemetryView())
-            assert proxy.tracer is None and proxy.observe.hooks is None
+            assert proxy.tracer is None and proxy.hooks is None
         status, body = await _get(hops, "/untraced", f"traceparent: {TRACEPARENT}")
         assert status == 200
         headers = {k.lower(): v for k, v in body["headers"]}
