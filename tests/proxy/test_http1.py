@@ -351,7 +351,7 @@ def test_an_error_response_carries_its_reason() -> None:
     assert data.endswith(b"\r\n\r\nconnect refused by 10.0.0.1:4143\n")
 
 
-# ---- tunnels (proxy.wire.upgrade) --------------------------------------------------------
+# ---- tunnels (Exchange._open_tunnel) -------------------------------------------------
 
 
 def test_a_websocket_upgrade_is_a_tunnel_request_and_what_follows_is_the_tunnels() -> None:

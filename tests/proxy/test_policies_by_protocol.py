@@ -9,7 +9,8 @@ Each test body is written once and runs three times:
 
 HTTP/1.1 requests (`proxy.outbound.http` with `proxy.forward.exchange`) and HTTP/2
 streams (`proxy.outbound.h2`) drive the same `Call` (proxy.policy.call): these tests
-say that the two agree, and each strict xfail names a way in which they do not yet.
+say that the two agree (`over_each_protocol` takes a strict xfail per protocol for a
+way in which they would not, so that a fix shows up as XPASS).
 Redirects, rewrites and mirrors are HTTP/1.1's only (decision 0040): HTTP/2 gets the
 documented 501 for a redirect or a rewrite.
 
@@ -621,15 +622,7 @@ async def test_a_request_over_max_requests_is_refused_and_the_slot_comes_back(
     }
 
 
-CLIENT_GONE_HTTP1 = (
-    "HTTP/1.1 takes a client's FIN for a half-close (outbound half_close: the response is "
-    "still owed) and keeps the request in flight until the app answers, so a client that "
-    "gave up keeps its maxRequests slot (for ever, from an app that never answers); "
-    "HTTP/2 ends the stream when its connection goes and frees the slot"
-)
-
-
-@over_each_protocol(http1=CLIENT_GONE_HTTP1)
+@over_each_protocol()
 @pytest.mark.asyncio
 async def test_a_request_whose_client_gives_up_gives_its_slot_back(
     mesh: Mesh, client: Client

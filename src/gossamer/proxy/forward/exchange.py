@@ -44,14 +44,13 @@ from gossamer.proxy.wire.http1 import (
     response_framing,
     response_head_bytes,
 )
-from gossamer.proxy.wire.upgrade import open_tunnel
+from gossamer.proxy.wire.splice import Splice
 
 if TYPE_CHECKING:
     from gossamer.proxy.policy import Call
     from gossamer.proxy.policy.balancer import Balancer, EndpointLoad
     from gossamer.proxy.policy.resilience import Limits
     from gossamer.proxy.policy.routing import LocalRoute, Route
-    from gossamer.proxy.wire.splice import Splice
     from gossamer.telemetry.tracing import Span
 
 log = logging.getLogger("gossamer.proxy")
@@ -62,7 +61,7 @@ PAUSE_BUFFER: Final = 2  # request bytes are piling up while no upstream is read
 PAUSE_UPSTREAM: Final = 4  # the upstream connection's write buffer is full
 PAUSE_ROUTE: Final = 8  # waiting for the control plane to learn about a host
 PAUSE_BROKEN: Final = 16  # a malformed request waits for earlier responses to finish
-PAUSE_TUNNEL: Final = 32  # a tunnel request waits for its answer (see proxy.wire.upgrade)
+PAUSE_TUNNEL: Final = 32  # a tunnel request waits for its answer (Exchange._open_tunnel)
 
 BUFFER_LIMIT: Final = 256 * 1024
 REPLAY_LIMIT: Final = 64 * 1024
@@ -70,6 +69,10 @@ MAX_ATTEMPTS: Final = 3
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CRLF: Final = b"\r\n"
 _SAFE_METHODS: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
+# What Exchange._end does with the upstream connection.
+UPSTREAM_POOL: Final = 0
+UPSTREAM_ABORT: Final = 1
+UPSTREAM_TAKE: Final = 2
 
 
 class ConnectError(Exception):
@@ -87,7 +90,6 @@ class Side(Protocol):
 
     loop: asyncio.AbstractEventLoop
     request_kinds: dict[bytes, int]
-    half_close: bool  # whether the downstream transport can stay open after EOF
     splices: set[Splice]  # open tunnel ends, closed with the data plane
 
     def connection_made(self, conn: ServerConnection) -> None: ...
@@ -187,11 +189,11 @@ class ServerConnection(asyncio.Protocol):
             log.warning("%s: client closed the connection mid-request", self.describe())
             self.abort()
             return False
-        if self.answering is None:
-            self.close()
-        # Keep the write side open for the responses owed, where the transport can
-        # (TLS cannot: asyncio closes it after close_notify regardless).
-        return self.side.half_close
+        # A client's FIN means it has gone, also while a response is owed: its
+        # exchange ends and gives back what it held (a circuit breaker's slot), as
+        # HTTP/2 does when a stream's connection goes, and as Envoy and hyper (whose
+        # http1_half_close is off by default) do. Returning False closes the transport.
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -202,7 +204,7 @@ class ServerConnection(asyncio.Protocol):
             ex.downstream_lost()
         if self.queue:
             for queued in self.queue:
-                queued.finished = True
+                queued._end(UPSTREAM_ABORT)
             self.queue.clear()
 
     def pause_writing(self) -> None:
@@ -238,7 +240,7 @@ class ServerConnection(asyncio.Protocol):
 
     def request_body(self, data: bytes) -> None:
         ex = self.reading
-        if ex is not None and not ex.finished:
+        if ex is not None and ex.phase != Phase.FINISHED:
             ex.send_body(data)
 
     def request_end(self, trailers: Headers | None) -> None:
@@ -284,14 +286,14 @@ class ServerConnection(asyncio.Protocol):
     def _protocol_error(self, e: ProtocolError) -> None:
         ex = self.reading
         self.reading = None
-        if ex is not None and not ex.finished:
+        if ex is not None and ex.phase != Phase.FINISHED:
             if ex is self.answering:
                 # The request being forwarded turned out malformed part-way (a bad chunk).
                 ex.fail(e.status, e.reason)
                 self.close()
                 return
             # A pipelined request still queued: it goes nowhere, the error answers it.
-            ex.finished = True
+            ex._end(UPSTREAM_ABORT)
             if self.queue is not None:
                 self.queue.remove(ex)
         if self.answering is not None:
@@ -340,7 +342,7 @@ class ServerConnection(asyncio.Protocol):
             return
         if (
             ex.upstream is not None
-            and not ex.response_started
+            and ex.phase < Phase.RESPONDING
             and ex.request_done
             and now - ex.sent_at > response_timeout
         ):
@@ -350,8 +352,20 @@ class ServerConnection(asyncio.Protocol):
         return self.peer_identity or self.peer_address.decode("latin-1") or "client"
 
 
+class Phase:
+    """Where an exchange is in its response, in order; the request arrives on its own
+    (`Exchange.request_done`). An exchange only moves forward, except that a retry takes
+    it back to WAITING from a response it dropped (or from a 1xx it let through)."""
+
+    WAITING: Final = 0  # no response head yet: the request may still be arriving
+    INTERIM: Final = 1  # a 1xx (or a tunnel's 101) came; the final head is still owed
+    RESPONDING: Final = 2  # the final head is on its way down; its body follows
+    RESPONDED: Final = 3  # the upstream's response ended: done at the next flush
+    FINISHED: Final = 4  # answered, failed, made a tunnel or abandoned: see Exchange._end
+
+
 class Exchange:
-    """One request and its response, from head to end."""
+    """One request and its response, from head to end (see `Phase`)."""
 
     __slots__ = (
         "after_request",
@@ -363,20 +377,17 @@ class Exchange:
         "conn",
         "deadline",
         "error",
-        "finished",
         "head",
         "head_bytes",
-        "interim",
         "load",
         "out",
         "out_size",
         "peer",
         "pending",
+        "phase",
         "replay",
         "request_done",
-        "response_done",
         "response_edit",
-        "response_started",
         "retry_ok",
         "rmode",
         "rout",
@@ -414,10 +425,7 @@ class Exchange:
         self.request_done = False
         # Called once the whole request has been read (a mirror waiting for its body).
         self.after_request: list[Callable[[], None]] | None = None
-        self.response_started = False
-        self.response_done = False
-        self.interim = False
-        self.finished = False
+        self.phase = Phase.WAITING
         self.close_after = False
         self.upstream_keep = False
         # A request that may be sent again if a pooled connection turns out dead.
@@ -440,6 +448,11 @@ class Exchange:
         self.replay: list[bytes] | None = None
         # This hop's span, while tracing is on and the request is sampled (proxy.observe.hooks).
         self.trace: Span | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Answered, failed, made a tunnel or abandoned: nothing more happens to it."""
+        return self.phase == Phase.FINISHED
 
     @property
     def retries(self) -> int:
@@ -467,7 +480,7 @@ class Exchange:
             self.after_request = None
             for call in after:
                 call()
-        if self.finished:
+        if self.phase == Phase.FINISHED:
             return
         if self.head.body == BODY_CHUNKED:
             self.out.append(chunked_end(trailers))
@@ -507,7 +520,7 @@ class Exchange:
             conn.pause(PAUSE_UPSTREAM)
         if conn.write_paused:
             upstream.pause_reading()
-        if self.head.expect_continue and not self.response_started:
+        if self.head.expect_continue and self.phase < Phase.RESPONDING:
             conn.write(CONTINUE)
         self.flush_request()
         self.out_size = 0
@@ -579,7 +592,7 @@ class Exchange:
 
     def _deadline_passed(self, seconds: float) -> None:
         self.deadline = None
-        if not self.finished:
+        if self.phase != Phase.FINISHED:
             self.fail(
                 504, f"request timeout: {self.describe_route()} did not answer in {seconds:g}s"
             )
@@ -591,11 +604,11 @@ class Exchange:
 
     def _try_timed_out(self, seconds: float) -> None:
         self.try_timer = None
-        if self.finished or self.response_done:
+        if self.phase >= Phase.RESPONDED:
             return
         self._outcome(failed=True)
         reason = f"backend request timeout: {self.peer} did not answer in {seconds:g}s"
-        if not self.response_started and (delay := self._retry_delay()) is not None:
+        if self.phase < Phase.RESPONDING and (delay := self._retry_delay()) is not None:
             log.info("%s: %s; retrying", self.describe_route(), reason)
             self._drop_upstream()
             self._schedule_retry(delay)
@@ -644,7 +657,7 @@ class Exchange:
         self.load = None
 
     def _schedule_retry(self, delay: float) -> None:
-        self.response_started = False
+        self.phase = Phase.WAITING
         self.status = 0
         self.rout.clear()
         self.out = [self.head_bytes, *(self.replay or ())]
@@ -657,12 +670,12 @@ class Exchange:
             self._retry_now()
 
     def _retry_when_whole(self, delay: float) -> None:
-        if not self.finished:
+        if self.phase != Phase.FINISHED:
             self._schedule_retry(delay)
 
     def _retry_now(self) -> None:
         self.try_timer = None
-        if not self.finished:
+        if self.phase != Phase.FINISHED:
             # Another endpoint if there is one; the same one is better than none.
             many = self.balancer is not None and len(self.balancer) > 1
             self.forward(exclude=self.tried if many else -1)
@@ -673,21 +686,8 @@ class Exchange:
         if call is not None and load is not None:
             call.outcome(load, failed, self.conn.loop.time(), self.peer)
 
-    def _release(self) -> None:
-        """The exchange is over: stop its timers, give back what it counted against."""
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
-        if self.try_timer is not None:
-            self.try_timer.cancel()
-            self.try_timer = None
-        if self.pending:
-            self._unpend()
-        if self.call is not None:
-            self.call.finish()
-
     def connect_failed(self, err: ConnectError) -> None:
-        if self.finished:
+        if self.phase == Phase.FINISHED:
             return
         if self.pending:
             self._unpend()
@@ -723,10 +723,11 @@ class Exchange:
         if status < 200 or req.tunnel:
             if req.tunnel and (200 <= status < 300 if req.method == b"CONNECT" else status == 101):
                 self.switch = head  # the tunnel opens in response_upgrade
-                self.interim = status == 101
+                if status == 101:
+                    self.phase = Phase.INTERIM
                 return
             if status < 200:
-                self.interim = True
+                self.phase = Phase.INTERIM
                 if status != 101 and req.http11:
                     self.rout.append(response_head_bytes(status, head.reason, head.headers, b""))
                 return
@@ -742,7 +743,7 @@ class Exchange:
                 self._drop_upstream()
                 self._schedule_retry(delay)
                 return
-        self.response_started = True
+        self.phase = Phase.RESPONDING
         self.status = status
         if self.response_edit is not None:
             head.headers = self.response_edit(head.headers)
@@ -765,96 +766,170 @@ class Exchange:
             self.rout.append(data)
 
     def response_end(self, trailers: Headers | None) -> None:
-        if self.interim:
-            self.interim = False
+        if self.phase == Phase.INTERIM:
+            self.phase = Phase.WAITING
             return
         if self.rmode == BODY_CHUNKED:
             self.rout.append(chunked_end(trailers))
-        self.response_done = True
+        self.phase = Phase.RESPONDED
 
     def response_upgrade(self, data: bytes) -> None:
         if self.switch is None:
             raise ProtocolError(502, "upstream switched protocols unasked")
         self.rout.clear()
-        open_tunnel(self, self.switch, data)
+        self._open_tunnel(self.switch, data)
+
+    def _open_tunnel(self, head: ResponseHead, data: bytes) -> None:
+        """Upgrades and CONNECT: answer with `head`, then splice the two connections;
+        `data` came after it.
+
+        A request with `Connection: upgrade` and `Upgrade: <protocol>` (WebSocket, say),
+        or a CONNECT, is forwarded like any other request, with its Upgrade header kept.
+        When the answer is a 101 (or a 2xx to CONNECT) both connections stop being HTTP:
+        their transports are handed to a pair of `Splice` ends (proxy.wire.splice) that
+        carry bytes both ways with backpressure until either side closes. The exchange
+        is recorded then, with the switching status, like any finished request.
+
+        Any other answer is forwarded as a normal response, and the client's connection
+        is closed after it (bytes it sent after the request may already belong to the
+        protocol it asked for). Neither connection goes back to a pool once it carried
+        a tunnel."""
+        conn = self.conn
+        if self.phase == Phase.FINISHED or self.upstream is None or conn.transport is None:
+            return
+        self.status = head.status
+        upstream = self._end(UPSTREAM_TAKE)
+        assert upstream is not None
+        # The upstream connection leaves its pool for good.
+        upstream.closed = True
+        upstream.pool.live -= 1
+        upstream.pool.discard(upstream)
+        # And the downstream one leaves the side's connections (no more HTTP sweeps).
+        conn.answering = None
+        conn.closing = True
+        conn.side.connection_lost(conn)
+
+        req = self.head
+        extra = b""
+        if req.upgrade is not None:
+            extra = b"connection: upgrade\r\nupgrade: " + req.upgrade + b"\r\n"
+        down_transport = conn.transport
+        down_transport.write(response_head_bytes(head.status, head.reason, head.headers, extra))
+        if data:
+            down_transport.write(data)
+        up_transport = upstream.transport
+        for piece in conn.tunnel_data:
+            up_transport.write(piece)
+        conn.tunnel_data = []
+
+        registry = conn.side.splices
+        down = Splice(registry=registry)
+        up = Splice(registry=registry)
+        down_transport.set_protocol(down)
+        down.connection_made(down_transport)
+        up_transport.set_protocol(up)
+        up.connection_made(up_transport)
+        down.join(up)
+        conn.side.record(self, head.status, perf_counter() - self.started)
 
     def flush_response(self) -> None:
         out = self.rout
         if out:
             self.conn.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
-        if self.response_done and not self.finished:
+        if self.phase == Phase.RESPONDED:
             self._complete()
 
-    def _complete(self) -> None:
-        self.finished = True
-        self._release()
-        conn = self.conn
-        load = self.load
-        if load is not None:
-            load.outstanding -= 1
+    def _end(self, upstream_to: int) -> UpstreamConnection | None:
+        """The one way an exchange ends, whatever ended it: FINISHED, its timers
+        stopped, its place among the pending and the call's in-flight count given
+        back, the endpoint's outstanding count with the upstream connection; and that
+        connection let go as `upstream_to` says (UPSTREAM_POOL: back to its pool if both
+        ends allow it, else closed; UPSTREAM_ABORT; UPSTREAM_TAKE: handed to the caller,
+        which makes a tunnel of it). Then the caller answers, records and hands the
+        downstream connection on (`_done`)."""
+        self.phase = Phase.FINISHED
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        if self.pending:
+            self._unpend()
+        if self.call is not None:
+            self.call.finish()
         upstream = self.upstream
+        if upstream is None:
+            return None
         self.upstream = None
-        if upstream is not None:
-            upstream.exchange = None
-            if self.request_done and self.upstream_keep:
-                upstream.release()
-            else:
-                upstream.close()
-        conn.side.record(self, self.status, perf_counter() - self.started)
+        upstream.exchange = None
+        if self.load is not None:
+            self.load.outstanding -= 1
+        if upstream_to == UPSTREAM_TAKE:
+            return upstream
+        if upstream_to == UPSTREAM_ABORT:
+            upstream.abort()
+        elif self.request_done and self.upstream_keep:
+            upstream.release()
+        else:
+            upstream.close()
+        return None
+
+    def _done(self, status: int) -> None:
+        """Record the ended exchange and let its connection go on to the next request."""
+        conn = self.conn
+        conn.side.record(self, status, perf_counter() - self.started)
         conn.exchange_finished(self)
+
+    def _complete(self) -> None:
+        self._end(UPSTREAM_POOL)
+        self._done(self.status)
 
     # ---- failures ----------------------------------------------------------------------
 
     def fail(self, status: int, reason: str, *, logged: bool = False) -> None:
         """Answer with a proxy-made error (or cut the response short if one started)."""
-        if self.finished:
+        if self.phase == Phase.FINISHED:
             return
-        self.finished = True
-        self._release()
+        started = self.phase >= Phase.RESPONDING
+        self._end(UPSTREAM_ABORT)
         conn = self.conn
         if not logged:
             log.warning("%s: %s", self.describe_route(), reason)
-        upstream = self.upstream
-        self.upstream = None
-        if upstream is not None:
-            upstream.exchange = None
-            upstream.abort()
-            if self.load is not None:
-                self.load.outstanding -= 1
-        if self.response_started:
+        if started:
             # Too late for an error response: closing is the only way to say the
             # response is incomplete.
-            conn.side.record(self, self.status, perf_counter() - self.started)
             conn.abort()
-            conn.exchange_finished(self)
+            self._done(self.status)
             return
-        close = not self.request_done or not self.head.keep_alive or conn.client_eof
-        self.close_after = close
+        close = self._closes()
         conn.write(
             error_response(status, reason, close=close, head_only=self.head.method == b"HEAD")
         )
-        conn.side.record(self, status, perf_counter() - self.started)
-        conn.exchange_finished(self)
+        self._done(status)
 
     def reply(self, status: int, headers: Headers, reason: str) -> None:
         """Answer with a response the proxy makes by design (a redirect), bodiless."""
-        if self.finished:
+        if self.phase == Phase.FINISHED:
             return
-        self.finished = True
-        self._release()
-        conn = self.conn
+        self._end(UPSTREAM_ABORT)
         log.debug("%s", reason)
+        close = self._closes()
+        extra = b"content-length: 0\r\n" + (b"connection: close\r\n" if close else b"")
+        self.conn.write(response_head_bytes(status, b"", headers, extra))
+        self._done(status)
+
+    def _closes(self) -> bool:
+        """Whether the downstream connection closes after an answer the proxy makes."""
+        conn = self.conn
         close = not self.request_done or not self.head.keep_alive or conn.client_eof
         self.close_after = close
-        extra = b"content-length: 0\r\n" + (b"connection: close\r\n" if close else b"")
-        conn.write(response_head_bytes(status, b"", headers, extra))
-        conn.side.record(self, status, perf_counter() - self.started)
-        conn.exchange_finished(self)
+        return close
 
     def upstream_lost(self, upstream: UpstreamConnection, reused: bool) -> None:
         """The upstream connection closed or reset before the response ended."""
-        if self.finished:
+        if self.phase == Phase.FINISHED:
             return
         self.upstream = None
         if self.load is not None:
@@ -892,17 +967,9 @@ class Exchange:
         self.fail(502, f"upstream reset: {self.peer} closed the connection")
 
     def downstream_lost(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        self._release()
-        if self.load is not None and self.upstream is not None:
-            self.load.outstanding -= 1
-        upstream = self.upstream
-        self.upstream = None
-        if upstream is not None:
-            upstream.exchange = None
-            upstream.abort()
+        """The client went away: the exchange ends unrecorded, its upstream aborted."""
+        if self.phase != Phase.FINISHED:
+            self._end(UPSTREAM_ABORT)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -1110,7 +1177,7 @@ class Pool:
             if ex.attempts == attempt:
                 ex.connect_failed(ConnectError(502, f"connect to {self.name} failed: {e}"))
             return
-        if ex.finished or ex.attempts != attempt:
+        if ex.phase == Phase.FINISHED or ex.attempts != attempt:
             # The client went away meanwhile, or a timeout moved the request on to
             # another try; the connection is still good to keep.
             upstream.release()

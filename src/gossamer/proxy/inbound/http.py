@@ -179,7 +179,6 @@ class InboundSide:
     def __init__(self, dp: InboundPlane) -> None:
         self.dp = dp
         self.loop = dp.loop
-        self.half_close = False
         self.splices = dp.splices
         self._h2_links: Links | None = None
 

@@ -52,7 +52,6 @@ class OutboundSide:
     def __init__(self, dp: OutboundPlane) -> None:
         self.dp = dp
         self.loop = dp.loop
-        self.half_close = True
         self.splices = dp.splices
         self._h2: OutboundH2 | None = None
 

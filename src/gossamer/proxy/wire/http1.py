@@ -131,7 +131,8 @@ class RequestHead:
         self.src_service: bytes | None = None
         self.forwarded_for: bytes | None = None
         # A request that turns its connection into a tunnel once answered 101 (an
-        # Upgrade, whose protocol is `upgrade`) or 2xx (CONNECT); see proxy.wire.upgrade.
+        # Upgrade, whose protocol is `upgrade`) or 2xx (CONNECT); see
+        # Exchange._open_tunnel in proxy.forward.exchange.
         self.tunnel = False
         self.upgrade: bytes | None = None
 

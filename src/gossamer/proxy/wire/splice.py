@@ -1,7 +1,7 @@
 """One end of a byte pipe: opaque TCP, and tunnels (WebSocket upgrades, CONNECT).
 
-Below every side that carries bytes (proxy.outbound.tcp, proxy.wire.upgrade,
-proxy.inbound.http), so that none of them needs another to splice.
+Below every side that carries bytes (proxy.outbound.tcp, the tunnels of
+proxy.forward.exchange, proxy.inbound.http), so that none of them needs another to splice.
 """
 
 from __future__ import annotations
