@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from gossamer.controlplane.discovery import RESTART_GRACE_SECONDS, Discovery, with_condition
-from gossamer.controlplane.replicas import Replicas, replica_id_for
+from gossamer.controlplane.replicas import (
+    LEADER,
+    NAMESPACE,
+    Replicas,
+    counter_record,
+    replica_id_for,
+)
 from gossamer.store import EtcdStore, SqliteStore, Store
 
 from .conftest import etcd_cluster as _etcd_cluster  # noqa: F401  (a fixture)
@@ -188,3 +194,14 @@ def test_a_proxy_that_moves_to_another_replica_moves_its_lease(
     on_b._set_connected("shop", "web-1", True)
 
     assert _connected(mesh_store) == ("True", "discovery stream held by replica b")
+
+
+def test_a_replica_creating_the_leader_record_late_does_not_reset_the_lead(
+    store: Store, clock: Clock
+) -> None:
+    a = _replica(store, "a", clock)
+    a.beat()
+
+    counter_record(store, LEADER, "control-plane")  # what a replica that saw none does
+
+    assert store.get(LEADER, NAMESPACE, "control-plane")["status"]["holder"] == "a"

@@ -211,3 +211,17 @@ async def test_a_watch_listens_again_when_etcd_compacted_its_start(store: EtcdSt
         assert summary([await next_event(events)]) == [("ADDED", "c", 3)]
     finally:
         await events.aclose()
+
+
+def test_a_sibling_store_keeps_to_its_own_objects_and_history(store: EtcdStore) -> None:
+    system = store.sibling("system")
+    try:
+        system.apply([service("replica-a")])
+        store.apply([service("echo")])
+
+        assert [o["metadata"]["name"] for o in store.list()] == ["echo"]
+        assert [o["metadata"]["name"] for o in system.list()] == ["replica-a"]
+        assert summary(store.changes(0)) == [("ADDED", "echo", 1)]
+        assert system.revision() == 1
+    finally:
+        system.close()

@@ -23,7 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gossamer.errors import StoreError
+from gossamer.controlplane.replicas import counter_record
+from gossamer.errors import Conflict, StoreError
+from gossamer.store import Store
 
 __all__ = ["AuditLog"]
 
@@ -61,14 +63,23 @@ class AuditLog:
     """Append-only records in SQLite; safe to call from any thread."""
 
     def __init__(
-        self, path: Path, clock: Callable[[], datetime] = _now, *, expect_existing: bool = False
+        self,
+        path: Path,
+        clock: Callable[[], datetime] = _now,
+        *,
+        expect_existing: bool = False,
+        shared: Store | None = None,
     ) -> None:
         """Open (or create) the log at `path`. `expect_existing`: the data dir shows an
         earlier start, so an existing empty file is lost records (and lost join-token use
         counts, which would let a used token be used again) and is refused, as the store
-        does. A file SQLite cannot read raises StoreError saying what to do."""
+        does. A file SQLite cannot read raises StoreError saying what to do.
+
+        `shared`: the system store replicas share (decision 0051). Join-token uses are
+        then counted there, so a token's limit holds across replicas."""
         self.path = path
         self._clock = clock
+        self._shared = shared
         if expect_existing and path.is_file() and path.stat().st_size == 0:
             raise _unusable(path, "it is empty (0 bytes), but this control plane has run before")
         if not path.exists():
@@ -152,6 +163,8 @@ class AuditLog:
     def use_token(self, token_id: str, max_uses: int) -> int:
         """Count one use of a join token; return the uses so far, this one included,
         or raise ValueError without counting when `max_uses` are already spent."""
+        if self._shared is not None:
+            return _use_shared(self._shared, token_id, max_uses)
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -160,10 +173,7 @@ class AuditLog:
                 ).fetchone()
                 used = row[0] if row else 0
                 if used >= max_uses:
-                    raise ValueError(
-                        f"join token {token_id} was already used "
-                        f"{used} time{'s' if used != 1 else ''} (its limit)"
-                    )
+                    raise _spent(token_id, used)
                 self._conn.execute(
                     "INSERT INTO token_uses (token_id, uses) VALUES (?, 1) "
                     "ON CONFLICT (token_id) DO UPDATE SET uses = uses + 1",
@@ -174,3 +184,30 @@ class AuditLog:
                 self._conn.execute("ROLLBACK")
                 raise
             return used + 1
+
+
+def _spent(token_id: str, used: int) -> ValueError:
+    return ValueError(
+        f"join token {token_id} was already used {used} time{'s' if used != 1 else ''} (its limit)"
+    )
+
+
+def _use_shared(store: Store, token_id: str, max_uses: int) -> int:
+    """One more use, by compare-and-swap on the token's record in the shared store."""
+    for _ in range(100):
+        record = counter_record(store, "JoinTokenUse", token_id)
+        used = int((record.get("status") or {}).get("uses", 0))
+        if used >= max_uses:
+            raise _spent(token_id, used)
+        try:
+            store.update_status(
+                "JoinTokenUse",
+                record["metadata"]["namespace"],
+                token_id,
+                {"uses": used + 1},
+                record["metadata"]["resourceVersion"],
+            )
+        except Conflict:
+            continue  # another replica counted a use meanwhile: count again
+        return used + 1
+    raise StoreError(f"join token {token_id}: too many replicas counting its uses at once")

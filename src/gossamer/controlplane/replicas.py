@@ -18,7 +18,10 @@ With no system store (one replica on SQLite) this replica is always the leader.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -28,9 +31,19 @@ from pathlib import Path
 from typing import Any
 
 from gossamer.errors import Conflict, NotFound, StoreError
-from gossamer.store import Store
+from gossamer.store import EtcdStore, SqliteStore, Store
+from gossamer.store.etcdgateway import EtcdGateway
 
-__all__ = ["LEADER", "NAMESPACE", "REPLICA", "Replicas", "replica_id_for"]
+__all__ = [
+    "LEADER",
+    "NAMESPACE",
+    "REPLICA",
+    "Replicas",
+    "counter_record",
+    "replica_id_for",
+    "shared_admin_token",
+    "store_health",
+]
 
 log = logging.getLogger("gossamer.controlplane.replicas")
 
@@ -39,6 +52,27 @@ REPLICA = "ControlPlaneReplica"
 LEADER = "ControlPlaneLeader"
 _API_VERSION = "gossamer.dev/v1alpha1"
 _LEADER_NAME = "control-plane"
+
+
+def counter_record(store: Store, kind: str, name: str) -> dict[str, Any]:
+    """The record `kind`/`name` in NAMESPACE, created if missing, whose state lives in
+    its status and changes only by compare-and-swap (update_status with the record's
+    resourceVersion).
+
+    State lives in status because apply ignores the status of an object that exists:
+    two replicas creating the record at once both write the same empty spec, and one
+    that comes late cannot reset state another has written since."""
+    store.apply(
+        [
+            {
+                "apiVersion": _API_VERSION,
+                "kind": kind,
+                "metadata": {"name": name, "namespace": NAMESPACE},
+                "spec": {},
+            }
+        ]
+    )
+    return store.get(kind, NAMESPACE, name)
 
 
 def replica_id_for(data_dir: Path) -> str:
@@ -127,14 +161,13 @@ class Replicas:
     def _elect(self, now: float) -> None:
         assert self.store is not None
         leader = self._leader_record()
-        spec = leader.get("spec") or {}
-        holder, renewed = str(spec.get("holder", "")), float(spec.get("renewed", 0.0))
+        state = leader.get("status") or {}
+        holder, renewed = str(state.get("holder", "")), float(state.get("renewed", 0.0))
         if holder != self.replica_id and holder and now - renewed < self.lease:
             self._note(False)
             return
-        leader["spec"] = {"holder": self.replica_id, "renewed": now}
         try:
-            self.store.apply([leader])  # carries its resourceVersion: a compare-and-swap
+            self._write_leader(leader, self.replica_id, now)
         except Conflict:
             self._note(False)  # another replica moved first
             return
@@ -146,28 +179,26 @@ class Replicas:
         try:
             return self.store.get(LEADER, NAMESPACE, _LEADER_NAME)
         except NotFound:
-            # Created empty, so the first take-over is a compare-and-swap like every
-            # other; two replicas creating it at once both write the same thing.
-            self.store.apply(
-                [
-                    {
-                        "apiVersion": _API_VERSION,
-                        "kind": LEADER,
-                        "metadata": {"name": _LEADER_NAME, "namespace": NAMESPACE},
-                        "spec": {"holder": "", "renewed": 0.0},
-                    }
-                ]
-            )
-            return self.store.get(LEADER, NAMESPACE, _LEADER_NAME)
+            return counter_record(self.store, LEADER, _LEADER_NAME)
+
+    def _write_leader(self, leader: dict[str, Any], holder: str, renewed: float) -> None:
+        """A compare-and-swap on the record's resourceVersion; Conflict if it moved."""
+        assert self.store is not None
+        self.store.update_status(
+            LEADER,
+            NAMESPACE,
+            _LEADER_NAME,
+            {"holder": holder, "renewed": renewed},
+            leader["metadata"]["resourceVersion"],
+        )
 
     def leave(self) -> None:
         """A clean stop: hand the lead back at once and remove this replica's record."""
         assert self.store is not None
         if self.is_leader():
             leader = self._leader_record()
-            if (leader.get("spec") or {}).get("holder") == self.replica_id:
-                leader["spec"] = {"holder": "", "renewed": 0.0}
-                self.store.apply([leader])
+            if (leader.get("status") or {}).get("holder") == self.replica_id:
+                self._write_leader(leader, "", 0.0)
         self._renewed_at = 0.0
         self.store.delete(REPLICA, NAMESPACE, self.replica_id)
 
@@ -207,7 +238,7 @@ class Replicas:
         now = self._clock()
         if self.store is None:
             return [{"name": self.replica_id, **self._addresses(), "alive": True, "leader": True}]
-        leader = self._leader_record().get("spec") or {}
+        leader = self._leader_record().get("status") or {}
         fresh_leader = now - float(leader.get("renewed", 0.0)) < self.lease
         rows = []
         for record in self.store.list(REPLICA, NAMESPACE):
@@ -224,3 +255,51 @@ class Replicas:
                 }
             )
         return rows
+
+
+def shared_admin_token(data_dir: Path, token_key: bytes) -> None:
+    """Write DATA_DIR/admin.token, if there is none, as every replica given the same CA
+    files writes it: derived from the join-token key (ca/token.key), so the CLI and
+    scripts work against any replica. An admin.token already there is left alone."""
+    path = data_dir / "admin.token"
+    if path.exists():
+        return
+    derived = hmac.new(token_key, b"gossamer bootstrap admin token", hashlib.sha256).digest()
+    token = "gsa_" + base64.urlsafe_b64encode(derived).decode().rstrip("=")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+
+
+def store_health(store: Store) -> dict[str, Any]:
+    """What `gossamer check` says about the store: its kind and, for etcd, each member."""
+    if isinstance(store, SqliteStore):
+        return {"backend": "sqlite", "path": str(store.path), "healthy": True}
+    if not isinstance(store, EtcdStore):
+        return {"backend": type(store).__name__, "healthy": True}
+    members = []
+    for host, port in store.gateway.endpoints:
+        single = EtcdGateway([(host, port)], timeout=1.0, deadline=1.0)
+        try:
+            answer = single.call("/v3/maintenance/status", {})
+            member = answer.get("header", {}).get("member_id", "")
+            members.append(
+                {
+                    "endpoint": f"{host}:{port}",
+                    "reachable": True,
+                    "version": answer.get("version", ""),
+                    "leader": member != "" and answer.get("leader") == member,
+                    "dbSizeBytes": int(answer.get("dbSize", 0)),
+                }
+            )
+        except StoreError as e:
+            members.append({"endpoint": f"{host}:{port}", "reachable": False, "error": str(e)})
+        finally:
+            single.close()
+    up = sum(1 for m in members if m["reachable"])
+    return {
+        "backend": "etcd",
+        "prefix": store.prefix,
+        "members": members,
+        "healthy": up > len(members) // 2,
+    }

@@ -127,6 +127,14 @@ class RotationController:
         actor: str = "admin",
     ) -> RotationState:
         """Start rotating the root or the intermediate; Conflict if one is under way."""
+        replicas = getattr(self.cp, "replicas", None)
+        if replicas is not None and replicas.shared:
+            # The CA's files are each replica's own copy (decision 0052): a rotation
+            # on one would leave the others signing with the old intermediate.
+            raise Conflict(
+                "CA rotation is not supported while replicas share the store: stop all "
+                "but one replica, rotate, copy DATA_DIR/ca to the others, start them again"
+            )
         if self.state is not None and self.state.active:
             raise Conflict(
                 f"a {self.state.kind} rotation is already under way (phase "

@@ -24,6 +24,12 @@ from gossamer.controlplane.auth import (
     load_or_create_admin_token,
 )
 from gossamer.controlplane.discovery import Discovery
+from gossamer.controlplane.replicas import (
+    Replicas,
+    replica_id_for,
+    shared_admin_token,
+    store_health,
+)
 from gossamer.controlplane.rotation import RotationController
 from gossamer.controlplane.routestatus import RouteStatusReconciler
 from gossamer.controlplane.telemetry import Telemetry
@@ -33,7 +39,7 @@ from gossamer.identity.ca import CertificateAuthority, OperatorCA
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.identity.tls import server_context
 from gossamer.identity.tokens import JoinTokenIssuer, load_or_create_token_key
-from gossamer.store import Store, make_dirs, open_store
+from gossamer.store import Store, make_dirs, open_store, system_store_for
 
 if TYPE_CHECKING:
     from gossamer.xds.server import XdsServer
@@ -121,13 +127,18 @@ class ControlPlane:
         self.store: Store = open_store(
             config.store_url or str(data_dir / "gossamer.db"), expect_existing=ran_before
         )
+        # Replicas sharing the store (etcd) keep their own records beside it (0051).
+        self.system_store = system_store_for(self.store)
         ca_dir = data_dir / "ca"
         self.ca = CertificateAuthority.initialize(ca_dir, config.trust_domain, config.operator_ca)
+        token_key = load_or_create_token_key(ca_dir / "token.key")
         self.tokens = JoinTokenIssuer(
-            load_or_create_token_key(ca_dir / "token.key"),
+            token_key,
             trust_domain=self.ca.trust_domain,
             ca_fingerprint=self.ca.root_fingerprint(),
         )
+        if self.system_store is not None:
+            shared_admin_token(data_dir, token_key)  # the same on every replica (0052)
         self.admin_token = load_or_create_admin_token(data_dir)
         # Named API tokens (read or admin); admin.token is the "bootstrap-admin" one.
         self.api_tokens = ApiTokenStore(
@@ -135,7 +146,24 @@ class ControlPlane:
         )
         self.access = AccessPolicy(self.api_tokens, auth_reads=config.auth_reads)
         # Who changed what, certificates and tokens issued; join-token use counts.
-        self.audit = AuditLog(data_dir / "audit.db", expect_existing=ran_before)
+        self.audit = AuditLog(
+            data_dir / "audit.db", expect_existing=ran_before, shared=self.system_store
+        )
+        self.replicas = Replicas(self.system_store, replica_id_for(data_dir), self._addresses)
+
+    def _addresses(self) -> dict[str, str]:
+        return {
+            "api": "{}:{}".format(*self.api_address),
+            "discovery": "{}:{}".format(*self.discovery_address),
+        }
+
+    async def replicas_status(self, request: web.Request) -> web.Response:
+        """GET /v1/replicas: the replicas sharing the store, the leader, the store's health."""
+        rows = await asyncio.to_thread(self.replicas.rows)
+        health = await asyncio.to_thread(store_health, self.store)
+        return web.json_response(
+            {"replica": self.replicas.replica_id, "replicas": rows, "store": health}
+        )
 
     def _metrics_target(self) -> str:
         """Where Prometheus finds the control plane's own /metrics (the API listener)."""
@@ -195,7 +223,9 @@ class ControlPlane:
 
     async def start(self) -> None:
         await self.discovery.start()
-        api_runner = web.AppRunner(self.api.app(), access_log=None)
+        api_app = self.api.app()
+        api_app.router.add_get("/v1/replicas", self.replicas_status)
+        api_runner = web.AppRunner(api_app, access_log=None)
         await api_runner.setup()
         api_site = web.TCPSite(api_runner, *self.config.api, reuse_address=True)
         await api_site.start()
@@ -218,6 +248,7 @@ class ControlPlane:
 
             self.xds = XdsServer(self)
             self.xds_address = await self.xds.start(self.config.xds)
+        await self.replicas.start()  # its addresses are known now
         await self.route_status.start()
         await self.telemetry.start()
         await self.rotation.start()
@@ -238,9 +269,12 @@ class ControlPlane:
             await self.xds.stop()
         log.debug("stopping discovery")
         await self.discovery.stop()
+        await self.replicas.stop()
         log.debug("closing the store")
         # Closing the store ends open watch streams, so the API can shut down at once.
         self.store.close()
+        if self.system_store is not None:
+            self.system_store.close()
         self.audit.close()
         for runner in reversed(self._runners):
             log.debug("stopping listener %s", runner.addresses)

@@ -19,6 +19,7 @@ __all__ = [
     "WatchEvent",
     "make_dirs",
     "open_store",
+    "system_store_for",
 ]
 
 _SUPPORTED = (
@@ -52,3 +53,12 @@ def open_store(url: str, *, expect_existing: bool = False) -> Store:
             "like sqlite:///var/lib/gossamer/store.db"
         )
     return SqliteStore(unquote(parts.path), expect_existing=expect_existing)
+
+
+def system_store_for(store: Store) -> Store | None:
+    """Where control-plane replicas sharing `store` keep their own records (heartbeats,
+    the leader, join-token uses): a sibling of an etcd store. None for a store that one
+    replica has to itself (SQLite): its records stay in its data dir."""
+    if isinstance(store, EtcdStore):
+        return store.sibling("system")
+    return None

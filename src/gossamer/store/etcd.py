@@ -131,6 +131,16 @@ class EtcdStore:
         endpoints, prefix = parse_etcd_url(url)
         return cls(endpoints, prefix=prefix, **options)
 
+    def sibling(self, name: str) -> EtcdStore:
+        """A separate Store on the same members, under PREFIX/NAME/ (the control
+        plane's own records, kept out of the mesh's lists and watches)."""
+        return EtcdStore(
+            self.gateway.endpoints,
+            prefix=f"{self.prefix}{name.strip('/')}/",
+            timeout=self.gateway.timeout,
+            deadline=self.gateway.deadline,
+        )
+
     # -- lifecycle ---------------------------------------------------------------
 
     def close(self) -> None:

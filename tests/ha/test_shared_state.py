@@ -1,0 +1,57 @@
+"""What replicas share through the store: join-token uses count across replicas."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from gossamer.controlplane.audit import AuditLog
+from gossamer.store import EtcdStore
+from tests.store.etcdcluster import EtcdCluster
+
+from .conftest import etcd_cluster as _etcd_cluster  # noqa: F401  (a fixture)
+
+
+def test_a_join_tokens_limit_holds_across_replicas(
+    etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    prefix = f"/{tmp_path.name}/system/"
+    stores = [EtcdStore(etcd_cluster.endpoints, prefix=prefix) for _ in range(2)]
+    logs = [AuditLog(tmp_path / f"audit-{i}.db", shared=store) for i, store in enumerate(stores)]
+    granted: list[int] = []
+    refused: list[str] = []
+
+    def join(log: AuditLog) -> None:
+        for _ in range(5):
+            try:
+                granted.append(log.use_token("tok-1", 3))
+            except ValueError as e:
+                refused.append(str(e))
+
+    try:
+        threads = [threading.Thread(target=join, args=(log,)) for log in logs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        for log in logs:
+            log.close()
+        for store in stores:
+            store.close()
+
+    assert sorted(granted) == [1, 2, 3]
+    assert len(refused) == 7
+    assert all("already used 3 times" in message for message in refused)
+
+
+def test_without_a_shared_store_uses_are_counted_in_the_local_file(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.db")
+    try:
+        assert [log.use_token("tok-1", 2), log.use_token("tok-1", 2)] == [1, 2]
+        with pytest.raises(ValueError, match="already used 2 times"):
+            log.use_token("tok-1", 2)
+    finally:
+        log.close()
