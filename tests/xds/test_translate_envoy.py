@@ -28,6 +28,7 @@ from gossamer.translate.envoy import (
     envoy_resources,
     secrets,
 )
+from gossamer.translate.envoy_grpc import grpc_resources
 from gossamer.translate.snapshot import Snapshot
 from tests.xds.envoyconfig import static_bootstrap
 from tests.xds.envoyconfig import validate as envoy_validate
@@ -364,3 +365,27 @@ def test_a_version_changes_only_with_content() -> None:
     assert a.version(ENDPOINT, frozenset({"outbound|80||echo.shop"})) == c.version(
         ENDPOINT, frozenset({"outbound|80||echo.shop"})
     )
+
+
+def test_proxyless_grpc_resources_match_their_golden_file(
+    golden: Callable[[str, str], None],
+) -> None:
+    resources = grpc_resources(snapshot(OBJECTS))
+    text = json.dumps(resources.by_type, indent=2, sort_keys=True) + "\n"
+    golden("envoy/web-1-proxyless-grpc.json", text)
+
+
+def test_proxyless_grpc_calls_endpoints_directly_and_drops_the_post_match() -> None:
+    resources = grpc_resources(snapshot(OBJECTS))
+    listener = resources.by_type[LISTENER]["greeter.shop:9090"]
+    assert listener["api_listener"]["api_listener"]["rds"]["route_config_name"] == (
+        "greeter.shop:9090"
+    )
+    [route] = resources.by_type[ROUTE]["greeter.shop:9090"]["virtual_hosts"][0]["routes"]
+    assert route["match"] == {"path": "/helloworld.Greeter/SayHello"}
+    [group] = resources.by_type[ENDPOINT]["outbound|9090||greeter.shop"]["endpoints"]
+    assert group["load_balancing_weight"] == 1
+    assert group["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 9090,
+    }

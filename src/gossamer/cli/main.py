@@ -29,8 +29,10 @@ COMMAND_MODULES = (
     "ca",
     "routes",
     "demo",
+    "describe",
     "capture",
     "inject",
+    "bootstrap",
 )
 # The proxy lives as long as its workload: it loads only its own command module, so
 # it does not carry the rest of the CLI (the resource models alone are megabytes).

@@ -28,6 +28,7 @@ __all__ = [
     "JoinedFiles",
     "deregister",
     "envoy_bootstrap",
+    "grpc_bootstrap",
     "join",
     "register",
     "report_ready",
@@ -259,4 +260,38 @@ def envoy_bootstrap(
             ]
         },
         "admin": {"address": {"socket_address": {"address": admin[0], "port_value": admin[1]}}},
+    }
+
+
+def grpc_bootstrap(
+    name: str,
+    namespace: str,
+    xds: tuple[str, int],
+    files: JoinedFiles,
+    interests: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """A gRPC xDS bootstrap (`GRPC_XDS_BOOTSTRAP`): the control plane's xDS server over
+    mTLS with the join certificate (gRFC A65 `tls` channel credentials), and a node
+    that says it is a proxyless client (decision 0074)."""
+    metadata: dict[str, Any] = {"WORKLOAD": name, "NAMESPACE": namespace, "PROXYLESS": True}
+    if interests is not None:
+        metadata["INTERESTS"] = list(interests)
+    return {
+        "xds_servers": [
+            {
+                "server_uri": f"{xds[0]}:{xds[1]}",
+                "channel_creds": [
+                    {
+                        "type": "tls",
+                        "config": {
+                            "ca_certificate_file": str(files.bundle),
+                            "certificate_file": str(files.chain),
+                            "private_key_file": str(files.key),
+                        },
+                    }
+                ],
+                "server_features": ["xds_v3"],
+            }
+        ],
+        "node": {"id": f"{namespace}/{name}", "cluster": namespace, "metadata": metadata},
     }

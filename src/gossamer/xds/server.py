@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,8 @@ from google.protobuf import json_format
 from gossamer.errors import IdentityError, NotFound
 from gossamer.identity.csr import generate_private_key, make_csr
 from gossamer.identity.spiffe import SpiffeId
-from gossamer.translate import InconsistentSnapshot, ProxyInfo, Snapshot
+from gossamer.translate import InconsistentSnapshot, ProxyInfo, Snapshot, build_snapshot
+from gossamer.translate.build import WorkloadRecord
 from gossamer.translate.envoy import (
     CLUSTER,
     ENDPOINT,
@@ -56,6 +57,7 @@ from gossamer.translate.envoy import (
     envoy_resources,
     secrets,
 )
+from gossamer.translate.envoy_grpc import grpc_resources
 from gossamer.xds import protos
 
 if TYPE_CHECKING:
@@ -97,6 +99,9 @@ class NodeSpec:
     namespace: str
     envoy: EnvoyNode
     interests: frozenset[str] | None  # None: every service in the mesh
+    # A gRPC client with its own xDS support: no Workload, no listeners of its own
+    # (see gossamer.translate.envoy_grpc and `gossamer bootstrap grpc`).
+    proxyless: bool = False
 
     @staticmethod
     def parse(metadata: dict[str, Any]) -> NodeSpec:
@@ -134,6 +139,7 @@ class NodeSpec:
             None
             if interests is None
             else frozenset(i.lower() for i in interests) | {u.service for u in upstreams},
+            proxyless=metadata.get("PROXYLESS") is True,
         )
 
 
@@ -273,7 +279,11 @@ class XdsServer:
             try:
                 # Cached unless discovery dropped it (it keeps only its own sessions'
                 # entries when the cache grows): then this builds it once.
-                latest = self.cp.discovery.snapshots.prepare(mesh, self._info(s)).version
+                latest = (
+                    s.snapshot.version
+                    if s.spec.proxyless and s.snapshot is not None
+                    else self.cp.discovery.snapshots.prepare(mesh, self._info(s)).version
+                )
             except InconsistentSnapshot:
                 latest = ""
             rows.append(
@@ -281,7 +291,7 @@ class XdsServer:
                     "workload": s.spec.workload,
                     "namespace": s.spec.namespace,
                     "identity": str(s.identity),
-                    "engine": "envoy",
+                    "engine": "grpc" if s.spec.proxyless else "envoy",
                     "node": s.node_id,
                     "connectedSince": s.connected_since,
                     "sentVersion": s.sent_snapshot,
@@ -311,6 +321,13 @@ class XdsServer:
     def _open(self, identity: SpiffeId, node: Any) -> XdsSession:
         metadata = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
         spec = NodeSpec.parse(metadata)
+        if spec.proxyless:
+            # No Workload to own: the identity's namespace is the client's.
+            if identity.namespace != spec.namespace:
+                raise IdentityError(
+                    f"{identity} may not speak for a gRPC client in namespace {spec.namespace!r}"
+                )
+            return XdsSession(identity, node.id, spec)
         obj = self.cp.store.get("Workload", spec.namespace, spec.workload)
         account = obj["spec"].get("serviceAccount", "default")
         if identity.namespace != spec.namespace or identity.service_account != account:
@@ -346,7 +363,8 @@ class XdsServer:
         sid = next(self._ids)
         self._sessions[sid] = session
         spec = session.spec
-        self.cp.discovery.hold_lease(spec.namespace, spec.workload)
+        if not spec.proxyless:
+            self.cp.discovery.hold_lease(spec.namespace, spec.workload)
         log.info(
             "envoy %s (%s/%s) connected over xDS", session.node_id, spec.namespace, spec.workload
         )
@@ -374,7 +392,8 @@ class XdsServer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
             del self._sessions[sid]
-            self.cp.discovery.release_lease(spec.namespace, spec.workload)
+            if not spec.proxyless:
+                self.cp.discovery.release_lease(spec.namespace, spec.workload)
             log.info(
                 "envoy %s (%s/%s) disconnected", session.node_id, spec.namespace, spec.workload
             )
@@ -427,6 +446,9 @@ class XdsServer:
 
     def _rebuild(self, session: XdsSession) -> None:
         """A change may concern this proxy: one build, one translation, if anything moved."""
+        if session.spec.proxyless:
+            self._rebuild_proxyless(session)
+            return
         self._renew_if_due(session)
         try:
             # The discovery service's cache: one build per change, shared with every
@@ -449,6 +471,29 @@ class XdsServer:
         resources = envoy_resources(snapshot, session.spec.envoy)
         resources.by_type[SECRET] = secrets(chain, key, snapshot.trust_bundle)
         session.snapshot, session.resources = snapshot, resources
+
+    def _rebuild_proxyless(self, session: XdsSession) -> None:
+        """A gRPC client has no Workload: its snapshot is built for a stand-in that no
+        Service selects (no ports, no labels), outside the cache."""
+        spec, mesh = session.spec, self.cp.discovery.mesh()
+        stand_in = WorkloadRecord(
+            name=spec.workload,
+            namespace=spec.namespace,
+            labels={},
+            address="127.0.0.1",
+            inbound_port=1,
+            service_account=session.identity.service_account,
+            ready=False,
+        )
+        workloads = {**mesh.workloads, (spec.namespace, spec.workload): stand_in}
+        try:
+            snapshot = build_snapshot(replace(mesh, workloads=workloads), self._info(session))
+        except InconsistentSnapshot as err:
+            log.error("not sending a snapshot to gRPC client %s: %s", session.node_id, err)
+            return
+        if session.snapshot is not None and snapshot.version == session.snapshot.version:
+            return
+        session.snapshot, session.resources = snapshot, grpc_resources(snapshot)
 
     def _renew_if_due(self, session: XdsSession) -> None:
         now = datetime.now(UTC)
