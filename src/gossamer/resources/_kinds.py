@@ -24,6 +24,7 @@ from gossamer.resources.policies import (
 )
 from gossamer.resources.service import Service
 from gossamer.resources.tcproute import TCPRoute
+from gossamer.resources.trafficcontrol import TrafficControl
 from gossamer.resources.workload import Workload
 
 Resource: TypeAlias = (
@@ -38,6 +39,7 @@ Resource: TypeAlias = (
     | OutlierPolicy
     | CircuitBreakerPolicy
     | FaultPolicy
+    | TrafficControl
 )
 
 
@@ -73,6 +75,7 @@ _MODELS: Mapping[str, type[Resource]] = {
     "OutlierPolicy": OutlierPolicy,
     "CircuitBreakerPolicy": CircuitBreakerPolicy,
     "FaultPolicy": FaultPolicy,
+    "TrafficControl": TrafficControl,
 }
 
 KINDS: Mapping[str, KindInfo] = MappingProxyType(
@@ -115,6 +118,9 @@ KINDS: Mapping[str, KindInfo] = MappingProxyType(
         ),
         "FaultPolicy": KindInfo(
             "FaultPolicy", "gossamer.dev/v1alpha1", "faultpolicies", (), namespaced=True
+        ),
+        "TrafficControl": KindInfo(
+            "TrafficControl", "gossamer.dev/v1alpha1", "trafficcontrols", ("tc",), namespaced=True
         ),
     }
 )
