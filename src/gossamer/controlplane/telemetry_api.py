@@ -6,9 +6,11 @@ Reads, like every GET on the API: no token needed unless the control plane runs 
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from aiohttp import web
 
 from gossamer.controlplane.telemetry import (
@@ -16,6 +18,7 @@ from gossamer.controlplane.telemetry import (
     MAX_WINDOW,
     BadWindow,
     parse_duration,
+    targets_from,
 )
 from gossamer.telemetry.golden import Key
 
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
 
 _STARTED_AT = time.time()
 MAX_POINTS = 240
+MAX_CONFIG_BYTES = 8 * 1024 * 1024  # a proxy's /config: its snapshot, so the mesh's size
+CONFIG_TIMEOUT = 5.0
 
 
 def _bad_request(message: str) -> web.Response:
@@ -48,6 +53,7 @@ class TelemetryApi:
             web.get("/v1/stats/routes", self.route_stats),
             web.get("/v1/stats/series", self.series),
             web.get("/v1/stats/targets", self.targets),
+            web.get("/v1/proxies/{namespace}/{name}/config", self.proxy_config),
         ]
 
     def _rows(self, request: web.Request, what: str) -> web.Response:
@@ -101,6 +107,51 @@ class TelemetryApi:
         return web.json_response(
             {"view": view, "windowSeconds": window, "stepSeconds": step, "points": points}
         )
+
+    async def proxy_config(self, request: web.Request) -> web.Response:
+        """What one proxy runs (`gossamer proxy-config`): its admin `/config`, fetched
+        the way the control plane scrapes its metrics, so the CLI needs no route to it."""
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        store = self.cp.store
+        found = [
+            t
+            for t in targets_from(
+                store.list("Workload", namespace), store.list("Service", namespace)
+            )
+            if t.workload == name
+        ]
+        if not found:
+            body = {
+                "error": {
+                    "code": 404,
+                    "reason": "NotFound",
+                    "message": f"no registered workload {namespace}/{name} with an admin "
+                    f"port; `gossamer get workloads -n {namespace}` lists them",
+                }
+            }
+            return web.json_response(body, status=404)
+        url = f"http://{found[0].address}/config"
+        try:
+            timeout = aiohttp.ClientTimeout(total=CONFIG_TIMEOUT)
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(url) as resp,
+            ):
+                raw = await resp.content.read(MAX_CONFIG_BYTES + 1)
+                if resp.status != 200 or len(raw) > MAX_CONFIG_BYTES:
+                    raise ValueError(f"answered {resp.status} with {len(raw)} bytes")
+                config = json.loads(raw)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+            body = {
+                "error": {
+                    "code": 502,
+                    "reason": "BadGateway",
+                    "message": f"the proxy of {namespace}/{name} at {found[0].address} did "
+                    f"not give its configuration: {err or type(err).__name__}",
+                }
+            }
+            return web.json_response(body, status=502)
+        return web.json_response(config)
 
     async def targets(self, request: web.Request) -> web.Response:
         t = self.cp.telemetry
