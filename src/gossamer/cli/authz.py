@@ -9,10 +9,12 @@ behind the service (as translation does for its snapshot), `compile_security` an
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 from gossamer.authz import Request, compile_security, principal_of
+from gossamer.cli.analyze import is_principal, principal_hint
 from gossamer.cli.client import ApiError
 from gossamer.cli.common import add_output_flag, add_server_flags, client_from, emit, fail
 from gossamer.cli.output import rule_ref
@@ -123,6 +125,8 @@ def explain(args: argparse.Namespace) -> int:
     ]
     index = SecurityIndex.from_objects(objects)
     principal = principal_of(args.source) if args.source else None
+    if principal is not None and not is_principal(principal):
+        print(f"warning: --from {principal_hint(principal, namespace)}", file=sys.stderr)
     headers = _headers(args.header)
     results = []
     # With no workload registered yet, a workload the service would select is assumed.

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "routes",
     "demo",
     "describe",
+    "analyze",
     "capture",
     "inject",
     "bootstrap",

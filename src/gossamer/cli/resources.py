@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="FILE",
         help="file to apply, or - for standard input (repeatable)",
     )
+    p.add_argument(
+        "--no-analyze",
+        action="store_true",
+        help="skip the warnings about what was applied but does nothing (`gossamer analyze`)",
+    )
     add_output_flag(p)
     add_server_flags(p)
     p.set_defaults(func=apply)
@@ -125,6 +130,10 @@ def apply(args: argparse.Namespace) -> int:
         return 0
     for item in result["items"]:
         print(f"{item['kind'].lower()}/{item['name']} ({item['namespace']}) {item['action']}")
+    if not args.no_analyze:
+        from gossamer.cli.analyze import warn_about
+
+        warn_about(docs, client)  # stored all the same: it is valid, only inert
     return 0
 
 
