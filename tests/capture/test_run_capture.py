@@ -31,8 +31,11 @@ metadata: {name: echo, namespace: shop}
 spec: {selector: {app: echo}, ports: [{name: http, port: 80, targetPort: http}]}
 """
 
+# socketserver's, not http.server's HTTPServer: that one looks its own name up in DNS
+# first, from a host with no resolver to ask.
 OUTSIDE = (
-    "import http.server as h; h.HTTPServer((%r, 80), h.SimpleHTTPRequestHandler).serve_forever()"
+    "import http.server as h, socketserver; "
+    "socketserver.TCPServer((%r, 80), h.SimpleHTTPRequestHandler).serve_forever()"
 )
 # Until mesh DNS answers for it, the name is pinned to an address nobody has: a
 # captured connection never needs its destination to exist.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 
 PREFIX = "gsm"
+ETC_NETNS = Path("/etc/netns")
 SUBNET = "198.18.0"
 
 
@@ -69,6 +71,7 @@ def sweep_stale() -> None:
             continue
         _kill_inside(name)
         _ip("netns", "del", name, check=False)
+        shutil.rmtree(ETC_NETNS / name, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -129,6 +132,13 @@ class Host:
         self.procs.append(proc)
         return proc
 
+    def etc(self, name: str, text: str) -> None:
+        """Give this host its own /etc/NAME (resolv.conf, say): `ip netns exec` mounts
+        /etc/netns/<namespace>/NAME over it. Removed with the network."""
+        path = ETC_NETNS / self.netns / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
     def link(self, *, up: bool) -> None:
         """Cut this host off the network (or back on): its cable, at the bridge."""
         _ip("-n", self.bridge_netns, "link", "set", self.port, "up" if up else "down")
@@ -181,6 +191,9 @@ class Network:
             _ip("-n", br, "link", "set", host.port, "master", "br0", "up")
             _ip("-n", host.netns, "addr", "add", f"{host.address}/16", "dev", "eth0")
             _ip("-n", host.netns, "link", "set", "eth0", "up")
+            # Every other address is on the wire too (a service's virtual IP, say):
+            # a connection to it needs a route before netfilter can redirect it.
+            _ip("-n", host.netns, "route", "add", "default", "dev", "eth0")
 
     def close(self) -> None:
         for host in self.hosts:
@@ -189,6 +202,7 @@ class Network:
         for name in reversed(self._created):
             _kill_inside(name)
             _ip("netns", "del", name, check=False)
+            shutil.rmtree(ETC_NETNS / name, ignore_errors=True)
         self._created.clear()
 
     @staticmethod

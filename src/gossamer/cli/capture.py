@@ -221,6 +221,7 @@ def run_spec(args: argparse.Namespace) -> CaptureSpec:
         proxy_gid=args.capture_proxy_gid,
         exclude_outbound_ports=tuple(args.capture_exclude_outbound_port),
         exclude_outbound_cidrs=tuple(cidrs),
+        dns_port=args.dns[1] if args.dns else None,
     )
 
 

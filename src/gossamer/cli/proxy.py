@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from gossamer.cli.capture import add_run_flags as add_capture_flags
 from gossamer.cli.common import fail, host_port
+from gossamer.dns.names import DEFAULT_SERVICE_CIDR
 from gossamer.cli.envoy import add_engine_flags
 from gossamer.errors import GossamerError
 
@@ -79,6 +80,17 @@ def _upstream(text: str) -> tuple[str, int, str, int]:
             f"{text!r} is not SVC[.NS]:PORT=LOCAL_HOST:LOCAL_PORT"
         ) from None
     return svc, int(port), lhost, lport
+
+
+def _service_cidr(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.IPv4Network(text, strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IPv4 network like 240.240.0.0/16"
+        ) from None
 
 
 def add_proxy_flags(p: argparse.ArgumentParser) -> None:
@@ -174,6 +186,20 @@ def add_proxy_flags(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("GOSSAMER_ACCESS_LOG"),
         help="write one JSON line per request to PATH, or - for standard output "
         "(default: $GOSSAMER_ACCESS_LOG, else off)",
+    )
+    p.add_argument(
+        "--dns",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="answer DNS here (UDP and TCP): services by name with their virtual IPs, "
+        "anything else forwarded to the host's resolver; with --capture the app's DNS comes "
+        "here (docs/decisions/0061-mesh-dns-and-virtual-ips.md)",
+    )
+    p.add_argument(
+        "--service-cidr",
+        type=_service_cidr,
+        default=DEFAULT_SERVICE_CIDR,
+        help=f"the range services' virtual IPs are in (default: {DEFAULT_SERVICE_CIDR})",
     )
     p.add_argument(
         "--drain-seconds",
@@ -275,6 +301,8 @@ async def _serve(
         app_host=args.app_host,
         upstreams=tuple(upstreams),
         access_log=args.access_log,
+        dns=args.dns,
+        service_cidr=args.service_cidr,
     )
     if args.detect_timeout is not None:  # else DataPlaneConfig's default
         dp_config.detect_timeout = args.detect_timeout

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import ipaddress
 import logging
 import os
 import socket
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from gossamer.authz import Authorizer, compile_security
+from gossamer.dns.names import DEFAULT_SERVICE_CIDR
 from gossamer.proxy.forward.connect import PeerPool, connect_peer
 from gossamer.proxy.forward.exchange import ConnectError, Pool, ServerConnection
 from gossamer.proxy.inbound.http import (
@@ -33,6 +35,7 @@ from gossamer.proxy.observe.admin import AdminConnection, Page, json_page
 from gossamer.proxy.observe.hooks import Local, RequestHooks
 from gossamer.proxy.observe.metrics import Metrics
 from gossamer.proxy.observe.tap import TapHub
+from gossamer.proxy.outbound.capture import CaptureGate
 from gossamer.proxy.outbound.http import OutboundSide
 from gossamer.proxy.outbound.tcp import TcpListener, TcpUpstream, UpstreamCarriers
 from gossamer.proxy.policy.balancer import Balancer, EndpointLoad
@@ -115,6 +118,11 @@ class DataPlaneConfig:
     # for standard output; None: off), and OpenTelemetry's OTEL_* settings for tracing.
     access_log: str | None = field(default_factory=_access_log_from_env)
     otel: dict[str, str] = field(default_factory=_otel_from_env)
+    # Mesh DNS (docs/decisions/0061): where the proxy answers DNS (None: it does not),
+    # the range services' virtual IPs are in, and the resolver it forwards the rest to.
+    dns: Address | None = None
+    service_cidr: str = DEFAULT_SERVICE_CIDR
+    dns_upstream: Address | None = None
 
 
 class HeapTrim:
@@ -182,6 +190,9 @@ class DataPlane:
         self.inbound_address: Address | None = None
         self.admin_address: Address | None = None
         self.tcp_addresses: dict[TcpUpstream, Address] = {}
+        self.dns_address: Address | None = None
+        self._dns_udp: asyncio.BaseTransport | None = None
+        self._service_cidr = ipaddress.IPv4Network(config.service_cidr, strict=False)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._table: RouteTable[PeerPool] | None = None
         self._peers: dict[Endpoint, tuple[PeerPool, EndpointLoad]] = {}
@@ -262,7 +273,9 @@ class DataPlane:
         if self.snapshot is not None:
             self._install(self.snapshot)
         server = await loop.create_server(
-            self.fds.guard(lambda: ServerConnection(outbound), "outbound"),
+            self.fds.guard(
+                lambda: CaptureGate(self, lambda: ServerConnection(outbound)), "outbound"
+            ),
             cfg.outbound[0],
             cfg.outbound[1],
             reuse_port=cfg.reuse_port or None,
@@ -302,6 +315,8 @@ class DataPlane:
             )
             self._servers.append(tcp)
             self.tcp_addresses[up] = _bound(tcp)
+        if cfg.dns is not None:
+            await self._start_dns(cfg.dns)
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
         log.info(
             "proxy listening: outbound %s, inbound %s, admin %s",
@@ -309,6 +324,44 @@ class DataPlane:
             self.inbound_address,
             self.admin_address,
         )
+
+    # ---- captured traffic and mesh DNS (proxy.outbound.capture, gossamer.dns) -----------
+
+    def is_virtual_ip(self, address: str) -> bool:
+        """Whether `address` is in the services' virtual IP range: the mesh's own."""
+        try:
+            return ipaddress.IPv4Address(address) in self._service_cidr
+        except ValueError:
+            return False
+
+    def registry_only(self) -> bool:
+        """Whether captured traffic to addresses outside the mesh is refused."""
+        snapshot = self.snapshot
+        return snapshot is not None and snapshot.security.outbound_traffic == "REGISTRY_ONLY"
+
+    async def _service_exists(self, name: str, namespace: str) -> bool:
+        snapshot = self.snapshot
+        if snapshot is not None and snapshot.service(name, namespace) is not None:
+            return True
+        await self.wait_interest(f"{name}.{namespace}")
+        snapshot = self.snapshot
+        return snapshot is not None and snapshot.service(name, namespace) is not None
+
+    async def _start_dns(self, address: Address) -> None:
+        from gossamer.dns.server import MeshResolver, host_resolver, serve
+
+        resolver = MeshResolver(
+            lambda: self.table.namespace or "default",
+            self._service_cidr,
+            self._service_exists,
+            self.config.dns_upstream or host_resolver(),
+            self.config.cluster_domain,
+        )
+        self.metrics.dns_queries = resolver.counts
+        udp, tcp = await serve(resolver, address, self.spawn)
+        self._dns_udp = udp
+        self._servers.append(tcp)
+        self.dns_address = _bound(tcp)
 
     def _tcp_listener(self, up: TcpUpstream) -> Callable[[], asyncio.Protocol]:
         carriers = UpstreamCarriers(self, up)
@@ -365,6 +418,8 @@ class DataPlane:
         self._timers.clear()
         for server in self._servers:
             server.close()
+        if self._dns_udp is not None:
+            self._dns_udp.close()
         if self._acceptor is not None:
             self._acceptor.close()
         for conn in list(self.connections):

@@ -85,10 +85,18 @@ class Telemetry(Model):
     access_log: AccessLogging | None = None
 
 
+class OutboundTrafficPolicy(Model):
+    mode: Literal["ALLOW_ANY", "REGISTRY_ONLY"] = "ALLOW_ANY"
+    """What a captured app's connection to an address outside the mesh gets: passed
+    through as plain TCP (ALLOW_ANY), or refused (REGISTRY_ONLY), as in Istio. Either
+    way it is counted (gossamer_outside_mesh_connections_total)."""
+
+
 class MeshPolicySpec(Model):
     selector: WorkloadSelector | None = None
     mtls: MutualTLS | None = None
     telemetry: Telemetry | None = None
+    outbound_traffic_policy: OutboundTrafficPolicy | None = None
     default_action: Literal["ALLOW_ALL", "ALLOW_AUTHENTICATED", "DENY_ALL"] | None = None
     """What happens to a request when no ALLOW AuthorizationPolicy applies to the
     workload (DENY policies are checked first either way)."""

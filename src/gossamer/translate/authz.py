@@ -18,6 +18,7 @@ from typing import Any
 ROOT_NAMESPACE = "gossamer-system"
 DEFAULT_MTLS_MODE = "STRICT"
 DEFAULT_ACTION = "ALLOW_ALL"
+DEFAULT_OUTBOUND_TRAFFIC = "ALLOW_ANY"
 
 __all__ = [
     "DEFAULT_ACTION",
@@ -54,6 +55,10 @@ class SecurityView:
     mtls_from: str | None = None
     default_from: str | None = None
     policies: tuple[AuthorizationPolicyView, ...] = ()
+    # Captured traffic to addresses outside the mesh: ALLOW_ANY (passed through as
+    # plain TCP) or REGISTRY_ONLY (refused), and the MeshPolicy that set it.
+    outbound_traffic: str = DEFAULT_OUTBOUND_TRAFFIC
+    outbound_from: str | None = None
 
     @staticmethod
     def from_dict(data: Mapping[str, Any] | None) -> SecurityView:
@@ -73,6 +78,8 @@ class SecurityView:
                 )
                 for p in data.get("policies", ())
             ),
+            outbound_traffic=data.get("outbound_traffic", DEFAULT_OUTBOUND_TRAFFIC),
+            outbound_from=data.get("outbound_from"),
         )
 
 
@@ -164,7 +171,8 @@ def security_for(index: SecurityIndex, namespace: str, labels: Mapping[str, str]
     """What applies to a workload in `namespace` with `labels` (pure)."""
     mtls_mode, mtls_from = DEFAULT_MTLS_MODE, None
     default_action, default_from = DEFAULT_ACTION, None
-    mtls_level = default_level = -1
+    outbound, outbound_from = DEFAULT_OUTBOUND_TRAFFIC, None
+    mtls_level = default_level = outbound_level = -1
     for mp in index.mesh:  # oldest first: a later one must be more specific to win
         if not _applies(mp, index, namespace, labels):
             continue
@@ -176,6 +184,9 @@ def security_for(index: SecurityIndex, namespace: str, labels: Mapping[str, str]
         if action and level > default_level:
             default_action, default_from = action, f"{mp.namespace}/{mp.name}"
             default_level = level
+        mode = (mp.spec.get("outboundTrafficPolicy") or {}).get("mode")
+        if mode and level > outbound_level:
+            outbound, outbound_from, outbound_level = mode, f"{mp.namespace}/{mp.name}", level
     policies = tuple(
         AuthorizationPolicyView(
             namespace=p.namespace,
@@ -186,4 +197,6 @@ def security_for(index: SecurityIndex, namespace: str, labels: Mapping[str, str]
         for p in index.authorization
         if _applies(p, index, namespace, labels)
     )
-    return SecurityView(mtls_mode, default_action, mtls_from, default_from, policies)
+    return SecurityView(
+        mtls_mode, default_action, mtls_from, default_from, policies, outbound, outbound_from
+    )

@@ -125,6 +125,11 @@ class Metrics:
         self._requests: dict[tuple[str, ...], RequestStats] = {}
         self._tcp: dict[tuple[str, ...], TcpStats] = {}
         self._resilience: dict[tuple[str, ...], ResilienceStats] = {}
+        # Captured connections to addresses outside the mesh, by what became of them
+        # (passthrough, refused), and mesh DNS queries by how they were answered
+        # (mesh, forwarded, failed, malformed): docs/decisions/0061.
+        self.outside_mesh: dict[str, int] = {"passthrough": 0, "refused": 0}
+        self.dns_queries: dict[str, int] = {}
         # When the counters began: a scraper tells a restart from a quiet spell by it.
         self.started_at = time.time()
 
@@ -238,6 +243,17 @@ class Metrics:
             for r in resilience:
                 labels = _label_text(RESILIENCE_LABELS, r.labels)
                 out.append(f"{name}{{{labels}}} {getattr(r, attr)}")
+        out.append(
+            "# HELP gossamer_outside_mesh_connections_total Captured connections to "
+            "addresses outside the mesh: passed through, or refused (REGISTRY_ONLY)."
+        )
+        out.append("# TYPE gossamer_outside_mesh_connections_total counter")
+        for action, n in sorted(self.outside_mesh.items()):
+            out.append(f'gossamer_outside_mesh_connections_total{{action="{action}"}} {n}')
+        out.append("# HELP gossamer_dns_queries_total DNS queries the proxy's resolver took.")
+        out.append("# TYPE gossamer_dns_queries_total counter")
+        for how, n in sorted(self.dns_queries.items()):
+            out.append(f'gossamer_dns_queries_total{{answer="{_escape(how)}"}} {n}')
         out.append("# HELP process_start_time_seconds When the proxy started (Unix time).")
         out.append("# TYPE process_start_time_seconds gauge")
         out.append(f"process_start_time_seconds {self.started_at:.3f}")
