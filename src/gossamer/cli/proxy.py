@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from gossamer.cli.capture import add_run_flags as add_capture_flags
 from gossamer.cli.common import fail, host_port
-from gossamer.dns.names import DEFAULT_SERVICE_CIDR
 from gossamer.cli.envoy import add_engine_flags
+from gossamer.dns.names import DEFAULT_SERVICE_CIDR
 from gossamer.errors import GossamerError
 
 if TYPE_CHECKING:
