@@ -74,6 +74,69 @@ def _envoy_ready(admin: tuple[str, int]) -> bool:
         return False
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _envoy_get(envoy_admin: tuple[str, int], path: str) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{_hp(envoy_admin)}{path}", timeout=2) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+    except OSError as err:
+        return 503, f"envoy's admin listener does not answer: {err}\n".encode()
+
+
+def _serve_admin(address: tuple[str, int], envoy_admin: tuple[str, int]) -> Any:
+    """The workload's admin listener, as the Gossamer proxy's: readiness, liveness and
+    metrics. Served from a thread: the supervisor's loop only polls."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Admin(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the stdlib's name
+            status, ctype, body = self._answer()
+            self.send_response(status)
+            self.send_header("content-type", ctype)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _answer(self) -> tuple[int, str, bytes]:
+            path = self.path.split("?", 1)[0]
+            if path == "/live":
+                return 200, "text/plain", b"live\n"
+            if path == "/ready":
+                ready = _envoy_ready(envoy_admin)
+                return (
+                    (200, "text/plain", b"ready\n")
+                    if ready
+                    else (503, "text/plain", b"envoy is not ready\n")
+                )
+            if path in ("/metrics", "/stats/prometheus"):
+                status, body = _envoy_get(envoy_admin, "/stats/prometheus")
+                if status != 200 or path == "/stats/prometheus":
+                    return status, "text/plain; version=0.0.4", body
+                from gossamer.xds.metrics import from_envoy
+
+                return 200, "text/plain; version=0.0.4", from_envoy(body.decode()).encode()
+            return 404, "text/plain", b"not found: /ready /live /metrics /stats/prometheus\n"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return  # scrapes every few seconds: not worth a line each
+
+    server = ThreadingHTTPServer(address, Admin)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="admin", daemon=True).start()
+    return server
+
+
 def _write_ready(path: Path, info: dict[str, str]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info))
@@ -82,7 +145,12 @@ def _write_ready(path: Path, info: dict[str, str]) -> None:
 
 def run_envoy_proxy(args: argparse.Namespace) -> int:
     """The supervisor's life: join, register, start Envoy, report, and stop with it."""
-    from gossamer.cli.proxy import _die_with_supervisor, _end_orphaned_app, _mint_join_token
+    from gossamer.cli.proxy import (
+        _die_with_supervisor,
+        _end_orphaned_app,
+        _mint_join_token,
+        _scrapable_admin_port,
+    )
     from gossamer.errors import GossamerError
     from gossamer.xds.bootstrap import (
         EnvoyWorkload,
@@ -144,7 +212,15 @@ def run_envoy_proxy(args: argparse.Namespace) -> int:
         labels=dict(args.label),
         ports=tuple(ports),
         upstreams=tuple(upstreams),
+        admin_port=_scrapable_admin_port(args.admin, address),
     )
+    # Envoy's own admin listener stays private; --admin is the supervisor's (/ready,
+    # /live, /metrics in Gossamer's series, /stats/prometheus as Envoy says it).
+    envoy_admin = ("127.0.0.1", _free_port())
+    try:
+        admin = _serve_admin(args.admin, envoy_admin)
+    except OSError as err:
+        fail(f"cannot listen on --admin {_hp(args.admin)}: {err.strerror or err}")
     stop: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: stop.append(signum))
@@ -157,7 +233,7 @@ def run_envoy_proxy(args: argparse.Namespace) -> int:
         files = join(discovery, token, directory)
         register(discovery, files, workload)
         config = directory / "envoy.json"
-        config.write_text(json.dumps(envoy_bootstrap(workload, args.xds, files, args.admin)))
+        config.write_text(json.dumps(envoy_bootstrap(workload, args.xds, files, envoy_admin)))
         envoy = subprocess.Popen(
             [binary, "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
              "--drain-time-s", str(max(1, round(args.drain_seconds))),
@@ -172,6 +248,7 @@ def run_envoy_proxy(args: argparse.Namespace) -> int:
         )
         _supervise(
             args,
+            envoy_admin,
             envoy,
             stop,
             leave,
@@ -192,6 +269,7 @@ def run_envoy_proxy(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 envoy.kill()
                 envoy.wait()
+        admin.shutdown()
         _end_orphaned_app(args.app_group_fd, parent)
     if envoy is not None and envoy.returncode not in (0, -signal.SIGTERM) and not stop:
         return 1
@@ -205,6 +283,7 @@ def _default_state(args: argparse.Namespace) -> Path:
 
 def _supervise(
     args: argparse.Namespace,
+    envoy_admin: tuple[str, int],
     envoy: subprocess.Popen[bytes],
     stop: list[int],
     leave: list[int],
@@ -233,7 +312,7 @@ def _supervise(
             report_ready(ready)
             app_ready = ready
             log.info("app is %s", "ready" if ready else "not ready")
-        if not announced and _envoy_ready(args.admin):
+        if not announced and _envoy_ready(envoy_admin):
             announced = True
             if args.ready_file:
                 _write_ready(

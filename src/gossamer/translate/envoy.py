@@ -48,7 +48,9 @@ __all__ = [
     "EnvoyResources",
     "TcpUpstream",
     "envoy_resources",
+    "own_service",
     "secrets",
+    "stat_prefix",
 ]
 
 _T = "type.googleapis.com/"
@@ -130,6 +132,23 @@ class EnvoyResources:
         if names is None:
             return dict(sorted(resources.items()))
         return {n: resources[n] for n in sorted(names) if n in resources}
+
+
+SRC_SERVICE_HEADER: Final = "gossamer-src-service"
+
+
+def own_service(snapshot: Snapshot) -> str:
+    """The service a proxy's own metrics name it by: the first that selects its
+    workload, else the workload's name (as the Gossamer proxy does)."""
+    me = snapshot.proxy
+    return me.services[0] if me.services else me.workload
+
+
+def stat_prefix(direction: str, snapshot: Snapshot) -> str:
+    """An HTTP connection manager's stat prefix: `DIRECTION~NAMESPACE~SERVICE`, so
+    Envoy's own stats say which service they are (gossamer.xds.metrics reads it back;
+    names hold no `~` and a stat prefix no `.`)."""
+    return f"{direction}~{snapshot.proxy.namespace}~{own_service(snapshot)}"
 
 
 def _cluster_name(service: str, port: int) -> str:
@@ -236,6 +255,9 @@ def _outbound_cluster(
     alpn = ALPN_TCP if opaque else ALPN_H2
     cluster: dict[str, Any] = {
         "name": name,
+        # Stats name the cluster up to its first dot: none in this one
+        # (gossamer.xds.metrics reads the service back from it).
+        "alt_stat_name": name.replace(".", "~"),
         "type": "EDS",
         "eds_cluster_config": {"eds_config": _ADS, "service_name": name},
         "connect_timeout": "5s",
@@ -397,7 +419,7 @@ def _inbound(
                         "server_names": [sni],
                         "application_protocols": [alpn],
                     },
-                    "filters": [_hcm(f"inbound_{lp.port}", codec, http_filters, route)],
+                    "filters": [_hcm(stat_prefix("inbound", snapshot), codec, http_filters, route)],
                     "transport_socket": tls,
                 }
             )
@@ -506,7 +528,17 @@ def envoy_resources(snapshot: Snapshot, node: EnvoyNode) -> EnvoyResources:
         }
     route_configs: dict[str, dict[str, Any]] = {}
     if node.outbound is not None:
-        route_configs["outbound"] = {"name": "outbound", "virtual_hosts": vhosts}
+        route_configs["outbound"] = {
+            "name": "outbound",
+            "virtual_hosts": vhosts,
+            # Who calls, for the callee's inbound metrics, as a Gossamer proxy says it.
+            "request_headers_to_add": [
+                {
+                    "header": {"key": SRC_SERVICE_HEADER, "value": own_service(snapshot)},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }
+            ],
+        }
         listeners["outbound"] = {
             "name": "outbound",
             "address": _address(*node.outbound),
@@ -514,7 +546,7 @@ def envoy_resources(snapshot: Snapshot, node: EnvoyNode) -> EnvoyResources:
                 {
                     "filters": [
                         _hcm(
-                            "outbound",
+                            stat_prefix("outbound", snapshot),
                             "AUTO",
                             [_fault_filter()],
                             {"rds": {"config_source": _ADS, "route_config_name": "outbound"}},

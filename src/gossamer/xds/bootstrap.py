@@ -61,18 +61,22 @@ class EnvoyWorkload:
     ports: tuple[dict[str, Any], ...] = ()  # {"port", "appPort", "name", "appProtocol"}
     upstreams: tuple[dict[str, str], ...] = ()  # {"service": "db.ns:5432", "listen": "h:p"}
     interests: tuple[str, ...] | None = None
+    admin_port: int | None = None  # where the control plane scrapes /metrics
 
     def workload_object(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "address": self.address,
+            "inboundPort": self.inbound[1],
+            "serviceAccount": self.service_account,
+            "ports": list(self.ports),
+        }
+        if self.admin_port is not None:
+            spec["adminPort"] = self.admin_port
         return {
             "apiVersion": "gossamer.dev/v1alpha1",
             "kind": "Workload",
             "metadata": {"name": self.name, "namespace": self.namespace, "labels": self.labels},
-            "spec": {
-                "address": self.address,
-                "inboundPort": self.inbound[1],
-                "serviceAccount": self.service_account,
-                "ports": list(self.ports),
-            },
+            "spec": spec,
         }
 
 
