@@ -304,3 +304,35 @@ def test_tap_finds_a_workload_by_name_and_fails_when_the_control_plane_goes_away
                 proc.wait()
         if workload is not None:
             workload.stop()
+
+
+def test_get_watch_prints_each_change_and_fails_when_the_control_plane_goes(
+    tmp_path: Path,
+) -> None:
+    cp = start_control_plane(tmp_path / "cp")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GOSSAMER_")}
+    env = {"GOSSAMER_SERVER": cp.api, "GOSSAMER_TOKEN": cp.token_file.read_text().strip()}
+    watching = subprocess.Popen(
+        [*GOSSAMER, "get", "services", "-n", "clitest", "-w"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**base, **env},
+    )
+    try:
+        assert watching.stderr is not None and watching.stdout is not None
+        assert watching.stderr.readline() == "No services found in namespace clitest.\n"
+        service = POLICY.split("---")[0]
+        assert gossamer("apply", "-f", "-", env=env, stdin=service).returncode == 0
+        assert watching.stdout.readline().split()[:3] == ["added", "cli-echo", "app=cli-echo"]
+        assert gossamer("delete", "svc", "cli-echo", "-n", "clitest", env=env).returncode == 0
+        assert watching.stdout.readline().split()[:2] == ["deleted", "cli-echo"]
+        stop_process(cp.proc)
+        _, err = watching.communicate(timeout=60)
+        assert watching.returncode == 1, err
+        assert "ended the watch; is it still running?" in err and "Traceback" not in err
+    finally:
+        for proc in (watching, cp.proc):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -107,7 +107,8 @@ class Client:
         return self.request("GET", path, query=query or None)
 
     def stream(self, path: str, query: dict[str, str]) -> Iterator[Any]:
-        """GET a stream of JSON lines (`/v1/tap`), yielding each as it arrives."""
+        """GET a stream of JSON lines (`/v1/tap`, `/v1/watch`): the request is made now
+        (a watch is open from here on), the lines are read as the iterator is."""
         url = self.server + path + "?" + urllib.parse.urlencode(query)
         headers = {"Accept": "application/x-ndjson"}
         if self.token:
@@ -120,6 +121,9 @@ class Client:
             raise _api_error(err) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
             raise self._unreachable(err) from None
+        return self._lines(resp)
+
+    def _lines(self, resp: Any) -> Iterator[Any]:
         with resp:
             try:
                 for raw in resp:

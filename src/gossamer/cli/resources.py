@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -53,6 +53,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name", nargs="?", help="one object's name")
     p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="list across namespaces")
+    p.add_argument(
+        "-w",
+        "--watch",
+        action="store_true",
+        help="after the list, print a line for each change (added, modified, deleted) "
+        "until Ctrl-C; with -o json or yaml, one JSON object per change",
+    )
     add_output_flag(p, wide=True)
     add_server_flags(p)
     p.set_defaults(func=get)
@@ -273,6 +280,17 @@ def print_table(
     wide: bool = False,
 ) -> None:
     """kubectl's table for `kind`; `wide` adds LABELS (and a policy's whole settings)."""
+    table(*table_rows(kind, items, all_namespaces, now, wide), out)
+
+
+def table_rows(
+    kind: str,
+    items: list[dict[str, Any]],
+    all_namespaces: bool,
+    now: datetime | None = None,
+    wide: bool = False,
+) -> tuple[list[str], list[list[object]]]:
+    """The headers and rows of `print_table` (and of `get -w`'s lines)."""
     if kind in POLICY_KINDS:
         headers = ["NAME", "TARGETS", "SETTINGS", "AGE"]
 
@@ -301,7 +319,7 @@ def print_table(
     if all_namespaces:
         headers = ["NAMESPACE", *headers]
         rows = [[o["metadata"]["namespace"], *r] for o, r in zip(items, rows, strict=True)]
-    table(headers, rows, out)
+    return headers, rows
 
 
 def _kind(name: str) -> tuple[str, str]:
@@ -315,6 +333,12 @@ def _kind(name: str) -> tuple[str, str]:
 def get(args: argparse.Namespace) -> int:
     kind, plural = _kind(args.kind)
     client = client_from(args)
+    # -w: the watch opens first, so a change made while the list is read is not missed
+    # (it may show twice: in the list and as an event).
+    try:
+        events = client.stream("/v1/watch", {"kind": kind}) if args.watch else None
+    except ApiError as err:
+        fail(err.message)
     try:
         if args.name:
             obj = client.get(f"/v1/resources/{plural}/{args.namespace}/{args.name}")
@@ -331,7 +355,35 @@ def get(args: argparse.Namespace) -> int:
         print(f"No {plural} found in {where}.", file=sys.stderr)
     else:
         print_table(kind, items, args.all_namespaces, wide=args.output == "wide")
+    if events is not None:
+        sys.stdout.flush()
+        return watch(args, kind, events, client.server)
     return 0
+
+
+def watch(args: argparse.Namespace, kind: str, events: Iterator[Any], server: str) -> int:
+    """One line per change, until Ctrl-C; the control plane ending the stream is an
+    error (exit 1), as it is for `tap`."""
+    try:
+        for event in events:
+            if event.get("type") == "ERROR":
+                fail(str(event.get("message")))
+            obj = event["object"]
+            meta = obj["metadata"]
+            if not args.all_namespaces and meta["namespace"] != args.namespace:
+                continue
+            if args.name and meta["name"] != args.name:
+                continue
+            if args.output in ("json", "yaml"):
+                import json
+
+                print(json.dumps({"type": event["type"], "object": obj}), flush=True)
+                continue
+            _, [row] = table_rows(kind, [obj], args.all_namespaces, wide=args.output == "wide")
+            print("  ".join([event["type"].lower(), *(str(c) for c in row)]), flush=True)
+    except ApiError as err:
+        fail(err.message)
+    fail(f"the control plane at {server} ended the watch; is it still running?")
 
 
 def delete(args: argparse.Namespace) -> int:
