@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gossamer import __version__
 from gossamer.controlplane.auth import ACCESS, access_middleware, require_admin
+from gossamer.controlplane.findings_api import FindingsApi
 from gossamer.controlplane.openapi import openapi_document
 from gossamer.controlplane.tap_api import TapApi
 from gossamer.controlplane.telemetry_api import TelemetryApi
@@ -187,6 +188,7 @@ class Api:
             ]
         )
         app.add_routes(TelemetryApi(self.cp).routes())
+        app.add_routes(FindingsApi(self.cp).routes())
         app.add_routes(TapApi(self.cp).routes())
         app.add_routes(self.cp.rotation.routes())
         app.add_routes(ApiTokensApi(self.cp).routes())

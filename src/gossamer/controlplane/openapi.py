@@ -198,6 +198,12 @@ def openapi_document() -> dict[str, Any]:
             "/v1/stats/routes": {"get": _op("Golden metrics per route (outbound)")},
             "/v1/stats/series": {"get": _op("One group's golden metrics per step, for charts")},
             "/v1/stats/targets": {"get": _op("Scrape targets, their last scrape and error")},
+            "/v1/findings": {
+                "get": _op(
+                    "Retry storms, cascades, noisy neighbours and metastable failures found "
+                    "in the golden metrics, each with suggested TrafficControls (window, step)"
+                )
+            },
             "/v1/tap": {
                 "get": _op(
                     "Live requests of a service's (or namespace's) proxies, as JSON lines "
