@@ -336,3 +336,31 @@ def test_get_watch_prints_each_change_and_fails_when_the_control_plane_goes(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        (["gossamer", "ge"], ["get"]),
+        (["gossamer", "get", "retry"], ["retrypolicies"]),
+        (["gossamer", "stat", "-o", "w"], ["wide"]),
+        (["gossamer", "token", "cr"], ["create"]),
+        (["gossamer", "token", "create", "--service-a"], ["--service-account"]),
+        (["gossamer", "describe", "-n", "shop", "wo"], ["workload"]),
+    ],
+    ids=["a command", "a kind", "a flag's value", "a subcommand", "a subcommand's flag",
+         "past a flag and its value"],
+)  # fmt: skip
+def test_bash_completion_completes_commands_flags_and_values(
+    words: list[str], expected: list[str], tmp_path: Path
+) -> None:
+    script = tmp_path / "gossamer.bash"
+    script.write_text(gossamer("completion", "bash").stdout)
+    line = " ".join(f"'{w}'" for w in words)
+    run = subprocess.run(
+        ["bash", "-c", f'source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; '
+         '_gossamer; printf "%s\\n" "${COMPREPLY[@]}"'],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == expected
