@@ -37,9 +37,8 @@ OUTSIDE = (
     "import http.server as h, socketserver; "
     "socketserver.TCPServer((%r, 80), h.SimpleHTTPRequestHandler).serve_forever()"
 )
-# Until mesh DNS answers for it, the name is pinned to an address nobody has: a
-# captured connection never needs its destination to exist.
-NOWHERE = "198.18.255.1"
+# The proxy answers DNS; virtual IPs inside the test's own range (198.18.0.0/15).
+MESH = ("--capture", "--dns", "127.0.0.1:15053", "--service-cidr", "198.19.0.0/16")
 
 
 def curl(host: Host, url: str, *flags: str) -> tuple[int, str]:
@@ -76,19 +75,18 @@ def test_an_unchanged_app_is_carried_by_the_mesh_fails_closed_and_leaves_no_rule
     echo = run_workload(
         control_plane, echo_host, tmp_path, "echo-1", service_account="echo",
         labels={"app": "echo"}, app=echo_app("echo-1"), port="http=8080:8081",
-        extra=("--capture", "--access-log", str(tmp_path / "echo.access")),
+        extra=(*MESH, "--access-log", str(tmp_path / "echo.access")),
     )  # fmt: skip
     client = run_workload(
         control_plane, client_host, tmp_path, "client", service_account="client",
-        labels={"app": "client"}, app=sleeper(), extra=("--capture",),
+        labels={"app": "client"}, app=sleeper(), extra=MESH,
     )  # fmt: skip
     for w in (echo, client):
         wait_until(w.ready, f"{w.name} never became ready", log=w.log)
     assert gossamer_rules(client_host), "no capture rules on the client's host"
-    resolve = ("--resolve", f"echo.shop:80:{NOWHERE}")
 
     # A plain curl, no proxy setting: captured, routed by the mesh, over mTLS.
-    wait_until(lambda: curl(client_host, "http://echo.shop/", *resolve) == (0, "200 echo-1"),
+    wait_until(lambda: curl(client_host, "http://echo.shop/") == (0, "200 echo-1"),
                "the captured call never reached echo-1", log=client.log)  # fmt: skip
     access = tmp_path / "echo.access"
 
@@ -104,7 +102,7 @@ def test_an_unchanged_app_is_carried_by_the_mesh_fails_closed_and_leaves_no_rule
     os.kill(proxy_pid(client_host, client.proc.pid), signal.SIGKILL)
     wait_until(lambda: "captured connections are refused" in client.log.read_text(),
                "gossamer run never said the proxy was down", log=client.log)  # fmt: skip
-    assert curl(client_host, "http://echo.shop/", *resolve)[0] == 7  # couldn't connect
+    assert curl(client_host, "http://echo.shop/")[0] == 6  # DNS is captured too: no answer
     assert curl(client_host, f"http://{outside.address}/")[0] == 7
     assert not (tmp_path / "outside.log").read_text().count("GET /")
 
