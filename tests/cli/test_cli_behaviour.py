@@ -364,3 +364,28 @@ def test_bash_completion_completes_commands_flags_and_values(
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == expected
+
+
+def test_check_pre_says_whether_this_host_can_join(cp: ControlPlaneProcess, tmp_path: Path) -> None:
+    flags = ["check", "--pre", "--server", cp.api, "--discovery", cp.discovery]
+    env = {"XDG_STATE_HOME": str(tmp_path), "GOSSAMER_TOKEN": cp.token_file.read_text()}
+    ready = gossamer(*flags, env=env)
+    lines = ready.stdout.splitlines()
+    assert f"✓ control plane at {cp.api}: answers" in lines
+    assert f"✓ versions: this gossamer {__version__}, the control plane {__version__}" in lines
+    assert any(line.startswith("✓ clock: within") for line in lines)
+    assert any(line.startswith(f"✓ discovery at {cp.discovery}: answers TLS") for line in lines)
+    assert f"✓ state directory: {tmp_path}/gossamer is writable" in lines
+    assert "✓ credential to join: an API token, to mint a join token" in lines
+    assert {line.split(":")[0] for line in lines if "(inbound)" in line} <= {
+        "✓ port 4143 (inbound)",
+        "✗ port 4143 (inbound)",
+    }
+    # No credential, and a discovery address nothing listens on: two problems, exit 1.
+    nothing = f"127.0.0.1:{free_port()}"
+    bare = gossamer("check", "--pre", "--server", cp.api, "--discovery", nothing,
+                    env={"XDG_STATE_HOME": str(tmp_path)})  # fmt: skip
+    assert bare.returncode == 1
+    assert f"✗ discovery at {nothing}:" in bare.stdout
+    assert "✗ credential to join: none: set GOSSAMER_JOIN_TOKEN" in bare.stdout
+    assert bare.stdout.splitlines()[-1] == "✗ fix the above before joining"

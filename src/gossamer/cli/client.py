@@ -42,7 +42,8 @@ class Client:
             except OSError as err:
                 raise ApiError(0, f"cannot read token file {token_file}: {err.strerror}") from err
         else:
-            token = os.environ.get("GOSSAMER_TOKEN") or None
+            # Stripped: `GOSSAMER_TOKEN="$(cat file)"` is clean, a pasted token may not be.
+            token = os.environ.get("GOSSAMER_TOKEN", "").strip() or None
         return Client(server, token)
 
     def request(
