@@ -8,7 +8,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gossamer.cli.client import ApiError, Client
-from gossamer.cli.common import add_output_flag, add_server_flags, client_from, duration_arg, emit
+from gossamer.cli.common import (
+    add_output_flag,
+    add_server_flags,
+    client_from,
+    duration_arg,
+    emit,
+    host_port,
+)
 from gossamer.cli.output import duration, table
 
 # Warn well before anything expires: a CA a month ahead, a leaf when a third of its
@@ -42,6 +49,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=[],
         metavar="[NS/]NAME",
         help="a workload that must be registered, connected and ready (repeatable)",
+    )
+    p.add_argument(
+        "--pre",
+        action="store_true",
+        help="pre-flight for this host before it joins: the API and discovery answer, "
+        "versions and clocks agree, the proxy's ports are free, its state directory is "
+        "writable, a credential to join is at hand",
+    )
+    p.add_argument(
+        "--discovery",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="with --pre: the discovery address to try (default: $GOSSAMER_DISCOVERY or "
+        "127.0.0.1:15012)",
     )
     add_output_flag(p)
     add_server_flags(p)
@@ -80,6 +101,10 @@ def _not_ready(workload: dict[str, Any]) -> str | None:
 
 
 def check(args: argparse.Namespace) -> int:
+    if args.pre:
+        from gossamer.cli.preflight import preflight
+
+        return preflight(args)
     client = client_from(args)
     deadline = time.monotonic() + (args.wait or 0)
     while True:
