@@ -224,6 +224,8 @@ def test_an_envoy_workloads_requests_reach_golden_metrics(mesh: Mesh) -> None:
     deadline = time.monotonic() + 30
     row: dict[str, Any] = {}
     while time.monotonic() < deadline:
+        # Requests keep coming while scrapes go by: a window counts what happened in it.
+        _curl(mesh.clients["gossamer"].outbound, "echo-envoy.shop")
         url = f"{mesh.api}/v1/stats/services?namespace=shop&name=echo-envoy&window=1m"
         with urllib.request.urlopen(url, timeout=5) as r:
             items = json.loads(r.read())["items"]
