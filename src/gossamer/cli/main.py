@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "routes",
     "demo",
     "describe",
+    "findings",
     "analyze",
     "capture",
     "inject",

@@ -113,6 +113,13 @@ def apply(args: argparse.Namespace) -> int:
         fail(f"{err}", hint="fix the file; nothing was applied")
     if not docs:
         fail("no objects found in the input; nothing was applied")
+    return apply_objects(args, docs, analyze=not args.no_analyze)
+
+
+def apply_objects(
+    args: argparse.Namespace, docs: list[dict[str, Any]], *, analyze: bool = True
+) -> int:
+    """POST `docs` to /v1/apply (all or nothing) and report as `gossamer apply` does."""
     import json
 
     client = client_from(args)
@@ -137,7 +144,7 @@ def apply(args: argparse.Namespace) -> int:
         return 0
     for item in result["items"]:
         print(f"{item['kind'].lower()}/{item['name']} ({item['namespace']}) {item['action']}")
-    if not args.no_analyze:
+    if analyze:
         from gossamer.cli.analyze import warn_about
 
         warn_about(docs, client)  # stored all the same: it is valid, only inert
