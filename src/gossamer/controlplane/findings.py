@@ -24,8 +24,8 @@ from typing import Any, Final
 
 from gossamer.errors import InvalidResource
 from gossamer.resources import validate
-from gossamer.telemetry.golden import Golden
-from gossamer.telemetry.window import RETRY_VIEW, Scrape, window_golden
+from gossamer.telemetry.golden import Golden, Key
+from gossamer.telemetry.window import RETRY_VIEW, Scrape, combine, golden_of, increase
 
 __all__ = [
     "Finding",
@@ -703,15 +703,21 @@ def frames_from(
     histories: Iterable[Sequence[Scrape]], end: float, window: float, step: float
 ) -> list[Frame]:
     """One frame per `step` of the `window` before `end`, from the proxies' scrapes."""
-    histories = list(histories)
+    # Each history's scrape times once, not once per step and view.
+    timed = [(h, [s.at for s in h]) for h in histories]
+
+    def golden(view: str, start: float, at: float) -> dict[Key, Golden]:
+        combined = combine(increase(h, view, start, at, times) for h, times in timed)
+        return {k: golden_of(k, c) for k, c in combined.items() if c.totals.requests > 0}
+
     count = max(int(window // step), 1)
     frames = []
     for n in range(count):
         at = end - (count - 1 - n) * step
         start = at - step
-        services = window_golden(histories, "service", start, at)
-        edges = window_golden(histories, "edge", start, at)
-        retries = window_golden(histories, RETRY_VIEW, start, at)
+        services = golden("service", start, at)
+        edges = golden("edge", start, at)
+        retries = golden(RETRY_VIEW, start, at)
         frames.append(
             Frame(
                 at=at,
