@@ -160,12 +160,7 @@ def _judged(s: Stat | None) -> bool:
 
 
 def _failing(s: Stat | None) -> bool:
-    return (
-        s is not None
-        and _judged(s)
-        and s.success_rate is not None
-        and s.success_rate < DEGRADED_SUCCESS
-    )
+    return _judged(s) and s is not None and (s.success_rate or 0.0) < DEGRADED_SUCCESS
 
 
 def _best_p95(stats: Iterable[Stat | None]) -> float | None:
@@ -179,9 +174,7 @@ def _slower(s: Stat | None, earlier: Sequence[Stat | None]) -> bool:
         return False
     best = _best_p95(earlier)
     return (
-        best is not None
-        and s.p95_ms >= LATENCY_FACTOR * best
-        and s.p95_ms - best >= (LATENCY_MIN_MS)
+        best is not None and s.p95_ms >= LATENCY_FACTOR * best and s.p95_ms - best >= LATENCY_MIN_MS
     )
 
 
@@ -295,18 +288,18 @@ def retry_storms(
         src, dst = edge
         calls = _edge_series(frames, edge)
         served = _service_series(frames, dst)
-        hits = [
-            i
+        storming = [
+            (i, s)
             for i, s in enumerate(calls)
             if s is not None
             and _judged(s)
             and s.retry_ratio >= RETRY_RATIO
             and (_degraded(served, i) if served[i] is not None else _failing(s))
         ]
-        if not hits:
+        if not storming:
             continue
-        judged = [(i, s) for i in hits if (s := calls[i]) is not None]
-        worst, w = max(judged, key=lambda h: h[1].retry_ratio)
+        hits = [i for i, _ in storming]
+        worst, w = max(storming, key=lambda h: h[1].retry_ratio)
         d = served[worst]
         suggestions, why = _checked([_retry_budget_on(edge, groups)])
         out.append(
