@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "demo",
     "describe",
     "findings",
+    "control",
     "analyze",
     "capture",
     "inject",
