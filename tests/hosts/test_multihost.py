@@ -219,7 +219,19 @@ def test_clients_route_around_a_host_cut_off_the_network(
         wait_until(both_serve, f"both replicas never served: {seen}")
 
         hosts[2].link(up=False)  # echo-2's host is gone, with no RST to say so
-        # Within a bounded number of calls the client settles on echo-1 ...
+
+        # The control plane notices (its discovery stream to echo-2's proxy goes
+        # silent, then the workload's lease runs out) and takes echo-2 out of the
+        # endpoints. Until then a call may still wait on a pooled connection to it.
+        def echo_2_disconnected() -> bool:
+            r = control_plane.cli("get", "workload", "echo-2", "-n", "shop", "-o", "json")
+            conditions = json.loads(r.stdout).get("status", {}).get("conditions", [])
+            return {"type": "ProxyConnected", "status": "False"}.items() <= next(
+                (c.items() for c in conditions if c.get("type") == "ProxyConnected"), set()
+            )
+
+        wait_until(echo_2_disconnected, "echo-2 never left the mesh", timeout=90)
+        # The client settles on echo-1 ...
         streak, deadline = 0, time.monotonic() + 60
         while streak < 10:
             assert time.monotonic() < deadline, f"never settled on echo-1 (last streak {streak})"
