@@ -414,7 +414,15 @@ class Telemetry:
 
     def series(self, view: str, key: Key, window: float, step: float) -> list[dict[str, Any]]:
         points = series(list(self.histories.values()), view, key, self.clock(), window, step)
-        return [{"at": round(p.at, 3), **golden_fields(p.golden)} for p in points]
+        return [
+            {
+                "at": round(p.at, 3),
+                **golden_fields(p.golden),
+                # Before the group's proxies were scraped: no data, not zero.
+                **({} if p.covered else {"rps": None, "requests": None}),
+            }
+            for p in points
+        ]
 
     def target_status(self) -> list[dict[str, Any]]:
         rows = []

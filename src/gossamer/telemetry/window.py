@@ -220,6 +220,9 @@ def window_golden(
 class Point:
     at: float  # the end of the step it describes
     golden: Golden
+    # Whether any proxy of the group had been scraped over this step: a step before the
+    # group existed is no data (a gap in a chart), not zero requests.
+    covered: bool = True
 
 
 def series(
@@ -239,13 +242,13 @@ def series(
     points = []
     for i in range(steps):
         at = end - (steps - 1 - i) * step
+        increases = [increase(h, view, at - step, at, times, key) for h, times in reporting]
         combined = combine(
-            Increase({key: inc.totals[key]}, inc.seconds)
-            for inc in (increase(h, view, at - step, at, times, key) for h, times in reporting)
-            if key in inc.totals
+            Increase({key: inc.totals[key]}, inc.seconds) for inc in increases if key in inc.totals
         )
         c = combined.get(key, Combined())
-        points.append(Point(at, golden_of(key, c)))
+        covered = any(inc.seconds > 0 or key in inc.totals for inc in increases)
+        points.append(Point(at, golden_of(key, c), covered))
     return points
 
 

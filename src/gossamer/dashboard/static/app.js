@@ -117,12 +117,21 @@ function panel(title, ...body) {
   return h("section", { class: "panel" }, h("h2", {}, title), ...body);
 }
 
-function metricsTable(rows, first) {
+// `other` is the second success rate a row has (decision 0082): for a service, what its
+// callers got ("effective"); for an edge, every try ("actual"). Retries sit between them.
+function metricsTable(rows, first, other) {
+  const second = other === "actual" ? ["Actual", "actual_success_rate", "every try, retries included"]
+    : ["Effective", "effective_success_rate", "what callers got, once per call"];
   const head = h("tr", {}, first.map((c) => h("th", {}, c.title)),
-    ["Success", "RPS", "P50", "P95", "P99", "Requests"].map((t) => h("th", { class: "num" }, t)), h("th", {}, ""));
+    h("th", { class: "num" }, "Success"),
+    h("th", { class: "num", title: second[2] }, second[0]),
+    h("th", { class: "num", title: "tries sent again by a retry policy" }, "Retries"),
+    ["RPS", "P50", "P95", "P99", "Requests"].map((t) => h("th", { class: "num" }, t)), h("th", {}, ""));
   const body = rows.map((r) => h("tr", {},
-    first.map((c) => h("td", {}, c.cell(r))),
+    first.map((c) => h("td", { class: "name" }, c.cell(r))),
     h("td", { class: "num " + rateClass(r.success_rate) }, pct(r.success_rate)),
+    h("td", { class: "num " + rateClass(r[second[1]]) }, pct(r[second[1]])),
+    h("td", { class: "num" }, r.retries === null || r.retries === undefined ? "–" : String(r.retries)),
     h("td", { class: "num" }, num(r.rps, 1)),
     h("td", { class: "num" }, ms(r.p50_ms)),
     h("td", { class: "num" }, ms(r.p95_ms)),
@@ -189,6 +198,7 @@ function topology(services, edgeRows) {
   svg.append(s("defs", {}, s("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5,
     markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
   s("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#868e96" }))));
+  const labels = [];
   for (const e of edges) {
     const a = pos.get(e.src), b = pos.get(e.dst);
     let d, lx, ly;
@@ -205,11 +215,28 @@ function topology(services, edgeRows) {
       lx = mx; ly = (y1 + y2) / 2 - 6;
     }
     const title = `${e.src} → ${e.dst}: ${pct(e.row.success_rate)} success, ${num(e.row.rps, 1)} rps, p99 ${ms(e.row.p99_ms)}`;
-    svg.append(s("g", { class: "edge-group" }, s("title", {}, title),
-      s("path", { class: "edge", d, stroke: rateColor(e.row.success_rate), "marker-end": "url(#arrow)" }),
-      s("text", { class: "edge-label", x: lx, y: ly, "text-anchor": "middle" },
-        `${num(e.row.rps, 1)} rps · ${pct(e.row.success_rate)}`)));
+    const group = s("g", { class: "edge-group" }, s("title", {}, title),
+      s("path", { class: "edge", d, stroke: rateColor(e.row.success_rate), "marker-end": "url(#arrow)" }));
+    svg.append(group);
+    labels.push({ group, x: lx, y: ly, text: `${num(e.row.rps, 1)} rps · ${pct(e.row.success_rate)}` });
   }
+  // Labels go on top of every curve, on a plate of the background colour, and step
+  // down out of each other's way (and off the nodes) where edges converge.
+  const boxes = [...pos.values()].map((p) => ({ x: p.x, y: p.y, w: W, h: H }));
+  const LH = 14;
+  const hits = (b) => boxes.some((o) => b.x < o.x + o.w && o.x < b.x + b.w && b.y < o.y + o.h && o.y < b.y + b.h);
+  for (const l of labels) {
+    const w = l.text.length * 6.4 + 8;
+    let box = { x: l.x - w / 2, y: l.y - LH + 3, w, h: LH };
+    for (let tries = 0; tries < 12 && hits(box); tries++) {
+      box = { ...box, y: box.y + (tries % 2 ? -(tries + 1) : tries + 1) * LH };
+    }
+    boxes.push(box);
+    l.group.append(s("rect", { class: "edge-plate", x: box.x, y: box.y, width: box.w, height: box.h, rx: 3 }),
+      s("text", { class: "edge-label", x: box.x + box.w / 2, y: box.y + LH - 3, "text-anchor": "middle" }, l.text));
+  }
+  // Plates and labels above the curves drawn after them.
+  for (const l of labels) svg.append(l.group.querySelector(".edge-plate"), l.group.querySelector(".edge-label"));
   for (const n of nodes) {
     const p = pos.get(n), r = known.get(n);
     const link = s("a", { href: svcHref(r.namespace, r.name) });
@@ -241,10 +268,12 @@ function chart(title, points, field, format, color) {
   svg.append(s("text", { class: "tick", x: L - 4, y: T + 8, "text-anchor": "end" }, format(max)));
   svg.append(s("text", { class: "tick", x: L - 4, y: H - B, "text-anchor": "end" }, format(min)));
   if (points.length) {
-    const mins = Math.round((points[points.length - 1].at - points[0].at) / 60);
-    svg.append(s("text", { class: "tick", x: L, y: H - 4 }, `-${mins}m`));
+    svg.append(s("text", { class: "tick", x: L, y: H - 4 }, `-${state.window}`));
     svg.append(s("text", { class: "tick", x: W - R, y: H - 4, "text-anchor": "end" }, "now"));
   }
+  // Where the data begins: a service younger than the window starts with a gap.
+  svg.setAttribute("data-first-point", String(points.findIndex((p) => p[field] !== null && p[field] !== undefined)));
+  svg.setAttribute("data-points", String(points.length));
   let d = "", pen = false;
   points.forEach((p, i) => {
     const v = p[field];
@@ -285,10 +314,18 @@ function sparkline(points, label) {
   return svg;
 }
 
+// The window selector drives every chart: about 12-60 points whatever the window, no
+// finer than the control plane's scrapes.
+const SERIES_STEP = { "1m": "5s", "5m": "10s", "15m": "15s" };
+
+function seriesQuery() {
+  return new URLSearchParams({ window: state.window, step: SERIES_STEP[state.window] || "15s" }).toString();
+}
+
 function routeSeries(rs) {
   const q = new URLSearchParams({ view: "route", namespace: rs.service_namespace, name: rs.service,
-    route_namespace: rs.namespace, route_name: rs.name, window: "15m", step: "30s" });
-  return api(`/v1/stats/series?${q}`).then((r) => r.points, () => []);
+    route_namespace: rs.namespace, route_name: rs.name });
+  return api(`/v1/stats/series?${q}&${seriesQuery()}`).then((r) => r.points, () => []);
 }
 
 // ---- pages ---------------------------------------------------------------------
@@ -304,16 +341,15 @@ async function overview() {
   return [
     stale.length ? h("div", { class: "banner" }, `${stale.length} proxy(ies) did not answer their last scrape: `,
       stale.map((t) => `${t.namespace}/${t.workload} (${t.error || "no recent scrape"})`).join(", ")) : null,
-    panel("Topology", topology(services.items, edges.items)),
-    h("div", { class: "grid2" },
-      panel("Services", metricsTable(services.items, [
-        { title: "Service", cell: (r) => h("a", { href: svcHref(r.namespace, r.name), "data-service-link": `${r.namespace}/${r.name}` }, r.name) },
-        { title: "Namespace", cell: (r) => r.namespace },
-      ])),
-      panel("Edges", metricsTable(edges.items, [
-        { title: "From", cell: (r) => h("a", { href: svcHref(r.src_namespace, r.src_name) }, `${r.src_name}.${r.src_namespace}`) },
-        { title: "To", cell: (r) => h("a", { href: svcHref(r.namespace, r.name) }, `${r.name}.${r.namespace}`) },
-      ]))),
+    panel(`Topology (last ${state.window})`, topology(services.items, edges.items)),
+    panel(`Services (last ${state.window}, as their own proxies served them)`, metricsTable(services.items, [
+      { title: "Service", cell: (r) => h("a", { href: svcHref(r.namespace, r.name), "data-service-link": `${r.namespace}/${r.name}` }, r.name) },
+      { title: "Namespace", cell: (r) => r.namespace },
+    ], "effective")),
+    panel(`Edges (last ${state.window}, as the callers counted)`, metricsTable(edges.items, [
+      { title: "From", cell: (r) => h("a", { href: svcHref(r.src_namespace, r.src_name) }, `${r.src_name}.${r.src_namespace}`) },
+      { title: "To", cell: (r) => h("a", { href: svcHref(r.namespace, r.name) }, `${r.name}.${r.namespace}`) },
+    ], "actual")),
   ];
 }
 
@@ -362,7 +398,7 @@ async function servicePage(ns, name) {
     api(`/v1/stats/services?window=${w}&${q}`),
     api(`/v1/stats/edges?window=${w}&${q}`),
     api(`/v1/stats/routes?window=${w}`),
-    api(`/v1/stats/series?view=service&${q}&window=15m&step=15s`),
+    api(`/v1/stats/series?view=service&${q}&${seriesQuery()}`),
     listAll(Object.values(ROUTE_KINDS)),
     optional(`/v1/resources/authorizationpolicies${nsQuery}`),
     listAll(POLICY_KINDS, nsQuery),
@@ -393,16 +429,15 @@ async function servicePage(ns, name) {
       card("RPS", num(row.rps, 1)),
       card("P50", ms(row.p50_ms)), card("P95", ms(row.p95_ms)), card("P99", ms(row.p99_ms)),
       card("Requests", row.requests)),
-    panel("Last 15 minutes", h("div", { class: "charts" },
+    panel(`Last ${state.window}`, h("div", { class: "charts", "data-window": state.window },
       chart("Success rate", points, "success_rate", (v) => (v * 100).toFixed(0) + "%", "#2f9e44"),
       chart("Requests per second", points, "rps", (v) => v.toFixed(1), "#3b5bdb"),
       chart("P99 latency", points, "p99_ms", (v) => v.toFixed(0) + "ms", "#e67700"))),
-    h("div", { class: "grid2" },
-      panel("Callers", metricsTable(callers, [{ title: "From", cell: (r) => h("a", { href: svcHref(r.src_namespace, r.src_name) }, `${r.src_name}.${r.src_namespace}`) }])),
-      panel("Calls", metricsTable(callees, [{ title: "To", cell: (r) => h("a", { href: svcHref(r.namespace, r.name) }, `${r.name}.${r.namespace}`) }]))),
+    panel(`Callers (last ${state.window})`, metricsTable(callers, [{ title: "From", cell: (r) => h("a", { href: svcHref(r.src_namespace, r.src_name) }, `${r.src_name}.${r.src_namespace}`) }], "actual")),
+    panel(`Calls (last ${state.window})`, metricsTable(callees, [{ title: "To", cell: (r) => h("a", { href: svcHref(r.namespace, r.name) }, `${r.name}.${r.namespace}`) }], "actual")),
     panel("Routes and policies",
       attached.length ? h("table", {},
-        h("thead", {}, h("tr", {}, ["Kind", "Name", "Namespace", "To", "Success", "RPS", "P99", "Requests", "Last 15 min", ""].map((t) => h("th", {}, t)))),
+        h("thead", {}, h("tr", {}, ["Kind", "Name", "Namespace", "To", "Success", "RPS", "P99", "Requests", `Last ${state.window}`, ""].map((t) => h("th", {}, t)))),
         // A route has a stats row per service its calls went to (decision 0031): a line each.
         h("tbody", {}, attached.flatMap((r) => {
           const m = r.metadata;
