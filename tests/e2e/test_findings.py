@@ -126,6 +126,13 @@ def test_a_retry_storm_is_found_shown_and_contained_with_one_command(tmp_path: P
         stored = json.loads(got.stdout)
         assert stored["spec"]["retryBudget"] == control["spec"]["retryBudget"]
 
+        too_long = cp.cli("findings", "--window", "20m")
+        assert too_long.returncode == 1
+        assert "window: must be more than 0 and at most 15m, not 20m" in too_long.stderr
+        too_fine = cp.cli("findings", "--window", "15m", "--step", "1s")
+        assert too_fine.returncode == 1
+        assert "step: at most 240 steps per window; use a longer step" in too_fine.stderr
+
         missing = cp.cli("findings", "--apply", "storm-00000000", *WINDOW)
         assert missing.returncode == 1
         assert f"no finding storm-00000000 in the last 2m (findings: {storm['id']})" in (
