@@ -3,8 +3,9 @@ control plane and a real proxy."""
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from tests.e2e.conftest import (
     start_control_plane,
     stop_process,
 )
+
+from gossamer.cli.describe import print_report
 
 pytestmark = pytest.mark.e2e
 
@@ -137,3 +140,36 @@ def test_proxy_config_of_an_unknown_workload_says_how_to_list_them(
     result = mesh.cp.cli("proxy-config", "ghost", "-n", "shop")
     assert result.returncode == 1
     assert "no registered workload shop/ghost" in result.stderr
+
+
+REPORT = {
+    "kind": "Service",
+    "name": "shop/ratings",
+    "selector": {"app": "ratings"},
+    "ports": [{"name": "http", "port": 80, "targetPort": "http", "appProtocol": "http"}],
+    "workloads": [
+        {"workload": "ratings-1", "address": "10.0.0.7:4143", "ready": True, "connected": True,
+         "snapshot": "5dae181d2a736054", "upToDate": True, "identity": "spiffe://x/ns/shop/sa/r",
+         "certificateLeftSeconds": 86000.0},
+        {"workload": "ratings-2", "address": "10.0.0.8:4143", "ready": False, "connected": False,
+         "snapshot": None, "upToDate": False, "identity": None, "certificateLeftSeconds": None},
+    ],
+    "routes": [{"kind": "HTTPRoute", "name": "shop/ratings-v2", "role": "producer", "port": 80,
+                "rules": 2, "status": "accepted"}],
+    "policies": [{"kind": "RetryPolicy", "name": "shop/ratings", "targets": "Service/ratings",
+                  "settings": "attempts=2,retryOn=5xx"}],
+    "window": "1m",
+    "metrics": {"requests": 1300, "success_rate": 0.958, "rps": 21.7, "p50_ms": 12.5,
+                "p95_ms": 35.0, "p99_ms": 39.0, "stale": False, "effective_success_rate": 0.973,
+                "actual_success_rate": 0.958, "retries": 20},
+    "edges": [{"src_name": "web", "src_namespace": "shop", "name": "ratings", "namespace": "shop",
+               "requests": 1280, "success_rate": 0.973, "rps": 21.3, "p50_ms": 13.0,
+               "p95_ms": 36.0, "p99_ms": 40.0, "stale": False, "effective_success_rate": 0.973,
+               "actual_success_rate": 0.958, "retries": 20}],
+}  # fmt: skip
+
+
+def test_describe_service_text_matches_golden(golden: Callable[[str, str], None]) -> None:
+    out = io.StringIO()
+    print_report(REPORT, out)
+    golden("cli/describe-service.txt", out.getvalue())
