@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +17,3 @@ def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdClust
         yield cluster
     finally:
         cluster.stop()
-
-
-@pytest.fixture
-def etcd_root(tmp_path: Path) -> Path:
-    return tmp_path

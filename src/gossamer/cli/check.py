@@ -124,10 +124,13 @@ def gather(client: Client, expected: list[tuple[str, str]]) -> dict[str, Any]:
         ca = client.get("/v1/ca")
         proxies = client.get("/v1/proxies")["items"]
         workloads = client.get("/v1/resources/workloads")["items"]
+        replicas = client.get("/v1/replicas")
     except ApiError as err:
         report.update(ok=False, problems=[err.message], unreachable=True)
         return report
     report["controlPlane"] = {"server": client.server, "up": True}
+    report["replicas"] = replicas
+    alive = _check_replicas(report, replicas)
     report["ca"] = ca
     for what, field in (("root", "rootExpiresAt"), ("intermediate", "intermediateExpiresAt")):
         left = _left(ca[field], now)
@@ -166,10 +169,14 @@ def gather(client: Client, expected: list[tuple[str, str]]) -> dict[str, Any]:
     for wl in workloads:
         key = (wl["metadata"]["namespace"], wl["metadata"]["name"])
         p = connected.get(key)
-        state = "connected" if p else "disconnected"
-        if p is None:
+        # With several replicas, a proxy streams from one of them: this one answers for
+        # its own streams, the store's lease says which live replica holds the others.
+        holder = replicas["replica"] if p else _stream_holder(wl)
+        elsewhere = p is None and holder in alive
+        state = "connected" if p or elsewhere else "disconnected"
+        if p is None and not elsewhere:
             report["problems"].append(f"proxy {key[0]}/{key[1]} is not connected")
-        elif not p["upToDate"]:
+        elif p is not None and not p["upToDate"]:
             report["problems"].append(
                 f"proxy {key[0]}/{key[1]} is not on its latest snapshot"
                 + (f" (rejected: {p['nackError']})" if p.get("nackError") else "")
@@ -193,6 +200,7 @@ def gather(client: Client, expected: list[tuple[str, str]]) -> dict[str, Any]:
                 "namespace": key[0],
                 "workload": key[1],
                 "state": state,
+                "replica": holder if state == "connected" else "",
                 "upToDate": bool(p and p["upToDate"]),
                 "snapshot": (p or {}).get("ackedVersion", ""),
                 "certificateLeftSeconds": left,
@@ -202,6 +210,56 @@ def gather(client: Client, expected: list[tuple[str, str]]) -> dict[str, Any]:
     report["proxies"] = rows
     report["ok"] = not report["problems"]
     return report
+
+
+def _check_replicas(report: dict[str, Any], replicas: dict[str, Any]) -> set[str]:
+    """Problems with the replicas and the store; the names of the live replicas."""
+    rows = replicas["replicas"]
+    store = replicas["store"]
+    if not store.get("healthy", True):
+        report["problems"].append(
+            f"the {store['backend']} store is unhealthy: "
+            + ", ".join(
+                f"{m['endpoint']} unreachable" for m in store["members"] if not m["reachable"]
+            )
+        )
+    elif any(not m["reachable"] for m in store.get("members", [])):
+        down = [m["endpoint"] for m in store["members"] if not m["reachable"]]
+        report["warnings"].append(f"etcd member(s) {', '.join(down)} unreachable")
+    for row in rows:
+        if not row["alive"]:
+            report["warnings"].append(
+                f"replica {row['name']} has not been heard from for "
+                f"{duration(row.get('lastHeartbeatSecondsAgo', 0))}"
+            )
+    if not any(row["leader"] for row in rows):
+        report["warnings"].append("no replica leads at the moment (an election is due)")
+    return {row["name"] for row in rows if row["alive"]}
+
+
+def _stream_holder(workload: dict[str, Any]) -> str:
+    """The replica whose discovery stream holds the workload's lease, if any."""
+    for cond in (workload.get("status") or {}).get("conditions") or ():
+        if cond.get("type") == "ProxyConnected" and cond.get("status") == "True":
+            message = str(cond.get("message", ""))
+            prefix = "discovery stream held by replica "
+            return message.removeprefix(prefix) if message.startswith(prefix) else ""
+    return ""
+
+
+def _replicas_text(replicas: dict[str, Any]) -> str:
+    rows = replicas["replicas"]
+    names = ", ".join(
+        row["name"] + (" (leader)" if row["leader"] else "") + ("" if row["alive"] else " (down)")
+        for row in rows
+    )
+    store = replicas["store"]
+    if store["backend"] == "etcd":
+        up = sum(1 for m in store["members"] if m["reachable"])
+        where = f"etcd, {up}/{len(store['members'])} members up"
+    else:
+        where = store["backend"]
+    return f"replicas: {names}; store: {where}"
 
 
 def show(args: argparse.Namespace, client: Client, report: dict[str, Any]) -> int:
@@ -214,6 +272,10 @@ def show(args: argparse.Namespace, client: Client, report: dict[str, Any]) -> in
     ca = report["ca"]
     rows = report["proxies"]
     print(f"✓ control plane is up at {client.server}")
+    print(
+        ("✓ " if report["replicas"]["store"].get("healthy", True) else "✗ ")
+        + _replicas_text(report["replicas"])
+    )
     mark = "!" if report["warnings"] else "✓"
     print(
         f"{mark} CA ({ca['trustDomain']}): root expires in "
@@ -223,12 +285,13 @@ def show(args: argparse.Namespace, client: Client, report: dict[str, Any]) -> in
     )
     if rows:
         table(
-            ["NAMESPACE", "WORKLOAD", "PROXY", "SNAPSHOT", "CERT-LEFT"],
+            ["NAMESPACE", "WORKLOAD", "PROXY", "REPLICA", "SNAPSHOT", "CERT-LEFT"],
             [
                 [
                     r["namespace"],
                     r["workload"],
                     r["state"],
+                    r["replica"] or "-",
                     ("up to date " if r["upToDate"] else "behind ") + (r["snapshot"] or "-"),
                     duration(r["certificateLeftSeconds"])
                     if r["certificateLeftSeconds"] is not None

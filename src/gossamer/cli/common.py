@@ -17,7 +17,7 @@ import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from gossamer.cli.client import Client
 
@@ -106,6 +106,31 @@ def host_port(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def host_ports(text: str) -> list[tuple[str, int]]:
+    """'H:P' or 'H:P,H:P,...' (several control-plane replicas), each checked."""
+    return [host_port(part.strip()) for part in text.split(",") if part.strip()] or [
+        host_port(text)
+    ]
+
+
+class DiscoveryAddresses(argparse.Action):
+    """--discovery H:P[,H:P...]: `discovery` is the first replica (HOST, PORT), as every
+    command reads it, and `discovery_replicas` the others, for proxies to fail over to."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        try:
+            addresses = host_ports(str(values))
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"argument {option_string}: {err}")
+        namespace.discovery, namespace.discovery_replicas = addresses[0], tuple(addresses[1:])
 
 
 def client_from(args: argparse.Namespace) -> Client:

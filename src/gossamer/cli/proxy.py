@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gossamer.cli.capture import add_run_flags as add_capture_flags
-from gossamer.cli.common import fail, host_port
+from gossamer.cli.common import DiscoveryAddresses, fail, host_port, host_ports
 from gossamer.cli.envoy import add_engine_flags
 from gossamer.dns.names import DEFAULT_SERVICE_CIDR
 from gossamer.errors import GossamerError
@@ -160,12 +160,17 @@ def add_proxy_flags(p: argparse.ArgumentParser) -> None:
         "inbound host, or 127.0.0.1 when that is 0.0.0.0)",
     )
     p.add_argument("--app-host", default="127.0.0.1", help="where the app listens")
+    discovery = host_ports(os.environ.get("GOSSAMER_DISCOVERY", "127.0.0.1:15012"))
     p.add_argument(
         "--discovery",
-        type=host_port,
-        default=host_port(os.environ.get("GOSSAMER_DISCOVERY", "127.0.0.1:15012")),
-        help="control plane discovery address (default: $GOSSAMER_DISCOVERY or 127.0.0.1:15012)",
+        action=DiscoveryAddresses,
+        default=discovery[0],
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="control plane discovery address; several control-plane replicas, comma "
+        "separated, are tried in turn when one fails (default: $GOSSAMER_DISCOVERY or "
+        "127.0.0.1:15012)",
     )
+    p.set_defaults(discovery_replicas=tuple(discovery[1:]))
     p.add_argument(
         "--join-token",
         default=os.environ.get("GOSSAMER_JOIN_TOKEN"),
@@ -320,6 +325,7 @@ async def _serve(
     agent = Agent(
         AgentConfig(
             discovery=args.discovery,
+            replicas=args.discovery_replicas,
             workload=args.name,
             namespace=args.namespace,
             service_account=args.service_account,

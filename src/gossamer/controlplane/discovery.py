@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,13 @@ LEASE_SECONDS = 10.0
 # half) need longer to find it again: no lease expires before this.
 RESTART_GRACE_SECONDS = 60.0
 MAX_INTERESTS = 10_000
+# Replicas (decision 0053): new streams a replica admits per second (a burst of as
+# many), so a replica's restart does not pile every proxy onto the one left; and the
+# age at which a stream is closed cleanly, jittered, so proxies spread over replicas
+# again after one came back.
+NEW_SESSIONS_PER_SECOND = 200.0
+MAX_STREAM_AGE_SECONDS = 1800.0
+STREAM_AGE_JITTER = 0.2
 # A ProxyConnected condition names the replica whose stream holds the lease.
 _HELD_BY = "discovery stream held by replica "
 MESH_KINDS = frozenset({"Service", "Workload", "HTTPRoute", "AuthorizationPolicy", "MeshPolicy"})
@@ -71,6 +79,8 @@ MESH_KINDS = frozenset({"Service", "Workload", "HTTPRoute", "AuthorizationPolicy
 MESH_KINDS |= frozenset({"RetryPolicy", "OutlierPolicy", "CircuitBreakerPolicy", "FaultPolicy"})
 # Routes of the other Gateway API kinds compile into the same snapshot routes.
 MESH_KINDS |= frozenset({"GRPCRoute", "TCPRoute"})
+# TrafficControls reach the proxies of their source groups (gossamer.translate.controls).
+MESH_KINDS |= frozenset({"TrafficControl"})
 
 
 def peer_identity(request: web.Request) -> SpiffeId | None:
@@ -184,6 +194,8 @@ class Discovery:
         # One build per change (gossamer.controlplane.snapshotcache): what changed since
         # the last fan-out decides which snapshots are dropped and which sessions woken.
         self.snapshots = SnapshotCache()
+        self.admission = Admission(NEW_SESSIONS_PER_SECOND)
+        self.max_stream_age = MAX_STREAM_AGE_SECONDS
         self._everything_changed = False
         self._changed_workloads: list[tuple[str, str, list[dict[str, str]]]] = []
 
@@ -629,6 +641,12 @@ class Discovery:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         identity = require_identity(request)
+        if not self.admission.admit(time.monotonic()):
+            # Before the upgrade, so a refusal costs no WebSocket; the proxy tries
+            # another replica, or this one after its back-off.
+            return error_response(
+                503, "Unavailable", "this replica admits no more new streams this second"
+            )
         ws = web.WebSocketResponse(heartbeat=15.0, max_msg_size=1024 * 1024)
         await ws.prepare(request)
         try:
@@ -649,11 +667,17 @@ class Discovery:
         self._set_connected(*key, True)
         log.info("proxy %s/%s connected as %s", session.namespace, session.workload, identity)
         sender = asyncio.create_task(self._send_loop(session))
+        age = self.max_stream_age * random.uniform(1 - STREAM_AGE_JITTER, 1 + STREAM_AGE_JITTER)
         try:
-            async for msg in ws:
-                if msg.type != WSMsgType.TEXT:
-                    continue
-                self._on_message(session, msg.data)
+            try:
+                async with asyncio.timeout(age):
+                    async for msg in ws:
+                        if msg.type != WSMsgType.TEXT:
+                            continue
+                        self._on_message(session, msg.data)
+            except TimeoutError:
+                # A clean close: the proxy reconnects at once, to any replica.
+                await ws.close(message=b"stream age reached: reconnect")
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -737,6 +761,23 @@ class Discovery:
             session.sent_bundles[prepared.version] = prepared.trust_bundle
             await session.ws.send_str(prepared.message)
             session.sent_version = prepared.version
+
+
+class Admission:
+    """A token bucket: `rate` new streams a second, in bursts of up to `rate`."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._tokens = rate
+        self._at = 0.0
+
+    def admit(self, now: float) -> bool:
+        self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 def _holder(condition: Mapping[str, Any] | None) -> str:

@@ -41,7 +41,12 @@ from gossamer.translate.snapshot import Snapshot
 
 log = logging.getLogger("gossamer.proxy.agent.session")
 
-INITIAL_BACKOFF = 0.25
+# gRPC's connection back-off (1 s, x1.6, +-20% jitter), capped at 30 s rather than
+# 120 s: a control plane that restarts keeps a proxy's lease for 60 s (decision 0045).
+# The back-off is per round of every replica: on losing one, the next is tried at once.
+INITIAL_BACKOFF = 1.0
+BACKOFF_MULTIPLIER = 1.6
+BACKOFF_JITTER = 0.2
 MAX_BACKOFF = 30.0
 # The control plane pings every 15 s: this long without any frame, ping included, is
 # a dead peer.
@@ -70,7 +75,7 @@ class WorkloadPortSpec:
 
 @dataclass
 class AgentConfig:
-    discovery: tuple[str, int]
+    discovery: tuple[str, int]  # the first replica tried; the cache is bound to it
     workload: str
     namespace: str
     service_account: str
@@ -83,6 +88,8 @@ class AgentConfig:
     interests: frozenset[str] = frozenset()
     app_host: str = "127.0.0.1"
     admin_port: int | None = None  # registered so the control plane can scrape /metrics
+    # Other control-plane replicas' discovery addresses: on losing one, the next.
+    replicas: tuple[tuple[str, int], ...] = ()
 
 
 def control_plane_context(bundle_pem: bytes, creds: Credentials | None) -> ssl.SSLContext:
@@ -119,7 +126,10 @@ class Agent:
         self.connected = False
         self._ws: WebSocket | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._client = ControlPlaneClient(*config.discovery)
+        addresses = [config.discovery, *(a for a in config.replicas if a != config.discovery)]
+        self._clients = [ControlPlaneClient(*address) for address in addresses]
+        self._current = 0
+        self._backoff = Backoff(len(self._clients))
         self.registered = False
         self.app_ready: bool | None = None  # as last reported to the control plane
         self.leaving = False  # once set, the workload is never registered again
@@ -208,8 +218,18 @@ class Agent:
     # -- control plane calls ------------------------------------------------------
 
     @property
+    def _client(self) -> ControlPlaneClient:
+        return self._clients[self._current]
+
+    def _fail_over(self) -> None:
+        """The current replica failed: the next one is asked from now on."""
+        if len(self._clients) > 1:
+            self._current = (self._current + 1) % len(self._clients)
+            log.info("control plane: trying the replica at %s next", self.base_url)
+
+    @property
     def base_url(self) -> str:
-        host, port = self.config.discovery
+        host, port = self._client.host, self._client.port
         host = f"[{host}]" if ":" in host else host
         return f"https://{host}:{port}"
 
@@ -424,7 +444,7 @@ class Agent:
             self._tasks.append(asyncio.create_task(self._readiness_loop(), name="agent-ready"))
 
     async def _retry(self, what: str, call: Any) -> None:
-        backoff = INITIAL_BACKOFF
+        backoff = Backoff(len(self._clients))
         while True:
             try:
                 await call()
@@ -432,16 +452,19 @@ class Agent:
             except CannotJoin:
                 raise
             except IdentityError as err:
-                log.warning("%s failed: %s; retrying in %.1fs", what, err, backoff)
+                delay = backoff.failed()
+                log.warning("%s failed: %s; retrying in %.1fs", what, err, delay)
             except (TimeoutError, ControlPlaneUnavailable, OSError) as err:
+                delay = backoff.failed()
                 log.warning(
-                    "%s: control plane unreachable (%s); retrying in %.1fs",
+                    "%s: control plane unreachable at %s (%s); retrying in %.1fs",
                     what,
+                    self.base_url,
                     err or type(err).__name__,
-                    backoff,
+                    delay,
                 )
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
-            backoff = min(backoff * 2, MAX_BACKOFF)
+                self._fail_over()
+            await asyncio.sleep(delay)
 
     async def _renew_loop(self) -> None:
         while True:
@@ -453,27 +476,37 @@ class Agent:
             await self._retry("certificate renewal", self.renew)
 
     async def _follow(self) -> None:
-        backoff = INITIAL_BACKOFF
+        backoff = self._backoff
         while True:
             self._streamed = False
+            failed = ""
             try:
                 await self.register()
                 if self.config.ports:
                     await self.report_readiness(force=True)
                 await self._stream()
             except (TimeoutError, ControlPlaneUnavailable, OSError, IdentityError) as err:
-                log.warning(
-                    "discovery: %s; serving the last snapshot, retrying in %.1fs",
-                    err or type(err).__name__,
-                    backoff,
-                )
+                failed = str(err) or type(err).__name__
             finally:
                 self.connected = False
                 self._ws = None
-            if self._streamed:  # it worked: whatever broke it, come back quickly
-                backoff = INITIAL_BACKOFF
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            if self._streamed:
+                # It worked: whatever ended it (a replica going away, or rebalancing
+                # an old stream), come back at once, to any replica.
+                backoff.reset()
+                if len(self._clients) > 1:
+                    self._current = random.randrange(len(self._clients))
+            delay = backoff.failed()
+            if failed:
+                log.warning(
+                    "discovery at %s: %s; serving the last snapshot, retrying in %.1fs",
+                    self.base_url,
+                    failed,
+                    delay,
+                )
+            if failed or not self._streamed:
+                self._fail_over()
+            await asyncio.sleep(delay)
 
     async def _stream(self) -> None:
         assert self.trust_domain is not None
@@ -558,3 +591,26 @@ def _message(data: Any) -> Any:
     """The message of an API error body, or the body itself."""
     error = data.get("error") if isinstance(data, dict) else None
     return error.get("message") if isinstance(error, dict) else data
+
+
+class Backoff:
+    """Delays between attempts over `replicas` control-plane replicas: the next replica
+    at once (a little jitter, so a replica's proxies do not all arrive in the same
+    instant), and gRPC's exponential back-off only once every replica failed in turn."""
+
+    def __init__(self, replicas: int) -> None:
+        self.replicas = max(replicas, 1)
+        self.reset()
+
+    def reset(self) -> None:
+        self._delay = INITIAL_BACKOFF
+        self._failures = 0
+
+    def failed(self) -> float:
+        """Record one failed attempt; return how long to wait before the next."""
+        self._failures += 1
+        if self._failures % self.replicas:
+            return random.uniform(0.0, 0.1 * INITIAL_BACKOFF)  # another replica, now
+        delay = self._delay * random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)
+        self._delay = min(self._delay * BACKOFF_MULTIPLIER, MAX_BACKOFF)
+        return delay
