@@ -106,6 +106,7 @@ class Traffic:
     workloads: dict[str, Workload] = field(default_factory=dict)
     failing: dict[str, tuple[StatusApp, DataPlane]] = field(default_factory=dict)
     services: dict[str, list[str]] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # the client workload's
 
     def inbound_port(self, name: str) -> int:
         proxy = self.workloads[name].proxy if name in self.workloads else self.failing[name][1]
@@ -115,7 +116,9 @@ class Traffic:
     def apply(self, *objects: dict[str, Any]) -> None:
         """Give the client the snapshot the control plane would build for these objects."""
         me = {"address": "127.0.0.1", "inboundPort": 1, "serviceAccount": "web"}
-        mesh_objects: list[dict[str, Any]] = [_obj("Workload", "web-1", me)]
+        mesh_objects: list[dict[str, Any]] = [
+            _obj("Workload", "web-1", me, labels=self.labels or None)
+        ]
         labels: dict[str, dict[str, str]] = {}
         for svc, members in self.services.items():
             mesh_objects.append(

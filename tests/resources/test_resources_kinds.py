@@ -21,7 +21,10 @@ KNOWN = ", ".join(
     f"{i.kind} ({', '.join([i.plural, *i.short_names])})"
     for i in sorted(KINDS.values(), key=lambda i: i.kind)
 )
-assert "Service (services, svc), TCPRoute (tcproutes), Workload (workloads, wl)" in KNOWN
+assert (
+    "Service (services, svc), TCPRoute (tcproutes), TrafficControl (trafficcontrols, tc), "
+    "Workload (workloads, wl)"
+) in KNOWN
 
 SERVICE: dict[str, Any] = {
     "apiVersion": "v1",

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ from gossamer.proxy.outbound.capture import CaptureGate
 from gossamer.proxy.outbound.http import OutboundSide
 from gossamer.proxy.outbound.tcp import TcpListener, TcpUpstream, UpstreamCarriers
 from gossamer.proxy.policy.balancer import Balancer, EndpointLoad
+from gossamer.proxy.policy.control import ControlRegistry
 from gossamer.proxy.policy.routing import LocalRoute, RouteTable
 from gossamer.proxy.wire.acceptor import FdBudget, InboundAcceptor, fd_limit
 from gossamer.proxy.wire.detect import DEFAULT_DETECT_TIMEOUT, Sniffer
@@ -179,6 +181,8 @@ class DataPlane:
         self.admin_refused = 0
         self._on_interest = on_interest
         self.metrics = Metrics()
+        # TrafficControls' state (buckets, bulkheads, breakers), kept across snapshots.
+        self.controls = ControlRegistry()
         self.contexts: MeshContexts | None = None
         self.snapshot: Snapshot | None = None
         self.connections: set[ServerConnection] = set()
@@ -570,7 +574,9 @@ class DataPlane:
         old_peers = self._old_peers = self._peers
         self._peers = {}
         try:
-            table = RouteTable(snapshot, self.config.cluster_domain, self.metrics, self._peer)
+            table = RouteTable(
+                snapshot, self.config.cluster_domain, self.metrics, self._peer, self.controls
+            )
             local_routes: dict[str, LocalRoute] = {}
             apps: dict[int, AppPool] = {}
             me = snapshot.proxy
@@ -684,6 +690,7 @@ class DataPlane:
             "not_ready_reasons": self.not_ready_reasons(),
             "certificate": {"not_after": contexts.not_after.isoformat()} if contexts else None,
             "snapshot": self.snapshot.to_dict() if self.snapshot is not None else None,
+            "controls": self.controls.dump(),
         }
         dump["observability"] = self.observability_dump()
         dump.update(self.config.extra_config)
@@ -700,7 +707,7 @@ class DataPlane:
                 return 503, "text/plain", ("\n".join(reasons) + "\n").encode()
             return 200, "text/plain", b"ready\n"
         if path == b"/metrics":
-            text = self.metrics.render() + self._connection_metrics()
+            text = self.metrics.render() + self._connection_metrics() + self.controls.render()
             return 200, "text/plain; version=0.0.4", text.encode()
         if path == b"/config":
             return json_page(self.config_dump())
@@ -832,6 +839,7 @@ class DataPlane:
                 self._retired = {p for p in self._retired if p.opening or p.live}
             if cfg.fd_limit is None:
                 self.fds.set_limit(fd_limit())
+            self.controls.sweep(time.time())
             acceptor = self._acceptor
             if acceptor is not None and self.heap.note(acceptor.abandoned, now):
                 log.debug("gave freed heap memory back to the system (malloc_trim)")

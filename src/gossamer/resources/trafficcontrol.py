@@ -169,6 +169,9 @@ class GroupCircuitBreaker(Model):
 class Quarantine(Model):
     """Refuse every governed call except those from the `allow` groups."""
 
+    action: Literal["Refuse"] = "Refuse"
+    """What a quarantined call gets (the only choice for now; it also keeps
+    `quarantine: {}` from reading as no quarantine once stored)."""
     allow: list[Group] = Field(default_factory=list, max_length=16)
 
 
@@ -180,8 +183,10 @@ class ControlRetryBudget(Model):
 
 
 class TrafficControlSpec(Model):
-    from_: Group = Field(alias="from")
-    to: Group
+    from_: Group = Field(default_factory=Group, alias="from")
+    """The callers; absent or `{}`: every workload of the control's namespace."""
+    to: Group = Field(default_factory=Group)
+    """The destinations, the same way."""
     rate: Rate | None = None
     concurrency: Concurrency | None = None
     circuit_breaker: GroupCircuitBreaker | None = None
@@ -204,7 +209,11 @@ class TrafficControlSpec(Model):
         )
         if all(a is None for a in actions):
             problems.append(
-                ((), "set at least one of rate, concurrency, circuitBreaker, quarantine, retryBudget")
+                (
+                    (),
+                    "set at least one of rate, concurrency, circuitBreaker, quarantine "
+                    "or retryBudget",
+                )
             )
         if not self.from_.labels() and not self.to.labels():
             problems.append(
@@ -226,4 +235,3 @@ class TrafficControl(Model):
     kind: Literal["TrafficControl"] = "TrafficControl"
     metadata: ObjectMeta
     spec: TrafficControlSpec
-

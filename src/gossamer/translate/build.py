@@ -10,8 +10,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gossamer.resources.httproute import HTTPRoute
+from gossamer.resources.trafficcontrol import TrafficControl
 from gossamer.translate.authz import SecurityIndex, security_for
 from gossamer.translate.consistency import InconsistentSnapshot, check_consistent
+from gossamer.translate.controls import controls_for, validate_control
+from gossamer.translate.labels import selects as selects  # re-exported: translate.build.selects
 from gossamer.translate.routes import Policy, build_policies, build_routes, traffic_objects
 from gossamer.translate.snapshot import (
     Endpoint,
@@ -92,6 +95,8 @@ class MeshView:
     # HTTPRoutes and the traffic policies (gossamer.translate.routes), typed.
     routes: tuple[HTTPRoute, ...] = ()
     policies: tuple[Policy, ...] = ()
+    # TrafficControls (gossamer.translate.controls), typed.
+    controls: tuple[TrafficControl, ...] = ()
 
     @staticmethod
     def from_objects(
@@ -144,6 +149,9 @@ class MeshView:
             services,
             workloads,
             security=SecurityIndex.from_objects(objects),
+            controls=tuple(
+                validate_control(obj) for obj in objects if obj["kind"] == "TrafficControl"
+            ),
             **traffic_objects(objects),
         )
 
@@ -159,11 +167,6 @@ class ProxyInfo:
 
 def identity_of(trust_domain: str, namespace: str, service_account: str) -> str:
     return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
-
-
-def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    """A Service with no selector selects nothing (as in Kubernetes)."""
-    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
 def _target_port(port: ServicePortRecord, workload: WorkloadRecord) -> int | None:
@@ -274,6 +277,7 @@ def build_snapshot(mesh: MeshView, proxy: ProxyInfo) -> Snapshot:
         routes=tuple(routes),
         policies=tuple(build_policies(mesh, asked)),
         route_services=tuple(route_services),
+        controls=controls_for(mesh, workload, asked),
         security=security_for(mesh.security, workload.namespace, workload.labels),
         telemetry=telemetry_for(mesh.security, workload.namespace, workload.labels),
     )

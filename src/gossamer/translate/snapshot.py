@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from gossamer.translate.authz import SecurityView
+from gossamer.translate.controltypes import ControlView
 from gossamer.translate.routetypes import ServicePolicy, ServiceRoutes, load
 from gossamer.translate.telemetry import TelemetryView
 
@@ -93,6 +94,9 @@ class Snapshot:
     # Telemetry (gossamer.translate.telemetry): MeshPolicy tracing and access log
     # settings for this proxy's own workload.
     telemetry: TelemetryView = field(default_factory=TelemetryView)
+    # TrafficControls (gossamer.translate.controls) whose source group holds this
+    # proxy's workload, over the services above that they govern.
+    controls: tuple[ControlView, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,6 +147,7 @@ class Snapshot:
             route_services=tuple(data.get("route_services", ())),
             security=SecurityView.from_dict(data.get("security")),
             telemetry=TelemetryView.from_dict(data.get("telemetry")),
+            controls=tuple(load(ControlView, c) for c in data.get("controls", ())),
         )
 
     @staticmethod

@@ -798,7 +798,7 @@ class Exchange:
         if self.phase == Phase.FINISHED or self.upstream is None or conn.transport is None:
             return
         self.status = head.status
-        upstream = self._end(UPSTREAM_TAKE)
+        upstream = self._end(UPSTREAM_TAKE, head.status)
         assert upstream is not None
         # The upstream connection leaves its pool for good.
         upstream.closed = True
@@ -840,14 +840,15 @@ class Exchange:
         if self.phase == Phase.RESPONDED:
             self._complete()
 
-    def _end(self, upstream_to: int) -> UpstreamConnection | None:
+    def _end(self, upstream_to: int, status: int = 0) -> UpstreamConnection | None:
         """The one way an exchange ends, whatever ended it: FINISHED, its timers
         stopped, its place among the pending and the call's in-flight count given
         back, the endpoint's outstanding count with the upstream connection; and that
         connection let go as `upstream_to` says (UPSTREAM_POOL: back to its pool if both
         ends allow it, else closed; UPSTREAM_ABORT; UPSTREAM_TAKE: handed to the caller,
-        which makes a tunnel of it). Then the caller answers, records and hands the
-        downstream connection on (`_done`)."""
+        which makes a tunnel of it). `status` is what the call ended with (0: no
+        answer), for the TrafficControls (proxy.policy.control). Then the caller
+        answers, records and hands the downstream connection on (`_done`)."""
         self.phase = Phase.FINISHED
         if self.deadline is not None:
             self.deadline.cancel()
@@ -858,7 +859,7 @@ class Exchange:
         if self.pending:
             self._unpend()
         if self.call is not None:
-            self.call.finish()
+            self.call.finish(status, self.conn.loop.time())
         upstream = self.upstream
         if upstream is None:
             return None
@@ -883,17 +884,20 @@ class Exchange:
         conn.exchange_finished(self)
 
     def _complete(self) -> None:
-        self._end(UPSTREAM_POOL)
+        self._end(UPSTREAM_POOL, self.status)
         self._done(self.status)
 
     # ---- failures ----------------------------------------------------------------------
 
-    def fail(self, status: int, reason: str, *, logged: bool = False) -> None:
-        """Answer with a proxy-made error (or cut the response short if one started)."""
+    def fail(
+        self, status: int, reason: str, *, logged: bool = False, retry_after: bytes | None = None
+    ) -> None:
+        """Answer with a proxy-made error (or cut the response short if one started);
+        `retry_after`: seconds for a `retry-after` header (a TrafficControl's refusal)."""
         if self.phase == Phase.FINISHED:
             return
         started = self.phase >= Phase.RESPONDING
-        self._end(UPSTREAM_ABORT)
+        self._end(UPSTREAM_ABORT, self.status if started else status)
         conn = self.conn
         if not logged:
             log.warning("%s: %s", self.describe_route(), reason)
@@ -905,7 +909,13 @@ class Exchange:
             return
         close = self._closes()
         conn.write(
-            error_response(status, reason, close=close, head_only=self.head.method == b"HEAD")
+            error_response(
+                status,
+                reason,
+                close=close,
+                head_only=self.head.method == b"HEAD",
+                retry_after=retry_after,
+            )
         )
         self._done(status)
 
@@ -913,7 +923,7 @@ class Exchange:
         """Answer with a response the proxy makes by design (a redirect), bodiless."""
         if self.phase == Phase.FINISHED:
             return
-        self._end(UPSTREAM_ABORT)
+        self._end(UPSTREAM_ABORT, status)
         log.debug("%s", reason)
         close = self._closes()
         extra = b"content-length: 0\r\n" + (b"connection: close\r\n" if close else b"")

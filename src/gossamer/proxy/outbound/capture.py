@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 from gossamer.proxy.wire.splice import Splice
 
 if TYPE_CHECKING:
-    from gossamer.proxy.dataplane import DataPlane
+    from gossamer.proxy.outbound.plane import OutboundPlane
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -47,7 +47,7 @@ class CaptureGate(asyncio.Protocol):
 
     __slots__ = ("dp", "mesh")
 
-    def __init__(self, dp: DataPlane, mesh: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(self, dp: OutboundPlane, mesh: Callable[[], asyncio.Protocol]) -> None:
         self.dp = dp
         self.mesh = mesh
 
@@ -76,7 +76,7 @@ class CaptureGate(asyncio.Protocol):
         self.dp.spawn(_pass_through(self.dp, app_end, dst))
 
 
-async def _pass_through(dp: DataPlane, app_end: Splice, dst: tuple[str, int]) -> None:
+async def _pass_through(dp: OutboundPlane, app_end: Splice, dst: tuple[str, int]) -> None:
     far_end = Splice(app_end.stats, counts_sent=False, registry=dp.splices)
     try:
         await asyncio.wait_for(

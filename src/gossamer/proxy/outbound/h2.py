@@ -20,6 +20,7 @@ from gossamer.proxy.forward.exchange import ConnectError
 from gossamer.proxy.forward.streams import Links, grpc_status_label, observe, observed, serve
 from gossamer.proxy.observe.hooks import APP_CALLER, StreamRequest
 from gossamer.proxy.policy import Answer, Call, failed
+from gossamer.proxy.policy.call import proceed
 from gossamer.proxy.policy.routematch import chain_edits
 from gossamer.proxy.policy.routing import NoRoute, Route
 from gossamer.proxy.wire.http1 import SRC_SERVICE_HEADER
@@ -171,15 +172,23 @@ class _OutboundStream:
         if request is not None:
             request.route = route
 
-    def fail(self, status: int, reason: str, grpc_code: int | None = None) -> None:
-        """Answer with a proxy-made error: a gRPC call the way gRPC clients read one."""
+    def fail(
+        self,
+        status: int,
+        reason: str,
+        grpc_code: int | None = None,
+        retry_after: bytes | None = None,
+    ) -> None:
+        """Answer with a proxy-made error: a gRPC call the way gRPC clients read one.
+        `retry_after`: seconds, as `retry-after` (gRPC: `grpc-retry-pushback-ms`)."""
         if not self.pair.status and is_grpc(self.headers):
-            self.pair.reply_grpc(_grpc_code_for(status) if grpc_code is None else grpc_code, reason)
+            code = _grpc_code_for(status) if grpc_code is None else grpc_code
+            self.pair.reply_grpc(code, reason, retry_after)
         else:
-            self.pair.reply(status, reason)
+            self.pair.reply(status, reason, retry_after)
 
     def answer(self, answer: Answer) -> None:
-        self.fail(answer.status, answer.reason, answer.grpc_code)
+        self.fail(answer.status, answer.reason, answer.grpc_code, answer.retry_after_value())
 
     def start(self) -> None:
         fault = self.call.fault()
@@ -227,9 +236,17 @@ class _OutboundStream:
             target, rule_retry = routed.target, rule.retry
             if call.timeout is not None:
                 self.timer = self.dp.loop.call_later(call.timeout, self._timed_out, call.timeout)
-        refused = call.admit(target, rule_retry, self.dp.loop.time())
-        if refused is not None:
-            self.answer(refused)
+        loop = self.dp.loop
+        verdict = call.admit(target, rule_retry, loop.time())
+        if verdict is None:
+            self._admitted()
+        else:
+            # Refused, or held back in a TrafficControl's queue (proxy.policy.control).
+            proceed(verdict, loop.call_later, loop.time, self._admitted, self.answer)
+
+    def _admitted(self) -> None:
+        call = self.call
+        if self.pair.done:
             return
         if call.retry is not None:
             # A gRPC call may be sent again whatever its method: the retry policy on
@@ -380,7 +397,10 @@ class _OutboundStream:
                 timer.cancel()
         self.timer = self.retry_timer = self.try_timer = None
         call = self.call
-        call.finish()
+        # The controls hear a gRPC call shed upstream (UNAVAILABLE, RESOURCE_EXHAUSTED)
+        # as the 503 an HTTP call would have been.
+        overloaded = p.grpc_status in (b"14", b"8")
+        call.finish(503 if overloaded else p.status, now)
         load = self.load
         if load is not None and p.status:
             load.observe(seconds, now)

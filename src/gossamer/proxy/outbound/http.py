@@ -17,6 +17,7 @@ from gossamer.proxy.forward.exchange import (
 )
 from gossamer.proxy.outbound.h2 import OutboundH2
 from gossamer.proxy.policy import Answer, Call
+from gossamer.proxy.policy.call import proceed
 from gossamer.proxy.policy.routematch import (
     CompiledBackend,
     CompiledRule,
@@ -190,10 +191,24 @@ class OutboundSide:
             target, rule_retry = routed.target, rule.retry
         if call.timeout is not None:
             ex.start_deadline(call.timeout)
-        refused = call.admit(target, rule_retry, self.loop.time())
+        verdict = call.admit(target, rule_retry, self.loop.time())
         ex.route = target
-        if refused is not None:
-            ex.fail(refused.status, refused.reason)
+        if verdict is None:
+            self._admitted(ex, call, target)
+        else:
+            # Refused, or held back in a TrafficControl's queue (proxy.policy.control).
+            proceed(
+                verdict,
+                self.loop.call_later,
+                self.loop.time,
+                lambda: self._admitted(ex, call, target),
+                lambda answer: ex.fail(
+                    answer.status, answer.reason, retry_after=answer.retry_after_value()
+                ),
+            )
+
+    def _admitted(self, ex: Exchange, call: Call[PeerPool], target: Route[PeerPool]) -> None:
+        if ex.finished:
             return
         ex.balancer = target.balancer
         ex.backend_timeout = call.per_try

@@ -13,7 +13,12 @@ if TYPE_CHECKING:
 
 class OutboundPlane(Plane, Protocol):
     """The common `Plane`, and for TCP upstreams: waiting for the control plane to
-    answer about a service, and carrying a spliced connection to a peer."""
+    answer about a service, and carrying a spliced connection to a peer; for captured
+    connections, what is the mesh's."""
 
     async def wait_interest(self, key: str) -> None: ...
     async def connect_tcp_peer(self, pool: PeerPool, end: Splice) -> None: ...
+    # Captured traffic (proxy.outbound.capture): whether an original destination is a
+    # service's virtual IP, and whether traffic outside the mesh is refused.
+    def is_virtual_ip(self, address: str) -> bool: ...
+    def registry_only(self) -> bool: ...

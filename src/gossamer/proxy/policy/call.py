@@ -6,13 +6,16 @@ their policy decisions from a `Call`, in this order:
 1. `fault()`       FaultPolicy: abort (an `Answer`), delay (seconds), or go on;
 2. `apply_routes()` the service port's HTTPRoutes or GRPCRoutes: a rule (a `Routed`),
                    or an `Answer` (no rule matches, the rule is broken, weight 0);
-3. `admit()`       the backend's CircuitBreakerPolicy `maxRequests`; the retry policy
+3. `admit()`       the TrafficControls on the backend (proxy.policy.control: a refusal,
+                   or a `Held` call waiting in a bulkhead's queue), the backend's
+                   CircuitBreakerPolicy `maxRequests`; the retry policy
                    (the rule's `retry`, else the backend's RetryPolicy) is adopted and
                    paid into its budget, and the per-try timeout chosen;
 4. per try:        `connect_failed()`, `retries_status()`/`retries_reset()` and
                    `try_again()` (attempts, the request kept whole, the budget, backoff);
 5. `outcome()`     outlier detection hears how each try went;
-6. `finish()`      the limits are given back; `stats()` is the cell the call is counted in.
+6. `finish()`      the limits are given back, the controls told how the call went;
+                   `stats()` is the cell the call is counted in.
 
 The protocol sides keep only what is theirs: parsing, framing, header edits on their
 own header representation, timers and sockets. Nothing here reads a clock (`now` is
@@ -23,10 +26,11 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
+from gossamer.proxy.policy.control import GRPC_RESOURCE_EXHAUSTED, EdgeControl, Waiter, hold
 from gossamer.proxy.policy.resilience import IDEMPOTENT
 
 if TYPE_CHECKING:
@@ -54,6 +58,13 @@ class Answer:
     status: int
     reason: str
     grpc_code: int | None = None
+    retry_after: float | None = None  # seconds, for a `retry-after` (a control's refusal)
+
+    def retry_after_value(self) -> bytes | None:
+        """`retry-after` in whole seconds (RFC 9110 10.2.3), at least 1; or None."""
+        if self.retry_after is None:
+            return None
+        return b"%d" % max(1, int(self.retry_after + 0.999))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +82,17 @@ class Call(Generic[P]):
     """The policies of one request to one service port (see the module's docstring)."""
 
     __slots__ = (
+        "admitted_at",
         "connects",
+        "entered",
+        "held",
         "limits",
         "per_try",
         "replayable",
         "retries",
         "retry",
         "route",
+        "rule_retry",
         "timeout",
         "via",
     )
@@ -94,6 +109,12 @@ class Call(Generic[P]):
         # May the request be sent again whole (RFC 9110 9.2.2; a gRPC call is replayed
         # only when its client may see it twice, which a retry policy on it says)?
         self.replayable = grpc or method in IDEMPOTENT
+        self.rule_retry: RetryPolicy | None = None
+        # TrafficControls: those whose bulkhead let the call in (given back at the
+        # end), the queue it waits in, and when it was let through.
+        self.entered: list[tuple[EdgeControl, bool]] | None = None
+        self.held: Held[P] | None = None
+        self.admitted_at = 0.0
 
     # ---- 1. fault injection -----------------------------------------------------------
 
@@ -153,11 +174,45 @@ class Call(Generic[P]):
 
     # ---- 3. admission -------------------------------------------------------------------
 
-    def admit(self, target: Route[P], rule_retry: RetryPolicy | None, now: float) -> Answer | None:
-        """Send to `target`: its circuit breaker's maxRequests (an `Answer` when over
-        it), and the retry policy, paid into its budget (every call under a policy
-        deposits, so a percentage budget allows that share of retries)."""
+    def admit(
+        self, target: Route[P], rule_retry: RetryPolicy | None, now: float
+    ) -> Answer | Held[P] | None:
+        """Send to `target`, if its TrafficControls let the call through (an `Answer`
+        when one refuses it; a `Held` call when a bulkhead queues it: see `proceed`),
+        then its circuit breaker's maxRequests (an `Answer` when over it), and the retry
+        policy, paid into its budget (every call under a policy deposits, so a
+        percentage budget allows that share of retries)."""
         self.route = target
+        self.rule_retry = rule_retry
+        return self._admit_from(0, now)
+
+    def _admit_from(self, i: int, now: float) -> Answer | Held[P] | None:
+        target = self.route
+        controls = target.controls
+        while i < len(controls):
+            edge = controls[i]
+            i += 1
+            if not edge.live:
+                continue
+            refusal = edge.check(now)
+            if refusal is not None:
+                return Answer(503, refusal.reason, GRPC_RESOURCE_EXHAUSTED, refusal.retry_after)
+            bulkhead = edge.bulkhead
+            if bulkhead is None:
+                if edge.breaker is not None:
+                    self._entered(edge, False)  # the breaker hears how it went
+                continue
+            if bulkhead.enter():
+                self._entered(edge, True)
+            elif edge.enforce and bulkhead.queued() < bulkhead.max_pending:
+                held = self.held = Held(self, edge, i)
+                return held
+            else:
+                refusal = edge.refuse_concurrency()
+                if refusal is not None:
+                    return Answer(503, refusal.reason, GRPC_RESOURCE_EXHAUSTED, 1.0)
+                self._entered(edge, False)
+        self.admitted_at = now
         limits = target.limits
         if limits is not None:
             if limits.max_requests is not None and limits.active >= limits.max_requests:
@@ -168,13 +223,20 @@ class Call(Generic[P]):
                 )
             limits.active += 1
             self.limits = limits
-        retry = rule_retry or target.retry
+        retry = self.rule_retry or target.retry
         if retry is not None:
             retry.budget.deposit(now)
             self.retry = retry
             if self.per_try is None:
                 self.per_try = retry.per_try
         return None
+
+    def _entered(self, edge: EdgeControl, slot: bool) -> None:
+        """`edge` let the call through (`slot`: into its bulkhead); told at the end."""
+        if self.entered is None:
+            self.entered = [(edge, slot)]
+        else:
+            self.entered.append((edge, slot))
 
     # ---- 4. tries ------------------------------------------------------------------------
 
@@ -236,12 +298,25 @@ class Call(Generic[P]):
 
     # ---- 6. the end ------------------------------------------------------------------------
 
-    def finish(self) -> None:
-        """The call is over: give back its circuit-breaker slot (idempotent)."""
+    def finish(self, status: int = 0, now: float | None = None) -> None:
+        """The call is over with `status` (0: no answer, its client went away): give
+        back its circuit-breaker slot and its bulkhead slots, and tell the controls how
+        it went (latency since admission and failure teach adaptive limits and the
+        group breakers). Idempotent."""
         limits = self.limits
         if limits is not None:
             limits.active -= 1
             self.limits = None
+        held = self.held
+        if held is not None:
+            held.cancel()
+        entered = self.entered
+        if entered is not None:
+            self.entered = None
+            when = self.admitted_at if now is None else now
+            rtt = when - self.admitted_at
+            for edge, slot in entered:
+                edge.done(when, rtt, status, slot)
 
     def stats(self, status: int, grpc_status: bytes | None = None) -> RequestStats:
         """The metrics cell the call is counted in, by its status (and grpc-status)."""
@@ -253,3 +328,69 @@ class Call(Generic[P]):
 def failed(status: int, grpc_status: bytes | None = None) -> bool:
     """Whether an answer counts as a failure for outlier detection."""
     return status >= 500 or grpc_status == GRPC_UNAVAILABLE
+
+
+class Held(Generic[P]):
+    """A call waiting in a TrafficControl bulkhead's queue (backpressure): `proceed`
+    parks it; once a slot is its, the rest of `admit` runs; at the queue timeout it is
+    refused."""
+
+    __slots__ = ("call", "edge", "index", "waiter")
+
+    def __init__(self, call: Call[P], edge: EdgeControl, index: int) -> None:
+        self.call = call
+        self.edge = edge
+        self.index = index  # the next control to ask once in
+        self.waiter: Waiter | None = None
+
+    def cancel(self) -> None:
+        """The call ended while waiting: it leaves the queue."""
+        if self.waiter is not None:
+            self.waiter.gone = True
+        self.call.held = None
+
+
+Later = Callable[[float, Callable[[], None]], Any]
+
+
+def proceed(
+    verdict: Answer | Held[P] | None,
+    call_later: Later,
+    clock: Callable[[], float],
+    go: Callable[[], None],
+    refuse: Callable[[Answer], None],
+) -> None:
+    """What a side does with `Call.admit`'s verdict: `go` (send the call), `refuse`
+    (answer it), or park it in a bulkhead's queue until it is let in (then go on
+    with the controls after that one) or its queue timeout refuses it."""
+    if verdict is None:
+        go()
+        return
+    if isinstance(verdict, Answer):
+        refuse(verdict)
+        return
+    held = verdict
+    edge = held.edge
+    bulkhead = edge.bulkhead
+    assert bulkhead is not None
+
+    def admitted() -> None:
+        call = held.call
+        call.held = None
+        call._entered(edge, True)
+        proceed(call._admit_from(held.index, clock()), call_later, clock, go, refuse)
+
+    def timed_out() -> None:
+        held.call.held = None
+        refusal = edge.refuse_concurrency()
+        reason = refusal.reason if refusal is not None else f"{edge.label}: queue timeout"
+        refuse(
+            Answer(
+                503,
+                f"{reason} (waited {bulkhead.queue_timeout:g}s in its queue)",
+                GRPC_RESOURCE_EXHAUSTED,
+                1.0,
+            )
+        )
+
+    held.waiter = hold(bulkhead, call_later, admitted, timed_out)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from gossamer.proxy.observe.metrics import Metrics, RequestStats
 from gossamer.proxy.policy.balancer import Balancer, EndpointLoad
+from gossamer.proxy.policy.control import ControlRegistry, EdgeControl
 from gossamer.proxy.policy.resilience import Limits, OutlierDetector, RetryBudget, RetryPolicy
 from gossamer.proxy.policy.routematch import Router
 from gossamer.resources import resolve_authority
@@ -35,6 +36,7 @@ class Route(Generic[P]):
         "_stat_labels",
         "balancer",
         "budget",
+        "controls",
         "fault",
         "grpc_stats",
         "label",
@@ -81,6 +83,8 @@ class Route(Generic[P]):
         self.outlier: OutlierDetector | None = None
         self.limits: Limits | None = None
         self.fault: FaultSpec | None = None
+        # The TrafficControls on calls from this proxy to the service (proxy.policy.control).
+        self.controls: tuple[EdgeControl, ...] = ()
         self.managed = False  # whether any of the above is set (the fast path skips them)
 
     def grpc_stats_for(self, code: int, grpc_status: bytes, via: str | None = None) -> RequestStats:
@@ -164,7 +168,10 @@ class RouteTable(Generic[P]):
         cluster_domain: str,
         metrics: Metrics,
         peer: Callable[[Endpoint], tuple[P, EndpointLoad]],
+        controls: ControlRegistry | None = None,
     ) -> None:
+        """`controls` keeps the TrafficControls' state from one table to the next (the
+        data plane's); without one, they start afresh."""
         self.snapshot = snapshot
         self.cluster_domain = cluster_domain
         self.metrics = metrics
@@ -202,10 +209,23 @@ class RouteTable(Generic[P]):
                 self.routes[(svc.name, svc.namespace, sp.port)] = Route(
                     svc.name, svc.namespace, sp.port, balancer, metrics, src
                 )
-        self._apply_traffic_management(snapshot)
+        self._apply_traffic_management(snapshot, controls or ControlRegistry())
 
-    def _apply_traffic_management(self, snapshot: Snapshot) -> None:
+    def _apply_traffic_management(self, snapshot: Snapshot, registry: ControlRegistry) -> None:
         policies = {p.service: p for p in snapshot.policies}
+        governed = registry.update(snapshot.controls)
+        # A TrafficControl's retryBudget replaces the service's own (the smallest, when
+        # several apply).
+        budgets: dict[str, RetryBudget] = {}
+        for service, edges in governed.items():
+            found = [e.retry_budget for e in edges if e.retry_budget is not None]
+            if found:
+                budgets[service] = min(found, key=lambda b: b.ratio)
+        for route in self.routes.values():
+            on_route = governed.get(f"{route.name}.{route.namespace}")
+            if on_route:
+                route.controls = on_route
+                route.managed = True
         watched: set[int] = set()
         for route in self.routes.values():
             policy = policies.get(f"{route.name}.{route.namespace}")
@@ -213,7 +233,9 @@ class RouteTable(Generic[P]):
                 continue
             stats = self.metrics.resilience_stats(route.namespace, route.name)
             if policy.retry is not None:
-                route.budget = _budget(policy.retry)
+                route.budget = budgets.get(f"{route.name}.{route.namespace}") or _budget(
+                    policy.retry
+                )
                 route.retry = RetryPolicy(policy.retry, route.budget, stats=stats)
             if policy.outlier is not None:
                 route.outlier = OutlierDetector(policy.outlier, route.balancer.loads, stats)
@@ -241,7 +263,11 @@ class RouteTable(Generic[P]):
             router: Router[Route[P]] = Router(sr, resolve)
             for rule in router.rules:
                 if rule.spec.retry is not None:
-                    budget = parent.budget or _budget(rule.spec.retry)
+                    budget = (
+                        parent.budget
+                        or budgets.get(f"{parent.name}.{parent.namespace}")
+                        or _budget(rule.spec.retry)
+                    )
                     parent.budget = budget
                     rule.retry = RetryPolicy(
                         rule.spec.retry,

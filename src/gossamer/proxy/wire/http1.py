@@ -692,8 +692,16 @@ def chunked_end(trailers: Headers | None) -> bytes:
     return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n"
 
 
-def error_response(status: int, reason: str, *, close: bool, head_only: bool = False) -> bytes:
-    """A response the proxy makes itself: the reason in `gossamer-error` and the body."""
+def error_response(
+    status: int,
+    reason: str,
+    *,
+    close: bool,
+    head_only: bool = False,
+    retry_after: bytes | None = None,
+) -> bytes:
+    """A response the proxy makes itself: the reason in `gossamer-error` and the body
+    (and `retry-after`, seconds, when given)."""
     body = reason.encode("utf-8", "replace") + b"\n"
     header_value = reason.encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
     head = (
@@ -704,7 +712,8 @@ def error_response(status: int, reason: str, *, close: bool, head_only: bool = F
             reason_phrase(status),
             header_value,
             len(body),
-            b"connection: close\r\n" if close else b"",
+            (b"connection: close\r\n" if close else b"")
+            + (b"retry-after: " + retry_after + b"\r\n" if retry_after else b""),
         )
     )
     return head if head_only else head + body

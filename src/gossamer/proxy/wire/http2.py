@@ -454,23 +454,24 @@ class StreamPair:
             return None
         return conn
 
-    def reply(self, status: int, reason: str) -> None:
-        """Answer the downstream stream with a proxy-made error (`gossamer-error`)."""
+    def reply(self, status: int, reason: str, retry_after: bytes | None = None) -> None:
+        """Answer the downstream stream with a proxy-made error (`gossamer-error`, and
+        `retry-after` in seconds when given)."""
         conn = self._take_over(reason, status, None)
         if conn is None:
             return
         down = self.down
         body = reason.encode("utf-8", "replace") + b"\n"
+        headers = [
+            (b":status", b"%d" % status),
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"gossamer-error", reason.encode("ascii", "replace")),
+            (b"content-length", b"%d" % len(body)),
+        ]
+        if retry_after:
+            headers.append((b"retry-after", retry_after))
         try:
-            conn.h2.send_headers(
-                down.stream_id,
-                [
-                    (b":status", b"%d" % status),
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"gossamer-error", reason.encode("ascii", "replace")),
-                    (b"content-length", b"%d" % len(body)),
-                ],
-            )
+            conn.h2.send_headers(down.stream_id, headers)
         except h2.exceptions.H2Error:
             self.finish()
             return
@@ -478,27 +479,27 @@ class StreamPair:
         down.ended = True
         conn.pump(down)
 
-    def reply_grpc(self, code: int, reason: str) -> None:
+    def reply_grpc(self, code: int, reason: str, retry_after: bytes | None = None) -> None:
         """Answer a gRPC call with a proxy-made error, the way gRPC clients read one: a
         trailers-only response (HTTP 200, `grpc-status`, `grpc-message`), with
-        `gossamer-error` as well. A stream already opened upstream is cancelled."""
+        `gossamer-error` as well. A stream already opened upstream is cancelled.
+        `retry_after` (seconds) becomes gRPC's `grpc-retry-pushback-ms`."""
         grpc_status = b"%d" % code
         conn = self._take_over(reason, 200, grpc_status)
         if conn is None:
             return
         down = self.down
+        headers = [
+            (b":status", b"200"),
+            (b"content-type", b"application/grpc"),
+            (b"grpc-status", grpc_status),
+            (b"grpc-message", _grpc_message(reason)),
+            (b"gossamer-error", reason.encode("ascii", "replace")),
+        ]
+        if retry_after:
+            headers.append((b"grpc-retry-pushback-ms", b"%d" % (int(retry_after) * 1000)))
         try:
-            conn.h2.send_headers(
-                down.stream_id,
-                [
-                    (b":status", b"200"),
-                    (b"content-type", b"application/grpc"),
-                    (b"grpc-status", grpc_status),
-                    (b"grpc-message", _grpc_message(reason)),
-                    (b"gossamer-error", reason.encode("ascii", "replace")),
-                ],
-                end_stream=True,
-            )
+            conn.h2.send_headers(down.stream_id, headers, end_stream=True)
         except h2.exceptions.H2Error:
             self.finish()
             return
