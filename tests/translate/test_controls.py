@@ -11,6 +11,7 @@ from tests.translate.test_build import OBJECTS, mesh
 from gossamer.errors import InvalidResource
 from gossamer.resources import to_dict, validate
 from gossamer.translate import ProxyInfo, Snapshot, build_snapshot
+from gossamer.translate.controls import controls_between, tightest
 from gossamer.translate.controltypes import ConcurrencyView, RateView
 
 
@@ -24,6 +25,7 @@ def control(spec: dict[str, Any], name: str = "shield", ns: str = "shop") -> dic
     return to_dict(validate(obj))
 
 
+WEB = {"selector": {"matchLabels": {"app": "web"}}}
 WEB_TO_API = {
     "from": {"selector": {"matchLabels": {"app": "web"}}},
     "to": {"selector": {"matchLabels": {"app": "api"}}},
@@ -143,3 +145,31 @@ def test_a_meaningless_or_malformed_control_is_refused_with_the_field_path(
     with pytest.raises(InvalidResource) as err:
         control(spec)
     assert errors in str(err.value)
+
+
+def test_explain_lists_every_control_on_a_call_and_names_the_tightest() -> None:
+
+    view = mesh(
+        [
+            *OBJECTS,
+            control({**WEB_TO_API, "rate": {"limit": "10/s"}}, name="a"),
+            control({**WEB_TO_API, "rate": {"limit": "2/s"}, "mode": "DryRun"}, name="b"),
+            control(
+                {
+                    **WEB_TO_API,
+                    "quarantine": {"allow": [{"selector": {"matchLabels": {"app": "web"}}}]},
+                },
+                name="c",
+            ),
+        ]
+    )
+    web, api = view.workloads[("shop", "web-1")], view.services[("shop", "api")]
+
+    found = controls_between(view, web, api)
+
+    assert [(a.control.metadata.name, a.acts) for a in found] == [
+        ("a", True),
+        ("b", True),
+        ("c", False),
+    ]
+    assert tightest(found) == {"rate": "shop/b"}

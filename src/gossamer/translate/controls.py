@@ -10,6 +10,7 @@ plane's status (`governs`) all use it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -172,3 +173,51 @@ def controls_for(
         if _acts(view):
             out.append(view)
     return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Applies:
+    """One control on one call, as `gossamer control explain` shows it."""
+
+    control: TrafficControl
+    view: ControlView  # what the source proxy enforces for it
+    acts: bool  # False: it matches, but does nothing for this source (an allowed one)
+
+
+def controls_between(
+    mesh: MeshView, source: WorkloadRecord, service: ServiceRecord
+) -> list[Applies]:
+    """Every control that governs calls from `source` to `service`, in the order the
+    proxy asks them (name order). The tightest of each kind is what a call meets
+    first: `tightest` says which."""
+    found = []
+    key = f"{service.name}.{service.namespace}"
+    for control in sorted(mesh.controls, key=lambda c: (c.metadata.namespace, c.metadata.name)):
+        if governs(mesh, control, source, service):
+            view = view_of(control, (key,), source)
+            found.append(Applies(control, view, _acts(view)))
+    return found
+
+
+def tightest(found: Iterable[Applies]) -> dict[str, str]:
+    """Per kind of limit, the control ("namespace/name") whose limit is the lowest:
+    `rate` (requests a second), `concurrency` (fixed maxInFlight, else an adaptive
+    maxLimit), `retryBudget` (percent)."""
+    best: dict[str, tuple[float, str]] = {}
+
+    def offer(kind: str, value: float, name: str) -> None:
+        if kind not in best or value < best[kind][0]:
+            best[kind] = (value, name)
+
+    for a in found:
+        if not a.acts:
+            continue
+        v, name = a.view, f"{a.view.namespace}/{a.view.name}"
+        if v.rate is not None:
+            offer("rate", v.rate.per_second, name)
+        if v.concurrency is not None:
+            c = v.concurrency
+            offer("concurrency", float(c.max_in_flight or c.max_limit), name)
+        if v.retry_budget is not None:
+            offer("retryBudget", v.retry_budget.percent, name)
+    return {kind: name for kind, (_, name) in best.items()}
