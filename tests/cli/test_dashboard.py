@@ -43,6 +43,14 @@ metadata: {name: ratings-and-reviews-backend, namespace: storefront-production}
 spec:
   selector: {app: ratings}
   ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: RetryPolicy
+metadata: {name: ratings, namespace: storefront-production}
+spec:
+  targetRefs: [{group: "", kind: Service, name: ratings-and-reviews-backend}]
+  attempts: 2
+  retryOn: [5xx]
 """
 
 
@@ -221,14 +229,21 @@ def test_the_window_selector_drives_the_charts_and_a_new_service_starts_with_a_g
         await b.until(f"{chart} && {chart}.dataset.points === '60'")  # 15m in 15s steps
         fifteen = await b.eval(f"Number({chart}.dataset.firstPoint)")
         wide = await b.eval(NO_SIDEWAYS_SCROLL)
-        return one, fifteen, wide
+        policy = await b.eval("document.querySelector('[data-policy=\"RetryPolicy/ratings\"]')"
+                              ".textContent")  # fmt: skip
+        return one, fifteen, wide, policy
 
     url = mesh.cp.api + "/#/service/storefront-production/ratings-and-reviews-backend"
-    (first_of_1m, axis), first_of_15m, wide = with_browser(url, steps)
+    (first_of_1m, axis), first_of_15m, wide, policy = with_browser(url, steps)
     assert axis is True and int(first_of_1m) >= 0
     # The mesh is a minute or two old: most of 15 minutes is before it, a gap, not 0.
     assert first_of_15m > 40
     assert wide == []
+    # The service page shows each policy's target and settings, as `gossamer get` does.
+    assert policy.startswith(
+        "RetryPolicy storefront-production/ratings → Service/ratings-and-reviews-backend: "
+        "attempts=2, "
+    )
 
 
 def test_a_series_step_before_the_first_scrape_is_no_data_not_zero() -> None:

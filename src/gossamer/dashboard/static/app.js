@@ -373,6 +373,30 @@ async function listAll(plurals, query) {
   return { items: lists.flatMap((l) => l.items) };
 }
 
+// A policy's target and settings on one line, as `gossamer get` prints them.
+function policyTargets(policy) {
+  const spec = policy.spec || {};
+  const refs = spec.targetRefs || (spec.targetRef ? [spec.targetRef] : []);
+  if (refs.length) return refs.map((r) => `${r.kind || "Service"}/${r.name}`).join(", ");
+  const labels = (spec.selector || {}).matchLabels || {};
+  const keys = Object.keys(labels).sort();
+  return keys.length ? keys.map((k) => `${k}=${labels[k]}`).join(",") : "the namespace";
+}
+
+function policySettings(policy) {
+  const flat = (v, prefix) => {
+    if (v && typeof v === "object" && !Array.isArray(v)) {
+      return Object.entries(v).flatMap(([k, x]) => flat(x, prefix ? `${prefix}.${k}` : k));
+    }
+    if (Array.isArray(v) && v.every((x) => typeof x !== "object")) return [`${prefix}=${v.join("|")}`];
+    if (Array.isArray(v)) return v.flatMap((x, i) => flat(x, `${prefix}[${i}]`));
+    return [`${prefix}=${v}`];
+  };
+  const spec = { ...(policy.spec || {}) };
+  delete spec.targetRefs; delete spec.targetRef; delete spec.selector;
+  return flat(spec, "").join(", ") || "–";
+}
+
 function targetsName(policy, ns, name) {
   return policy.metadata.namespace === ns && ((policy.spec || {}).targetRefs || []).some((t) =>
     t.name === name && (!t.kind || t.kind === "Service"));
@@ -451,7 +475,9 @@ async function servicePage(ns, name) {
             h("td", {}, rs && sparks.has(rs) ? sparkline(sparks.get(rs), `${m.name} to ${rs.service}: requests per second`) : null),
             h("td", {}, admin && i === 0 ? h("button", { class: "danger", type: "button", onclick: () => deleteRoute(r) }, "Delete") : null)));
         }))) : h("p", { class: "muted" }, "No HTTPRoute, GRPCRoute or TCPRoute names this service in its parentRefs."),
-      policies.length ? h("ul", {}, policies.map((p) => h("li", { "data-policy": `${p.kind}/${p.metadata.name}` }, `${p.kind} ${p.metadata.namespace}/${p.metadata.name}`))) : null),
+      policies.length ? h("ul", {}, policies.map((p) => h("li", { "data-policy": `${p.kind}/${p.metadata.name}` },
+        `${p.kind} ${p.metadata.namespace}/${p.metadata.name} → ${policyTargets(p)}: `,
+        h("code", { class: "settings" }, policySettings(p))))) : null),
     panel("Workloads and certificates",
       members.length ? h("table", {},
         h("thead", {}, h("tr", {}, ["Workload", "Address", "Ready", "Identity", "Certificate expires in", "Snapshot"].map((t) => h("th", {}, t)))),
