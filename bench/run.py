@@ -12,6 +12,9 @@ The workload is HTTP/1.1 keep-alive (the default) or gRPC unary calls over HTTP/
   gossamer-envoy  Gossamer's control plane (xDS) driving two Envoys, each
             started by `gossamer proxy --engine envoy`: the same path as envoy,
             configured by the mesh (not in the default --only list)
+  gossamer-control  the gossamer setup with an idle TrafficControl on the
+            client's calls (matched, limits far above the load: what governing a
+            call costs; not in the default --only list)
 
 Each setup gets a short warm-up, a max-throughput run (wrk, fixed keep-alive
 connections) and a fixed-rate run (h2load --h1 --rps, open loop per connection,
@@ -68,7 +71,7 @@ except ModuleNotFoundError as err:
         ".venv/bin/python bench/run.py (or make bench)"
     )
 
-SETUPS = ("direct", "gossamer", "envoy", "gossamer-envoy")
+SETUPS = ("direct", "gossamer", "envoy", "gossamer-envoy", "gossamer-control")
 BASELINE = "gossamer-baseline"  # with --baseline-src
 WORKLOADS = ("http1", "grpc")
 APT_PACKAGES = {"nginx": "nginx-light", "wrk": "wrk", "h2load": "nghttp2-client"}
@@ -532,20 +535,28 @@ def run_setups(
                     if is_grpc
                     else setups.start_gossamer(procs, backend_port, work, name=name, engine="envoy")
                 )
-            elif name in ("gossamer", BASELINE):
+            elif name in ("gossamer", BASELINE, "gossamer-control"):
                 src = args.baseline_src if name == BASELINE else None
+                extra = setups.IDLE_CONTROL_YAML if name == "gossamer-control" else ""
                 targets[name] = (
                     setups.start_gossamer(
                         procs,
                         backend_port,
                         work,
-                        service_yaml=setups.GRPC_SERVICE_YAML,
+                        service_yaml=setups.GRPC_SERVICE_YAML + extra,
                         ready_check=grpc.call_ok,
                         name=name,
                         src=src,
                     )
                     if is_grpc
-                    else setups.start_gossamer(procs, backend_port, work, name=name, src=src)
+                    else setups.start_gossamer(
+                        procs,
+                        backend_port,
+                        work,
+                        service_yaml=setups.SERVICE_YAML + extra,
+                        name=name,
+                        src=src,
+                    )
                 )
             else:
                 assert tools.envoy is not None
@@ -700,6 +711,13 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         ratios[f"gossamer/{peer}"] = {
             m: ratio(get("gossamer", s, k), get(peer, s, k)) for m, (s, k) in metrics.items()
         }
+    # Against the previous version (--baseline-src), and what an idle TrafficControl
+    # costs (gossamer-control), when those setups ran.
+    for a, b in (("gossamer", BASELINE), ("gossamer-control", "gossamer")):
+        if a in ok and b in ok:
+            ratios[f"{a}/{b}"] = {
+                m: ratio(get(a, s, k), get(b, s, k)) for m, (s, k) in metrics.items()
+            }
     g_added = ok.get("gossamer", {}).get("added_p99_ms_fixed_rate")
     e_added = ok.get("envoy", {}).get("added_p99_ms_fixed_rate")
     ratios["gossamer/envoy"]["added_p99_ms_fixed_rate"] = (
@@ -922,6 +940,14 @@ def summarize_grpc(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, fl
     ratios["gossamer/envoy"]["proxy_cpu_per_call"] = ratio(
         cpu_per_call("gossamer"), cpu_per_call("envoy")
     )
+    if "gossamer-control" in ok:
+        # What an idle TrafficControl costs a call (issue 16: under 5% of the CPU).
+        ratios["gossamer-control/gossamer"] = {
+            "throughput_rps": ratio(get("gossamer-control", "rps"), get("gossamer", "rps")),
+            "p50_ms": ratio(get("gossamer-control", "p50_ms"), get("gossamer", "p50_ms")),
+            "p99_ms": ratio(get("gossamer-control", "p99_ms"), get("gossamer", "p99_ms")),
+            "proxy_cpu_per_call": ratio(cpu_per_call("gossamer-control"), cpu_per_call("gossamer")),
+        }
     if BASELINE in ok:
         ratios[f"gossamer/{BASELINE}"] = {
             "throughput_rps": ratio(get("gossamer", "rps"), get(BASELINE, "rps")),

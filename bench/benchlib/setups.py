@@ -31,6 +31,21 @@ spec:
 GRPC_SERVICE_YAML = SERVICE_YAML.replace("name: http,", "name: grpc,").replace(
     "targetPort: 8080}", "targetPort: 8080, appProtocol: grpc}"
 )
+# An idle TrafficControl (issue 16): it governs every call of the client to echo (a
+# rate, a bulkhead and a group breaker, all far above what the load reaches), so the
+# gossamer-control setup measures what governing a call costs.
+IDLE_CONTROL_YAML = f"""\
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: TrafficControl
+metadata: {{name: idle, namespace: {NAMESPACE}}}
+spec:
+  from: {{selector: {{matchLabels: {{app: client}}}}}}
+  to: {{selector: {{matchLabels: {{app: echo}}}}}}
+  rate: {{limit: 1000000/s, burst: 1000000}}
+  concurrency: {{maxInFlight: 100000}}
+  circuitBreaker: {{consecutiveFailures: 1000000}}
+"""
 
 # A check that a request makes the whole trip through a target's port.
 ReadyCheck = Callable[[int], bool]
