@@ -124,11 +124,13 @@ def test_the_init_container_and_the_sidecar_run_commands_gossamer_accepts() -> N
     assert "-A GOSSAMER_INBOUND -p tcp --dport 80 -j REDIRECT --to-ports 4143" in r.stdout
     assert "-A GOSSAMER_INBOUND -p tcp --dport 2020 -j REDIRECT --to-ports 4143" in r.stdout
     assert "-A GOSSAMER_OUTPUT -m owner --uid-owner 1337 -j RETURN" in r.stdout
+    assert "-A GOSSAMER_OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053" in r.stdout
     # The sidecar's arguments, as the kubelet expands them, parse as `gossamer proxy`.
     env = {"$(POD_NAME)": "web-1", "$(POD_NAMESPACE)": "shop", "$(POD_IP)": "10.0.0.7"}
     args = build_parser(("proxy",)).parse_args([env.get(a, a) for a in sidecar["args"]])
     assert (args.name, args.namespace, args.service_account) == ("web-1", "shop", "web")
     assert args.address == "10.0.0.7"
+    assert args.dns == ("127.0.0.1", 15053)
     assert dict(args.label) == {"app": "web", "version": "v2"}
     assert [(c, a, n) for c, a, n, _ in args.port] == [(80, 80, "http"), (2020, 2020, "metrics")]
 

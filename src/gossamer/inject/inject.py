@@ -59,6 +59,10 @@ class InjectConfig:
     outbound_port: int = 4140
     inbound_port: int = 4143
     admin_port: int = 4191
+    # Where the proxy answers DNS; the pod's DNS is captured to it (decision 0061), so
+    # service names resolve to the mesh's virtual IPs rather than ClusterIPs the mesh
+    # would pass through.
+    dns_port: int | None = 15053
     exclude_outbound_cidrs: tuple[str, ...] = ()
 
 
@@ -137,6 +141,7 @@ def _inject_pod(template: dict[str, Any], config: InjectConfig) -> None:
         proxy_uid=config.proxy_uid,
         exclude_outbound_ports=tuple(excluded),
         exclude_outbound_cidrs=config.exclude_outbound_cidrs,
+        dns_port=config.dns_port,
     )
     init = {
         "name": INIT_CONTAINER,
@@ -225,6 +230,8 @@ def _proxy_args(
         "--discovery", config.discovery,
         "--state-dir", STATE_DIR,
     ]  # fmt: skip
+    if config.dns_port is not None:
+        args += ["--dns", f"127.0.0.1:{config.dns_port}"]
     for key, value in sorted(labels.items()):
         args += ["-l", f"{key}={value}"]
     for name, port in ports:
