@@ -248,3 +248,23 @@ def test_dry_run_lets_the_call_through_and_counts_it() -> None:
     assert Call(r, b"GET").admit(r, None, 0.0) is None
     assert r.controls[0].would_refuse["quarantine"] == 1
     assert r.controls[0].refused["quarantine"] == 0
+
+
+def test_a_free_slot_is_taken_even_when_only_calls_that_left_were_queued() -> None:
+    bulkhead = Bulkhead(FixedLimit(1), max_pending=3, queue_timeout=1.0)
+    gone = Waiter(lambda: None)
+    gone.gone = True
+    bulkhead.waiting.append(gone)
+    assert bulkhead.enter()
+    assert not bulkhead.waiting
+
+
+def test_a_limit_that_grew_lets_those_waiting_in_before_a_newcomer() -> None:
+    limiter = FixedLimit(1)
+    bulkhead = Bulkhead(limiter, max_pending=3, queue_timeout=1.0)
+    let_in: list[str] = []
+    assert bulkhead.enter()
+    bulkhead.waiting.append(Waiter(lambda: let_in.append("waiter")))
+    limiter.limit = 3.0
+    assert bulkhead.enter()  # the waiter first, then the newcomer
+    assert let_in == ["waiter"] and bulkhead.active == 3

@@ -44,6 +44,8 @@ GRADIENT2_QUEUE: Final = 4
 # AIMD's (AIMDLimit): the factor a drop or a timeout shrinks the limit by, and the RTT
 # that counts as a timeout.
 AIMD_BACKOFF: Final = 0.9
+# The shortest latency a sample takes (uvloop's clock ticks in milliseconds).
+RTT_FLOOR: Final = 0.0005
 AIMD_TIMEOUT: Final = 5.0
 
 REFUSED_REASONS: Final = ("quarantine", "circuit-breaker", "rate", "concurrency")
@@ -195,7 +197,13 @@ class Bulkhead:
         return max(1, int(self.limiter.limit))
 
     def enter(self) -> bool:
-        if self.active < self.limit and not self.waiting:
+        """Take a slot if one is free and nobody waits for it (first come, first in)."""
+        waiting = self.waiting
+        while waiting and waiting[0].gone:
+            waiting.popleft()
+        if waiting:
+            self.wake()  # a limit that grew since: those waiting go first
+        if self.active < self.limit and not waiting:
             self.active += 1
             return True
         return False
@@ -209,7 +217,8 @@ class Bulkhead:
         inflight = self.active
         self.active -= 1
         if rtt is not None:
-            self.limiter.sample(rtt, inflight, dropped)
+            # The loop's clock ticks in milliseconds: a faster call is half a tick.
+            self.limiter.sample(max(rtt, RTT_FLOOR), inflight, dropped)
         self.wake()
 
     def wake(self) -> None:
