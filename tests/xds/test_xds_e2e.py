@@ -11,12 +11,21 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
-from tests.e2e.conftest import echo_app, free_port, run_workload, sleeper
+from tests.e2e.conftest import (
+    echo_app,
+    free_port,
+    run_workload,
+    sleeper,
+    start_control_plane,
+    stop_process,
+)
 from tests.xds.conftest import EnvoyProcess, XdsControlPlane, start_echo, start_envoy_workload
 
 pytestmark = pytest.mark.e2e
@@ -262,7 +271,11 @@ def _serials(certs: Any) -> set[str]:
 
 
 def _api(xcp: XdsControlPlane, path: str) -> Any:
-    with urllib.request.urlopen(f"{xcp.cp.api}{path}", timeout=5) as r:
+    return _api_at(xcp.cp.api, path)
+
+
+def _api_at(api: str, path: str) -> Any:
+    with urllib.request.urlopen(f"{api}{path}", timeout=5) as r:
         return json.loads(r.read())
 
 
@@ -301,3 +314,54 @@ def test_an_intermediate_rotation_reaches_envoy_over_sds_with_no_failed_call(
     status, data = curl(client.outbound, "envoy-echo.shop")
     assert (status, data["servedBy"]) == (200, "envoy-echo-1")
     assert failures == [], f"{len(failures)} of {calls} calls failed during the rotation"
+
+
+def test_short_lived_certificates_are_renewed_for_envoy_both_ways(
+    tmp_path: Path, cleanup: list[Any]
+) -> None:
+    """With 12 s certificates: the SDS leaf Envoy serves and the certificate it uses
+    toward the control plane (renewed by `--engine envoy`'s supervisor, reloaded by
+    Envoy from the watched files) are both replaced, and calls go on past the first
+    certificates' expiry."""
+    cp = start_control_plane(tmp_path / "cp", "--xds", "127.0.0.1:0", "--certificate-ttl", "12s")
+    cleanup.append(type("Stop", (), {"stop": lambda self: stop_process(cp.proc)})())
+    ready = dict(line.split("=", 1) for line in (tmp_path / "cp.ready").read_text().split())
+    cp.cli("apply", "-f", "-", stdin=SERVICES, check=True)
+    app_port = free_port()
+    server = run_workload(
+        cp, tmp_path, "envoy-echo-1", service_account="echo", labels={"app": "envoy-echo"},
+        app=echo_app("envoy-echo-1", app_port), port=f"http=8080:{app_port}",
+        extra=("--engine", "envoy", "--xds", ready["xds"]),
+    )  # fmt: skip
+    cleanup.append(server)
+    client = run_workload(
+        cp, tmp_path, "web-1", service_account="web", labels={"app": "web"}, app=sleeper()
+    )
+    cleanup.append(client)
+    server.wait_ready()
+    client.wait_ready()
+    until("before renewal", lambda: curl(client.outbound, "envoy-echo.shop"), 200)
+    envoy_dir = server.state_dir / "envoy"
+    bootstrap = json.loads((envoy_dir / "envoy.json").read_text())
+    admin = bootstrap["admin"]["address"]["socket_address"]
+    envoy_admin = f"{admin['address']}:{admin['port_value']}"
+    first = x509.load_pem_x509_certificate((envoy_dir / "cert-chain.pem").read_bytes())
+    deadline = time.monotonic() + 40
+    renewed: set[str] = set()
+    while time.monotonic() < deadline:
+        status, _ = curl(client.outbound, "envoy-echo.shop")
+        assert status == 200, "a call failed while certificates were renewed"
+        now = x509.load_pem_x509_certificate((envoy_dir / "cert-chain.pem").read_bytes())
+        with urllib.request.urlopen(f"http://{envoy_admin}/certs", timeout=5) as r:
+            serials = _serials(json.loads(r.read()))
+        if now.serial_number != first.serial_number and f"{now.serial_number:x}" in serials:
+            renewed.add("xds-client")
+        if renewed and time.time() > first.not_valid_after_utc.timestamp() + 1:
+            break  # renewed, and calls went on past the first certificates' expiry
+        time.sleep(0.5)
+    assert renewed == {"xds-client"}, "Envoy never loaded the renewed xDS client certificate"
+    assert time.time() > first.not_valid_after_utc.timestamp(), "stopped before expiry"
+    rows = _api_at(cp.api, "/v1/proxies")["items"]
+    row = next(r for r in rows if r["workload"] == "envoy-echo-1")
+    not_after = datetime.fromisoformat(row["certificateNotAfter"])
+    assert not_after > first.not_valid_after_utc, "the SDS leaf was not renewed"

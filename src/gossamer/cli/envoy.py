@@ -137,6 +137,34 @@ def _serve_admin(address: tuple[str, int], envoy_admin: tuple[str, int]) -> Any:
     return server
 
 
+class _Renewal:
+    """Renews the certificate Envoy uses toward the control plane at two thirds of its
+    life (Envoy reloads it from the watched files); after a failure, again in 10 s."""
+
+    def __init__(self, discovery: str, files: Any) -> None:
+        self.discovery, self.files = discovery, files
+        self.due: float | None = None
+
+    def __call__(self) -> None:
+        from gossamer.errors import GossamerError
+        from gossamer.xds.bootstrap import certificate_times, renew
+
+        now = time.time()
+        if self.due is None:
+            not_before, not_after = certificate_times(self.files)
+            self.due = (not_before + (not_after - not_before) * 2 / 3).timestamp()
+        if now < self.due:
+            return
+        try:
+            renew(self.discovery, self.files)
+        except (GossamerError, OSError) as err:
+            log.warning("could not renew the xDS client certificate (again in 10s): %s", err)
+            self.due = now + 10
+            return
+        self.due = None
+        log.info("renewed the certificate for the xDS connection")
+
+
 def _write_ready(path: Path, info: dict[str, str]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info))
@@ -254,6 +282,7 @@ def run_envoy_proxy(args: argparse.Namespace) -> int:
             leave,
             lambda ready: report_ready(discovery, files, workload, ready),
             lambda: deregister(discovery, files, workload),
+            _Renewal(discovery, files),
         )
     except GossamerError as err:
         fail(str(err))
@@ -289,6 +318,7 @@ def _supervise(
     leave: list[int],
     report_ready: Callable[[bool], None],
     deregister: Callable[[], None],
+    renew: Callable[[], None],
 ) -> None:
     """Until a signal or Envoy's end: whether the app listens, to the control plane
     (each second, quicker while it starts); the ready file once Envoy has its config;
@@ -307,6 +337,7 @@ def _supervise(
             with contextlib.suppress(GossamerError, OSError):
                 deregister()
             log.info("left the mesh; serving until stopped")
+        renew()
         ready, _ = _app_listening(args.app_host, app_ports)
         if ready != app_ready and not left:
             report_ready(ready)

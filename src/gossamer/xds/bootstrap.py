@@ -9,10 +9,12 @@ the xDS server reads to build its listeners (gossamer.xds.server.NodeSpec).
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,9 @@ __all__ = [
     "grpc_bootstrap",
     "join",
     "register",
+    "renew",
     "report_ready",
+    "write_client_secret",
 ]
 
 CONTROL_PLANE_SAN_SUFFIX = "/ns/gossamer-system/sa/control-plane"
@@ -81,10 +85,15 @@ class EnvoyWorkload:
 
 
 def _write_private(path: Path, data: str) -> None:
+    """Written whole and renamed into place: Envoy watches the directory and reloads
+    the certificate on a rename, and must never read half a file."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.touch(mode=0o600)
-    path.chmod(0o600)
-    path.write_text(data)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 def _call(url: str, ctx: ssl.SSLContext, method: str = "GET", body: Any = None) -> Any:
@@ -126,7 +135,38 @@ def join(discovery: str, token: str, directory: Path) -> JoinedFiles:
     _write_private(files.key, key.decode())
     _write_private(files.chain, data["certificateChain"])
     _write_private(files.bundle, data["trustBundle"])
+    write_client_secret(files)
     return files
+
+
+def certificate_times(files: JoinedFiles) -> tuple[datetime, datetime]:
+    """(notBefore, notAfter) of the certificate in `files`."""
+    from cryptography import x509
+
+    leaf = x509.load_pem_x509_certificate(files.chain.read_bytes())
+    return leaf.not_valid_before_utc, leaf.not_valid_after_utc
+
+
+def renew(discovery: str, files: JoinedFiles) -> None:
+    """The current certificate buys a new one for the same identity (as the Gossamer
+    proxy's agent renews); the files are replaced by rename, key first, so Envoy's
+    watch reloads a matching pair."""
+    from cryptography import x509
+
+    leaf = x509.load_pem_x509_certificate(files.chain.read_bytes())
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    [uri] = [u for u in sans.get_values_for_type(x509.UniformResourceIdentifier)]
+    identity = SpiffeId.parse(uri)
+    key = generate_private_key()
+    data = _call(
+        f"https://{discovery}/v1/identity/renew",
+        _mtls(files),
+        "POST",
+        {"csr": make_csr(key, identity).decode()},
+    )
+    _write_private(files.bundle, data["trustBundle"])
+    _write_private(files.key, key.decode())
+    _write_private(files.chain, data["certificateChain"])
 
 
 def register(discovery: str, files: JoinedFiles, workload: EnvoyWorkload) -> None:
@@ -164,6 +204,34 @@ def report_ready(discovery: str, files: JoinedFiles, workload: EnvoyWorkload, re
     )
 
 
+XDS_CLIENT_SECRET = "xds-client"
+
+
+def _client_secret_file(files: JoinedFiles) -> Path:
+    return files.chain.parent / "xds-client-secret.json"
+
+
+def write_client_secret(files: JoinedFiles) -> Path:
+    """The SDS file the bootstrap's xDS cluster reads its client certificate from:
+    the chain and key by file name, reloaded when either is renamed into place."""
+    path = _client_secret_file(files)
+    secret = {
+        "resources": [
+            {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+                "name": XDS_CLIENT_SECRET,
+                "tls_certificate": {
+                    "certificate_chain": {"filename": str(files.chain)},
+                    "private_key": {"filename": str(files.key)},
+                    "watched_directory": {"path": str(files.chain.parent)},
+                },
+            }
+        ]
+    }
+    _write_private(path, json.dumps(secret))
+    return path
+
+
 def envoy_bootstrap(
     workload: EnvoyWorkload,
     xds: tuple[str, int],
@@ -191,10 +259,15 @@ def envoy_bootstrap(
             "UpstreamTlsContext",
             "common_tls_context": {
                 "alpn_protocols": ["h2"],
-                "tls_certificates": [
+                # From a file Envoy watches: the supervisor renews the certificate
+                # and Envoy's next connection to the control plane uses the new one.
+                "tls_certificate_sds_secret_configs": [
                     {
-                        "certificate_chain": {"filename": str(files.chain)},
-                        "private_key": {"filename": str(files.key)},
+                        "name": XDS_CLIENT_SECRET,
+                        "sds_config": {
+                            "path_config_source": {"path": str(_client_secret_file(files))},
+                            "resource_api_version": "V3",
+                        },
                     }
                 ],
                 "validation_context": {

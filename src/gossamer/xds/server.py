@@ -262,11 +262,13 @@ class XdsServer:
         RENEW_CHECK_SECONDS for renewals that fall due."""
         issuer = self.cp.ca.issuer_fingerprint()
         last = time.monotonic()
+        # Short certificate lifetimes (tests, --certificate-ttl 1m) are checked oftener.
+        every = min(RENEW_CHECK_SECONDS, self.cp.config.certificate_ttl.total_seconds() / 6)
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             current = self.cp.ca.issuer_fingerprint()
-            if current != issuer or now - last >= RENEW_CHECK_SECONDS:
+            if current != issuer or now - last >= every:
                 issuer, last = current, now
                 self._wake_all()
 
