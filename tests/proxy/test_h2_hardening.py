@@ -398,6 +398,27 @@ async def test_window_updates_beyond_envoys_allowance_get_goaway_enhance_your_ca
     assert (http2.WINDOW_UPDATE_BASE, http2.WINDOW_UPDATES_PER_DATA_FRAME) == (5, 10)
 
 
+@pytest.mark.asyncio
+async def test_streams_and_their_window_updates_in_one_read_are_not_a_flood() -> None:
+    """grpc-core sends, after each request's DATA, a WINDOW_UPDATE on the stream and one
+    on the connection; 30 calls on one connection arrive as one read. The streams were
+    counted only as their events were handled, after the whole read was parsed, so the
+    read's WINDOW_UPDATEs met an allowance of 5 and a grpcio client got GOAWAY."""
+    hop, client, _ = await _connected()
+    for stream_id in range(1, 61, 2):
+        client.send_headers(stream_id, REQUEST)
+        client.send_data(stream_id, b"\x00\x00\x00\x00\x05hello", end_stream=True)
+        client.increment_flow_control_window(5, stream_id=stream_id)
+        client.increment_flow_control_window(5)
+    hop.down.data_received(client.data_to_send())  # 60 WINDOW_UPDATEs for 30 streams
+    await _turn()
+    assert not hop.down_pipe.closed
+    assert not any(
+        isinstance(e, h2.events.ConnectionTerminated)
+        for e in client.receive_data(hop.down_pipe.take())
+    )
+
+
 WINDOW_UPDATE_CHUNK = 1000  # WINDOW_UPDATE frames per write
 WINDOW_UPDATE_CHUNKS = 100  # at most 100,000 frames
 

@@ -639,7 +639,6 @@ class H2Connection(asyncio.Protocol):
                 self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         self.streams += 1
-        self.h2.opened += 1
         self._last_taken = stream_id
         headers = list(event.headers)
         if len(headers) > MAX_HEADERS:
@@ -1024,9 +1023,19 @@ class _GuardedH2(h2.connection.H2Connection):
         self.empty = 0  # empty DATA frames in a row
         self.window_updates = 0  # WINDOW_UPDATE frames received
         self.data_sent = 0  # DATA frames sent
-        self.opened = 0  # streams opened, by either end (H2Connection counts them)
+        # Streams opened, by either end: a peer's when its HEADERS frame is read (not
+        # when its event is handled: a WINDOW_UPDATE for a stream may follow the
+        # stream's HEADERS in the same read, before any event is), this end's by
+        # H2Connection when it sends one.
+        self.opened = 0
+        self._peer_opened = 0  # the highest stream id the peer opened
 
     def _receive_frame(self, frame: Frame) -> list[h2.events.Event]:
+        if isinstance(frame, HeadersFrame) and frame.stream_id > self._peer_opened:
+            opener = frame.stream_id % 2 == (1 if self.server_side else 0)
+            if opener:
+                self._peer_opened = frame.stream_id
+                self.opened += 1
         if isinstance(frame, (DataFrame, HeadersFrame)):
             # Envoy's rule: a DATA frame with neither payload nor END_STREAM is empty;
             # any other DATA or HEADERS frame ends a run of them.
