@@ -101,7 +101,8 @@ class EchoApp:
     GET/POST /anything → JSON {instance, method, path, version, headers, body_length,
     body_sha256}. /stream echoes the request body back chunked as it arrives; /bytes?n=N
     answers N bytes with a Content-Length; /chunked?n=N answers N bytes chunked;
-    /close answers a close-delimited body; /hang never answers.
+    /close answers a close-delimited body; /hang never answers. `delay` (seconds)
+    holds every answer that long first: a destination that slows down.
     """
 
     def __init__(self, name: str) -> None:
@@ -110,6 +111,7 @@ class EchoApp:
         self.port = 0
         self.requests = 0
         self.connections = 0
+        self.delay = 0.0
         # (method, path, body length, body sha256) of each request whose body was read.
         self.received: list[tuple[str, str, int, str]] = []
         self._writers: set[asyncio.StreamWriter] = set()
@@ -169,6 +171,8 @@ class EchoApp:
             digest.update(piece)
             size += len(piece)
         self.received.append((method, path, size, digest.hexdigest()))
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if path == "/bytes" or path == "/chunked":
             n = int(params.get("n", "0"))
             block = b"x" * 65536

@@ -126,6 +126,7 @@ class GrpcApp:
         self.hang_first = hang_first
         self.fail_first = fail_first
         self.requests = 0
+        self.delay = 0.0  # seconds each call is held first: a destination that slows down
         self._count = threading.Lock()
         self._closed = threading.Event()
         self._pool = futures.ThreadPoolExecutor(max_workers=8)
@@ -141,6 +142,8 @@ class GrpcApp:
         with self._count:
             self.requests += 1
             n = self.requests
+        if self.delay:
+            self._closed.wait(self.delay)
         if self.status == 0 or n <= self.hang_first:
             self._closed.wait(HOLD)
         elif self.status == 503 or n <= self.hang_first + self.fail_first:

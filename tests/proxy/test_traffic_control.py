@@ -228,3 +228,32 @@ async def test_a_control_for_another_source_group_does_nothing_here(
 
     assert mesh.echo.controls == ()
     assert (await client.call()).code == client.code(OK)
+
+
+@over_each_protocol()
+@pytest.mark.asyncio
+async def test_an_adaptive_bulkhead_shrinks_its_limit_when_the_destination_slows_down(
+    mesh: Mesh, client: Client
+) -> None:
+    adaptive = {"algorithm": "Gradient2", "initialLimit": 20, "minLimit": 2, "maxLimit": 40}
+    app = await serve(
+        mesh, control(concurrency={"adaptive": adaptive, "maxPending": 500, "queueTimeout": "30s"})
+    )
+    bulkhead = mesh.echo.controls[0].bulkhead
+    assert bulkhead is not None
+
+    async def wave() -> None:
+        # More callers than the limit, so it is used (Gradient2 moves only then).
+        replies = await asyncio.gather(*(client.call(wait=30) for _ in range(30)))
+        assert [r.code for r in replies] == [client.code(OK)] * 30  # held back, never refused
+
+    for _ in range(3):
+        await wave()
+    fast = bulkhead.limit
+    app.delay = 0.1  # the destination slows down
+    for _ in range(4):
+        await wave()
+
+    assert 2 <= bulkhead.limit < fast / 2
+    assert bulkhead.active == 0 and bulkhead.queued() == 0
+    assert refused_total(mesh, "concurrency") == 0
