@@ -2,8 +2,9 @@
 `<!-- quickstart -->` markers, unchanged, in one fresh bash, with real processes.
 
 The quickstart uses the default ports (15000, 15012, 4143, ...), so it runs in a
-network namespace of its own: nothing else on this machine can hold them, and
-nothing it starts is reachable from outside.
+network namespace of its own (`unshare --net`; as a user that is not root, in a user
+namespace too): nothing else on this machine can hold them, and nothing it starts is
+reachable from outside.
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ def test_the_readme_quickstart_works_when_pasted(tmp_path: Path) -> None:
     }
     # -e: a line that fails stops the run, as a user would stop reading there.
     shell = f"ip link set lo up && set -e && source {script}\n{PROBE}"
+    # Root makes the namespace itself; anyone else through a user namespace of their own.
+    userns = [] if os.geteuid() == 0 else ["--map-root-user"]
     proc = subprocess.Popen(
-        ["unshare", "--net", "--", "bash", "-c", shell],
+        ["unshare", *userns, "--net", "--", "bash", "-c", shell],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
