@@ -277,9 +277,11 @@ def test_tap_finds_a_workload_by_name_and_fails_when_the_control_plane_goes_away
         workload.wait_ready()
         # A workload taps by its own name too: one no Service selects is a node of the
         # topology under that name (cli-echo-1 has a Service, but none by its name).
-        by_workload = gossamer("tap", "cli-echo-1", "-n", "shop", "--duration", "1s", env=env)
+        by_workload = gossamer("tap", "cli-echo-1", "-n", "shop", "--duration", "2s", env=env)
         assert by_workload.returncode == 0, by_workload.stderr
-        assert by_workload.stderr.startswith("tapping cli-echo-1")
+        # "tapping ..." comes once the proxy answers, which a loaded machine may not
+        # manage within the 2 s; a name that resolves to nothing is refused at once.
+        assert by_workload.stderr in ("", "tapping cli-echo-1\n"), by_workload.stderr
         nothing = gossamer("tap", "nobody", "-n", "shop", env=env)
         assert nothing.returncode == 1 and "nor a workload of that name" in nothing.stderr
         base = {k: v for k, v in os.environ.items() if not k.startswith("GOSSAMER_")}
