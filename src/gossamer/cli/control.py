@@ -1,5 +1,5 @@
-"""`gossamer control get`: the TrafficControls, their groups and limits
-(docs/traffic-control.md)."""
+"""`gossamer control get|explain`: the TrafficControls, their groups and limits, and which
+of them govern a call and which limit is the tightest (docs/traffic-control.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from gossamer.cli.output import age, table
 
 if TYPE_CHECKING:
     from gossamer.resources.trafficcontrol import Group, TrafficControl
+    from gossamer.translate.build import MeshView, ServiceRecord, WorkloadRecord
 
 __all__ = ["register"]
 
@@ -21,7 +22,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     control = sub.add_parser(
         "control",
         help="TrafficControls: limits on the calls between groups of workloads",
-        description="Show TrafficControls with their groups and limits (get). Apply them "
+        description="Show TrafficControls with their groups and limits (get), and which "
+        "of them govern the calls from a workload to a service (explain). Apply them "
         "with `gossamer apply -f`; `gossamer findings` suggests some.",
     )
     verbs = control.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -39,6 +41,33 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_output_flag(p)
     add_server_flags(p)
     p.set_defaults(func=get)
+
+    p = verbs.add_parser(
+        "explain",
+        help="which TrafficControls govern calls from a workload to a service, and why",
+        description="Every TrafficControl whose from group holds the workload and whose to "
+        "group holds a workload the service selects, with what it does for this caller, "
+        "and the tightest limit of each kind (the lowest wins when several match). "
+        "Controls that match on one side only are listed with the side that misses. "
+        "Exit 0 whatever it finds.",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="WORKLOAD[.NS]",
+        help="the calling workload (namespace default: default)",
+    )
+    p.add_argument(
+        "--to",
+        dest="target",
+        required=True,
+        metavar="SERVICE[.NS]",
+        help="the called service (namespace default: default)",
+    )
+    add_output_flag(p)
+    add_server_flags(p)
+    p.set_defaults(func=explain)
 
 
 def _typed(obj: dict[str, Any]) -> TrafficControl:
@@ -122,3 +151,137 @@ def get(args: argparse.Namespace) -> int:
         rows = [[o["metadata"]["namespace"], *r] for o, r in zip(items, rows, strict=True)]
     table(headers, rows)
     return 0
+
+
+def _name_ns(text: str, flag: str, what: str) -> tuple[str, str]:
+    name, _, namespace = text.partition(".")
+    if not name or "." in namespace:
+        fail(f"{flag} {text!r}: expected {what}[.NAMESPACE]")
+    return namespace or "default", name
+
+
+def explain(args: argparse.Namespace) -> int:
+    import time
+
+    from gossamer.translate.build import MeshView
+
+    source_key = _name_ns(args.source, "--from", "WORKLOAD")
+    service_key = _name_ns(args.target, "--to", "SERVICE")
+    client = client_from(args)
+    try:
+        objects: list[dict[str, Any]] = [
+            o
+            for plural in ("services", "workloads", "trafficcontrols")
+            for o in client.get(f"/v1/resources/{plural}")["items"]
+        ]
+    except ApiError as err:
+        fail(err.message)
+    mesh = MeshView.from_objects(objects, trust_domain="", trust_bundle="")
+    source = mesh.workloads.get(source_key)
+    if source is None:
+        fail(
+            f"--from: no workload {source_key[1]} in namespace {source_key[0]}",
+            hint=f"`gossamer get workloads -n {source_key[0]}` lists them",
+        )
+    service = mesh.services.get(service_key)
+    if service is None:
+        fail(
+            f"--to: no service {service_key[1]} in namespace {service_key[0]}",
+            hint=f"`gossamer get services -n {service_key[0]}` lists them",
+        )
+    report = explain_report(mesh, source, service, time.time())
+    if not emit(args, report):
+        _print_explain(report)
+    return 0
+
+
+def explain_report(
+    mesh: MeshView, source: WorkloadRecord, service: ServiceRecord, now: float
+) -> dict[str, Any]:
+    """What `explain` shows, from the one matcher the proxies' snapshots use."""
+    from gossamer.translate.controls import (
+        controls_between,
+        expired,
+        in_group,
+        service_in_group,
+        tightest,
+    )
+
+    found = controls_between(mesh, source, service)
+    live = [a for a in found if not expired(a.control, now)]
+    applied = []
+    for a in found:
+        control = a.control
+        if expired(control, now):
+            effect = "expired (ttl): applies to nothing"
+        elif not a.acts:
+            effect = "the source is allowed by its quarantine, and it sets nothing else"
+        elif control.spec.mode == "DryRun":
+            effect = "counts what it would refuse (DryRun), refuses nothing"
+        elif a.view.quarantined:
+            effect = "quarantine: refuses every call"
+        else:
+            effect = "applies"
+        applied.append(
+            {
+                "control": f"{control.metadata.namespace}/{control.metadata.name}",
+                "mode": control.spec.mode,
+                "limits": limits_text(control),
+                "effect": effect,
+            }
+        )
+    governing = {id(a.control) for a in found}
+    near = []
+    for control in sorted(mesh.controls, key=lambda c: (c.metadata.namespace, c.metadata.name)):
+        if id(control) in governing:
+            continue
+        ns = control.metadata.namespace
+        holds_source = in_group(control.spec.from_, ns, source.namespace, source.labels)
+        holds_service = service_in_group(mesh, service, control.spec.to, ns)
+        if holds_source == holds_service:
+            continue  # both sides miss: nothing to explain about this call
+        if holds_source:
+            why = f"to ({group_text(control.spec.to, ns)}) holds no workload {service.name} selects"
+        else:
+            why = f"from ({group_text(control.spec.from_, ns)}) does not hold {source.name}"
+        near.append({"control": f"{ns}/{control.metadata.name}", "notApplied": why})
+    quarantined_by = [
+        f"{a.control.metadata.namespace}/{a.control.metadata.name}"
+        for a in live
+        if a.acts and a.view.quarantined and a.control.spec.mode == "Enforce"
+    ]
+    return {
+        "from": f"{source.name}.{source.namespace}",
+        "to": f"{service.name}.{service.namespace}",
+        "controls": applied,
+        # The lowest enforced limit binds; a DryRun one only counts what it would refuse.
+        "tightest": tightest(a for a in live if a.control.spec.mode == "Enforce"),
+        "tightestDryRun": tightest(a for a in live if a.control.spec.mode == "DryRun"),
+        "quarantinedBy": quarantined_by,
+        "nearMisses": near,
+    }
+
+
+def _print_explain(report: dict[str, Any]) -> None:
+    calls = f"calls from workload {report['from']} to service {report['to']}"
+    controls = report["controls"]
+    if not controls:
+        print(f"no TrafficControl governs {calls}")
+    else:
+        print(f"{calls}: {len(controls)} TrafficControl(s) govern them")
+        for c in controls:
+            print(f"  {c['control']} ({c['mode']}): {c['effect']}")
+            for limit in c["limits"]:
+                print(f"    {limit}")
+    for control in report["quarantinedBy"]:
+        print(f"quarantined by {control}: every call is refused, whatever the limits")
+    for key, title in (
+        ("tightest", "tightest (the lowest of each kind binds)"),
+        ("tightestDryRun", "tightest in DryRun (counts what it would refuse, refuses nothing)"),
+    ):
+        if report[key]:
+            print(f"{title}:")
+            for kind, control in report[key].items():
+                print(f"  {kind}: {control}")
+    for miss in report["nearMisses"]:
+        print(f"not applied: {miss['control']}: {miss['notApplied']}")
