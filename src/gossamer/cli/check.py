@@ -301,7 +301,10 @@ def show(args: argparse.Namespace, client: Client, report: dict[str, Any]) -> in
             ],
         )
     else:
-        print("✓ no workloads registered")
+        print(
+            "✓ no workloads registered (a proxy that cannot join registers nothing: "
+            "name the workloads you expect with --workload)"
+        )
     for w in report["warnings"]:
         print(f"! {w}")
     for p in report["problems"]:
