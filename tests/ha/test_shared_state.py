@@ -1,13 +1,17 @@
-"""What replicas share through the store: join-token uses count across replicas."""
+"""What replicas share through the store: join-token uses count across replicas, and
+named API tokens hold on every replica."""
 
 from __future__ import annotations
 
 import threading
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from gossamer.controlplane.audit import AuditLog
+from gossamer.controlplane.tokens_store import ApiTokenStore
 from gossamer.store import EtcdStore
 from tests.store.etcdcluster import EtcdCluster
 
@@ -55,3 +59,34 @@ def test_without_a_shared_store_uses_are_counted_in_the_local_file(tmp_path: Pat
             log.use_token("tok-1", 2)
     finally:
         log.close()
+
+
+def test_an_api_token_created_through_one_replica_works_on_the_other(
+    etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    prefix = f"/{tmp_path.name}/system/"
+    stores = [EtcdStore(etcd_cluster.endpoints, prefix=prefix) for _ in range(2)]
+    created = datetime.now(UTC)
+    first, second = (
+        ApiTokenStore(tmp_path / f"tokens-{i}.json", "gsa_bootstrap-secret", created, shared=s)
+        for i, s in enumerate(stores)
+    )
+    try:
+        secret, _ = first.create("ci", "read")
+        second.create("deploy", "admin")  # from a stale copy: no lost update
+        # Within the refresh time the other replica knows it.
+        deadline = time.monotonic() + 5
+        while second.authenticate(secret) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+        first.revoke("ci")
+        deadline = time.monotonic() + 5
+        while second.authenticate(secret) is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert [t.name for t in first.list()] == ["bootstrap-admin", "deploy"]
+        assert not (tmp_path / "tokens-0.json").exists()  # nothing kept beside the store
+    finally:
+        for store in stores:
+            store.close()

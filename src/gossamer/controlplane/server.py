@@ -142,7 +142,10 @@ class ControlPlane:
         self.admin_token = load_or_create_admin_token(data_dir)
         # Named API tokens (read or admin); admin.token is the "bootstrap-admin" one.
         self.api_tokens = ApiTokenStore(
-            data_dir / "api-tokens.json", self.admin_token, admin_token_created(data_dir)
+            data_dir / "api-tokens.json",
+            self.admin_token,
+            admin_token_created(data_dir),
+            shared=self.system_store,
         )
         self.access = AccessPolicy(self.api_tokens, auth_reads=config.auth_reads)
         # Who changed what, certificates and tokens issued; join-token use counts.
