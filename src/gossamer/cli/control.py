@@ -90,7 +90,10 @@ def limits_text(control: TrafficControl) -> list[str]:
     spec, ns = control.spec, control.metadata.namespace
     out = []
     if (r := spec.rate) is not None:
-        out.append(f"rate {r.limit}" + (f" burst {r.burst}" if r.burst else ""))
+        burst = f" burst {r.burst}" if r.burst else ""
+        # Edge: each source proxy's own; otherwise shared by the source group.
+        scope = f" {r.scope.lower()}" if r.scope != "Edge" else ""
+        out.append(f"rate {r.limit}{burst}{scope}")
     if (c := spec.concurrency) is not None:
         if c.adaptive is not None:
             a = c.adaptive
