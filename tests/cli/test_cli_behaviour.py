@@ -8,9 +8,11 @@ wrong port or a closed pipe.
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import subprocess
 import time
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from tests.e2e.conftest import (
 )
 
 from gossamer import __version__
+from gossamer.cli.client import Client
 from gossamer.cli.common import FORMATS
 from gossamer.cli.main import build_parser
 from gossamer.resources import KINDS
@@ -391,3 +394,20 @@ def test_check_pre_says_whether_this_host_can_join(cp: ControlPlaneProcess, tmp_
     assert f"✗ discovery at {nothing}:" in bare.stdout
     assert "✗ credential to join: none: set GOSSAMER_JOIN_TOKEN" in bare.stdout
     assert bare.stdout.splitlines()[-1] == "✗ fix the above before joining"
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (urllib.error.URLError(http.client.RemoteDisconnected("closed")), "did not answer as"),
+        (http.client.BadStatusLine("\x15\x03\x03"), "did not answer as"),
+        (ConnectionResetError(104, "reset"), "did not answer as"),
+        (urllib.error.URLError(ConnectionRefusedError(111, "refused")), "cannot reach"),
+        (urllib.error.URLError(TimeoutError("timed out")), "did not answer in time"),
+    ],
+    ids=["closed, wrapped by urllib", "not HTTP, not wrapped", "reset", "refused", "timeout"],
+)
+def test_failures_below_http_read_as_what_they_mean(error: BaseException, says: str) -> None:
+    """However urllib hands them over: the discovery port closes or answers TLS, so it
+    'did not answer as the API'; nothing listening is 'cannot reach'."""
+    assert says in Client("http://127.0.0.1:15012")._unreachable(error).message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -90,9 +91,13 @@ class Client:
         if isinstance(err, TimeoutError) or "timed out" in str(err):
             return ApiError(0, f"the control plane at {self.server} did not answer in time")
         reason = err.reason if isinstance(err, urllib.error.URLError) else err
-        if isinstance(reason, ConnectionRefusedError | OSError) and not isinstance(
-            err, http.client.HTTPException | ConnectionResetError
-        ):
+        # Something answered, but not HTTP as the API speaks it (the discovery port's
+        # TLS, another service): said apart from nothing answering at all. urllib wraps
+        # some of these (RemoteDisconnected) in a URLError and not others (BadStatusLine).
+        spoke_otherwise = isinstance(
+            reason, http.client.HTTPException | ConnectionResetError | ssl.SSLError
+        )
+        if isinstance(reason, OSError) and not spoke_otherwise:
             return ApiError(
                 0,
                 f"cannot reach the control plane at {self.server} ({reason}); "
