@@ -214,6 +214,16 @@ def test_a_destination_that_recovers_when_its_load_drops_is_not_metastable() -> 
     assert "Metastable" not in [f.kind for f in detect(frames, GROUPS)]
 
 
+def test_services_broken_since_before_the_window_show_no_change_to_report() -> None:
+    """Failing from the first step on, with the load halving later: neither a cascade
+    (no service was seen to degrade) nor metastable (it was never seen to begin)."""
+    broken = during(range(0, 6), db=Stat(200, 0.5), api=Stat(100, 0.5), web=Stat(100, 0.5))
+    calm = during(range(6, 12), api_db=Stat(30, 0.5), batch_db=Stat(20, 1.0), db=Stat(60, 0.5))
+    for n, step in calm.items():
+        broken[n] = {**during(range(n, n + 1), api=Stat(100, 0.5), web=Stat(100, 0.5))[n], **step}
+    assert detect(landscape(12, broken), GROUPS) == []
+
+
 def test_without_labels_on_either_side_a_finding_says_why_it_suggests_nothing() -> None:
     frames = landscape(
         12,

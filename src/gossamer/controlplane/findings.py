@@ -182,6 +182,19 @@ def _degraded(series: Sequence[Stat | None], i: int) -> bool:
     return _failing(series[i]) or _slower(series[i], series[:i])
 
 
+def _onset(series: Sequence[Stat | None], bad: Sequence[bool]) -> int | None:
+    """The first step that is `bad` after a judged step that was not: a change seen
+    in the window (a service broken since before the window began shows none)."""
+    healthy_seen = False
+    for i, s in enumerate(series):
+        if bad[i]:
+            if healthy_seen:
+                return i
+        elif _judged(s):
+            healthy_seen = True
+    return None
+
+
 def _service_series(frames: Sequence[Frame], svc: ServiceRef) -> list[Stat | None]:
     return [f.services.get(svc) for f in frames]
 
@@ -404,11 +417,11 @@ def retry_amplification(
 
 
 def _onsets(frames: Sequence[Frame]) -> dict[ServiceRef, int]:
-    """The first step each service was degraded in."""
+    """The step each service became degraded in."""
     out = {}
     for svc in sorted({s for f in frames for s in f.services}):
         series = _service_series(frames, svc)
-        first = next((i for i in range(len(frames)) if _degraded(series, i)), None)
+        first = _onset(series, [_degraded(series, i) for i in range(len(series))])
         if first is not None:
             out[svc] = first
     return out
@@ -604,13 +617,14 @@ def noisy_neighbours(
 def metastable(
     frames: Sequence[Frame], groups: Mapping[ServiceRef, Mapping[str, str]]
 ) -> list[Finding]:
-    """A destination that began failing under load and kept failing for METASTABLE_STEPS
-    steps after its callers' calls fell to LOAD_DROP of that load or less."""
+    """A destination that began failing (after a healthy step) under load and kept
+    failing for METASTABLE_STEPS steps after its callers' calls fell to LOAD_DROP of
+    that load or less."""
     out = []
     for svc in sorted({s for f in frames for s in f.services}):
         series = _service_series(frames, svc)
         load = [_calls_into(f, svc) for f in frames]
-        onset = next((i for i in range(len(frames)) if _failing(series[i])), None)
+        onset = _onset(series, [_failing(s) for s in series])
         if onset is None:
             continue
         peak = max(load[: onset + 1])
