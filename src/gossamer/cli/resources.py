@@ -355,8 +355,9 @@ def get(args: argparse.Namespace) -> int:
             items = client.get(f"/v1/resources/{plural}", **query)["items"]
     except ApiError as err:
         fail(err.message)
-    if emit(args, items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}):
-        pass
+    listed = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
+    if emit(args, listed):
+        pass  # JSON or YAML printed
     elif not items:
         where = "any namespace" if args.all_namespaces else f"namespace {args.namespace}"
         print(f"No {plural} found in {where}.", file=sys.stderr)

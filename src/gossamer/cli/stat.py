@@ -297,11 +297,10 @@ def edges(args: argparse.Namespace) -> int:
     client = client_from(args)
     rows = _get(client, "/v1/stats/edges", _query(args))["items"]
     if emit(args, rows):
-        pass
-    elif not rows:
+        return 0
+    if not rows:
         return _nothing(client, args, "calls between services")
-    else:
-        print_edges(rows, wide=args.output == "wide")
+    print_edges(rows, wide=args.output == "wide")
     return 0
 
 
