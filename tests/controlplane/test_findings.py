@@ -185,6 +185,23 @@ def test_a_source_that_takes_over_a_destination_while_others_slow_is_noisy() -> 
     assert control.spec.from_.labels() == {"app": "batch"}
 
 
+def test_a_noisy_neighbour_keeps_its_id_as_more_callers_suffer() -> None:
+    changes: dict[int, Overrides] = {
+        n: {(WEB, DB): Stat(50, 1.0, 20.0 if n < 9 else 250.0)} for n in range(12)
+    }
+    for n, step in during(range(0, 6), batch_db=Stat(20, 1.0, 20.0)).items():
+        changes[n] = {**changes[n], **step}
+    for n, step in during(
+        range(6, 12), batch_db=Stat(600, 1.0), api_db=Stat(100, 1.0, 250.0)
+    ).items():
+        changes[n] = {**changes[n], **step}
+    frames = landscape(12, changes)
+    early = only(detect(frames[:9], GROUPS), "NoisyNeighbour")
+    later = only(detect(frames, GROUPS), "NoisyNeighbour")
+    assert (early.services, later.services) == ((BATCH, DB, API), (BATCH, DB, API, WEB))
+    assert early.id == later.id
+
+
 def test_a_source_that_grows_while_nobody_suffers_is_not_noisy() -> None:
     frames = landscape(12, during(range(6, 12), batch_db=Stat(400, 1.0, 20.0)))
     assert detect(frames, GROUPS) == []

@@ -121,11 +121,16 @@ class Finding:
     """TrafficControls (plain objects, as `gossamer apply` takes them), all valid."""
     unsuggested: str | None = None
     """Why there is no suggestion, when there is none."""
+    named_by: int | None = None
+    """How many of `services`, from the first, name the finding (a cascade's first
+    service; a noisy source and its destination): the rest may grow as it spreads.
+    None: all of them."""
 
     @property
     def id(self) -> str:
         """Stable while the same services misbehave the same way: `--apply` names it."""
-        subject = "|".join([self.kind, *(f"{ns}/{n}" for ns, n in self.services)])
+        named = self.services[: self.named_by]
+        subject = "|".join([self.kind, *(f"{ns}/{n}" for ns, n in named)])
         prefix = _ID_PREFIX.get(self.kind, self.kind.lower())
         return prefix + "-" + hashlib.sha256(subject.encode()).hexdigest()[:8]
 
@@ -509,6 +514,7 @@ def cascades(
                         "latencyMinMs": LATENCY_MIN_MS,
                     },
                 },
+                named_by=1,
                 suggestions=suggestions,
                 unsuggested=why,
             )
@@ -607,6 +613,7 @@ def noisy_neighbours(
                         "latencyMinMs": LATENCY_MIN_MS,
                     },
                 },
+                named_by=2,
                 suggestions=suggestions,
                 unsuggested=why,
             )
