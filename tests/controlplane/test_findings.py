@@ -292,3 +292,14 @@ def test_groups_are_services_selectors_and_unselected_workloads_labels() -> None
     )
     assert groups[API] == {"app": "api"}
     assert groups[("shop", "loadgen")] == {"job": "lg"}
+
+
+def test_amplification_in_a_dense_storm_is_found_within_bounds() -> None:
+    """Twelve services that all retry to each other: paths are many, the search is not."""
+    ring = [("mesh", f"s{i}") for i in range(12)]
+    edges = {(a, b): Stat(100, 0.5, 20.0, retries=60) for a in ring for b in ring if a != b}
+    frame = Frame(1000.0, STEP, {s: Stat(300, 0.5, 20.0) for s in ring}, edges)
+    found = detect([frame], {s: {"app": s[1]} for s in ring})
+    amplified = [f for f in found if f.kind == "RetryAmplification"]
+    assert 0 < len(amplified) <= 1000
+    assert all(len(f.services) >= 3 for f in amplified)

@@ -69,7 +69,9 @@ destination began failing..."""
 METASTABLE_STEPS: Final = 2
 """...and the destination kept failing for at least this many steps after that."""
 MAX_PATH: Final = 8
-"""Longest call path the amplification rule follows (calls graphs have cycles)."""
+"""Longest call path the amplification rule follows (calls graphs have cycles)..."""
+MAX_PATHS: Final = 1000
+"""...and the most paths it follows in one step (a storm everywhere is found anyway)."""
 
 _ID_PREFIX: Final = {
     "RetryStorm": "storm",
@@ -365,7 +367,8 @@ def _paths(edges: Mapping[EdgeRef, Stat]) -> list[tuple[ServiceRef, ...]]:
                 found.append(path)
             return
         for n in nexts:
-            walk((*path, n))
+            if len(found) < MAX_PATHS:
+                walk((*path, n))
 
     # Start where no retrying edge comes in (or anywhere, for a cycle's members).
     starts = [s for s in sorted(onward) if s not in called] or sorted(onward)
