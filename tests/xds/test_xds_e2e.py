@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from tests.e2e.conftest import (
+    GOSSAMER,
     echo_app,
     free_port,
     run_workload,
@@ -63,7 +65,7 @@ def curl(proxy: str, host: str, path: str = "/", *extra: str) -> tuple[int, dict
 
 
 def until(
-    what: str, probe: Callable[[], tuple[int, dict[str, Any]]], want: int, timeout: float = 30
+    what: str, probe: Callable[[], tuple[int, dict[str, Any]]], want: int, timeout: float = 60
 ) -> dict[str, Any]:
     """Probe until it answers `want` (config travels asynchronously); bounded in time."""
     deadline = time.monotonic() + timeout
@@ -365,3 +367,61 @@ def test_short_lived_certificates_are_renewed_for_envoy_both_ways(
     row = next(r for r in rows if r["workload"] == "envoy-echo-1")
     not_after = datetime.fromisoformat(row["certificateNotAfter"])
     assert not_after > first.not_valid_after_utc, "the SDS leaf was not renewed"
+
+
+def test_a_root_rotation_reaches_envoy_and_its_control_plane_connection(
+    xds_control_plane: XdsControlPlane, tmp_path: Path, cleanup: list[Any]
+) -> None:
+    """The new root reaches Envoy's ROOTCA and the supervisor's bundle for the xDS
+    connection; Envoy's leaf moves to the new chain; the old root goes; no call fails."""
+    xcp = xds_control_plane
+    apply(xcp, SERVICES)
+    app_port = free_port()
+    server = run_workload(
+        xcp.cp, tmp_path, "envoy-echo-1", service_account="echo", labels={"app": "envoy-echo"},
+        app=echo_app("envoy-echo-1", app_port), port=f"http=8080:{app_port}",
+        extra=("--engine", "envoy", "--xds", f"{xcp.xds[0]}:{xcp.xds[1]}"),
+    )  # fmt: skip
+    cleanup.append(server)
+    client = run_workload(
+        xcp.cp, tmp_path, "web-1", service_account="web", labels={"app": "web"}, app=sleeper()
+    )
+    cleanup.append(client)
+    server.wait_ready()
+    client.wait_ready()
+    until("before the rotation", lambda: curl(client.outbound, "envoy-echo.shop"), 200)
+    old_root = _api(xcp, "/v1/ca")["rootFingerprint"]
+    rotation = subprocess.Popen(
+        [*GOSSAMER, "ca", "rotate", "root", "--overlap", "2s", "--wait", "--timeout", "90"],
+        env=xcp.cp.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    failures, calls = [], 0
+    deadline = time.monotonic() + 100
+    try:
+        while rotation.poll() is None and time.monotonic() < deadline:
+            status, _ = curl(client.outbound, "envoy-echo.shop")
+            calls += 1
+            if status != 200:
+                failures.append(status)
+            time.sleep(0.2)
+    finally:
+        if rotation.poll() is None:
+            rotation.kill()
+        output = rotation.communicate()[0].decode()
+    assert rotation.returncode == 0, output
+    ca = _api(xcp, "/v1/ca")
+    assert ca["rootFingerprint"] != old_root and len(ca["roots"]) == 1, ca
+    assert failures == [], f"{len(failures)} of {calls} calls failed during the rotation"
+    # The supervisor's bundle for the xDS connection follows (it looks every 5 s).
+    want = [ca["rootFingerprint"].replace(":", "").lower()]
+    roots: list[str] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        pem = (server.state_dir / "envoy" / "root-cert.pem").read_bytes()
+        roots = [c.fingerprint(hashes.SHA256()).hex() for c in x509.load_pem_x509_certificates(pem)]
+        if roots == want:
+            break
+        time.sleep(0.5)
+    assert roots == want, server.log.read_text()[-3000:]
+    status, data = curl(client.outbound, "envoy-echo.shop")
+    assert (status, data["servedBy"]) == (200, "envoy-echo-1")

@@ -139,16 +139,25 @@ def _serve_admin(address: tuple[str, int], envoy_admin: tuple[str, int]) -> Any:
 
 class _Renewal:
     """Renews the certificate Envoy uses toward the control plane at two thirds of its
-    life (Envoy reloads it from the watched files); after a failure, again in 10 s."""
+    life (Envoy reloads it from the watched files); after a failure, again in 10 s.
 
-    def __init__(self, discovery: str, files: Any) -> None:
-        self.discovery, self.files = discovery, files
+    And keeps that connection's trust bundle current: the bundle is the `ROOTCA`
+    secret the control plane sent Envoy over the (authenticated) xDS stream, read from
+    Envoy's admin listener. A root rotation sends the new root there first; the
+    control plane's own certificate moves to the new chain only later.
+    """
+
+    def __init__(self, discovery: str, files: Any, envoy_admin: tuple[str, int]) -> None:
+        self.discovery, self.files, self.envoy_admin = discovery, files, envoy_admin
         self.due: float | None = None
 
     def __call__(self) -> None:
         from gossamer.errors import GossamerError
-        from gossamer.xds.bootstrap import certificate_times, renew
+        from gossamer.xds.bootstrap import certificate_times, renew, write_bundle
 
+        bundle = _served_trust_bundle(self.envoy_admin)
+        if bundle and write_bundle(self.files, bundle):
+            log.info("the trust bundle changed (a root rotation): Envoy reloads it")
         now = time.time()
         if self.due is None:
             not_before, not_after = certificate_times(self.files)
@@ -163,6 +172,28 @@ class _Renewal:
             return
         self.due = None
         log.info("renewed the certificate for the xDS connection")
+
+
+def _served_trust_bundle(envoy_admin: tuple[str, int]) -> str | None:
+    """The trust bundle in the `ROOTCA` secret Envoy holds, or None."""
+    import base64
+
+    status, body = _envoy_get(envoy_admin, "/config_dump?resource=dynamic_active_secrets")
+    if status != 200:
+        return None
+    try:
+        configs = json.loads(body).get("configs", [])
+    except ValueError:
+        return None
+    for config in configs:
+        if config.get("name") != "ROOTCA":
+            continue
+        trusted = config.get("secret", {}).get("validation_context", {}).get("trusted_ca", {})
+        if "inline_string" in trusted:
+            return str(trusted["inline_string"])
+        if "inline_bytes" in trusted:
+            return base64.b64decode(trusted["inline_bytes"]).decode()
+    return None
 
 
 def _write_ready(path: Path, info: dict[str, str]) -> None:
@@ -282,7 +313,7 @@ def run_envoy_proxy(args: argparse.Namespace) -> int:
             leave,
             lambda ready: report_ready(discovery, files, workload, ready),
             lambda: deregister(discovery, files, workload),
-            _Renewal(discovery, files),
+            _Renewal(discovery, files, envoy_admin),
         )
     except GossamerError as err:
         fail(str(err))

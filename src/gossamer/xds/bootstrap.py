@@ -35,6 +35,7 @@ __all__ = [
     "register",
     "renew",
     "report_ready",
+    "write_bundle",
     "write_client_secret",
 ]
 
@@ -122,6 +123,7 @@ def join(discovery: str, token: str, directory: Path) -> JoinedFiles:
     identity = SpiffeId(claims.trust_domain, claims.namespace, claims.service_account)
     key = generate_private_key()
     ctx = identity_tls.client_context(None, None, root)
+    ctx.check_hostname = True
     data = _call(
         f"https://{discovery}/v1/identity/certificates",
         ctx,
@@ -189,9 +191,13 @@ def deregister(discovery: str, files: JoinedFiles, workload: EnvoyWorkload) -> N
 
 
 def _mtls(files: JoinedFiles) -> ssl.SSLContext:
-    return identity_tls.client_context(
+    # The name dialled is checked, as the proxy's agent does: only the control plane's
+    # certificate carries DNS and IP names (the CA refuses them in workload CSRs).
+    ctx = identity_tls.client_context(
         files.chain.read_bytes(), files.key.read_bytes(), files.bundle.read_bytes()
     )
+    ctx.check_hostname = True
+    return ctx
 
 
 def report_ready(discovery: str, files: JoinedFiles, workload: EnvoyWorkload, ready: bool) -> None:
@@ -205,31 +211,50 @@ def report_ready(discovery: str, files: JoinedFiles, workload: EnvoyWorkload, re
 
 
 XDS_CLIENT_SECRET = "xds-client"
+XDS_TRUST_SECRET = "xds-trust"
+_SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 
 def _client_secret_file(files: JoinedFiles) -> Path:
     return files.chain.parent / "xds-client-secret.json"
 
 
-def write_client_secret(files: JoinedFiles) -> Path:
-    """The SDS file the bootstrap's xDS cluster reads its client certificate from:
-    the chain and key by file name, reloaded when either is renamed into place."""
-    path = _client_secret_file(files)
-    secret = {
-        "resources": [
-            {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-                "name": XDS_CLIENT_SECRET,
-                "tls_certificate": {
-                    "certificate_chain": {"filename": str(files.chain)},
-                    "private_key": {"filename": str(files.key)},
-                    "watched_directory": {"path": str(files.chain.parent)},
-                },
-            }
-        ]
+def _trust_secret_file(files: JoinedFiles) -> Path:
+    return files.chain.parent / "xds-trust-secret.json"
+
+
+def write_client_secret(files: JoinedFiles) -> None:
+    """The SDS files (one secret each, as file-based SDS wants) the bootstrap's xDS
+    cluster reads its client certificate and trust bundle from, by file name: Envoy
+    reloads them when a file is renamed into their directory."""
+    watched = {"path": str(files.chain.parent)}
+    secrets = {
+        _client_secret_file(files): {
+            "name": XDS_CLIENT_SECRET,
+            "tls_certificate": {
+                "certificate_chain": {"filename": str(files.chain)},
+                "private_key": {"filename": str(files.key)},
+                "watched_directory": watched,
+            },
+        },
+        _trust_secret_file(files): {
+            "name": XDS_TRUST_SECRET,
+            "validation_context": {
+                "trusted_ca": {"filename": str(files.bundle)},
+                "watched_directory": watched,
+            },
+        },
     }
-    _write_private(path, json.dumps(secret))
-    return path
+    for path, secret in secrets.items():
+        _write_private(path, json.dumps({"resources": [{"@type": _SECRET_TYPE, **secret}]}))
+
+
+def write_bundle(files: JoinedFiles, bundle: str) -> bool:
+    """Replace the trust bundle (Envoy reloads it) if `bundle` differs; whether it did."""
+    if bundle == files.bundle.read_text():
+        return False
+    _write_private(files.bundle, bundle)
+    return True
 
 
 def envoy_bootstrap(
@@ -270,16 +295,27 @@ def envoy_bootstrap(
                         },
                     }
                 ],
-                "validation_context": {
-                    "trusted_ca": {"filename": str(files.bundle)},
-                    "match_typed_subject_alt_names": [
-                        {
-                            "san_type": "URI",
-                            "matcher": {
-                                "exact": f"spiffe://{files.trust_domain}{CONTROL_PLANE_SAN_SUFFIX}"
-                            },
-                        }
-                    ],
+                # The trust bundle too: after a root rotation the supervisor rewrites it.
+                "combined_validation_context": {
+                    "default_validation_context": {
+                        "match_typed_subject_alt_names": [
+                            {
+                                "san_type": "URI",
+                                "matcher": {
+                                    "exact": (
+                                        f"spiffe://{files.trust_domain}{CONTROL_PLANE_SAN_SUFFIX}"
+                                    )
+                                },
+                            }
+                        ],
+                    },
+                    "validation_context_sds_secret_config": {
+                        "name": XDS_TRUST_SECRET,
+                        "sds_config": {
+                            "path_config_source": {"path": str(_trust_secret_file(files))},
+                            "resource_api_version": "V3",
+                        },
+                    },
                 },
             },
         },

@@ -211,7 +211,7 @@ class XdsServer:
         self._nonces = itertools.count(1)
         self._server: Any = None
         self._renewer: asyncio.Task[None] | None = None
-        self._tls_bundle = ""
+        self._tls_bundle = self._tls_issuer = ""
         cp.discovery.change_listeners.append(self._wake_all)
         cp.discovery.status_sources.append(self.status_rows)
 
@@ -220,14 +220,16 @@ class XdsServer:
     def _credentials_config(self) -> Any:
         key_pem, chain_pem = self.cp._server_certificate()
         self._tls_bundle = self.cp.ca.trust_bundle_pem()
+        self._tls_issuer = self.cp.ca.issuer_fingerprint()
         return grpc.ssl_server_certificate_configuration(
             [(key_pem, chain_pem.encode())], root_certificates=self._tls_bundle.encode()
         )
 
     def _fetch_credentials(self) -> Any:
-        """Called by gRPC before each handshake: a new trust bundle (CA rotation)
-        applies to the next connection."""
-        if self.cp.ca.trust_bundle_pem() != self._tls_bundle:
+        """Called by gRPC before each handshake: a new trust bundle or signing
+        intermediate (CA rotation) applies to the next connection."""
+        ca = self.cp.ca
+        if ca.trust_bundle_pem() != self._tls_bundle or ca.issuer_fingerprint() != self._tls_issuer:
             return self._credentials_config()
         return None
 
