@@ -1,9 +1,11 @@
-"""One mesh, two data planes: every pairing of engines carries HTTP/1.1, HTTP/2 and gRPC.
+"""One mesh, two data planes: every pairing of engines carries HTTP/1.1, HTTP/2, gRPC
+and opaque TCP.
 
 A module-wide mesh: two server workloads serving the same apps, one with Gossamer's
 proxy and one with `gossamer run --engine envoy`, and one client workload of each
 engine. Each case sends real requests (curl, grpcio) from one client engine to one
-server engine. Only the two clients' identities may call the servers (an ALLOW
+server engine (TCP through each client's `--upstream` listener for the server's
+opaque port). Only the two clients' identities may call the servers (an ALLOW
 policy by principal, enforced by whichever proxy is inbound), so a pass also says the
 SPIFFE ID travelled over mTLS between different engines.
 """
@@ -66,6 +68,20 @@ spec:
   selector: {app: srv-envoy}
   ports: [{name: grpc, port: 9090, targetPort: grpc, appProtocol: grpc}]
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: raw-gossamer, namespace: shop}
+spec:
+  selector: {app: srv-gossamer}
+  ports: [{name: raw, port: 7000, targetPort: raw, appProtocol: tcp}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: raw-envoy, namespace: shop}
+spec:
+  selector: {app: srv-envoy}
+  ports: [{name: raw, port: 7000, targetPort: raw, appProtocol: tcp}]
+---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: only-the-clients, namespace: shop}
@@ -83,6 +99,9 @@ class Mesh:
     api: str
     clients: dict[str, Workload]
     servers: dict[str, Workload]
+    # (client engine, server engine) → the client's TCP upstream listener for the
+    # server's opaque port (`--upstream raw-SERVER.shop:7000=...`).
+    tcp: dict[tuple[str, str], str]
 
 
 @pytest.fixture(scope="module")
@@ -95,27 +114,32 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         ready = dict(line.split("=", 1) for line in (tmp / "cp.ready").read_text().split())
         cp.cli("apply", "-f", "-", stdin=MESH, check=True)
         envoy = ("--engine", "envoy", "--xds", ready["xds"])
-        clients, servers = {}, {}
+        clients, servers, tcp = {}, {}, {}
         for engine in ENGINES:
             app_port = free_port()
             srv = run_workload(
                 cp, tmp, f"srv-{engine}", service_account=f"srv-{engine}",
                 labels={"app": f"srv-{engine}", "role": "server"},
                 app=echo_app(f"srv-{engine}", app_port), port=f"http=8080:{app_port}",
-                extra=("--port", f"grpc=9090:{grpc_port}", *(envoy if engine == "envoy" else ())),
+                extra=("--port", f"grpc=9090:{grpc_port}", "--port", f"raw=7000:{app_port}/tcp",
+                       *(envoy if engine == "envoy" else ())),
             )  # fmt: skip
             started.append(srv)
             servers[engine] = srv
+            upstreams: list[str] = []
+            for server_engine in ENGINES:
+                tcp[(engine, server_engine)] = listen = f"127.0.0.1:{free_port()}"
+                upstreams += ["--upstream", f"raw-{server_engine}.shop:7000={listen}"]
             cli = run_workload(
                 cp, tmp, f"cli-{engine}", service_account=f"cli-{engine}",
                 labels={"app": f"cli-{engine}"}, app=sleeper(),
-                extra=envoy if engine == "envoy" else (),
+                extra=(*upstreams, *(envoy if engine == "envoy" else ())),
             )  # fmt: skip
             started.append(cli)
             clients[engine] = cli
         for w in started:
             w.wait_ready()
-        yield Mesh(cp.api, clients, servers)
+        yield Mesh(cp.api, clients, servers, tcp)
     finally:
         for w in reversed(started):
             w.stop()
@@ -139,7 +163,7 @@ def _grpc(outbound: str, authority: str) -> bytes:
         return bytes(call(b"abc", timeout=5))
 
 
-CASES = [(c, s, p) for c in ENGINES for s in ENGINES for p in ("http1", "http2", "grpc")]
+CASES = [(c, s, p) for c in ENGINES for s in ENGINES for p in ("http1", "http2", "grpc", "tcp")]
 
 
 @pytest.mark.parametrize(
@@ -158,6 +182,16 @@ def test_every_pairing_of_engines_carries_the_protocol(
             if protocol == "grpc":
                 assert _grpc(outbound, f"greeter-{server}.shop:9090") == b"cba"
                 return
+            if protocol == "tcp":
+                # HTTP bytes as opaque TCP (the port says tcp): nothing reads them
+                # between the client's upstream listener and the app.
+                status, data = _curl(mesh.tcp[(client, server)], "anything")
+                last = (status, data)
+                if status == 200:
+                    assert data["servedBy"] == f"srv-{server}"
+                    return
+                time.sleep(0.3)
+                continue
             extra = ("--http2-prior-knowledge",) if protocol == "http2" else ()
             status, data = _curl(outbound, f"echo-{server}.shop", *extra)
             last = (status, data)
