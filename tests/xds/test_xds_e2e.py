@@ -78,6 +78,13 @@ def until(
     raise AssertionError(f"{what}: wanted {want}, last answer {last}")
 
 
+def served_by(answer: tuple[int, dict[str, Any]], name: str) -> tuple[int, dict[str, Any]]:
+    """`answer`, or status 0 while another workload than `name` serves it (config on
+    its way)."""
+    status, data = answer
+    return (status if data.get("servedBy") == name else 0), data
+
+
 @pytest.fixture
 def cleanup() -> Iterator[list[Any]]:
     things: list[Any] = []
@@ -425,3 +432,95 @@ def test_a_root_rotation_reaches_envoy_and_its_control_plane_connection(
     assert roots == want, server.log.read_text()[-3000:]
     status, data = curl(client.outbound, "envoy-echo.shop")
     assert (status, data["servedBy"]) == (200, "envoy-echo-1")
+
+
+ROUTES = """
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v2, namespace: shop}
+spec:
+  selector: {app: echo-v2}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-routes, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo}]
+  rules:
+  - name: canary
+    matches: [{headers: [{name: x-canary, value: "1"}]}]
+    filters:
+    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-routed, value: canary}]}}
+    backendRefs: [{name: echo-v2, port: 80}]
+  - name: moved
+    matches: [{path: {type: Exact, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 301}
+  - name: rewritten
+    matches: [{path: {type: PathPrefix, value: /v1}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+    backendRefs: [{name: echo, port: 80}]
+  - backendRefs: [{name: echo, port: 80}]
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: FaultPolicy
+metadata: {name: teapot, namespace: shop}
+spec:
+  targetRefs: [{group: "", kind: Service, name: echo-v2}]
+  abort: {httpStatus: 418, percent: 100}
+"""
+
+
+def test_envoy_applies_httproute_rules_and_policies_as_gossamer_would(
+    xds_control_plane: XdsControlPlane, tmp_path: Path, cleanup: list[Any]
+) -> None:
+    xcp = xds_control_plane
+    apply(xcp, SERVICES)
+    for name, app in (("echo-1", "echo"), ("echo-v2-1", "echo-v2")):
+        port = free_port()
+        w = run_workload(
+            xcp.cp, tmp_path, name, service_account=app, labels={"app": app},
+            app=echo_app(name, port), port=f"http=8080:{port}",
+        )  # fmt: skip
+        cleanup.append(w)
+        w.wait_ready()
+    client = start_envoy_workload(
+        xcp, tmp_path, "envoy-client", service_account="envoy-client", labels={"app": "client"}
+    )
+    cleanup.append(client)
+    client.wait_ready()
+    out = client.outbound or ""
+    until("no route yet", lambda: curl(out, "echo.shop"), 200)
+    apply(xcp, ROUTES.replace("percent: 100}", "percent: 0}"))
+    # A header match picks echo-v2, with the rule's header set on the way.
+    canary = until(
+        "canary",
+        lambda: served_by(curl(out, "echo.shop", "/x", "-H", "x-canary: 1"), "echo-v2-1"),
+        200,
+    )
+    headers = {k.lower(): v for k, v in canary["headers"].items()}
+    assert canary["servedBy"] == "echo-v2-1" and headers["x-routed"] == "canary"
+    # A prefix rewrite by path element; everything else to echo.
+    rewritten = until("rewrite", lambda: curl(out, "echo.shop", "/v1/items"), 200)
+    # (the canary rule arrived with the rest of the route: this one is in force too)
+    assert (rewritten["servedBy"], rewritten["path"]) == ("echo-1", "/v2/items")
+    status, _ = curl(out, "echo.shop", "/v10")  # not /v1 by path element: no rewrite
+    assert status == 200
+    assert curl(out, "echo.shop", "/v10")[1]["path"] == "/v10"
+    # A redirect is answered by Envoy itself.
+    moved = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H",
+         "Host: echo.shop", f"http://{out}/old"],
+        capture_output=True, text=True, timeout=15,
+    ).stdout  # fmt: skip
+    assert moved.startswith("301 ") and moved.endswith("/new"), moved
+    # The FaultPolicy on echo-v2 aborts every call addressed to it once it says 100%
+    # (as in Gossamer's proxy, the fault is the addressed service's, decided before
+    # its routes: calls to echo that its route sends to echo-v2 are not aborted).
+    apply(xcp, ROUTES)
+    until("fault", lambda: curl(out, "echo-v2.shop", "/x"), 418)
+    assert curl(out, "echo.shop", "/x", "-H", "x-canary: 1")[0] == 200
