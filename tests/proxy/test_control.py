@@ -268,3 +268,30 @@ def test_a_limit_that_grew_lets_those_waiting_in_before_a_newcomer() -> None:
     limiter.limit = 3.0
     assert bulkhead.enter()  # the waiter first, then the newcomer
     assert let_in == ["waiter"] and bulkhead.active == 3
+
+
+def test_an_aggregate_rate_reports_its_demand_and_enforces_its_share() -> None:
+    registry = ControlRegistry()
+    r = route(registry, view(rate=RateView(30.0, 6, aggregate=True)))
+    edge = r.controls[0]
+    assert edge.bucket is not None and edge.bucket.rate == 30.0  # no share yet: all of it
+    for _ in range(4):
+        Call(r, b"GET").admit(r, None, 0.0)
+    assert registry.demand() == {"shop/shield/pay.shop": 4}
+    assert registry.demand() == {"shop/shield/pay.shop": 0}  # counted since the last ask
+
+    registry.set_shares({"shop/shield/pay.shop": 10.0, "shop/other/pay.shop": 5.0})
+    assert (edge.bucket.rate, edge.bucket.burst) == (10.0, 2.0)  # burst: 6 x 10/30
+    # A new snapshot with the same budget keeps the share; a new budget drops it.
+    route(registry, view(rate=RateView(30.0, 6, aggregate=True)))
+    assert edge.bucket.rate == 10.0
+    route(registry, view(rate=RateView(60.0, 6, aggregate=True)))
+    assert edge.bucket.rate == 60.0
+
+
+def test_an_edge_rate_ignores_shares() -> None:
+    registry = ControlRegistry()
+    edge = route(registry, view(rate=RateView(30.0, 6))).controls[0]
+    registry.set_shares({"shop/shield/pay.shop": 10.0})
+    assert edge.bucket is not None and edge.bucket.rate == 30.0
+    assert registry.demand() == {}

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from gossamer.controlplane.aggregate import AggregateRates
 from gossamer.controlplane.api import BadRequest, error_response, errors_middleware, read_json
 from gossamer.controlplane.snapshotcache import BuildKey, SnapshotCache, services_selecting
 from gossamer.errors import IdentityError, InvalidResource, NotFound, Unauthorized
@@ -163,6 +164,11 @@ class ProxySession:
     renew_requested_at: float = 0.0
     build_key: BuildKey | None = None  # the snapshot cache entry it was last sent from
 
+    async def send_shares(self, shares: dict[str, float]) -> None:
+        """Its parts of the Aggregate TrafficControl rates (controlplane.aggregate)."""
+        if not self.ws.closed:
+            await self.ws.send_json({"type": "shares", "edges": shares})
+
     def certificate_status(self, msg: Mapping[str, Any]) -> None:
         self.certificate_not_after = str(msg.get("certificateNotAfter", ""))
         self.issuer_fingerprint = str(msg.get("issuerFingerprint", ""))
@@ -198,6 +204,8 @@ class Discovery:
         self.max_stream_age = MAX_STREAM_AGE_SECONDS
         self._everything_changed = False
         self._changed_workloads: list[tuple[str, str, list[dict[str, str]]]] = []
+        # Aggregate TrafficControl rates, split between the source proxies by demand.
+        self.aggregate = AggregateRates(lambda: self.mesh().controls)
 
     # -- mesh state ---------------------------------------------------------------
 
@@ -225,6 +233,7 @@ class Discovery:
             asyncio.create_task(self._follow_store(), name="discovery-follow-store"),
             asyncio.create_task(self._fan_out(), name="discovery-fan-out"),
             asyncio.create_task(self._lease_loop(), name="discovery-leases"),
+            asyncio.create_task(self.aggregate.run(), name="discovery-aggregate-rates"),
         ]
 
     async def stop(self) -> None:
@@ -685,6 +694,7 @@ class Discovery:
             if self._sessions.get(key) is session:
                 del self._sessions[key]
                 self._gone_since[key] = time.monotonic()
+            self.aggregate.forget(key, session)
             log.info("proxy %s/%s disconnected", session.namespace, session.workload)
         return ws
 
@@ -728,6 +738,13 @@ class Discovery:
             )
         elif kind == "status":
             session.certificate_status(msg)
+        elif kind == "demand":
+            key = (session.namespace, session.workload)
+            if self.aggregate.report(key, session, msg):
+                # A proxy new to an Aggregate rate gets its part now, not in a second.
+                task = asyncio.get_running_loop().create_task(self.aggregate.rebalance())
+                self._tasks.append(task)
+                task.add_done_callback(self._tasks.remove)
         elif kind == "subscribe":
             try:
                 new = _interests(msg.get("services", []))

@@ -16,7 +16,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -637,6 +637,14 @@ class DataPlane:
             pair = self._old_peers.get(endpoint) or (PeerPool(self, endpoint), EndpointLoad())
             self._peers[endpoint] = pair
         return pair
+
+    def control_demand(self) -> dict[str, int]:
+        """Calls that met each Aggregate TrafficControl rate since the last ask."""
+        return self.controls.demand()
+
+    def set_control_shares(self, shares: Mapping[str, float]) -> None:
+        """The control plane's split of the Aggregate rates: this proxy's part."""
+        self.controls.set_shares(shares)
 
     def set_credentials(self, creds: Credentials) -> None:
         """Use `creds` for connections made from now on; open ones keep theirs."""

@@ -6,7 +6,8 @@
     spec:
       from: {selector: {matchLabels: {tier: web}}}            # the callers
       to: {namespaces: ["*"], selector: {matchLabels: {team: payments}}}
-      rate: {limit: 200/s, burst: 50}                         # per source proxy and edge
+      rate: {limit: 200/s, burst: 50}                         # per source proxy and edge,
+                                                              # or scope: Aggregate
       concurrency:                                            # a bulkhead per source proxy
         maxInFlight: 20                                       # or adaptive: {algorithm: Gradient2}
         maxPending: 50
@@ -105,9 +106,11 @@ class Rate(Model):
     """Requests per unit (`100/s`), per source proxy and destination service."""
     burst: Limit | None = None
     """Requests allowed at once above the rate; default: one second's worth (at least 1)."""
-    scope: Literal["Edge"] = "Edge"
-    """`Edge`: each source proxy has its own bucket per destination service.
-    (`Aggregate`, a budget shared by the whole source group, is not implemented yet.)"""
+    scope: Literal["Edge", "Aggregate"] = "Edge"
+    """`Edge`: each source proxy has its own bucket per destination service, at this
+    rate. `Aggregate`: the rate is the whole source group's, per destination service;
+    the control plane splits it between the source proxies by their demand, every
+    second (docs/traffic-control.md)."""
 
 
 class Adaptive(Model):

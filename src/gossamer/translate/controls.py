@@ -96,7 +96,11 @@ def view_of(
     rate = None
     if spec.rate is not None:
         per_second = parse_rate(spec.rate.limit)
-        rate = RateView(per_second, spec.rate.burst or max(1, int(per_second)))
+        rate = RateView(
+            per_second,
+            spec.rate.burst or max(1, int(per_second)),
+            aggregate=spec.rate.scope == "Aggregate",
+        )
     concurrency = None
     if (c := spec.concurrency) is not None:
         a = c.adaptive

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 class RateView:
     per_second: float
     burst: int
+    # The rate is the whole source group's: this proxy enforces the share the control
+    # plane gives it (proxy.policy.control, controlplane.aggregate).
+    aggregate: bool = False
 
 
 @dataclass(frozen=True, slots=True)

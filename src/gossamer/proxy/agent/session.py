@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +52,8 @@ MAX_BACKOFF = 30.0
 # The control plane pings every 15 s: this long without any frame, ping included, is
 # a dead peer.
 STREAM_SILENCE = 45.0
+# How often a proxy with an Aggregate TrafficControl rate reports its demand.
+DEMAND_INTERVAL = 1.0
 # Files of the cache that say where the proxy stands in one mesh.
 CACHE_FILES = ("cert.pem", "key.pem", "bundle.pem", "identity.json", "snapshot.json")
 
@@ -63,6 +66,10 @@ class CannotJoin(IdentityError):
 class DataPlaneSink(Protocol):
     def apply_snapshot(self, snapshot: Snapshot) -> None: ...
     def set_credentials(self, creds: Credentials) -> None: ...
+    # Aggregate TrafficControl rates (asked only while the snapshot has one): the calls
+    # that met each since the last ask, and the control plane's split.
+    def control_demand(self) -> dict[str, int]: ...
+    def set_control_shares(self, shares: Mapping[str, float]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -440,6 +447,7 @@ class Agent:
             await self._retry("join", self.join)
         self._tasks.append(asyncio.create_task(self._follow(), name="agent-follow"))
         self._tasks.append(asyncio.create_task(self._renew_loop(), name="agent-renew"))
+        self._tasks.append(asyncio.create_task(self._demand_loop(), name="agent-demand"))
         if self.config.ports:
             self._tasks.append(asyncio.create_task(self._readiness_loop(), name="agent-ready"))
 
@@ -465,6 +473,28 @@ class Agent:
                 )
                 self._fail_over()
             await asyncio.sleep(delay)
+
+    async def _demand_loop(self) -> None:
+        """Every DEMAND_INTERVAL, while the snapshot has an Aggregate rate and the
+        stream is up: how many calls met each, so the control plane can split it."""
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(DEMAND_INTERVAL)
+            snapshot, ws = self.snapshot, self._ws
+            now = loop.time()
+            if snapshot is None or not any(
+                c.rate is not None and c.rate.aggregate for c in snapshot.controls
+            ):
+                last = now
+                continue
+            demand = self.dataplane.control_demand()
+            if ws is not None and not ws.closed:
+                with contextlib.suppress(Exception):  # the stream's own loop sees it go
+                    await ws.send_json(
+                        {"type": "demand", "seconds": round(now - last, 3), "edges": demand}
+                    )
+            last = now
 
     async def _renew_loop(self) -> None:
         while True:
@@ -540,6 +570,13 @@ class Agent:
         if msg.get("type") == "renew":
             log.info("control plane asks for renewal now: %s", msg.get("reason", ""))
             self._renew_now.set()
+            return
+        if msg.get("type") == "shares":
+            edges = msg.get("edges")
+            if isinstance(edges, dict):
+                self.dataplane.set_control_shares(
+                    {k: float(v) for k, v in edges.items() if isinstance(v, int | float)}
+                )
             return
         if msg.get("type") != "snapshot":
             return

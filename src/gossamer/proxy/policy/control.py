@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from gossamer.proxy.policy.resilience import RetryBudget
@@ -298,17 +298,21 @@ class EdgeControl:
     """One TrafficControl on the calls from this proxy to one destination service."""
 
     __slots__ = (
+        "aggregate",
         "breaker",
         "bucket",
+        "budget",
         "bulkhead",
         "enforce",
         "expires_at",
         "label",
         "live",
+        "offered",
         "quarantined",
         "refused",
         "retry_budget",
         "service",
+        "share",
         "would_refuse",
     )
 
@@ -318,6 +322,13 @@ class EdgeControl:
         self.service = service
         self.bucket: TokenBucket | None = None
         self.bulkhead: Bulkhead | None = None
+        # A rate: (per second, burst) as the control says; for an Aggregate rate, the
+        # share of it this proxy may use (None until the control plane says), and the
+        # calls that met the bucket (what this proxy wants: its demand).
+        self.aggregate = False
+        self.budget: tuple[float, int] | None = None
+        self.share: float | None = None
+        self.offered = 0
         self.retry_budget: RetryBudget | None = None
         # Refusals (or, in DryRun, would-be refusals) by reason.
         self.refused = dict.fromkeys(REFUSED_REASONS, 0)
@@ -332,12 +343,19 @@ class EdgeControl:
         self.expires_at = view.expires_at
         self.breaker = breaker
         rate = view.rate
+        self.aggregate = rate is not None and rate.aggregate
         if rate is None:
             self.bucket = None
-        elif self.bucket is None:
-            self.bucket = TokenBucket(rate.per_second, rate.burst)
+            self.budget, self.share = None, None
         else:
-            self.bucket.retune(rate.per_second, rate.burst)
+            if self.budget != (rate.per_second, rate.burst):
+                self.share = None  # a new budget: the control plane splits it again
+            self.budget = (rate.per_second, rate.burst)
+            per_second, burst = self._rate()
+            if self.bucket is None:
+                self.bucket = TokenBucket(per_second, burst)
+            else:
+                self.bucket.retune(per_second, burst)
         c = view.concurrency
         if c is None:
             self.bulkhead = None
@@ -384,6 +402,7 @@ class EdgeControl:
             )
         bucket = self.bucket
         if bucket is not None:
+            self.offered += 1
             wait = bucket.take(now)
             if wait > 0.0:
                 return self._refuse(
@@ -392,6 +411,27 @@ class EdgeControl:
                     wait,
                 )
         return None
+
+    def _rate(self) -> tuple[float, int]:
+        """The bucket's rate and burst: the control's, or for an Aggregate rate this
+        proxy's share of them (the whole budget until the control plane gives one)."""
+        assert self.budget is not None
+        per_second, burst = self.budget
+        share = self.share
+        if share is None or not self.aggregate:
+            return per_second, burst
+        # At least 2: a bucket of 1 loses the fraction of a token that arrives
+        # between calls each time it fills (a 10/s share met 25 calls a second would
+        # let 8.3 through).
+        return share, max(2, round(burst * share / per_second))
+
+    def set_share(self, share: float) -> None:
+        """The control plane's split of an Aggregate rate: this proxy's part."""
+        if not self.aggregate or self.bucket is None:
+            return
+        self.share = max(0.0, share)
+        per_second, burst = self._rate()
+        self.bucket.retune(max(per_second, 1e-9), burst)
 
     def refuse_concurrency(self) -> Refusal | None:
         bulkhead = self.bulkhead
@@ -478,6 +518,25 @@ class ControlRegistry:
             if edge.live and edge.expired(wall):
                 _let_go(edge)
 
+    def demand(self) -> dict[str, int]:
+        """Calls that met each Aggregate rate since the last time asked (the control
+        plane splits the rate by them), by "namespace/name/service"."""
+        out: dict[str, int] = {}
+        for (ns, name, service), edge in self.edges.items():
+            if edge.aggregate and edge.live:
+                out[f"{ns}/{name}/{service}"] = edge.offered
+                edge.offered = 0
+        return out
+
+    def set_shares(self, shares: Mapping[str, float]) -> None:
+        """The control plane's split of the Aggregate rates: this proxy's part of each."""
+        for key, share in shares.items():
+            ns, _, rest = key.partition("/")
+            name, _, service = rest.partition("/")
+            edge = self.edges.get((ns, name, service))
+            if edge is not None and isinstance(share, int | float):
+                edge.set_share(float(share))
+
     def render(self) -> str:
         """The controls' Prometheus series (appended to the proxy's /metrics)."""
         out = [
@@ -503,14 +562,17 @@ class ControlRegistry:
         )
         out.append("# TYPE gossamer_control_limit gauge")
         for (ns, name, service), edge in edges:
-            bulkhead = edge.bulkhead
-            if bulkhead is None:
-                continue
             dst_name, _, dst_ns = service.partition(".")
             labels = (
                 f'control_namespace="{ns}",control_name="{name}",'
                 f'dst_namespace="{dst_ns}",dst_service="{dst_name}"'
             )
+            if edge.bucket is not None:
+                # The rate this proxy enforces: an Aggregate rate's share of it.
+                out.append(f'gossamer_control_limit{{{labels},value="rate"}} {edge.bucket.rate:g}')
+            bulkhead = edge.bulkhead
+            if bulkhead is None:
+                continue
             out.append(f'gossamer_control_limit{{{labels},value="limit"}} {bulkhead.limit}')
             out.append(f'gossamer_control_limit{{{labels},value="in_flight"}} {bulkhead.active}')
             out.append(f'gossamer_control_limit{{{labels},value="waiting"}} {bulkhead.queued()}')
@@ -527,6 +589,8 @@ class ControlRegistry:
                     "service": service,
                     "mode": "Enforce" if edge.enforce else "DryRun",
                     "limit": bulkhead.limit if bulkhead is not None else None,
+                    "rate": edge.bucket.rate if edge.bucket is not None else None,
+                    "share": edge.share if edge.aggregate else None,
                     "inFlight": bulkhead.active if bulkhead is not None else None,
                     "refused": dict(edge.refused),
                     "wouldRefuse": dict(edge.would_refuse),

@@ -1,0 +1,163 @@
+"""Aggregate TrafficControl rates: one budget for a whole source group, split between
+its proxies by their demand (docs/traffic-control.md, decision 0093).
+
+Each source proxy that enforces an Aggregate rate reports, every second, how many
+calls met it (`{"type": "demand", "seconds": S, "edges": {"ns/name/service": N}}` on
+the discovery stream). Every REBALANCE_INTERVAL the control plane splits each edge's
+budget between the proxies holding it and sends each its part (`{"type": "shares",
+"edges": {...}}`): FLOOR of the budget in equal parts, so a proxy that was idle can
+start at once, and the rest max-min fair by demand (water-filling: no proxy gets more
+than it asked for while another gets less than it asked for, and what is left over
+goes in equal parts). The parts always add up to the budget.
+
+Convergence: a split uses the last report of each proxy, so with steady demand it is
+stable after one report and one rebalance (about two seconds); a change of demand is
+followed within the same time. A proxy whose reports stop (STALE) leaves the split.
+When the control plane is away, each proxy keeps its last part (static stability); a
+proxy that never got one enforces the whole budget until it does.
+
+With several control-plane replicas each splits the budget between the proxies whose
+streams it holds, as if they were all: the split is not yet shared between replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from gossamer.resources.trafficcontrol import TrafficControl, parse_rate
+
+log = logging.getLogger("gossamer.controlplane")
+
+REBALANCE_INTERVAL: Final = 1.0
+FLOOR: Final = 0.1  # of the budget, split equally whatever the demand
+STALE: Final = 5.0  # seconds without a report: the proxy leaves the split
+MAX_EDGES: Final = 256  # edges one proxy may report
+
+
+class Sender(Protocol):
+    """A proxy's stream (controlplane.discovery.ProxySession)."""
+
+    async def send_shares(self, shares: dict[str, float]) -> None: ...
+
+
+def split(budget: float, demands: Mapping[Any, float]) -> dict[Any, float]:
+    """Each party's part of `budget`: FLOOR of it equally, the rest max-min fair by
+    `demands` (per second), what nobody asked for equally. The parts sum to `budget`."""
+    n = len(demands)
+    if n == 0:
+        return {}
+    floor = budget * FLOOR / n
+    rest = budget - floor * n
+    out: dict[Any, float] = {}
+    remaining = rest
+    ordered = sorted(demands.items(), key=lambda kv: kv[1])
+    for i, (party, demand) in enumerate(ordered):
+        fair = remaining / (n - i)
+        give = min(max(0.0, demand - floor), fair)
+        out[party] = floor + give
+        remaining -= give
+    if remaining > 0:
+        for party in out:
+            out[party] += remaining / n
+    return out
+
+
+@dataclass
+class _Report:
+    proxy: Sender
+    rates: dict[str, float] = field(default_factory=dict)  # per second, by edge
+    at: float = 0.0
+
+
+Key = tuple[str, str]  # a proxy: its workload's (namespace, name)
+
+
+class AggregateRates:
+    """The control plane's half: reports in, shares out."""
+
+    def __init__(self, controls: Callable[[], Iterable[TrafficControl]]) -> None:
+        self._controls = controls
+        self._reports: dict[Key, _Report] = {}
+        self.sent: dict[Key, dict[str, float]] = {}  # the last shares each proxy got
+
+    def report(self, key: Key, proxy: Sender, msg: Mapping[str, Any]) -> bool:
+        """A demand report; True when it names an edge this proxy had not reported
+        (the caller rebalances at once, so a new proxy gets its part now)."""
+        seconds = msg.get("seconds")
+        edges = msg.get("edges")
+        if not isinstance(edges, dict) or not isinstance(seconds, int | float) or seconds <= 0:
+            return False
+        rates = {
+            str(k): float(v) / float(seconds)
+            for k, v in list(edges.items())[:MAX_EDGES]
+            if isinstance(v, int | float) and v >= 0
+        }
+        old = self._reports.get(key)
+        self._reports[key] = _Report(proxy, rates, time.monotonic())
+        if old is None or old.proxy is not proxy:
+            self.sent.pop(key, None)  # a new stream: its shares are sent again
+            return True
+        return not set(rates) <= set(old.rates)
+
+    def forget(self, key: Key, proxy: Sender) -> None:
+        """The proxy's stream ended (unless it already has a newer one)."""
+        old = self._reports.get(key)
+        if old is not None and old.proxy is proxy:
+            del self._reports[key]
+            self.sent.pop(key, None)
+
+    def budgets(self) -> dict[str, float]:
+        """Every Aggregate rate's budget per second, by "namespace/name"."""
+        out = {}
+        for c in self._controls():
+            rate = c.spec.rate
+            if rate is not None and rate.scope == "Aggregate":
+                out[f"{c.metadata.namespace}/{c.metadata.name}"] = parse_rate(rate.limit)
+        return out
+
+    def shares(self) -> dict[Key, dict[str, float]]:
+        """Each proxy's part of each edge it reported (pure but for the clock)."""
+        now = time.monotonic()
+        for key in [k for k, r in self._reports.items() if now - r.at > STALE]:
+            del self._reports[key]
+            self.sent.pop(key, None)
+        budgets = self.budgets()
+        by_edge: dict[str, dict[Key, float]] = {}
+        for key, report in self._reports.items():
+            for edge, rate in report.rates.items():
+                by_edge.setdefault(edge, {})[key] = rate
+        out: dict[Key, dict[str, float]] = {}
+        for edge, demands in by_edge.items():
+            control = edge.rsplit("/", 1)[0]
+            budget = budgets.get(control)
+            if budget is None:
+                continue  # removed, or no longer Aggregate: the next snapshot says so
+            for key, part in split(budget, demands).items():
+                out.setdefault(key, {})[edge] = round(part, 6)
+        return out
+
+    async def rebalance(self) -> None:
+        for key, parts in self.shares().items():
+            if self.sent.get(key) == parts:
+                continue
+            report = self._reports.get(key)
+            if report is None:
+                continue
+            try:
+                await report.proxy.send_shares(parts)
+                self.sent[key] = parts
+            except Exception as err:  # the stream's own loop deals with a dead stream
+                log.debug("could not send control shares: %s", err)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(REBALANCE_INTERVAL)
+            try:
+                await self.rebalance()
+            except Exception:
+                log.exception("splitting aggregate rates failed")
