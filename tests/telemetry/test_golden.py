@@ -91,7 +91,7 @@ def test_grpc_status_is_one_more_label_on_grpc_requests_only() -> None:
     metrics = Metrics()
     metrics.request_stats("inbound", "a", "b", "c", "d", 200, True).observe(0.001)
     metrics.request_stats("inbound", "a", "b", "c", "d", 200, True, "14").observe(0.001)
-    lines = [line for line in metrics.render().splitlines() if "_total{" in line]
+    lines = [line for line in metrics.render().splitlines() if "_requests_total{" in line]
     assert lines == [
         'gossamer_requests_total{direction="inbound",src_namespace="a",src_service="b",'
         'dst_namespace="c",dst_service="d",code="200",tls="true"} 1',

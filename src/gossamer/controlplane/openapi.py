@@ -189,6 +189,9 @@ def openapi_document() -> dict[str, Any]:
                 ),
             },
             "/v1/proxies": {"get": _op("Connected proxies and their snapshot versions")},
+            "/v1/proxies/{namespace}/{name}/config": {
+                "get": _op("The snapshot one proxy runs, as the control plane last sent it")
+            },
             "/v1/ca": {"get": _op("CA certificates' expiry and root fingerprint")},
             "/v1/identity/bundle": {"get": _op("The trust bundle (PEM)")},
             # Golden metrics (docs/observability.md): query parameters namespace, name and
