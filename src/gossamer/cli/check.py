@@ -22,6 +22,8 @@ from gossamer.cli.output import duration, table
 # day is left (renewal should have happened at two thirds of its life).
 CA_WARN_SECONDS = 30 * 86400
 LEAF_WARN_SECONDS = 8 * 3600
+# A refused join, registration or stream this recent fails `gossamer check`.
+REFUSED_RECENT_SECONDS = 120
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -122,13 +124,15 @@ def gather(client: Client, expected: list[tuple[str, str]]) -> dict[str, Any]:
     try:
         client.get("/readyz")
         ca = client.get("/v1/ca")
-        proxies = client.get("/v1/proxies")["items"]
+        listed = client.get("/v1/proxies")
+        proxies = listed["items"]
         workloads = client.get("/v1/resources/workloads")["items"]
         replicas = client.get("/v1/replicas")
     except ApiError as err:
         report.update(ok=False, problems=[err.message], unreachable=True)
         return report
     report["controlPlane"] = {"server": client.server, "up": True}
+    _check_refusals(report, listed.get("refused", []), now)
     report["replicas"] = replicas
     alive = _check_replicas(report, replicas)
     report["ca"] = ca
@@ -210,6 +214,22 @@ def gather(client: Client, expected: list[tuple[str, str]]) -> dict[str, Any]:
     report["proxies"] = rows
     report["ok"] = not report["problems"]
     return report
+
+
+def _check_refusals(report: dict[str, Any], refused: list[dict[str, Any]], now: datetime) -> None:
+    """A join, registration or stream refused in the last REFUSED_RECENT_SECONDS is a
+    problem: a proxy that cannot join keeps trying, and nothing else would show it."""
+    recent: dict[tuple[str, str, str], int] = {}
+    for r in refused:
+        if now.timestamp() - float(r.get("at", 0)) <= REFUSED_RECENT_SECONDS:
+            key = (str(r.get("what")), str(r.get("who")), str(r.get("reason")))
+            recent[key] = recent.get(key, 0) + 1
+    for (what, who, reason), n in sorted(recent.items()):
+        times = "" if n == 1 else f" ({n} times)"
+        report["problems"].append(
+            f"{what} refused for {who}{times} in the last {REFUSED_RECENT_SECONDS // 60} min: "
+            f"{reason}"
+        )
 
 
 def _check_replicas(report: dict[str, Any], replicas: dict[str, Any]) -> set[str]:

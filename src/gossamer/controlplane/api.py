@@ -368,7 +368,15 @@ class Api:
         return web.json_response({"items": items})
 
     async def proxies(self, request: web.Request) -> web.Response:
-        return web.json_response({"items": self.cp.discovery.proxy_status()})
+        discovery = self.cp.discovery
+        return web.json_response(
+            {
+                "items": discovery.proxy_status(),
+                # Joins, registrations and streams refused lately (a proxy that cannot
+                # join retries): `gossamer check` reports them.
+                "refused": discovery.recent_refusals(),
+            }
+        )
 
     async def ca(self, request: web.Request) -> web.Response:
         ca = self.cp.ca
