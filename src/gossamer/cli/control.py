@@ -43,6 +43,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=get)
 
     p = verbs.add_parser(
+        "status",
+        help="TrafficControls at work: the edges they govern, limits in force, refusals",
+        description="What each TrafficControl does now, as its source proxies report it "
+        "(their last scrape): every edge it governs (source workload, destination "
+        "service), the rate and concurrency limit in force there (an Aggregate rate's "
+        "part, an adaptive limit as it moved), calls in flight and waiting, and the calls "
+        "it refused, or in DryRun would have refused. Exit 0.",
+    )
+    p.add_argument("name", nargs="?", help="one TrafficControl")
+    p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    add_output_flag(p)
+    add_server_flags(p)
+    p.set_defaults(func=status)
+
+    p = verbs.add_parser(
         "explain",
         help="which TrafficControls govern calls from a workload to a service, and why",
         description="Every TrafficControl whose from group holds the workload and whose to "
@@ -153,6 +169,54 @@ def get(args: argparse.Namespace) -> int:
         headers = ["NAMESPACE", *headers]
         rows = [[o["metadata"]["namespace"], *r] for o, r in zip(items, rows, strict=True)]
     table(headers, rows)
+    return 0
+
+
+def _count(value: object) -> str:
+    return "-" if value is None else f"{float(value):g}"  # type: ignore[arg-type]
+
+
+def status(args: argparse.Namespace) -> int:
+    client = client_from(args)
+    try:
+        items: dict[str, Any] = client.get("/v1/controls/status")["items"]
+    except ApiError as err:
+        fail(err.message)
+    wanted = {
+        key: value
+        for key, value in items.items()
+        if (args.all_namespaces or key.split("/", 1)[0] == args.namespace)
+        and (not args.name or key.split("/", 1)[1] == args.name)
+    }
+    if emit(args, wanted):
+        return 0
+    if not wanted:
+        print(
+            "no TrafficControl at work on any proxy: none governs a call a proxy has made "
+            "(or the proxies have not been scraped since)"
+        )
+        return 0
+    rows = []
+    for key, entry in sorted(wanted.items()):
+        for e in entry["edges"]:
+            refused = e["refused"] or e["wouldRefuse"]
+            shown = ", ".join(f"{r} {n:g}" for r, n in sorted(refused.items()) if n) or "0"
+            rows.append(
+                [
+                    key,
+                    e["source"],
+                    e["service"],
+                    _count(e.get("rate")),
+                    _count(e.get("limit")),
+                    _count(e.get("inFlight")),
+                    _count(e.get("waiting")),
+                    ("would refuse " if e["wouldRefuse"] and not e["refused"] else "") + shown,
+                ]
+            )
+    table(
+        ["CONTROL", "SOURCE", "SERVICE", "RATE/S", "LIMIT", "IN FLIGHT", "WAITING", "REFUSED"],
+        rows,
+    )
     return 0
 
 

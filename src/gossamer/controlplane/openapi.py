@@ -201,6 +201,12 @@ def openapi_document() -> dict[str, Any]:
             "/v1/stats/routes": {"get": _op("Golden metrics per route (outbound)")},
             "/v1/stats/series": {"get": _op("One group's golden metrics per step, for charts")},
             "/v1/stats/targets": {"get": _op("Scrape targets, their last scrape and error")},
+            "/v1/controls/status": {
+                "get": _op(
+                    "TrafficControls as their source proxies enforce them: edges, limits in "
+                    "force, calls in flight and waiting, refusals (from the last scrapes)"
+                )
+            },
             "/v1/findings": {
                 "get": _op(
                     "Retry storms, cascades, noisy neighbours and metastable failures found "

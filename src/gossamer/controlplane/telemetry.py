@@ -28,7 +28,7 @@ import aiohttp
 
 from gossamer.errors import GossamerError
 from gossamer.store import Store, make_dirs
-from gossamer.telemetry.golden import Golden, Key, parse_prometheus_text
+from gossamer.telemetry.golden import Golden, Key, Sample, parse_prometheus_text
 from gossamer.telemetry.window import (
     RETRY_VIEW,
     Health,
@@ -178,6 +178,9 @@ class Telemetry:
         self.targets: list[Target] = []
         self.histories: dict[tuple[str, str], list[Scrape]] = {}
         self.health: dict[tuple[str, str], Health] = {}
+        # Each proxy's TrafficControl series (gossamer_control_*) at its last scrape:
+        # what `control_status` adds up.
+        self.control_samples: dict[tuple[str, str], list[Sample]] = {}
         self.scrapes_total = {"ok": 0, "error": 0}
         self._sd_written: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -243,7 +246,8 @@ class Telemetry:
         health = self.health.get(key, Health())
         try:
             text = await self.fetch(target)
-            scrape = summarize(parse_prometheus_text(text), at)
+            samples = parse_prometheus_text(text)
+            scrape = summarize(samples, at)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as err:
             reason = str(err) or type(err).__name__
             if health.error != reason:
@@ -256,6 +260,11 @@ class Telemetry:
         self.health[key] = Health(last_attempt=at, last_success=at, error=None)
         self.scrapes_total["ok"] += 1
         self.histories.setdefault(key, []).append(scrape)
+        controls = [s for s in samples if s.name.startswith("gossamer_control_")]
+        if controls:
+            self.control_samples[key] = controls
+        else:
+            self.control_samples.pop(key, None)
 
     def write_sd_file(self) -> None:
         """Prometheus `file_sd`: the proxies' admin listeners, and the control plane."""
@@ -441,6 +450,41 @@ class Telemetry:
                 }
             )
         return rows
+
+    def control_status(self) -> dict[str, dict[str, Any]]:
+        """Each TrafficControl as its source proxies report it at their last scrape,
+        by "namespace/name": the edges it governs (source workload, destination
+        service, the rate and concurrency limit in force there, calls in flight and
+        waiting, refusals by reason) and its refusals in all, or in DryRun the calls it
+        would have refused. Stale proxies are left out."""
+        out: dict[str, dict[str, Any]] = {}
+        for (ns, workload), samples in sorted(self.control_samples.items()):
+            if self.stale((ns, workload)):
+                continue
+            edges: dict[tuple[str, str], dict[str, Any]] = {}
+            for s in samples:
+                lb = s.labels
+                control = f"{lb.get('control_namespace', '')}/{lb.get('control_name', '')}"
+                service = f"{lb.get('dst_service', '')}.{lb.get('dst_namespace', '')}"
+                entry = out.setdefault(control, {"edges": [], "refused": 0.0, "wouldRefuse": 0.0})
+                edge = edges.get((control, service))
+                if edge is None:
+                    edge = edges[(control, service)] = {
+                        "source": f"{workload}.{ns}",
+                        "service": service,
+                        "refused": {},
+                        "wouldRefuse": {},
+                    }
+                    entry["edges"].append(edge)
+                if s.name == "gossamer_control_refused_total":
+                    dry = lb.get("mode") == "DryRun"
+                    edge["wouldRefuse" if dry else "refused"][lb.get("reason", "")] = s.value
+                    entry["wouldRefuse" if dry else "refused"] += s.value
+                elif s.name == "gossamer_control_limit":
+                    value = lb.get("value", "")
+                    key = {"in_flight": "inFlight"}.get(value, value)
+                    edge[key] = s.value
+        return out
 
     def render_metrics(self, extra: Mapping[str, float] | None = None) -> str:
         """The control plane's own metrics, in Prometheus text format."""

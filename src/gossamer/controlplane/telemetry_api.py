@@ -53,6 +53,7 @@ class TelemetryApi:
             web.get("/v1/stats/routes", self.route_stats),
             web.get("/v1/stats/series", self.series),
             web.get("/v1/stats/targets", self.targets),
+            web.get("/v1/controls/status", self.control_status),
             web.get("/v1/proxies/{namespace}/{name}/config", self.proxy_config),
         ]
 
@@ -72,6 +73,11 @@ class TelemetryApi:
             items = t.routes(window, namespace, name)
         body: dict[str, Any] = {"windowSeconds": window, "at": t.clock(), "items": items}
         return web.json_response(body)
+
+    async def control_status(self, request: web.Request) -> web.Response:
+        """TrafficControls as their proxies enforce them (Telemetry.control_status)."""
+        t = self.cp.telemetry
+        return web.json_response({"at": t.clock(), "items": t.control_status()})
 
     async def services(self, request: web.Request) -> web.Response:
         return self._rows(request, "services")
