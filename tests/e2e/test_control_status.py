@@ -100,3 +100,36 @@ def test_control_status_shows_the_edge_its_limits_and_what_dry_run_would_refuse(
     assert edge["limit"] == 7 and edge["rate"] == pytest.approx(1 / 60, rel=1e-3)
     assert entry["wouldRefuse"] == 2
     assert "shop/watch" in shown and "would refuse rate 2" in shown
+
+
+SWEEPING = """\
+apiVersion: gossamer.dev/v1alpha1
+kind: TrafficControl
+metadata: {name: lockdown, namespace: shop}
+spec:
+  from: {namespaces: ["*"]}
+  to: {selector: {matchLabels: {app: api}}}
+  quarantine: {}
+"""
+
+
+def test_a_control_that_refuses_every_call_of_the_mesh_needs_force(
+    control_plane: ControlPlaneProcess,
+) -> None:
+    refused = control_plane.cli("apply", "-f", "-", stdin=SWEEPING)
+    assert refused.returncode == 1
+    assert (
+        "error: TrafficControl shop/lockdown: spec.quarantine: this quarantine refuses every "
+        "call from every workload of the mesh"
+    ) in refused.stderr
+    assert "--force" in refused.stderr and "nothing was applied" in refused.stderr
+    assert (
+        control_plane.cli("get", "trafficcontrols", "-n", "shop", "-o", "json").stdout.count(
+            "lockdown"
+        )
+        == 0
+    )
+
+    forced = control_plane.cli("apply", "-f", "-", "--force", stdin=SWEEPING)
+    assert forced.returncode == 0, forced.stderr
+    assert "trafficcontrol/lockdown (shop) created" in forced.stdout

@@ -38,6 +38,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="skip the warnings about what was applied but does nothing (`gossamer analyze`)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="apply a TrafficControl that refuses every call from, or to, the whole mesh "
+        "(refused without it)",
+    )
     add_output_flag(p)
     add_server_flags(p)
     p.set_defaults(func=apply)
@@ -113,19 +119,27 @@ def apply(args: argparse.Namespace) -> int:
         fail(f"{err}", hint="fix the file; nothing was applied")
     if not docs:
         fail("no objects found in the input; nothing was applied")
-    return apply_objects(args, docs, analyze=not args.no_analyze)
+    return apply_objects(args, docs, analyze=not args.no_analyze, force=args.force)
 
 
 def apply_objects(
-    args: argparse.Namespace, docs: list[dict[str, Any]], *, analyze: bool = True
+    args: argparse.Namespace,
+    docs: list[dict[str, Any]],
+    *,
+    analyze: bool = True,
+    force: bool = False,
 ) -> int:
-    """POST `docs` to /v1/apply (all or nothing) and report as `gossamer apply` does."""
+    """POST `docs` to /v1/apply (all or nothing) and report as `gossamer apply` does.
+    `force`: also a TrafficControl that refuses every call of the mesh on one side."""
     import json
 
     client = client_from(args)
     try:
         result = client.request(
-            "POST", "/v1/apply", body=json.dumps({"kind": "List", "items": docs}).encode()
+            "POST",
+            "/v1/apply",
+            body=json.dumps({"kind": "List", "items": docs}).encode(),
+            query={"force": "true"} if force else None,
         )
     except ApiError as err:
         if err.details:

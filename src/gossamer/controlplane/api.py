@@ -43,7 +43,9 @@ from gossamer.resources import (
     to_dict,
     validate,
 )
+from gossamer.resources.trafficcontrol import TrafficControl
 from gossamer.store import Compacted
+from gossamer.translate.controls import refuses_a_whole_side
 
 if TYPE_CHECKING:
     from gossamer.controlplane.server import ControlPlane
@@ -154,6 +156,27 @@ async def _read_objects(request: web.Request) -> list[dict[str, Any]]:
     return objects
 
 
+def _refusing_everything(objects: list[dict[str, Any]]) -> list[InvalidResource]:
+    """TrafficControls that would refuse every call of the mesh on one side: refused
+    unless the apply says force (`gossamer apply --force`)."""
+    problems = []
+    for obj in objects:
+        if obj["kind"] != "TrafficControl":
+            continue
+        control = validate(obj)
+        assert isinstance(control, TrafficControl)
+        why = refuses_a_whole_side(control)
+        if why is not None:
+            subject = f"TrafficControl {obj['metadata']['namespace']}/{obj['metadata']['name']}"
+            problems.append(
+                InvalidResource(
+                    [FieldError("spec.quarantine", f"{why}; apply it with --force if you mean it")],
+                    subject=subject,
+                )
+            )
+    return problems
+
+
 class _Invalid(GossamerError):
     def __init__(self, problems: list[InvalidResource]) -> None:
         self.problems = problems
@@ -212,6 +235,10 @@ class Api:
             objects = await _read_objects(request)
         except _Invalid as err:
             return invalid_response(err.problems)
+        if request.query.get("force") != "true":
+            sweeping = _refusing_everything(objects)
+            if sweeping:
+                return invalid_response(sweeping)
         results = self.cp.store.apply(objects)
         items = [
             {

@@ -80,6 +80,22 @@ def _expires_at(control: TrafficControl) -> float | None:
     return start + parse_duration(ttl)
 
 
+def refuses_a_whole_side(control: TrafficControl) -> str | None:
+    """Why an enforced quarantine with no allow list refuses every call from, or to,
+    every workload of the mesh (applying it takes --force); None for any other."""
+    spec = control.spec
+    q = spec.quarantine
+    if spec.mode != "Enforce" or q is None or q.allow:
+        return None
+    for side, group in (("from", spec.from_), ("to", spec.to)):
+        if group.everything():
+            return (
+                f"this quarantine refuses every call {side} every workload of the mesh "
+                f"({side}: all namespaces, no selector)"
+            )
+    return None
+
+
 def expired(control: TrafficControl, now: float) -> bool:
     at = _expires_at(control)
     return at is not None and now >= at
