@@ -124,8 +124,10 @@ def test_a_registration_that_never_streams_leaves_endpoints_and_its_status_is_no
                        "/v1/workloads/shop/ghost-1", ghost)  # fmt: skip
     assert code == 200, answer
     stored = _workload(control_plane, "ghost-1")
-    assert _condition(stored, "Ready") is None  # what the body said was dropped
-    assert [c["reason"] for c in stored["status"]["conditions"]] == ["Registered"]
+    # What the body said was dropped: a Workload with ports is created not ready, until
+    # its proxy reports (issue 13: not an endpoint before its proxy has a snapshot).
+    assert _condition(stored, "Ready") == "False"
+    assert [c["reason"] for c in stored["status"]["conditions"]] == ["NotReported", "Registered"]
     deadline = time.monotonic() + 30
     while _condition(_workload(control_plane, "ghost-1"), "ProxyConnected") != "False":
         assert time.monotonic() < deadline, _workload(control_plane, "ghost-1")
