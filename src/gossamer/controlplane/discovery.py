@@ -34,6 +34,7 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -75,6 +76,9 @@ MAX_STREAM_AGE_SECONDS = 1800.0
 STREAM_AGE_JITTER = 0.2
 # A ProxyConnected condition names the replica whose stream holds the lease.
 _HELD_BY = "discovery stream held by replica "
+# Refusals kept for `gossamer check` (Discovery.refused): how many, and for how long.
+MAX_REFUSALS = 64
+REFUSALS_KEPT_SECONDS = 600.0
 MESH_KINDS = frozenset({"Service", "Workload", "HTTPRoute", "AuthorizationPolicy", "MeshPolicy"})
 # The traffic policies (gossamer.resources.policies) shape snapshots too.
 MESH_KINDS |= frozenset({"RetryPolicy", "OutlierPolicy", "CircuitBreakerPolicy", "FaultPolicy"})
@@ -206,6 +210,16 @@ class Discovery:
         self._changed_workloads: list[tuple[str, str, list[dict[str, str]]]] = []
         # Aggregate TrafficControl rates, split between the source proxies by demand.
         self.aggregate = AggregateRates(lambda: self.mesh().controls)
+        # Recent refusals of joins, registrations and streams: a proxy that cannot join
+        # retries for ever, and `gossamer check` says so (GET /v1/proxies "refused").
+        self.refusals: deque[dict[str, Any]] = deque(maxlen=MAX_REFUSALS)
+
+    def refused(self, what: str, who: str, reason: str) -> None:
+        self.refusals.append({"at": time.time(), "what": what, "who": who, "reason": reason})
+
+    def recent_refusals(self, seconds: float = REFUSALS_KEPT_SECONDS) -> list[dict[str, Any]]:
+        since = time.time() - seconds
+        return [r for r in self.refusals if r["at"] >= since]
 
     # -- mesh state ---------------------------------------------------------------
 
@@ -536,6 +550,7 @@ class Discovery:
             claims = self.cp.tokens.verify(token)
         except IdentityError as err:
             log.warning("join refused: %s", err)
+            self.refused("join", "a join token", str(err))
             return error_response(403, "Forbidden", str(err))
         if not isinstance(body.get("csr"), str):
             return error_response(400, "BadRequest", "csr: required (PEM text)")
@@ -543,6 +558,7 @@ class Discovery:
             used = self.cp.audit.use_token(claims.token_id, claims.max_uses)
         except ValueError as err:
             log.warning("join refused: %s", err)
+            self.refused("join", f"join token {claims.token_id} ({claims.identity})", str(err))
             return error_response(403, "Forbidden", f"{err}; create a new one")
         actor = f"join-token {claims.token_id}"
         self.cp.audit.record(
@@ -569,6 +585,13 @@ class Discovery:
             )
 
     async def register(self, request: web.Request) -> web.Response:
+        try:
+            return await self._register(request)
+        except IdentityError as err:
+            self.refused("register", str(require_identity(request)), str(err))
+            raise
+
+    async def _register(self, request: web.Request) -> web.Response:
         identity = require_identity(request)
         body = await self._json_body(request)
         namespace, name = request.match_info["namespace"], request.match_info["name"]
@@ -672,6 +695,7 @@ class Discovery:
         except (TimeoutError, TypeError, ValueError, IdentityError, NotFound) as err:
             reason = str(err) or "expected a hello message"
             log.warning("discovery stream from %s refused: %s", identity, reason)
+            self.refused("stream", str(identity), reason)
             await ws.send_json({"type": "error", "message": reason})
             await ws.close()
             return ws

@@ -393,7 +393,12 @@ class Agent:
         return True, ""
 
     async def report_readiness(self, force: bool = False) -> None:
-        ready, message = await self.probe_app()
+        if self.snapshot is None:
+            # Until the first snapshot the inbound listener does not know the
+            # workload's ports: a peer sent here would get a 404, however ready the app.
+            ready, message = False, "its proxy has no configuration from the control plane yet"
+        else:
+            ready, message = await self.probe_app()
         if ready == self.app_ready and not force:
             return
         c = self.config
