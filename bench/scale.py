@@ -5,7 +5,8 @@ its own key, CSR and certificate, a registered Workload, a discovery stream over
 snapshots acknowledged. Every proxy asks about the Service `shared`; one in a hundred
 also asks about `single`. Measured, per setup:
 
-- connect: from starting every agent until each has its first snapshot;
+- connect: from starting the first agent (they start at --ramp a second) until each
+  has its first snapshot;
 - idle: the control plane's RSS, and its CPU over a quiet `--idle` seconds;
 - push, every proxy: a new endpoint of `shared` (a Workload applied by hand), from the
   API's answer to each proxy receiving the snapshot that holds it: p50, p99, max;
@@ -234,7 +235,13 @@ async def run_one(n: int, replicas: int, args: argparse.Namespace) -> dict[str, 
             )
         cpu0, _ = setup.usage()
         started = time.monotonic()
-        await asyncio.gather(*(agent.start() for agent in agents))
+
+        async def start(i: int, agent: Agent) -> None:
+            # Proxies start as a mesh's do, over a while, not all in one instant.
+            await asyncio.sleep(i / args.ramp)
+            await agent.start()
+
+        await asyncio.gather(*(start(i, agent) for i, agent in enumerate(agents)))
         await asyncio.wait_for(
             asyncio.gather(*(s.first_snapshot.wait() for s in sinks)), args.connect_timeout
         )
@@ -289,6 +296,9 @@ async def main() -> None:
     p.add_argument("--pushes", type=int, default=3, help="pushes of each kind (default 3)")
     p.add_argument("--idle", type=float, default=10.0, help="idle window, seconds")
     p.add_argument("--connect-timeout", type=float, default=600.0)
+    p.add_argument(
+        "--ramp", type=float, default=100.0, help="proxies started per second (default 100)"
+    )
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     args = p.parse_args()
     results = []
