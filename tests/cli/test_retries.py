@@ -22,7 +22,12 @@ from tests.e2e.conftest import (
 )
 
 from gossamer.controlplane.telemetry import retry_fields
-from gossamer.telemetry.golden import Golden, parse_prometheus_text, retries_by_edge
+from gossamer.telemetry.golden import (
+    Golden,
+    parse_prometheus_text,
+    retries_by_edge,
+    retries_by_route,
+)
 from gossamer.telemetry.window import RETRY_VIEW, Scrape, summarize, window_golden
 
 CALLER = """\
@@ -47,6 +52,19 @@ def test_a_proxys_retries_belong_to_its_own_edge_to_that_destination() -> None:
     assert {key: t.requests for key, t in edges.items()} == {
         ("shop", "web", "shop", "ratings"): 25.0
     }
+
+
+def test_a_routes_retries_are_its_own_and_its_callers_edge_counts_them_too() -> None:
+    text = (CALLER % {"ok": 90, "failed": 10, "retries": 25}) + (
+        'gossamer_retries_total{dst_namespace="shop",dst_service="ratings",'
+        'route_namespace="shop",route_name="reads"} 7\n'
+    )
+    samples = parse_prometheus_text(text)
+    assert {k: t.requests for k, t in retries_by_route(samples).items()} == {
+        ("shop", "ratings", "shop", "reads"): 7.0
+    }
+    # The proxy counts a routed retry once, in the route's series: the edge adds both.
+    assert retries_by_edge(samples)[("shop", "web", "shop", "ratings")].requests == 32.0
 
 
 def test_retries_in_a_window_are_the_increase_like_requests() -> None:

@@ -31,6 +31,7 @@ from gossamer.store import Store, make_dirs
 from gossamer.telemetry.golden import Golden, Key, Sample, parse_prometheus_text
 from gossamer.telemetry.window import (
     RETRY_VIEW,
+    ROUTE_RETRY_VIEW,
     Health,
     Scrape,
     is_stale,
@@ -399,6 +400,7 @@ class Telemetry:
     ) -> list[dict[str, Any]]:
         """Per route, as callers count them (proxies that label requests with a route)."""
         golden = self._golden("route", window)
+        retries = self._golden(ROUTE_RETRY_VIEW, window)
         stale_keys = self._stale_keys("route")
         rows = []
         for key in sorted(golden):
@@ -414,8 +416,9 @@ class Telemetry:
                     "service": svc,
                     "service_namespace": svc_ns,
                     **golden_fields(golden[key]),
-                    # The proxy counts retries per destination, not per route: unknown.
-                    **retry_fields(golden[key], None, None),
+                    **retry_fields(
+                        golden[key], None, retries[key].requests if key in retries else 0.0
+                    ),
                     "stale": key in stale_keys,
                 }
             )

@@ -134,6 +134,22 @@ def retries_by_edge(samples: Iterable[Sample]) -> dict[Key, Totals]:
     return out
 
 
+def retries_by_route(samples: Iterable[Sample]) -> dict[Key, Totals]:
+    """One proxy's retries of the calls a route sent, as `Totals.requests`, keyed as the
+    "route" view is: (dst_namespace, dst_service, route_namespace, route_name). The
+    proxy counts a routed call's retries in route-labelled series only (decision 0082)."""
+    out: dict[Key, Totals] = {}
+    for s in samples:
+        if s.name != RETRIES or not s.value or not s.labels.get("route_name"):
+            continue
+        key = tuple(
+            s.labels.get(k, "")
+            for k in ("dst_namespace", "dst_service", "route_namespace", "route_name")
+        )
+        out.setdefault(key, Totals()).requests += s.value
+    return out
+
+
 def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
     """Prometheus' interpolation: linear within the bucket holding the q-th observation."""
     ordered = sorted(buckets.items())

@@ -25,6 +25,7 @@ from gossamer.telemetry.golden import (
     aggregate,
     histogram_quantile,
     retries_by_edge,
+    retries_by_route,
 )
 
 
@@ -57,6 +58,7 @@ VIEWS: Final[Mapping[str, View]] = {
 
 START_TIME: Final = "process_start_time_seconds"
 RETRY_VIEW: Final = "edge_retries"
+ROUTE_RETRY_VIEW: Final = "route_retries"
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,10 @@ def summarize(samples: Iterable[Sample], at: float, views: Mapping[str, View] = 
                 )
                 for name, view in views.items()
             },
-            # Retries per edge, in `Totals.requests`: counted in windows like the rest.
+            # Retries per edge, and per route, in `Totals.requests`: counted in windows
+            # like the rest.
             RETRY_VIEW: retries_by_edge(samples),
+            ROUTE_RETRY_VIEW: retries_by_route(samples),
         },
     )
 

@@ -106,6 +106,7 @@ class ResilienceStats:
 
 
 RESILIENCE_LABELS: Final = ("dst_namespace", "dst_service")
+ROUTED_RESILIENCE_LABELS: Final = (*RESILIENCE_LABELS, *ROUTE_LABELS)
 
 
 def _request_label_text(labels: tuple[str, ...]) -> str:
@@ -177,10 +178,15 @@ class Metrics:
             stats = self._tcp[labels] = TcpStats(labels)
         return stats
 
-    def resilience_stats(self, dst_namespace: str, dst_service: str) -> ResilienceStats:
+    def resilience_stats(
+        self, dst_namespace: str, dst_service: str, route: tuple[str, str] | None = None
+    ) -> ResilienceStats:
         """The retry and ejection counters for one destination service (from the
-        snapshot's services, so bounded by them)."""
-        labels = (dst_namespace, dst_service)
+        snapshot's services, so bounded by them); `route` (route_namespace,
+        route_name): those of the calls a route's rule sent there (decision 0082)."""
+        labels = (
+            (dst_namespace, dst_service) if route is None else (dst_namespace, dst_service, *route)
+        )
         stats = self._resilience.get(labels)
         if stats is None:
             stats = self._resilience[labels] = ResilienceStats(labels)
@@ -241,7 +247,10 @@ class Metrics:
             out.append(f"# HELP {name} {help_text}")
             out.append(f"# TYPE {name} counter")
             for r in resilience:
-                labels = _label_text(RESILIENCE_LABELS, r.labels)
+                names = (
+                    RESILIENCE_LABELS if len(r.labels) == 2 else (*RESILIENCE_LABELS, *ROUTE_LABELS)
+                )
+                labels = _label_text(names, r.labels)
                 out.append(f"{name}{{{labels}}} {getattr(r, attr)}")
         out.append(
             "# HELP gossamer_outside_mesh_connections_total Captured connections to "

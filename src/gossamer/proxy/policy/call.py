@@ -253,7 +253,7 @@ class Call(Generic[P]):
         if not retry.withdraw(now):
             return False
         self.retries += 1
-        retry.count()  # the next endpoint is tried at once: no backoff
+        retry.count(self.via)  # the next endpoint is tried at once: no backoff
         return True
 
     def retries_status(self, status: int, grpc_status: bytes | None = None) -> bool:
@@ -280,7 +280,7 @@ class Call(Generic[P]):
             return None
         self.retries += 1
         self.connects = 0
-        return retry.counted_backoff(self.retries)
+        return retry.counted_backoff(self.retries, self.via)
 
     # ---- 5. outlier detection ----------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
 from gossamer.proxy.policy.balancer import EndpointLoad
@@ -89,6 +89,7 @@ class RetryPolicy:
         "per_try",
         "rng",
         "stats",
+        "stats_via",
     )
 
     def __init__(
@@ -97,7 +98,11 @@ class RetryPolicy:
         budget: RetryBudget,
         rng: random.Random | None = None,
         stats: ResilienceStats | None = None,
+        stats_via: Callable[[str], ResilienceStats] | None = None,
     ) -> None:
+        """`stats`: the destination's counters; `stats_via`: the counters of the calls
+        a route ("namespace/name") sent there, so a routed call's retries are counted
+        per route (and once: not in `stats` too)."""
         self.attempts = spec.attempts
         self.codes = retry_codes(spec)
         self.on_reset = "reset" in spec.on or "5xx" in spec.on
@@ -108,6 +113,7 @@ class RetryPolicy:
         self.budget = budget
         self.rng = rng or random.Random()
         self.stats = stats
+        self.stats_via = stats_via
 
     def withdraw(self, now: float) -> bool:
         """Whether the budget allows one more retry now; a refusal is counted."""
@@ -117,14 +123,17 @@ class RetryPolicy:
             self.stats.budget_exhausted += 1
         return False
 
-    def count(self) -> None:
-        """A retry is going to be sent: it is counted."""
-        if self.stats is not None:
+    def count(self, via: str | None = None) -> None:
+        """A retry is going to be sent: it is counted (`via`: the route, if one sent
+        the call)."""
+        if via is not None and self.stats_via is not None:
+            self.stats_via(via).retries += 1
+        elif self.stats is not None:
             self.stats.retries += 1
 
-    def counted_backoff(self, retry: int) -> float:
+    def counted_backoff(self, retry: int, via: str | None = None) -> float:
         """`backoff`, for a retry that is going to be sent: it is counted."""
-        self.count()
+        self.count(via)
         return self.backoff(retry)
 
     def backoff(self, retry: int) -> float:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
-from gossamer.proxy.observe.metrics import Metrics, RequestStats
+from gossamer.proxy.observe.metrics import Metrics, RequestStats, ResilienceStats
 from gossamer.proxy.policy.balancer import Balancer, EndpointLoad
 from gossamer.proxy.policy.control import ControlRegistry, EdgeControl
 from gossamer.proxy.policy.resilience import Limits, OutlierDetector, RetryBudget, RetryPolicy
@@ -236,7 +236,12 @@ class RouteTable(Generic[P]):
                 route.budget = budgets.get(f"{route.name}.{route.namespace}") or _budget(
                     policy.retry
                 )
-                route.retry = RetryPolicy(policy.retry, route.budget, stats=stats)
+                route.retry = RetryPolicy(
+                    policy.retry,
+                    route.budget,
+                    stats=stats,
+                    stats_via=self._stats_via(route.namespace, route.name),
+                )
             if policy.outlier is not None:
                 route.outlier = OutlierDetector(policy.outlier, route.balancer.loads, stats)
                 watched.update(id(load) for load in route.balancer.loads)
@@ -273,9 +278,20 @@ class RouteTable(Generic[P]):
                         rule.spec.retry,
                         budget,
                         stats=self.metrics.resilience_stats(parent.namespace, parent.name),
+                        stats_via=self._stats_via(parent.namespace, parent.name),
                     )
             parent.router = router
             parent.managed = True
+
+    def _stats_via(self, namespace: str, name: str) -> Callable[[str], ResilienceStats]:
+        """The retry counters of the calls a route ("namespace/name") sends to a service."""
+        metrics = self.metrics
+
+        def stats(via: str) -> ResilienceStats:
+            route_ns, _, route_name = via.partition("/")
+            return metrics.resilience_stats(namespace, name, (route_ns, route_name))
+
+        return stats
 
     def inbound_stats_for(
         self,
