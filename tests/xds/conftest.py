@@ -12,14 +12,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gossamer.xds.bootstrap import EnvoyWorkload, envoy_bootstrap, join, register
+from gossamer.xds.bootstrap import EnvoyWorkload, envoy_bootstrap, join, register, report_ready
 from tests.e2e.conftest import (
     ControlPlaneProcess,
     free_port,
@@ -55,6 +55,10 @@ class EnvoyProcess:
     outbound: str | None
     log: Path
     apps: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # Tells the control plane the workload is ready (as the supervisor of
+    # `--engine envoy` does once Envoy has its config): a registered Workload that
+    # declares ports is no endpoint before that.
+    on_ready: Callable[[], None] | None = None
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -77,6 +81,8 @@ class EnvoyProcess:
             try:
                 status, _ = self.admin_get("/ready")
                 if status == 200:
+                    if self.on_ready is not None:
+                        self.on_ready()
                     return
             except OSError:
                 pass
@@ -132,6 +138,7 @@ def start_envoy_workload(
         f"{inbound[0]}:{inbound[1]}",
         f"{out[0]}:{out[1]}" if out else None,
         log,
+        on_ready=(lambda: report_ready(cp.discovery, files, workload, True)) if ports else None,
     )
 
 

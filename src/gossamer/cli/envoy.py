@@ -369,11 +369,6 @@ def _supervise(
                 deregister()
             log.info("left the mesh; serving until stopped")
         renew()
-        ready, _ = _app_listening(args.app_host, app_ports)
-        if ready != app_ready and not left:
-            report_ready(ready)
-            app_ready = ready
-            log.info("app is %s", "ready" if ready else "not ready")
         if not announced and _envoy_ready(envoy_admin):
             announced = True
             if args.ready_file:
@@ -389,4 +384,15 @@ def _supervise(
             log.info(
                 "envoy is ready: outbound %s, inbound %s", _hp(args.outbound), _hp(args.inbound)
             )
+        # Ready only with Envoy's config in hand, as the Gossamer proxy reports only
+        # with a snapshot: before that, peers sent here would find no listener.
+        ready = announced and _app_listening(args.app_host, app_ports)[0]
+        if ready != app_ready and not left:
+            try:
+                report_ready(ready)
+            except (GossamerError, OSError) as err:  # told again on the next turn
+                log.warning("could not report readiness to the control plane: %s", err)
+            else:
+                app_ready = ready
+                log.info("app is %s", "ready" if ready else "not ready")
         time.sleep(1.0 if app_ready else 0.2)
