@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gossamer.controlplane.aggregate import FLOOR, AggregateRates, split
+from gossamer.controlplane.aggregate import FLOOR, AggregateRates, SharedDemand, split
 from gossamer.resources import validate
 from gossamer.resources.trafficcontrol import TrafficControl
+from gossamer.store import SqliteStore
 
 
 def test_parts_always_add_up_to_the_budget() -> None:
@@ -93,3 +95,48 @@ def test_a_proxy_that_left_leaves_the_split_unless_it_is_back_on_a_new_stream() 
     assert list(rates.shares()) == [("shop", "a")]
     rates.forget(("shop", "a"), new)
     assert rates.shares() == {}
+
+
+@pytest.mark.asyncio
+async def test_replicas_split_over_every_replicas_proxies_through_the_system_store(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "system.db")
+    try:
+        controls = [control("90/s")]
+        edge = "shop/cap/api.shop"
+        one, two = AggregateRates(lambda: controls), AggregateRates(lambda: controls)
+        one.shared = SharedDemand(store, "replica-1", lambda r: True)
+        two.shared = SharedDemand(store, "replica-2", lambda r: True)
+        a, b, c = Stream(), Stream(), Stream()
+        one.report(("shop", "a"), a, {"seconds": 1, "edges": {edge: 100}})
+        one.report(("shop", "b"), b, {"seconds": 1, "edges": {edge: 100}})
+        two.report(("shop", "c"), c, {"seconds": 1, "edges": {edge: 100}})
+
+        await one.rebalance()  # sees only its own: the others have not written yet
+        await two.rebalance()  # sees replica-1's two proxies
+        await one.rebalance()  # and now replica-2's one
+
+        assert c.got[-1][edge] == pytest.approx(30.0)
+        assert a.got[-1][edge] + b.got[-1][edge] == pytest.approx(60.0)
+    finally:
+        store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_dead_replicas_demand_leaves_the_split(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "system.db")
+    try:
+        controls = [control("90/s")]
+        edge = "shop/cap/api.shop"
+        live, dead = AggregateRates(lambda: controls), AggregateRates(lambda: controls)
+        live.shared = SharedDemand(store, "replica-1", lambda r: r != "replica-2")
+        dead.shared = SharedDemand(store, "replica-2", lambda r: True)
+        a, c = Stream(), Stream()
+        live.report(("shop", "a"), a, {"seconds": 1, "edges": {edge: 100}})
+        dead.report(("shop", "c"), c, {"seconds": 1, "edges": {edge: 100}})
+        await dead.rebalance()
+        await live.rebalance()
+        assert a.got[-1][edge] == pytest.approx(90.0)
+    finally:
+        store.close()

@@ -16,8 +16,11 @@ followed within the same time. A proxy whose reports stop (STALE) leaves the spl
 When the control plane is away, each proxy keeps its last part (static stability); a
 proxy that never got one enforces the whole budget until it does.
 
-With several control-plane replicas each splits the budget between the proxies whose
-streams it holds, as if they were all: the split is not yet shared between replicas.
+With several control-plane replicas (a shared system store, decision 0051), each
+replica also writes the demand of the proxies it holds to its own `AggregateDemand`
+record there every split, reads the other live replicas' (fresher than STALE), and
+splits the budget over every proxy of the group, sending each of its own proxies its
+part: the replicas compute the same split from the same reports, up to a second apart.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from gossamer.controlplane.replicas import NAMESPACE, counter_record
 from gossamer.resources.trafficcontrol import TrafficControl, parse_rate
+from gossamer.store import Store
 
 log = logging.getLogger("gossamer.controlplane")
 
@@ -75,6 +80,46 @@ class _Report:
 
 
 Key = tuple[str, str]  # a proxy: its workload's (namespace, name)
+DEMAND_KIND: Final = "AggregateDemand"
+
+
+class SharedDemand:
+    """The demand every replica's proxies reported, through the system store."""
+
+    def __init__(self, store: Store, replica_id: str, alive: Callable[[str], bool]) -> None:
+        self.store = store
+        self.replica_id = replica_id
+        self.alive = alive
+        self._created = False
+
+    def exchange(self, mine: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        """Write this replica's demand (edge -> proxy -> calls a second) and return the
+        other live replicas' (edge -> "replica/proxy" -> calls a second). Blocking:
+        called from a thread."""
+        if not self._created:
+            counter_record(self.store, DEMAND_KIND, self.replica_id)
+            self._created = True
+        now = time.time()
+        self.store.update_status(
+            DEMAND_KIND, NAMESPACE, self.replica_id, {"at": now, "edges": mine}
+        )
+        others: dict[str, dict[str, float]] = {}
+        for record in self.store.list(DEMAND_KIND, NAMESPACE):
+            replica = record["metadata"]["name"]
+            status = record.get("status") or {}
+            at = status.get("at")
+            if replica == self.replica_id or not self.alive(replica):
+                continue
+            if not isinstance(at, int | float) or now - at > STALE:
+                continue
+            edges = status.get("edges")
+            for edge, proxies in (edges if isinstance(edges, dict) else {}).items():
+                if not isinstance(proxies, dict):
+                    continue
+                for proxy, rate in proxies.items():
+                    if isinstance(rate, int | float) and rate >= 0:
+                        others.setdefault(str(edge), {})[f"{replica}/{proxy}"] = float(rate)
+        return others
 
 
 class AggregateRates:
@@ -84,6 +129,7 @@ class AggregateRates:
         self._controls = controls
         self._reports: dict[Key, _Report] = {}
         self.sent: dict[Key, dict[str, float]] = {}  # the last shares each proxy got
+        self.shared: SharedDemand | None = None  # with other replicas (set at start)
 
     def report(self, key: Key, proxy: Sender, msg: Mapping[str, Any]) -> bool:
         """A demand report; True when it names an edge this proxy had not reported
@@ -120,29 +166,49 @@ class AggregateRates:
                 out[f"{c.metadata.namespace}/{c.metadata.name}"] = parse_rate(rate.limit)
         return out
 
-    def shares(self) -> dict[Key, dict[str, float]]:
-        """Each proxy's part of each edge it reported (pure but for the clock)."""
+    def demand(self) -> dict[str, dict[Key, float]]:
+        """This replica's proxies' demand, by edge (reports older than STALE dropped)."""
         now = time.monotonic()
         for key in [k for k, r in self._reports.items() if now - r.at > STALE]:
             del self._reports[key]
             self.sent.pop(key, None)
-        budgets = self.budgets()
         by_edge: dict[str, dict[Key, float]] = {}
         for key, report in self._reports.items():
             for edge, rate in report.rates.items():
                 by_edge.setdefault(edge, {})[key] = rate
+        return by_edge
+
+    def shares(
+        self, others: Mapping[str, Mapping[str, float]] | None = None
+    ) -> dict[Key, dict[str, float]]:
+        """Each of this replica's proxies' part of each edge it reported, the budget
+        split over them and `others` (other replicas' proxies' demand, by edge)."""
+        budgets = self.budgets()
         out: dict[Key, dict[str, float]] = {}
-        for edge, demands in by_edge.items():
+        for edge, demands in self.demand().items():
             control = edge.rsplit("/", 1)[0]
             budget = budgets.get(control)
             if budget is None:
                 continue  # removed, or no longer Aggregate: the next snapshot says so
-            for key, part in split(budget, demands).items():
-                out.setdefault(key, {})[edge] = round(part, 6)
+            everyone: dict[Key | str, float] = dict(demands.items())
+            everyone.update((others or {}).get(edge, {}).items())
+            for key, part in split(budget, everyone).items():
+                if isinstance(key, tuple):
+                    out.setdefault(key, {})[edge] = round(part, 6)
         return out
 
     async def rebalance(self) -> None:
-        for key, parts in self.shares().items():
+        others = None
+        if self.shared is not None:
+            mine = {
+                edge: {f"{k[0]}/{k[1]}": rate for k, rate in demands.items()}
+                for edge, demands in self.demand().items()
+            }
+            try:
+                others = await asyncio.to_thread(self.shared.exchange, mine)
+            except Exception as err:  # the store away: split what this replica sees
+                log.warning("could not share aggregate demand with other replicas: %s", err)
+        for key, parts in self.shares(others).items():
             if self.sent.get(key) == parts:
                 continue
             report = self._reports.get(key)

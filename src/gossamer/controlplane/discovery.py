@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from gossamer.controlplane.aggregate import AggregateRates
+from gossamer.controlplane.aggregate import AggregateRates, SharedDemand
 from gossamer.controlplane.api import BadRequest, error_response, errors_middleware, read_json
 from gossamer.controlplane.snapshotcache import BuildKey, SnapshotCache, services_selecting
 from gossamer.errors import IdentityError, InvalidResource, NotFound, Unauthorized
@@ -243,6 +243,12 @@ class Discovery:
 
     async def start(self) -> None:
         self._load()
+        if self.cp.system_store is not None:
+            # Several replicas: they split Aggregate rates over every replica's proxies.
+            replicas = self.cp.replicas
+            self.aggregate.shared = SharedDemand(
+                self.cp.system_store, replicas.replica_id, replicas.alive
+            )
         self._tasks = [
             asyncio.create_task(self._follow_store(), name="discovery-follow-store"),
             asyncio.create_task(self._fan_out(), name="discovery-fan-out"),
