@@ -21,7 +21,7 @@ import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gossamer.cli.common import fail
+from gossamer.cli.common import add_output_flag, fail
 from gossamer.cli.output import table
 from gossamer.cli.proxy import admin_get, free_port
 from gossamer.telemetry import Golden, Totals, aggregate, golden_between, parse_prometheus_text
@@ -76,6 +76,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--interval", type=float, default=2.0, help="seconds between metric refreshes (default: 2)"
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary data dir")
+    scenario = p.add_argument_group(
+        "scenarios",
+        "--scenario cascade: a landscape of tiers, an incident, three ways to face "
+        "it (gossamer.demo.scenario; docs/traffic-control.md, 'The cascade scenario')",
+    )
+    scenario.add_argument(
+        "--scenario", choices=["cascade"], help="run this scenario and report its figures"
+    )
+    scenario.add_argument(
+        "--services", type=int, default=30, help="services in the landscape (default: 30)"
+    )
+    scenario.add_argument(
+        "--rate", type=float, default=20.0, help="requests/s to the entry tier (default: 20)"
+    )
+    scenario.add_argument(
+        "--warmup",
+        type=float,
+        default=20.0,
+        help="healthy seconds before each incident (default: 20)",
+    )
+    scenario.add_argument(
+        "--show-controls", action="store_true", help="print the controls of phases 2 and 3"
+    )
+    add_output_flag(p, structured=("json",))
     p.set_defaults(func=run_demo)
 
 
@@ -221,6 +245,12 @@ def _render(
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.scenario:
+        from gossamer.demo.scenario import run_scenario
+
+        # --duration is each incident's length here (default 30 s), not the demo's.
+        args.duration = args.duration or 30.0
+        return run_scenario(args)
     root = Path(tempfile.mkdtemp(prefix="gossamer-demo-"))
     demo = Demo(root)
     stopping = False

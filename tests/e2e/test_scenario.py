@@ -1,0 +1,104 @@
+"""`gossamer demo --scenario cascade`: the landscape's shape (fast), and a small landscape
+run end to end (slow: `pytest -m slow tests/e2e/test_scenario.py`): every phase gives
+numbers, phase 1's incident gives findings, and no process of the scenario outlives it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from gossamer.demo.scenario import SLOW, hand_written_controls, landscape, mesh_resources
+from gossamer.resources import validate
+
+GOSSAMER = [sys.executable, "-m", "gossamer.cli.main"]
+
+
+def test_the_landscape_has_thirty_services_in_four_tiers_and_valid_resources() -> None:
+    services = landscape(30)
+    assert Counter(s.tier for s in services) == {"web": 4, "api": 8, "backend": 12, "data": 6}
+    names = {s.name for s in services}
+    called = {t for s in services for c in s.calls for t in c.targets}
+    assert called <= names
+    # Every service but the entry tier is called by another; the slow one only optionally.
+    assert called == {s.name for s in services if s.tier != "web"}
+    slow_calls = [c for s in services for c in s.calls if SLOW in c.targets]
+    assert slow_calls and all(c.optional and c.targets == [SLOW] for c in slow_calls)
+    assert len({s.team for s in services}) == 4
+    for doc in [*mesh_resources(services), *hand_written_controls()]:
+        validate(doc)  # raises with the field path if the API would refuse it
+
+
+def test_a_landscape_smaller_than_one_service_per_tier_is_refused() -> None:
+    out = subprocess.run(
+        [*GOSSAMER, "demo", "--scenario", "cascade", "--services", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "--services: at least 4 (one per tier), not 3" in out.stderr
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_small_cascade_scenario_measures_three_phases_and_leaves_no_process() -> None:
+    run = subprocess.run(
+        [*GOSSAMER, "demo", "--scenario", "cascade", "--services", "8", "--rate", "10",
+         "--warmup", "15", "--duration", "15", "-o", "json"],
+        capture_output=True, text=True, timeout=540,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert report["services"] == 8
+    assert "phase 3/3" in run.stderr  # progress goes to standard error with -o json
+
+    assert [p["name"] for p in report["phases"]] == [
+        "no controls",
+        "suggested by findings",
+        "hand-written",
+    ]
+    for phase in report["phases"]:
+        incident = phase["incident"]
+        assert incident["requests"] > 0, phase
+        assert 0.0 <= incident["successRate"] <= 1.0
+        assert 0 < incident["p50Ms"] <= incident["p99Ms"]
+        assert phase["healthy"]["requests"] > 0
+    assert report["phases"][0]["controls"] == []
+    assert report["phases"][2]["controls"] == ["bulkhead-backend-0", "retry-budget-api"]
+
+    # Phase 1's incident — a slow backend behind retrying callers — is found, and the
+    # controls the findings suggest are the ones phase 2 ran with.
+    assert report["findings"], "phase 1 gave no findings"
+    assert {f["kind"] for f in report["findings"]} & {"RetryStorm", "Cascade"}
+    assert report["phases"][1]["controls"] == [c["metadata"]["name"] for c in report["suggested"]]
+    assert report["phases"][1]["controls"]
+
+    # Every process it started is gone, and so is its data dir (no --keep).
+    assert report["pids"]
+    assert _processes_mentioning(report["root"]) == []
+    for pid in report["pids"]:
+        assert not Path(f"/proc/{pid}").exists() or report["root"] not in (
+            Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        )
+    assert not Path(report["root"]).exists()
