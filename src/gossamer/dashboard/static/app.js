@@ -6,7 +6,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const REFRESH_MS = 5000;
 const TOKEN_KEY = "gossamer.adminToken";
 
-const state = { timer: null, window: "1m" };
+const state = { timer: null, window: "1m", groupBy: null, applied: new Map() };
 
 // Uncaught errors are kept on the page too, where a headless browser test can read them.
 function noteError(message) {
@@ -61,7 +61,7 @@ function isAdmin() {
 }
 
 async function api(path, options) {
-  const headers = { Accept: "application/json" };
+  const headers = { Accept: "application/json", ...((options || {}).headers || {}) };
   const t = token();
   if (t) headers.Authorization = "Bearer " + t;
   const resp = await fetch(path, { ...(options || {}), headers });
@@ -72,6 +72,7 @@ async function api(path, options) {
     const message = body && body.error ? body.error.message : resp.status + " " + resp.statusText;
     const err = new Error(message);
     err.status = resp.status;
+    err.details = (body && body.error && body.error.details) || [];
     throw err;
   }
   return body;
@@ -174,15 +175,30 @@ function topology(services, edgeRows) {
       }
     }
   }
-  const nodes = [...known.keys()].sort();
-  if (!nodes.length) return h("p", { class: "muted" }, "No services yet: apply a Service and start a workload.");
-  const depth = layers(nodes, edges);
+  if (!known.size) return h("p", { class: "muted" }, "No services yet: apply a Service and start a workload.");
+  const nodes = [...known.entries()].map(([n, r]) => ({
+    id: n, title: r.name, sub: `${r.namespace} · ${pct(r.success_rate)} · ${num(r.rps, 1)} rps`,
+    href: svcHref(r.namespace, r.name), stale: r.stale, data: { "data-service": n } }));
+  return graph(nodes, edges.map((e) => ({
+    src: e.src, dst: e.dst, color: rateColor(e.row.success_rate),
+    title: `${e.src} → ${e.dst}: ${pct(e.row.success_rate)} success, ${num(e.row.rps, 1)} rps, p99 ${ms(e.row.p99_ms)}`,
+    lines: [{ text: `${num(e.row.rps, 1)} rps · ${pct(e.row.success_rate)}` }] })), "service topology");
+}
+
+// A directed graph in columns, callers to the left of what they call: the topology of
+// services and the landscape of groups. `nodes`: {id, title, sub, href, stale, data};
+// `edges`: {src, dst, title, color, dashed, data, lines: [{text, cls, data}]}, each
+// edge labelled with its lines on one plate.
+function graph(nodes, edges, label, size) {
+  const W = (size && size.width) || 170, H = 46, GX = 130, GY = 34, PAD = 20, LH = 14;
+  const ids = nodes.map((n) => n.id).sort();
+  const byId = new Map(nodes.map((n) => [n.id, n]));
+  const depth = layers(ids, edges);
   const columns = [];
-  for (const n of nodes) {
+  for (const n of ids) {
     const d = depth.get(n);
     (columns[d] = columns[d] || []).push(n);
   }
-  const W = 170, H = 46, GX = 130, GY = 34, PAD = 20;
   const pos = new Map();
   const rows = Math.max(...columns.map((c) => (c ? c.length : 0)));
   columns.forEach((col, ci) => {
@@ -191,10 +207,7 @@ function topology(services, edgeRows) {
       pos.set(n, { x: PAD + ci * (W + GX), y: PAD + offset + ri * (H + GY) });
     });
   });
-  const width = PAD * 2 + columns.length * W + (columns.length - 1) * GX;
-  const height = PAD * 2 + rows * H + (rows - 1) * GY;
-  const svg = s("svg", { class: "topology", viewBox: `0 0 ${width} ${height}`, width, height, role: "img",
-    "aria-label": "service topology" });
+  const svg = s("svg", { class: "topology", role: "img", "aria-label": label });
   svg.append(s("defs", {}, s("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5,
     markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" },
   s("path", { d: "M 0 0 L 10 5 L 0 10 z", fill: "#868e96" }))));
@@ -214,39 +227,47 @@ function topology(services, edgeRows) {
         `M ${x1} ${y1} C ${x1 + 60} ${y1 + 40}, ${x2 + 60} ${y2 - 40}, ${x2} ${y2 - 2}`;
       lx = mx; ly = (y1 + y2) / 2 - 6;
     }
-    const title = `${e.src} → ${e.dst}: ${pct(e.row.success_rate)} success, ${num(e.row.rps, 1)} rps, p99 ${ms(e.row.p99_ms)}`;
-    const group = s("g", { class: "edge-group" }, s("title", {}, title),
-      s("path", { class: "edge", d, stroke: rateColor(e.row.success_rate), "marker-end": "url(#arrow)" }));
+    const group = s("g", { class: "edge-group", ...(e.data || {}) }, s("title", {}, e.title),
+      s("path", { class: "edge" + (e.dashed ? " dashed" : ""), d, stroke: e.color, "marker-end": "url(#arrow)" }));
     svg.append(group);
-    labels.push({ group, x: lx, y: ly, text: `${num(e.row.rps, 1)} rps · ${pct(e.row.success_rate)}` });
+    labels.push({ group, x: lx, y: ly, lines: e.lines, data: e.data });
   }
   // Labels go on top of every curve, on a plate of the background colour, and step
   // down out of each other's way (and off the nodes) where edges converge.
   const boxes = [...pos.values()].map((p) => ({ x: p.x, y: p.y, w: W, h: H }));
-  const LH = 14;
   const hits = (b) => boxes.some((o) => b.x < o.x + o.w && o.x < b.x + b.w && b.y < o.y + o.h && o.y < b.y + b.h);
   for (const l of labels) {
-    const w = l.text.length * 6.4 + 8;
-    let box = { x: l.x - w / 2, y: l.y - LH + 3, w, h: LH };
-    for (let tries = 0; tries < 12 && hits(box); tries++) {
+    const w = Math.max(...l.lines.map((line) => line.text.length)) * 6.4 + 8;
+    const bh = LH * l.lines.length;
+    let box = { x: l.x - w / 2, y: l.y - LH + 3, w, h: bh };
+    for (let tries = 0; tries < 24 && hits(box); tries++) {
       box = { ...box, y: box.y + (tries % 2 ? -(tries + 1) : tries + 1) * LH };
     }
     boxes.push(box);
-    l.group.append(s("rect", { class: "edge-plate", x: box.x, y: box.y, width: box.w, height: box.h, rx: 3 }),
-      s("text", { class: "edge-label", x: box.x + box.w / 2, y: box.y + LH - 3, "text-anchor": "middle" }, l.text));
+    // The label leaves its edge's group (see below): it carries the edge's data too.
+    const text = s("text", { class: "edge-label", x: box.x + box.w / 2, y: box.y + LH - 3, "text-anchor": "middle",
+      ...(l.data || {}) });
+    l.lines.forEach((line, i) => text.append(s("tspan", { x: box.x + box.w / 2, dy: i ? LH : 0,
+      class: line.cls || null, ...(line.data || {}) }, line.text)));
+    l.group.append(s("rect", { class: "edge-plate", x: box.x, y: box.y, width: box.w, height: box.h, rx: 3 }), text);
   }
   // Plates and labels above the curves drawn after them.
   for (const l of labels) svg.append(l.group.querySelector(".edge-plate"), l.group.querySelector(".edge-label"));
-  for (const n of nodes) {
-    const p = pos.get(n), r = known.get(n);
-    const link = s("a", { href: svcHref(r.namespace, r.name) });
-    link.append(s("g", { class: "node" + (r.stale ? " stale" : ""), "data-service": n },
+  for (const n of ids) {
+    const p = pos.get(n), node = byId.get(n);
+    const link = s("a", { href: node.href || null });
+    link.append(s("g", { class: "node" + (node.stale ? " stale" : ""), ...(node.data || {}) },
       s("rect", { x: p.x, y: p.y, width: W, height: H, rx: 6 }),
-      s("text", { x: p.x + 10, y: p.y + 19 }, r.name),
-      s("text", { class: "sub", x: p.x + 10, y: p.y + 36 },
-        `${r.namespace} · ${pct(r.success_rate)} · ${num(r.rps, 1)} rps`)));
+      s("text", { x: p.x + 10, y: p.y + 19 }, node.title),
+      s("text", { class: "sub", x: p.x + 10, y: p.y + 36 }, node.sub)));
     svg.append(link);
   }
+  // The drawing holds every node and every label, wherever a label had to step to.
+  const x0 = Math.min(0, ...boxes.map((b) => b.x - PAD / 2)), y0 = Math.min(0, ...boxes.map((b) => b.y - PAD / 2));
+  const x1 = Math.max(...boxes.map((b) => b.x + b.w + PAD)), y1 = Math.max(...boxes.map((b) => b.y + b.h + PAD));
+  svg.setAttribute("viewBox", `${x0} ${y0} ${x1 - x0} ${y1 - y0}`);
+  svg.setAttribute("width", String(x1 - x0));
+  svg.setAttribute("height", String(y1 - y0));
   return svg;
 }
 
@@ -495,6 +516,296 @@ async function servicePage(ns, name) {
   ];
 }
 
+// ---- landscape -----------------------------------------------------------------
+// Groups of services by a workload label (tier, team, …), the calls between groups,
+// the TrafficControls at work on those edges and the findings with their remedy.
+
+const NO_GROUP = "(none)";
+// The findings' window follows the window selector, never shorter than the rules'
+// default (gossamer findings: 5m in 15s steps), so an incident stays listed a while.
+const FINDINGS_WINDOW = { "1m": ["5m", "15s"], "5m": ["5m", "15s"], "15m": ["15m", "30s"] };
+
+function splitDotted(dotted) { // "web-1.shop" → ["shop", "web-1"]
+  const i = dotted.lastIndexOf(".");
+  return i < 0 ? ["", dotted] : [dotted.slice(i + 1), dotted.slice(0, i)];
+}
+
+function groupKeys(workloads) {
+  const keys = new Set();
+  for (const wl of workloads) for (const k of Object.keys(wl.metadata.labels || {})) keys.add(k);
+  return ["namespace", ...[...keys].sort()];
+}
+
+function defaultGroupKey(keys) {
+  if (keys.includes(state.groupBy)) return state.groupBy;
+  return ["tier", "team"].find((k) => keys.includes(k)) || "namespace";
+}
+
+// Which group a name from the metrics is in. A Service's group is the most common value
+// among the workloads it selects; a caller that no Service selects is named by its
+// workload, and a control's edges name the source workload: their own label.
+function grouper(key, services, workloads) {
+  const valueOf = (wl) => (key === "namespace" ? wl.metadata.namespace : (wl.metadata.labels || {})[key]);
+  const memo = new Map();
+  return (ns, name, kind) => {
+    if (key === "namespace") return ns;
+    const id = `${kind || ""}/${ns}/${name}`;
+    if (memo.has(id)) return memo.get(id);
+    const svc = kind === "workload" ? null
+      : services.find((x) => x.metadata.namespace === ns && x.metadata.name === name);
+    const members = workloads.filter((wl) => wl.metadata.namespace === ns &&
+      (svc ? selects(svc.spec.selector, wl.metadata.labels) : wl.metadata.name === name));
+    const counts = new Map();
+    for (const wl of members) {
+      const v = valueOf(wl);
+      if (v) counts.set(v, (counts.get(v) || 0) + 1);
+    }
+    const best = [...counts.entries()].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1))[0];
+    const group = best ? best[0] : NO_GROUP;
+    memo.set(id, group);
+    return group;
+  };
+}
+
+// The callers' edges summed per pair of groups: calls, requests/s and the success
+// rate weighted by calls, as the callers counted them.
+function groupEdges(edgeRows, groupOf) {
+  const out = new Map();
+  for (const e of edgeRows) {
+    if (e.src_name === "unknown" || e.name === "unknown") continue;
+    const src = groupOf(e.src_namespace, e.src_name), dst = groupOf(e.namespace, e.name);
+    const key = src + "\n" + dst;
+    const g = out.get(key) || { src, dst, requests: 0, rps: 0, ok: 0, judged: 0, edges: [], controls: new Map() };
+    g.requests += e.requests || 0;
+    g.rps += e.rps || 0;
+    if (e.success_rate !== null && e.success_rate !== undefined) {
+      g.ok += e.success_rate * e.requests;
+      g.judged += e.requests;
+    }
+    g.edges.push(`${e.src_name}.${e.src_namespace} → ${e.name}.${e.namespace}`);
+    out.set(key, g);
+  }
+  for (const g of out.values()) g.success_rate = g.judged ? g.ok / g.judged : null;
+  return out;
+}
+
+function seconds(duration) {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(String(duration || ""));
+  return m ? Number(m[1]) * { ms: 0.001, s: 1, m: 60, h: 3600 }[m[2]] : null;
+}
+
+function expired(control) {
+  const ttl = seconds((control.spec || {}).ttl), born = Date.parse(control.metadata.creationTimestamp || "");
+  return ttl !== null && !Number.isNaN(born) && born + ttl * 1000 <= Date.now();
+}
+
+function sum(counts) { return Object.values(counts || {}).reduce((a, b) => a + b, 0); }
+function byReason(counts) {
+  const parts = Object.entries(counts || {}).filter(([, n]) => n).map(([r, n]) => `${r} ${n}`);
+  return parts.length ? ` (${parts.join(", ")})` : "";
+}
+
+// Each stored control with the edges its proxies say it governs (GET /v1/controls/status),
+// put on the group edges; a governed pair with no calls in the window gets an edge too.
+function placeControls(controls, status, groupOf, edges) {
+  const rows = [];
+  for (const c of controls) {
+    const key = `${c.metadata.namespace}/${c.metadata.name}`;
+    const mode = (c.spec || {}).mode || "Enforce", gone = expired(c);
+    const governed = ((status[key] || {}).edges || []);
+    if (!governed.length) rows.push({ key, mode, gone, edge: null });
+    for (const e of governed) {
+      const [sns, sname] = splitDotted(e.source), [dns, dname] = splitDotted(e.service);
+      const src = groupOf(sns, sname, "workload"), dst = groupOf(dns, dname);
+      rows.push({ key, mode, gone, edge: e, src, dst });
+      if (gone) continue;
+      const id = src + "\n" + dst;
+      if (!edges.has(id)) edges.set(id, { src, dst, requests: 0, rps: 0, success_rate: null, edges: [], controls: new Map() });
+      const on = edges.get(id).controls;
+      const seen = on.get(key) || { key, mode, count: 0 };
+      seen.count += sum(mode === "DryRun" ? e.wouldRefuse : e.refused);
+      on.set(key, seen);
+    }
+  }
+  return rows;
+}
+
+function landscapeGraph(groups, edges, key) {
+  if (!groups.size) return h("p", { class: "muted" }, "No services yet: apply a Service and start a workload.");
+  const into = new Map();
+  for (const g of edges.values()) {
+    const t = into.get(g.dst) || { rps: 0, ok: 0, judged: 0 };
+    t.rps += g.rps; t.ok += g.ok || 0; t.judged += g.judged || 0;
+    into.set(g.dst, t);
+  }
+  const nodes = [...groups.entries()].map(([name, members]) => {
+    const t = into.get(name) || { rps: 0, judged: 0 };
+    return { id: name, title: key === "namespace" ? name : `${key}=${name}`,
+      sub: `${members.size} service(s) · ${num(t.rps, 1)} rps in · ${pct(t.judged ? t.ok / t.judged : null)}`,
+      data: { "data-group": name } };
+  });
+  const drawn = [...edges.values()].map((g) => ({
+    src: g.src, dst: g.dst, dashed: !g.requests, color: g.requests ? rateColor(g.success_rate) : "#adb5bd",
+    data: { "data-group-edge": `${g.src} → ${g.dst}` },
+    title: `${g.src} → ${g.dst}: ${g.requests} call(s), ${pct(g.success_rate)} success\n${g.edges.join("\n")}`,
+    lines: [
+      { text: g.requests ? `${num(g.rps, 1)} rps · ${pct(g.success_rate)}` : `no calls in ${state.window}` },
+      ...[...g.controls.values()].map((c) => ({
+        text: c.mode === "DryRun" ? `${c.key} (DryRun): would refuse ${c.count}` : `${c.key}: refused ${c.count}`,
+        cls: "control " + (c.mode === "DryRun" ? "dry" : "enforce"),
+        data: { "data-control": c.key, "data-count": c.count, "data-mode": c.mode } })),
+    ] }));
+  return graph(nodes, drawn, "groups of services and the calls between them", { width: 200 });
+}
+
+function controlsTable(rows) {
+  if (!rows.length) return h("p", { class: "muted" }, "No TrafficControl: `gossamer control apply`, or apply a finding's suggestion below.");
+  return h("table", {},
+    h("thead", {}, h("tr", {}, ["Control", "Mode", "Source → service", "Groups", "Rate /s", "Limit", "In flight", "Waiting", "Refused", "Would refuse"]
+      .map((t) => h("th", { class: ["Rate /s", "Limit", "In flight", "Waiting"].includes(t) ? "num" : "" }, t)))),
+    h("tbody", {}, rows.map((r) => {
+      const e = r.edge;
+      return h("tr", { "data-control-row": r.key },
+        h("td", { class: "name" }, r.key),
+        h("td", {}, h("span", { class: "badge " + (r.gone ? "bad" : r.mode === "DryRun" ? "warn" : "good") }, r.gone ? "expired" : r.mode)),
+        h("td", { class: "name" }, e ? `${e.source} → ${e.service}` : "no call governed yet"),
+        h("td", { class: "name" }, e ? `${r.src} → ${r.dst}` : "–"),
+        h("td", { class: "num" }, e && e.rate !== undefined ? num(e.rate, 2) : "–"),
+        h("td", { class: "num" }, e && e.limit !== undefined ? String(e.limit) : "–"),
+        h("td", { class: "num" }, e && e.inFlight !== undefined ? String(e.inFlight) : "–"),
+        h("td", { class: "num" }, e && e.waiting !== undefined ? String(e.waiting) : "–"),
+        h("td", { class: e && sum(e.refused) ? "bad" : "" }, e ? String(sum(e.refused)) + byReason(e.refused) : "–"),
+        h("td", { class: e && sum(e.wouldRefuse) ? "warn" : "" }, e ? String(sum(e.wouldRefuse)) + byReason(e.wouldRefuse) : "–"));
+    })));
+}
+
+// The numbers of a finding's evidence that are one value each (the thresholds and
+// the per-step lists stay in `gossamer findings ID`).
+function evidenceSummary(evidence) {
+  const skip = new Set(["window", "thresholds", "worstStep", "stepSeconds", "failingSince"]);
+  return Object.entries(evidence || {})
+    .filter(([k, v]) => !skip.has(k) && (typeof v === "number" || typeof v === "string"))
+    .map(([k, v]) => `${k} ${/SuccessRate$|^share/.test(k) && typeof v === "number" ? pct(v) : v}`)
+    .join(" · ");
+}
+
+function applyCommand(f, window, step) {
+  const flags = window === "5m" && step === "15s" ? "" : ` --window ${window} --step ${step}`;
+  return `gossamer findings --apply ${f.id}${flags}`;
+}
+
+async function applyFinding(f) {
+  const names = f.suggestions.map((c) => `${c.kind} ${c.metadata.namespace}/${c.metadata.name}`).join(", ");
+  if (!confirm(`Apply ${names}?`)) return;
+  state.applied.set(f.id, { cls: "muted", text: "Applying…" });
+  refresh();
+  try {
+    const result = await api("/v1/apply", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ kind: "List", items: f.suggestions }) });
+    state.applied.set(f.id, { cls: "good", text: "Applied: " + result.items.map((i) =>
+      `${i.kind.toLowerCase()}/${i.name} (${i.namespace}) ${i.action}`).join(", ") });
+  } catch (e) {
+    const why = e.details.length ? e.details.map((d) => `${d.object ? d.object + ": " : ""}${d.path ? d.path + ": " : ""}${d.reason}`).join("; ") : e.message;
+    state.applied.set(f.id, { cls: "bad", text: `Not applied: ${why}` });
+  }
+  refresh();
+}
+
+async function copyText(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+    button.textContent = "Copied";
+  } catch (e) {
+    // No clipboard for this page (not a secure context, or denied): select it instead.
+    const code = button.parentElement.querySelector("code");
+    getSelection().selectAllChildren(code);
+    button.textContent = document.execCommand("copy") ? "Copied" : "Selected: press Ctrl+C";
+  }
+}
+
+function findingsList(items, window, step) {
+  if (!items.length) return h("p", { class: "muted", "data-findings-empty": "" }, `No findings in the last ${window}.`);
+  const admin = isAdmin();
+  return h("div", { class: "findings" }, items.map((f) => {
+    const result = state.applied.get(f.id);
+    let action;
+    if (!f.suggestions.length) action = h("p", { class: "muted" }, f.unsuggested || "No control suggested.");
+    else if (admin) {
+      action = h("button", { type: "button", class: "apply", "data-apply": f.id, disabled: result && result.text === "Applying…",
+        onclick: () => applyFinding(f) }, f.suggestions.length > 1 ? "Apply the suggested controls" : "Apply the suggested control");
+    } else {
+      const command = applyCommand(f, window, step);
+      const copy = h("button", { type: "button", class: "copy", "data-copy": f.id }, "Copy");
+      copy.addEventListener("click", () => copyText(command, copy));
+      action = h("div", { class: "apply-command" },
+        h("span", { class: "muted" }, "Applying needs an admin API token (“API token…” above), or run: "),
+        h("code", { "data-apply-command": f.id }, command), " ", copy);
+    }
+    return h("div", { class: "finding", "data-finding": f.id },
+      h("div", { class: "finding-head" }, h("span", { class: "badge bad" }, f.kind), " ", h("code", {}, f.id), " ",
+        h("span", { class: "name" }, f.services.join(", "))),
+      h("p", {}, f.summary),
+      h("p", { class: "muted evidence" }, evidenceSummary(f.evidence)),
+      f.suggestions.map((c) => h("p", { class: "suggestion" }, `Suggests ${c.kind} ${c.metadata.namespace}/${c.metadata.name}: `,
+        h("code", { class: "settings" }, policySettings(c)))),
+      action,
+      result ? h("p", { class: "apply-result " + result.cls, "data-apply-result": f.id }, result.text) : null);
+  }));
+}
+
+async function landscapePage() {
+  const w = encodeURIComponent(state.window);
+  const [fw, fs] = FINDINGS_WINDOW[state.window] || ["5m", "15s"];
+  const [edges, services, workloads, controls, status, findings] = await Promise.all([
+    api(`/v1/stats/edges?window=${w}`),
+    optional("/v1/resources/services"),
+    optional("/v1/resources/workloads"),
+    optional("/v1/resources/trafficcontrols"),
+    api("/v1/controls/status").catch((e) => { if (e.status === 404) return { items: {} }; throw e; }),
+    api(`/v1/findings?window=${fw}&step=${fs}`).catch((e) => { if (e.status === 404) return { items: [] }; throw e; }),
+  ]);
+  const keys = groupKeys(workloads.items);
+  const key = defaultGroupKey(keys);
+  const groupOf = grouper(key, services.items, workloads.items);
+  const groups = new Map();
+  const member = (group, name) => { if (!groups.has(group)) groups.set(group, new Set()); groups.get(group).add(name); };
+  for (const svc of services.items) member(groupOf(svc.metadata.namespace, svc.metadata.name), `${svc.metadata.name}.${svc.metadata.namespace}`);
+  // A workload no Service selects calls by its own name: it is a member as itself.
+  for (const wl of workloads.items) {
+    const m = wl.metadata;
+    if (!services.items.some((svc) => svc.metadata.namespace === m.namespace && selects(svc.spec.selector, m.labels))) {
+      member(groupOf(m.namespace, m.name, "workload"), `${m.name}.${m.namespace}`);
+    }
+  }
+  for (const e of edges.items) {
+    if (e.src_name !== "unknown") member(groupOf(e.src_namespace, e.src_name), `${e.src_name}.${e.src_namespace}`);
+    if (e.name !== "unknown") member(groupOf(e.namespace, e.name), `${e.name}.${e.namespace}`);
+  }
+  const between = groupEdges(edges.items, groupOf);
+  const controlRows = placeControls(controls.items, status.items || {}, groupOf, between);
+  for (const g of between.values()) { member(g.src, null); member(g.dst, null); }
+  for (const m of groups.values()) m.delete(null);
+  const select = h("select", { id: "group-by", "aria-label": "group services by" },
+    keys.map((k) => h("option", { value: k }, k)));
+  select.value = key;
+  select.addEventListener("change", () => { state.groupBy = select.value; refresh(); });
+  return [
+    h("h1", { "data-page": "landscape" }, "Landscape ", h("small", {}, "groups of services by "), select),
+    panel(`Groups and the calls between them (last ${state.window}; TrafficControls on the edges they govern)`,
+      landscapeGraph(groups, between, key)),
+    panel("TrafficControls at work (as their proxies counted at the last scrape)", controlsTable(controlRows)),
+    panel(`Findings (last ${fw}, in ${fs} steps)`, findingsList(findings.items, fw, fs)),
+    panel(`Groups by ${key}`, h("table", {},
+      h("thead", {}, h("tr", {}, ["Group", "Services", "Calls to other groups", "Calls from other groups"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, [...groups.entries()].sort().map(([g, m]) => {
+        const out = [...between.values()].filter((x) => x.src === g && x.dst !== g).reduce((a, x) => a + x.requests, 0);
+        const inn = [...between.values()].filter((x) => x.dst === g && x.src !== g).reduce((a, x) => a + x.requests, 0);
+        return h("tr", { "data-group-row": g }, h("td", {}, g), h("td", { class: "name" }, [...m].sort().join(", ") || "–"),
+          h("td", { class: "num" }, String(out)), h("td", { class: "num" }, String(inn)));
+      })))),
+  ];
+}
+
 // ---- live tap ------------------------------------------------------------------
 // Streams GET /v1/tap (JSON lines) with fetch and a ReadableStream. The panel is one
 // element kept across the page's 5-second redraws, so a running tap is not cut off.
@@ -642,6 +953,7 @@ async function render() {
   stopTap();
   state.tap = null;
   if (parts[0] === "certificates") return certificatesPage();
+  if (parts[0] === "landscape") return landscapePage();
   return overview();
 }
 

@@ -1,0 +1,249 @@
+"""The dashboard's landscape page in headless Chromium (issue 16): groups of services by a
+workload label and the calls between them, a DryRun TrafficControl on the edge it
+governs with its would-refuse count, and a retry storm's finding with the command that
+applies its control and, given an admin token, the button that applies it. A real
+control plane and real proxies; DOM and layout are asserted, not screenshots."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from tests.cli.test_dashboard import LABEL_OVERLAPS, NO_SIDEWAYS_SCROLL, Browser, with_browser
+from tests.e2e.conftest import (
+    ControlPlaneProcess,
+    Workload,
+    echo_app,
+    free_port,
+    run_workload,
+    sleeper,
+    start_control_plane,
+    stop_process,
+)
+
+pytestmark = pytest.mark.e2e
+
+OBJECTS = """\
+apiVersion: v1
+kind: Service
+metadata: {name: meter, namespace: shop}
+spec:
+  selector: {app: meter}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: RetryPolicy
+metadata: {name: meter, namespace: shop}
+spec:
+  targetRefs: [{group: "", kind: Service, name: meter}]
+  attempts: 3
+  retryOn: [5xx]
+  budget: {percent: 100, minRetriesPerSecond: 100}
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: TrafficControl
+metadata: {name: watch, namespace: shop}
+spec:
+  from: {selector: {matchLabels: {tier: web}}}
+  to: {selector: {matchLabels: {app: meter}}}
+  rate: {limit: 1/m, burst: 1}
+  mode: DryRun
+"""
+CALLS = 15
+STORM = 30
+
+
+@dataclass
+class Landscape:
+    cp: ControlPlaneProcess
+    would_refuse: int  # what the proxies counted for shop/watch once the calls were done
+    storm: dict[str, Any]  # the RetryStorm finding, as GET /v1/findings gives it
+
+
+def _get(cp: ControlPlaneProcess, path: str) -> Any:
+    with urllib.request.urlopen(cp.api + path, timeout=10) as resp:
+        return json.load(resp)
+
+
+def _send(w: Workload, path: str, count: int) -> None:
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"http": f"http://{w.outbound}"})
+    )
+    for _ in range(count):
+        with contextlib.suppress(OSError):  # a 503 is traffic too
+            opener.open(f"http://meter.shop{path}", timeout=10).read()
+
+
+@pytest.fixture(scope="module")
+def landscape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landscape]:
+    """Two callers in tier web (web-1, mobile-1) calling meter in tier backend: healthy
+    calls, then a retry storm from web-1; a DryRun rate of 1/m counts the rest."""
+    tmp = tmp_path_factory.mktemp("landscape")
+    cp = start_control_plane(tmp / "cp", "--scrape-interval", "0.5")
+    workloads: list[Workload] = []
+    try:
+        cp.cli("apply", "-f", "-", stdin=OBJECTS, check=True)
+        port = free_port()
+        meter = run_workload(cp, tmp, "meter-1", service_account="meter",
+                             labels={"app": "meter", "tier": "backend"},
+                             app=echo_app("meter-1", port), port=f"http=8080:{port}")  # fmt: skip
+        web = run_workload(cp, tmp, "web-1", service_account="web",
+                           labels={"app": "web", "tier": "web"}, app=sleeper())  # fmt: skip
+        mobile = run_workload(cp, tmp, "mobile-1", service_account="mobile",
+                              labels={"app": "mobile", "tier": "web"}, app=sleeper())  # fmt: skip
+        workloads += [meter, web, mobile]
+        for w in workloads:
+            w.wait_ready()
+        cp.cli("check", "--wait", "30s", "--workload", "shop/meter-1", check=True)
+        _send(mobile, "/", CALLS)
+        _send(web, "/", CALLS)
+        _send(web, "/status/503", STORM)
+
+        deadline = time.monotonic() + 60
+        storm: list[dict[str, Any]] = []
+        counts: list[float] = []
+        while True:  # the scrapes bring every call, then the counts stay still
+            status = _get(cp, "/v1/controls/status")["items"]
+            counts = [*counts[-3:], status.get("shop/watch", {}).get("wouldRefuse", 0)]
+            storm = [f for f in _get(cp, "/v1/findings")["items"] if f["kind"] == "RetryStorm"]
+            if storm and len(counts) == 4 and counts[0] == counts[-1] > 0:
+                break
+            assert time.monotonic() < deadline, (counts, storm)
+            time.sleep(0.5)
+        yield Landscape(cp, int(counts[-1]), storm[0])
+    finally:
+        for w in workloads:
+            w.stop()
+        stop_process(cp.proc)
+
+
+GROUPS = "[...document.querySelectorAll('svg.topology [data-group]')].map((g) => g.dataset.group)"
+SELECT = (
+    "(() => {{ const s = document.getElementById('{id}'); s.value = '{value}';"
+    " s.dispatchEvent(new Event('change')); return true; }})()"
+)
+CONTROL = "document.querySelector('svg.topology [data-control=\"shop/watch\"]')"
+
+
+def test_groups_and_a_dry_run_control_show_on_the_edge_they_govern_at_1400px(
+    landscape: Landscape,
+) -> None:
+    count = landscape.would_refuse
+
+    async def steps(b: Browser) -> Any:
+        await b.until(f"Boolean({CONTROL})")
+        await b.eval(SELECT.format(id="window", value="15m"))  # every call of the fixture
+        await b.until("document.querySelector('h2').textContent.includes('last 15m')")
+        await b.until(f"{CONTROL} && {CONTROL}.dataset.count === '{count}'")
+        by_tier = {
+            "groups": await b.eval(GROUPS),
+            "control": await b.eval(
+                f"[{CONTROL}.textContent, {CONTROL}.closest('[data-group-edge]').dataset.groupEdge]"
+            ),
+            "edge": await b.eval(
+                "document.querySelector('.edge-label[data-group-edge=\"web → backend\"]')"
+                ".textContent"
+            ),
+            "members": await b.eval(
+                "document.querySelector('[data-group-row=\"web\"]').children[1].textContent"
+            ),
+            "rows": await b.eval(
+                "[...document.querySelectorAll('[data-control-row=\"shop/watch\"]')]"
+                ".map((r) => r.textContent)"
+            ),
+            "wide": await b.eval(NO_SIDEWAYS_SCROLL),
+            "overlaps": await b.eval(LABEL_OVERLAPS),
+        }
+        await b.eval(SELECT.format(id="group-by", value="app"))
+        await b.until(f"({GROUPS}).length === 3")
+        by_app = {
+            "groups": await b.eval(GROUPS),
+            "controls": await b.eval(
+                "[...document.querySelectorAll('svg.topology [data-control=\"shop/watch\"]')]"
+                ".map((c) => [c.closest('[data-group-edge]').dataset.groupEdge, c.dataset.count])"
+            ),
+            "wide": await b.eval(NO_SIDEWAYS_SCROLL),
+            "overlaps": await b.eval(LABEL_OVERLAPS),
+            "errors": await b.eval("document.body.getAttribute('data-js-errors')"),
+        }
+        return by_tier, by_app
+
+    by_tier, by_app = with_browser(landscape.cp.api + "/#/landscape", steps)
+    # Grouped by tier (the page's first choice): web-1 and mobile-1 are one group, and
+    # their edges to meter one edge, with the control's count from both their proxies.
+    assert sorted(by_tier["groups"]) == ["backend", "web"]
+    assert by_tier["members"] == "mobile-1.shop, web-1.shop"
+    assert by_tier["control"] == [f"shop/watch (DryRun): would refuse {count}", "web → backend"]
+    half = 100 * 2 * CALLS / (2 * CALLS + STORM)  # once per call, as the callers counted
+    assert by_tier["edge"].endswith(f"rps · {half:.2f}%" + by_tier["control"][0])
+    [mobile, web] = sorted(by_tier["rows"])
+    assert mobile.startswith("shop/watchDryRunmobile-1.shop → meter.shopweb → backend")
+    assert web.startswith("shop/watchDryRunweb-1.shop → meter.shopweb → backend")
+    assert "(rate " in mobile and "(rate " in web
+    assert by_tier["wide"] == [] and by_tier["overlaps"] == {"labels": 1, "found": []}
+    # Grouped by app: three groups, and the control on each caller's edge, with its own count.
+    assert sorted(by_app["groups"]) == ["meter", "mobile", "web"]
+    edges = dict(by_app["controls"])
+    assert sorted(edges) == ["mobile → meter", "web → meter"]
+    assert sum(int(n) for n in edges.values()) == count
+    assert by_app["wide"] == [] and by_app["overlaps"] == {"labels": 2, "found": []}
+    assert by_app["errors"] is None
+
+
+FINDING = "document.querySelector('[data-finding=\"{id}\"]')"
+
+
+def test_a_finding_shows_its_command_and_its_control_is_applied_with_an_admin_token(
+    landscape: Landscape,
+) -> None:
+    storm = landscape.storm
+    finding = FINDING.format(id=storm["id"])
+    [control] = storm["suggestions"]
+    name = control["metadata"]["name"]
+    token = landscape.cp.token_file.read_text().strip()
+
+    async def steps(b: Browser) -> Any:
+        await b.until(f"Boolean({finding})")
+        shown = {
+            "text": await b.eval(f"{finding}.textContent"),
+            "command": await b.eval(f"{finding}.querySelector('[data-apply-command]').textContent"),
+            "button": await b.eval(f"Boolean({finding}.querySelector('[data-apply]'))"),
+        }
+        # Sign in as a person would, through the header's button, with the admin token.
+        await b.eval(
+            f"window.prompt = () => {json.dumps(token)}; window.confirm = () => true;"
+            " document.getElementById('auth').click(), true"
+        )
+        await b.until(f"Boolean({finding}?.querySelector('[data-apply]'))")
+        await b.eval(f"{finding}.querySelector('[data-apply]').click(), true")
+        result = await b.until(
+            f"{finding}?.querySelector('[data-apply-result]')?.textContent.startsWith('Applied')"
+            f" && {finding}.querySelector('[data-apply-result]').textContent"
+        )
+        row = await b.until(
+            f"document.querySelector('[data-control-row=\"shop/{name}\"]')?.textContent"
+        )
+        return shown, result, row, await b.eval("document.body.getAttribute('data-js-errors')")
+
+    shown, result, row, errors = with_browser(landscape.cp.api + "/#/landscape", steps)
+    assert "RetryStorm" in shown["text"] and "web-1.shop" in shown["text"]
+    assert (
+        "retriesPerCall" in shown["text"]
+        and f"Suggests TrafficControl shop/{name}" in shown["text"]
+    )
+    # Without an admin token the page offers the command, never a button.
+    assert shown["command"] == f"gossamer findings --apply {storm['id']}"
+    assert shown["button"] is False
+    assert result == f"Applied: trafficcontrol/{name} (shop) created"
+    assert row.startswith(f"shop/{name}Enforce")
+    stored = landscape.cp.cli(
+        "get", "trafficcontrols", name, "-n", "shop", "-o", "json", check=True
+    )
+    assert json.loads(stored.stdout)["spec"]["retryBudget"] == control["spec"]["retryBudget"]
+    assert errors is None
