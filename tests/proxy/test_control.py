@@ -295,3 +295,30 @@ def test_an_edge_rate_ignores_shares() -> None:
     registry.set_shares({"shop/shield/pay.shop": 10.0})
     assert edge.bucket is not None and edge.bucket.rate == 30.0
     assert registry.demand() == {}
+
+
+def test_a_call_another_control_refuses_teaches_the_first_nothing() -> None:
+    """Control a let the call through; b refused it: the destination never saw it, so
+    a's breaker counts no failure and its bulkhead gets its slot back unsampled."""
+    registry = ControlRegistry()
+    a = view(
+        name="a",
+        breaker=BreakerView(consecutive_failures=2),
+        concurrency=ConcurrencyView(algorithm="AIMD", initial_limit=10, max_limit=10),
+    )
+    b = view(name="b", rate=RateView(1 / 60, 1))
+    r = route(registry, a, b)
+    first = Call(r, b"GET")
+    assert first.admit(r, None, 0.0) is None
+    first.finish(200, 0.1)
+    for _ in range(3):
+        call = Call(r, b"GET")
+        refused = call.admit(r, None, 1.0)
+        assert isinstance(refused, Answer) and "shop/b" in refused.reason
+        call.finish(503, 1.1)  # the side answers the refusal
+
+    edge_a = r.controls[0]
+    assert edge_a.breaker is not None and edge_a.breaker.in_a_row == 0
+    assert edge_a.breaker.allows(2.0)
+    assert edge_a.bulkhead is not None
+    assert (edge_a.bulkhead.active, edge_a.bulkhead.limit) == (0, 10)  # no drop sampled

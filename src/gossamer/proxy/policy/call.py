@@ -196,7 +196,9 @@ class Call(Generic[P]):
                 continue
             refusal = edge.check(now)
             if refusal is not None:
-                return Answer(503, refusal.reason, GRPC_RESOURCE_EXHAUSTED, refusal.retry_after)
+                return self._refused(
+                    Answer(503, refusal.reason, GRPC_RESOURCE_EXHAUSTED, refusal.retry_after)
+                )
             bulkhead = edge.bulkhead
             if bulkhead is None:
                 if edge.breaker is not None:
@@ -210,16 +212,18 @@ class Call(Generic[P]):
             else:
                 refusal = edge.refuse_concurrency()
                 if refusal is not None:
-                    return Answer(503, refusal.reason, GRPC_RESOURCE_EXHAUSTED, 1.0)
+                    return self._refused(Answer(503, refusal.reason, GRPC_RESOURCE_EXHAUSTED, 1.0))
                 self._entered(edge, False)
         self.admitted_at = now
         limits = target.limits
         if limits is not None:
             if limits.max_requests is not None and limits.active >= limits.max_requests:
-                return Answer(
-                    503,
-                    f"circuit breaker: {target.label} has {limits.active} requests in flight "
-                    f"(maxRequests {limits.max_requests})",
+                return self._refused(
+                    Answer(
+                        503,
+                        f"circuit breaker: {target.label} has {limits.active} requests in "
+                        f"flight (maxRequests {limits.max_requests})",
+                    )
                 )
             limits.active += 1
             self.limits = limits
@@ -230,6 +234,17 @@ class Call(Generic[P]):
             if self.per_try is None:
                 self.per_try = retry.per_try
         return None
+
+    def _refused(self, answer: Answer) -> Answer:
+        """The proxy answers the call itself before it is sent: the controls that let it
+        through so far give their slots back and learn nothing from it (the
+        destination never saw it: not a failure, not a latency)."""
+        entered = self.entered
+        if entered is not None:
+            self.entered = None
+            for edge, slot in entered:
+                edge.done(self.admitted_at, None, 0, slot)
+        return answer
 
     def _entered(self, edge: EdgeControl, slot: bool) -> None:
         """`edge` let the call through (`slot`: into its bulkhead); told at the end."""
@@ -381,15 +396,18 @@ def proceed(
         proceed(call._admit_from(held.index, clock()), call_later, clock, go, refuse)
 
     def timed_out() -> None:
-        held.call.held = None
+        call = held.call
+        call.held = None
         refusal = edge.refuse_concurrency()
         reason = refusal.reason if refusal is not None else f"{edge.label}: queue timeout"
         refuse(
-            Answer(
-                503,
-                f"{reason} (waited {bulkhead.queue_timeout:g}s in its queue)",
-                GRPC_RESOURCE_EXHAUSTED,
-                1.0,
+            call._refused(
+                Answer(
+                    503,
+                    f"{reason} (waited {bulkhead.queue_timeout:g}s in its queue)",
+                    GRPC_RESOURCE_EXHAUSTED,
+                    1.0,
+                )
             )
         )
 
