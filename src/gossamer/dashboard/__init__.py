@@ -2,7 +2,8 @@
 
 Plain HTML, CSS and JavaScript with SVG charts, no build step and nothing fetched from
 elsewhere: the page reads the same REST API the CLI does (`/v1/stats/*`,
-`/v1/resources/*`, `/v1/proxies`, `/v1/ca`). It reads without a token unless the control
+`/v1/resources/*`, `/v1/proxies`, `/v1/ca`, `/v1/controls/status`, `/v1/findings`; with
+an admin token, `POST /v1/apply` and DELETE). It reads without a token unless the control
 plane runs with `--auth-reads`; given an API token (read, or admin to offer changes) it
 keeps it in the tab's session storage and sends it as a bearer token (never a cookie,
 so other sites cannot make the browser use it).
