@@ -1,0 +1,157 @@
+"""TrafficControl in the proxy, attacked: a control edited while calls are held or in
+flight (issue 16). Each test here shows a defect found by trying; it is marked
+`xfail(strict=True)` with the defect as its reason, so the fix shows up as XPASS and
+the mark goes.
+
+Real proxies and apps, as in test_traffic_control (whose fixtures and helpers these
+use): the client proxy "web-1" (tier=web) gets the snapshot the control plane's
+translation builds, and each test calls echo through it.
+"""
+
+# The fixtures `mesh`, `client` and `protocol` come from test_policies_by_protocol; the
+# tests' parameters of the same names are how pytest hands them in.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.proxy.test_policies_by_protocol import (  # noqa: F401 - fixtures
+    OK,
+    Client,
+    Mesh,
+    client,
+    mesh,
+    over_each_protocol,
+    protocol,
+    until,
+)
+from tests.proxy.test_traffic import httproute, ref
+from tests.proxy.test_traffic_control import REFUSED, control, serve
+
+# One call in flight at most, the next held back for a second.
+BULKHEAD = {"maxInFlight": 1, "maxPending": 5, "queueTimeout": "1s"}
+RATE = {"limit": "100/s", "burst": 100}  # what the control keeps when its bulkhead goes
+
+
+async def _one_stuck_one_held(mesh: Mesh, client: Client, route_timeout: str, **spec: Any) -> Any:
+    """The first call stuck in the app (until the route's timeout), the second held back
+    in the control's queue; (the app, the edge, the first call, the second call)."""
+    app = await mesh.add("stuck-once", 200, hang_first=1)
+    mesh.labels = {"tier": "web"}
+    mesh.services = {"echo": ["stuck-once"]}
+    rule = {"backendRefs": [ref("echo")], "timeouts": {"request": route_timeout}}
+    mesh.apply(httproute("calls", [rule]), control(**spec))
+    edge = mesh.echo.controls[0]
+    first = asyncio.create_task(client.call(wait=10))
+    await until(lambda: app.requests == 1, "the first call reached the app")
+    second = asyncio.create_task(client.call(wait=2.5))
+    await until(lambda: edge.bulkhead.queued() == 1, "the second call is held back")
+    return app, edge, rule, first, second
+
+
+@over_each_protocol()
+@pytest.mark.xfail(
+    strict=True,
+    reason="a call held in a bulkhead's queue is never answered when a new snapshot "
+    "removes the control's concurrency: EdgeControl.retune drops the bulkhead without "
+    "waking its queue, and at the queue timeout Held's timed_out calls "
+    "refuse_concurrency, whose `assert bulkhead is not None` raises in the timer",
+)
+@pytest.mark.asyncio
+async def test_a_call_held_when_its_bulkhead_is_removed_goes_on(mesh: Mesh, client: Client) -> None:
+    app, _, rule, first, second = await _one_stuck_one_held(
+        mesh, client, "3s", concurrency=BULKHEAD, rate=RATE
+    )
+
+    # The control stays (a rate), its bulkhead goes: nothing holds the call back now.
+    mesh.apply(httproute("calls", [rule]), control(rate=RATE))
+    waited = await second
+    await first  # ended by the route's timeout
+
+    assert (waited.code, waited.instance) == (client.code(OK), "stuck-once")
+    assert app.requests == 2
+
+
+@over_each_protocol()
+@pytest.mark.xfail(
+    strict=True,
+    reason="a control switched to DryRun still refuses the calls its bulkhead held "
+    "(503 at the queue timeout): EdgeControl.retune keeps the queue and does not let "
+    "it go, and Held's timed_out refuses whatever the mode",
+)
+@pytest.mark.asyncio
+async def test_a_call_held_when_its_control_turns_dry_run_goes_on(
+    mesh: Mesh, client: Client
+) -> None:
+    app, _, rule, first, second = await _one_stuck_one_held(
+        mesh, client, "3s", concurrency=BULKHEAD
+    )
+
+    mesh.apply(httproute("calls", [rule]), control(mode="DryRun", concurrency=BULKHEAD))
+    waited = await second
+    await first  # ended by the route's timeout
+
+    assert (waited.code, waited.instance) == (client.code(OK), "stuck-once")
+    assert app.requests == 2
+
+
+@over_each_protocol()
+@pytest.mark.xfail(
+    strict=True,
+    reason="a bulkhead removed and added back while a call is in flight counts that "
+    "call's end against the new bulkhead: its in-flight count goes below 0 and it then "
+    "lets one call more than its limit in (EdgeControl.retune makes a fresh Bulkhead, "
+    "EdgeControl.done gives the old slot to it)",
+)
+@pytest.mark.asyncio
+async def test_slots_balance_when_a_bulkhead_goes_and_comes_back_with_a_call_in_flight(
+    mesh: Mesh, client: Client
+) -> None:
+    app = await mesh.add("stuck-once", 200, hang_first=1)
+    mesh.labels = {"tier": "web"}
+    mesh.services = {"echo": ["stuck-once"]}
+    rule = {"backendRefs": [ref("echo")], "timeouts": {"request": "1500ms"}}
+    mesh.apply(httproute("calls", [rule]), control(concurrency=BULKHEAD, rate=RATE))
+    edge = mesh.echo.controls[0]
+    first = asyncio.create_task(client.call(wait=10))
+    await until(lambda: app.requests == 1, "the first call reached the app")
+
+    mesh.apply(httproute("calls", [rule]), control(rate=RATE))  # the bulkhead goes
+    mesh.apply(httproute("calls", [rule]), control(concurrency=BULKHEAD, rate=RATE))  # back
+    second = await client.call()
+    stuck = await first  # ended by the route's timeout
+
+    assert second.code == client.code(OK)
+    assert stuck.code != client.code(OK)
+    assert edge.bulkhead is not None
+    assert edge.bulkhead.active == 0  # every call is over: no slot taken, none owed
+
+
+@over_each_protocol()
+@pytest.mark.xfail(
+    strict=True,
+    reason="lowering an adaptive bulkhead's maxLimit does not lower the limit in force: "
+    "EdgeControl.retune sets the limiter's min_limit/max_limit but not its limit, and "
+    "Gradient2/AIMD only clamp it on a sample taken while half the limit is in use",
+)
+@pytest.mark.asyncio
+async def test_lowering_an_adaptive_max_limit_lowers_the_limit_in_force(
+    mesh: Mesh, client: Client
+) -> None:
+    wide = {"adaptive": {"initialLimit": 50, "maxLimit": 100}}
+    narrow = {"adaptive": {"initialLimit": 2, "maxLimit": 3}}
+    app = await serve(mesh, control(concurrency=wide))
+    mesh.apply(control(concurrency=narrow))
+    app.delay = 0.3  # the calls overlap
+
+    replies = await asyncio.gather(*(client.call() for _ in range(8)))
+
+    bulkhead = mesh.echo.controls[0].bulkhead
+    assert bulkhead is not None
+    assert bulkhead.limit <= 3
+    # No queue (maxPending 0): the calls over the limit are refused.
+    assert sum(r.code == client.code(REFUSED) for r in replies) >= 5
