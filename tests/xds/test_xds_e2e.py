@@ -352,8 +352,8 @@ def test_short_lived_certificates_are_renewed_for_envoy_both_ways(
     until("before renewal", lambda: curl(client.outbound, "envoy-echo.shop"), 200)
     envoy_dir = server.state_dir / "envoy"
     bootstrap = json.loads((envoy_dir / "envoy.json").read_text())
-    admin = bootstrap["admin"]["address"]["socket_address"]
-    envoy_admin = f"{admin['address']}:{admin['port_value']}"
+    envoy_admin = bootstrap["admin"]["address"]["pipe"]  # the supervisor's private socket
+    assert envoy_admin["mode"] == 0o600
     first = x509.load_pem_x509_certificate((envoy_dir / "cert-chain.pem").read_bytes())
     deadline = time.monotonic() + 40
     renewed: set[str] = set()
@@ -361,8 +361,11 @@ def test_short_lived_certificates_are_renewed_for_envoy_both_ways(
         status, _ = curl(client.outbound, "envoy-echo.shop")
         assert status == 200, "a call failed while certificates were renewed"
         now = x509.load_pem_x509_certificate((envoy_dir / "cert-chain.pem").read_bytes())
-        with urllib.request.urlopen(f"http://{envoy_admin}/certs", timeout=5) as r:
-            serials = _serials(json.loads(r.read()))
+        certs = subprocess.run(
+            ["curl", "-s", "-m", "5", "--unix-socket", envoy_admin["path"], "http://envoy/certs"],
+            capture_output=True, text=True, timeout=15, check=True,
+        ).stdout  # fmt: skip
+        serials = _serials(json.loads(certs))
         if now.serial_number != first.serial_number and f"{now.serial_number:x}" in serials:
             renewed.add("xds-client")
         if renewed and time.time() > first.not_valid_after_utc.timestamp() + 1:

@@ -16,10 +16,12 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,36 +66,34 @@ def _app_listening(host: str, ports: list[int]) -> tuple[bool, str]:
     return True, ""
 
 
-def _envoy_ready(admin: tuple[str, int]) -> bool:
-    import urllib.request
+def _envoy_ready(envoy_admin: Path) -> bool:
+    return _envoy_get(envoy_admin, "/ready")[0] == 200
 
+
+def _envoy_get(envoy_admin: Path, path: str) -> tuple[int, bytes]:
+    """GET from Envoy's admin listener: a Unix socket only the supervisor's user may
+    use (Envoy's admin can stop or reconfigure it; the app must not reach it)."""
+    import http.client
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(2)
+            sock.connect(str(envoy_admin))
+            self.sock = sock
+
+    conn = UnixConnection("envoy-admin", timeout=2)
     try:
-        with urllib.request.urlopen(f"http://{_hp(admin)}/ready", timeout=1) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _envoy_get(envoy_admin: tuple[str, int], path: str) -> tuple[int, bytes]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://{_hp(envoy_admin)}{path}", timeout=2) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
     except OSError as err:
         return 503, f"envoy's admin listener does not answer: {err}\n".encode()
+    finally:
+        conn.close()
 
 
-def _serve_admin(address: tuple[str, int], envoy_admin: tuple[str, int]) -> Any:
+def _serve_admin(address: tuple[str, int], envoy_admin: Path) -> Any:
     """The workload's admin listener, as the Gossamer proxy's: readiness, liveness and
     metrics. Served from a thread: the supervisor's loop only polls."""
     import threading
@@ -147,7 +147,7 @@ class _Renewal:
     control plane's own certificate moves to the new chain only later.
     """
 
-    def __init__(self, discovery: str, files: Any, envoy_admin: tuple[str, int]) -> None:
+    def __init__(self, discovery: str, files: Any, envoy_admin: Path) -> None:
         self.discovery, self.files, self.envoy_admin = discovery, files, envoy_admin
         self.due: float | None = None
 
@@ -174,7 +174,7 @@ class _Renewal:
         log.info("renewed the certificate for the xDS connection")
 
 
-def _served_trust_bundle(envoy_admin: tuple[str, int]) -> str | None:
+def _served_trust_bundle(envoy_admin: Path) -> str | None:
     """The trust bundle in the `ROOTCA` secret Envoy holds, or None."""
     import base64
 
@@ -275,7 +275,9 @@ def run_envoy_proxy(args: argparse.Namespace) -> int:
     )
     # Envoy's own admin listener stays private; --admin is the supervisor's (/ready,
     # /live, /metrics in Gossamer's series, /stats/prometheus as Envoy says it).
-    envoy_admin = ("127.0.0.1", _free_port())
+    # A short path: a Unix socket's name is limited to 107 bytes.
+    admin_dir = Path(tempfile.mkdtemp(prefix="gossamer-envoy-"))
+    envoy_admin = admin_dir / "admin.sock"
     try:
         admin = _serve_admin(args.admin, envoy_admin)
     except OSError as err:
@@ -330,6 +332,7 @@ def run_envoy_proxy(args: argparse.Namespace) -> int:
                 envoy.kill()
                 envoy.wait()
         admin.shutdown()
+        shutil.rmtree(admin_dir, ignore_errors=True)
         _end_orphaned_app(args.app_group_fd, parent)
     if envoy is not None and envoy.returncode not in (0, -signal.SIGTERM) and not stop:
         return 1
@@ -343,7 +346,7 @@ def _default_state(args: argparse.Namespace) -> Path:
 
 def _supervise(
     args: argparse.Namespace,
-    envoy_admin: tuple[str, int],
+    envoy_admin: Path,
     envoy: subprocess.Popen[bytes],
     stop: list[int],
     leave: list[int],

@@ -257,14 +257,22 @@ def write_bundle(files: JoinedFiles, bundle: str) -> bool:
     return True
 
 
+def _admin_address(admin: tuple[str, int] | Path) -> dict[str, Any]:
+    """A TCP address, or a Unix socket only its owner may use (mode 0600)."""
+    if isinstance(admin, Path):
+        return {"pipe": {"path": str(admin), "mode": 0o600}}
+    return {"socket_address": {"address": admin[0], "port_value": admin[1]}}
+
+
 def envoy_bootstrap(
     workload: EnvoyWorkload,
     xds: tuple[str, int],
     files: JoinedFiles,
-    admin: tuple[str, int],
+    admin: tuple[str, int] | Path,
 ) -> dict[str, Any]:
     """Envoy's bootstrap: who it is, the xDS server (mTLS, the control plane's SPIFFE ID
-    checked), ADS for every resource type, and the admin listener (readiness, stats)."""
+    checked), ADS for every resource type, and the admin listener (readiness, stats):
+    a TCP address, or a Unix socket path."""
     metadata: dict[str, Any] = {
         "WORKLOAD": workload.name,
         "NAMESPACE": workload.namespace,
@@ -372,7 +380,7 @@ def envoy_bootstrap(
                 }
             ]
         },
-        "admin": {"address": {"socket_address": {"address": admin[0], "port_value": admin[1]}}},
+        "admin": {"address": _admin_address(admin)},
     }
 
 
