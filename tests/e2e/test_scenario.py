@@ -84,6 +84,7 @@ def test_a_small_cascade_scenario_measures_three_phases_and_leaves_no_process() 
         assert 0.0 <= incident["successRate"] <= 1.0
         assert 0 < incident["p50Ms"] <= incident["p99Ms"]
         assert phase["healthy"]["requests"] > 0
+    assert report["memory"]["proxiesMiB"] > 0 and report["memory"]["appsMiB"] > 0
     assert report["phases"][0]["controls"] == []
     assert report["phases"][2]["controls"] == ["bulkhead-backend-0", "retry-budget-api"]
 

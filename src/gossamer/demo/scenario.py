@@ -541,6 +541,27 @@ def _delete_controls(client: Client, docs: list[dict[str, Any]]) -> None:
             )
 
 
+def _rss_mib(pid: int) -> float:
+    """A process's resident memory (Linux /proc; 0 where it cannot be read)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
+def memory(sc: Scenario) -> dict[str, float]:
+    """Resident memory of what the scenario started, in MiB: every proxy together, the
+    apps' process, the control plane."""
+    out = {"proxiesMiB": 0.0, "appsMiB": 0.0, "controlPlaneMiB": 0.0}
+    for name, proc in sc.demo.procs:
+        key = {"apps": "appsMiB", "control-plane": "controlPlaneMiB"}.get(name, "proxiesMiB")
+        out[key] += _rss_mib(proc.pid)
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 def _incident(sc: Scenario, latency_ms: float | None) -> None:
     import urllib.request
 
@@ -642,14 +663,18 @@ async def _phases(sc: Scenario, load: Load) -> dict[str, Any]:
                 **numbers,
             }
         )
+        used = memory(sc)  # at the end of the last incident: the most there was to hold
         await asyncio.to_thread(_incident, sc, None)
     finally:
         load.stop()
         await runner
     return {
-        "findings": [{"id": f["id"], "kind": f["kind"], "summary": f["summary"]} for f in found],
+        "findings": [
+            {k: f[k] for k in ("id", "kind", "summary", "services", "evidence")} for f in found
+        ],
         "suggested": controls,
         "phases": phases,
+        "memory": used,
     }
 
 
@@ -747,6 +772,11 @@ def run_scenario(args: argparse.Namespace) -> int:
             print(f"  {f['id']}  {f['kind']}: {f['summary']}")
     else:
         print("\nno findings during phase 1's incident: phase 2 ran without controls")
+    m = report["memory"]
+    print(
+        f"\nmemory (RSS) at the end: {len(services) + 1} proxies {m['proxiesMiB']:.0f} MiB, "
+        f"apps {m['appsMiB']:.0f} MiB, control plane {m['controlPlaneMiB']:.0f} MiB"
+    )
     if args.show_controls:
         print("\nthe controls of phase 2, then 3:")
         print(yaml.safe_dump_all([*report["suggested"], *hand_written_controls()]))
