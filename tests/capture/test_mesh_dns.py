@@ -40,6 +40,13 @@ spec:
   ports:
   - {name: http, port: 80, targetPort: http}
   - {name: grpc, port: 50051, targetPort: grpc, appProtocol: grpc}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  selector: {app: db}
+  ports: [{name: tcp, port: 5432, targetPort: tcp, appProtocol: tcp}]
 """
 
 REGISTRY_ONLY = """
@@ -64,6 +71,22 @@ GRPC_CLIENT = """
 import grpc
 with grpc.insecure_channel("echo:50051") as channel:
     print(channel.unary_unary("/test.Echo/Who")(b"hello", timeout=10).decode())
+"""
+
+# An opaque TCP server (it speaks a line protocol of its own) and an unchanged client.
+TCP_SERVER = """
+import socketserver
+class Upper(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.wfile.write(self.rfile.readline().upper())
+socketserver.TCPServer(("127.0.0.1", 5433), Upper).serve_forever()
+"""
+
+TCP_CLIENT = """
+import socket
+with socket.create_connection(("db", 5432), timeout=10) as s:
+    s.sendall(b"hello over tcp\\n")
+    print(s.makefile().readline().strip())
 """
 
 PYTHON_CLIENT = """
@@ -120,17 +143,22 @@ def served_by(host: Host, url: str) -> str:
     return f"curl exit {r.returncode}"
 
 
-def metric(host: Host, name: str) -> float:
+def metric(host: Host, name: str, *having: str) -> float:
+    """The sum of the proxy's samples that start with `name` and contain `having`."""
     r = host.run("curl", "-s", "--max-time", "5", "http://127.0.0.1:4191/metrics")
-    return sum(float(x.rsplit(" ", 1)[1]) for x in r.stdout.splitlines() if x.startswith(name))
+    return sum(
+        float(x.rsplit(" ", 1)[1])
+        for x in r.stdout.splitlines()
+        if x.startswith(name) and all(h in x for h in having)
+    )
 
 
-@pytest.mark.parametrize("network", [5], indirect=True)
+@pytest.mark.parametrize("network", [6], indirect=True)
 def test_unchanged_clients_call_services_by_name_through_the_mesh(
     network: Network, control_plane: HostControlPlane, tmp_path: Path
 ) -> None:
     control_plane.cli("apply", "-f", "-", stdin=OBJECTS, check=True)
-    _, echo_host, grpc_host, client_host, outside = network.hosts
+    _, echo_host, grpc_host, client_host, outside, db_host = network.hosts
     outside.popen(sys.executable, "-c", UPSTREAM_DNS, outside.address, log=tmp_path / "dns.log")
     outside.popen(sys.executable, "-c", OUTSIDE_HTTP % outside.address,
                   log=tmp_path / "outside.log")  # fmt: skip
@@ -146,6 +174,11 @@ def test_unchanged_clients_call_services_by_name_through_the_mesh(
             control_plane, grpc_host, tmp_path, "grpc-1", service_account="echo",
             labels={"app": "echo"}, app=[sys.executable, "-c", GRPC_SERVER],
             port="grpc=50051:50052/grpc", extra=MESH,
+        ))  # fmt: skip
+        started.append(run_workload(
+            control_plane, db_host, tmp_path, "db-1", service_account="db",
+            labels={"app": "db"}, app=[sys.executable, "-c", TCP_SERVER],
+            port="tcp=5432:5433/tcp", extra=MESH,
         ))  # fmt: skip
         client = run_workload(control_plane, client_host, tmp_path, "client",
                               service_account="client", labels={"app": "client"},
@@ -170,6 +203,14 @@ def test_unchanged_clients_call_services_by_name_through_the_mesh(
         assert python.stdout.split() == ["echo-1", "/from-python"], python.stderr
         grpc_call = client_host.run(sys.executable, "-c", GRPC_CLIENT)
         assert grpc_call.stdout.strip() == "grpc-1 got hello", grpc_call.stderr
+        # Opaque TCP by name too: the virtual IP and port name the service port.
+        tcp_call = client_host.run(sys.executable, "-c", TCP_CLIENT)
+        assert tcp_call.stdout.strip() == "HELLO OVER TCP", tcp_call.stderr
+        wait_until(
+            lambda: metric(db_host, 'gossamer_tcp_bytes_total{direction="inbound"',
+                           'tls="true"', 'flow="received"') > 0,
+            "db-1's proxy counted no bytes received over mTLS",
+        )  # fmt: skip
 
         # With mTLS, as the client's identity ...
         access = tmp_path / "echo.access"

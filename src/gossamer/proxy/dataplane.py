@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from gossamer.authz import Authorizer, compile_security
-from gossamer.dns.names import DEFAULT_SERVICE_CIDR
+from gossamer.dns.names import DEFAULT_SERVICE_CIDR, virtual_ip
 from gossamer.proxy.forward.connect import PeerPool, connect_peer
 from gossamer.proxy.forward.exchange import ConnectError, Pool, ServerConnection
 from gossamer.proxy.inbound.http import (
@@ -197,6 +197,9 @@ class DataPlane:
         self.dns_address: Address | None = None
         self._dns_udp: asyncio.BaseTransport | None = None
         self._service_cidr = ipaddress.IPv4Network(config.service_cidr, strict=False)
+        self._vips: dict[str, tuple[str, str] | None] = {}
+        self._vips_of: Snapshot | None = None
+        self._captured_carriers: dict[TcpUpstream, UpstreamCarriers] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._table: RouteTable[PeerPool] | None = None
         self._peers: dict[Endpoint, tuple[PeerPool, EndpointLoad]] = {}
@@ -278,7 +281,10 @@ class DataPlane:
             self._install(self.snapshot)
         server = await loop.create_server(
             self.fds.guard(
-                lambda: CaptureGate(self, lambda: ServerConnection(outbound)), "outbound"
+                lambda: CaptureGate(
+                    self, lambda: ServerConnection(outbound), self._captured_service
+                ),
+                "outbound",
             ),
             cfg.outbound[0],
             cfg.outbound[1],
@@ -337,6 +343,26 @@ class DataPlane:
             return ipaddress.IPv4Address(address) in self._service_cidr
         except ValueError:
             return False
+
+    def _captured_service(self, dst: Address) -> asyncio.Protocol | None:
+        """The protocol for a captured connection to a service's virtual IP and port:
+        a TCP upstream's, for that service port. None when the address is no service's
+        this proxy knows, or several services' (their virtual IPs collide)."""
+        snapshot = self.snapshot
+        if self._vips_of is not snapshot:
+            vips: dict[str, tuple[str, str] | None] = {}
+            for svc in snapshot.services if snapshot is not None else ():
+                vip = virtual_ip(svc.name, svc.namespace, self._service_cidr)
+                vips[vip] = None if vip in vips else (svc.name, svc.namespace)
+            self._vips, self._vips_of = vips, snapshot
+        target = self._vips.get(dst[0])
+        if target is None:
+            return None
+        up = TcpUpstream(target[0], target[1], dst[1], "", 0)
+        carriers = self._captured_carriers.get(up)
+        if carriers is None:
+            carriers = self._captured_carriers[up] = UpstreamCarriers(self, up)
+        return TcpListener(self, up, carriers)
 
     def registry_only(self) -> bool:
         """Whether captured traffic to addresses outside the mesh is refused."""

@@ -1,9 +1,11 @@
 """Captured connections on the outbound listener (docs/decisions/0060, 0061).
 
 iptables sends the app's TCP here whatever its destination; `SO_ORIGINAL_DST` says
-where the app meant to go. A connection made to the listener itself (HTTP_PROXY, or a
-service's virtual IP from the mesh's DNS) is the mesh's: HTTP routed by Host, h2c and
-gRPC by :authority. A connection to any other address is outside the mesh: carried
+where the app meant to go. A connection to a service's virtual IP (from the mesh's
+DNS) goes to that service port, as a TCP upstream's would (proxy.outbound.tcp: HTTP,
+HTTP/2 or opaque TCP, as the port or the first bytes say); one made to the listener
+itself (HTTP_PROXY), or to a virtual IP the proxy cannot tell apart, is routed by Host
+and :authority. A connection to any other address is outside the mesh: carried
 there as plain TCP, or refused under `outboundTrafficPolicy: REGISTRY_ONLY`; counted
 either way (`gossamer_outside_mesh_connections_total`).
 """
@@ -45,16 +47,25 @@ class CaptureGate(asyncio.Protocol):
     """Stands in for the outbound listener's protocol until the connection's original
     destination is known."""
 
-    __slots__ = ("dp", "mesh")
+    __slots__ = ("dp", "mesh", "service")
 
-    def __init__(self, dp: OutboundPlane, mesh: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(
+        self,
+        dp: OutboundPlane,
+        mesh: Callable[[], asyncio.Protocol],
+        service: Callable[[tuple[str, int]], asyncio.Protocol | None],
+    ) -> None:
         self.dp = dp
-        self.mesh = mesh
+        self.mesh = mesh  # the outbound listener's own protocol: routes by Host
+        # For a service's virtual IP and port: that service port's protocol, whatever
+        # the connection carries (HTTP, HTTP/2, opaque TCP); None where the address is
+        # not one known service's (then Host routes it).
+        self.service = service
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         dst = original_destination(transport)
         if dst is None or self.dp.is_virtual_ip(dst[0]):
-            protocol = self.mesh()
+            protocol = (self.service(dst) if dst is not None else None) or self.mesh()
             transport.set_protocol(protocol)
             protocol.connection_made(transport)
             return
