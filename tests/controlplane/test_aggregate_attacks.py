@@ -1,0 +1,195 @@
+"""Aggregate TrafficControl rates, attacked: a source proxy's demand reports are its own
+to write, so a hostile or broken one sends whatever JSON it likes (issue 16). Each test
+here shows a defect found by trying; it is marked `xfail(strict=True)` with the defect
+as its reason, so the fix shows up as XPASS and the mark goes.
+
+The unit tests drive `controlplane.aggregate` with the report dicts the discovery
+stream hands it (what `json.loads` makes of the proxy's text); the last one is end to
+end: a real control plane, and proxies' discovery streams opened as a proxy's agent
+opens them (joined with a token, the Workload registered, mTLS).
+"""
+
+# The fixture `control_plane` comes from tests.e2e.conftest; the test's parameter of
+# the same name is how pytest hands it in.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gossamer.controlplane.aggregate import REBALANCE_INTERVAL, AggregateRates, SharedDemand
+from gossamer.identity import tls as identity_tls
+from gossamer.store import SqliteStore
+from gossamer.xds.bootstrap import EnvoyWorkload, JoinedFiles, join, register
+from tests.controlplane.test_aggregate import Stream, control
+from tests.e2e.conftest import ControlPlaneProcess, control_plane  # noqa: F401 - fixture
+
+EDGE = "shop/cap/api.shop"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=OverflowError,
+    reason="a demand report with an integer too big for a float (JSON allows any) raises "
+    "OverflowError out of AggregateRates.report, through the discovery stream's message "
+    "loop: the float() of each count and of `seconds` is not guarded",
+)
+def test_a_report_with_a_count_too_big_for_a_float_is_ignored() -> None:
+    rates = AggregateRates(lambda: [control("30/s")])
+    s = Stream()
+
+    rates.report(("shop", "h"), s, {"seconds": 1, "edges": {EDGE: 10**400}})
+    rates.report(("shop", "h"), s, {"seconds": 10**400, "edges": {EDGE: 1}})
+
+    assert rates.shares() == {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="one proxy's demand that is not finite (1e308 calls in 0.001 s is inf; "
+    "`seconds: NaN` makes NaN) is kept by AggregateRates.report, and SharedDemand.exchange "
+    "cannot write it (the store's JSON has allow_nan=False): the replica stops sharing "
+    "its demand, so every Aggregate rate is split per replica and the group gets the "
+    "budget once per replica",
+)
+@pytest.mark.asyncio
+async def test_one_proxys_infinite_demand_does_not_stop_replicas_sharing_the_split(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "system.db")
+    try:
+        controls = [control("90/s")]
+        one, two = AggregateRates(lambda: controls), AggregateRates(lambda: controls)
+        one.shared = SharedDemand(store, "replica-1", lambda r: True)
+        two.shared = SharedDemand(store, "replica-2", lambda r: True)
+        a, c, hostile = Stream(), Stream(), Stream()
+        one.report(("shop", "a"), a, {"seconds": 1, "edges": {EDGE: 100}})
+        two.report(("shop", "c"), c, {"seconds": 1, "edges": {EDGE: 100}})
+        # Plain JSON numbers whose quotient is inf, on an edge of its own.
+        other = "shop/cap/other.shop"
+        one.report(("shop", "h"), hostile, {"seconds": 0.001, "edges": {other: 1e308}})
+        one.report(("shop", "n"), hostile, json.loads('{"seconds": NaN, "edges": {"x/y/z": 1}}'))
+
+        for _ in range(2):
+            await one.rebalance()
+            await two.rebalance()
+
+        # One budget over both replicas' proxies: 45 each, not 90 each.
+        assert a.got[-1][EDGE] + c.got[-1][EDGE] == pytest.approx(90.0)
+    finally:
+        store.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a proxy that alternates the edges it reports makes every report 'new' "
+    "(AggregateRates.report compares with its last report only), and discovery starts "
+    "a full rebalance, with a system-store write, for each: one proxy drives unbounded "
+    "rebalances and store writes (REBALANCE_INTERVAL does not bound them)",
+)
+def test_a_proxy_cannot_make_every_report_rebalance_at_once() -> None:
+    rates = AggregateRates(lambda: [control("30/s")])
+    s = Stream()
+
+    at_once = sum(
+        rates.report(("shop", "h"), s, {"seconds": 1, "edges": {f"shop/cap/x{i % 2}.shop": 1}})
+        for i in range(100)
+    )
+
+    # The first report of each edge may rebalance at once; after that, the second.
+    assert at_once <= 2
+
+
+# ---- end to end ------------------------------------------------------------------------
+
+OBJECTS = """\
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {app: api}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: TrafficControl
+metadata: {name: cap, namespace: shop}
+spec:
+  from: {selector: {matchLabels: {tier: web}}}
+  to: {selector: {matchLabels: {app: api}}}
+  rate: {limit: 30/s, burst: 3, scope: Aggregate}
+"""
+BUDGET = 30.0
+
+
+def _joined(cp: ControlPlaneProcess, tmp: Path, name: str, sa: str, labels: dict[str, str]) -> Any:
+    token = cp.cli("token", "create", "-n", "shop", "--service-account", sa, check=True)
+    directory = tmp / name
+    directory.mkdir()
+    files = join(cp.discovery, token.stdout.strip(), directory)
+    workload = EnvoyWorkload(name, "shop", sa, ("127.0.0.1", 1), labels=labels)
+    register(cp.discovery, files, workload)
+    return files
+
+
+async def _stream(cp: ControlPlaneProcess, files: JoinedFiles, name: str) -> list[dict[str, Any]]:
+    """A proxy's discovery stream that reports 100 calls a second on the edge of `cap`
+    to api.shop for a few seconds; the shares it was sent."""
+    ctx = identity_tls.client_context(
+        files.chain.read_bytes(), files.key.read_bytes(), files.bundle.read_bytes()
+    )
+    got: list[dict[str, Any]] = []
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"https://{cp.discovery}/v1/discovery", ssl=ctx) as ws,
+    ):
+        await ws.send_json({"type": "hello", "workload": name, "namespace": "shop"})
+        deadline = time.monotonic() + 5 * REBALANCE_INTERVAL
+        while time.monotonic() < deadline:
+            await ws.send_json({"type": "demand", "seconds": 1.0, "edges": {EDGE: 100}})
+            try:
+                msg = await ws.receive_json(timeout=REBALANCE_INTERVAL)
+            except TimeoutError:
+                continue
+            if msg.get("type") == "shares":
+                got.append(msg["edges"])
+    return got
+
+
+@pytest.mark.e2e
+@pytest.mark.xfail(
+    strict=True,
+    reason="a proxy outside a control's `from` group takes a part of its Aggregate "
+    "budget by reporting demand on its edge: discovery hands every demand report to "
+    "AggregateRates.report, which splits each edge over whoever reports it, without "
+    "checking that the control governs the proxy's calls to that service",
+)
+def test_a_proxy_outside_the_source_group_takes_no_part_of_the_budget(
+    control_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    cp = control_plane
+    cp.cli("apply", "-f", "-", stdin=OBJECTS, check=True)
+    web = [_joined(cp, tmp_path, f"web-{i}", "web", {"tier": "web"}) for i in (1, 2)]
+    batch = _joined(cp, tmp_path, "batch-1", "batch", {"tier": "batch"})
+
+    async def run() -> list[list[dict[str, Any]]]:
+        return list(
+            await asyncio.gather(
+                _stream(cp, web[0], "web-1"),
+                _stream(cp, web[1], "web-2"),
+                _stream(cp, batch, "batch-1"),  # not tier=web: the control is not its
+            )
+        )
+
+    web_1, web_2, outsider = asyncio.run(run())
+
+    assert web_1 and web_2, (web_1, web_2)
+    # The two members split the whole budget between them; the outsider gets none.
+    assert web_1[-1][EDGE] + web_2[-1][EDGE] == pytest.approx(BUDGET)
+    assert all(EDGE not in shares for shares in outsider), outsider
