@@ -3,8 +3,10 @@ named API tokens hold on every replica."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -90,3 +92,37 @@ def test_an_api_token_created_through_one_replica_works_on_the_other(
     finally:
         for store in stores:
             store.close()
+
+
+def test_every_replica_shows_the_audit_records_of_all(
+    etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    prefix = f"/{tmp_path.name}/system/"
+    stores = [EtcdStore(etcd_cluster.endpoints, prefix=prefix) for _ in range(2)]
+    logs = [AuditLog(tmp_path / f"audit-{i}.db", shared=store) for i, store in enumerate(stores)]
+    try:
+        logs[0].record("bootstrap-admin", "apply.created", kind="Service", namespace="shop",
+                       name="echo", detail={"resourceVersion": "1"})  # fmt: skip
+        logs[1].record("join-token t1", "certificate.issue", kind="Certificate",
+                       namespace="shop", name="spiffe://cluster.local/ns/shop/sa/echo")  # fmt: skip
+        logs[0].record("bootstrap-admin", "delete", kind="Service", namespace="shop",
+                       name="echo")  # fmt: skip
+
+        everything = logs[1].query()
+        applies = logs[0].query(action="apply")
+        services = logs[1].query(kind="Service")
+        newest = logs[0].query(limit=1)
+    finally:
+        for log in logs:
+            log.close()
+        for store in stores:
+            store.close()
+
+    assert [r["action"] for r in everything] == ["apply.created", "certificate.issue", "delete"]
+    assert [r["id"] for r in everything] == sorted(r["id"] for r in everything)
+    assert everything[0]["detail"] == {"resourceVersion": "1"}
+    assert [r["actor"] for r in applies] == ["bootstrap-admin"]
+    assert [r["action"] for r in services] == ["apply.created", "delete"]
+    assert [r["action"] for r in newest] == ["delete"]
+    with closing(sqlite3.connect(tmp_path / "audit-0.db")) as local:
+        assert local.execute("SELECT count(*) FROM audit").fetchone() == (0,)

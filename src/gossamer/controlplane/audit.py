@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -23,11 +24,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gossamer.controlplane.replicas import counter_record
+from gossamer.controlplane.replicas import NAMESPACE, counter_record
 from gossamer.errors import Conflict, StoreError
 from gossamer.store import Store
 
 __all__ = ["AuditLog"]
+
+_SHARED_KIND = "AuditRecord"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -75,8 +78,9 @@ class AuditLog:
         counts, which would let a used token be used again) and is refused, as the store
         does. A file SQLite cannot read raises StoreError saying what to do.
 
-        `shared`: the system store replicas share (decision 0051). Join-token uses are
-        then counted there, so a token's limit holds across replicas."""
+        `shared`: the system store replicas share (decision 0051). Records and join-token
+        uses are then kept there, so every replica shows every record and a token's
+        limit holds across replicas; the file is left unused."""
         self.path = path
         self._clock = clock
         self._shared = shared
@@ -113,6 +117,26 @@ class AuditLog:
         detail: dict[str, Any] | None = None,
     ) -> None:
         when = self._clock().isoformat(timespec="milliseconds")
+        if self._shared is not None:
+            fields: dict[str, Any] = {"time": when, "actor": actor, "action": action}
+            fields |= {"kind": kind}
+            fields |= {"namespace": namespace, "name": name, "detail": detail or {}}
+            self._shared.apply(
+                [
+                    {
+                        "apiVersion": "gossamer.dev/v1alpha1",
+                        "kind": _SHARED_KIND,
+                        # Unique without coordination: time, then randomness.
+                        "metadata": {
+                            "name": f"{int(self._clock().timestamp() * 1000)}-"
+                            f"{secrets.token_hex(4)}",
+                            "namespace": NAMESPACE,
+                        },
+                        "spec": fields,
+                    }
+                ]
+            )
+            return
         with self._lock:
             self._conn.execute(
                 "INSERT INTO audit (time, actor, action, kind, namespace, name, detail) "
@@ -129,6 +153,8 @@ class AuditLog:
         limit: int = 1000,
     ) -> list[dict[str, Any]]:
         """The newest `limit` records matching, oldest first."""
+        if self._shared is not None:
+            return _query_shared(self._shared, kind, action, since, limit)
         where, params = [], []
         if kind:
             where.append("kind = ?")
@@ -184,6 +210,26 @@ class AuditLog:
                 self._conn.execute("ROLLBACK")
                 raise
             return used + 1
+
+
+def _query_shared(
+    store: Store, kind: str | None, action: str | None, since: datetime | None, limit: int
+) -> list[dict[str, Any]]:
+    """query() on the shared store: the same rows, ids from the store's revisions
+    (increasing across replicas, as the file's row ids increase in one)."""
+    after = since.astimezone(UTC).isoformat(timespec="milliseconds") if since else ""
+    rows = []
+    for obj in store.list(_SHARED_KIND, NAMESPACE):
+        spec = obj["spec"]
+        if kind and spec["kind"] != kind:
+            continue
+        if action and spec["action"] != action and not spec["action"].startswith(action + "."):
+            continue
+        if after and spec["time"] < after:
+            continue
+        rows.append({"id": int(obj["metadata"]["resourceVersion"]), **spec})
+    rows.sort(key=lambda row: row["id"])
+    return rows[-limit:] if limit > 0 else []
 
 
 def _spent(token_id: str, used: int) -> ValueError:
