@@ -23,8 +23,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from gossamer.controlplane.aggregate import REBALANCE_INTERVAL, AggregateRates, SharedDemand
+from gossamer.controlplane.telemetry import Telemetry
 from gossamer.identity import tls as identity_tls
 from gossamer.store import SqliteStore
 from gossamer.xds.bootstrap import EnvoyWorkload, JoinedFiles, join, register
@@ -193,3 +195,115 @@ def test_a_proxy_outside_the_source_group_takes_no_part_of_the_budget(
     # The two members split the whole budget between them; the outsider gets none.
     assert web_1[-1][EDGE] + web_2[-1][EDGE] == pytest.approx(BUDGET)
     assert all(EDGE not in shares for shares in outsider), outsider
+
+
+# ---- control status (controlplane.telemetry) --------------------------------------------
+
+CAP = {
+    "apiVersion": "gossamer.dev/v1alpha1",
+    "kind": "TrafficControl",
+    "metadata": {"name": "cap", "namespace": "shop"},
+    "spec": {
+        "from": {"selector": {"matchLabels": {"tier": "web"}}},
+        "to": {"selector": {"matchLabels": {"app": "api"}}},
+        "rate": {"limit": "30/s"},
+    },
+}
+
+
+def _series(refused: float) -> str:
+    """A proxy's gossamer_control_* series for shop/cap on api.shop."""
+    labels = 'control_namespace="shop",control_name="cap",dst_namespace="shop",dst_service="api"'
+    return (
+        f'gossamer_control_refused_total{{{labels},mode="Enforce",reason="rate"}} {refused}\n'
+        f'gossamer_control_limit{{{labels},value="rate"}} 30\n'
+    )
+
+
+def _workload(name: str, labels: dict[str, str], admin_port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "gossamer.dev/v1alpha1",
+        "kind": "Workload",
+        "metadata": {"name": name, "namespace": "shop", "labels": labels},
+        "spec": {
+            "address": "127.0.0.1",
+            "inboundPort": 1,
+            "serviceAccount": "web",
+            "adminPort": admin_port,
+        },
+    }
+
+
+async def _metrics_server(text: str) -> tuple[web.AppRunner, int]:
+    """An admin listener whose /metrics is `text` (the proxy's to write)."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=text)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port: int = runner.addresses[0][1]
+    return runner, port
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="control status counts whatever gossamer_control_* series a proxy's /metrics "
+    "carries: a proxy outside a control's `from` group writes the control's status "
+    "(edges it does not have, any refusal count); Telemetry.control_status does not "
+    "check that the control governs the reporting workload",
+)
+@pytest.mark.asyncio
+async def test_a_proxy_outside_the_source_group_cannot_write_a_controls_status(
+    tmp_path: Path,
+) -> None:
+    runner, port = await _metrics_server(_series(1e12))
+    store = SqliteStore(tmp_path / "mesh.db")
+    telemetry = Telemetry(store, interval=1.0)
+    try:
+        store.apply([CAP, _workload("batch-1", {"tier": "batch"}, port)])
+        await telemetry.start(scrape=False)
+        await telemetry.scrape_once()
+
+        status = telemetry.control_status()
+
+        assert status.get("shop/cap", {"edges": []})["edges"] == []
+        assert status.get("shop/cap", {"refused": 0})["refused"] == 0
+    finally:
+        await telemetry.stop()
+        store.close()
+        await runner.cleanup()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a proxy that left (its Workload deleted) stays in control status, and its "
+    "samples in memory, for ever: Telemetry.refresh_targets drops its health record but "
+    "not control_samples, and control_status only skips a proxy whose health says stale",
+)
+@pytest.mark.asyncio
+async def test_a_proxy_that_left_leaves_the_control_status(tmp_path: Path) -> None:
+    runner, port = await _metrics_server(_series(7))
+    store = SqliteStore(tmp_path / "mesh.db")
+    telemetry = Telemetry(store, interval=1.0)
+    try:
+        store.apply([CAP, _workload("web-1", {"tier": "web"}, port)])
+        await telemetry.start(scrape=False)
+        await telemetry.scrape_once()
+        assert [e["source"] for e in telemetry.control_status()["shop/cap"]["edges"]] == [
+            "web-1.shop"
+        ]
+
+        store.delete("Workload", "shop", "web-1")
+        await telemetry.scrape_once()
+
+        assert "shop/cap" not in telemetry.control_status()
+        assert telemetry.control_samples == {}
+    finally:
+        await telemetry.stop()
+        store.close()
+        await runner.cleanup()
