@@ -22,6 +22,7 @@ import pytest
 from tests.proxy.test_policies_by_protocol import (  # noqa: F401 - fixtures
     OK,
     Client,
+    Http1,
     Mesh,
     client,
     mesh,
@@ -155,3 +156,33 @@ async def test_lowering_an_adaptive_max_limit_lowers_the_limit_in_force(
     assert bulkhead.limit <= 3
     # No queue (maxPending 0): the calls over the limit are refused.
     assert sum(r.code == client.code(REFUSED) for r in replies) >= 5
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a held call whose client leaves stays in the bulkhead's queue (marked gone, "
+    "its queue timer still armed, its exchange pinned by the closures) until it reaches "
+    "the front: behind one live waiter the queue grows past maxPending with every "
+    "client that comes and goes, for up to queueTimeout (Held.cancel only sets "
+    "`gone`; Bulkhead pops gone waiters from the front only)",
+)
+@pytest.mark.asyncio
+async def test_callers_that_leave_while_held_leave_the_queue(mesh: Mesh) -> None:
+    bulkhead = {"maxInFlight": 1, "maxPending": 2, "queueTimeout": "30s"}
+    _, edge, _, first, second = await _one_stuck_one_held(
+        mesh, Http1(mesh), "3s", concurrency=bulkhead
+    )
+    address = mesh.client.outbound_address
+    assert address is not None
+
+    for _ in range(60):  # each comes, is held behind the second call, and leaves
+        _, writer = await asyncio.open_connection(*address)
+        writer.write(b"GET / HTTP/1.1\r\nHost: echo\r\n\r\n")
+        await until(lambda: edge.bulkhead.queued() == 2, "the caller is held back")
+        writer.transport.abort()
+        await until(lambda: edge.bulkhead.queued() == 1, "the caller left")
+    queue = len(edge.bulkhead.waiting)
+    await second
+    await first
+
+    assert queue <= 2  # maxPending
