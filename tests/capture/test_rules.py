@@ -73,3 +73,28 @@ def test_a_spec_that_cannot_work_is_refused_naming_the_field(
 ) -> None:
     with pytest.raises(CaptureError, match=message.replace("[", r"\[").replace("]", r"\]")):
         restore_text(spec)
+
+
+def test_gossamer_run_captures_with_its_own_listeners_ports_and_control_plane_left_out() -> None:
+    from gossamer.cli.capture import run_spec, strip_run_flags
+    from gossamer.cli.main import build_parser
+
+    argv = [
+        "run", "--name", "web-1", "--port", "http=8080:18080", "--inbound", "10.0.0.5:4143",
+        "--outbound", "127.0.0.1:4140", "--discovery", "10.0.0.1:15012",
+        "--server", "http://10.0.0.2:15000", "--dns", "127.0.0.1:15053",
+        "--capture", "--capture-proxy-gid=2000", "--capture-exclude-outbound-port", "5432",
+        "--", "app",
+    ]  # fmt: skip
+    args = build_parser(("proxy",)).parse_args(argv)
+    assert run_spec(args) == CaptureSpec(
+        outbound_port=4140,
+        inbound_port=4143,
+        inbound_ports=(8080,),
+        proxy_gid=2000,
+        exclude_outbound_ports=(5432,),
+        exclude_outbound_cidrs=("10.0.0.1", "10.0.0.2"),
+        dns_port=15053,
+    )
+    # The proxy it starts is given every flag but the supervisor's capture flags.
+    assert strip_run_flags(argv[1 : argv.index("--")]) == argv[1 : argv.index("--capture")]
