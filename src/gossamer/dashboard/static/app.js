@@ -147,16 +147,31 @@ function metricsTable(rows, first, other) {
 
 function layers(nodes, edges) {
   // Callers to the left of what they call: each node's column is the longest chain of
-  // callers before it (cycles are cut where they close).
-  const depth = new Map(nodes.map((n) => [n, 0]));
-  for (let pass = 0; pass < nodes.length; pass++) {
-    let changed = false;
-    for (const e of edges) {
-      if (e.src === e.dst) continue;
-      const d = depth.get(e.src) + 1;
-      if (d > depth.get(e.dst) && d < nodes.length) { depth.set(e.dst, d); changed = true; }
+  // callers before it. A cycle is cut where a depth-first walk from the nodes nobody
+  // calls closes it, so calls both ways (A ⇄ B) cost one column, not one per node.
+  const out = new Map(nodes.map((n) => [n, []]));
+  const called = new Set();
+  for (const e of edges) {
+    if (e.src === e.dst || !out.has(e.src) || !out.has(e.dst)) continue;
+    out.get(e.src).push(e.dst);
+    called.add(e.dst);
+  }
+  const seen = new Map(), order = [], closing = new Set();
+  const visit = (n) => {
+    seen.set(n, "open");
+    for (const m of out.get(n)) {
+      if (seen.get(m) === "open") closing.add(n + "\n" + m);
+      else if (!seen.has(m)) visit(m);
     }
-    if (!changed) break;
+    seen.set(n, "done");
+    order.push(n);
+  };
+  for (const n of [...nodes.filter((x) => !called.has(x)), ...nodes]) if (!seen.has(n)) visit(n);
+  const depth = new Map(nodes.map((n) => [n, 0]));
+  for (const n of order.reverse()) {
+    for (const m of out.get(n)) {
+      if (!closing.has(n + "\n" + m)) depth.set(m, Math.max(depth.get(m), depth.get(n) + 1));
+    }
   }
   return depth;
 }
@@ -185,12 +200,32 @@ function topology(services, edgeRows) {
     lines: [{ text: `${num(e.row.rps, 1)} rps · ${pct(e.row.success_rate)}` }] })), "service topology");
 }
 
+// How wide a label's lines are drawn, measured in a hidden drawing with the same styles
+// (a bold control line is wider than its count of letters says).
+function labelWidth(lines) {
+  let ruler = document.getElementById("svg-ruler");
+  if (!ruler) {
+    ruler = s("svg", { id: "svg-ruler", class: "topology ruler", "aria-hidden": "true" });
+    document.body.append(ruler);
+  }
+  const widths = lines.map((line) => {
+    const text = s("text", { class: "edge-label" }, s("tspan", { class: line.cls || null }, line.text));
+    ruler.append(text);
+    const w = text.getComputedTextLength();
+    text.remove();
+    return w;
+  });
+  return Math.ceil(Math.max(...widths)) + 10;
+}
+
 // A directed graph in columns, callers to the left of what they call: the topology of
 // services and the landscape of groups. `nodes`: {id, title, sub, href, stale, data};
 // `edges`: {src, dst, title, color, dashed, data, lines: [{text, cls, data}]}, each
 // edge labelled with its lines on one plate.
 function graph(nodes, edges, label, size) {
-  const W = (size && size.width) || 170, H = 46, GX = 130, GY = 34, PAD = 20, LH = 14;
+  const W = (size && size.width) || 170, H = 46, GY = 34, PAD = 20, LH = 14;
+  // Columns far enough apart for the widest label to sit between them, off the nodes.
+  const GX = Math.min(Math.max(130, ...edges.map((e) => labelWidth(e.lines) + 24)), 280);
   const ids = nodes.map((n) => n.id).sort();
   const byId = new Map(nodes.map((n) => [n.id, n]));
   const depth = layers(ids, edges);
@@ -230,26 +265,33 @@ function graph(nodes, edges, label, size) {
     const group = s("g", { class: "edge-group", ...(e.data || {}) }, s("title", {}, e.title),
       s("path", { class: "edge" + (e.dashed ? " dashed" : ""), d, stroke: e.color, "marker-end": "url(#arrow)" }));
     svg.append(group);
-    labels.push({ group, x: lx, y: ly, lines: e.lines, data: e.data });
+    labels.push({ group, x: lx, y: ly, lines: e.lines, data: e.data, title: e.title });
   }
   // Labels go on top of every curve, on a plate of the background colour, and step
-  // down out of each other's way (and off the nodes) where edges converge.
+  // out of each other's way (and off the nodes) where edges converge: up and down
+  // from the curve's middle, then sideways; where a dense graph leaves no room near
+  // the curve, below the drawing (the plate's tooltip names the edge).
   const boxes = [...pos.values()].map((p) => ({ x: p.x, y: p.y, w: W, h: H }));
   const hits = (b) => boxes.some((o) => b.x < o.x + o.w && o.x < b.x + b.w && b.y < o.y + o.h && o.y < b.y + b.h);
   for (const l of labels) {
-    const w = Math.max(...l.lines.map((line) => line.text.length)) * 6.4 + 8;
-    const bh = LH * l.lines.length;
-    let box = { x: l.x - w / 2, y: l.y - LH + 3, w, h: bh };
-    for (let tries = 0; tries < 24 && hits(box); tries++) {
-      box = { ...box, y: box.y + (tries % 2 ? -(tries + 1) : tries + 1) * LH };
+    const w = labelWidth(l.lines), bh = LH * l.lines.length + 3; // + the last line's descent
+    let box = null;
+    for (let k = 0; k < 60 && !box; k++) {
+      const dy = (k % 2 ? -1 : 1) * Math.ceil(k / 2) * (LH / 2);
+      for (const dx of [0, -w / 2, w / 2]) {
+        const b = { x: l.x - w / 2 + dx, y: l.y - LH + 3 + dy, w, h: bh };
+        if (!hits(b)) { box = b; break; }
+      }
     }
+    if (!box) box = { x: l.x - w / 2, y: Math.max(...boxes.map((o) => o.y + o.h)) + 4, w, h: bh };
     boxes.push(box);
     // The label leaves its edge's group (see below): it carries the edge's data too.
-    const text = s("text", { class: "edge-label", x: box.x + box.w / 2, y: box.y + LH - 3, "text-anchor": "middle",
+    const text = s("text", { class: "edge-label", x: box.x + box.w / 2, y: box.y + LH - 2, "text-anchor": "middle",
       ...(l.data || {}) });
     l.lines.forEach((line, i) => text.append(s("tspan", { x: box.x + box.w / 2, dy: i ? LH : 0,
       class: line.cls || null, ...(line.data || {}) }, line.text)));
-    l.group.append(s("rect", { class: "edge-plate", x: box.x, y: box.y, width: box.w, height: box.h, rx: 3 }), text);
+    l.group.append(s("rect", { class: "edge-plate", x: box.x, y: box.y, width: box.w, height: box.h, rx: 3 },
+      s("title", {}, l.title)), text);
   }
   // Plates and labels above the curves drawn after them.
   for (const l of labels) svg.append(l.group.querySelector(".edge-plate"), l.group.querySelector(".edge-label"));
