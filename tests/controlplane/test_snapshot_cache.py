@@ -112,7 +112,8 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
     store.apply([_workload(f"client-{i}", "client") for i in range(20)])
     store.apply([_workload(f"reader-{i}", "reader") for i in range(5)])
     ca = SimpleNamespace(trust_domain="cluster.local", trust_bundle_pem=lambda: "ROOTS")
-    discovery = Discovery(SimpleNamespace(store=store, ca=ca))  # type: ignore[arg-type]
+    cp = SimpleNamespace(store=store, ca=ca, system_store=None)  # one replica, on SQLite
+    discovery = Discovery(cp)  # type: ignore[arg-type]
     await discovery.start()
     m = Mesh(discovery, store)
     try:
