@@ -1,7 +1,9 @@
 """Aggregate TrafficControl rates, attacked: a source proxy's demand reports are its own
 to write, so a hostile or broken one sends whatever JSON it likes (issue 16). Each test
-here shows a defect found by trying; it is marked `xfail(strict=True)` with the defect
-as its reason, so the fix shows up as XPASS and the mark goes.
+here showed a defect found by trying, first as a strict xfail; the defects are fixed
+(numbers checked finite and bounded, only a proxy's first report splits at once, only
+the edges a control governs for the proxy count, in the split and in control status,
+and a proxy that left leaves the status).
 
 The unit tests drive `controlplane.aggregate` with the report dicts the discovery
 stream hands it (what `json.loads` makes of the proxy's text); the last one is end to

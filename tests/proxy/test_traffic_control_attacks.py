@@ -1,7 +1,8 @@
 """TrafficControl in the proxy, attacked: a control edited while calls are held or in
-flight (issue 16). Each test here shows a defect found by trying; it is marked
-`xfail(strict=True)` with the defect as its reason, so the fix shows up as XPASS and
-the mark goes.
+flight (issue 16). Each test here showed a defect found by trying, first as a strict
+xfail; the defects are fixed (a removed or DryRun bulkhead lets its queue go, a call
+gives its slot back to the bulkhead it entered, a lowered adaptive maximum is in force
+at once, a caller that leaves leaves the queue).
 
 Real proxies and apps, as in test_traffic_control (whose fixtures and helpers these
 use): the client proxy "web-1" (tier=web) gets the snapshot the control plane's
@@ -55,13 +56,6 @@ async def _one_stuck_one_held(mesh: Mesh, client: Client, route_timeout: str, **
 
 
 @over_each_protocol()
-@pytest.mark.xfail(
-    strict=True,
-    reason="a call held in a bulkhead's queue is never answered when a new snapshot "
-    "removes the control's concurrency: EdgeControl.retune drops the bulkhead without "
-    "waking its queue, and at the queue timeout Held's timed_out calls "
-    "refuse_concurrency, whose `assert bulkhead is not None` raises in the timer",
-)
 @pytest.mark.asyncio
 async def test_a_call_held_when_its_bulkhead_is_removed_goes_on(mesh: Mesh, client: Client) -> None:
     app, _, rule, first, second = await _one_stuck_one_held(
@@ -78,12 +72,6 @@ async def test_a_call_held_when_its_bulkhead_is_removed_goes_on(mesh: Mesh, clie
 
 
 @over_each_protocol()
-@pytest.mark.xfail(
-    strict=True,
-    reason="a control switched to DryRun still refuses the calls its bulkhead held "
-    "(503 at the queue timeout): EdgeControl.retune keeps the queue and does not let "
-    "it go, and Held's timed_out refuses whatever the mode",
-)
 @pytest.mark.asyncio
 async def test_a_call_held_when_its_control_turns_dry_run_goes_on(
     mesh: Mesh, client: Client
@@ -101,13 +89,6 @@ async def test_a_call_held_when_its_control_turns_dry_run_goes_on(
 
 
 @over_each_protocol()
-@pytest.mark.xfail(
-    strict=True,
-    reason="a bulkhead removed and added back while a call is in flight counts that "
-    "call's end against the new bulkhead: its in-flight count goes below 0 and it then "
-    "lets one call more than its limit in (EdgeControl.retune makes a fresh Bulkhead, "
-    "EdgeControl.done gives the old slot to it)",
-)
 @pytest.mark.asyncio
 async def test_slots_balance_when_a_bulkhead_goes_and_comes_back_with_a_call_in_flight(
     mesh: Mesh, client: Client
@@ -133,12 +114,6 @@ async def test_slots_balance_when_a_bulkhead_goes_and_comes_back_with_a_call_in_
 
 
 @over_each_protocol()
-@pytest.mark.xfail(
-    strict=True,
-    reason="lowering an adaptive bulkhead's maxLimit does not lower the limit in force: "
-    "EdgeControl.retune sets the limiter's min_limit/max_limit but not its limit, and "
-    "Gradient2/AIMD only clamp it on a sample taken while half the limit is in use",
-)
 @pytest.mark.asyncio
 async def test_lowering_an_adaptive_max_limit_lowers_the_limit_in_force(
     mesh: Mesh, client: Client
@@ -158,14 +133,6 @@ async def test_lowering_an_adaptive_max_limit_lowers_the_limit_in_force(
     assert sum(r.code == client.code(REFUSED) for r in replies) >= 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a held call whose client leaves stays in the bulkhead's queue (marked gone, "
-    "its queue timer still armed, its exchange pinned by the closures) until it reaches "
-    "the front: behind one live waiter the queue grows past maxPending with every "
-    "client that comes and goes, for up to queueTimeout (Held.cancel only sets "
-    "`gone`; Bulkhead pops gone waiters from the front only)",
-)
 @pytest.mark.asyncio
 async def test_callers_that_leave_while_held_leave_the_queue(mesh: Mesh) -> None:
     bulkhead = {"maxInFlight": 1, "maxPending": 2, "queueTimeout": "30s"}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,19 @@ REBALANCE_INTERVAL: Final = 1.0
 FLOOR: Final = 0.1  # of the budget, split equally whatever the demand
 STALE: Final = 5.0  # seconds without a report: the proxy leaves the split
 MAX_EDGES: Final = 256  # edges one proxy may report
+MAX_RATE: Final = 1e9  # calls a second one proxy may claim on an edge
+
+
+def _number(value: object) -> float | None:
+    """A finite float from a JSON number (a bool is not one; an int too large for a
+    float, NaN and the infinities are refused), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 class Sender(Protocol):
@@ -125,30 +139,42 @@ class SharedDemand:
 class AggregateRates:
     """The control plane's half: reports in, shares out."""
 
-    def __init__(self, controls: Callable[[], Iterable[TrafficControl]]) -> None:
+    def __init__(
+        self,
+        controls: Callable[[], Iterable[TrafficControl]],
+        governs: Callable[[Key, str], bool] | None = None,
+    ) -> None:
+        """`governs(proxy, edge)`: whether the edge's control governs that proxy's calls
+        to its service (its workload in `from`, the service in `to`); a report on any
+        other edge is dropped, so no proxy takes a part of a budget not its own."""
         self._controls = controls
+        self._governs = governs or (lambda key, edge: True)
         self._reports: dict[Key, _Report] = {}
         self.sent: dict[Key, dict[str, float]] = {}  # the last shares each proxy got
         self.shared: SharedDemand | None = None  # with other replicas (set at start)
 
     def report(self, key: Key, proxy: Sender, msg: Mapping[str, Any]) -> bool:
-        """A demand report; True when it names an edge this proxy had not reported
-        (the caller rebalances at once, so a new proxy gets its part now)."""
-        seconds = msg.get("seconds")
+        """A demand report (a proxy's own word: checked, bounded, and kept only for the
+        edges whose control governs that proxy's calls); True for a proxy's first report
+        on a stream, which the caller splits at once so it gets its part now. Later
+        reports wait for the next split, whatever they name."""
+        seconds = _number(msg.get("seconds"))
         edges = msg.get("edges")
-        if not isinstance(edges, dict) or not isinstance(seconds, int | float) or seconds <= 0:
+        if not isinstance(edges, dict) or seconds is None or seconds <= 0:
             return False
-        rates = {
-            str(k): float(v) / float(seconds)
-            for k, v in list(edges.items())[:MAX_EDGES]
-            if isinstance(v, int | float) and v >= 0
-        }
+        rates = {}
+        for k, v in list(edges.items())[:MAX_EDGES]:
+            count = _number(v)
+            edge = str(k)
+            if count is None or count < 0 or not self._governs(key, edge):
+                continue
+            rates[edge] = min(count / seconds, MAX_RATE)
         old = self._reports.get(key)
         self._reports[key] = _Report(proxy, rates, time.monotonic())
         if old is None or old.proxy is not proxy:
             self.sent.pop(key, None)  # a new stream: its shares are sent again
             return True
-        return not set(rates) <= set(old.rates)
+        return False
 
     def forget(self, key: Key, proxy: Sender) -> None:
         """The proxy's stream ended (unless it already has a newer one)."""

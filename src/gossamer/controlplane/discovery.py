@@ -51,6 +51,7 @@ from gossamer.resources import to_dict, validate
 from gossamer.store import Compacted
 from gossamer.store.objects import same_config
 from gossamer.translate import InconsistentSnapshot, MeshView, ProxyInfo
+from gossamer.translate.controls import governs
 
 if TYPE_CHECKING:
     from gossamer.controlplane.replicas import Replicas
@@ -209,10 +210,47 @@ class Discovery:
         self._everything_changed = False
         self._changed_workloads: list[tuple[str, str, list[dict[str, str]]]] = []
         # Aggregate TrafficControl rates, split between the source proxies by demand.
-        self.aggregate = AggregateRates(lambda: self.mesh().controls)
+        self.aggregate = AggregateRates(lambda: self.mesh().controls, self._governs)
+        self._governed: tuple[MeshView | None, dict[tuple[tuple[str, str], str], bool]] = (
+            None,
+            {},
+        )
         # Recent refusals of joins, registrations and streams: a proxy that cannot join
         # retries for ever, and `gossamer check` says so (GET /v1/proxies "refused").
         self.refusals: deque[dict[str, Any]] = deque(maxlen=MAX_REFUSALS)
+
+    def _governs(self, proxy: tuple[str, str], edge: str) -> bool:
+        """Whether the TrafficControl of `edge` ("namespace/name/service.namespace")
+        governs the calls of `proxy`'s workload to that service (cached per mesh)."""
+        mesh = self.mesh()
+        seen_mesh, cache = self._governed
+        if seen_mesh is not mesh:
+            cache = {}
+            self._governed = (mesh, cache)
+        found = cache.get((proxy, edge))
+        if found is None:
+            if len(cache) >= 100_000:
+                cache.clear()
+            control_ns, _, rest = edge.partition("/")
+            control_name, _, service = rest.partition("/")
+            svc_name, _, svc_ns = service.partition(".")
+            control = next(
+                (
+                    c
+                    for c in mesh.controls
+                    if (c.metadata.namespace, c.metadata.name) == (control_ns, control_name)
+                ),
+                None,
+            )
+            workload = mesh.workloads.get(proxy)
+            svc = mesh.services.get((svc_ns, svc_name))
+            found = cache[(proxy, edge)] = (
+                control is not None
+                and workload is not None
+                and svc is not None
+                and governs(mesh, control, workload, svc)
+            )
+        return found
 
     def refused(self, what: str, who: str, reason: str) -> None:
         self.refusals.append({"at": time.time(), "what": what, "who": who, "reason": reason})

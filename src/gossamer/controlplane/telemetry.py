@@ -40,7 +40,8 @@ from gossamer.telemetry.window import (
     summarize,
     window_golden,
 )
-from gossamer.translate.build import selects
+from gossamer.translate.build import MeshView, selects
+from gossamer.translate.controls import governs
 
 log = logging.getLogger("gossamer.controlplane.telemetry")
 
@@ -220,6 +221,9 @@ class Telemetry:
         for key in list(self.health):
             if key not in current:
                 del self.health[key]  # deregistered: its history stays until it ages out
+        for key in list(self.control_samples):
+            if key not in current:
+                del self.control_samples[key]  # its controls' counts go with it
         self.write_sd_file()
 
     async def scrape_once(self) -> None:
@@ -461,13 +465,35 @@ class Telemetry:
         waiting, refusals by reason) and its refusals in all, or in DryRun the calls it
         would have refused. Stale proxies are left out."""
         out: dict[str, dict[str, Any]] = {}
+        if not self.control_samples:
+            return out
+        # A proxy's /metrics is its own word: only the edges a control really governs
+        # for that proxy's workload count (gossamer.translate.controls.governs).
+        mesh = MeshView.from_objects(
+            [
+                o
+                for kind in ("TrafficControl", "Workload", "Service")
+                for o in self.store.list(kind)
+            ],
+            trust_domain="",
+            trust_bundle="",
+        )
+        controls = {(c.metadata.namespace, c.metadata.name): c for c in mesh.controls}
         for (ns, workload), samples in sorted(self.control_samples.items()):
             if self.stale((ns, workload)):
                 continue
+            source = mesh.workloads.get((ns, workload))
+            if source is None:
+                continue  # gone from the mesh
             edges: dict[tuple[str, str], dict[str, Any]] = {}
             for s in samples:
                 lb = s.labels
-                control = f"{lb.get('control_namespace', '')}/{lb.get('control_name', '')}"
+                ckey = (lb.get("control_namespace", ""), lb.get("control_name", ""))
+                svc = mesh.services.get((lb.get("dst_namespace", ""), lb.get("dst_service", "")))
+                found = controls.get(ckey)
+                if found is None or svc is None or not governs(mesh, found, source, svc):
+                    continue
+                control = f"{ckey[0]}/{ckey[1]}"
                 service = f"{lb.get('dst_service', '')}.{lb.get('dst_namespace', '')}"
                 entry = out.setdefault(control, {"edges": [], "refused": 0.0, "wouldRefuse": 0.0})
                 edge = edges.get((control, service))

@@ -30,7 +30,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
-from gossamer.proxy.policy.control import GRPC_RESOURCE_EXHAUSTED, EdgeControl, Waiter, hold
+from gossamer.proxy.policy.control import (
+    GRPC_RESOURCE_EXHAUSTED,
+    Bulkhead,
+    EdgeControl,
+    Waiter,
+    hold,
+)
 from gossamer.proxy.policy.resilience import IDEMPOTENT
 
 if TYPE_CHECKING:
@@ -112,7 +118,7 @@ class Call(Generic[P]):
         self.rule_retry: RetryPolicy | None = None
         # TrafficControls: those whose bulkhead let the call in (given back at the
         # end), the queue it waits in, and when it was let through.
-        self.entered: list[tuple[EdgeControl, bool]] | None = None
+        self.entered: list[tuple[EdgeControl, Bulkhead | None]] | None = None
         self.held: Held[P] | None = None
         self.admitted_at = 0.0
 
@@ -202,18 +208,18 @@ class Call(Generic[P]):
             bulkhead = edge.bulkhead
             if bulkhead is None:
                 if edge.breaker is not None:
-                    self._entered(edge, False)  # the breaker hears how it went
+                    self._entered(edge, None)  # the breaker hears how it went
                 continue
             if bulkhead.enter():
-                self._entered(edge, True)
+                self._entered(edge, bulkhead)
             elif edge.enforce and bulkhead.queued() < bulkhead.max_pending:
                 held = self.held = Held(self, edge, i)
                 return held
             else:
-                refusal = edge.refuse_concurrency()
+                refusal = edge.refuse_concurrency(bulkhead)
                 if refusal is not None:
                     return self._refused(Answer(503, refusal.reason, GRPC_RESOURCE_EXHAUSTED, 1.0))
-                self._entered(edge, False)
+                self._entered(edge, None)
         self.admitted_at = now
         limits = target.limits
         if limits is not None:
@@ -246,8 +252,9 @@ class Call(Generic[P]):
                 edge.done(self.admitted_at, None, 0, slot)
         return answer
 
-    def _entered(self, edge: EdgeControl, slot: bool) -> None:
-        """`edge` let the call through (`slot`: into its bulkhead); told at the end."""
+    def _entered(self, edge: EdgeControl, slot: Bulkhead | None) -> None:
+        """`edge` let the call through (`slot`: into this bulkhead of it); told at the
+        end, and the slot given back to that bulkhead whatever the edge has then."""
         if self.entered is None:
             self.entered = [(edge, slot)]
         else:
@@ -361,7 +368,7 @@ class Held(Generic[P]):
     def cancel(self) -> None:
         """The call ended while waiting: it leaves the queue."""
         if self.waiter is not None:
-            self.waiter.gone = True
+            self.waiter.leave()
         self.call.held = None
 
 
@@ -392,13 +399,13 @@ def proceed(
     def admitted() -> None:
         call = held.call
         call.held = None
-        call._entered(edge, True)
+        call._entered(edge, bulkhead)
         proceed(call._admit_from(held.index, clock()), call_later, clock, go, refuse)
 
     def timed_out() -> None:
         call = held.call
         call.held = None
-        refusal = edge.refuse_concurrency()
+        refusal = edge.refuse_concurrency(bulkhead)
         reason = refusal.reason if refusal is not None else f"{edge.label}: queue timeout"
         refuse(
             call._refused(

@@ -25,6 +25,7 @@ queue timeout are the side's (see `hold`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -173,11 +174,27 @@ Limiter = FixedLimit | AIMDLimit | Gradient2Limit
 class Waiter:
     """A call held in a bulkhead's queue: `admitted` runs once a slot is its."""
 
-    __slots__ = ("admitted", "gone")
+    __slots__ = ("admitted", "bulkhead", "gone", "timer")
 
     def __init__(self, admitted: Callable[[], None]) -> None:
         self.admitted = admitted
         self.gone = False  # timed out or its client left: skipped when a slot frees
+        self.bulkhead: Bulkhead | None = None  # the queue it is in
+        self.timer: Any = None  # its queue timeout
+
+    def leave(self) -> None:
+        """Its call ended while it waited (the client went away, a route timeout): out
+        of the queue now, its timer stopped, so callers that leave cannot grow the
+        queue past maxPending or leave timers behind."""
+        self.gone = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        bulkhead = self.bulkhead
+        if bulkhead is not None:
+            self.bulkhead = None
+            with contextlib.suppress(ValueError):
+                bulkhead.waiting.remove(self)
 
 
 class Bulkhead:
@@ -220,6 +237,16 @@ class Bulkhead:
             # The loop's clock ticks in milliseconds: a faster call is half a tick.
             self.limiter.sample(max(rtt, RTT_FLOOR), inflight, dropped)
         self.wake()
+
+    def release_all(self) -> None:
+        """Let every call waiting go on at once, whatever the limit (the control stops
+        holding calls back: removed, past its ttl, or in DryRun now)."""
+        waiting = self.waiting
+        while waiting:
+            waiter = waiting.popleft()
+            if not waiter.gone:
+                self.active += 1
+                waiter.admitted()
 
     def wake(self) -> None:
         waiting = self.waiting
@@ -357,24 +384,29 @@ class EdgeControl:
             else:
                 self.bucket.retune(per_second, burst)
         c = view.concurrency
+        old = self.bulkhead
         if c is None:
+            # No bulkhead any more: those it holds go on; calls in flight give their
+            # slots back to it (each call keeps the bulkhead it entered).
             self.bulkhead = None
+            if old is not None:
+                old.release_all()
+        elif old is None:
+            self.bulkhead = Bulkhead(_limiter(view), c.max_pending, c.queue_timeout)
         else:
+            # The same bulkhead, retuned: its calls in flight and its queue stay.
             limiter = _limiter(view)
-            old = self.bulkhead
-            if old is None or type(old.limiter) is not type(limiter):
-                bulkhead = Bulkhead(limiter, c.max_pending, c.queue_timeout)
-                if old is not None:
-                    bulkhead.active, bulkhead.waiting = old.active, old.waiting
-                self.bulkhead = bulkhead
+            current = old.limiter
+            if isinstance(current, FixedLimit) or type(current) is not type(limiter):
+                old.limiter = limiter
             else:
-                if isinstance(old.limiter, FixedLimit):
-                    old.limiter = limiter
-                else:
-                    old.limiter.min_limit = limiter.min_limit  # type: ignore[union-attr]
-                    old.limiter.max_limit = limiter.max_limit  # type: ignore[union-attr]
-                old.max_pending, old.queue_timeout = c.max_pending, c.queue_timeout
+                current.min_limit, current.max_limit = limiter.min_limit, limiter.max_limit
+                current.limit = float(max(current.min_limit, min(current.max_limit, current.limit)))
+            old.max_pending, old.queue_timeout = c.max_pending, c.queue_timeout
+            if self.enforce:
                 old.wake()
+            else:
+                old.release_all()  # DryRun holds nobody back
         b = view.retry_budget
         if b is None:
             self.retry_budget = None
@@ -433,9 +465,7 @@ class EdgeControl:
         per_second, burst = self._rate()
         self.bucket.retune(max(per_second, 1e-9), burst)
 
-    def refuse_concurrency(self) -> Refusal | None:
-        bulkhead = self.bulkhead
-        assert bulkhead is not None
+    def refuse_concurrency(self, bulkhead: Bulkhead) -> Refusal | None:
         return self._refuse(
             "concurrency",
             f"{self.label}: {bulkhead.active} calls to {self.service} in flight "
@@ -450,16 +480,17 @@ class EdgeControl:
         self.refused[reason] += 1
         return Refusal(text, retry_after)
 
-    def done(self, now: float, rtt: float | None, status: int, slot: bool) -> None:
+    def done(self, now: float, rtt: float | None, status: int, slot: Bulkhead | None) -> None:
         """A call this control let through ended (`status` 0: its client went away);
-        `slot`: it held a place in the bulkhead."""
+        `slot`: the bulkhead it held a place in (the one it entered, even if the control
+        has another now)."""
         failed = status >= 500 or status == 0
         dropped = status in (429, 503)
         breaker = self.breaker
         if breaker is not None and status:
             breaker.record(failed, now)
-        if slot and self.bulkhead is not None:
-            self.bulkhead.leave(rtt if status else None, dropped)
+        if slot is not None:
+            slot.leave(rtt if status else None, dropped)
 
 
 def _limiter(view: ControlView) -> Limiter:
@@ -605,8 +636,7 @@ def _let_go(edge: EdgeControl) -> None:
     edge.live = False
     bulkhead = edge.bulkhead
     if bulkhead is not None:
-        bulkhead.limiter = FixedLimit(1_000_000_000)
-        bulkhead.wake()
+        bulkhead.release_all()
 
 
 def hold(
@@ -617,20 +647,23 @@ def hold(
 ) -> Waiter:
     """Queue a call in `bulkhead`: `admitted` once a slot is its, `timed_out` after the
     queue timeout. The side marks the waiter `gone` if its client leaves first."""
-    timer: list[Any] = []
 
     def in_() -> None:
-        if timer:
-            timer[0].cancel()
+        waiter.bulkhead = None
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+            waiter.timer = None
         admitted()
 
     waiter = Waiter(in_)
 
     def expire() -> None:
+        waiter.timer = None
         if not waiter.gone:
-            waiter.gone = True
+            waiter.leave()
             timed_out()
 
     bulkhead.waiting.append(waiter)
-    timer.append(call_later(bulkhead.queue_timeout, expire))
+    waiter.bulkhead = bulkhead
+    waiter.timer = call_later(bulkhead.queue_timeout, expire)
     return waiter
