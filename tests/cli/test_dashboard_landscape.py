@@ -270,6 +270,33 @@ def test_a_finding_shows_its_command_and_its_control_is_applied_with_an_admin_to
     assert errors is None
 
 
+def test_an_apply_the_control_plane_refuses_shows_why(landscape: Landscape) -> None:
+    cp, storm = landscape.cp, landscape.storm
+    finding = FINDING.format(id=storm["id"])
+    token = cp.cli("api-token", "create", "on-call", "--scope", "admin", check=True).stdout.strip()
+
+    async def steps(b: Browser) -> Any:
+        await b.until(f"Boolean({finding})")
+        await b.eval(
+            f"window.prompt = () => {json.dumps(token)}; window.confirm = () => true;"
+            " document.getElementById('auth').click(), true"
+        )
+        await b.until(f"Boolean({finding}?.querySelector('[data-apply]'))")
+        # Revoked after the page took it: the page still offers the button.
+        await asyncio.to_thread(cp.cli, "api-token", "revoke", "on-call", check=True)
+        await b.eval(f"{finding}.querySelector('[data-apply]').click(), true")
+        return await b.until(
+            f"{finding}?.querySelector('[data-apply-result]')?.textContent.startsWith('Not')"
+            f" && {finding}.querySelector('[data-apply-result]').className"
+            f" + ': ' + {finding}.querySelector('[data-apply-result]').textContent"
+        )
+
+    result = with_browser(cp.api + "/#/landscape", steps)
+    assert result.startswith(
+        "apply-result bad: Not applied: the API token given is not known (revoked, "
+    ), result
+
+
 TIERS = {  # tier: (services, the tiers it calls)
     "edge": (["gateway", "cdn-origin", "auth-proxy"], ["web", "api"]),
     "web": (["storefront", "checkout-ui", "search-ui", "account-ui", "mobile-bff"], ["api"]),
