@@ -30,7 +30,11 @@ from aiohttp import web
 from gossamer.controlplane.aggregate import REBALANCE_INTERVAL, AggregateRates, SharedDemand
 from gossamer.controlplane.telemetry import Telemetry
 from gossamer.identity import tls as identity_tls
+from gossamer.proxy.policy.control import ControlRegistry
+from gossamer.resources import to_dict, validate
+from gossamer.resources.trafficcontrol import TrafficControl
 from gossamer.store import SqliteStore
+from gossamer.translate.controltypes import ControlView, RateView
 from gossamer.xds.bootstrap import EnvoyWorkload, JoinedFiles, join, register
 from tests.controlplane.test_aggregate import Stream, control
 from tests.e2e.conftest import ControlPlaneProcess, control_plane  # noqa: F401 - fixture
@@ -286,3 +290,70 @@ async def test_a_proxy_that_left_leaves_the_control_status(tmp_path: Path) -> No
         await telemetry.stop()
         store.close()
         await runner.cleanup()
+
+
+# ---- the split as the proxies enforce it ---------------------------------------------
+
+
+class _Proxy:
+    """A source proxy's half, as its agent wires it: the registry's demand goes out as a
+    report, the shares sent back go into the registry (proxy.agent.session)."""
+
+    def __init__(self, rate: RateView) -> None:
+        self.controls = ControlRegistry()
+        self.apply(rate)
+
+    def apply(self, rate: RateView) -> None:
+        """A snapshot with the control `shop/cap` on api.shop at `rate`."""
+        self.controls.update([ControlView("cap", "shop", ("api.shop",), rate=rate)])
+
+    async def send_shares(self, shares: dict[str, float]) -> None:
+        self.controls.set_shares(shares)
+
+    def enforced(self) -> float:
+        bucket = self.controls.edges[("shop", "cap", "api.shop")].bucket
+        assert bucket is not None
+        return bucket.rate
+
+
+def _aggregate(limit: str, burst: int) -> TrafficControl:
+    obj = to_dict(control(limit))
+    obj["spec"]["rate"]["burst"] = burst
+    resource = validate(obj)
+    assert isinstance(resource, TrafficControl)
+    return resource
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="changing only an Aggregate rate's burst makes every source proxy drop its "
+    "share and enforce the whole budget (EdgeControl.retune resets `share` when "
+    "(rate, burst) changes), while the control plane does not send the parts again "
+    "(AggregateRates.rebalance skips parts equal to those it sent, and a saturated "
+    "split's parts do not change): the group gets the budget once per proxy",
+)
+@pytest.mark.asyncio
+async def test_changing_an_aggregate_rates_burst_keeps_the_group_within_its_budget() -> None:
+    controls = [_aggregate("30/s", 3)]
+    rates = AggregateRates(lambda: controls)
+    proxies = {("shop", f"web-{i}"): _Proxy(RateView(30.0, 3, aggregate=True)) for i in range(3)}
+
+    async def second() -> None:
+        """A second of demand over the budget from each proxy, then a split."""
+        for key, proxy in proxies.items():
+            for _ in range(100):
+                proxy.controls.edges[("shop", "cap", "api.shop")].check(0.0)
+            rates.report(key, proxy, {"seconds": 1.0, "edges": proxy.controls.demand()})
+        await rates.rebalance()
+
+    await second()
+    assert sum(p.enforced() for p in proxies.values()) == pytest.approx(30.0)
+
+    # The operator changes the burst only; every proxy gets the new snapshot.
+    controls[:] = [_aggregate("30/s", 10)]
+    for proxy in proxies.values():
+        proxy.apply(RateView(30.0, 10, aggregate=True))
+    for _ in range(3):
+        await second()
+
+    assert sum(p.enforced() for p in proxies.values()) == pytest.approx(30.0)
