@@ -153,3 +153,25 @@ async def test_callers_that_leave_while_held_leave_the_queue(mesh: Mesh) -> None
     await first
 
     assert queue <= 2  # maxPending
+
+
+@over_each_protocol()
+@pytest.mark.xfail(
+    strict=True,
+    reason="a control past its ttl acts again on every snapshot, until the proxy's next "
+    "sweep (up to a second): the translation still sends it (controls_for does not drop "
+    "expired controls) and EdgeControl.retune sets `live = True` without checking "
+    "expires_at, so an expired quarantine refuses calls after any mesh change",
+)
+@pytest.mark.asyncio
+async def test_a_control_past_its_ttl_refuses_nothing_on_a_new_snapshot(
+    mesh: Mesh, client: Client
+) -> None:
+    # The harness stamps creationTimestamp 2026-01-01: a ttl of an hour ran out long ago.
+    await serve(mesh, control(quarantine={}, ttl="1h"))
+    # Before any sweep (nothing awaited since the snapshot was applied):
+    assert all(not edge.live for edge in mesh.echo.controls)
+
+    reply = await client.call()
+
+    assert reply.code == client.code(OK)
