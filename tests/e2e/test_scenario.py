@@ -1,6 +1,7 @@
 """`gossamer demo --scenario cascade`: the landscape's shape (fast), and a small landscape
 run end to end (slow: `pytest -m slow tests/e2e/test_scenario.py`): every phase gives
-numbers, phase 1's incident gives findings, and no process of the scenario outlives it."""
+numbers, the healthy landscape gives no finding and phase 1's incident gives some, and
+no process of the scenario outlives it."""
 
 from __future__ import annotations
 
@@ -34,6 +35,18 @@ def test_the_landscape_has_thirty_services_in_four_tiers_and_valid_resources() -
         validate(doc)  # raises with the field path if the API would refuse it
 
 
+@pytest.mark.parametrize("n", [4, 5, 8, 13, 30, 45])
+def test_in_a_landscape_of_any_size_only_optional_calls_reach_the_slow_service(n: int) -> None:
+    services = landscape(n)
+    assert len(services) == n
+    names = {s.name for s in services}
+    for s in services:
+        for call in s.calls:
+            assert set(call.targets) <= names
+            assert SLOW not in call.targets or (call.optional and s.tier == "api")
+    assert any(SLOW in c.targets for s in services for c in s.calls)
+
+
 def test_a_landscape_smaller_than_one_service_per_tier_is_refused() -> None:
     out = subprocess.run(
         [*GOSSAMER, "demo", "--scenario", "cascade", "--services", "3"],
@@ -62,7 +75,7 @@ def _processes_mentioning(text: str) -> list[int]:
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_small_cascade_scenario_measures_three_phases_and_leaves_no_process() -> None:
+def test_a_small_cascade_scenario_finds_the_incident_measures_3_phases_leaves_no_process() -> None:
     run = subprocess.run(
         [*GOSSAMER, "demo", "--scenario", "cascade", "--services", "8", "--rate", "10",
          "--warmup", "15", "--duration", "15", "-o", "json"],
@@ -88,8 +101,10 @@ def test_a_small_cascade_scenario_measures_three_phases_and_leaves_no_process() 
     assert report["phases"][0]["controls"] == []
     assert report["phases"][2]["controls"] == ["bulkhead-backend-0", "retry-budget-api"]
 
-    # Phase 1's incident — a slow backend behind retrying callers — is found, and the
-    # controls the findings suggest are the ones phase 2 ran with.
+    # The healthy landscape gives no finding; phase 1's incident — a slow backend behind
+    # retrying callers — is found, and the controls the findings suggest are the ones
+    # phase 2 ran with.
+    assert report["phases"][0]["healthyFindings"] == []
     assert report["findings"], "phase 1 gave no findings"
     assert {f["kind"] for f in report["findings"]} & {"RetryStorm", "Cascade"}
     assert report["phases"][1]["controls"] == [c["metadata"]["name"] for c in report["suggested"]]

@@ -100,13 +100,16 @@ def landscape(n: int) -> list[ServiceSpec]:
     for i in range(web_n):
         apis = [f"api-{j}" for j in range(i, api_n, web_n)] or [f"api-{i % api_n}"]
         out.append(ServiceSpec(f"web-{i}", "web", TEAMS[i % 4], (1, 3), [Call(apis)]))
-    others = list(range(1, back_n)) or [0]
+    others = list(range(1, back_n))
     for j in range(api_n):
         calls = []
         if (j % web_n) % 2 == 0:
             calls.append(Call([SLOW], optional=True))
-        pair = [others[j % len(others)], others[(j + api_n) % len(others)]]
-        calls.append(Call([f"backend-{k}" for k in dict.fromkeys(pair)]))
+        if others:
+            pair = [others[j % len(others)], others[(j + api_n) % len(others)]]
+            calls.append(Call([f"backend-{k}" for k in dict.fromkeys(pair)]))
+        else:  # the slow backend is the only one: the api's required call goes to data
+            calls.append(Call([f"data-{j % data_n}"]))
         out.append(ServiceSpec(f"api-{j}", "api", TEAMS[j % 4], (2, 6), calls))
     for k in range(back_n):
         out.append(
@@ -576,10 +579,31 @@ def _incident(sc: Scenario, latency_ms: float | None) -> None:
         r.read()
 
 
-async def _phase(sc: Scenario, load: Load, name: str) -> dict[str, Any]:
-    """Healthy for `warmup`, then the incident for `duration`: the numbers of each."""
+async def _findings(sc: Scenario, since: float) -> list[dict[str, Any]]:
+    """The findings over the time since `since` (and a step more), once the control plane
+    has scraped what happened up to now."""
+    assert sc.client is not None
+    await asyncio.sleep(2)  # its scrapes are a second apart here
+    window = int(time.monotonic() - since) + FINDINGS_STEP
+    answer = await asyncio.to_thread(
+        sc.client.get, "/v1/findings", window=f"{window}s", step=f"{FINDINGS_STEP}s"
+    )
+    items: list[dict[str, Any]] = answer["items"]
+    return items
+
+
+async def _phase(
+    sc: Scenario, load: Load, name: str, *, check_healthy: bool = False
+) -> dict[str, Any]:
+    """Healthy for `warmup`, then the incident for `duration`: the numbers of each; with
+    `check_healthy`, the findings of the healthy part too (there should be none)."""
     healthy_from = time.monotonic()
     await _sleep(sc, sc.warmup)
+    healthy: dict[str, Any] = {}
+    if check_healthy:
+        found = await _findings(sc, healthy_from)
+        healthy["healthyFindings"] = [_brief(f) for f in found]
+        sc.say(f"{name}: {len(found)} findings while healthy")
     start = time.monotonic()
     await asyncio.to_thread(_incident, sc, INCIDENT_LATENCY_MS)
     sc.say(f"{name}: incident — {SLOW} answers in {INCIDENT_LATENCY_MS} ms")
@@ -589,7 +613,12 @@ async def _phase(sc: Scenario, load: Load, name: str) -> dict[str, Any]:
         "healthy": load.between(healthy_from, start),
         "incident": load.between(start, end),
         "incidentSeconds": round(end - start, 1),
+        **healthy,
     }
+
+
+def _brief(finding: dict[str, Any]) -> dict[str, Any]:
+    return {k: finding[k] for k in ("id", "kind", "summary", "services", "evidence")}
 
 
 async def _sleep(
@@ -625,13 +654,8 @@ async def _phases(sc: Scenario, load: Load) -> dict[str, Any]:
     try:
         sc.say("phase 1/3: no controls")
         began = time.monotonic()
-        numbers = await _phase(sc, load, "phase 1")
-        await asyncio.sleep(2)  # the control plane's last scrapes of the incident
-        window = int(time.monotonic() - began) + FINDINGS_STEP
-        answer = await asyncio.to_thread(
-            client.get, "/v1/findings", window=f"{window}s", step=f"{FINDINGS_STEP}s"
-        )
-        found: list[dict[str, Any]] = answer["items"]
+        numbers = await _phase(sc, load, "phase 1", check_healthy=True)
+        found = await _findings(sc, began)
         phases.append({"name": "no controls", "controls": [], **numbers})
         await _recover(sc)
 
@@ -669,9 +693,7 @@ async def _phases(sc: Scenario, load: Load) -> dict[str, Any]:
         load.stop()
         await runner
     return {
-        "findings": [
-            {k: f[k] for k in ("id", "kind", "summary", "services", "evidence")} for f in found
-        ],
+        "findings": [_brief(f) for f in found],
         "suggested": controls,
         "phases": phases,
         "memory": used,
@@ -741,7 +763,7 @@ def run_scenario(args: argparse.Namespace) -> int:
         return 0
     print()
     print(
-        f"entry tier (web, {report['tiers']['web']} services) as the load generator saw it, "
+        f"the entry tier (web: {report['tiers']['web']}) as the load generator saw it, "
         f"{args.rate:g} req/s, during each {args.duration:g}s incident ({SLOW} +2 s):\n"
     )
 
@@ -766,6 +788,10 @@ def run_scenario(args: argparse.Namespace) -> int:
     for p in report["phases"]:
         if p["controls"]:
             print(f"\n{p['name']}: " + ", ".join(p["controls"]))
+    calm = report["phases"][0]["healthyFindings"]
+    print(f"\nfindings while healthy, before phase 1's incident: {len(calm) or 'none'}")
+    for f in calm:
+        print(f"  {f['id']}  {f['kind']}: {f['summary']}")
     if report["findings"]:
         print("\nfindings during phase 1's incident:")
         for f in report["findings"]:
