@@ -34,6 +34,8 @@ from gossamer.proxy.policy.control import ControlRegistry
 from gossamer.resources import to_dict, validate
 from gossamer.resources.trafficcontrol import TrafficControl
 from gossamer.store import SqliteStore
+from gossamer.translate import controls as translate_controls
+from gossamer.translate.build import MeshView
 from gossamer.translate.controltypes import ControlView, RateView
 from gossamer.xds.bootstrap import EnvoyWorkload, JoinedFiles, join, register
 from tests.controlplane.test_aggregate import Stream, control
@@ -357,3 +359,80 @@ async def test_changing_an_aggregate_rates_burst_keeps_the_group_within_its_budg
         await second()
 
     assert sum(p.enforced() for p in proxies.values()) == pytest.approx(30.0)
+
+
+# ---- many controls (translate.controls, on the control plane's event loop) -------------
+
+
+def _mesh_of(controls: int, services: int, workloads: int) -> MeshView:
+    objects: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": f"s{i}", "namespace": "shop"},
+            "spec": {"selector": {"app": f"a{i}"}, "ports": [{"port": 80}]},
+        }
+        for i in range(services)
+    ]
+    objects += [
+        {
+            "apiVersion": "gossamer.dev/v1alpha1",
+            "kind": "Workload",
+            "metadata": {
+                "name": f"w{i}",
+                "namespace": "shop",
+                "labels": {"app": f"a{i % services}", "team": f"t{i % 10}", "tier": "web"},
+            },
+            "spec": {"address": "127.0.0.1", "inboundPort": 1, "serviceAccount": "web"},
+        }
+        for i in range(workloads)
+    ]
+    objects += [
+        {
+            "apiVersion": "gossamer.dev/v1alpha1",
+            "kind": "TrafficControl",
+            "metadata": {"name": f"c{i}", "namespace": "shop"},
+            "spec": {
+                "from": {"selector": {"matchLabels": {"tier": "web"}}},
+                "to": {"selector": {"matchLabels": {"team": f"t{i % 10}"}}},
+                "rate": {"limit": "10/s"},
+            },
+        }
+        for i in range(controls)
+    ]
+    return MeshView.from_objects(
+        [to_dict(validate(o)) for o in objects], trust_domain="x", trust_bundle=""
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a proxy's controls cost (controls x services x workloads) label matches: "
+    "controls_for asks service_in_group for each control and service, which scans "
+    "every workload of the mesh each time; measured on the 2-core VM, 5.4 s for one "
+    "proxy's snapshot with 100 controls, 100 services and 1000 workloads (75 s with "
+    "300/200/2000), built synchronously on the control plane's event loop",
+)
+def test_a_proxys_controls_cost_no_label_match_per_control_service_and_workload(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    controls, services, workloads = 20, 50, 500
+    mesh = _mesh_of(controls, services, workloads)
+    matches = 0
+    real = translate_controls.selects
+
+    def counted(selector: Any, labels: Any) -> bool:
+        nonlocal matches
+        matches += 1
+        return real(selector, labels)
+
+    monkeypatch.setattr(translate_controls, "selects", counted)
+
+    found = translate_controls.controls_for(
+        mesh, mesh.workloads[("shop", "w0")], mesh.services.values()
+    )
+
+    # Each control governs the services whose workloads are on its team: all of them.
+    assert len(found) == controls
+    # Matching a service's selector against each workload once would be enough.
+    assert matches <= services * workloads
