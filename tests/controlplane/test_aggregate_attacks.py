@@ -436,3 +436,60 @@ def test_a_proxys_controls_cost_no_label_match_per_control_service_and_workload(
     assert len(found) == controls
     # Matching a service's selector against each workload once would be enough.
     assert matches <= services * workloads
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="control status checks each sample a proxy's /metrics carries with governs(), "
+    "which scans every workload for a service outside the control's `to`: a member "
+    "proxy's 10,000 forged samples (1.4 MB of the 16 MB a scrape may be) cost 7.6 s of "
+    "the control plane's event loop per GET /v1/controls/status (1000 workloads, 2-core "
+    "VM), a read that needs no token by default (Telemetry.control_status, 68b438d)",
+)
+@pytest.mark.asyncio
+async def test_control_status_costs_no_label_match_per_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services, workloads, samples = 5, 200, 500
+    forged = "".join(
+        f'gossamer_control_refused_total{{control_namespace="shop",control_name="cap",'
+        f'dst_namespace="shop",dst_service="s{i % services}",mode="Enforce",reason="r{i}"}} 1\n'
+        for i in range(samples)
+    )
+    runner, port = await _metrics_server(forged)
+    store = SqliteStore(tmp_path / "mesh.db")
+    telemetry = Telemetry(store, interval=1.0)
+    try:
+        objects: list[dict[str, Any]] = [CAP, _workload("web-1", {"tier": "web"}, port)]
+        for i in range(services):
+            objects.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {"name": f"s{i}", "namespace": "shop"},
+                    "spec": {"selector": {"app": f"a{i}"}, "ports": [{"port": 80}]},
+                }
+            )
+        objects += [_workload(f"w{i}", {"app": f"a{i % services}"}, 0) for i in range(workloads)]
+        store.apply(objects)
+        await telemetry.start(scrape=False)
+        await telemetry.scrape_once()
+        matches = 0
+        real = translate_controls.selects
+
+        def counted(selector: Any, labels: Any) -> bool:
+            nonlocal matches
+            matches += 1
+            return real(selector, labels)
+
+        monkeypatch.setattr(translate_controls, "selects", counted)
+
+        status = telemetry.control_status()
+
+        assert "shop/cap" not in status  # none of these services is in `to`
+        # Matching each service's selector against each workload once would be enough.
+        assert matches <= services * workloads
+    finally:
+        await telemetry.stop()
+        store.close()
+        await runner.cleanup()
