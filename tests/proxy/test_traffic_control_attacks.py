@@ -16,10 +16,16 @@ translation builds, and each test calls echo through it.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
+from gossamer.translate.controltypes import ConcurrencyView, ControlView
+from tests.proxy.conftest import Pki
+from tests.proxy.test_e2e_upgrade import _websocket_echo, two_proxies
 from tests.proxy.test_policies_by_protocol import (  # noqa: F401 - fixtures
     OK,
     Client,
@@ -175,3 +181,47 @@ async def test_a_control_past_its_ttl_refuses_nothing_on_a_new_snapshot(
     reply = await client.call()
 
     assert reply.code == client.code(OK)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a WebSocket (any upgrade or CONNECT tunnel) gives its bulkhead slot back "
+    "when the upgrade is answered (Exchange._end with UPSTREAM_TAKE calls Call.finish), "
+    "so a maxInFlight bulkhead lets any number of tunnels to the destination stay open "
+    "at once",
+)
+@pytest.mark.asyncio
+async def test_an_open_websocket_holds_its_bulkhead_slot(pki: Pki) -> None:
+    app = web.Application()
+    app.router.add_get("/ws", _websocket_echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    try:
+        await site.start()
+        async with two_proxies(pki, runner.addresses[0][1]) as (client, _):
+            assert client.snapshot is not None
+            shield = ControlView(
+                "shield",
+                "default",
+                ("echo.default",),
+                concurrency=ConcurrencyView(max_in_flight=1, max_pending=0),
+            )
+            client.apply_snapshot(replace(client.snapshot, controls=(shield,)))
+            assert client.table.routes[("echo", "default", 80)].controls != ()
+            assert client.outbound_address is not None
+            host, port = client.outbound_address
+            url = f"http://{host}:{port}/ws"
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+                session.ws_connect(url, headers={"Host": "echo"}) as first,
+            ):
+                await first.send_str("one")
+                assert await first.receive_str() == "echo: one"
+                # The first WebSocket is open: the bulkhead of one has no room.
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    async with session.ws_connect(url, headers={"Host": "echo"}):
+                        pass
+                assert refused.value.status == 503
+    finally:
+        await runner.cleanup()
