@@ -532,3 +532,33 @@ async def test_an_aggregate_control_applied_again_keeps_the_group_within_its_bud
         await second()
 
     assert sum(p.enforced() for p in proxies.values()) == pytest.approx(30.0)
+
+
+# ---- the --force guard rail (controlplane.api) -----------------------------------------
+
+ALLOWS_NOBODY = """\
+apiVersion: gossamer.dev/v1alpha1
+kind: TrafficControl
+metadata: {name: lockdown, namespace: shop}
+spec:
+  from: {namespaces: ["*"]}
+  to: {selector: {matchLabels: {app: api}}}
+  quarantine: {allow: [{namespaces: [sre-typo], selector: {matchLabels: {team: sre}}}]}
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.xfail(
+    strict=True,
+    reason="a quarantine of every caller of the mesh whose allow list allows nobody (a "
+    "group that holds no workload: a mistyped namespace) is applied without --force: "
+    "refuses_a_whole_side only asks whether there is an allow list, not whether it "
+    "lets anyone through",
+)
+def test_a_quarantine_whose_allow_list_allows_nobody_needs_force(
+    control_plane: ControlPlaneProcess,
+) -> None:
+    refused = control_plane.cli("apply", "-f", "-", stdin=ALLOWS_NOBODY)
+
+    assert refused.returncode == 1, refused.stdout
+    assert "--force" in refused.stderr
