@@ -39,7 +39,12 @@ from gossamer.translate.build import MeshView
 from gossamer.translate.controltypes import ControlView, RateView
 from gossamer.xds.bootstrap import EnvoyWorkload, JoinedFiles, join, register
 from tests.controlplane.test_aggregate import Stream, control
-from tests.e2e.conftest import ControlPlaneProcess, control_plane  # noqa: F401 - fixture
+from tests.e2e.conftest import (  # noqa: F401 - control_plane is a fixture
+    ControlPlaneProcess,
+    control_plane,
+    start_control_plane,
+    stop_process,
+)
 
 EDGE = "shop/cap/api.shop"
 
@@ -562,3 +567,59 @@ def test_a_quarantine_whose_allow_list_allows_nobody_needs_force(
 
     assert refused.returncode == 1, refused.stdout
     assert "--force" in refused.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="a source proxy whose /metrics gives a control series the value NaN or +Inf "
+    "(Prometheus text allows both) makes GET /v1/controls/status answer NaN/Infinity, "
+    "which is not JSON: the dashboard's JSON.parse fails for everyone "
+    "(Telemetry.control_status keeps non-finite samples, aiohttp's json_response writes "
+    "them)",
+)
+def test_control_status_is_json_whatever_a_proxy_reports(tmp_path: Path) -> None:
+    cp = start_control_plane(tmp_path / "cp", "--scrape-interval", "1")
+    try:
+        cp.cli("apply", "-f", "-", stdin=OBJECTS, check=True)
+        _joined(cp, tmp_path, "api-1", "api", {"app": "api"})
+
+        async def run() -> str:
+            runner, port = await _metrics_server(
+                _series(float("nan")) + _series(float("inf")).replace('"rate"', '"quarantine"')
+            )
+            try:
+                token = await asyncio.to_thread(
+                    cp.cli, "token", "create", "-n", "shop", "--service-account", "web"
+                )
+                directory = tmp_path / "web-1"
+                directory.mkdir()
+                files = await asyncio.to_thread(join, cp.discovery, token.stdout.strip(), directory)
+                web_1 = EnvoyWorkload(
+                    "web-1", "shop", "web", ("127.0.0.1", 1), labels={"tier": "web"},
+                    admin_port=port,
+                )  # fmt: skip
+                await asyncio.to_thread(register, cp.discovery, files, web_1)
+                async with aiohttp.ClientSession() as session:
+                    body = ""
+                    for _ in range(100):  # until the control plane has scraped web-1
+                        async with session.get(f"{cp.api}/v1/controls/status") as resp:
+                            body = await resp.text()
+                        if "web-1.shop" in body:
+                            break
+                        await asyncio.sleep(0.1)
+                    return body
+            finally:
+                await runner.cleanup()
+
+        body = asyncio.run(run())
+    finally:
+        stop_process(cp.proc)
+
+    assert "web-1.shop" in body, body
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    json.loads(body, parse_constant=refuse)
