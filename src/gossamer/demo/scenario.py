@@ -720,32 +720,36 @@ def run_scenario(args: argparse.Namespace) -> int:
         say(f"note: {args.services} services, fewer than the 30 of the scenario's figures")
     root = Path(tempfile.mkdtemp(prefix="gossamer-scenario-"))
     sc = Scenario(Demo(root), services, args.rate, args.duration, args.warmup, say)
-    stopping = False
+    interrupted = False
 
     def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        raise KeyboardInterrupt
+        nonlocal interrupted
+        if not interrupted:  # once: a second Ctrl-C must not cut the cleanup short
+            interrupted = True
+            raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     result: dict[str, Any] = {}
+    failed = True
     try:
         load = _start(sc)
         result = asyncio.run(_phases(sc, load))
+        failed = False
     except (RuntimeError, ApiError) as err:
-        sc.demo.stop_all()
         fail(str(err), hint=f"logs are in {root} (kept)")
     except KeyboardInterrupt:
+        failed = False
         say("interrupted")
     finally:
         say("stopping every process of the scenario")
         sc.demo.stop_all()
-        if not args.keep and not stopping and result:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
+        if args.keep or failed:
             say(f"logs and state kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     if not result:
-        return 1
+        return 130  # interrupted (the CLI's exit code for it); a failure exited in fail()
     report = {
         "scenario": "cascade",
         "services": len(services),
