@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -70,6 +71,34 @@ def _processes_mentioning(text: str) -> list[int]:
         if text in cmdline:
             found.append(int(entry.name))
     return found
+
+
+@pytest.mark.e2e
+def test_a_scenario_stopped_by_sigterm_leaves_no_process_and_no_directory() -> None:
+    proc = subprocess.Popen(
+        [*GOSSAMER, "demo", "--scenario", "cascade", "--services", "4", "--rate", "5",
+         "--warmup", "60", "--duration", "10"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    root = None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # bounded: the scenario ends by itself after ~3 minutes
+            if "data dir " in line:
+                root = line.split("data dir ")[1].rstrip(")\n").removesuffix("/cp")
+            if "phase 1/3" in line:  # every process of the landscape is up
+                break
+        assert root and _processes_mentioning(root), "the scenario never started"
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, rest
+    assert "interrupted" in rest and "stopping every process of the scenario" in rest
+    assert _processes_mentioning(root) == []
+    assert not Path(root).exists()
 
 
 @pytest.mark.e2e
