@@ -37,7 +37,7 @@ from tests.proxy.test_policies_by_protocol import (  # noqa: F401 - fixtures
     protocol,
     until,
 )
-from tests.proxy.test_traffic import httproute, ref
+from tests.proxy.test_traffic import httproute, policy, ref
 from tests.proxy.test_traffic_control import REFUSED, control, serve
 
 # One call in flight at most, the next held back for a second.
@@ -225,3 +225,38 @@ async def test_an_open_websocket_holds_its_bulkhead_slot(pki: Pki) -> None:
                 assert refused.value.status == 503
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("protocol", ["grpc"])
+@pytest.mark.xfail(
+    strict=True,
+    reason="a call held in a bulkhead's queue keeps no copy of the request DATA that "
+    "arrived while it waited: the HTTP/2 side starts its replay buffer at admission "
+    "(OutboundH2 _admitted sets pair.replay = []), so a retry of that call is sent "
+    "without its body: a gRPC call's retry reaches the app with no message "
+    "(UNIMPLEMENTED), an HTTP/2 POST's with a truncated body",
+)
+@pytest.mark.asyncio
+async def test_a_held_call_is_retried_with_its_whole_request(mesh: Mesh, client: Client) -> None:
+    app = await mesh.add("stuck-once", 503, hang_first=1)  # then every call fails
+    mesh.labels = {"tier": "web"}
+    mesh.services = {"echo": ["stuck-once"]}
+    rule = {"backendRefs": [ref("echo")], "timeouts": {"request": "1500ms"}}
+    retry = {"attempts": 2, "retryOn": ["5xx"], "budget": {"minRetriesPerSecond": 100}}
+    mesh.apply(
+        httproute("calls", [rule]),
+        policy("RetryPolicy", {**retry, "backoff": {"baseInterval": "1ms"}}),
+        control(concurrency={"maxInFlight": 1, "maxPending": 5, "queueTimeout": "10s"}),
+    )
+    edge = mesh.echo.controls[0]
+    first = asyncio.create_task(client.call(wait=10))
+    await until(lambda: app.requests == 1, "the first call reached the app")
+    second = asyncio.create_task(client.call(wait=10))
+    await until(lambda: edge.bulkhead.queued() == 1, "the second call is held back")
+
+    stuck, held = await first, await second
+
+    assert stuck.code != client.code(OK)
+    # The app's own answer, after the policy's tries: each try carried the message.
+    assert (held.code, held.reason) == ("UNAVAILABLE", "stuck-once is failing")
+    assert app.requests == 1 + 3
