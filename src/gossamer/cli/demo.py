@@ -21,7 +21,7 @@ import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gossamer.cli.common import add_output_flag, fail
+from gossamer.cli.common import fail
 from gossamer.cli.output import table
 from gossamer.cli.proxy import admin_get, free_port
 from gossamer.telemetry import Golden, Totals, aggregate, golden_between, parse_prometheus_text
@@ -69,7 +69,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--duration",
         type=float,
         default=0,
-        help="stop after this many seconds (default: run until Ctrl-C)",
+        help="stop after this many seconds (default: run until Ctrl-C); with --scenario, "
+        "each incident's seconds (default: 30)",
     )
     p.add_argument("--rps", type=float, default=40.0, help="load generator rate (default: 40)")
     p.add_argument(
@@ -99,7 +100,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     scenario.add_argument(
         "--show-controls", action="store_true", help="print the controls of phases 2 and 3"
     )
-    add_output_flag(p, structured=("json",))
+    scenario.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default="table",
+        help="the scenario's figures as a table or JSON (default: table)",
+    )
     p.set_defaults(func=run_demo)
 
 
