@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
 import shutil
 import signal
@@ -824,5 +823,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.pop("HTTP_PROXY", None)
     main()
