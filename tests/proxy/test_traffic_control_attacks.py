@@ -2,7 +2,9 @@
 flight (issue 16). Each test here showed a defect found by trying, first as a strict
 xfail; the defects are fixed (a removed or DryRun bulkhead lets its queue go, a call
 gives its slot back to the bulkhead it entered, a lowered adaptive maximum is in force
-at once, a caller that leaves leaves the queue).
+at once, a caller that leaves leaves the queue, a held gRPC call keeps its request for
+a retry, a control past its ttl stays stopped); one that is not fixed keeps its strict
+xfail (a tunnel's slot).
 
 Real proxies and apps, as in test_traffic_control (whose fixtures and helpers these
 use): the client proxy "web-1" (tier=web) gets the snapshot the control plane's
@@ -162,13 +164,6 @@ async def test_callers_that_leave_while_held_leave_the_queue(mesh: Mesh) -> None
 
 
 @over_each_protocol()
-@pytest.mark.xfail(
-    strict=True,
-    reason="a control past its ttl acts again on every snapshot, until the proxy's next "
-    "sweep (up to a second): the translation still sends it (controls_for does not drop "
-    "expired controls) and EdgeControl.retune sets `live = True` without checking "
-    "expires_at, so an expired quarantine refuses calls after any mesh change",
-)
 @pytest.mark.asyncio
 async def test_a_control_past_its_ttl_refuses_nothing_on_a_new_snapshot(
     mesh: Mesh, client: Client
@@ -228,14 +223,6 @@ async def test_an_open_websocket_holds_its_bulkhead_slot(pki: Pki) -> None:
 
 
 @pytest.mark.parametrize("protocol", ["grpc"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="a call held in a bulkhead's queue keeps no copy of the request DATA that "
-    "arrived while it waited: the HTTP/2 side starts its replay buffer at admission "
-    "(OutboundH2 _admitted sets pair.replay = []), so a retry of that call is sent "
-    "without its body: a gRPC call's retry reaches the app with no message "
-    "(UNIMPLEMENTED), an HTTP/2 POST's with a truncated body",
-)
 @pytest.mark.asyncio
 async def test_a_held_call_is_retried_with_its_whole_request(mesh: Mesh, client: Client) -> None:
     app = await mesh.add("stuck-once", 503, hang_first=1)  # then every call fails

@@ -234,7 +234,10 @@ class AggregateRates:
                 others = await asyncio.to_thread(self.shared.exchange, mine)
             except Exception as err:  # the store away: split what this replica sees
                 log.warning("could not share aggregate demand with other replicas: %s", err)
-        for key, parts in self.shares(others).items():
+        shares = self.shares(others)
+        for key in [k for k in self.sent if k not in shares]:
+            del self.sent[key]  # its edges left the split: whatever comes next is sent
+        for key, parts in shares.items():
             if self.sent.get(key) == parts:
                 continue
             report = self._reports.get(key)

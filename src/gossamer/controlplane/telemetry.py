@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -505,6 +506,8 @@ class Telemetry:
                         "wouldRefuse": {},
                     }
                     entry["edges"].append(edge)
+                if not math.isfinite(s.value):
+                    continue  # a proxy's word: NaN or an infinity would not be JSON
                 if s.name == "gossamer_control_refused_total":
                     dry = lb.get("mode") == "DryRun"
                     edge["wouldRefuse" if dry else "refused"][lb.get("reason", "")] = s.value

@@ -600,6 +600,8 @@ class DataPlane:
         old_peers = self._old_peers = self._peers
         self._peers = {}
         try:
+            # A control past its ttl stays stopped in the new table (sweep sets this too).
+            self.controls.wall = time.time()
             table = RouteTable(
                 snapshot, self.config.cluster_domain, self.metrics, self._peer, self.controls
             )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from gossamer.resources.httproute import HTTPRoute
@@ -97,6 +98,27 @@ class MeshView:
     policies: tuple[Policy, ...] = ()
     # TrafficControls (gossamer.translate.controls), typed.
     controls: tuple[TrafficControl, ...] = ()
+
+    @cached_property
+    def selected(self) -> Mapping[tuple[str, str], tuple[WorkloadRecord, ...]]:
+        """The workloads each Service selects, by (namespace, name): made once per mesh,
+        so matching TrafficControl groups costs a Service's own workloads, not every
+        workload of the mesh for each control and service."""
+        by_namespace: dict[str, list[WorkloadRecord]] = {}
+        for (ns, _), wl in self.workloads.items():
+            by_namespace.setdefault(ns, []).append(wl)
+        return {
+            key: tuple(
+                wl for wl in by_namespace.get(svc.namespace, ()) if selects(svc.selector, wl.labels)
+            )
+            for key, svc in self.services.items()
+        }
+
+    @cached_property
+    def memo(self) -> dict[tuple[object, ...], bool]:
+        """Answers about this mesh that are asked again and again (a control's group
+        and a Service, gossamer.translate.controls), kept as long as the mesh is."""
+        return {}
 
     @staticmethod
     def from_objects(

@@ -29,7 +29,6 @@ from gossamer.translate.controltypes import (
     RateView,
     RetryBudgetView,
 )
-from gossamer.translate.labels import selects
 
 if TYPE_CHECKING:
     from gossamer.translate.build import MeshView, ServiceRecord, WorkloadRecord
@@ -49,13 +48,16 @@ def in_group(
 def service_in_group(
     mesh: MeshView, service: ServiceRecord, group: Group, control_namespace: str
 ) -> bool:
-    """A Service is in a group when it selects one of the group's workloads."""
-    return any(
-        ns == service.namespace
-        and selects(service.selector, wl.labels)
-        and in_group(group, control_namespace, ns, wl.labels)
-        for (ns, _), wl in mesh.workloads.items()
-    )
+    """A Service is in a group when it selects one of the group's workloads (asked once
+    per mesh, group and Service: the answer is kept in the mesh's memo)."""
+    key = ("to", id(group), control_namespace, service.namespace, service.name)
+    found = mesh.memo.get(key)
+    if found is None:
+        members = mesh.selected.get((service.namespace, service.name), ())
+        found = mesh.memo[key] = any(
+            in_group(group, control_namespace, wl.namespace, wl.labels) for wl in members
+        )
+    return found
 
 
 def governs(

@@ -254,7 +254,7 @@ class _OutboundStream:
             call.replayable = call.replayable or is_grpc(self.headers)
             if call.replayable:
                 pair = self.pair
-                pair.replay = []
+                pair.start_keeping()
                 pair.on_response = self._on_response
                 if call.retries_reset():
                     pair.on_reset = self._on_reset

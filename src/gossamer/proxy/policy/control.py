@@ -375,8 +375,8 @@ class EdgeControl:
             self.bucket = None
             self.budget, self.share = None, None
         else:
-            if self.budget != (rate.per_second, rate.burst):
-                self.share = None  # a new budget: the control plane splits it again
+            if self.budget is None or self.budget[0] != rate.per_second:
+                self.share = None  # a new rate: the control plane splits it again
             self.budget = (rate.per_second, rate.burst)
             per_second, burst = self._rate()
             if self.bucket is None:
@@ -509,6 +509,7 @@ class ControlRegistry:
     def __init__(self) -> None:
         self.edges: dict[tuple[str, str, str], EdgeControl] = {}
         self.breakers: dict[tuple[str, str], GroupBreaker] = {}
+        self.wall = 0.0  # Unix time at the last sweep: a new snapshot revives no expired control
 
     def update(self, views: Iterable[ControlView]) -> dict[str, tuple[EdgeControl, ...]]:
         """Take a snapshot's controls: the EdgeControls per destination service
@@ -534,6 +535,8 @@ class ControlRegistry:
                     edge = EdgeControl(view, service, breaker)
                 else:
                     edge.retune(view, breaker)
+                if edge.expired(self.wall):
+                    _let_go(edge)  # past its ttl: a new snapshot does not bring it back
                 edges[key] = edge
                 by_service.setdefault(service, []).append(edge)
         for key, edge in self.edges.items():
@@ -544,7 +547,8 @@ class ControlRegistry:
 
     def sweep(self, wall: float) -> None:
         """About once a second, with Unix time: controls whose ttl has passed stop
-        acting (the control plane drops them from the next snapshots too)."""
+        acting, and stay stopped whatever snapshot comes."""
+        self.wall = wall
         for edge in self.edges.values():
             if edge.live and edge.expired(wall):
                 _let_go(edge)

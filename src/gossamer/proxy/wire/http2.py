@@ -364,6 +364,16 @@ class StreamPair:
         self.response_edit: Callable[[Headers], Headers] | None = None
         down_conn.halves[stream_id] = self.down
 
+    def start_keeping(self) -> None:
+        """Keep the request's DATA for a retry from now on, with what already came and
+        waits to be sent (a call held by a fault's delay or a TrafficControl's queue
+        got its body before a retry policy was adopted)."""
+        self.replay = []
+        self.replay_size = 0
+        for data, _ in self.up.pending:
+            assert isinstance(data, bytes | bytearray | memoryview)
+            self.keep(bytes(data))
+
     def keep(self, data: bytes) -> None:
         """Keep a copy of request DATA for a retry, or give up keeping when too big."""
         replay = self.replay
