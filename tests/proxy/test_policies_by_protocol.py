@@ -851,3 +851,28 @@ async def test_requests_are_counted_per_route_and_status_and_unmatched_ones_with
         # No rule matched: the request is the service's, no route's.
         client.series("echo", NO_RULE): 1,
     }
+
+
+@pytest.mark.asyncio
+async def test_an_http1_request_whose_client_gives_up_is_counted_499(mesh: Mesh) -> None:
+    """A caller that gives up on a slow service leaves a 499 in the proxy's counts (a
+    failure in golden metrics), not nothing: the cascade scenario saw services that
+    every caller gave up on show no traffic at all."""
+    client = Http1(mesh)
+    app = await mesh.add("stuck-once", 200, hang_first=1)
+    mesh.services = {"echo": ["stuck-once"]}
+    mesh.apply()
+
+    first = asyncio.create_task(client.call(wait=10))
+    try:
+        await until(lambda: app.requests == 1, "the request reached the app")
+    finally:
+        first.cancel()  # the app never answers: its client closes the connection
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+    await until(
+        lambda: (
+            counts(mesh.client.metrics.render()).get(series(dst_service="echo", code="499")) == 1
+        ),
+        "the abandoned request was counted 499",
+    )

@@ -73,7 +73,8 @@ def _failed(code: str, grpc_status: str | None = None) -> bool:
     # though its HTTP status is 200.
     if grpc_status is not None and grpc_status != "0":
         return True
-    return not code.isdigit() or int(code) >= 500
+    # 499: the caller gave up before the answer (a proxy counts it so): not a success.
+    return not code.isdigit() or int(code) >= 500 or code == "499"
 
 
 def aggregate(

@@ -69,6 +69,8 @@ MAX_ATTEMPTS: Final = 3
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CRLF: Final = b"\r\n"
 _SAFE_METHODS: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
+# The status an exchange whose client went away before its answer is counted with.
+CLIENT_GONE: Final = 499
 # What Exchange._end does with the upstream connection.
 UPSTREAM_POOL: Final = 0
 UPSTREAM_ABORT: Final = 1
@@ -977,9 +979,12 @@ class Exchange:
         self.fail(502, f"upstream reset: {self.peer} closed the connection")
 
     def downstream_lost(self) -> None:
-        """The client went away: the exchange ends unrecorded, its upstream aborted."""
+        """The client went away before its answer: the upstream aborted, and the
+        exchange counted as CLIENT_GONE (nginx's 499), so a service whose callers give
+        up on it shows in the golden metrics instead of vanishing from them."""
         if self.phase != Phase.FINISHED:
             self._end(UPSTREAM_ABORT)
+            self.conn.side.record(self, CLIENT_GONE, perf_counter() - self.started)
 
 
 class UpstreamConnection(asyncio.Protocol):
