@@ -870,9 +870,9 @@ async def test_an_http1_request_whose_client_gives_up_is_counted_499(mesh: Mesh)
         first.cancel()  # the app never answers: its client closes the connection
         with contextlib.suppress(asyncio.CancelledError):
             await first
+    gone = series(dst_service="echo", code="499")
     await until(
-        lambda: (
-            counts(mesh.client.metrics.render()).get(series(dst_service="echo", code="499")) == 1
-        ),
+        lambda: counts(mesh.client.metrics.render()).get(gone) == 1,
         "the abandoned request was counted 499",
     )
+    assert counts(mesh.client.metrics.render()) == {gone: 1}  # and nothing else
