@@ -10,6 +10,10 @@ $(BIN)/gossamer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# xds-protos (the envoy extra) ships older opentelemetry protos over the files of
+	# opentelemetry-proto, whichever pip installs last; the tests decode the proxy's OTLP
+	# with opentelemetry-proto's (ResourceSpans.scope_spans), so its files go in last.
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps "opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	touch $@
 
 lint: $(BIN)/gossamer
