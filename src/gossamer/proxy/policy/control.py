@@ -26,7 +26,6 @@ queue timeout are the side's (see `hold`).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
@@ -53,19 +52,14 @@ REFUSED_REASONS: Final = ("quarantine", "circuit-breaker", "rate", "concurrency"
 
 
 class Refusal:
-    """A governed call refused by a control: the answer the side sends."""
+    """A governed call refused by a control: why (`gossamer-error`), and the seconds to
+    say in `retry-after`. `Call.admit` answers it 503 (gRPC: RESOURCE_EXHAUSTED)."""
 
-    __slots__ = ("grpc_code", "reason", "retry_after", "status")
+    __slots__ = ("reason", "retry_after")
 
     def __init__(self, reason: str, retry_after: float) -> None:
-        self.status = 503
         self.reason = reason
         self.retry_after = retry_after
-        self.grpc_code = GRPC_RESOURCE_EXHAUSTED
-
-    def retry_after_header(self) -> bytes:
-        """`retry-after` in whole seconds (RFC 9110 10.2.3), at least 1."""
-        return str(max(1, math.ceil(self.retry_after))).encode()
 
 
 # ---- limiters --------------------------------------------------------------------------
