@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 
 from gossamer.proxy.policy.resilience import RetryPolicy
 from gossamer.translate.routetypes import (
+    BackendTarget,
     HeaderEdit,
     MatchSpec,
     PathModifierSpec,
@@ -182,7 +183,9 @@ class CompiledMatch(Generic[B]):
 class CompiledBackend(Generic[B]):
     __slots__ = ("error", "request_edit", "response_edit", "spec", "target", "weight")
 
-    def __init__(self, spec: object, target: B | None, weight: int, error: str | None) -> None:
+    def __init__(
+        self, spec: BackendTarget, target: B | None, weight: int, error: str | None
+    ) -> None:
         self.spec = spec
         self.target = target
         self.weight = weight
