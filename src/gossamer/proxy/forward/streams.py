@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from gossamer.proxy.forward.exchange import ConnectError
+from gossamer.proxy.forward.exchange import ConnectError, Pool
 from gossamer.proxy.observe.hooks import HTTP2, Caller, StreamRequest
 from gossamer.proxy.wire.http2 import H2Connection, Headers, StreamHandler, StreamPair
 
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossamer.proxy")
 
 _Waiter = Callable[[H2Connection | ConnectError], None]
+# Opens a connection to a peer or the app with the given protocol factory.
+Opener = Callable[
+    [Callable[[], H2Connection]], Awaitable[tuple[asyncio.BaseTransport, asyncio.Protocol]]
+]
 
 
 def grpc_status_label(value: bytes | None) -> bytes | None:
@@ -43,14 +47,14 @@ class Links:
 
     def __init__(self, dp: Streams) -> None:
         self.dp = dp
-        self.conns: dict[object, H2Connection] = {}
-        self.waiting: dict[object, list[_Waiter]] = {}
+        self.conns: dict[Pool, H2Connection] = {}
+        self.waiting: dict[Pool, list[_Waiter]] = {}
 
     def get(
         self,
-        key: object,
+        key: Pool,
         name: str,
-        opener: Callable[[Callable[[], H2Connection]], asyncio.Future[object] | object],
+        opener: Opener,
         then: _Waiter,
     ) -> None:
         conn = self.conns.get(key)
@@ -66,9 +70,9 @@ class Links:
 
     async def _open(
         self,
-        key: object,
+        key: Pool,
         name: str,
-        opener: Callable[[Callable[[], H2Connection]], object],
+        opener: Opener,
     ) -> None:
         def lost(conn: H2Connection) -> None:
             self.dp.h2_connections.discard(conn)
@@ -82,9 +86,7 @@ class Links:
 
         result: H2Connection | ConnectError
         try:
-            made = opener(factory)
-            assert asyncio.iscoroutine(made)
-            _, protocol = await made
+            _, protocol = await opener(factory)
             assert isinstance(protocol, H2Connection)
             result = protocol
             self.conns[key] = protocol

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -298,7 +298,9 @@ class _OutboundStream:
         if src:
             fwd.append((SRC_SERVICE_HEADER, src))
 
-        def opener(factory: Callable[[], H2Connection]) -> object:
+        def opener(
+            factory: Callable[[], H2Connection],
+        ) -> Awaitable[tuple[asyncio.BaseTransport, asyncio.Protocol]]:
             return connect_peer(
                 dp.loop,
                 pool.endpoint,
