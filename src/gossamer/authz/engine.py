@@ -287,7 +287,10 @@ def _condition(spec: Mapping[str, Any], tcp: bool) -> Predicate | None:
     return condition
 
 
-def _has_http_fields(rule: Mapping[str, Any]) -> bool:
+def has_http_fields(rule: Mapping[str, Any]) -> bool:
+    """Whether a rule names anything only HTTP carries (methods, paths, hosts, request
+    principals, headers): an ALLOW rule like that matches no TCP connection (Istio).
+    The Envoy RBAC translation asks the same (gossamer.translate.envoy_rbac)."""
     for f in rule.get("from") or ():
         if any(f["source"].get(k) for k in _HTTP_SOURCE_FIELDS):
             return True
@@ -348,7 +351,7 @@ def _compile_policy(view: AuthorizationPolicyView) -> _CompiledPolicy:
     http, tcp = [], []
     for i, rule in enumerate(view.rules):
         http.append((i, _compile_rule(rule, tcp=False)))
-        if view.action == "ALLOW" and _has_http_fields(rule):
+        if view.action == "ALLOW" and has_http_fields(rule):
             continue  # an ALLOW rule that needs HTTP never matches a TCP connection
         tcp.append((i, _compile_rule(rule, tcp=True)))
     return _CompiledPolicy(

@@ -24,6 +24,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gossamer.authz.engine import has_http_fields
 from gossamer.translate.authz import AuthorizationPolicyView, SecurityView
 
 __all__ = ["http_rbac_filters", "network_rbac_filters"]
@@ -31,8 +32,6 @@ __all__ = ["http_rbac_filters", "network_rbac_filters"]
 HTTP_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 NETWORK_RBAC = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
 
-_HTTP_SOURCE_FIELDS = ("requestPrincipals", "notRequestPrincipals")
-_HTTP_OPERATION_FIELDS = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
 _ANY: dict[str, Any] = {"any": True}
 _NOTHING: dict[str, Any] = {"not_id": {"any": True}}
 
@@ -173,18 +172,6 @@ def _condition(spec: Mapping[str, Any], tcp: bool) -> tuple[str, dict[str, Any]]
     return "principal", (_NOTHING if values else _ANY)
 
 
-def _has_http_fields(rule: Mapping[str, Any]) -> bool:
-    for f in rule.get("from") or ():
-        if any(f["source"].get(k) for k in _HTTP_SOURCE_FIELDS):
-            return True
-    for t in rule.get("to") or ():
-        if any(t["operation"].get(k) for k in _HTTP_OPERATION_FIELDS):
-            return True
-    return any(
-        c["key"].startswith(("request.headers[", "request.auth.")) for c in rule.get("when") or ()
-    )
-
-
 def _rule(rule: Mapping[str, Any], tcp: bool) -> dict[str, Any]:
     principals: list[dict[str, Any]] = []
     permissions: list[dict[str, Any]] = []
@@ -205,7 +192,7 @@ def _policies(views: Sequence[AuthorizationPolicyView], tcp: bool) -> dict[str, 
     out: dict[str, Any] = {}
     for view in views:
         for i, rule in enumerate(view.rules):
-            if tcp and view.action == "ALLOW" and _has_http_fields(rule):
+            if tcp and view.action == "ALLOW" and has_http_fields(rule):
                 continue  # an ALLOW rule that needs HTTP never matches a TCP connection
             out[f"{view.key}[{i}]"] = _rule(rule, tcp)
     return out
