@@ -56,7 +56,8 @@ end's GOAWAY is refused (REFUSED_STREAM: the client may send it again elsewhere)
 counted like a control frame, so a client that ignores the GOAWAY is cut off.
 
 Cost (decision 0044): what a read makes a connection send goes out in one write when
-the read is handled (`flush`), and a request's end rides on its last DATA frame.
+the read is handled (`flush`), and a request's end rides on its last DATA frame. HPACK
+is libnghttp2's, through a C extension, where it was built (`h2codec`, decision 0097).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
+from gossamer.proxy.wire import h2codec
 from gossamer.proxy.wire.limits import MAX_HEADERS
 
 log = logging.getLogger("gossamer.proxy")
@@ -1027,6 +1029,7 @@ class _GuardedH2(h2.connection.H2Connection):
 
     def __init__(self, config: h2.config.H2Configuration) -> None:
         super().__init__(config)
+        h2codec.install(self)  # HPACK in C where it was built (decision 0097)
         self.server_side = not config.client_side
         self.control = 0  # control frames since control_since
         self.control_since = 0.0
