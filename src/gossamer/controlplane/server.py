@@ -24,6 +24,7 @@ from gossamer.controlplane.auth import (
     load_or_create_admin_token,
 )
 from gossamer.controlplane.discovery import Discovery
+from gossamer.controlplane.hosts import HostAuthority
 from gossamer.controlplane.replicas import (
     Replicas,
     replica_id_for,
@@ -99,6 +100,7 @@ class ControlPlane:
                 "(or file) this user may read and write"
             ) from None
         self.discovery = Discovery(self)
+        self.hosts = HostAuthority(self)  # per-host mode's node authorization
         self.rotation = RotationController(self)  # CA rotation (resumed in start)
         self.route_status = RouteStatusReconciler(self.store)
         self.telemetry = Telemetry(
@@ -234,7 +236,9 @@ class ControlPlane:
         await api_site.start()
         self._runners.append(api_runner)
         self.api_address = _bound(api_runner)
-        disc_runner = web.AppRunner(self.discovery.app(), access_log=None)
+        disc_app = self.discovery.app()
+        self.hosts.attach(disc_app)
+        disc_runner = web.AppRunner(disc_app, access_log=None)
         await disc_runner.setup()
         disc_site = web.TCPSite(
             disc_runner,

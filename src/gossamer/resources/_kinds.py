@@ -14,6 +14,7 @@ from gossamer.resources._errors import field_errors
 from gossamer.resources._limits import limit_errors
 from gossamer.resources.authorizationpolicy import AuthorizationPolicy
 from gossamer.resources.grpcroute import GRPCRoute
+from gossamer.resources.host import Host
 from gossamer.resources.httproute import HTTPRoute
 from gossamer.resources.meshpolicy import MeshPolicy
 from gossamer.resources.policies import (
@@ -40,6 +41,7 @@ Resource: TypeAlias = (
     | CircuitBreakerPolicy
     | FaultPolicy
     | TrafficControl
+    | Host
 )
 
 
@@ -76,6 +78,7 @@ _MODELS: Mapping[str, type[Resource]] = {
     "CircuitBreakerPolicy": CircuitBreakerPolicy,
     "FaultPolicy": FaultPolicy,
     "TrafficControl": TrafficControl,
+    "Host": Host,
 }
 
 KINDS: Mapping[str, KindInfo] = MappingProxyType(
@@ -122,6 +125,8 @@ KINDS: Mapping[str, KindInfo] = MappingProxyType(
         "TrafficControl": KindInfo(
             "TrafficControl", "gossamer.dev/v1alpha1", "trafficcontrols", ("tc",), namespaced=True
         ),
+        # Per-host mode's node authorization (gossamer.controlplane.hosts).
+        "Host": KindInfo("Host", "gossamer.dev/v1alpha1", "hosts", (), namespaced=True),
     }
 )
 """Every kind, by its `kind` name."""
