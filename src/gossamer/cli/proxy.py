@@ -67,6 +67,12 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers from 1 to 64")
+    return int(text)
+
+
 def _upstream(text: str) -> tuple[str, int, str, int]:
     """`SVC[.NS]:PORT=LOCAL_HOST:LOCAL_PORT`."""
     remote, sep, local = text.partition("=")
@@ -213,6 +219,15 @@ def add_proxy_flags(p: argparse.ArgumentParser) -> None:
         help="on shutdown, keep serving this long after leaving the mesh, so peers "
         "learn of it before the listeners close (default: 1)",
     )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="data-plane processes serving the listeners (SO_REUSEPORT), fed by one "
+        "agent; more than 1 uses more cores (default: 1; see docs/decisions/"
+        "0100-proxy-workers.md)",
+    )
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     # gossamer run: a pipe on which it writes its app's process group, for the proxy to
     # end that group if gossamer run itself is killed (see run_wrapped).
@@ -311,9 +326,21 @@ async def _serve(
     )
     if args.detect_timeout is not None:  # else DataPlaneConfig's default
         dp_config.detect_timeout = args.detect_timeout
+    dp_config.reuse_port = args.workers > 1
     agent_ref: list[Agent] = []
     dataplane = DataPlane(dp_config, on_interest=lambda s: agent_ref[0].subscribe(s))
     await dataplane.start()
+    workers = None
+    if args.workers > 1:
+        from gossamer.proxy.workers import WorkerSet
+
+        workers = WorkerSet(dataplane, args.workers, args.log_level)
+        try:
+            await workers.start()
+        except BaseException:
+            await workers.stop()
+            await dataplane.close()
+            raise
     inbound_port = int(_hp(dataplane.inbound_address).rsplit(":", 1)[1])
     address = args.address or (
         args.inbound[0] if args.inbound[0] not in ("0.0.0.0", "::") else "127.0.0.1"
@@ -382,6 +409,8 @@ async def _serve(
         if was_registered and args.drain_seconds > 0:
             await asyncio.sleep(args.drain_seconds)
         await dataplane.close()
+        if workers is not None:
+            await workers.stop()
 
 
 async def _until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
@@ -509,19 +538,16 @@ CREDENTIAL_VARIABLES = ("GOSSAMER_TOKEN", "GOSSAMER_JOIN_TOKEN")
 def _die_with_supervisor(signum: int, then: Callable[[], None] | None = None) -> Callable[[], None]:
     """A preexec_fn: the child gets `signum` when the supervisor dies, even by SIGKILL;
     `then` runs after (the proxy of a captured workload takes its own group)."""
+    from gossamer.proxy.lifeline import die_with_parent
+
     parent = os.getpid()
 
     def arm() -> None:
-        import ctypes
-
         # The supervisor's catch-all handlers (remember) are inherited until exec: a
         # SIGTERM before then would be remembered by nobody and lost.
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signum, 0, 0, 0)
-        if os.getppid() != parent:  # the supervisor died before the line above
-            os.kill(os.getpid(), signum)
+        die_with_parent(signum, parent)
         if then is not None:
             then()
 

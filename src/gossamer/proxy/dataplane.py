@@ -55,6 +55,7 @@ from gossamer.translate.telemetry import TelemetryView, otel_settings
 
 if TYPE_CHECKING:
     from gossamer.proxy.observe.tracing import ProxyTracer
+    from gossamer.proxy.workers import WorkerSet
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -184,7 +185,12 @@ class DataPlane:
         # TrafficControls' state (buckets, bulkheads, breakers), kept across snapshots.
         self.controls = ControlRegistry()
         self.contexts: MeshContexts | None = None
+        self.credentials: Credentials | None = None
         self.snapshot: Snapshot | None = None
+        # `--workers N`: the other data-plane processes this one's agent feeds
+        # (proxy.workers), and the TrafficControl shares as this process took them.
+        self.workers: WorkerSet | None = None
+        self.controls_shares: dict[str, float] = {}
         self.connections: set[ServerConnection] = set()
         self.splices: set[Splice] = set()
         self.h2_connections: set[H2Connection] = set()
@@ -561,6 +567,9 @@ class DataPlane:
 
     def _admin_stream(self, conn: AdminConnection, head: RequestHead) -> Callable[[], None] | None:
         path, _, query = head.target.partition(b"?")
+        if path == b"/metrics" and self.workers is not None:
+            self.workers.serve_metrics(conn, self.metrics_text())
+            return lambda: None
         if path != b"/tap" or conn.transport is None:
             return None
         table = self.table
@@ -593,8 +602,10 @@ class DataPlane:
         """Make `snapshot` current, whole; on any error the previous one stays."""
         if self._loop is None:
             self.snapshot = snapshot  # built in start()
-            return
-        self._install(snapshot)
+        else:
+            self._install(snapshot)
+        if self.workers is not None:
+            self.workers.broadcast(("snapshot", snapshot))
 
     def _install(self, snapshot: Snapshot) -> None:
         old_peers = self._old_peers = self._peers
@@ -668,15 +679,28 @@ class DataPlane:
 
     def control_demand(self) -> dict[str, int]:
         """Calls that met each Aggregate TrafficControl rate since the last ask."""
-        return self.controls.demand()
+        demand = self.controls.demand()
+        if self.workers is not None:
+            for name, n in self.workers.demand().items():
+                demand[name] = demand.get(name, 0) + n
+        return demand
 
     def set_control_shares(self, shares: Mapping[str, float]) -> None:
-        """The control plane's split of the Aggregate rates: this proxy's part."""
+        """The control plane's split of the Aggregate rates: this proxy's part (with
+        workers, each process takes its part of that)."""
+        if self.workers is not None:
+            part = self.workers.share
+            shares = {name: share * part for name, share in shares.items()}
+            self.workers.broadcast(("shares", shares))
+        self.controls_shares = dict(shares)
         self.controls.set_shares(shares)
 
     def set_credentials(self, creds: Credentials) -> None:
         """Use `creds` for connections made from now on; open ones keep theirs."""
         self.contexts = make_contexts(creds)
+        self.credentials = creds
+        if self.workers is not None:
+            self.workers.broadcast(("credentials", creds))
         if self._loop is not None and not self._inbound_serving and not self._closed:
             self.spawn(self._serve_inbound())
 
@@ -743,11 +767,14 @@ class DataPlane:
                 return 503, "text/plain", ("\n".join(reasons) + "\n").encode()
             return 200, "text/plain", b"ready\n"
         if path == b"/metrics":
-            text = self.metrics.render() + self._connection_metrics() + self.controls.render()
-            return 200, "text/plain; version=0.0.4", text.encode()
+            return 200, "text/plain; version=0.0.4", self.metrics_text().encode()
         if path == b"/config":
             return json_page(self.config_dump())
         return 404, "text/plain", b"not found: try /ready, /live, /metrics or /config\n"
+
+    def metrics_text(self) -> str:
+        """This process's series, in Prometheus text format."""
+        return self.metrics.render() + self._connection_metrics() + self.controls.render()
 
     def _admin_refused(self) -> None:
         self.admin_refused += 1
@@ -814,6 +841,13 @@ class DataPlane:
 
         timer = self.loop.call_later(self.config.interest_timeout, expire)
         self._timers.add(timer)
+
+    def ask_interest(self, key: str) -> None:
+        """A worker's request (proxy.workers): ask the control plane about `key`."""
+        try:
+            self._on_interest(key)
+        except Exception:
+            log.exception("asking the control plane about %s failed", key)
 
     async def wait_interest(self, key: str) -> None:
         done: asyncio.Future[None] = self.loop.create_future()

@@ -1,0 +1,497 @@
+"""`gossamer proxy --workers N`: one agent feeding N-1 more data-plane processes.
+
+The process that runs the agent (the control-plane session, the certificate, the
+workload's registration) is worker 0: it serves traffic as a single proxy does. Each
+further worker is a child process (``python -P -m gossamer.proxy.workers``) running a
+`DataPlane` of its own on the same ports: every data listener is bound with
+SO_REUSEPORT, so the kernel spreads new connections over the workers, and a worker
+that dies takes only its own socket (and the connections in it) along.
+
+Parent and worker speak over a socketpair, one pickled message per frame; both ends
+are this code, started by the same user, so pickle carries nothing foreign. The agent
+sends each worker what it gives its own data plane: the snapshot, the credentials and
+the TrafficControl shares; a worker asks the agent to subscribe to a host it does not
+know (``interest``) and answers requests for its metrics and TrafficControl demand.
+
+A worker dies with its supervisor (PR_SET_PDEATHSIG, and it also ends when the
+socketpair closes), and a worker that dies is started again, fed the current
+snapshot and credentials (docs/decisions/0100-proxy-workers.md).
+
+The admin listener is the agent's: /metrics adds up every worker's series (see
+`merge_metrics`), /ready waits for every worker, /config lists the workers with their
+own admin listeners (127.0.0.1, an ephemeral port), where each one's /tap and /config
+are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from gossamer.proxy.lifeline import die_with_parent
+
+if TYPE_CHECKING:
+    from gossamer.proxy.dataplane import DataPlane, DataPlaneConfig
+    from gossamer.proxy.observe.admin import AdminConnection
+    from gossamer.translate.snapshot import Snapshot
+
+log = logging.getLogger("gossamer.proxy")
+
+_FRAME: Final = struct.Struct("!I")
+# A worker that dies within this long of its start is started again after a growing
+# pause (up to RESTART_MAX), so a worker that cannot start does not spin.
+RESTART_PAUSE: Final = 0.5
+RESTART_MAX: Final = 30.0
+STABLE_AFTER: Final = 10.0
+# How long the admin listener waits for a worker's metrics before leaving it out.
+METRICS_TIMEOUT: Final = 2.0
+
+
+class Channel(asyncio.Protocol):
+    """Length-prefixed pickled messages over a stream socket, in both directions."""
+
+    def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None]) -> None:
+        self.on_message = on_message
+        self.on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= 4:
+            (size,) = _FRAME.unpack_from(buffer)
+            if len(buffer) < 4 + size:
+                return
+            message = pickle.loads(bytes(buffer[4 : 4 + size]))
+            del buffer[: 4 + size]
+            self.on_message(message)
+
+    def send(self, message: object) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        transport.write(_FRAME.pack(len(data)) + data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.on_lost()
+
+
+# ---- the agent's side ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Worker:
+    """One worker process as the agent sees it."""
+
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    channel: Channel | None = None
+    admin: tuple[str, int] | None = None
+    ready: bool = False
+    started_at: float = 0.0
+    restarts: int = 0
+    pause: float = RESTART_PAUSE
+    # Answers to the last demand request (TrafficControl), read at the next one.
+    demand: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+class WorkerSet:
+    """Worker processes 1..N-1 beside the agent's own data plane (worker 0)."""
+
+    def __init__(self, dp: DataPlane, count: int, log_level: str = "warning") -> None:
+        self.dp = dp
+        self.count = count
+        self.log_level = log_level
+        self.workers = [Worker(i) for i in range(1, count)]
+        self._metrics: dict[int, asyncio.Future[str]] = {}
+        self._next_request = 0
+        self._stopping = False
+        self._timers: set[asyncio.TimerHandle] = set()
+        dp.workers = self
+        dp.add_readiness_check(self._not_ready)
+        dp.add_config_section("workers", self.describe)
+
+    @property
+    def share(self) -> float:
+        """Each process's part of the proxy's TrafficControl shares: connections are
+        spread evenly, so each carries 1/N of the calls."""
+        return 1.0 / self.count
+
+    async def start(self) -> None:
+        for worker in self.workers:
+            await self._spawn(worker)
+
+    def worker_config(self) -> DataPlaneConfig:
+        """The agent's data plane configuration, on the ports it has bound."""
+        dp = self.dp
+        cfg = dp.config
+        assert dp.outbound_address is not None and dp.inbound_address is not None
+        return dataclasses.replace(
+            cfg,
+            outbound=dp.outbound_address,
+            inbound=dp.inbound_address,
+            admin=("127.0.0.1", 0),
+            upstreams=tuple(
+                dataclasses.replace(up, listen_host=host, listen_port=port)
+                for up, (host, port) in dp.tcp_addresses.items()
+            ),
+            dns=None,  # mesh DNS is answered by worker 0 only
+            reuse_port=True,
+        )
+
+    async def _spawn(self, worker: Worker) -> None:
+        loop = self.dp.loop
+        mine, theirs = socket.socketpair()
+        try:
+            worker.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-P",
+                    "-m",
+                    "gossamer.proxy.workers",
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                    str(worker.index),
+                    self.log_level,
+                ],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        worker.started_at = time.monotonic()
+        worker.ready = False
+        worker.admin = None
+        _, channel = await loop.create_connection(
+            lambda: Channel(lambda m: self._on_message(worker, m), lambda: self._on_lost(worker)),
+            sock=mine,
+        )
+        worker.channel = channel
+        channel.send(("config", self.worker_config(), worker.index))
+        if self.dp.snapshot is not None:
+            channel.send(("snapshot", self.dp.snapshot))
+        if self.dp.credentials is not None:
+            channel.send(("credentials", self.dp.credentials))
+        shares = self.dp.controls_shares
+        if shares:
+            channel.send(("shares", shares))
+        log.info("worker %d started (pid %d)", worker.index, worker.proc.pid)
+
+    def _on_message(self, worker: Worker, message: Any) -> None:
+        kind = message[0]
+        if kind == "ready":
+            worker.ready = True
+            worker.admin = (str(message[1][0]), int(message[1][1]))
+        elif kind == "interest":
+            self.dp.ask_interest(message[1])
+        elif kind == "demand":
+            worker.demand = message[1]
+        elif kind == "metrics":
+            future = self._metrics.pop(message[1], None)
+            if future is not None and not future.done():
+                future.set_result(message[2])
+
+    def _on_lost(self, worker: Worker) -> None:
+        worker.channel = None
+        worker.ready = False
+        proc = worker.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()  # a worker that closed its channel is of no use: start anew
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        if self._stopping:
+            return
+        lived = time.monotonic() - worker.started_at
+        worker.pause = RESTART_PAUSE if lived > STABLE_AFTER else min(worker.pause * 2, RESTART_MAX)
+        code = proc.returncode if proc is not None else None
+        log.warning(
+            "worker %d (pid %s) exited with %s; starting it again in %.1fs",
+            worker.index,
+            proc.pid if proc is not None else "?",
+            code,
+            worker.pause,
+        )
+        worker.restarts += 1
+        timer = self.dp.loop.call_later(worker.pause, self._restart, worker)
+        self._timers.add(timer)
+
+    def _restart(self, worker: Worker) -> None:
+        if not self._stopping:
+            self.dp.spawn(self._spawn(worker))
+
+    def broadcast(self, message: object) -> None:
+        for worker in self.workers:
+            if worker.channel is not None:
+                worker.channel.send(message)
+
+    def demand(self) -> dict[str, int]:
+        """The workers' TrafficControl demand since the previous ask (one ask late:
+        each ask collects what the workers answered to the last one)."""
+        total: dict[str, int] = {}
+        for worker in self.workers:
+            for name, n in worker.demand.items():
+                total[name] = total.get(name, 0) + n
+            worker.demand = {}
+        self.broadcast(("demand",))
+        return total
+
+    def _not_ready(self) -> str | None:
+        waiting = [str(w.index) for w in self.workers if not w.ready]
+        if waiting:
+            return f"worker(s) {', '.join(waiting)} not serving yet"
+        return None
+
+    def describe(self) -> list[dict[str, Any]]:
+        workers: list[dict[str, Any]] = [
+            {"index": 0, "pid": os.getpid(), "admin": self.dp.admin_address, "ready": True}
+        ]
+        for w in self.workers:
+            alive = w.proc is not None and w.proc.poll() is None
+            workers.append(
+                {
+                    "index": w.index,
+                    "pid": w.proc.pid if w.proc is not None and alive else None,
+                    "admin": w.admin,
+                    "ready": w.ready,
+                    "restarts": w.restarts,
+                }
+            )
+        return workers
+
+    # ---- /metrics over every worker ---------------------------------------------------
+
+    def serve_metrics(self, conn: AdminConnection, own: str) -> None:
+        """Answer /metrics on `conn` with `own` and every worker's series, added up."""
+        self.dp.spawn(self._serve_metrics(conn, own))
+
+    async def _serve_metrics(self, conn: AdminConnection, own: str) -> None:
+        loop = self.dp.loop
+        waits = []
+        for worker in self.workers:
+            if worker.channel is None:
+                continue
+            self._next_request += 1
+            future: asyncio.Future[str] = loop.create_future()
+            self._metrics[self._next_request] = future
+            worker.channel.send(("metrics", self._next_request))
+            waits.append(future)
+        texts = [own]
+        if waits:
+            done, pending = await asyncio.wait(waits, timeout=METRICS_TIMEOUT)
+            for future in pending:
+                future.cancel()
+            texts += [f.result() for f in done if not f.cancelled()]
+        from gossamer.proxy.wire.http1 import response_head_bytes
+
+        body = merge_metrics(texts).encode()
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(
+            response_head_bytes(
+                200,
+                b"",
+                [(b"content-type", b"text/plain; version=0.0.4")],
+                b"content-length: %d\r\nconnection: close\r\n" % len(body),
+            )
+            + body
+        )
+        transport.close()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for timer in self._timers:
+            timer.cancel()
+        procs = [w.proc for w in self.workers if w.proc is not None and w.proc.poll() is None]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in procs:
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for worker in self.workers:
+            if worker.channel is not None and worker.channel.transport is not None:
+                worker.channel.transport.close()
+
+
+# Series whose sum over workers means nothing: the earliest start is the proxy's.
+_EARLIEST: Final = frozenset({"process_start_time_seconds"})
+
+
+def merge_metrics(texts: list[str]) -> str:
+    """Prometheus expositions from each worker, as one: a series that several workers
+    have is added up (counters, histogram buckets, gauges of things open now) -- the
+    proxy is one target to its scraper -- except `process_start_time_seconds`, the
+    earliest. Families keep the order they first appear in; comments are kept once."""
+    families: dict[str, tuple[list[str], dict[str, float]]] = {}
+    family = ""
+    for text in texts:
+        for line in text.splitlines():
+            if not line:
+                continue
+            if line.startswith("#"):
+                parts = line.split(None, 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = parts[2]
+                    comments, _ = families.setdefault(family, ([], {}))
+                    if line not in comments:
+                        comments.append(line)
+                continue
+            series, _, value = line.rpartition(" ")
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            _, samples = families.setdefault(family, ([], {}))
+            name = series.partition("{")[0]
+            if series not in samples:
+                samples[series] = number
+            elif name in _EARLIEST:
+                samples[series] = min(samples[series], number)
+            else:
+                samples[series] += number
+    out: list[str] = []
+    for comments, samples in families.values():
+        out.extend(comments)
+        out.extend(f"{series} {_number(v)}" for series, v in samples.items())
+    return "\n".join(out) + "\n"
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
+
+
+# ---- a worker -----------------------------------------------------------------------
+
+
+class _WorkerProcess:
+    """What runs in a worker: a data plane fed by the agent over `channel`."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+        self.dp: DataPlane | None = None
+        self.channel: Channel | None = None
+        self.pending: list[Any] = []
+        self._ready_sent = False
+
+    def on_message(self, message: Any) -> None:
+        kind = message[0]
+        if kind == "config":
+            asyncio.get_running_loop().create_task(self._start(message[1], message[2]))
+            return
+        dp = self.dp
+        if dp is None:
+            self.pending.append(message)
+            return
+        if kind == "snapshot":
+            self._apply(dp, message[1])
+        elif kind == "credentials":
+            dp.set_credentials(message[1])
+        elif kind == "shares":
+            dp.set_control_shares(message[1])
+        elif kind == "demand":
+            self._send(("demand", dp.controls.demand()))
+        elif kind == "metrics":
+            self._send(("metrics", message[1], dp.metrics_text()))
+
+    def _apply(self, dp: DataPlane, snapshot: Snapshot) -> None:
+        try:
+            dp.apply_snapshot(snapshot)
+        except Exception:
+            log.exception("worker: snapshot %s not applied", getattr(snapshot, "version", "?"))
+
+    def _send(self, message: object) -> None:
+        if self.channel is not None:
+            self.channel.send(message)
+
+    async def _start(self, config: DataPlaneConfig, index: int) -> None:
+        from gossamer.proxy.dataplane import DataPlane
+
+        dp = DataPlane(config, on_interest=lambda key: self._send(("interest", key)))
+        try:
+            await dp.start()
+        except OSError as err:
+            log.error("worker %d: cannot start: %s", index, err)
+            self.stop.set()
+            return
+        self.dp = dp
+        for message in self.pending:
+            self.on_message(message)
+        self.pending.clear()
+        while not self.stop.is_set() and not dp.ready:
+            await asyncio.sleep(0.05)
+        if dp.admin_address is not None:
+            self._send(("ready", dp.admin_address))
+
+    def lost(self) -> None:
+        self.stop.set()  # the agent is gone: so is the reason to serve
+
+
+async def _worker_main(fd: int) -> None:
+    import gc
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    worker = _WorkerProcess(stop)
+    sock = socket.socket(fileno=fd)
+    _, channel = await loop.create_connection(
+        lambda: Channel(worker.on_message, worker.lost), sock=sock
+    )
+    worker.channel = channel
+    await stop.wait()
+    if worker.dp is not None:
+        await worker.dp.close()
+    if channel.transport is not None:
+        channel.transport.close()
+    gc.collect()
+
+
+def main(argv: list[str]) -> int:
+    fd, parent, index, level = int(argv[0]), int(argv[1]), int(argv[2]), argv[3]
+    die_with_parent(signal.SIGTERM, parent)
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s",
+    )
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    asyncio.run(_worker_main(fd))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

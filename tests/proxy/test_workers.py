@@ -1,0 +1,301 @@
+"""`--workers N`: real `gossamer run` proxies with two data-plane processes each.
+
+One agent feeds the workers (proxy.workers): the listeners are shared with
+SO_REUSEPORT, traffic spreads over both, the snapshot and the certificate reach each
+one, a killed worker is started again without the proxy losing its listener, and the
+workers die with their supervisor.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gossamer.proxy.workers import merge_metrics
+from tests.e2e.conftest import (
+    GOSSAMER,
+    ControlPlaneProcess,
+    Workload,
+    echo_app,
+    free_port,
+    run_workload,
+    sleeper,
+    start_control_plane,
+    stop_process,
+)
+
+pytestmark = pytest.mark.e2e
+
+SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: shop}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: http}]
+"""
+# A change for both proxies' snapshots: the client's route to echo, echo's policy.
+CHANGE = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /}}]
+    filters:
+    - {type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: x-via, value: route}]}}
+    backendRefs: [{name: echo, port: 80}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: echo-audit, namespace: shop}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: AUDIT
+  rules: [{to: [{operation: {paths: ["/audited/*"]}}]}]
+"""
+
+
+def get_json(address: str, path: str) -> Any:
+    with urllib.request.urlopen(f"http://{address}{path}", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def get_text(address: str, path: str) -> str:
+    with urllib.request.urlopen(f"http://{address}{path}", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def workers_of(w: Workload) -> list[dict[str, Any]]:
+    workers: list[dict[str, Any]] = get_json(w.admin, "/config")["workers"]
+    return workers
+
+
+def admin_of(w: Workload, worker: dict[str, Any]) -> str:
+    """Worker 0's admin is the proxy's; the others listen on their own."""
+    if worker["index"] == 0:
+        return w.admin
+    host, port = worker["admin"]
+    return f"{host}:{port}"
+
+
+def eventually(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s"
+        time.sleep(0.2)
+
+
+def all_ready(w: Workload) -> bool:
+    try:
+        workers = workers_of(w)
+        return len(workers) == 2 and all(x["ready"] and x["pid"] for x in workers)
+    except OSError:
+        return False
+
+
+def outbound_requests(text: str) -> int:
+    return sum(
+        int(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("gossamer_requests_total{") and 'direction="outbound"' in line
+    )
+
+
+def request(outbound: str, path: str) -> int:
+    """One request on a connection of its own: each new connection is hashed to a worker."""
+    host, port = outbound.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", f"http://echo.shop{path}")
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ControlPlaneProcess, Workload, Workload]]:
+    tmp = tmp_path_factory.mktemp("workers")
+    cp = start_control_plane(tmp / "cp")
+    started: list[Workload] = []
+    try:
+        cp.cli("apply", "-f", "-", stdin=SERVICE, check=True)
+        echo = run_workload(
+            cp, tmp, "echo-1", service_account="echo", labels={"app": "echo"},
+            app=echo_app("echo-1", port := free_port()), port=f"http=8080:{port}",
+            extra=("--workers", "2"),
+        )  # fmt: skip
+        started.append(echo)
+        client = run_workload(
+            cp, tmp, "client", service_account="client", labels={}, app=sleeper(),
+            extra=("--workers", "2"),
+        )  # fmt: skip
+        started.append(client)
+        for w in started:
+            w.wait_ready(timeout=60)
+            eventually(f"{w.name}'s workers ready", lambda w=w: all_ready(w), timeout=60)
+        eventually("echo answers through the mesh", lambda: request(client.outbound, "/p") == 200)
+        yield cp, echo, client
+    finally:
+        for w in started:
+            w.stop()
+        stop_process(cp.proc)
+
+
+def test_traffic_over_two_workers_is_spread_across_both(
+    mesh: tuple[ControlPlaneProcess, Workload, Workload],
+) -> None:
+    _, _, client = mesh
+    workers = workers_of(client)
+    before_total = outbound_requests(get_text(client.admin, "/metrics"))
+    before_w1 = outbound_requests(get_text(admin_of(client, workers[1]), "/metrics"))
+    for n in range(40):
+        assert request(client.outbound, f"/spread/{n}") == 200
+    total = outbound_requests(get_text(client.admin, "/metrics")) - before_total
+    by_worker_1 = outbound_requests(get_text(admin_of(client, workers[1]), "/metrics")) - before_w1
+    # The proxy's /metrics adds up its workers: all 40, some from each.
+    assert total == 40
+    assert 0 < by_worker_1 < 40, by_worker_1
+
+
+def test_a_config_change_and_a_certificate_rotation_reach_every_worker(
+    mesh: tuple[ControlPlaneProcess, Workload, Workload],
+) -> None:
+    cp, echo, client = mesh
+
+    def seen(w: Workload) -> list[tuple[str, str]]:
+        out = []
+        for worker in workers_of(w):
+            config = get_json(admin_of(w, worker), "/config")
+            out.append((config["snapshot"]["version"], config["certificate"]["not_after"]))
+        return out
+
+    before = {w.name: seen(w) for w in (echo, client)}
+    for views in before.values():
+        assert len(views) == 2 and views[0] == views[1], views
+
+    cp.cli("apply", "-f", "-", stdin=CHANGE, check=True)
+    rotated = cp.cli("ca", "rotate", "intermediate", "--timeout", "90")
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+
+    def moved(w: Workload) -> bool:
+        views = seen(w)
+        old_version, old_cert = before[w.name][0]
+        return all(v != old_version and c != old_cert for v, c in views) and views[0] == views[1]
+
+    for w in (echo, client):
+        eventually(f"{w.name}: new snapshot and certificate in both workers", lambda w=w: moved(w))
+    assert request(client.outbound, "/after-rotation") == 200
+
+
+def test_killing_a_worker_loses_no_listener_and_it_is_started_again(
+    mesh: tuple[ControlPlaneProcess, Workload, Workload],
+) -> None:
+    _, echo, client = mesh
+    for w in (client, echo):
+        victim = workers_of(w)[1]
+        os.kill(victim["pid"], signal.SIGKILL)
+        # The listeners stay: worker 0 serves every new connection meanwhile.
+        for n in range(20):
+            assert request(client.outbound, f"/while-{w.name}-restarts/{n}") == 200
+        eventually(
+            f"{w.name}: worker 1 started again",
+            lambda w=w, victim=victim: (
+                all_ready(w)
+                and workers_of(w)[1]["pid"] != victim["pid"]
+                and workers_of(w)[1]["restarts"] == 1
+            ),
+        )
+    # ...and the new worker serves its share again.
+    workers = workers_of(client)
+    before = outbound_requests(get_text(admin_of(client, workers[1]), "/metrics"))
+    for n in range(40):
+        assert request(client.outbound, f"/after-restart/{n}") == 200
+    assert outbound_requests(get_text(admin_of(client, workers[1]), "/metrics")) > before
+
+
+def test_killing_the_supervisor_kills_the_workers(
+    mesh: tuple[ControlPlaneProcess, Workload, Workload], tmp_path: Path
+) -> None:
+    cp = mesh[0]
+    admin = f"127.0.0.1:{free_port()}"
+    log = tmp_path / "proxy.log"
+    with log.open("wb") as out:
+        proxy = subprocess.Popen(
+            [
+                *GOSSAMER, "proxy", "--name", "lonely", "-n", "shop",
+                "--inbound", f"127.0.0.1:{free_port()}", "--outbound", f"127.0.0.1:{free_port()}",
+                "--admin", admin, "--discovery", cp.discovery, "--server", cp.api,
+                "--token-file", str(cp.token_file), "--state-dir", str(tmp_path / "state"),
+                "--workers", "2",
+            ],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        lonely = Workload("lonely", proxy, "", "", admin, tmp_path / "state", log)
+        lonely.wait_ready(timeout=60)
+        worker = workers_of(lonely)[1]["pid"]
+        assert worker is not None and worker != proxy.pid
+        proxy.kill()
+        proxy.wait()
+        eventually("the worker ends with its supervisor", lambda: not _alive(worker))
+    finally:
+        stop_process(proxy)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("texts", "merged"),
+    [
+        (
+            [
+                '# TYPE a_total counter\na_total{x="1"} 2\n# TYPE g gauge\ng 1\n',
+                '# TYPE a_total counter\na_total{x="1"} 3\na_total{x="2"} 1\n# TYPE g gauge\ng 4\n',
+            ],
+            '# TYPE a_total counter\na_total{x="1"} 5\na_total{x="2"} 1\n# TYPE g gauge\ng 5\n',
+        ),
+        (
+            [
+                "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds 20.5\n",
+                "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds 10.25\n",
+            ],
+            "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds 10.25\n",
+        ),
+        (
+            [
+                "# TYPE h histogram\nh_sum 0.5\nh_count 1\n",
+                "# TYPE h histogram\nh_sum 0.25\nh_count 2\n",
+            ],
+            "# TYPE h histogram\nh_sum 0.75\nh_count 3\n",
+        ),
+    ],
+    ids=[
+        "counters and gauges are added up per series",
+        "the earliest process start is the proxy's",
+        "histogram sums and counts are added up",
+    ],
+)
+def test_worker_metrics_merge_into_one_exposition(texts: list[str], merged: str) -> None:
+    assert merge_metrics(texts) == merged
