@@ -19,6 +19,7 @@ from gossamer.controlplane.discovery import Discovery, ProxySession
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.resources import to_dict, validate
 from gossamer.store import SqliteStore
+from gossamer.store.aio import AsyncStore
 from gossamer.translate import ProxyInfo, Snapshot, build_snapshot
 from gossamer.translate.snapshot import content_version
 
@@ -112,7 +113,9 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
     store.apply([_workload(f"client-{i}", "client") for i in range(20)])
     store.apply([_workload(f"reader-{i}", "reader") for i in range(5)])
     ca = SimpleNamespace(trust_domain="cluster.local", trust_bundle_pem=lambda: "ROOTS")
-    cp = SimpleNamespace(store=store, ca=ca, system_store=None)  # one replica, on SQLite
+    cp = SimpleNamespace(  # one replica, on SQLite
+        store=store, astore=AsyncStore(store), ca=ca, system_store=None
+    )
     discovery = Discovery(cp)  # type: ignore[arg-type]
     await discovery.start()
     m = Mesh(discovery, store)

@@ -3,6 +3,7 @@ and when. `Discovery.expire_leases` is driven with an explicit clock."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,6 +16,7 @@ from gossamer.controlplane.discovery import (
     Discovery,
     with_condition,
 )
+from gossamer.store.aio import AsyncStore
 from gossamer.store.sqlite import SqliteStore
 from gossamer.translate.build import _is_ready
 
@@ -34,13 +36,13 @@ def discovery(tmp_path: Path) -> Discovery:
     store.apply([_workload("by-proxy"), _workload("by-hand")])
     ready, _ = with_condition(None, "Ready", True, "AppListening", "")
     store.update_status("Workload", "shop", "by-proxy", ready)
-    d = Discovery(SimpleNamespace(store=store))  # type: ignore[arg-type]
-    d._load()
+    d = Discovery(SimpleNamespace(store=store, astore=AsyncStore(store)))  # type: ignore[arg-type]
+    asyncio.run(d._load())
     return d
 
 
 def _connected(d: Discovery, name: str) -> str | None:
-    d._load()  # what the store watch would have delivered
+    asyncio.run(d._load())  # what the store watch would have delivered
     obj = d.cp.store.get("Workload", "shop", name)
     for cond in obj.get("status", {}).get("conditions", []):
         if cond["type"] == "ProxyConnected":

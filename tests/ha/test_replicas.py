@@ -3,6 +3,7 @@ holder dies or leaves, and workload leases held by whichever replica has the str
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +20,7 @@ from gossamer.controlplane.replicas import (
     replica_id_for,
 )
 from gossamer.store import EtcdStore, SqliteStore, Store
+from gossamer.store.aio import AsyncStore
 
 from .conftest import etcd_cluster as _etcd_cluster  # noqa: F401  (a fixture)
 
@@ -139,8 +141,8 @@ def mesh_store(tmp_path: Path) -> Iterator[SqliteStore]:
 
 
 def _discovery(mesh: SqliteStore, replicas: Replicas) -> Discovery:
-    d = Discovery(SimpleNamespace(store=mesh, replicas=replicas))  # type: ignore[arg-type]
-    d._load()
+    d = Discovery(SimpleNamespace(store=mesh, astore=AsyncStore(mesh), replicas=replicas))  # type: ignore[arg-type]
+    asyncio.run(d._load())
     return d
 
 
@@ -152,7 +154,7 @@ def test_a_lease_held_by_a_live_replica_is_not_expired_by_another(
     holder.beat()
     on_leader, on_holder = _discovery(mesh_store, leader), _discovery(mesh_store, holder)
     on_holder._set_connected("shop", "web-1", True)  # b's stream opened
-    on_leader._load()
+    asyncio.run(on_leader._load())
 
     # Long past any grace on a: the stream is b's, and b is alive.
     on_leader.expire_leases(on_leader._started + RESTART_GRACE_SECONDS * 2)

@@ -4,7 +4,9 @@ every member killed at teardown whatever happened."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
@@ -109,9 +111,18 @@ class EtcdCluster:
             member.proc.kill()
             member.proc.wait()
 
+    def pause(self, member: Member) -> None:
+        """SIGSTOP: the member keeps its sockets and answers nothing (a frozen host)."""
+        if member.proc is not None and member.proc.poll() is None:
+            os.kill(member.proc.pid, signal.SIGSTOP)
+
+    def resume(self, member: Member) -> None:
+        if member.proc is not None and member.proc.poll() is None:
+            os.kill(member.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         for member in self.members:
-            self.kill(member)
+            self.kill(member)  # SIGKILL ends a stopped process too
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

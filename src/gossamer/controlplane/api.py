@@ -30,6 +30,7 @@ from gossamer.errors import (
     IdentityError,
     InvalidResource,
     NotFound,
+    StoreError,
     Unauthorized,
 )
 from gossamer.identity.bundle import certificate_fingerprint
@@ -117,6 +118,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(401, "Unauthorized", str(err))
     except IdentityError as err:
         return error_response(403, "Forbidden", str(err))
+    except StoreError as err:
+        # The store is unreachable or stalled: the caller may try again later.
+        log.warning("%s %s: %s", request.method, request.path, err)
+        return error_response(503, "StoreUnavailable", str(err))
     except GossamerError as err:
         log.exception("request failed: %s", err)
         return error_response(500, "InternalError", str(err))
@@ -239,7 +244,7 @@ class Api:
             sweeping = _refusing_everything(objects)
             if sweeping:
                 return invalid_response(sweeping)
-        results = self.cp.store.apply(objects)
+        results = await self.cp.astore.apply(objects)
         items = [
             {
                 "kind": r.object["kind"],
@@ -255,7 +260,8 @@ class Api:
                 "apply %s %s/%s: %s", item["kind"], item["namespace"], item["name"], item["action"]
             )
             if item["action"] != "unchanged":
-                self.cp.audit.record(
+                await self.cp.astore.run(
+                    self.cp.audit.record,
                     actor,
                     f"apply.{item['action']}",
                     kind=item["kind"],
@@ -268,25 +274,28 @@ class Api:
     async def list(self, request: web.Request) -> web.Response:
         kind = _kind(request)
         namespace = request.query.get("namespace") or None
-        items = self.cp.store.list(kind, namespace)
+        items = await self.cp.astore.list(kind, namespace)
         return web.json_response({"apiVersion": "v1", "kind": "List", "items": items})
 
     async def get(self, request: web.Request) -> web.Response:
         kind = _kind(request)
-        obj = self.cp.store.get(kind, request.match_info["namespace"], request.match_info["name"])
+        obj = await self.cp.astore.get(
+            kind, request.match_info["namespace"], request.match_info["name"]
+        )
         return web.json_response(obj)
 
     async def delete(self, request: web.Request) -> web.Response:
         actor = require_admin(request)
         kind = _kind(request)
-        obj = self.cp.store.delete(
+        obj = await self.cp.astore.delete(
             kind,
             request.match_info["namespace"],
             request.match_info["name"],
             request.query.get("resourceVersion") or None,
         )
         log.info("delete %s %s/%s", kind, obj["metadata"]["namespace"], obj["metadata"]["name"])
-        self.cp.audit.record(
+        await self.cp.astore.run(
+            self.cp.audit.record,
             actor,
             "delete",
             kind=kind,
@@ -299,7 +308,8 @@ class Api:
     async def watch(self, request: web.Request) -> web.StreamResponse:
         """Newline-delimited JSON events after `since` (default: now), until the client goes."""
         try:
-            since = int(request.query.get("since", self.cp.store.revision()))
+            given = request.query.get("since")
+            since = int(given) if given is not None else await self.cp.astore.revision()
         except ValueError:
             return error_response(400, "BadRequest", "since: must be an integer revision")
         kind = None
@@ -346,7 +356,8 @@ class Api:
             raise InvalidResource(errors, subject="token request")
         token = self.cp.tokens.create(namespace, sa, timedelta(seconds=ttl), max_uses=uses)
         claims = self.cp.tokens.verify(token)
-        self.cp.audit.record(
+        await self.cp.astore.run(
+            self.cp.audit.record,
             actor,
             "token.create",
             kind="JoinToken",
@@ -386,7 +397,8 @@ class Api:
             )
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
-        items = self.cp.audit.query(
+        items = await self.cp.astore.run(
+            self.cp.audit.query,
             kind=query.get("kind") or None,
             action=query.get("action") or None,
             since=since,

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from gossamer.controlplane.tokens_store import ApiTokenStore, Scope
 from gossamer.errors import StoreError
+from gossamer.store.aio import AsyncStore
 
 __all__ = [
     "ACCESS",
@@ -119,9 +120,19 @@ class Caller:
 
 
 class AccessPolicy:
-    def __init__(self, tokens: ApiTokenStore, *, auth_reads: bool = False) -> None:
+    """`off_loop`: where checking a token runs when it may read the store (tokens shared
+    between replicas are read again every second); None: the tokens are in memory."""
+
+    def __init__(
+        self,
+        tokens: ApiTokenStore,
+        *,
+        auth_reads: bool = False,
+        off_loop: AsyncStore | None = None,
+    ) -> None:
         self.tokens = tokens
         self.auth_reads = auth_reads
+        self.off_loop = off_loop
 
     def required_scope(self, method: str, path: str) -> Scope | None:
         """The least scope a call needs; None: no token needed."""
@@ -212,8 +223,11 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     """The one place that decides what a call needs (see the module docstring)."""
     resource = request.match_info.route.resource
     if resource is not None:  # no route: let the router answer 404/405
-        needed = request.app[ACCESS].required_scope(request.method, resource.canonical)
-        if needed is not None:
+        policy = request.app[ACCESS]
+        needed = policy.required_scope(request.method, resource.canonical)
+        if needed is not None and policy.off_loop is not None:
+            await policy.off_loop.run(require_scope, request, needed)
+        elif needed is not None:
             require_scope(request, needed)
     return await handler(request)
 

@@ -45,7 +45,7 @@ from aiohttp import WSMsgType, web
 from gossamer.controlplane.aggregate import AggregateRates, SharedDemand
 from gossamer.controlplane.api import BadRequest, error_response, errors_middleware, read_json
 from gossamer.controlplane.snapshotcache import BuildKey, SnapshotCache, services_selecting
-from gossamer.errors import IdentityError, InvalidResource, NotFound, Unauthorized
+from gossamer.errors import IdentityError, InvalidResource, NotFound, StoreError, Unauthorized
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.resources import to_dict, validate
 from gossamer.store import Compacted
@@ -261,11 +261,12 @@ class Discovery:
 
     # -- mesh state ---------------------------------------------------------------
 
-    def _load(self) -> None:
-        self._revision = self.cp.store.revision()
+    async def _load(self) -> None:
+        # The revision first: a write between the two reads is replayed by the watch.
+        self._revision = await self.cp.astore.revision()
         self._objects = {
             (o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o
-            for o in self.cp.store.list()
+            for o in await self.cp.astore.list()
             if o["kind"] in MESH_KINDS
         }
         self._mesh = None
@@ -280,7 +281,7 @@ class Discovery:
         return self._mesh
 
     async def start(self) -> None:
-        self._load()
+        await self._load()
         if self.cp.system_store is not None:
             # Several replicas: they split Aggregate rates over every replica's proxies.
             replicas = self.cp.replicas
@@ -322,7 +323,7 @@ class Discovery:
                         self._changed.set()
             except Compacted:
                 log.warning("store history compacted under the watch; re-listing")
-                self._load()
+                await self._load()
                 self._everything_changed = True
                 self._changed.set()
 
@@ -383,15 +384,20 @@ class Discovery:
     async def _lease_loop(self) -> None:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 5)
-            self.expire_leases(time.monotonic())
+            try:
+                await self.cp.astore.run(self.expire_leases, time.monotonic())
+            except StoreError as err:
+                log.warning("workload leases not checked this round: %s", err)
 
     def expire_leases(self, now: float) -> None:
         """Take out of endpoints every proxy-registered workload whose proxy has held no
         stream for LEASE_SECONDS. A Workload an operator applied by hand (neither a
         `ProxyConnected` nor a `Ready` condition: no proxy registered or reports for it)
         holds no lease."""
-        for key in [k for k in self._gone_since if ("Workload", *k) not in self._objects]:
-            del self._gone_since[key]  # deleted workloads
+        # Runs on a store thread (the lease loop): it copies what the loop changes
+        # (list() of a dict is one step under the GIL) and never iterates it live.
+        for key in [k for k in list(self._gone_since) if ("Workload", *k) not in self._objects]:
+            self._gone_since.pop(key, None)  # deleted workloads
         for (kind, namespace, name), obj in list(self._objects.items()):
             key = (namespace, name)
             if kind != "Workload" or key in self._sessions or key in self._leases_held:
@@ -469,12 +475,12 @@ class Discovery:
             else f"left endpoints: its proxy has been away for {LEASE_SECONDS:g}s",
         )
 
-    def hold_lease(self, namespace: str, name: str) -> None:
+    async def hold_lease(self, namespace: str, name: str) -> None:
         """Another stream (xDS) from the workload's proxy is open: it holds the lease."""
         key = (namespace, name)
         self._leases_held[key] = self._leases_held.get(key, 0) + 1
         self._gone_since.pop(key, None)
-        self._set_connected(namespace, name, True)
+        await self.cp.astore.run(self._set_connected, namespace, name, True)
 
     def release_lease(self, namespace: str, name: str) -> None:
         key = (namespace, name)
@@ -557,11 +563,12 @@ class Discovery:
             raise BadRequest("request body: must be a JSON object")
         return body
 
-    def _issue(self, csr: object, identity: SpiffeId, actor: str) -> web.Response:
+    async def _issue(self, csr: object, identity: SpiffeId, actor: str) -> web.Response:
         if not isinstance(csr, str):
             return error_response(400, "BadRequest", "csr: required (PEM text)")
         issued = self.cp.ca.sign_csr(csr.encode(), identity, ttl=self.cp.config.certificate_ttl)
-        self.cp.audit.record(
+        await self.cp.astore.run(
+            self.cp.audit.record,
             actor,
             "certificate.issue",
             kind="Certificate",
@@ -599,13 +606,16 @@ class Discovery:
         if not isinstance(body.get("csr"), str):
             return error_response(400, "BadRequest", "csr: required (PEM text)")
         try:
-            used = self.cp.audit.use_token(claims.token_id, claims.max_uses)
+            used = await self.cp.astore.run(
+                self.cp.audit.use_token, claims.token_id, claims.max_uses
+            )
         except ValueError as err:
             log.warning("join refused: %s", err)
             self.refused("join", f"join token {claims.token_id} ({claims.identity})", str(err))
             return error_response(403, "Forbidden", f"{err}; create a new one")
         actor = f"join-token {claims.token_id}"
-        self.cp.audit.record(
+        await self.cp.astore.run(
+            self.cp.audit.record,
             actor,
             "token.use",
             kind="JoinToken",
@@ -613,13 +623,13 @@ class Discovery:
             name=claims.token_id,
             detail={"use": used, "of": claims.max_uses},
         )
-        return self._issue(body.get("csr"), claims.identity, actor)
+        return await self._issue(body.get("csr"), claims.identity, actor)
 
     async def renew(self, request: web.Request) -> web.Response:
         """Renewal: a proxy's current certificate buys a new one for the same identity."""
         identity = require_identity(request)
         body = await self._json_body(request)
-        return self._issue(body.get("csr"), identity, str(identity))
+        return await self._issue(body.get("csr"), identity, str(identity))
 
     def _check_owner(self, identity: SpiffeId, namespace: str, service_account: str) -> None:
         if identity.namespace != namespace or identity.service_account != service_account:
@@ -655,7 +665,7 @@ class Discovery:
             raise web.HTTPBadRequest(reason="body must be the Workload named in the path")
         self._check_owner(identity, namespace, obj["spec"].get("serviceAccount", "default"))
         try:
-            current = self.cp.store.get("Workload", namespace, name)
+            current = await self.cp.astore.get("Workload", namespace, name)
         except NotFound:
             current = None
         if current is not None:
@@ -674,23 +684,23 @@ class Discovery:
             obj["status"], _ = with_condition(
                 None, "Ready", False, "NotReported", "its proxy has not reported readiness yet"
             )
-        [result] = self.cp.store.apply([obj])
+        [result] = await self.cp.astore.apply([obj])
         # Registered by a proxy: it holds a lease from now on, which its discovery
         # stream keeps (a registration that never streams leaves endpoints when it ends).
         key = (namespace, name)
         if key not in self._sessions:
             self._gone_since[key] = time.monotonic()
         if _condition(result.object, "ProxyConnected") is None:
-            self._set_connected(namespace, name, True, "Registered")
+            await self.cp.astore.run(self._set_connected, namespace, name, True, "Registered")
         log.info("workload %s/%s registered by %s (%s)", namespace, name, identity, result.action)
         return web.json_response(result.object)
 
     async def deregister(self, request: web.Request) -> web.Response:
         identity = require_identity(request)
         namespace, name = request.match_info["namespace"], request.match_info["name"]
-        current = self.cp.store.get("Workload", namespace, name)
+        current = await self.cp.astore.get("Workload", namespace, name)
         self._check_owner(identity, namespace, current["spec"].get("serviceAccount", "default"))
-        obj = self.cp.store.delete("Workload", namespace, name)
+        obj = await self.cp.astore.delete("Workload", namespace, name)
         log.info("workload %s/%s removed by %s", namespace, name, identity)
         return web.json_response(obj)
 
@@ -699,7 +709,7 @@ class Discovery:
         identity = require_identity(request)
         namespace, name = request.match_info["namespace"], request.match_info["name"]
         body = await self._json_body(request)
-        current = self.cp.store.get("Workload", namespace, name)
+        current = await self.cp.astore.get("Workload", namespace, name)
         self._check_owner(identity, namespace, current["spec"].get("serviceAccount", "default"))
         ready, message = body.get("ready"), body.get("message", "")
         if not isinstance(ready, bool) or not isinstance(message, str):
@@ -711,7 +721,7 @@ class Discovery:
             "AppListening" if ready else "AppNotListening",
             message,
         )
-        obj = self.cp.store.update_status("Workload", namespace, name, status)
+        obj = await self.cp.astore.update_status("Workload", namespace, name, status)
         if changed:
             log.info(
                 "workload %s/%s is %s",
@@ -735,8 +745,8 @@ class Discovery:
         await ws.prepare(request)
         try:
             hello = await ws.receive_json(timeout=10)
-            session = self._open_session(identity, hello, ws)
-        except (TimeoutError, TypeError, ValueError, IdentityError, NotFound) as err:
+            session = await self._open_session(identity, hello, ws)
+        except (TimeoutError, TypeError, ValueError, IdentityError, NotFound, StoreError) as err:
             reason = str(err) or "expected a hello message"
             log.warning("discovery stream from %s refused: %s", identity, reason)
             self.refused("stream", str(identity), reason)
@@ -749,7 +759,11 @@ class Discovery:
             await previous.ws.close()
         self._sessions[key] = session
         self._gone_since.pop(key, None)
-        self._set_connected(*key, True)
+        try:
+            await self.cp.astore.run(self._set_connected, *key, True)
+        except StoreError as err:
+            # Served anyway: its snapshot comes from memory; the condition waits.
+            log.warning("proxy %s/%s: ProxyConnected not written: %s", *key, err)
         log.info("proxy %s/%s connected as %s", session.namespace, session.workload, identity)
         sender = asyncio.create_task(self._send_loop(session))
         age = self.max_stream_age * random.uniform(1 - STREAM_AGE_JITTER, 1 + STREAM_AGE_JITTER)
@@ -774,7 +788,7 @@ class Discovery:
             log.info("proxy %s/%s disconnected", session.namespace, session.workload)
         return ws
 
-    def _open_session(
+    async def _open_session(
         self, identity: SpiffeId, hello: Any, ws: web.WebSocketResponse
     ) -> ProxySession:
         if not isinstance(hello, dict) or hello.get("type") != "hello":
@@ -782,7 +796,7 @@ class Discovery:
         workload, namespace = hello.get("workload"), hello.get("namespace")
         if not isinstance(workload, str) or not isinstance(namespace, str):
             raise ValueError("hello: workload and namespace are required")
-        obj = self.cp.store.get("Workload", namespace, workload)
+        obj = await self.cp.astore.get("Workload", namespace, workload)
         self._check_owner(identity, namespace, obj["spec"].get("serviceAccount", "default"))
         interests = _interests(hello.get("interests", []))
         session = ProxySession(identity, workload, namespace, interests, ws)

@@ -37,10 +37,10 @@ class FindingsApi:
             return _bad_request(str(err))
         if window / step > MAX_STEPS:
             return _bad_request(f"step: at most {MAX_STEPS} steps per window; use a longer step")
-        telemetry, store = self.cp.telemetry, self.cp.store
+        telemetry, store = self.cp.telemetry, self.cp.astore
         now = telemetry.clock()
         frames = frames_from(telemetry.histories.values(), now, window, step)
-        groups = groups_from(store.list("Service"), store.list("Workload"))
+        groups = groups_from(await store.list("Service"), await store.list("Workload"))
         items = [f.to_json() for f in detect(frames, groups)]
         return web.json_response(
             {"windowSeconds": window, "stepSeconds": step, "at": now, "items": items}

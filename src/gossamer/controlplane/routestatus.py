@@ -22,6 +22,7 @@ from gossamer.resources.grpcroute import GRPCRoute
 from gossamer.resources.httproute import HTTPRoute
 from gossamer.resources.tcproute import TCPRoute
 from gossamer.store import Compacted, Store
+from gossamer.store.aio import AsyncStore
 from gossamer.translate.build import MeshView
 from gossamer.translate.grpcroutes import compile_route
 from gossamer.translate.routes import CONTROLLER_NAME, ROUTE_KINDS, route_conditions
@@ -87,6 +88,7 @@ class RouteStatusReconciler:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._astore = AsyncStore(store, workers=1)  # its own thread: see gossamer.store.aio
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -104,9 +106,10 @@ class RouteStatusReconciler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self._astore.close()
 
     async def _follow(self) -> None:
-        revision = self.store.revision()
+        revision = await self._astore.revision()
         while True:
             try:
                 async for event in self.store.watch(revision):
@@ -115,7 +118,7 @@ class RouteStatusReconciler:
                         self._dirty.set()
                 return  # the store was closed
             except Compacted:
-                revision = self.store.revision()
+                revision = await self._astore.revision()
                 self._dirty.set()
 
     async def _reconcile_loop(self) -> None:
@@ -124,7 +127,7 @@ class RouteStatusReconciler:
             await asyncio.sleep(DEBOUNCE_SECONDS)
             self._dirty.clear()
             try:
-                self.reconcile()
+                await self._astore.run(self.reconcile)
             except Exception:
                 log.exception("updating HTTPRoute status failed; will try on the next change")
 

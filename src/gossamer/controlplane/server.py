@@ -41,6 +41,7 @@ from gossamer.identity.spiffe import SpiffeId
 from gossamer.identity.tls import server_context
 from gossamer.identity.tokens import JoinTokenIssuer, load_or_create_token_key
 from gossamer.store import Store, make_dirs, open_store, system_store_for
+from gossamer.store.aio import AsyncStore
 
 if TYPE_CHECKING:
     from gossamer.xds.server import XdsServer
@@ -131,6 +132,8 @@ class ControlPlane:
         )
         # Replicas sharing the store (etcd) keep their own records beside it (0051).
         self.system_store = system_store_for(self.store)
+        # Store calls from the event loop run here, off it, with a deadline (0050).
+        self.astore = AsyncStore(self.store)
         ca_dir = data_dir / "ca"
         self.ca = CertificateAuthority.initialize(ca_dir, config.trust_domain, config.operator_ca)
         token_key = load_or_create_token_key(ca_dir / "token.key")
@@ -149,7 +152,11 @@ class ControlPlane:
             admin_token_created(data_dir),
             shared=self.system_store,
         )
-        self.access = AccessPolicy(self.api_tokens, auth_reads=config.auth_reads)
+        self.access = AccessPolicy(
+            self.api_tokens,
+            auth_reads=config.auth_reads,
+            off_loop=self.astore if self.system_store is not None else None,
+        )
         # Who changed what, certificates and tokens issued; join-token use counts.
         self.audit = AuditLog(
             data_dir / "audit.db", expect_existing=ran_before, shared=self.system_store
@@ -164,8 +171,8 @@ class ControlPlane:
 
     async def replicas_status(self, request: web.Request) -> web.Response:
         """GET /v1/replicas: the replicas sharing the store, the leader, the store's health."""
-        rows = await asyncio.to_thread(self.replicas.rows)
-        health = await asyncio.to_thread(store_health, self.store)
+        rows = await self.astore.run(self.replicas.rows)
+        health = await self.astore.run(store_health, self.store)
         return web.json_response(
             {"replica": self.replicas.replica_id, "replicas": rows, "store": health}
         )
@@ -279,6 +286,7 @@ class ControlPlane:
         await self.replicas.stop()
         log.debug("closing the store")
         # Closing the store ends open watch streams, so the API can shut down at once.
+        self.astore.close()
         self.store.close()
         if self.system_store is not None:
             self.system_store.close()

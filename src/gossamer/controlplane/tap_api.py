@@ -49,16 +49,16 @@ class TapApi:
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/v1/tap", self.tap)]
 
-    def tap_targets(self, namespace: str, name: str | None) -> list[Target] | str:
+    async def tap_targets(self, namespace: str, name: str | None) -> list[Target] | str:
         """The proxies to tap, or why there are none.
 
         `name` is a Service, or else a Workload: one that no Service selects (a load
         generator, a client) is a node of the topology under its workload name, as its
         proxy names itself in `gossamer-src-service`, and is tapped by that name.
         """
-        store = self.cp.store
-        services = store.list("Service", namespace)
-        targets = targets_from(store.list("Workload", namespace), services)
+        store = self.cp.astore
+        services = await store.list("Service", namespace)
+        targets = targets_from(await store.list("Workload", namespace), services)
         if name is not None and not any(s["metadata"]["name"] == name for s in services):
             alone = [t for t in targets if t.workload == name]
             if alone:
@@ -103,7 +103,7 @@ class TapApi:
         path = q.get("path") or None
         if path is not None and not path.startswith("/"):
             return _error(400, "BadRequest", f"path: must start with /, not {path!r}")
-        found = self.tap_targets(namespace, name)
+        found = await self.tap_targets(namespace, name)
         if isinstance(found, str):
             return _error(404, "NotFound", found)
         proxy_query = {

@@ -29,6 +29,7 @@ import aiohttp
 
 from gossamer.errors import GossamerError
 from gossamer.store import Store, make_dirs
+from gossamer.store.aio import AsyncStore
 from gossamer.telemetry.golden import Golden, Key, Sample, parse_prometheus_text
 from gossamer.telemetry.window import (
     RETRY_VIEW,
@@ -48,6 +49,8 @@ log = logging.getLogger("gossamer.controlplane.telemetry")
 
 RETENTION: Final = 16 * 60.0  # a 15 minute window, and a scrape before it to count from
 MAX_WINDOW: Final = 15 * 60.0
+# What a scrape round reads from the store: targets, and what the stats calls name.
+_LISTED_KINDS: Final = ("Service", "Workload", "TrafficControl")
 DEFAULT_WINDOW: Final = 60.0
 MAX_SCRAPE_BYTES: Final = 16 * 1024 * 1024
 SD_DIR_MODE: Final = 0o750  # a directory the file_sd writer creates
@@ -172,6 +175,11 @@ class Telemetry:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        # Its own thread for the store: a stalled store stalls the scrape round only.
+        self._astore = AsyncStore(store, workers=1)
+        # The objects read at the last round (kind -> objects), for the stats calls,
+        # which then never wait on the store; None until the first round.
+        self._listed: dict[str, list[dict[str, Any]]] | None = None
         self.interval = interval
         self.timeout = min(timeout, interval)
         self.retention = retention
@@ -206,6 +214,7 @@ class Telemetry:
                 await self._task
         if self._session is not None:
             await self._session.close()
+        self._astore.close()
 
     async def _loop(self) -> None:
         while True:
@@ -216,8 +225,21 @@ class Telemetry:
                 log.exception("telemetry scrape round failed")
             await asyncio.sleep(max(self.interval - (time.monotonic() - started), 0.05))
 
+    def _read_objects(self) -> dict[str, list[dict[str, Any]]]:
+        return {kind: self.store.list(kind) for kind in _LISTED_KINDS}
+
+    def _objects(self, kind: str) -> list[dict[str, Any]]:
+        if self._listed is None:
+            return self.store.list(kind)
+        return self._listed[kind]
+
     def refresh_targets(self) -> None:
-        self.targets = targets_from(self.store.list("Workload"), self.store.list("Service"))
+        """Read the store (synchronously, as a test does) and refresh the targets."""
+        self._refresh(self._read_objects())
+
+    def _refresh(self, listed: dict[str, list[dict[str, Any]]]) -> None:
+        self._listed = listed
+        self.targets = targets_from(listed["Workload"], listed["Service"])
         current = {(t.namespace, t.workload) for t in self.targets}
         for key in list(self.health):
             if key not in current:
@@ -228,7 +250,7 @@ class Telemetry:
         self.write_sd_file()
 
     async def scrape_once(self) -> None:
-        self.refresh_targets()
+        self._refresh(await self._astore.run(self._read_objects))
         await asyncio.gather(*(self._scrape(t) for t in self.targets))
         horizon = self.clock() - self.retention
         for key, history in list(self.histories.items()):
@@ -347,7 +369,7 @@ class Telemetry:
         for key, g in self._golden(RETRY_VIEW, window).items():
             retries[(key[2], key[3])] = retries.get((key[2], key[3]), 0.0) + g.requests
         keys = {
-            (s["metadata"]["namespace"], s["metadata"]["name"]) for s in self.store.list("Service")
+            (s["metadata"]["namespace"], s["metadata"]["name"]) for s in self._objects("Service")
         }
         keys |= {(k[0], k[1]) for k in golden}
         stale = self._stale_services() | {(k[0], k[1]) for k in self._stale_keys("service")}
@@ -471,11 +493,7 @@ class Telemetry:
         # A proxy's /metrics is its own word: only the edges a control really governs
         # for that proxy's workload count (gossamer.translate.controls.governs).
         mesh = MeshView.from_objects(
-            [
-                o
-                for kind in ("TrafficControl", "Workload", "Service")
-                for o in self.store.list(kind)
-            ],
+            [o for kind in ("TrafficControl", "Workload", "Service") for o in self._objects(kind)],
             trust_domain="",
             trust_bundle="",
         )

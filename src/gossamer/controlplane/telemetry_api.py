@@ -118,14 +118,10 @@ class TelemetryApi:
         """What one proxy runs (`gossamer proxy-config`): its admin `/config`, fetched
         the way the control plane scrapes its metrics, so the CLI needs no route to it."""
         namespace, name = request.match_info["namespace"], request.match_info["name"]
-        store = self.cp.store
-        found = [
-            t
-            for t in targets_from(
-                store.list("Workload", namespace), store.list("Service", namespace)
-            )
-            if t.workload == name
-        ]
+        store = self.cp.astore
+        workloads = await store.list("Workload", namespace)
+        services = await store.list("Service", namespace)
+        found = [t for t in targets_from(workloads, services) if t.workload == name]
         if not found:
             body = {
                 "error": {

@@ -39,7 +39,7 @@ import grpc
 from cryptography import x509
 from google.protobuf import json_format
 
-from gossamer.errors import IdentityError, NotFound
+from gossamer.errors import IdentityError, NotFound, StoreError
 from gossamer.identity.csr import generate_private_key, make_csr
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.translate import InconsistentSnapshot, ProxyInfo, Snapshot, build_snapshot
@@ -322,7 +322,7 @@ class XdsServer:
             )
         return ProxyInfo(session.spec.workload, session.spec.namespace, interests)
 
-    def _open(self, identity: SpiffeId, node: Any) -> XdsSession:
+    async def _open(self, identity: SpiffeId, node: Any) -> XdsSession:
         metadata = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
         spec = NodeSpec.parse(metadata)
         if spec.proxyless:
@@ -332,7 +332,7 @@ class XdsServer:
                     f"{identity} may not speak for a gRPC client in namespace {spec.namespace!r}"
                 )
             return XdsSession(identity, node.id, spec)
-        obj = self.cp.store.get("Workload", spec.namespace, spec.workload)
+        obj = await self.cp.astore.get("Workload", spec.namespace, spec.workload)
         account = obj["spec"].get("serviceAccount", "default")
         if identity.namespace != spec.namespace or identity.service_account != account:
             raise IdentityError(
@@ -354,12 +354,14 @@ class XdsServer:
         if first is None:
             return
         try:
-            session = self._open(identity, first.node)
-        except (NodeError, NotFound, IdentityError) as err:
+            session = await self._open(identity, first.node)
+        except (NodeError, NotFound, IdentityError, StoreError) as err:
             log.warning("xDS stream from %s refused: %s", identity, err)
             code = (
                 grpc.StatusCode.PERMISSION_DENIED
                 if isinstance(err, IdentityError)
+                else grpc.StatusCode.UNAVAILABLE
+                if isinstance(err, StoreError)
                 else grpc.StatusCode.INVALID_ARGUMENT
             )
             await context.abort(code, str(err))
@@ -368,7 +370,7 @@ class XdsServer:
         self._sessions[sid] = session
         spec = session.spec
         if not spec.proxyless:
-            self.cp.discovery.hold_lease(spec.namespace, spec.workload)
+            await self.cp.discovery.hold_lease(spec.namespace, spec.workload)
         log.info(
             "envoy %s (%s/%s) connected over xDS", session.node_id, spec.namespace, spec.workload
         )
