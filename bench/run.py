@@ -15,6 +15,9 @@ The workload is HTTP/1.1 keep-alive (the default) or gRPC unary calls over HTTP/
   gossamer-control  the gossamer setup with an idle TrafficControl on the
             client's calls (matched, limits far above the load: what governing a
             call costs; not in the default --only list)
+  gossamer-h2python  the gossamer setup with GOSSAMER_H2_CODEC=python: HTTP/2 on
+            the pure-Python codec rather than the native one (decision 0097; not
+            in the default --only list)
 
 Each setup gets a short warm-up, a max-throughput run (wrk, fixed keep-alive
 connections) and a fixed-rate run (h2load --h1 --rps, open loop per connection,
@@ -50,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -71,7 +75,8 @@ except ModuleNotFoundError as err:
         ".venv/bin/python bench/run.py (or make bench)"
     )
 
-SETUPS = ("direct", "gossamer", "envoy", "gossamer-envoy", "gossamer-control")
+H2PYTHON = "gossamer-h2python"
+SETUPS = ("direct", "gossamer", "envoy", "gossamer-envoy", "gossamer-control", H2PYTHON)
 BASELINE = "gossamer-baseline"  # with --baseline-src
 WORKLOADS = ("http1", "grpc")
 APT_PACKAGES = {"nginx": "nginx-light", "wrk": "wrk", "h2load": "nghttp2-client"}
@@ -499,6 +504,21 @@ def _settle(args: argparse.Namespace, label: str) -> None:
             progress(f"{label}: still busy ({busy:.0f}%); going on")
 
 
+@contextlib.contextmanager
+def _h2_codec(codec: str | None) -> Iterator[None]:
+    """GOSSAMER_H2_CODEC set to `codec` (None: left as it is) while proxies start."""
+    before = os.environ.get("GOSSAMER_H2_CODEC")
+    if codec is not None:
+        os.environ["GOSSAMER_H2_CODEC"] = codec
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("GOSSAMER_H2_CODEC", None)
+        else:
+            os.environ["GOSSAMER_H2_CODEC"] = before
+
+
 def run_setups(
     args: argparse.Namespace, tools: Tools, procs: Processes, work: Path
 ) -> dict[str, dict[str, Any]]:
@@ -535,29 +555,31 @@ def run_setups(
                     if is_grpc
                     else setups.start_gossamer(procs, backend_port, work, name=name, engine="envoy")
                 )
-            elif name in ("gossamer", BASELINE, "gossamer-control"):
+            elif name in ("gossamer", BASELINE, "gossamer-control", H2PYTHON):
                 src = args.baseline_src if name == BASELINE else None
                 extra = setups.IDLE_CONTROL_YAML if name == "gossamer-control" else ""
-                targets[name] = (
-                    setups.start_gossamer(
-                        procs,
-                        backend_port,
-                        work,
-                        service_yaml=setups.GRPC_SERVICE_YAML + extra,
-                        ready_check=grpc.call_ok,
-                        name=name,
-                        src=src,
+                # The proxies inherit the environment, where GOSSAMER_H2_CODEC picks theirs.
+                with _h2_codec("python" if name == H2PYTHON else None):
+                    targets[name] = (
+                        setups.start_gossamer(
+                            procs,
+                            backend_port,
+                            work,
+                            service_yaml=setups.GRPC_SERVICE_YAML + extra,
+                            ready_check=grpc.call_ok,
+                            name=name,
+                            src=src,
+                        )
+                        if is_grpc
+                        else setups.start_gossamer(
+                            procs,
+                            backend_port,
+                            work,
+                            service_yaml=setups.SERVICE_YAML + extra,
+                            name=name,
+                            src=src,
+                        )
                     )
-                    if is_grpc
-                    else setups.start_gossamer(
-                        procs,
-                        backend_port,
-                        work,
-                        service_yaml=setups.SERVICE_YAML + extra,
-                        name=name,
-                        src=src,
-                    )
-                )
             else:
                 assert tools.envoy is not None
                 targets[name] = (
@@ -947,6 +969,20 @@ def summarize_grpc(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, fl
             "p50_ms": ratio(get("gossamer-control", "p50_ms"), get("gossamer", "p50_ms")),
             "p99_ms": ratio(get("gossamer-control", "p99_ms"), get("gossamer", "p99_ms")),
             "proxy_cpu_per_call": ratio(cpu_per_call("gossamer-control"), cpu_per_call("gossamer")),
+        }
+    if H2PYTHON in ok:
+        # The native HTTP/2 codec against the pure-Python one, and the latter against Envoy.
+        ratios[f"gossamer/{H2PYTHON}"] = {
+            "throughput_rps": ratio(get("gossamer", "rps"), get(H2PYTHON, "rps")),
+            "p50_ms": ratio(get("gossamer", "p50_ms"), get(H2PYTHON, "p50_ms")),
+            "p99_ms": ratio(get("gossamer", "p99_ms"), get(H2PYTHON, "p99_ms")),
+            "proxy_cpu_per_call": ratio(cpu_per_call("gossamer"), cpu_per_call(H2PYTHON)),
+        }
+        ratios[f"{H2PYTHON}/envoy"] = {
+            "throughput_rps": ratio(get(H2PYTHON, "rps"), get("envoy", "rps")),
+            "p50_ms": ratio(get(H2PYTHON, "p50_ms"), get("envoy", "p50_ms")),
+            "p99_ms": ratio(get(H2PYTHON, "p99_ms"), get("envoy", "p99_ms")),
+            "proxy_cpu_per_call": ratio(cpu_per_call(H2PYTHON), cpu_per_call("envoy")),
         }
     if BASELINE in ok:
         ratios[f"gossamer/{BASELINE}"] = {

@@ -66,6 +66,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import sys
 from collections import deque
 from collections.abc import Callable
 from time import monotonic, perf_counter
@@ -77,6 +78,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
+from hyperframe.exceptions import InvalidDataError
 from hyperframe.frame import (
     DataFrame,
     Frame,
@@ -590,8 +593,7 @@ class H2Connection(asyncio.Protocol):
             for event in events:
                 self._event(event)
         except h2.exceptions.ProtocolError as e:
-            code = getattr(e, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
-            self.fail(code, f"HTTP/2 protocol error from {self.name}: {e}")
+            self.fail(_error_code(e), f"HTTP/2 protocol error from {self.name}: {e}")
         else:
             self.flush()
         finally:
@@ -1003,6 +1005,7 @@ def _lost(half: _Half, reason: str) -> None:
 _h2_receive_frame: Final = h2.connection.H2Connection._receive_frame
 _h2_send_data: Final = h2.connection.H2Connection.send_data
 _h2_end_stream: Final = h2.connection.H2Connection.end_stream
+_h2_terminate: Final = h2.connection.H2Connection._terminate_connection
 
 
 class _GuardedH2(h2.connection.H2Connection):
@@ -1105,6 +1108,14 @@ class _GuardedH2(h2.connection.H2Connection):
         _h2_end_stream(self, stream_id)  # an empty DATA frame with END_STREAM
         self.data_sent += 1
 
+    def _terminate_connection(self, error_code: h2.errors.ErrorCodes) -> None:
+        # h2 calls this in its `except ProtocolError` when a received frame is bad, to
+        # send its GOAWAY: the error in hand may deserve a more precise code.
+        err = sys.exception()
+        if isinstance(err, h2.exceptions.ProtocolError):
+            error_code = _error_code(err)
+        _h2_terminate(self, error_code)
+
     def control_frame(self) -> None:
         """Count a frame that carries nothing to a stream; too many a second are a flood."""
         now = monotonic()
@@ -1129,6 +1140,26 @@ _EVENT_HANDLERS: Final[dict[type[h2.events.Event], Callable[[H2Connection, Any],
     h2.events.ConnectionTerminated: H2Connection._on_terminated,
     h2.events.InformationalResponseReceived: H2Connection._on_informational,
 }
+
+
+def _error_code(e: h2.exceptions.ProtocolError) -> h2.errors.ErrorCodes:
+    """The GOAWAY code for a peer's error, where h2 names a vaguer one than RFC 9113.
+
+    h2 ends the connection with PROTOCOL_ERROR for a header block that cannot be
+    decoded (the HPACK codec's error is the cause), where RFC 9113 4.3 says
+    COMPRESSION_ERROR, and for a SETTINGS ACK with a payload, where 6.5 says
+    FRAME_SIZE_ERROR (hyperframe refuses it with InvalidDataError). h2spec checks both
+    (tests/proxy/test_h2spec.py). An oversized header list stays h2's
+    ENHANCE_YOUR_CALM.
+    """
+    code = h2.errors.ErrorCodes(getattr(e, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR))
+    cause = e.__cause__
+    if code == h2.errors.ErrorCodes.PROTOCOL_ERROR and cause is not None:
+        if isinstance(cause, hpack.HPACKError):
+            return h2.errors.ErrorCodes.COMPRESSION_ERROR
+        if isinstance(cause, InvalidDataError) and "ack frame must not have payload" in str(cause):
+            return h2.errors.ErrorCodes.FRAME_SIZE_ERROR
+    return code
 
 
 def _check(headers: Headers, pseudo: frozenset[bytes]) -> None:
