@@ -4,9 +4,25 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint typecheck unit demo bench clean golden
+.PHONY: test lint typecheck unit demo bench clean golden h2-build-deps
 
-$(BIN)/gossamer: pyproject.toml
+# The native HTTP/2 codec (decision 0097) is built by pip when a C compiler, pkg-config,
+# Python's headers and libnghttp2's are present; as root on Debian they are installed
+# here. Without them the install goes on and the proxy uses the pure-Python codec, but
+# the test suite, which tests both codecs, fails the native half and says why.
+H2_BUILD_DEPS := gcc pkg-config libnghttp2-dev python3-dev
+
+h2-build-deps:
+	@if ! command -v gcc >/dev/null || ! pkg-config --exists libnghttp2 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; \
+	    apt-get install -y -qq $(H2_BUILD_DEPS) >/dev/null; \
+	  else \
+	    echo "note: without $(H2_BUILD_DEPS) the native HTTP/2 codec is not built"; \
+	  fi; \
+	fi
+
+$(BIN)/gossamer: pyproject.toml setup.py src/gossamer/proxy/wire/_h2native.c | h2-build-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
