@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "token",
     "apitoken",
     "proxy",
+    "host",
     "check",
     "stat",
     "tap",
@@ -39,7 +40,7 @@ COMMAND_MODULES = (
 )
 # The proxy lives as long as its workload: it loads only its own command module, so
 # it does not carry the rest of the CLI (the resource models alone are megabytes).
-LEAN_COMMANDS = {"proxy": "proxy", "run": "proxy"}
+LEAN_COMMANDS = {"proxy": "proxy", "run": "proxy", "host": "host"}
 
 _INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)$")
 

@@ -261,6 +261,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_proxy_flags(r)
     add_capture_flags(r)
+    r.add_argument(
+        "--host-proxy",
+        type=Path,
+        metavar="SOCKET",
+        help="no sidecar: register the workload with the host's proxy (`gossamer host`) "
+        "on its unix socket; the workload keeps its own identity (docs/per-host.md)",
+    )
     r.add_argument("command", nargs=argparse.REMAINDER, help="the app to run, after --")
     r.set_defaults(func=run_wrapped)
 
@@ -600,6 +607,10 @@ def run_wrapped(args: argparse.Namespace) -> int:
     --capture, the rules are in place before the proxy starts and gone after both end."""
     from gossamer.cli.capture import captured
 
+    if args.host_proxy is not None:
+        from gossamer.host.run import run_hosted
+
+        return run_hosted(args)
     with captured(args) as as_proxy_group:
         return _supervise(args, as_proxy_group)
 

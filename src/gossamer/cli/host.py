@@ -1,0 +1,122 @@
+"""`gossamer host`: one proxy for every workload on this host (per-host mode).
+
+Workloads join it with `gossamer run --host-proxy SOCKET -- CMD`. See docs/per-host.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+from pathlib import Path
+
+from gossamer.cli.common import DiscoveryAddresses, fail, host_ports
+from gossamer.errors import GossamerError
+
+DEFAULT_SOCKET = "/run/gossamer/host.sock"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "host",
+        allow_abbrev=False,
+        help="run one proxy for every workload on this host",
+        description="Join the mesh as host NAME (a join token for ns gossamer-hosts, service "
+        "account NAME), then serve each workload that registers on --socket with its own "
+        "listeners, certificate and configuration. The control plane gives this host only "
+        "the identities its Host object lists.",
+    )
+    p.add_argument("--name", required=True, help="the host's name: its Host object's name")
+    discovery = host_ports(os.environ.get("GOSSAMER_DISCOVERY", "127.0.0.1:15012"))
+    p.add_argument(
+        "--discovery",
+        action=DiscoveryAddresses,
+        default=discovery[0],
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="control plane discovery address(es) (default: $GOSSAMER_DISCOVERY or "
+        "127.0.0.1:15012)",
+    )
+    p.set_defaults(discovery_replicas=tuple(discovery[1:]))
+    p.add_argument(
+        "--join-token",
+        default=os.environ.get("GOSSAMER_JOIN_TOKEN"),
+        help="the host's join token (default: $GOSSAMER_JOIN_TOKEN); or --token-file with "
+        "the admin token to mint one",
+    )
+    p.add_argument("--server", help="API address, to mint a join token with the admin token")
+    p.add_argument("--token-file", help="admin token file, to mint a join token")
+    p.add_argument(
+        "--socket",
+        type=Path,
+        default=Path(DEFAULT_SOCKET),
+        help=f"where workloads register (mode 0600; default: {DEFAULT_SOCKET})",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="certificates and snapshots (default: $XDG_STATE_HOME/gossamer/host-NAME)",
+    )
+    p.add_argument("--drain-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=run_host)
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    if args.state_dir:
+        return Path(args.state_dir)
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "gossamer" / f"host-{args.name}"
+
+
+def run_host(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from gossamer.cli.proxy import _install_loop, _mint_join_token, _raise_fd_limit
+    from gossamer.host import HOSTS_NAMESPACE
+    from gossamer.host.proxy import HostConfig, HostProxy
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    _install_loop()
+    _raise_fd_limit()
+    if not args.join_token:
+        args.namespace, args.service_account = HOSTS_NAMESPACE, args.name
+        args.join_token = _mint_join_token(args)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        proxy = HostProxy(
+            HostConfig(
+                name=args.name,
+                discovery=args.discovery,
+                replicas=args.discovery_replicas,
+                state_dir=_state_dir(args),
+                socket_path=args.socket,
+                join_token=args.join_token,
+                drain_seconds=args.drain_seconds,
+            )
+        )
+        try:
+            await proxy.start()
+            if args.ready_file:
+                tmp = args.ready_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"socket": str(args.socket)}))
+                os.replace(tmp, args.ready_file)
+            await stop.wait()
+        finally:
+            await proxy.close()
+
+    try:
+        asyncio.run(main())
+    except GossamerError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"cannot start the host proxy: {err}")
+    return 0

@@ -1,0 +1,370 @@
+"""`gossamer host`: one process, one event loop, every workload on the host.
+
+Each registered workload gets what a sidecar has, in this process: its own `DataPlane`
+(listeners, certificate, snapshot, metrics, tap) and its own control-plane session (a
+`HostedAgent`: it registers the Workload, follows discovery, reports readiness). Only the
+certificate differs: it is obtained as the host, under node authorization. So peers,
+authorization policies, golden metrics and tap see the workload, as with a sidecar, and
+sidecars elsewhere interoperate unchanged.
+
+Workloads register on a unix socket (`--socket`, mode 0600: whoever may write it may put
+a workload on this host, within what the operator's Host object allows). One JSON line
+asks, one JSON line answers; the connection then stands for the workload: when it
+closes (its `gossamer run` ended, or was killed), the workload leaves the mesh, its
+connections drain and its listeners close. A connection is attributed to a workload by
+the listener it arrived on: every workload has its own (docs/decisions/0065).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from gossamer.errors import IdentityError
+from gossamer.host.identity import HostedAgent, HostSession, NotOnHost
+from gossamer.proxy.agent.session import AgentConfig, WorkloadPortSpec
+from gossamer.proxy.dataplane import DataPlane, DataPlaneConfig
+
+log = logging.getLogger("gossamer.host")
+
+MAX_REQUEST: Final = 64 * 1024
+REQUEST_TIMEOUT: Final = 5.0
+READY_TIMEOUT: Final = 60.0
+
+Address = tuple[str, int]
+
+
+class BadRegistration(ValueError):
+    """A registration that cannot be served; the message names the field."""
+
+
+def _address(raw: Any, what: str) -> Address:
+    if not isinstance(raw, str):
+        raise BadRegistration(f"{what}: required, HOST:PORT")
+    host, sep, port = raw.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise BadRegistration(f"{what}: {raw!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _text(raw: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise BadRegistration(f"{key}: required, a string")
+    return value
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What a workload asks the host proxy for: the flags `gossamer proxy` takes."""
+
+    name: str
+    namespace: str
+    service_account: str
+    address: str
+    inbound: Address
+    outbound: Address
+    admin: Address
+    app_host: str = "127.0.0.1"
+    labels: dict[str, str] = field(default_factory=dict)
+    ports: tuple[WorkloadPortSpec, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.namespace, self.name
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Registration:
+        if not isinstance(raw, dict):
+            raise BadRegistration("the registration must be a JSON object")
+        labels = raw.get("labels") or {}
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise BadRegistration("labels: must map strings to strings")
+        ports = []
+        for i, p in enumerate(raw.get("ports") or ()):
+            try:
+                port, app_port = int(p["port"]), int(p.get("appPort", p["port"]))
+                name, protocol = p.get("name"), p.get("appProtocol")
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise BadRegistration(f"ports[{i}]: needs port (and appPort) numbers") from None
+            if not (0 < port < 65536 and 0 < app_port < 65536):
+                raise BadRegistration(f"ports[{i}]: ports must be 1-65535")
+            ports.append(WorkloadPortSpec(port, app_port, name, protocol))
+        inbound = _address(raw.get("inbound"), "inbound")
+        return cls(
+            name=_text(raw, "name"),
+            namespace=_text(raw, "namespace", "default"),
+            service_account=_text(raw, "serviceAccount", "default"),
+            address=_text(raw, "address", inbound[0]),
+            inbound=inbound,
+            outbound=_address(raw.get("outbound"), "outbound"),
+            admin=_address(raw.get("admin"), "admin"),
+            app_host=_text(raw, "appHost", "127.0.0.1"),
+            labels=dict(labels),
+            ports=tuple(ports),
+        )
+
+
+@dataclass
+class HostedWorkload:
+    registration: Registration
+    dataplane: DataPlane
+    agent: HostedAgent
+    state_dir: Path
+    peer: dict[str, int]
+
+    def describe(self) -> dict[str, Any]:
+        dp = self.dataplane
+        return {
+            "workload": f"{self.registration.namespace}/{self.registration.name}",
+            "serviceAccount": self.registration.service_account,
+            "ready": dp.ready,
+            "inbound": dp.inbound_address,
+            "outbound": dp.outbound_address,
+            "admin": dp.admin_address,
+            "registeredBy": self.peer,
+        }
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    name: str
+    discovery: Address
+    state_dir: Path
+    socket_path: Path
+    join_token: str | None = None
+    replicas: tuple[Address, ...] = ()
+    drain_seconds: float = 1.0
+
+
+class HostProxy:
+    def __init__(self, config: HostConfig) -> None:
+        self.config = config
+        self.session = HostSession(
+            config.name,
+            config.discovery,
+            config.state_dir / "host",
+            config.join_token,
+            config.replicas,
+        )
+        self.workloads: dict[tuple[str, str], HostedWorkload] = {}
+        self._starting: set[tuple[str, str]] = set()
+        self._sock: socket.socket | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def start(self) -> None:
+        """The host's certificate, then the registration socket."""
+        await self.session.start()
+        path = self.config.socket_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        sock.listen(128)
+        sock.setblocking(False)
+        self._sock = sock
+        self.spawn(self._accept_loop(sock))
+        log.info("host %s: workloads register at %s", self.config.name, path)
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(sock)
+            self.spawn(self._registration(conn))
+
+    async def _registration(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        peer = _peer_credentials(conn)
+        hosted: HostedWorkload | None = None
+        key: tuple[str, str] | None = None
+        try:
+            try:
+                raw, fds = await asyncio.to_thread(_read_request, conn)
+                for fd in fds:  # network namespaces: used from step 3 on
+                    os.close(fd)
+                registration = Registration.from_json(raw)
+                key = registration.key
+                if key in self.workloads or key in self._starting:
+                    key = None
+                    raise BadRegistration(
+                        f"workload {registration.namespace}/{registration.name} is already "
+                        "registered on this host"
+                    )
+                self._starting.add(key)
+                hosted = await self._start_workload(registration, peer)
+            except (BadRegistration, NotOnHost, OSError, TimeoutError, IdentityError) as err:
+                log.warning("registration refused (peer %s): %s", peer, err)
+                await _reply(loop, conn, {"ok": False, "error": str(err)})
+                return
+            finally:
+                if key is not None:
+                    self._starting.discard(key)
+            self.workloads[registration.key] = hosted
+            await _reply(loop, conn, {"ok": True, **_addresses(hosted.dataplane)})
+            # The connection is the workload's lease: it ends when its supervisor ends.
+            while await loop.sock_recv(conn, 1024):
+                pass
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            conn.close()
+            if hosted is not None:
+                self.workloads.pop(hosted.registration.key, None)
+                await self._stop_workload(hosted)
+
+    async def _start_workload(self, reg: Registration, peer: dict[str, int]) -> HostedWorkload:
+        dataplane_config = DataPlaneConfig(
+            outbound=reg.outbound, inbound=reg.inbound, admin=reg.admin, app_host=reg.app_host
+        )
+        agent_ref: list[HostedAgent] = []
+        dataplane = DataPlane(dataplane_config, on_interest=lambda s: agent_ref[0].subscribe(s))
+        await dataplane.start()
+        state_dir = self.config.state_dir / "workloads" / f"{reg.namespace}-{reg.name}"
+        inbound = dataplane.inbound_address
+        admin = dataplane.admin_address
+        assert inbound is not None and admin is not None
+        agent = HostedAgent(
+            AgentConfig(
+                discovery=self.config.discovery,
+                replicas=self.config.replicas,
+                workload=reg.name,
+                namespace=reg.namespace,
+                service_account=reg.service_account,
+                address=reg.address,
+                inbound_port=inbound[1],
+                state_dir=state_dir,
+                labels=reg.labels,
+                ports=reg.ports,
+                app_host=reg.app_host,
+                admin_port=admin[1] if admin[0] in ("0.0.0.0", "::", reg.address) else None,
+            ),
+            dataplane,
+            self.session,
+        )
+        agent_ref.append(agent)
+        hosted = HostedWorkload(reg, dataplane, agent, state_dir, peer)
+        dataplane.add_config_section("host", lambda: {"host": self.config.name, **peer})
+        try:
+            await agent.start()
+            async with asyncio.timeout(READY_TIMEOUT):
+                while not dataplane.ready:
+                    await asyncio.sleep(0.05)
+        except BaseException:
+            await agent.stop(deregister=True)
+            await dataplane.close()
+            shutil.rmtree(state_dir, ignore_errors=True)
+            raise
+        log.info("serving workload %s/%s (registered by %s)", reg.namespace, reg.name, peer)
+        return hosted
+
+    async def _stop_workload(self, hosted: HostedWorkload) -> None:
+        """Leave the mesh, let peers hear of it, then close: what is in flight drains."""
+        reg = hosted.registration
+        was_registered = hosted.agent.registered
+        await hosted.agent.stop(deregister=True)
+        if was_registered and self.config.drain_seconds > 0 and not self._closed:
+            await asyncio.sleep(self.config.drain_seconds)
+        await hosted.dataplane.close()
+        # A workload registered again joins afresh: node authorization decides again.
+        shutil.rmtree(hosted.state_dir, ignore_errors=True)
+        log.info("workload %s/%s left this host", reg.namespace, reg.name)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "host": self.config.name,
+            "workloads": [w.describe() for w in self.workloads.values()],
+        }
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._sock is not None:
+            self._sock.close()
+            with contextlib.suppress(OSError):
+                self.config.socket_path.unlink()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for hosted in list(self.workloads.values()):
+            await self._stop_workload(hosted)
+        self.workloads.clear()
+        await self.session.stop()
+
+
+def _addresses(dp: DataPlane) -> dict[str, str]:
+    def hp(address: Address | None) -> str:
+        assert address is not None
+        return f"{address[0]}:{address[1]}"
+
+    return {
+        "outbound": hp(dp.outbound_address),
+        "inbound": hp(dp.inbound_address),
+        "admin": hp(dp.admin_address),
+    }
+
+
+def _peer_credentials(conn: socket.socket) -> dict[str, int]:
+    """The registering process (SO_PEERCRED): pid, uid, gid."""
+    try:
+        data = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return {}
+    pid, uid, gid = struct.unpack("3i", data)
+    return {"pid": pid, "uid": uid, "gid": gid}
+
+
+def _read_request(conn: socket.socket) -> tuple[Any, list[int]]:
+    """One JSON line and the descriptors sent with it (the workload's network namespace),
+    blocking, bounded in size and time: run in a thread."""
+    conn.settimeout(REQUEST_TIMEOUT)
+    data = b""
+    fds: list[int] = []
+    try:
+        while b"\n" not in data:
+            chunk, got, _, _ = socket.recv_fds(conn, 4096, 4)
+            fds.extend(got)
+            if not chunk:
+                raise BadRegistration("the connection closed before a registration")
+            data += chunk
+            if len(data) > MAX_REQUEST:
+                raise BadRegistration(f"the registration is larger than {MAX_REQUEST} bytes")
+    except TimeoutError:
+        raise BadRegistration(f"no registration within {REQUEST_TIMEOUT:.0f}s") from None
+    finally:
+        conn.setblocking(False)
+    line = data.split(b"\n", 1)[0]
+    try:
+        return json.loads(line), fds
+    except (ValueError, RecursionError):
+        for fd in fds:
+            os.close(fd)
+        raise BadRegistration("the registration is not JSON") from None
+
+
+async def _reply(
+    loop: asyncio.AbstractEventLoop, conn: socket.socket, answer: dict[str, Any]
+) -> None:
+    with contextlib.suppress(OSError):
+        await loop.sock_sendall(conn, json.dumps(answer).encode() + b"\n")
+
