@@ -40,16 +40,22 @@ class HostProxyProcess:
 
 
 def start_host_proxy(
-    cp: HostControlPlane, host: Host, tmp: Path, name: str, *identities: tuple[str, str]
+    cp: HostControlPlane,
+    host: Host,
+    tmp: Path,
+    name: str,
+    *identities: tuple[str, str],
+    extra: tuple[str, ...] = (),
 ) -> HostProxyProcess:
     """Apply Host `name` listing `identities`, and start `gossamer host` on `host`."""
-    cp.cli("apply", "-f", "-", stdin=host_object(name, *identities), check=True)
+    if identities:
+        cp.cli("apply", "-f", "-", stdin=host_object(name, *identities), check=True)
     sock, ready, log = tmp / f"{name}.sock", tmp / f"{name}.ready", tmp / f"{name}.log"
     proc = host.popen(
         *GOSSAMER, "host", "--name", name, "--discovery", cp.discovery, "--server", cp.api,
         "--token-file", str(cp.token_file), "--socket", str(sock),
         "--state-dir", str(tmp / "state" / name), "--ready-file", str(ready),
-        "--log-level", "debug",
+        "--log-level", "debug", *extra,
         log=log,
     )  # fmt: skip
 
@@ -81,17 +87,20 @@ def run_hosted(
     labels: dict[str, str],
     namespace: str = "shop",
     port: str | None = None,
+    pod: Host | None = None,
+    extra: tuple[str, ...] = (),
 ) -> HostWorkload:
-    """`gossamer run --host-proxy` on the host proxy's host (its listeners are the host
-    proxy's, in that process): a HostWorkload whose outbound and admin are its own."""
+    """`gossamer run --host-proxy` on the host proxy's host, or in a `pod` of its own (a
+    network namespace on the bridge, as a Kubernetes pod): its listeners are the host
+    proxy's, in that process; its outbound and admin are its own."""
     log = tmp / f"{name}.log"
-    host = hp.host
+    host = pod or hp.host
     flags = [
         "--host-proxy", str(hp.socket), "--name", name, "-n", namespace,
         "--service-account", service_account,
         "--inbound", f"{host.address}:{ports.inbound}",
         "--outbound", f"127.0.0.1:{ports.outbound}", "--admin", f"0.0.0.0:{ports.admin}",
-        "--address", host.address,
+        "--address", host.address, *extra,
     ]  # fmt: skip
     for k, v in labels.items():
         flags += ["-l", f"{k}={v}"]

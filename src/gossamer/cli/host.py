@@ -57,6 +57,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=Path,
         help="certificates and snapshots (default: $XDG_STATE_HOME/gossamer/host-NAME)",
     )
+    p.add_argument(
+        "--proxy-gid",
+        type=int,
+        help="run with this group id (root keeps its uid): workloads captured with "
+        "`gossamer run --host-proxy --capture` exclude the proxy's own connections by it "
+        "(their --capture-proxy-gid, 1337 by default)",
+    )
     p.add_argument("--drain-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -83,6 +90,14 @@ def run_host(args: argparse.Namespace) -> int:
     )
     _install_loop()
     _raise_fd_limit()
+    if args.proxy_gid is not None:
+        # Before any thread: every socket of this process, in every workload's network
+        # namespace, is then this group's, which those workloads' capture rules let pass.
+        try:
+            os.setgroups([])
+            os.setgid(args.proxy_gid)
+        except OSError as err:
+            fail(f"--proxy-gid {args.proxy_gid}: {err.strerror or err}", hint="run as root")
     if not args.join_token:
         args.namespace, args.service_account = HOSTS_NAMESPACE, args.name
         args.join_token = _mint_join_token(args)

@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from gossamer.errors import IdentityError
 from gossamer.host.identity import HostedAgent, HostSession, NotOnHost
+from gossamer.host.netns import NamespaceThread, same_namespace
 from gossamer.proxy.agent.session import AgentConfig, WorkloadPortSpec
 from gossamer.proxy.dataplane import DataPlane, DataPlaneConfig
 
@@ -63,6 +64,17 @@ def _text(raw: dict[str, Any], key: str, default: str | None = None) -> str:
     return value
 
 
+def _cidr(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    import ipaddress
+
+    try:
+        return str(ipaddress.IPv4Network(str(raw), strict=False))
+    except ValueError:
+        raise BadRegistration(f"serviceCidr: {raw!r} is not an IPv4 network") from None
+
+
 @dataclass(frozen=True)
 class Registration:
     """What a workload asks the host proxy for: the flags `gossamer proxy` takes."""
@@ -77,6 +89,8 @@ class Registration:
     app_host: str = "127.0.0.1"
     labels: dict[str, str] = field(default_factory=dict)
     ports: tuple[WorkloadPortSpec, ...] = ()
+    dns: Address | None = None  # mesh DNS (decision 0061), for a captured workload
+    service_cidr: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -113,6 +127,8 @@ class Registration:
             app_host=_text(raw, "appHost", "127.0.0.1"),
             labels=dict(labels),
             ports=tuple(ports),
+            dns=_address(raw["dns"], "dns") if raw.get("dns") else None,
+            service_cidr=_cidr(raw.get("serviceCidr")),
         )
 
 
@@ -123,6 +139,9 @@ class HostedWorkload:
     agent: HostedAgent
     state_dir: Path
     peer: dict[str, int]
+    # The thread inside the workload's network namespace that runs its data plane, or
+    # None when the workload shares the host proxy's namespace.
+    namespace: NamespaceThread | None = None
 
     def describe(self) -> dict[str, Any]:
         dp = self.dataplane
@@ -134,6 +153,7 @@ class HostedWorkload:
             "outbound": dp.outbound_address,
             "admin": dp.admin_address,
             "registeredBy": self.peer,
+            "ownNetworkNamespace": self.namespace is not None,
         }
 
 
@@ -202,9 +222,18 @@ class HostProxy:
         try:
             try:
                 raw, fds = await asyncio.to_thread(_read_request, conn)
-                for fd in fds:  # network namespaces: used from step 3 on
+                netns, *others = fds or [-1]
+                for fd in others:
                     os.close(fd)
-                registration = Registration.from_json(raw)
+                if netns >= 0 and same_namespace(netns):
+                    os.close(netns)
+                    netns = -1
+                try:
+                    registration = Registration.from_json(raw)
+                except BadRegistration:
+                    if netns >= 0:
+                        os.close(netns)
+                    raise
                 key = registration.key
                 if key in self.workloads or key in self._starting:
                     key = None
@@ -213,7 +242,7 @@ class HostProxy:
                         "registered on this host"
                     )
                 self._starting.add(key)
-                hosted = await self._start_workload(registration, peer)
+                hosted = await self._start_in_namespace(registration, peer, netns)
             except (BadRegistration, NotOnHost, OSError, TimeoutError, IdentityError) as err:
                 log.warning("registration refused (peer %s): %s", peer, err)
                 await _reply(loop, conn, {"ok": False, "error": str(err)})
@@ -232,12 +261,43 @@ class HostProxy:
             conn.close()
             if hosted is not None:
                 self.workloads.pop(hosted.registration.key, None)
-                await self._stop_workload(hosted)
+                await self._stop(hosted)
+
+    async def _start_in_namespace(
+        self, reg: Registration, peer: dict[str, int], netns: int
+    ) -> HostedWorkload:
+        """Start the workload's data plane here, or, when it has a network namespace of
+        its own (`netns` >= 0), on a thread inside that namespace."""
+        if netns < 0:
+            return await self._start_workload(reg, peer)
+        thread = NamespaceThread(netns, f"{reg.namespace}-{reg.name}")
+        try:
+            await thread.start()
+            hosted = await thread.run(self._start_workload(reg, peer))
+        except BaseException:
+            await thread.close()
+            raise
+        hosted.namespace = thread
+        return hosted
+
+    async def _stop(self, hosted: HostedWorkload) -> None:
+        thread = hosted.namespace
+        if thread is None:
+            await self._stop_workload(hosted)
+            return
+        try:
+            await thread.run(self._stop_workload(hosted))
+        finally:
+            await thread.close()
 
     async def _start_workload(self, reg: Registration, peer: dict[str, int]) -> HostedWorkload:
         dataplane_config = DataPlaneConfig(
             outbound=reg.outbound, inbound=reg.inbound, admin=reg.admin, app_host=reg.app_host
         )
+        if reg.dns is not None:
+            dataplane_config.dns = reg.dns
+        if reg.service_cidr is not None:
+            dataplane_config.service_cidr = reg.service_cidr
         agent_ref: list[HostedAgent] = []
         dataplane = DataPlane(dataplane_config, on_interest=lambda s: agent_ref[0].subscribe(s))
         await dataplane.start()
@@ -307,7 +367,7 @@ class HostProxy:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for hosted in list(self.workloads.values()):
-            await self._stop_workload(hosted)
+            await self._stop(hosted)
         self.workloads.clear()
         await self.session.stop()
 
@@ -367,4 +427,3 @@ async def _reply(
 ) -> None:
     with contextlib.suppress(OSError):
         await loop.sock_sendall(conn, json.dumps(answer).encode() + b"\n")
-

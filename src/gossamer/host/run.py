@@ -45,6 +45,8 @@ def registration(args: argparse.Namespace) -> dict[str, Any]:
         "admin": f"{admin[0]}:{admin[1]}",
         "address": address,
         "appHost": args.app_host,
+        "dns": f"{args.dns[0]}:{args.dns[1]}" if args.dns else None,
+        "serviceCidr": args.service_cidr,
     }
 
 
