@@ -46,13 +46,15 @@ def start_host_proxy(
     name: str,
     *identities: tuple[str, str],
     extra: tuple[str, ...] = (),
+    wrapper: tuple[str, ...] = (),
 ) -> HostProxyProcess:
     """Apply Host `name` listing `identities`, and start `gossamer host` on `host`."""
     if identities:
         cp.cli("apply", "-f", "-", stdin=host_object(name, *identities), check=True)
     sock, ready, log = tmp / f"{name}.sock", tmp / f"{name}.ready", tmp / f"{name}.log"
     proc = host.popen(
-        *GOSSAMER, "host", "--name", name, "--discovery", cp.discovery, "--server", cp.api,
+        *wrapper, *GOSSAMER, "host", "--name", name, "--discovery", cp.discovery,
+        "--server", cp.api,
         "--token-file", str(cp.token_file), "--socket", str(sock),
         "--state-dir", str(tmp / "state" / name), "--ready-file", str(ready),
         "--log-level", "debug", *extra,

@@ -64,6 +64,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "`gossamer run --host-proxy --capture` exclude the proxy's own connections by it "
         "(their --capture-proxy-gid, 1337 by default)",
     )
+    p.add_argument(
+        "--max-connections-per-workload",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="each workload's cap on its open connections, so one cannot starve the "
+        "others of the process's descriptors (default: 2048)",
+    )
     p.add_argument("--drain-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -90,6 +98,8 @@ def run_host(args: argparse.Namespace) -> int:
     )
     _install_loop()
     _raise_fd_limit()
+    if args.max_connections_per_workload < 1:
+        fail("--max-connections-per-workload must be at least 1")
     if args.proxy_gid is not None:
         # Before any thread: every socket of this process, in every workload's network
         # namespace, is then this group's, which those workloads' capture rules let pass.
@@ -116,6 +126,7 @@ def run_host(args: argparse.Namespace) -> int:
                 socket_path=args.socket,
                 join_token=args.join_token,
                 drain_seconds=args.drain_seconds,
+                max_connections=args.max_connections_per_workload,
             )
         )
         try:

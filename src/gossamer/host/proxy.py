@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from gossamer.errors import IdentityError
+from gossamer.host.fairness import DEFAULT_MAX_CONNECTIONS, WorkloadBudget
 from gossamer.host.identity import HostedAgent, HostSession, NotOnHost
 from gossamer.host.netns import NamespaceThread, same_namespace
 from gossamer.proxy.agent.session import AgentConfig, WorkloadPortSpec
@@ -166,6 +167,8 @@ class HostConfig:
     join_token: str | None = None
     replicas: tuple[Address, ...] = ()
     drain_seconds: float = 1.0
+    # Each workload's cap on its connections (gossamer.host.fairness).
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
 class HostProxy:
@@ -300,6 +303,9 @@ class HostProxy:
             dataplane_config.service_cidr = reg.service_cidr
         agent_ref: list[HostedAgent] = []
         dataplane = DataPlane(dataplane_config, on_interest=lambda s: agent_ref[0].subscribe(s))
+        # One workload cannot take the descriptors (and so the connections) of the others.
+        budget = dataplane.fds = WorkloadBudget(dataplane, self.config.max_connections)
+        dataplane.add_config_section("fairness", budget.dump)
         await dataplane.start()
         state_dir = self.config.state_dir / "workloads" / f"{reg.namespace}-{reg.name}"
         inbound = dataplane.inbound_address
