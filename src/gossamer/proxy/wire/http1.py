@@ -77,6 +77,10 @@ BODY_CHUNKED: Final = 2
 BODY_UNTIL_CLOSE: Final = 3
 
 _REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
+# `Connection` values that name no other header (most messages carry one of these).
+_PLAIN_CONNECTION: Final = frozenset(
+    {b"keep-alive", b"Keep-Alive", b"close", b"Close", b"keep-alive, close"}
+)
 _CHUNK_END: Final = b"0\r\n\r\n"
 
 
@@ -243,18 +247,12 @@ class _Reader:
             raise ProtocolError(*self._too_large)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Called by llhttp once per field: the common case takes one test.
         # Trailers count against the same limit as the head they follow.
-        self._head_size += len(name) + len(value)
-        if self._head_size > MAX_HEAD_SIZE:
-            raise ProtocolError(*self._too_large)
-        self._fields += 1
-        if self._fields > self._max_fields:
-            self._too_many()
-        if self._in_body:
-            if self._trailers is None:
-                self._trailers = []
-            if name.lower() not in self._kinds:
-                self._trailers.append((name, value))
+        size = self._head_size = self._head_size + len(name) + len(value)
+        fields = self._fields = self._fields + 1
+        if size > MAX_HEAD_SIZE or fields > self._max_fields or self._in_body:
+            self._unusual_header(name, value)
             return
         kind = self._kinds.get(name.lower())
         if kind is None:
@@ -262,8 +260,20 @@ class _Reader:
         else:
             self._special(kind, name, value)
 
+    def _unusual_header(self, name: bytes, value: bytes) -> None:
+        if self._head_size > MAX_HEAD_SIZE:
+            raise ProtocolError(*self._too_large)
+        if self._fields > self._max_fields:
+            self._too_many()
+        if self._trailers is None:
+            self._trailers = []
+        if name.lower() not in self._kinds:
+            self._trailers.append((name, value))
+
     def _special(self, kind: int, name: bytes, value: bytes) -> None:
         if kind == K_CONNECTION:
+            if value in _PLAIN_CONNECTION:
+                return  # names no header to drop; llhttp has read what it says
             tokens = _connection_tokens(value)
             if self._connection is None:
                 self._connection = tokens
