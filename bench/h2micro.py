@@ -10,6 +10,11 @@ proxy's HTTP/2 layer (h2's framing and HPACK on both connections, and ours). Pro
 CPU time, best of ``--repeat``: far steadier on a shared machine than the end-to-end
 benchmark, which it does not replace (bench/run.py --workload grpc).
 
+The hop is measured with each HPACK codec built here (``--codec``, decision 0097),
+repeats interleaved so that both see the same machine. The calls are spread over fresh
+connections of at most CALLS_PER_CONNECTION streams each: the proxy drains a connection
+at its 10,000th (decision 0046).
+
     .venv/bin/python bench/h2micro.py --calls 20000 --concurrency 64
     PYTHONPATH=/elsewhere/src .venv/bin/python bench/h2micro.py   # another version
 """
@@ -29,6 +34,7 @@ import h2.events
 try:
     from benchlib.grpc import METHOD, REQUEST_PAYLOAD, RESPONSE_PAYLOAD, grpc_message
 
+    from gossamer.proxy.wire import h2codec
     from gossamer.proxy.wire.http2 import H2Connection, Headers, StreamPair, forwardable
 except ModuleNotFoundError as err:
     sys.exit(f"h2micro: {err}; run it with the project's environment: .venv/bin/python")
@@ -54,6 +60,7 @@ RESPONSE_HEADERS = [
     (b"accept-ranges", b"bytes"),
 ]
 TRAILERS = [(b"grpc-status", b"0")]
+CALLS_PER_CONNECTION = 5_000
 
 
 class Pipe(asyncio.Transport):
@@ -153,6 +160,18 @@ def _read(client: h2.connection.H2Connection, data: bytes) -> int:
 async def run(calls: int, concurrency: int, proxied: bool) -> tuple[float, float, int]:
     """CPU seconds for `calls` unary calls, `concurrency` at a time, in all and in the
     proxy alone; the proxy's transport writes."""
+    spent = in_hop = 0.0
+    writes = 0
+    while calls > 0:
+        some = min(calls, CALLS_PER_CONNECTION)
+        s, h, w = await _connections(some, concurrency, proxied)
+        spent, in_hop, writes = spent + s, in_hop + h, writes + w
+        calls -= some
+    return spent, in_hop, writes
+
+
+async def _connections(calls: int, concurrency: int, proxied: bool) -> tuple[float, float, int]:
+    """`run` over one set of connections."""
     client, backend = _client(), _backend()
     hop = Hop() if proxied else None
     body = grpc_message(REQUEST_PAYLOAD)
@@ -225,19 +244,33 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=20_000, help="calls per measurement")
     p.add_argument("--concurrency", type=int, default=64, help="calls in flight at a time")
     p.add_argument("--repeat", type=int, default=5, help="measurements; the best counts")
-    args = p.parse_args()
-    direct = proxied = hop = float("inf")
-    writes = 0
-    for _ in range(args.repeat):
-        direct = min(direct, asyncio.run(run(args.calls, args.concurrency, False))[0])
-        spent, in_hop, writes = asyncio.run(run(args.calls, args.concurrency, True))
-        proxied, hop = min(proxied, spent), min(hop, in_hop)
-    us = 1e6 / args.calls
-    print(
-        f"{args.calls:,} calls, {args.concurrency} in flight: the hop {hop * us:.1f} us CPU "
-        f"per call ({writes / args.calls:.2f} transport writes per call); "
-        f"client+backend {direct * us:.1f} us per call alone, {proxied * us:.1f} with the hop"
+    p.add_argument(
+        "--codec",
+        choices=("both", *h2codec.NAMES),
+        default="both",
+        help="the proxy's HPACK codec (default: each one built here)",
     )
+    args = p.parse_args()
+    codecs = [args.codec] if args.codec != "both" else [h2codec.PYTHON.name]
+    if args.codec == "both" and h2codec.NATIVE is not None:
+        codecs.append(h2codec.NATIVE.name)
+    best: dict[str, tuple[float, float, float, int]] = {}
+    for _ in range(args.repeat):
+        for name in codecs:
+            h2codec.use(name)
+            direct = asyncio.run(run(args.calls, args.concurrency, False))[0]
+            spent, in_hop, writes = asyncio.run(run(args.calls, args.concurrency, True))
+            d, p_, h, _w = best.get(name, (float("inf"),) * 3 + (0,))
+            best[name] = (min(d, direct), min(p_, spent), min(h, in_hop), writes)
+    us = 1e6 / args.calls
+    for name in codecs:
+        direct, proxied, hop, writes = best[name]
+        print(
+            f"{h2codec.choose(name).description}: {args.calls:,} calls, {args.concurrency} in "
+            f"flight: the hop {hop * us:.1f} us CPU per call ({writes / args.calls:.2f} "
+            f"transport writes per call); client+backend {direct * us:.1f} us per call alone, "
+            f"{proxied * us:.1f} with the hop"
+        )
     return 0
 
 
