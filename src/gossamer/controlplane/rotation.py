@@ -24,6 +24,14 @@ At no point does a proxy meet a certificate it cannot verify, which is why there
 failed request (tests/e2e/test_rotation.py counts them). The state is kept in
 ``ca_dir/rotation.json`` and the staged CA in ``ca_dir/next/``, so a restarted control
 plane carries on. See docs/decisions/0022-ca-rotation.md.
+
+Replicas sharing a store (decision 0054) keep the CA and the rotation in one record of
+the system store (gossamer.controlplane.sharedca) instead, and every step is a
+compare-and-swap on it: any replica may start a rotation; only the leader moves it from
+phase to phase, once every live replica reports all of its own proxies ready (each
+writes its progress); every replica adopts each step from the store, so all serve the
+same bundle and sign with the same intermediate; a new leader carries on from the
+stored phase.
 """
 
 from __future__ import annotations
@@ -33,16 +41,19 @@ import contextlib
 import functools
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
+from cryptography import x509
 
 from gossamer.controlplane.api import read_json
 from gossamer.controlplane.auth import require_admin
-from gossamer.errors import Conflict, FieldError, IdentityError, InvalidResource
+from gossamer.controlplane.sharedca import CaRecord, SharedCA, record_of
+from gossamer.errors import Conflict, FieldError, IdentityError, InvalidResource, StoreError
 from gossamer.identity.bundle import certificate_fingerprint, load_bundle
 from gossamer.identity.ca import StagedIssuer
 from gossamer.identity.rotation import (
@@ -57,6 +68,8 @@ from gossamer.identity.rotation import (
     save_staged,
     save_state,
 )
+from gossamer.identity.sealing import KeySealer
+from gossamer.identity.tokens import load_or_create_token_key
 
 if TYPE_CHECKING:
     from gossamer.controlplane.discovery import ProxySession
@@ -65,6 +78,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossamer.controlplane.rotation")
 
 TICK: Final = 0.2
+# Replicas sharing the store read the shared CA this often (and write their progress).
+SHARED_TICK: Final = 0.5
 # A proxy told to renew that has not is told again after this long.
 RENEW_AGAIN_AFTER: Final = 15.0
 
@@ -98,10 +113,29 @@ class RotationController:
         self.state: RotationState | None = load_state(cp.ca.ca_dir)
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        # Replicas sharing a store: the shared CA, as last adopted, and every replica's
+        # progress in the current rotation as last read.
+        self.shared: SharedCA | None = None
+        self._adopted: CaRecord | None = None
+        self._progress: dict[str, dict[str, Any]] = {}
+        self._alive: set[str] = set()
+        self._my_progress: dict[str, Any] = {}
+        self._progress_at = 0.0
+        ca_dir = cp.ca.ca_dir
+        if getattr(cp, "system_store", None) is not None and ca_dir is not None:
+            sealer = KeySealer(load_or_create_token_key(ca_dir / "token.key"))
+            self.shared = SharedCA(cp.system_store, sealer)  # type: ignore[arg-type]
 
     # ---- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.shared is not None:
+            # The first replica publishes its CA (and any rotation it had under way on
+            # its own); the others adopt what is there.
+            mine = record_of(self.cp.ca, load_staged(self.cp.ca.ca_dir), self.state)
+            await self._adopt(await self.cp.astore.run(self.shared.publish_first, mine))
+            self._run_in_background()  # follows the shared CA for as long as it runs
+            return
         if self.state is not None and self.state.active:
             log.info("resuming the %s rotation in phase %s", self.state.kind, self.state.phase)
             self._run_in_background()
@@ -119,7 +153,7 @@ class RotationController:
 
     # ---- starting one --------------------------------------------------------------------
 
-    def begin(
+    async def begin(
         self,
         kind: str,
         overlap: timedelta | None = None,
@@ -127,14 +161,6 @@ class RotationController:
         actor: str = "admin",
     ) -> RotationState:
         """Start rotating the root or the intermediate; Conflict if one is under way."""
-        replicas = getattr(self.cp, "replicas", None)
-        if replicas is not None and replicas.shared:
-            # The CA's files are each replica's own copy (decision 0052): a rotation
-            # on one would leave the others signing with the old intermediate.
-            raise Conflict(
-                "CA rotation is not supported while replicas share the store: stop all "
-                "but one replica, rotate, copy DATA_DIR/ca to the others, start them again"
-            )
         if self.state is not None and self.state.active:
             raise Conflict(
                 f"a {self.state.kind} rotation is already under way (phase "
@@ -176,16 +202,11 @@ class RotationController:
             phase_since=at,
             history=((DISTRIBUTING, at),),
         )
-        save_staged(ca.ca_dir, staged)
-        if new_roots:
-            ca.add_roots(new_roots)
-            self.cp.discovery.trust_bundle_changed()
-            self.cp.refresh_tls()
-            self._set(state)
+        if self.shared is not None:
+            await self._begin_shared(state, staged, new_roots)
         else:
-            self._set(state)
-            self._switch(staged)
-        self._audit(
+            self._begin_here(state, staged, new_roots)
+        await self._audit(
             "ca.rotate.start",
             {"kind": kind, "newIssuer": state.new_issuer, "newRoots": list(state.new_roots)},
             actor,
@@ -200,6 +221,48 @@ class RotationController:
         )
         self._run_in_background()
         return self.state or state
+
+    def _begin_here(
+        self, state: RotationState, staged: StagedIssuer, new_roots: list[x509.Certificate]
+    ) -> None:
+        ca = self.cp.ca
+        save_staged(ca.ca_dir, staged)
+        if new_roots:
+            ca.add_roots(new_roots)
+            self.cp.discovery.trust_bundle_changed()
+            self.cp.refresh_tls()
+            self._set(state)
+        else:
+            self._set(state)
+            self._switch_here(staged)
+
+    async def _begin_shared(
+        self, state: RotationState, staged: StagedIssuer, new_roots: list[x509.Certificate]
+    ) -> None:
+        """One compare-and-swap on the shared CA: the new roots trusted and the issuer
+        staged (or, adding no root, switched to at once)."""
+        assert self.shared is not None
+        shared = self.shared
+
+        def begin(current: CaRecord) -> CaRecord:
+            if current.rotation is not None and current.rotation.active:
+                raise Conflict(
+                    f"a {current.rotation.kind} rotation is already under way (phase "
+                    f"{current.rotation.phase}, since {current.rotation.phase_since}); "
+                    "wait for it to finish"
+                )
+            with_roots = replace(current, roots=(*current.roots, *new_roots), staged=staged)
+            if new_roots:
+                return replace(with_roots, rotation=state)
+            return with_roots.switched(state.advance(RENEWING, state.started_at))
+
+        def write() -> CaRecord:
+            current = shared.read()
+            if current is None:
+                raise Conflict("the shared CA is not published yet: try again")
+            return shared.write(replace(begin(current), version=current.version))
+
+        await self._adopt(await self.cp.astore.run(write))
 
     def _stage(self, kind: str, operator: OperatorFiles | None) -> StagedIssuer:
         ca = self.cp.ca
@@ -229,64 +292,228 @@ class RotationController:
         save_state(self.cp.ca.ca_dir, state)
         self._wake.set()
 
-    def _advance(self, phase: str, **changes: Any) -> None:
+    async def _advance(self, phase: str, **changes: Any) -> None:
         assert self.state is not None
-        self._set(self.state.advance(phase, _now().isoformat(), **changes))
-        log.info("%s rotation: %s", self.state.kind, phase)
-        self._audit(f"ca.rotate.{phase}", {"kind": self.state.kind})
+        advanced = self.state.advance(phase, _now().isoformat(), **changes)
+        if self.shared is not None:
+            await self._commit(lambda current: replace(current, rotation=advanced))
+        else:
+            self._set(advanced)
+        log.info("%s rotation: %s", advanced.kind, phase)
+        await self._audit(f"ca.rotate.{phase}", {"kind": advanced.kind})
 
-    def _switch(self, staged: StagedIssuer) -> None:
+    def _switch_here(self, staged: StagedIssuer) -> None:
         """Sign with the new intermediate from now on; tell every proxy to renew."""
         ca = self.cp.ca
         if ca.issuer_fingerprint() != staged.fingerprint():
             ca.activate(staged)
         discard_staged(ca.ca_dir)
-        self.cp.tokens.repin(ca.root_fingerprint())
+        self._issuer_switched()
+        assert self.state is not None
+        self._set(self.state.advance(RENEWING, _now().isoformat()))
+        log.info("%s rotation: %s", self.state.kind, RENEWING)
+
+    def _issuer_switched(self) -> None:
+        self.cp.tokens.repin(self.cp.ca.root_fingerprint())
         self.cp.refresh_tls()
         for session in self.cp.discovery.sessions():
             session.renew_requested_at = 0.0  # asked for an earlier rotation, if at all
-        self._advance(RENEWING)
+
+    # ---- the shared CA (replicas sharing a store) -----------------------------------------
+
+    async def _commit(self, change: Callable[[CaRecord], CaRecord]) -> None:
+        """Apply `change` to the shared CA as this replica last adopted it, by
+        compare-and-swap, and adopt the result; Conflict if it moved meanwhile (the next
+        round adopts what is there and decides again)."""
+        assert self.shared is not None and self._adopted is not None
+        shared, adopted = self.shared, self._adopted
+
+        def write() -> CaRecord:
+            return shared.write(replace(change(adopted), version=adopted.version))
+
+        await self._adopt(await self.cp.astore.run(write))
+
+    async def _adopt(self, record: CaRecord) -> None:
+        """Become the shared CA `record` describes: its roots, its issuer, its rotation."""
+        ca = self.cp.ca
+        roots, cert, _, root_key = ca.material()
+        roots_changed = record.root_fingerprints != tuple(certificate_fingerprint(r) for r in roots)
+        issuer_changed = record.issuer_fingerprint != certificate_fingerprint(cert)
+        if roots_changed or issuer_changed or (record.root_key is None) != (root_key is None):
+            ca.replace(record.roots, record.issuer_cert, record.issuer_key, record.root_key)
+        if roots_changed:
+            self.cp.discovery.trust_bundle_changed()
+        if issuer_changed:
+            self._issuer_switched()
+        elif roots_changed:
+            self.cp.refresh_tls()
+        if record.staged is not None:
+            save_staged(ca.ca_dir, record.staged)
+        else:
+            discard_staged(ca.ca_dir)
+        if record.rotation != self.state:
+            if record.rotation is not None and (
+                self.state is None or record.rotation.phase != self.state.phase
+            ):
+                log.info(
+                    "%s rotation: %s (shared CA %s)",
+                    record.rotation.kind,
+                    record.rotation.phase,
+                    record.version,
+                )
+            self.state = record.rotation
+            if record.rotation is not None:
+                save_state(ca.ca_dir, record.rotation)
+        self._adopted = record
+        self._wake.set()
+
+    async def _follow(self) -> None:
+        """One round on a shared store: adopt the shared CA if it changed; read every
+        replica's progress; write this replica's."""
+        assert self.shared is not None
+        shared, replicas = self.shared, self.cp.replicas
+        mine = self._local_progress()
+        now = time.time()
+        write_mine = bool(mine) and (mine != self._my_progress or now - self._progress_at > 2.0)
+
+        def read() -> tuple[CaRecord | None, dict[str, dict[str, Any]], set[str]]:
+            if write_mine:
+                shared.write_progress(replicas.replica_id, mine)
+            alive = {r["name"] for r in replicas.rows() if r.get("alive")}
+            return shared.read(), shared.progress(), alive
+
+        record, progress, alive = await self.cp.astore.run(read)
+        if write_mine:
+            self._my_progress, self._progress_at = mine, now
+        self._progress, self._alive = progress, alive
+        if record is not None and (
+            self._adopted is None or record.version != self._adopted.version
+        ):
+            await self._adopt(record)
+
+    def _local_progress(self) -> dict[str, Any]:
+        """This replica's proxies in the current rotation's phase (empty when none is
+        under way)."""
+        state = self.state
+        if state is None or not state.active:
+            return {}
+        sessions = self.cp.discovery.sessions()
+        return {
+            "rotation": state.started_at,
+            "phase": state.phase,
+            "phaseSince": state.phase_since,
+            "connected": len(sessions),
+            "withNewRoots": sum(self._has_new_roots(s) for s in sessions),
+            "onNewChain": sum(self._on_new_chain(s) for s in sessions),
+        }
+
+    def _everywhere(self, field: str, mine: bool) -> bool:
+        """`mine` (this replica's proxies are all there), and every other live replica's
+        progress says the same of its own, for this rotation's current phase."""
+        if not mine:
+            return False
+        if self.shared is None:
+            return True
+        state = self.state
+        assert state is not None
+        me = self.cp.replicas.replica_id
+        now = time.time()
+        for name in self._alive - {me}:
+            p = self._progress.get(name)
+            if (
+                p is None
+                or (p.get("rotation"), p.get("phase"), p.get("phaseSince"))
+                != (state.started_at, state.phase, state.phase_since)
+                or now - float(p.get("at", 0)) > self.cp.replicas.lease
+                or p.get(field) != p.get("connected")
+            ):
+                return False
+        return True
 
     async def _run(self) -> None:
-        while self.state is not None and self.state.active:
+        while self.shared is not None or (self.state is not None and self.state.active):
             try:
-                await self._step()
+                if self.shared is not None:
+                    await self._follow()
+                if self.state is not None and self.state.active:
+                    await self._step()
+            except (Conflict, StoreError) as err:
+                # Another replica moved the shared CA, or the store is away: the next
+                # round adopts what is there and decides again.
+                log.info("CA rotation: %s; trying again", err)
+                await asyncio.sleep(1.0)
             except Exception:
                 log.exception("CA rotation step failed; trying again")
                 await asyncio.sleep(1.0)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK)
+                tick = SHARED_TICK if self.shared is not None else TICK
+                await asyncio.wait_for(self._wake.wait(), tick)
+
+    def _leads(self) -> bool:
+        replicas = getattr(self.cp, "replicas", None)
+        return replicas is None or replicas.is_leader()
 
     async def _step(self) -> None:
         state = self.state
         assert state is not None
         sessions = self.cp.discovery.sessions()
-        if state.phase == DISTRIBUTING:
-            if all(self._has_new_roots(s) for s in sessions):
-                staged = load_staged(self.cp.ca.ca_dir)
-                if staged is None:
-                    if self.cp.ca.ca_dir is not None:
-                        raise IdentityError("the staged CA in ca/next/ is missing or unreadable")
-                    return
-                self._switch(staged)
-        elif state.phase == RENEWING:
-            behind = [s for s in sessions if not self._on_new_chain(s)]
+        if state.phase == RENEWING:
+            # Every replica asks its own proxies; only the leader moves the phase on.
             now = time.time()
-            for s in behind:
-                if now - s.renew_requested_at > RENEW_AGAIN_AFTER:
+            for s in sessions:
+                if not self._on_new_chain(s) and now - s.renew_requested_at > RENEW_AGAIN_AFTER:
                     await self.cp.discovery.request_renewal(s, f"{state.kind} rotation")
-            if not behind:
+        if not self._leads():
+            return
+        if state.phase == DISTRIBUTING:
+            if self._everywhere("withNewRoots", all(self._has_new_roots(s) for s in sessions)):
+                await self._switch()
+        elif state.phase == RENEWING:
+            if self._everywhere("onNewChain", all(self._on_new_chain(s) for s in sessions)):
                 if state.old_roots:
                     ends = _now() + timedelta(seconds=state.overlap_seconds)
-                    self._advance(OVERLAP, overlap_ends_at=ends.isoformat())
+                    await self._advance(OVERLAP, overlap_ends_at=ends.isoformat())
                 else:
-                    self._advance(DONE)
+                    await self._advance(DONE)
         elif state.phase == OVERLAP and _now() >= datetime.fromisoformat(state.overlap_ends_at):
-            self.cp.ca.remove_roots(state.old_roots)
-            self.cp.discovery.trust_bundle_changed()
-            self.cp.refresh_tls()
-            self._advance(DONE)
+            if self.shared is not None:
+                old = set(state.old_roots)
+                done = state.advance(DONE, _now().isoformat())
+                await self._commit(
+                    lambda current: replace(
+                        current,
+                        roots=tuple(
+                            r for r in current.roots if certificate_fingerprint(r) not in old
+                        ),
+                        rotation=done,
+                    )
+                )
+                log.info("%s rotation: %s", done.kind, DONE)
+                await self._audit(f"ca.rotate.{DONE}", {"kind": done.kind})
+            else:
+                self.cp.ca.remove_roots(state.old_roots)
+                self.cp.discovery.trust_bundle_changed()
+                self.cp.refresh_tls()
+                await self._advance(DONE)
+
+    async def _switch(self) -> None:
+        """DISTRIBUTING -> RENEWING: the staged issuer signs from now on."""
+        state = self.state
+        assert state is not None
+        if self.shared is not None:
+            renewing = state.advance(RENEWING, _now().isoformat())
+            await self._commit(lambda current: current.switched(renewing))
+            log.info("%s rotation: %s", state.kind, RENEWING)
+            await self._audit(f"ca.rotate.{RENEWING}", {"kind": state.kind})
+            return
+        staged = load_staged(self.cp.ca.ca_dir)
+        if staged is None:
+            if self.cp.ca.ca_dir is not None:
+                raise IdentityError("the staged CA in ca/next/ is missing or unreadable")
+            return
+        self._switch_here(staged)
+        await self._audit(f"ca.rotate.{RENEWING}", {"kind": state.kind})
 
     def _has_new_roots(self, session: ProxySession) -> bool:
         assert self.state is not None
@@ -296,8 +523,17 @@ class RotationController:
         assert self.state is not None
         return session.issuer_fingerprint == self.state.new_issuer
 
-    def _audit(self, action: str, detail: dict[str, Any], actor: str = "control-plane") -> None:
-        self.cp.audit.record(actor, action, kind="CertificateAuthority", name="ca", detail=detail)
+    async def _audit(
+        self, action: str, detail: dict[str, Any], actor: str = "control-plane"
+    ) -> None:
+        await self.cp.astore.run(
+            self.cp.audit.record,
+            actor,
+            action,
+            kind="CertificateAuthority",
+            name="ca",
+            detail=detail,
+        )
 
     # ---- what the API shows --------------------------------------------------------------
 
@@ -337,6 +573,9 @@ class RotationController:
                 "onNewChain": sum(p["onNewChain"] for p in proxies),
                 "items": proxies,
             },
+            # Replicas sharing a store: each one's own proxies, as it last wrote them
+            # (what the leader waits on); this replica's `proxies` are above.
+            "replicas": dict(sorted(self._progress.items())) if self.shared else None,
         }
 
     # ---- REST ------------------------------------------------------------------------------
@@ -384,7 +623,7 @@ class RotationController:
                 Path(str(paths["intermediateKey"])),
                 Path(root) if isinstance(root, str) and root else None,
             )
-        self.begin(
+        await self.begin(
             str(kind),
             timedelta(seconds=float(overlap)) if overlap is not None else None,
             operator,

@@ -785,6 +785,44 @@ class CertificateAuthority:
             if self._ca_dir is not None and root_key is not None:
                 _files.write_atomic(self._ca_dir / ROOT_KEY, _private_pem(root_key), _files.PRIVATE)
 
+    def material(
+        self,
+    ) -> tuple[
+        tuple[x509.Certificate, ...],
+        x509.Certificate,
+        ec.EllipticCurvePrivateKey,
+        ec.EllipticCurvePrivateKey | None,
+    ]:
+        """(roots, intermediate, its key, root key or None), as one consistent set:
+        what replicas sharing a store publish (sealed) and adopt (`replace`)."""
+        with self._lock:
+            return self._roots, self._issuer.cert, self._issuer.key, self._root_key
+
+    def replace(
+        self,
+        roots: Sequence[x509.Certificate],
+        intermediate_cert: x509.Certificate,
+        intermediate_key: ec.EllipticCurvePrivateKey,
+        root_key: ec.EllipticCurvePrivateKey | None,
+    ) -> None:
+        """Become this CA at once (another replica's rotation step, read from the shared
+        store): the chain is checked as at load, then the files are written."""
+        where = self._ca_dir or Path("(memory)")
+        paths = (where / ROOT_CERT, where / INTERMEDIATE_CERT, where / INTERMEDIATE_KEY)
+        with self._lock:
+            signer = _check_chain(roots, intermediate_cert, intermediate_key, paths, "CA")
+            if root_key is not None and not _same_key(root_key.public_key(), signer.public_key()):
+                raise IdentityError("CA: the shared root key is not the key of the signing root")
+            if self._ca_dir is not None and root_key is None:
+                (self._ca_dir / ROOT_KEY).unlink(missing_ok=True)
+            self._roots = tuple(roots)
+            self._issuer = _Issuer(intermediate_cert, intermediate_key)
+            self._root, self._root_key = signer, root_key
+            self._write_roots()
+            self._write_intermediate()
+            if self._ca_dir is not None and root_key is not None:
+                _files.write_atomic(self._ca_dir / ROOT_KEY, _private_pem(root_key), _files.PRIVATE)
+
     def _write_roots(self) -> None:
         if self._ca_dir is None:
             return
