@@ -5,8 +5,11 @@ its own key, CSR and certificate, a registered Workload, a discovery stream over
 snapshots acknowledged. Every proxy asks about the Service `shared`; one in a hundred
 also asks about `single`. Measured, per setup:
 
-- connect: from starting the first agent (they start at --ramp a second) until each
-  has its first snapshot;
+- connect: from starting the first agent until each has its first snapshot. Agents
+  start at most --ramp a second and at most --in-flight at a time still waiting for
+  their first snapshot (join, CSR, registration, stream): a self-paced ramp, so the
+  simulator and the control plane (which admits 200 new streams a second) are never
+  handed more joins than they finish, and no join times out and starts over;
 - idle: the control plane's RSS, and its CPU over a quiet `--idle` seconds;
 - push, every proxy: a new endpoint of `shared` (a Workload applied by hand), from the
   API's answer to each proxy receiving the snapshot that holds it: p50, p99, max;
@@ -14,6 +17,12 @@ also asks about `single`. Measured, per setup:
 
 One replica runs on SQLite (the default); three replicas share a 3-member etcd cluster,
 and proxy i starts on replica i mod 3, with the others as failover addresses.
+
+Every wait is bounded and sized to N (--connect-timeout, and pushes wait
+max(60, N / 50) s); a run that does not finish reports how far it got (proxies
+connected, RSS) instead of nothing. The simulator runs on uvloop with its state dirs in
+/dev/shm when there is one: at 5,000 proxies its own CPU, not the control plane's, is
+what a run on two cores mostly measures otherwise.
 
     .venv/bin/python bench/scale.py --proxies 100,1000 --replicas 1,3
     .venv/bin/python bench/scale.py --proxies 5000 --replicas 1 -o json
@@ -48,9 +57,10 @@ from gossamer.translate import Snapshot  # noqa: E402
 
 NAMESPACE = "bench"
 TOKEN_USES = 1000  # the most one join token allows
-# Proxies per token: half its uses, since a join the simulator gave up on (its own
-# timeout, on a loaded machine) may still have counted a use at the control plane.
-PER_TOKEN = TOKEN_USES // 2
+# Proxies per token: a tenth of its uses, since every join the simulator gave up on (its
+# 15 s timeout, on a loaded machine) may still have counted a use at the control plane,
+# and three replicas on two busy cores can time out several joins of the same proxy.
+PER_TOKEN = TOKEN_USES // 10
 
 
 def _service(name: str) -> dict[str, Any]:
@@ -176,9 +186,18 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 async def _push(
-    api: Api, sinks: list[Sink], service: str, count: int, name: str, timeout: float
+    setup: Setup,
+    api: Api,
+    sinks: list[Sink],
+    service: str,
+    count: int,
+    name: str,
+    timeout: float,
 ) -> dict[str, float]:
-    """Apply one more endpoint of `service` and time its arrival at `sinks`."""
+    """Apply one more endpoint of `service` and time its arrival at `sinks`; with the
+    control planes' CPU seconds from the apply until the last arrival (what a push costs
+    them, whatever else the machine is doing)."""
+    cpu0, _ = setup.usage()
     await asyncio.to_thread(api.apply, _backend(name, service, f"10.9.{count}.1"))
     applied = time.monotonic()
     deadline = applied + timeout
@@ -186,14 +205,22 @@ async def _push(
         if all((service, count) in s.seen for s in sinks):
             break
         await asyncio.sleep(0.01)
+    cpu1, _ = setup.usage()
     arrived = [s.seen[(service, count)] - applied for s in sinks if (service, count) in s.seen]
     result = _percentiles(arrived)
     result["missing"] = len(sinks) - len(arrived)
+    result["cpuSeconds"] = round(cpu1 - cpu0, 3)
     return result
 
 
 async def run_one(n: int, replicas: int, args: argparse.Namespace) -> dict[str, Any]:
+    # The control planes and etcd on disk, as deployed; the simulated proxies' state
+    # (a snapshot file each, rewritten on every push) in memory where it can be.
     root = Path(tempfile.mkdtemp(prefix=f"scale-{n}-{replicas}-"))
+    shm = Path("/dev/shm")
+    proxies_root = Path(
+        tempfile.mkdtemp(prefix=f"scale-{n}-{replicas}-", dir=shm if shm.is_dir() else None)
+    )
     setup = Setup(replicas, root)
     agents: list[Agent] = []
     try:
@@ -228,7 +255,7 @@ async def run_one(n: int, replicas: int, args: argparse.Namespace) -> dict[str, 
                         service_account="sim",
                         address="127.0.0.1",
                         inbound_port=4143,
-                        state_dir=root / "proxies" / f"sim-{i}",
+                        state_dir=proxies_root / f"sim-{i}",
                         labels={"app": "sim"},
                         join_token=tokens[i // PER_TOKEN],
                         interests=frozenset(interests),
@@ -238,30 +265,67 @@ async def run_one(n: int, replicas: int, args: argparse.Namespace) -> dict[str, 
             )
         cpu0, _ = setup.usage()
         started = time.monotonic()
+        in_flight = asyncio.Semaphore(args.in_flight)
 
-        async def start(i: int, agent: Agent) -> None:
-            # Proxies start as a mesh's do, over a while, not all in one instant.
+        async def start(i: int, agent: Agent, sink: Sink) -> None:
+            # Proxies start as a mesh's do, over a while, not all in one instant, and
+            # no faster than the control plane brings them up.
             await asyncio.sleep(i / args.ramp)
-            await agent.start()
+            async with in_flight:
+                await agent.start()
+                await sink.first_snapshot.wait()
 
-        await asyncio.gather(*(start(i, agent) for i, agent in enumerate(agents)))
-        await asyncio.wait_for(
-            asyncio.gather(*(s.first_snapshot.wait() for s in sinks)), args.connect_timeout
-        )
+        connect_timeout = args.connect_timeout or max(600.0, n * 0.5)
+
+        async def report() -> None:
+            # How far a long connect has got, on stderr: what is left if it never ends.
+            while True:
+                await asyncio.sleep(30)
+                _, rss = setup.usage()
+                done = sum(s.first_snapshot.is_set() for s in sinks)
+                print(
+                    f"connect: {done}/{n} after {time.monotonic() - started:.0f} s, "
+                    f"control plane RSS {rss:.0f} MB, load {os.getloadavg()[0]:.1f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        reporter = asyncio.create_task(report())
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(start(i, a, s) for i, (a, s) in enumerate(zip(agents, sinks, strict=True)))
+                ),
+                connect_timeout,
+            )
+        except TimeoutError:
+            connected = sum(s.first_snapshot.is_set() for s in sinks)
+            _, rss = setup.usage()
+            return {
+                "proxies": n,
+                "replicas": replicas,
+                "store": "etcd (3 members)" if replicas > 1 else "sqlite",
+                "incomplete": f"{connected} of {n} connected after {connect_timeout:g} s",
+                "rssMB": round(rss, 1),
+            }
+        finally:
+            reporter.cancel()
         connect = time.monotonic() - started
         cpu1, _ = setup.usage()
         await asyncio.sleep(args.idle)
         cpu2, rss = setup.usage()
         pushes_all, pushes_one = [], []
+        wait = max(60.0, n / 50)
         for k in range(1, args.pushes + 1):
-            pushes_all.append(await _push(api, sinks, "shared", k + 1, f"shared-{k}", 60))
+            pushes_all.append(await _push(setup, api, sinks, "shared", k + 1, f"shared-{k}", wait))
             single = [s for i, s in enumerate(sinks) if i % 100 == 0]
-            pushes_one.append(await _push(api, single, "single", k + 1, f"single-{k}", 60))
+            pushes_one.append(await _push(setup, api, single, "single", k + 1, f"single-{k}", wait))
         return {
             "proxies": n,
             "replicas": replicas,
             "store": "etcd (3 members)" if replicas > 1 else "sqlite",
             "connectSeconds": round(connect, 2),
+            "simulatorRssMB": round(_own_rss(), 1),
             "connectCpuSeconds": round(cpu1 - cpu0, 2),
             "idleRssMB": round(rss, 1),
             "idleCpuPercent": round(100 * (cpu2 - cpu1) / args.idle, 1),
@@ -274,6 +338,14 @@ async def run_one(n: int, replicas: int, args: argparse.Namespace) -> dict[str, 
                 await agent.stop(deregister=False)
         setup.stop()
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(proxies_root, ignore_errors=True)
+
+
+def _own_rss() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _summary(result: dict[str, Any]) -> str:
@@ -284,6 +356,11 @@ def _summary(result: dict[str, Any]) -> str:
         missing = sum(p["missing"] for p in pushes)
         return f"{p50:.3f} / {p99:.3f} / {top:.3f} s" + (f" ({missing} missing)" if missing else "")
 
+    if "incomplete" in result:
+        return (
+            f"| {result['proxies']:,} | {result['replicas']} ({result['store']}) | "
+            f"incomplete: {result['incomplete']} | {result['rssMB']} MB | | | |"
+        )
     return (
         f"| {result['proxies']:,} | {result['replicas']} ({result['store']}) | "
         f"{result['connectSeconds']} s | {result['idleRssMB']} MB | "
@@ -298,7 +375,18 @@ async def main() -> None:
     p.add_argument("--replicas", default="1,3", help="comma-separated (default 1,3)")
     p.add_argument("--pushes", type=int, default=3, help="pushes of each kind (default 3)")
     p.add_argument("--idle", type=float, default=10.0, help="idle window, seconds")
-    p.add_argument("--connect-timeout", type=float, default=600.0)
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=0.0,
+        help="seconds to connect every proxy (default: max(600, N / 2))",
+    )
+    p.add_argument(
+        "--in-flight",
+        type=int,
+        default=50,
+        help="proxies still waiting for their first snapshot, at most (default 50)",
+    )
     p.add_argument(
         "--ramp", type=float, default=100.0, help="proxies started per second (default 100)"
     )
@@ -326,4 +414,6 @@ if __name__ == "__main__":
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    asyncio.run(main())
+    import uvloop
+
+    uvloop.run(main())
