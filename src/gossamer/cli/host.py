@@ -72,6 +72,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="each workload's cap on its open connections, so one cannot starve the "
         "others of the process's descriptors (default: 2048)",
     )
+    p.add_argument(
+        "--take-over",
+        action="store_true",
+        help="upgrade or restart without dropping traffic: take the workloads, listening "
+        "sockets and registration socket of the host proxy running on --socket, which "
+        "drains and exits (if none runs, start afresh)",
+    )
+    p.add_argument(
+        "--handover-drain-seconds",
+        type=float,
+        default=30.0,
+        help="after handing over: how long connections may finish (default: 30)",
+    )
     p.add_argument("--drain-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -127,15 +140,22 @@ def run_host(args: argparse.Namespace) -> int:
                 join_token=args.join_token,
                 drain_seconds=args.drain_seconds,
                 max_connections=args.max_connections_per_workload,
+                handover_drain_seconds=args.handover_drain_seconds,
             )
         )
         try:
-            await proxy.start()
+            await proxy.start(take_over=args.take_over)
             if args.ready_file:
                 tmp = args.ready_file.with_suffix(".tmp")
                 tmp.write_text(json.dumps({"socket": str(args.socket)}))
                 os.replace(tmp, args.ready_file)
-            await stop.wait()
+            # Until a signal, or until the next process took every workload over and
+            # this one has drained.
+            stopped = asyncio.ensure_future(stop.wait())
+            retired = asyncio.ensure_future(proxy.retired.wait())
+            await asyncio.wait({stopped, retired}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            retired.cancel()
         finally:
             await proxy.close()
 

@@ -25,12 +25,14 @@ import os
 import shutil
 import socket
 import struct
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from gossamer.errors import IdentityError
 from gossamer.host.fairness import DEFAULT_MAX_CONNECTIONS, WorkloadBudget
+from gossamer.host.handover import Channel, HandoverError
 from gossamer.host.identity import HostedAgent, HostSession, NotOnHost
 from gossamer.host.netns import NamespaceThread, same_namespace
 from gossamer.proxy.agent.session import AgentConfig, WorkloadPortSpec
@@ -43,6 +45,7 @@ REQUEST_TIMEOUT: Final = 5.0
 READY_TIMEOUT: Final = 60.0
 
 Address = tuple[str, int]
+T = TypeVar("T")
 
 
 class BadRegistration(ValueError):
@@ -140,9 +143,15 @@ class HostedWorkload:
     agent: HostedAgent
     state_dir: Path
     peer: dict[str, int]
-    # The thread inside the workload's network namespace that runs its data plane, or
-    # None when the workload shares the host proxy's namespace.
+    # What the workload sent, as sent: handed to the next process on a handover.
+    raw: dict[str, Any] = field(default_factory=dict)
+    # Its registration connection: the lease (closed: the workload leaves).
+    lease: socket.socket | None = None
+    # The thread inside the workload's network namespace that runs its data plane, and
+    # a descriptor of that namespace; None (-1) when it shares the host proxy's.
     namespace: NamespaceThread | None = None
+    netns: int = -1
+    handed_over: bool = False
 
     def describe(self) -> dict[str, Any]:
         dp = self.dataplane
@@ -167,6 +176,8 @@ class HostConfig:
     join_token: str | None = None
     replicas: tuple[Address, ...] = ()
     drain_seconds: float = 1.0
+    # After a handover, how long connections may finish their requests before closing.
+    handover_drain_seconds: float = 30.0
     # Each workload's cap on its connections (gossamer.host.fairness).
     max_connections: int = DEFAULT_MAX_CONNECTIONS
 
@@ -186,16 +197,21 @@ class HostProxy:
         self._sock: socket.socket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        # Set once this process has handed its workloads over and drained.
+        self.retired = asyncio.Event()
 
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
+    def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def start(self) -> None:
-        """The host's certificate, then the registration socket."""
+    async def start(self, take_over: bool = False) -> None:
+        """The host's certificate, then the workloads of the host proxy running on our
+        socket (`take_over`), or else a registration socket of our own."""
         await self.session.start()
+        if take_over and await self.take_over():
+            return
         path = self.config.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
@@ -208,8 +224,135 @@ class HostProxy:
         sock.listen(128)
         sock.setblocking(False)
         self._sock = sock
-        self.spawn(self._accept_loop(sock))
+        self.spawn(self._accept_loop(sock), name="accept")
         log.info("host %s: workloads register at %s", self.config.name, path)
+
+    # -- handing over to the next process -------------------------------------------
+
+    async def _hand_over(self, conn: socket.socket, peer: dict[str, int]) -> None:
+        """Give every workload, and the registration socket, to the process on `conn`;
+        then drain and retire (`retired` is set)."""
+        loop = asyncio.get_running_loop()
+        if peer.get("uid") != os.getuid() or self._sock is None:
+            await _reply(loop, conn, {"ok": False, "error": "only this user may take over"})
+            conn.close()
+            return
+        log.info("handing %d workload(s) over to pid %s", len(self.workloads), peer.get("pid"))
+        conn.setblocking(True)
+        channel = Channel(conn)
+        hosted_all = list(self.workloads.values())
+        try:
+            for hosted in hosted_all:
+                await self._send_workload(channel, hosted)
+            await asyncio.to_thread(channel.send, {"done": True}, [self._sock.fileno()])
+        except (HandoverError, OSError) as err:
+            log.error("handover failed, serving on: %s", err)
+            conn.close()
+            return
+        # From here on the next process serves: accept nothing more (new connections
+        # wait in the shared sockets' queues), leave the control plane to it, and free
+        # what cannot be shared (mesh DNS's ports) before it starts the workloads.
+        for task in list(self._tasks):
+            if task is not asyncio.current_task() and task.get_name() == "accept":
+                task.cancel()
+        self._sock.close()
+        self._sock = None
+        for hosted in hosted_all:
+            hosted.handed_over = True
+            await self._on_loop(hosted, _stop_serving(hosted))
+        with contextlib.suppress(HandoverError, OSError):
+            await asyncio.to_thread(channel.send, {"released": True}, ack=False)
+        try:
+            answer, _ = await asyncio.to_thread(channel.receive)
+        except HandoverError as err:
+            answer = {"error": str(err)}
+        conn.close()
+        if answer.get("ok") is not True:
+            log.error("the next process did not take over: %s", answer.get("error", answer))
+        deadline = loop.time() + self.config.handover_drain_seconds
+        await asyncio.gather(
+            *(self._stop(h, _drain(h, deadline - loop.time())) for h in hosted_all)
+        )
+        self.workloads.clear()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        log.info("handed over and drained: this process is done")
+        self.retired.set()
+
+    async def _send_workload(self, channel: Channel, hosted: HostedWorkload) -> None:
+        listeners = await self._on_loop(hosted, _listening(hosted.dataplane))
+        names = sorted(listeners)
+        assert hosted.lease is not None
+        fds = [hosted.lease.fileno(), *(listeners[n].fileno() for n in names)]
+        if hosted.netns >= 0:
+            fds.append(hosted.netns)
+        message = {
+            "registration": hosted.raw,
+            "peer": hosted.peer,
+            "listeners": names,
+            "netns": hosted.netns >= 0,
+        }
+        try:
+            await asyncio.to_thread(channel.send, message, fds)
+        finally:
+            for name in names:
+                if name != "inbound":  # the others are duplicates made to be sent
+                    listeners[name].close()
+
+    async def take_over(self) -> bool:
+        """Take the workloads of the host proxy running on our socket, if one is; False
+        when none answers (then `start` binds the socket afresh)."""
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(str(self.config.socket_path))
+        except OSError as err:
+            conn.close()
+            log.info("no host proxy to take over from at %s (%s)", self.config.socket_path, err)
+            return False
+        channel = Channel(conn)
+        given: list[tuple[dict[str, Any], list[int]]] = []
+        try:
+            conn.sendall(b'{"handover": true}\n')
+            while True:
+                message, fds = await asyncio.to_thread(channel.receive)
+                await asyncio.to_thread(channel.ack)
+                if message.get("done") is True:
+                    break
+                given.append((message, fds))
+            [registrations] = fds
+            released, _ = await asyncio.to_thread(channel.receive)
+            if released != {"released": True}:
+                raise HandoverError(f"the running host proxy did not let go: {released}")
+            for message, fds in given:
+                await self._take_workload(message, fds)
+            sock = socket.socket(fileno=registrations)
+            sock.setblocking(False)
+            self._sock = sock
+            self.spawn(self._accept_loop(sock), name="accept")
+            await asyncio.to_thread(channel.send, {"ok": True}, ack=False)
+        except (HandoverError, OSError, ValueError, BadRegistration) as err:
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps({"ok": False, "error": str(err)}).encode() + b"\n")
+            raise HandoverError(f"taking over failed: {err}") from err
+        finally:
+            conn.close()
+        log.info("took over %d workload(s); workloads register at %s", len(given),
+                 self.config.socket_path)  # fmt: skip
+        return True
+
+    async def _take_workload(self, message: dict[str, Any], fds: list[int]) -> None:
+        names = message.get("listeners") or []
+        netns = fds[-1] if message.get("netns") else -1
+        lease = socket.socket(fileno=fds[0])
+        listeners = {n: socket.socket(fileno=fd) for n, fd in zip(names, fds[1:], strict=False)}
+        registration = Registration.from_json(message.get("registration"))
+        peer = message.get("peer") or {}
+        hosted = await self._start_in_namespace(registration, peer, netns, listeners)
+        hosted.raw, hosted.lease = message["registration"], lease
+        lease.setblocking(False)
+        self.workloads[registration.key] = hosted
+        self.spawn(self._hold_lease(hosted))
 
     async def _accept_loop(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -220,82 +363,133 @@ class HostProxy:
     async def _registration(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         peer = _peer_credentials(conn)
-        hosted: HostedWorkload | None = None
+        try:
+            raw, fds = await asyncio.to_thread(_read_request, conn)
+        except BadRegistration as err:
+            log.warning("registration refused (peer %s): %s", peer, err)
+            await _reply(loop, conn, {"ok": False, "error": str(err)})
+            conn.close()
+            return
+        if isinstance(raw, dict) and raw.get("handover") is True:
+            for fd in fds:
+                os.close(fd)
+            await self._hand_over(conn, peer)
+            return
+        hosted = await self._register(conn, raw, fds, peer)
+        if hosted is None:
+            conn.close()
+            return
+        await self._hold_lease(hosted)
+
+    async def _register(
+        self, conn: socket.socket, raw: Any, fds: list[int], peer: dict[str, int]
+    ) -> HostedWorkload | None:
+        """Start the workload `raw` asks for and answer; None when refused (answered)."""
+        loop = asyncio.get_running_loop()
+        netns, *others = fds or [-1]
+        for fd in others:
+            os.close(fd)
+        if netns >= 0 and same_namespace(netns):
+            os.close(netns)
+            netns = -1
         key: tuple[str, str] | None = None
         try:
-            try:
-                raw, fds = await asyncio.to_thread(_read_request, conn)
-                netns, *others = fds or [-1]
-                for fd in others:
-                    os.close(fd)
-                if netns >= 0 and same_namespace(netns):
-                    os.close(netns)
-                    netns = -1
-                try:
-                    registration = Registration.from_json(raw)
-                except BadRegistration:
-                    if netns >= 0:
-                        os.close(netns)
-                    raise
-                key = registration.key
-                if key in self.workloads or key in self._starting:
-                    key = None
-                    raise BadRegistration(
-                        f"workload {registration.namespace}/{registration.name} is already "
-                        "registered on this host"
-                    )
-                self._starting.add(key)
-                hosted = await self._start_in_namespace(registration, peer, netns)
-            except (BadRegistration, NotOnHost, OSError, TimeoutError, IdentityError) as err:
-                log.warning("registration refused (peer %s): %s", peer, err)
-                await _reply(loop, conn, {"ok": False, "error": str(err)})
-                return
-            finally:
-                if key is not None:
-                    self._starting.discard(key)
-            self.workloads[registration.key] = hosted
-            await _reply(loop, conn, {"ok": True, **_addresses(hosted.dataplane)})
-            # The connection is the workload's lease: it ends when its supervisor ends.
-            while await loop.sock_recv(conn, 1024):
+            registration = Registration.from_json(raw)
+            if registration.key in self.workloads or registration.key in self._starting:
+                raise BadRegistration(
+                    f"workload {registration.namespace}/{registration.name} is already "
+                    "registered on this host"
+                )
+            key = registration.key
+            self._starting.add(key)
+            hosted = await self._start_in_namespace(registration, peer, netns)
+            netns = -1  # the workload's now
+        except (BadRegistration, NotOnHost, OSError, TimeoutError, IdentityError) as err:
+            log.warning("registration refused (peer %s): %s", peer, err)
+            await _reply(loop, conn, {"ok": False, "error": str(err)})
+            return None
+        finally:
+            if key is not None:
+                self._starting.discard(key)
+            if netns >= 0:
+                os.close(netns)
+        hosted.raw, hosted.lease = raw, conn
+        self.workloads[registration.key] = hosted
+        await _reply(loop, conn, {"ok": True, **_addresses(hosted.dataplane)})
+        return hosted
+
+    async def _hold_lease(self, hosted: HostedWorkload) -> None:
+        """The registration's connection is the workload's lease: when its supervisor
+        ends (or is killed), the workload leaves. Not when it was handed over: the next
+        process holds the lease then."""
+        loop = asyncio.get_running_loop()
+        lease = hosted.lease
+        assert lease is not None
+        try:
+            while await loop.sock_recv(lease, 1024):
                 pass
         except (ConnectionError, OSError):
             pass
         finally:
-            conn.close()
-            if hosted is not None:
+            lease.close()
+            if not hosted.handed_over:
                 self.workloads.pop(hosted.registration.key, None)
                 await self._stop(hosted)
 
     async def _start_in_namespace(
-        self, reg: Registration, peer: dict[str, int], netns: int
+        self,
+        reg: Registration,
+        peer: dict[str, int],
+        netns: int,
+        listeners: dict[str, socket.socket] | None = None,
     ) -> HostedWorkload:
         """Start the workload's data plane here, or, when it has a network namespace of
-        its own (`netns` >= 0), on a thread inside that namespace."""
+        its own (`netns` >= 0, taken), on a thread inside that namespace; on the
+        `listeners` handed over by the previous process, if any."""
         if netns < 0:
-            return await self._start_workload(reg, peer)
+            return await self._start_workload(reg, peer, listeners)
+        kept = os.dup(netns)  # for a handover; the thread owns `netns`
         thread = NamespaceThread(netns, f"{reg.namespace}-{reg.name}")
         try:
             await thread.start()
-            hosted = await thread.run(self._start_workload(reg, peer))
+            hosted = await thread.run(self._start_workload(reg, peer, listeners))
         except BaseException:
+            os.close(kept)
             await thread.close()
             raise
-        hosted.namespace = thread
+        hosted.namespace, hosted.netns = thread, kept
         return hosted
 
-    async def _stop(self, hosted: HostedWorkload) -> None:
-        thread = hosted.namespace
-        if thread is None:
-            await self._stop_workload(hosted)
-            return
-        try:
-            await thread.run(self._stop_workload(hosted))
-        finally:
-            await thread.close()
+    async def _on_loop(self, hosted: HostedWorkload, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop of the workload's data plane."""
+        if hosted.namespace is None:
+            return await coro
+        return await hosted.namespace.run(coro)
 
-    async def _start_workload(self, reg: Registration, peer: dict[str, int]) -> HostedWorkload:
+    async def _stop(self, hosted: HostedWorkload, stop: Any = None) -> None:
+        """Stop the workload (leave the mesh, drain, close), or run `stop` instead."""
+        thread = hosted.namespace
+        try:
+            await self._on_loop(hosted, stop or self._stop_workload(hosted))
+        finally:
+            if thread is not None:
+                await thread.close()
+            if hosted.netns >= 0:
+                os.close(hosted.netns)
+                hosted.netns = -1
+
+    async def _start_workload(
+        self,
+        reg: Registration,
+        peer: dict[str, int],
+        listeners: dict[str, socket.socket] | None = None,
+    ) -> HostedWorkload:
         dataplane_config = DataPlaneConfig(
-            outbound=reg.outbound, inbound=reg.inbound, admin=reg.admin, app_host=reg.app_host
+            outbound=reg.outbound,
+            inbound=reg.inbound,
+            admin=reg.admin,
+            app_host=reg.app_host,
+            listen_sockets=listeners or {},
         )
         if reg.dns is not None:
             dataplane_config.dns = reg.dns
@@ -376,6 +570,27 @@ class HostProxy:
             await self._stop(hosted)
         self.workloads.clear()
         await self.session.stop()
+
+
+async def _listening(dp: DataPlane) -> dict[str, socket.socket]:
+    return dp.listening_sockets()
+
+
+async def _stop_serving(hosted: HostedWorkload) -> None:
+    """After a handover: accept nothing more, and stop the control-plane session (the
+    next process has its own) without deregistering the workload."""
+    hosted.dataplane.stop_accepting()
+    await hosted.agent.stop(deregister=False)
+
+
+async def _drain(hosted: HostedWorkload, seconds: float) -> None:
+    """Close connections as their requests finish, then the data plane."""
+    dp = hosted.dataplane
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while dp.idle_connections_closed() and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    await dp.close()
 
 
 def _addresses(dp: DataPlane) -> dict[str, str]:

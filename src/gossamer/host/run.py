@@ -50,19 +50,35 @@ def registration(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+class NotRegistered(Exception):
+    """The host proxy could not be reached, or refused the workload (the message says)."""
+
+    def __init__(self, message: str, hint: str | None = None, *, final: bool = False) -> None:
+        super().__init__(message)
+        self.hint = hint
+        self.final = final  # refused: asking again cannot help
+
+
 def register(path: Path, request: dict[str, Any]) -> tuple[socket.socket, dict[str, str]]:
     """Register with the host proxy at `path`; the open connection and the workload's
     listener addresses. This process's network namespace goes along (SCM_RIGHTS), so a
     host proxy in another namespace opens the workload's listeners in this one."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        return sock, _register(sock, path, request)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _register(sock: socket.socket, path: Path, request: dict[str, Any]) -> dict[str, str]:
+    try:
         sock.connect(str(path))
     except OSError as err:
-        sock.close()
-        fail(
+        raise NotRegistered(
             f"cannot reach the host proxy at {path}: {err.strerror or err}",
-            hint="start it with `gossamer host`, or run a sidecar (drop --host-proxy)",
-        )
+            "start it with `gossamer host`, or run a sidecar (drop --host-proxy)",
+        ) from None
     netns = os.open("/proc/self/ns/net", os.O_RDONLY)
     try:
         socket.send_fds(sock, [json.dumps(request).encode() + b"\n"], [netns])
@@ -77,18 +93,56 @@ def register(path: Path, request: dict[str, Any]) -> tuple[socket.socket, dict[s
                 break
             data += chunk
     except TimeoutError:
-        sock.close()
-        fail(f"the host proxy did not answer within {REGISTER_TIMEOUT:.0f}s")
+        raise NotRegistered(
+            f"the host proxy did not answer within {REGISTER_TIMEOUT:.0f}s"
+        ) from None
     try:
         reply = json.loads(data.split(b"\n", 1)[0])
     except ValueError:
-        sock.close()
-        fail("the host proxy closed the registration without an answer (its log says why)")
+        raise NotRegistered(
+            "the host proxy closed the registration without an answer (its log says why)"
+        ) from None
     if not reply.get("ok"):
-        sock.close()
-        fail(f"the host proxy refused the workload: {reply.get('error')}")
+        raise NotRegistered(f"the host proxy refused the workload: {reply.get('error')}",
+                            final=True)  # fmt: skip
     sock.settimeout(None)
-    return sock, {k: str(reply[k]) for k in ("outbound", "inbound", "admin")}
+    return {k: str(reply[k]) for k in ("outbound", "inbound", "admin")}
+
+
+def lease_lost(lease: socket.socket) -> bool:
+    """Whether the host proxy closed the registration (it died, or restarted)."""
+    try:
+        return lease.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _register_again(
+    path: Path, request: dict[str, Any], received: list[int]
+) -> socket.socket | None:
+    """Register until the host proxy (restarted) takes the workload back; None when a
+    signal came first or it refused the workload."""
+    print(
+        "gossamer run: the host proxy went away: the app's captured connections are "
+        "refused until it is back (fail closed); registering again",
+        file=sys.stderr,
+    )
+    since = time.monotonic()
+    while not received:
+        try:
+            sock, _ = register(path, request)
+        except NotRegistered as err:
+            if err.final:
+                print(f"gossamer run: {err}", file=sys.stderr)
+                return None
+            time.sleep(0.2)
+            continue
+        print(f"gossamer run: registered again after {time.monotonic() - since:.1f}s",
+              file=sys.stderr)  # fmt: skip
+        return sock
+    return None
 
 
 def run_hosted(args: argparse.Namespace) -> int:
@@ -101,8 +155,12 @@ def run_hosted(args: argparse.Namespace) -> int:
     received: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _frame: received.append(signum))
+    request = registration(args)
     with captured(args):
-        lease, addresses = register(args.host_proxy, registration(args))
+        try:
+            lease, addresses = register(args.host_proxy, request)
+        except NotRegistered as err:
+            fail(str(err), hint=err.hint)
         try:
             app = subprocess.Popen(
                 command,
@@ -117,6 +175,14 @@ def run_hosted(args: argparse.Namespace) -> int:
             fail(f"cannot start {command[0]}: {err.strerror}")
         left = False
         while app.poll() is None:
+            if not left and lease_lost(lease):
+                lease.close()
+                again = _register_again(args.host_proxy, request, received)
+                if again is None:  # refused now, or a signal came: the workload ends
+                    left = True
+                    received[:] = received or [signal.SIGTERM]
+                else:
+                    lease = again
             if received:
                 if not left:
                     # Leave the mesh first (closing the lease deregisters the workload),

@@ -108,6 +108,9 @@ class DataPlaneConfig:
     # Several processes may serve the same ports (SO_REUSEPORT) when one core is not enough.
     reuse_port: bool = False
     backlog: int = 1024
+    # Listening sockets made elsewhere, by listener ("outbound", "inbound", "admin"), used
+    # instead of binding: a host proxy hands its sockets to the next (decision 0067).
+    listen_sockets: dict[str, socket.socket] = field(default_factory=dict)
     # What an unauthenticated inbound connection may cost (proxy.wire.limits): seconds from
     # accept to a finished TLS handshake, and how many may be at it at once.
     handshake_timeout: float = HANDSHAKE_TIMEOUT
@@ -213,6 +216,7 @@ class DataPlane:
         self._apps: dict[int, AppPool] = {}
         self._retired: set[Pool] = set()  # closed, with connections still opening or in use
         self._servers: list[asyncio.AbstractServer] = []
+        self._listening: dict[str, asyncio.AbstractServer] = {}  # outbound and admin
         self._inbound_sock: socket.socket | None = None
         self._inbound_serving = False
         self._acceptor: InboundAcceptor | None = None
@@ -285,21 +289,24 @@ class DataPlane:
         self._inbound_side = InboundSide(self)
         if self.snapshot is not None:
             self._install(self.snapshot)
-        server = await loop.create_server(
+        given = cfg.listen_sockets
+        server = await _listen(
+            loop,
             self.fds.guard(
                 lambda: CaptureGate(
                     self, lambda: ServerConnection(outbound), self._captured_service
                 ),
                 "outbound",
             ),
-            cfg.outbound[0],
-            cfg.outbound[1],
+            cfg.outbound,
+            given.get("outbound"),
             reuse_port=cfg.reuse_port or None,
             backlog=cfg.backlog,
         )
         self._servers.append(server)
+        self._listening["outbound"] = server
         self.outbound_address = _bound(server)
-        self._inbound_sock = socket.create_server(
+        self._inbound_sock = given.get("inbound") or socket.create_server(
             cfg.inbound,
             family=socket.AF_INET6 if ":" in cfg.inbound[0] else socket.AF_INET,
             backlog=cfg.backlog,
@@ -309,7 +316,8 @@ class DataPlane:
         self.inbound_address = self._inbound_sock.getsockname()[:2]
         if self.contexts is not None:
             await self._serve_inbound()
-        admin = await loop.create_server(
+        admin = await _listen(
+            loop,
             lambda: AdminConnection(
                 self._admin_page,
                 self._admin_connections,
@@ -317,10 +325,11 @@ class DataPlane:
                 cfg.max_admin_connections,
                 self._admin_refused,
             ),
-            cfg.admin[0],
-            cfg.admin[1],
+            cfg.admin,
+            given.get("admin"),
         )
         self._servers.append(admin)
+        self._listening["admin"] = admin
         self.admin_address = _bound(admin)
         for up in cfg.upstreams:
             tcp = await loop.create_server(
@@ -442,6 +451,35 @@ class DataPlane:
         contexts = self.contexts
         if contexts is not None and contexts.server is not ctx:
             ssl_object.context = contexts.server
+
+    def listening_sockets(self) -> dict[str, socket.socket]:
+        """The outbound, inbound and admin listeners' sockets (to hand to another
+        process, which serves them with `DataPlaneConfig.listen_sockets`)."""
+        found: dict[str, socket.socket] = {}
+        for name, server in self._listening.items():
+            for sock in getattr(server, "sockets", None) or ():
+                found[name] = socket.socket(fileno=os.dup(sock.fileno()))
+        if self._inbound_sock is not None:
+            found["inbound"] = self._inbound_sock
+        return found
+
+    def stop_accepting(self) -> None:
+        """Accept no more connections (nor DNS queries); those open go on until
+        `close()` (a drain)."""
+        for server in self._servers:
+            server.close()
+        if self._dns_udp is not None:
+            self._dns_udp.close()
+        if self._acceptor is not None:
+            self._acceptor.close()
+
+    def idle_connections_closed(self) -> int:
+        """Close every downstream HTTP/1.1 connection with no request in flight (as if
+        its idle timeout had passed), during a drain; how many remain."""
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn.sweep(now, -1.0, self.config.response_timeout)
+        return len(self.connections) + len(self.h2_connections) + len(self.splices)
 
     async def close(self) -> None:
         if self._closed:
@@ -917,6 +955,20 @@ class DataPlane:
             log.exception("proxy upkeep failed")
         if not self._closed:
             self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+
+async def _listen(
+    loop: asyncio.AbstractEventLoop,
+    factory: Callable[[], asyncio.Protocol],
+    address: Address,
+    sock: socket.socket | None,
+    **options: Any,
+) -> asyncio.AbstractServer:
+    """A listener on `address`, or on `sock` when one is given (bound elsewhere)."""
+    if sock is not None:
+        options.pop("reuse_port", None)
+        return await loop.create_server(factory, sock=sock, **options)
+    return await loop.create_server(factory, address[0], address[1], **options)
 
 
 def _bound(server: asyncio.AbstractServer) -> Address:
