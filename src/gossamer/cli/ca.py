@@ -95,6 +95,18 @@ def _progress_line(rot: dict[str, Any]) -> str:
         line += f"; {proxies['onNewChain']}/{n} proxies on the new chain"
     elif rot["phase"] == "overlap":
         line += f"; old root removed at {rot['overlapEndsAt']}"
+    # Replicas sharing a store: the count above is the answering replica's proxies;
+    # each replica's own, as the leader sees them, for the phase under way.
+    field = {"distributing": "withNewRoots", "renewing": "onNewChain"}.get(rot["phase"])
+    replicas = rot.get("replicas") or {}
+    if field and replicas:
+        parts = [
+            f"{name} {p.get(field, 0)}/{p.get('connected', 0)}"
+            for name, p in replicas.items()
+            if p.get("phase") == rot["phase"] and p.get("rotation") == rot["startedAt"]
+        ]
+        if parts:
+            line += " (by replica: " + ", ".join(parts) + ")"
     return line
 
 
