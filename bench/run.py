@@ -12,6 +12,9 @@ The workload is HTTP/1.1 keep-alive (the default) or gRPC unary calls over HTTP/
   gossamer-envoy  Gossamer's control plane (xDS) driving two Envoys, each
             started by `gossamer proxy --engine envoy`: the same path as envoy,
             configured by the mesh (not in the default --only list)
+  gossamer-w2  the gossamer setup with two data-plane processes per proxy
+            (--workers 2; a proxy's memory and CPU are its processes' together;
+            not in the default --only list)
   gossamer-control  the gossamer setup with an idle TrafficControl on the
             client's calls (matched, limits far above the load: what governing a
             call costs; not in the default --only list)
@@ -76,7 +79,16 @@ except ModuleNotFoundError as err:
     )
 
 H2PYTHON = "gossamer-h2python"
-SETUPS = ("direct", "gossamer", "envoy", "gossamer-envoy", "gossamer-control", H2PYTHON)
+WORKERS2 = "gossamer-w2"  # each proxy with --workers 2
+SETUPS = (
+    "direct",
+    "gossamer",
+    "envoy",
+    "gossamer-envoy",
+    "gossamer-control",
+    H2PYTHON,
+    WORKERS2,
+)
 BASELINE = "gossamer-baseline"  # with --baseline-src
 WORKLOADS = ("http1", "grpc")
 APT_PACKAGES = {"nginx": "nginx-light", "wrk": "wrk", "h2load": "nghttp2-client"}
@@ -555,7 +567,7 @@ def run_setups(
                     if is_grpc
                     else setups.start_gossamer(procs, backend_port, work, name=name, engine="envoy")
                 )
-            elif name in ("gossamer", BASELINE, "gossamer-control", H2PYTHON):
+            elif name in ("gossamer", BASELINE, "gossamer-control", H2PYTHON, WORKERS2):
                 src = args.baseline_src if name == BASELINE else None
                 extra = setups.IDLE_CONTROL_YAML if name == "gossamer-control" else ""
                 # The proxies inherit the environment, where GOSSAMER_H2_CODEC picks theirs.
@@ -569,6 +581,7 @@ def run_setups(
                             ready_check=grpc.call_ok,
                             name=name,
                             src=src,
+                            workers=2 if name == WORKERS2 else 1,
                         )
                         if is_grpc
                         else setups.start_gossamer(
@@ -578,6 +591,7 @@ def run_setups(
                             service_yaml=setups.SERVICE_YAML + extra,
                             name=name,
                             src=src,
+                            workers=2 if name == WORKERS2 else 1,
                         )
                     )
             else:

@@ -147,6 +147,7 @@ def start_gossamer(
     name: str = "gossamer",
     src: Path | None = None,
     engine: str = "gossamer",
+    workers: int = 1,
 ) -> Target:
     """A control plane, the ``echo`` Service, a server proxy and a client proxy.
 
@@ -154,6 +155,7 @@ def start_gossamer(
     PYTHONPATH) instead of this one, so that two versions are measured in one run.
     ``engine="envoy"``: the same control plane serving xDS, and both proxies are
     Envoys (``gossamer proxy --engine envoy``, one worker each) configured over it.
+    ``workers``: each proxy's ``--workers`` (data-plane processes).
     """
     directory = work / name
     directory.mkdir()
@@ -215,6 +217,7 @@ def start_gossamer(
                 f"app={sa}",
                 *extra,
                 *engine_flags,
+                *(("--workers", str(workers)) if workers > 1 else ()),
                 "--inbound",
                 inbound,
                 "--outbound",

@@ -2,7 +2,7 @@
 
 The process that runs the agent (the control-plane session, the certificate, the
 workload's registration) is worker 0: it serves traffic as a single proxy does. Each
-further worker is a child process (``python -P -m gossamer.proxy.workers``) running a
+further worker is a child process (``python -P -m gossamer.workers``) running a
 `DataPlane` of its own on the same ports: every data listener is bound with
 SO_REUSEPORT, so the kernel spreads new connections over the workers, and a worker
 that dies takes only its own socket (and the connections in it) along.
@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from gossamer.proxy.lifeline import die_with_parent
+from gossamer.lifeline import die_with_parent
 
 if TYPE_CHECKING:
     from gossamer.proxy.dataplane import DataPlane, DataPlaneConfig
@@ -156,6 +156,7 @@ class WorkerSet:
             ),
             dns=None,  # mesh DNS is answered by worker 0 only
             reuse_port=True,
+            listen_sockets={},  # each worker binds its own, beside worker 0's
         )
 
     async def _spawn(self, worker: Worker) -> None:
@@ -167,7 +168,7 @@ class WorkerSet:
                     sys.executable,
                     "-P",
                     "-m",
-                    "gossamer.proxy.workers",
+                    "gossamer.workers",
                     str(theirs.fileno()),
                     str(os.getpid()),
                     str(worker.index),
@@ -239,7 +240,7 @@ class WorkerSet:
         if not self._stopping:
             self.dp.spawn(self._spawn(worker))
 
-    def broadcast(self, message: object) -> None:
+    def broadcast(self, message: tuple[Any, ...]) -> None:
         for worker in self.workers:
             if worker.channel is not None:
                 worker.channel.send(message)
@@ -462,8 +463,10 @@ async def _worker_main(fd: int) -> None:
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    # Ctrl-C reaches the whole process group: the agent stops its workers after its
+    # drain, so a worker waits for SIGTERM (or the agent's end) instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
     worker = _WorkerProcess(stop)
     sock = socket.socket(fileno=fd)
     _, channel = await loop.create_connection(

@@ -1,6 +1,6 @@
 """`--workers N`: real `gossamer run` proxies with two data-plane processes each.
 
-One agent feeds the workers (proxy.workers): the listeners are shared with
+One agent feeds the workers (gossamer.workers): the listeners are shared with
 SO_REUSEPORT, traffic spreads over both, the snapshot and the certificate reach each
 one, a killed worker is started again without the proxy losing its listener, and the
 workers die with their supervisor.
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from gossamer.proxy.workers import merge_metrics
+from gossamer.workers import merge_metrics
 from tests.e2e.conftest import (
     GOSSAMER,
     ControlPlaneProcess,

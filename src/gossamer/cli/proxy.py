@@ -339,7 +339,7 @@ async def _serve(
     await dataplane.start()
     workers = None
     if args.workers > 1:
-        from gossamer.proxy.workers import WorkerSet
+        from gossamer.workers import WorkerSet
 
         workers = WorkerSet(dataplane, args.workers, args.log_level)
         try:
@@ -545,7 +545,7 @@ CREDENTIAL_VARIABLES = ("GOSSAMER_TOKEN", "GOSSAMER_JOIN_TOKEN")
 def _die_with_supervisor(signum: int, then: Callable[[], None] | None = None) -> Callable[[], None]:
     """A preexec_fn: the child gets `signum` when the supervisor dies, even by SIGKILL;
     `then` runs after (the proxy of a captured workload takes its own group)."""
-    from gossamer.proxy.lifeline import die_with_parent
+    from gossamer.lifeline import die_with_parent
 
     parent = os.getpid()
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from gossamer.authz import Authorizer, compile_security
 from gossamer.dns.names import DEFAULT_SERVICE_CIDR, virtual_ip
@@ -55,7 +55,6 @@ from gossamer.translate.telemetry import TelemetryView, otel_settings
 
 if TYPE_CHECKING:
     from gossamer.proxy.observe.tracing import ProxyTracer
-    from gossamer.proxy.workers import WorkerSet
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -75,6 +74,24 @@ def _access_log_from_env() -> str | None:
 
 def _otel_from_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
+
+
+class Workers(Protocol):
+    """The other data-plane processes of a `--workers N` proxy, as this one (worker 0,
+    beside the agent) drives them (gossamer.workers.WorkerSet)."""
+
+    @property
+    def share(self) -> float:
+        """This process's part of the proxy's TrafficControl shares."""
+
+    def broadcast(self, message: tuple[Any, ...]) -> None:
+        """Send `message` (snapshot, credentials, shares) to every worker."""
+
+    def demand(self) -> dict[str, int]:
+        """The workers' TrafficControl demand since the last ask."""
+
+    def serve_metrics(self, conn: AdminConnection, own: str) -> None:
+        """Answer /metrics on `conn`: `own` and every worker's series, added up."""
 
 
 @dataclass
@@ -191,8 +208,8 @@ class DataPlane:
         self.credentials: Credentials | None = None
         self.snapshot: Snapshot | None = None
         # `--workers N`: the other data-plane processes this one's agent feeds
-        # (proxy.workers), and the TrafficControl shares as this process took them.
-        self.workers: WorkerSet | None = None
+        # (gossamer.workers), and the TrafficControl shares as this process took them.
+        self.workers: Workers | None = None
         self.controls_shares: dict[str, float] = {}
         self.connections: set[ServerConnection] = set()
         self.splices: set[Splice] = set()
@@ -881,7 +898,7 @@ class DataPlane:
         self._timers.add(timer)
 
     def ask_interest(self, key: str) -> None:
-        """A worker's request (proxy.workers): ask the control plane about `key`."""
+        """A worker's request (gossamer.workers): ask the control plane about `key`."""
         try:
             self._on_interest(key)
         except Exception:
