@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import functools
+import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
@@ -31,6 +32,8 @@ __all__ = ["DEFAULT_DEADLINE", "AsyncStore"]
 
 DEFAULT_DEADLINE = 25.0  # above etcd's own 20 s failover deadline, so its error comes first
 DEFAULT_WORKERS = 8
+
+log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -55,6 +58,7 @@ class AsyncStore:
         self.store = store
         self.deadline = deadline
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store")
+        self._background: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
         return f"AsyncStore({self.store!r}, deadline={self.deadline:g})"
@@ -78,6 +82,18 @@ class AsyncStore:
                 f"{self.store!r} did not answer {what} within {self.deadline:g} s "
                 "(is the store reachable and does it have a majority?)"
             ) from None
+
+    def spawn(self, call: Callable[_P, Any], *args: _P.args, **kwargs: _P.kwargs) -> None:
+        """Run `call` like `run`, from code that cannot wait for it (a record written
+        from a synchronous step on the loop); a failure is logged, not raised."""
+        task = asyncio.get_running_loop().create_task(self.run(call, *args, **kwargs))
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%r: a background store call failed: %s", self, task.exception())
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
         return await self.run(self.store.get, kind, namespace, name)

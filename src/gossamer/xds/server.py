@@ -516,7 +516,8 @@ class XdsServer:
         issued = self.cp.ca.sign_csr(
             make_csr(key, identity), identity, ttl=self.cp.config.certificate_ttl
         )
-        self.cp.audit.record(
+        self.cp.astore.spawn(  # off the loop: the audit log may be the shared store
+            self.cp.audit.record,
             str(identity),
             "certificate.issue",
             kind="Certificate",
