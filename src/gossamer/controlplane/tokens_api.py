@@ -34,7 +34,9 @@ class ApiTokensApi:
         ]
 
     async def list(self, request: web.Request) -> web.Response:
-        return web.json_response({"items": [t.public() for t in self.cp.api_tokens.list()]})
+        # Off the loop: on replicas sharing a store the tokens are a store record.
+        tokens = await self.cp.astore.run(self.cp.api_tokens.list)
+        return web.json_response({"items": [t.public() for t in tokens]})
 
     async def create(self, request: web.Request) -> web.Response:
         """`{"name": N, "scope": "read"|"admin", "ttlSeconds": S or null}`: the token,
@@ -51,11 +53,15 @@ class ApiTokensApi:
             raise InvalidResource([FieldError("name", "is required")], "api token")
         if ttl is not None and (type(ttl) is not int):
             raise InvalidResource([FieldError("ttlSeconds", "must be an integer")], "api token")
-        secret, token = self.cp.api_tokens.create(
-            name, str(scope), None if ttl is None else timedelta(seconds=ttl)
+        secret, token = await self.cp.astore.run(
+            self.cp.api_tokens.create,
+            name,
+            str(scope),
+            None if ttl is None else timedelta(seconds=ttl),
         )
         info = token.public()
-        self.cp.audit.record(
+        await self.cp.astore.run(
+            self.cp.audit.record,
             actor,
             "apitoken.create",
             kind="ApiToken",
@@ -68,16 +74,21 @@ class ApiTokensApi:
     async def revoke(self, request: web.Request) -> web.Response:
         actor = require_admin(request)
         name = request.match_info["name"]
-        token = self.cp.api_tokens.revoke(name)
-        self.cp.audit.record(
-            actor, "apitoken.revoke", kind="ApiToken", name=name, detail={"scope": token.scope}
+        token = await self.cp.astore.run(self.cp.api_tokens.revoke, name)
+        await self.cp.astore.run(
+            self.cp.audit.record,
+            actor,
+            "apitoken.revoke",
+            kind="ApiToken",
+            name=name,
+            detail={"scope": token.scope},
         )
         log.info("api token %s revoked by %s", name, actor)
         return web.json_response(token.public())
 
     async def whoami(self, request: web.Request) -> web.Response:
         name = require_scope(request, "read")
-        tokens = {t.name: t for t in self.cp.api_tokens.list()}
+        tokens = {t.name: t for t in await self.cp.astore.run(self.cp.api_tokens.list)}
         if name not in tokens:  # revoked since this request was let in
             raise NotFound("api token", name)
         return web.json_response(tokens[name].public())
