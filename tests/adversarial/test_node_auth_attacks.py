@@ -447,3 +447,66 @@ def test_malformed_host_objects_are_rejected_whole_with_the_field_path(
         assert path in done.stderr, (path, done.stderr[-400:])
     listed = cp.cli("get", "host", "-n", "gossamer-hosts", "-o", "json", check=True)
     assert json.loads(listed.stdout)["items"] == []
+
+
+@pytest.mark.asyncio
+async def test_the_record_of_host_issued_serials_survives_a_reapply_and_every_path_spelling(
+    control_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    cp = control_plane
+    apply_host(cp, "node-1", ("shop", "web"))
+    session = await started_host(cp, tmp_path, "node-1")
+    try:
+        data, key = await session.workload_certificate("shop", "web", first=True)
+        creds = workload_creds(data, key)
+        # The operator re-applies the Host from a stale `get -o json`, status and all.
+        stale = json.loads(host_object("node-1", ("shop", "web")))
+        stale["status"] = {"certificates": []}
+        cp.cli("apply", "-f", "-", stdin=json.dumps(stale), check=True)
+        status, answer = await renew_as_workload(session, creds, WEB)
+        assert status == 403, f"renewed after a re-apply: {str(answer)[:200]}"
+        # Other spellings of the sidecar's renewal path are refused or unknown.
+        ctx = control_plane_context(creds.bundle_pem, creds)
+        _, csr = await new_key_and_csr(WEB)
+        body = json.dumps({"csr": csr.decode()}).encode()
+        for path in (
+            "/v1/identity/renew?x=1", "/v1/identity/%72enew", "/v1/identity/renew/",
+            "/v1//identity/renew", "//v1/identity/renew", "/v1/identity/./renew",
+            "/v1/identity/x/../renew", "/V1/identity/renew", "/v1/identity/renew%2f",
+        ):  # fmt: skip
+            status, answer = await raw_post(cp, ctx, path, body)
+            assert status in (403, 404, 405), (path, status, str(answer)[:200])
+    finally:
+        await session.stop()
+
+
+# At most this many unexpired certificates of one identity through one host.
+REASONABLE_OUTSTANDING = 64
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hosts.py:170-186 every issue appends its serial to the Host's status and rewrites "
+    "it whole, with no limit: a compromised host grows its Host without bound (2000 asks: "
+    "284 KB, each issue slower) until the certificates expire",
+)
+@pytest.mark.asyncio
+async def test_a_host_asking_again_and_again_cannot_grow_its_host_object_without_bound(
+    control_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    cp = control_plane
+    apply_host(cp, "node-1", ("shop", "web"))
+    session = await started_host(cp, tmp_path, "node-1")
+    refused = 0
+    try:
+        _, csr = await new_key_and_csr(WEB)
+        asked = {"namespace": "shop", "serviceAccount": "web", "csr": csr.decode()}
+        for _ in range(300):
+            status, answer = await ask(session, asked)
+            assert status in (200, 429), (status, answer)
+            refused += status == 429
+    finally:
+        await session.stop()
+    got = json.loads(cp.cli("get", "host", "node-1", "-n", "gossamer-hosts", "-o", "json").stdout)
+    entries = len((got.get("status") or {}).get("certificates") or ())
+    assert refused > 0 or entries <= REASONABLE_OUTSTANDING, f"{entries} serials kept"
