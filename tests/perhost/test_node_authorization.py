@@ -59,7 +59,7 @@ async def test_a_host_gets_only_the_identities_its_host_object_lists(
             await session.workload_certificate("shop", "payments", first=True)
     finally:
         await session.stop()
-    [issued] = audit(control_plane, "certificate.issue")[-1:]
+    [issued] = audit(control_plane, "certificate.issue.host")
     assert issued["name"] == "spiffe://cluster.local/ns/shop/sa/web"
     assert issued["actor"] == "spiffe://cluster.local/ns/gossamer-hosts/sa/node-1"
     [refused] = audit(control_plane, "certificate.refuse")

@@ -11,10 +11,11 @@ and the CA signs only while the operator's `Host` object for that host lists the
 identity (gossamer.resources.host). Every issue and every refusal is audited.
 
 A certificate issued this way renews only here, so removing the identity from the Host
-stops its renewal: the serials issued through a host are kept in the Host's status,
-and `POST /v1/identity/renew` (the sidecar's path, which renews any identity it is
-shown) refuses them. Kubernetes' Node authorizer and NodeRestriction admission do the
-same for kubelets; Istio's ztunnel asks istiod for its pods' certificates the same way.
+stops its renewal: the serials issued through a host are in the audit log (action
+`certificate.issue.host`), and `POST /v1/identity/renew` (the sidecar's path, which
+renews any identity it is shown) refuses them, whether or not the Host still exists.
+Kubernetes' Node authorizer and NodeRestriction admission do the same for kubelets;
+Istio's ztunnel asks istiod for its pods' certificates the same way.
 See docs/decisions/0064-node-authorization.md.
 """
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from aiohttp import web
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossamer.controlplane.hosts")
 
 RENEW_PATH: Final = "/v1/identity/renew"
+ISSUE_ACTION: Final = "certificate.issue.host"
+MAX_LOOKUP: Final = 1_000_000
+CLOCK_SKEW: Final = timedelta(hours=1)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -118,6 +122,14 @@ class HostAuthority:
         except ValueError as err:
             return _bad(f"namespace/serviceAccount: {err}")
         who = str(caller)
+        if namespace == HOSTS_NAMESPACE:
+            self._refuse(
+                who,
+                str(wanted),
+                namespace,
+                f"{wanted} is a host identity: a host proxy holds only its own, and asks "
+                "for its workloads' identities here",
+            )
         if caller.namespace != HOSTS_NAMESPACE:
             self._refuse(
                 who,
@@ -145,11 +157,13 @@ class HostAuthority:
                 f"{wanted} is not registered on host {host!r}: its Host object does not "
                 f"list namespace {namespace!r}, service account {account!r}",
             )
-        issued = self.cp.ca.sign_csr(csr.encode(), wanted, ttl=self.cp.config.certificate_ttl)
-        self._remember(host, host_object, issued.serial, str(wanted), issued.not_after)
+        # The CA reads the CSR as ASCII itself: PEM is, and anything else is refused.
+        issued = self.cp.ca.sign_csr(csr, wanted, ttl=self.cp.config.certificate_ttl)
+        # Its own action (found by `gossamer audit --action certificate.issue` too): the
+        # sidecar renewal path looks certificates issued through a host up by it.
         self.cp.audit.record(
             who,
-            "certificate.issue",
+            ISSUE_ACTION,
             kind="Certificate",
             namespace=namespace,
             name=str(wanted),
@@ -169,33 +183,20 @@ class HostAuthority:
             }
         )
 
-    def _remember(
-        self, host: str, host_object: dict[str, Any], serial: str, identity: str, until: datetime
-    ) -> None:
-        """Keep the serial in the Host's status (expired ones dropped), so the sidecar
-        renewal path knows the certificate came through this host."""
-        now = datetime.now(UTC).isoformat()
-        status = dict(host_object.get("status") or {})
-        kept = [
-            c
-            for c in status.get("certificates") or ()
-            if isinstance(c, dict) and str(c.get("notAfter", "")) > now
-        ]
-        kept.append({"serial": serial, "identity": identity, "notAfter": until.isoformat()})
-        status["certificates"] = kept
-        self.cp.store.update_status("Host", HOSTS_NAMESPACE, host, status)
-
-    # -- the sidecar renewal path -------------------------------------------------------
-
     def issued_through(self, serial: int) -> tuple[str, str] | None:
-        """(host, identity) when certificate `serial` was issued through a host."""
-        for host_object in self.cp.store.list("Host", HOSTS_NAMESPACE):
-            for c in (host_object.get("status") or {}).get("certificates") or ():
-                try:
-                    if isinstance(c, dict) and int(str(c.get("serial")), 16) == serial:
-                        return host_object["metadata"]["name"], str(c.get("identity"))
-                except ValueError:
-                    continue
+        """(host, identity) when certificate `serial` was issued through a host.
+
+        Read from the audit log, not from the Host: deleting a Host must not make its
+        certificates renewable as a sidecar's. Only records young enough for a
+        certificate they name to be still valid are read."""
+        since = datetime.now(UTC) - self.cp.config.certificate_ttl - CLOCK_SKEW
+        for record in self.cp.audit.query(action=ISSUE_ACTION, since=since, limit=MAX_LOOKUP):
+            detail = record.get("detail") or {}
+            try:
+                if int(str(detail.get("serial")), 16) == serial:
+                    return str(detail.get("host")), str(record.get("name"))
+            except ValueError:
+                continue
         return None
 
     @web.middleware

@@ -41,6 +41,14 @@ class HostWorkload(Model):
     namespace: DNS1123Label
     service_account: DNS1123Subdomain = "default"
 
+    @model_validator(mode="after")
+    def _not_a_host(self) -> HostWorkload:
+        if self.namespace == HOSTS_NAMESPACE:
+            raise_problems(
+                [(("namespace",), f"\"{HOSTS_NAMESPACE}\" holds hosts' identities, no workload's")]
+            )
+        return self
+
 
 def _duplicates(items: list[HostWorkload]) -> list[tuple[Loc, str]]:
     keys = [(w.namespace, w.service_account) for w in items]
