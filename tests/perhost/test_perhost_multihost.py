@@ -8,6 +8,7 @@ client-1 registered through it; host 2 runs sidecars: backend-1, client-2 and in
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -369,3 +370,34 @@ def test_http2_grpc_and_tcp_reach_hosted_workloads_from_sidecars(
     finally:
         for w in started:
             w.stop()
+
+
+def _ask(path: Path, data: bytes) -> dict[str, object]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(path))
+        if data:
+            s.sendall(data)
+        answer = s.makefile("rb").readline()
+    loaded: dict[str, object] = json.loads(answer)
+    return loaded
+
+
+def test_hostile_registrations_get_a_clear_error_and_the_host_proxy_serves_on(
+    mesh: Mesh,
+) -> None:
+    sock = mesh.node.socket
+    assert _ask(sock, b"not json\n") == {"ok": False, "error": "the registration is not JSON"}
+    assert _ask(sock, b"[1, 2]\n") == {
+        "ok": False,
+        "error": "the registration must be a JSON object",
+    }
+    assert _ask(sock, b"[" * 100_000 + b"\n")["error"] == (
+        "the registration is larger than 65536 bytes"
+    )
+    assert _ask(sock, b"")["error"] == "no registration within 5s"
+    taken = json.dumps({"name": "echo-1", "namespace": "shop", "serviceAccount": "echo",
+                        "inbound": "127.0.0.1:0", "outbound": "127.0.0.1:0",
+                        "admin": "127.0.0.1:0"}).encode() + b"\n"  # fmt: skip
+    assert _ask(sock, taken)["error"] == "workload shop/echo-1 is already registered on this host"
+    assert served_by(mesh.workloads["client-2"], "http://echo.shop/") == "echo-1"

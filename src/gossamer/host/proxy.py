@@ -153,19 +153,6 @@ class HostedWorkload:
     netns: int = -1
     handed_over: bool = False
 
-    def describe(self) -> dict[str, Any]:
-        dp = self.dataplane
-        return {
-            "workload": f"{self.registration.namespace}/{self.registration.name}",
-            "serviceAccount": self.registration.service_account,
-            "ready": dp.ready,
-            "inbound": dp.inbound_address,
-            "outbound": dp.outbound_address,
-            "admin": dp.admin_address,
-            "registeredBy": self.peer,
-            "ownNetworkNamespace": self.namespace is not None,
-        }
-
 
 @dataclass(frozen=True)
 class HostConfig:
@@ -550,12 +537,6 @@ class HostProxy:
         # A workload registered again joins afresh: node authorization decides again.
         shutil.rmtree(hosted.state_dir, ignore_errors=True)
         log.info("workload %s/%s left this host", reg.namespace, reg.name)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "host": self.config.name,
-            "workloads": [w.describe() for w in self.workloads.values()],
-        }
 
     async def close(self) -> None:
         self._closed = True
