@@ -30,7 +30,7 @@ from pathlib import Path
 import hpack
 import pytest
 from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
-from hyperframe.frame import HeadersFrame
+from hyperframe.frame import ContinuationFrame, HeadersFrame, SettingsFrame
 
 from gossamer.proxy.wire import h2codec
 from tests.proxy.conftest import Pki
@@ -458,6 +458,55 @@ async def test_a_proxy_on_the_native_codec_ends_each_hostile_block_with_goaway_a
                 assert await raw.closed()
             finally:
                 await raw.close()
+        raw = await open_to(pki, client, server, "outbound")
+        try:
+            assert await raw.get(1, request()) == 200
+        finally:
+            await raw.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("table_size", [0, 1, 2**32 - 1])
+@pytest.mark.asyncio
+async def test_the_native_encoder_follows_the_clients_header_table_size_setting(
+    pki: Pki, native_codec: None, table_size: int
+) -> None:
+    async with echo_mesh(pki) as (client, server, _app):
+        raw = await open_to(pki, client, server, "outbound")
+        try:
+            # hpack's decoder refuses a block after which the table is larger than it
+            # allows: each answer proves the proxy's encoder signalled the new size.
+            raw.decoder.max_allowed_table_size = table_size
+            await raw.send(
+                SettingsFrame(0, settings={SettingsFrame.HEADER_TABLE_SIZE: table_size}).serialize()
+            )
+            for stream_id in (1, 3, 5):
+                path = b"/anything/%d" % stream_id
+                assert await raw.get(stream_id, request(path, b"GET", (b"x-a", b"v" * 300))) == 200
+            assert raw.decoder.header_table_size <= min(table_size, 4096)
+            assert raw.goaway is None
+        finally:
+            await raw.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.asyncio
+async def test_a_continuation_flood_is_cut_before_it_is_decoded(
+    pki: Pki, native_codec: None
+) -> None:
+    async with echo_mesh(pki) as (client, server, _app):
+        raw = await open_to(pki, client, server, "outbound")
+        try:
+            head = HeadersFrame(1, raw.encoder.encode(request()))
+            await raw.send(head.serialize())  # no END_HEADERS
+            chunk = ContinuationFrame(1, b"\x82" * 16_000).serialize() * 10
+            for _ in range(100):  # at most 16 MB
+                if not await raw.send(chunk):
+                    break
+            assert await raw.closed()
+            assert raw.goaway is not None
+        finally:
+            await raw.close()
         raw = await open_to(pki, client, server, "outbound")
         try:
             assert await raw.get(1, request()) == 200
