@@ -21,7 +21,8 @@ import hpack
 import pytest
 from hyperframe.frame import Frame, GoAwayFrame, PingFrame, RstStreamFrame, SettingsFrame
 
-from tests.proxy.test_http2 import Hop, _turn
+from tests.proxy.test_http2 import REQUEST as GRPC_REQUEST
+from tests.proxy.test_http2 import Hop, _connected, _turn
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -29,6 +30,7 @@ NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
 FLOW_CONTROL_ERROR = 0x3
 STREAM_CLOSED = 0x5
+CANCEL = 0x8
 FRAME_SIZE_ERROR = 0x6
 COMPRESSION_ERROR = 0x9
 
@@ -494,3 +496,34 @@ async def test_h2spec_3_5_2_an_invalid_preface_ends_the_connection() -> None:
     answer = await exchange(preface=b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
     assert answer.closed
     assert answer.goaway in ([], [PROTOCOL_ERROR])
+
+
+@pytest.mark.asyncio
+async def test_5_1_data_on_a_stream_this_end_reset_is_ignored_not_answered() -> None:
+    # RFC 9113 5.1: after sending RST_STREAM, an endpoint MUST ignore the frames the peer
+    # had already sent on the stream. The proxy's upstream end resets a stream when its
+    # client goes away; a server stream's DATA already in flight must not each bring
+    # another RST_STREAM (the peer counts those as a flood and closes the connection).
+    hop, client, app = await _connected()
+    sid = client.get_next_available_stream_id()
+    client.send_headers(sid, GRPC_REQUEST, end_stream=True)
+    hop.down.data_received(client.data_to_send())
+    await _turn()
+    app.receive_data(hop.up_pipe.take())
+    app.send_headers(1, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+    hop.up.data_received(app.data_to_send())
+    await _turn()
+    client.receive_data(hop.down_pipe.take())
+    client.reset_stream(sid)  # the client goes away: the proxy resets its upstream half
+    hop.down.data_received(client.data_to_send())
+    await _turn()
+    first = read_frames(hop.up_pipe.take())
+    assert first.resets == {1: CANCEL}
+    for _ in range(50):  # what the app sent before it saw the reset
+        app.send_data(1, b"\x00\x00\x00\x00\x01x")
+    app.receive_data(b"")  # nothing: the app has not read the reset yet
+    hop.up.data_received(app.data_to_send())
+    await _turn()
+    later = read_frames(hop.up_pipe.take())
+    assert later.resets == {} and later.goaway == []
+    assert not hop.up_pipe.closed

@@ -79,6 +79,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import hpack
+from h2.stream import StreamClosedBy
 from hyperframe.exceptions import InvalidDataError
 from hyperframe.frame import (
     DataFrame,
@@ -1006,6 +1007,7 @@ _h2_receive_frame: Final = h2.connection.H2Connection._receive_frame
 _h2_send_data: Final = h2.connection.H2Connection.send_data
 _h2_end_stream: Final = h2.connection.H2Connection.end_stream
 _h2_terminate: Final = h2.connection.H2Connection._terminate_connection
+_h2_data_on_closed: Final = h2.connection.H2Connection._handle_data_on_closed_stream
 
 
 class _GuardedH2(h2.connection.H2Connection):
@@ -1045,6 +1047,7 @@ class _GuardedH2(h2.connection.H2Connection):
         # H2Connection when it sends one.
         self.opened = 0
         self._peer_opened = 0  # the highest stream id the peer opened
+        self._reset_before = False  # the DATA frame being read is on a stream this end reset
 
     def _receive_frame(self, frame: Frame) -> list[h2.events.Event]:
         if isinstance(frame, HeadersFrame) and frame.stream_id > self._peer_opened:
@@ -1062,6 +1065,11 @@ class _GuardedH2(h2.connection.H2Connection):
                 if self.empty > EMPTY_FRAME_LIMIT:
                     raise _Flood(f"{self.empty} empty DATA frames in a row")
                 self.control_frame()
+            # Reset by this end before this frame came (not by h2 because of it).
+            self._reset_before = (
+                isinstance(frame, DataFrame)
+                and self._stream_closed_by(frame.stream_id) is StreamClosedBy.SEND_RST_STREAM
+            )
             events = _h2_receive_frame(self, frame)
             if not events and self.server_side:
                 # It made nothing happen: no better than a PING. Not counted from an
@@ -1107,6 +1115,22 @@ class _GuardedH2(h2.connection.H2Connection):
     def end_stream(self, stream_id: int) -> None:
         _h2_end_stream(self, stream_id)  # an empty DATA frame with END_STREAM
         self.data_sent += 1
+
+    def _handle_data_on_closed_stream(
+        self,
+        events: list[h2.events.Event],
+        exc: h2.exceptions.StreamClosedError,
+        frame: DataFrame,
+    ) -> tuple[list[Frame], list[h2.events.Event]]:
+        # DATA on a stream this end reset: h2 credits the connection's window and answers
+        # every such frame with another RST_STREAM. RFC 9113 5.1 says to ignore them: the
+        # peer sent them before it saw the reset. A server stream cancelled with a window
+        # of DATA in flight made a thousand RST_STREAMs, which the peer proxy rightly
+        # counted as a flood and closed the link, every other stream on it with it.
+        frames, events = _h2_data_on_closed(self, events, exc, frame)
+        if self._reset_before:
+            frames = [f for f in frames if not isinstance(f, RstStreamFrame)]
+        return frames, events
 
     def _terminate_connection(self, error_code: h2.errors.ErrorCodes) -> None:
         # h2 calls this in its `except ProtocolError` when a received frame is bad, to
