@@ -32,7 +32,9 @@ trailer grpc-status 0), the proxies carry HTTP/2 on both hops (Gossamer: h2c in,
 ALPN gossamer/h2 over mTLS, h2c to the app, whose Service port says appProtocol grpc;
 Envoy: h2c in, h2 over TLS 1.3, h2c out), and h2load sends unary calls with gRPC
 framing over --grpc-connections connections of --grpc-streams concurrent streams for
---duration seconds. Each setup's answer is checked to be proper gRPC first.
+--duration seconds. Each setup's answer is checked to be proper gRPC first. With
+--grpc-stream each call is a server stream of 1,000 small messages, one DATA frame
+each (nginx's http2_chunk_size), so a "call" is 1,000 messages through each proxy.
 
 Needs: nginx, wrk and h2load (Debian: nginx-light wrk nghttp2-client; installed
 with apt-get when missing and run as root, unless --no-install) and, for the envoy
@@ -129,6 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=16,
         help="--workload grpc: concurrent streams per connection, h2load -m (default: 16)",
+    )
+    p.add_argument(
+        "--grpc-stream",
+        action="store_true",
+        help=f"--workload grpc: each call is a server stream of {grpc.STREAM_MESSAGES:,} small "
+        "messages, one DATA frame each, instead of a unary call",
     )
     p.add_argument(
         "--baseline-src",
@@ -462,16 +470,20 @@ def measure_grpc(
 ) -> dict[str, Any]:
     """The gRPC workload: closed-loop unary calls (h2load) and the CPU each process used."""
     c, m = args.grpc_connections, args.grpc_streams
+    method = grpc.STREAM_METHOD if args.grpc_stream else grpc.METHOD
     if args.warmup > 0:
         progress(f"{label}: warming up ({args.warmup:g} s)…")
-        grpc.h2load(tools.h2load, target.port, c, m, args.warmup, body)
+        grpc.h2load(tools.h2load, target.port, c, m, args.warmup, body, method=method)
     proxies = {k: p.pid for k, p in target.proxies.items()}
     support = {k: p.pid for k, p in target.support.items()}
-    progress(f"{label}: measuring gRPC unary calls, {c} conns x {m} streams ({args.duration:g} s)…")
+    kind = "server streams" if args.grpc_stream else "unary calls"
+    progress(f"{label}: measuring gRPC {kind}, {c} conns x {m} streams ({args.duration:g} s)…")
     spies = _py_spy(profile, target, args.duration) if profile is not None else []
     try:
         with CpuMeter({**proxies, **support, "nginx": backend.pid}) as cpu:
-            load = grpc.h2load(tools.h2load, target.port, c, m, args.duration, body, log)
+            load = grpc.h2load(
+                tools.h2load, target.port, c, m, args.duration, body, log, method=method
+            )
     finally:
         for spy in spies:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -1042,7 +1054,12 @@ def render_grpc(
         )
     parts = [
         (f"medians of {args.rounds} rounds; " if args.rounds > 1 else "")
-        + f"gRPC unary calls: h2load -c{c} -m{m} ({c * m} calls in flight), "
+        + (
+            f"gRPC server streams of {grpc.STREAM_MESSAGES:,} messages"
+            if args.grpc_stream
+            else "gRPC unary calls"
+        )
+        + f": h2load -c{c} -m{m} ({c * m} calls in flight), "
         f"{args.duration:g} s (latencies in ms; errors = non-2xx + failed + errored; "
         "CPU in % of one core; other = processes this run did not start)",
         _table(
@@ -1130,7 +1147,8 @@ def report_grpc(
                 "tool": "h2load",
                 "connections": args.grpc_connections,
                 "streams_per_connection": args.grpc_streams,
-                "method": grpc.METHOD,
+                "method": grpc.STREAM_METHOD if args.grpc_stream else grpc.METHOD,
+                "messages_per_call": grpc.STREAM_MESSAGES if args.grpc_stream else 1,
                 "request_bytes": len(grpc.grpc_message(grpc.REQUEST_PAYLOAD)),
                 "response_bytes": len(grpc.grpc_message(grpc.RESPONSE_PAYLOAD)),
             },

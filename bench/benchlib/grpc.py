@@ -37,6 +37,11 @@ METHOD = "/gossamer.bench.Echo/Unary"
 REQUEST_PAYLOAD = b"\x0a\x0bhello bench"
 RESPONSE_PAYLOAD = b"\x0a\x0bhello again"
 GRPC_HEADERS = (("content-type", "application/grpc"), ("te", "trailers"))
+# A server-streaming method (run.py --grpc-stream): each call is answered with
+# STREAM_MESSAGES messages, each in a DATA frame of its own, as a gRPC server that
+# flushes every message sends them.
+STREAM_METHOD = "/gossamer.bench.Echo/Stream"
+STREAM_MESSAGES = 1000
 
 
 def grpc_message(payload: bytes) -> bytes:
@@ -79,6 +84,19 @@ http {{
             add_trailer grpc-status 0 always;
             alias {dir}/response.bin;
         }}
+        location = {stream_method} {{
+            error_page 405 =200 /grpc-stream-response;
+            return 405;
+        }}
+        location = /grpc-stream-response {{
+            internal;
+            default_type application/grpc;
+            etag off;
+            add_trailer grpc-status 0 always;
+            # One message per DATA frame.
+            http2_chunk_size {message_bytes};
+            alias {dir}/stream.bin;
+        }}
     }}
 }}
 """
@@ -89,13 +107,22 @@ def start_backend(procs: Processes, nginx_bin: str, work: Path) -> tuple[int, Pr
     directory = work / "nginx-grpc"
     directory.mkdir()
     (directory / "response.bin").write_bytes(grpc_message(RESPONSE_PAYLOAD))
+    (directory / "stream.bin").write_bytes(grpc_message(RESPONSE_PAYLOAD) * STREAM_MESSAGES)
     for attempt in range(3):
         port = free_port()
         conf = directory / "nginx.conf"
         # The worker reads the answer from the run's private directory: run as root,
         # nginx would drop to an unprivileged user that cannot; it stays root instead.
         user = "user root;\n" if os.geteuid() == 0 else ""
-        conf.write_text(NGINX_GRPC_CONF.format(dir=directory, port=port, user=user))
+        conf.write_text(
+            NGINX_GRPC_CONF.format(
+                dir=directory,
+                port=port,
+                user=user,
+                stream_method=STREAM_METHOD,
+                message_bytes=len(grpc_message(RESPONSE_PAYLOAD)),
+            )
+        )
         proc = procs.spawn(
             "nginx-grpc", [nginx_bin, "-e", "stderr", "-p", str(directory), "-c", str(conf)]
         )
@@ -213,6 +240,13 @@ def verify(port: int, what: str) -> dict[str, Any]:
             raise BenchError(f"{what}: a grpcio call failed: {err}") from err
         if reply != RESPONSE_PAYLOAD or outcome.code() != grpc.StatusCode.OK:
             raise BenchError(f"{what}: grpcio got {reply!r}, {outcome.code()}")
+        stream = channel.unary_stream(STREAM_METHOD)
+        try:
+            replies = list(stream(REQUEST_PAYLOAD, timeout=10))
+        except grpc.RpcError as err:
+            raise BenchError(f"{what}: a grpcio server stream failed: {err}") from err
+        if replies != [RESPONSE_PAYLOAD] * STREAM_MESSAGES:
+            raise BenchError(f"{what}: a server stream brought {len(replies)} messages")
     checked["grpcio"] = f"ok ({grpc.__version__})"
     return checked
 
@@ -293,6 +327,7 @@ def h2load(
     seconds: float,
     body: Path,
     log_file: Path | None = None,
+    method: str = METHOD,
 ) -> GrpcLoadResult:
     """Closed-loop gRPC unary load for ``seconds``: ``connections`` x ``streams`` calls
     in flight at all times."""
@@ -310,7 +345,7 @@ def h2load(
     ]
     if log_file is not None:
         argv.append(f"--log-file={log_file}")
-    argv.append(f"http://127.0.0.1:{port}{METHOD}")
+    argv.append(f"http://127.0.0.1:{port}{method}")
     out = run_tool(argv, timeout=seconds + 30)
     return parse_h2load(out, log_file, connections, streams)
 
