@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from gossamer.proxy.dataplane import DataPlane, DataPlaneConfig
 from gossamer.workers import merge_metrics
 from tests.e2e.conftest import (
     GOSSAMER,
@@ -33,6 +34,7 @@ from tests.e2e.conftest import (
     start_control_plane,
     stop_process,
 )
+from tests.proxy.conftest import Pki, server_snapshot
 
 pytestmark = pytest.mark.e2e
 
@@ -210,7 +212,9 @@ def test_killing_a_worker_loses_no_listener_and_it_is_started_again(
     for w in (client, echo):
         victim = workers_of(w)[1]
         os.kill(victim["pid"], signal.SIGKILL)
-        # The listeners stay: worker 0 serves every new connection meanwhile.
+        # What was queued on the dead worker's own socket goes with it (decision 0100);
+        # once it is gone the listeners stay: worker 0 serves every new connection.
+        eventually("the killed worker is gone", lambda victim=victim: not _alive(victim["pid"]))
         for n in range(20):
             assert request(client.outbound, f"/while-{w.name}-restarts/{n}") == 200
         eventually(
@@ -299,3 +303,42 @@ def _alive(pid: int) -> bool:
 )
 def test_worker_metrics_merge_into_one_exposition(texts: list[str], merged: str) -> None:
     assert merge_metrics(texts) == merged
+
+
+class RecordingWorkers:
+    """Stands in for gossamer.workers.WorkerSet: what the data plane hands on."""
+
+    def __init__(self, count: int, demand: dict[str, int]) -> None:
+        self.share = 1.0 / count
+        self.sent: list[tuple[Any, ...]] = []
+        self._demand = demand
+
+    def broadcast(self, message: tuple[Any, ...]) -> None:
+        self.sent.append(message)
+
+    def demand(self) -> dict[str, int]:
+        return self._demand
+
+    def serve_metrics(self, conn: Any, own: str) -> None:
+        raise AssertionError("not asked")
+
+
+def test_each_process_takes_its_part_of_the_shares_and_the_demand_is_the_sum() -> None:
+    dp = DataPlane(DataPlaneConfig(), on_interest=lambda key: None)
+    workers = RecordingWorkers(2, {"shop/limit/echo": 3, "shop/other/echo": 1})
+    dp.workers = workers
+    dp.set_control_shares({"shop/limit/echo": 0.5, "shop/bad/echo": "x"})  # type: ignore[dict-item]
+    assert workers.sent == [("shares", {"shop/limit/echo": 0.25, "shop/bad/echo": "x"})]
+    assert dp.controls_shares == {"shop/limit/echo": 0.25, "shop/bad/echo": "x"}
+    assert dp.control_demand() == {"shop/limit/echo": 3, "shop/other/echo": 1}
+
+
+def test_the_snapshot_and_credentials_the_agent_gives_reach_the_workers(pki: Pki) -> None:
+    dp = DataPlane(DataPlaneConfig(), on_interest=lambda key: None)
+    workers = RecordingWorkers(2, {})
+    dp.workers = workers
+    creds = pki.issue("default", "echo")
+    snapshot = server_snapshot(pki, "echo-1", 8080)
+    dp.set_credentials(creds)
+    dp.apply_snapshot(snapshot)
+    assert workers.sent == [("credentials", creds), ("snapshot", snapshot)]

@@ -745,7 +745,10 @@ class DataPlane:
         workers, each process takes its part of that)."""
         if self.workers is not None:
             part = self.workers.share
-            shares = {name: share * part for name, share in shares.items()}
+            shares = {
+                name: share * part if isinstance(share, int | float) else share
+                for name, share in shares.items()
+            }
             self.workers.broadcast(("shares", shares))
         self.controls_shares = dict(shares)
         self.controls.set_shares(shares)
