@@ -177,6 +177,9 @@ class WorkerSet:
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
+        except OSError:
+            mine.close()
+            raise
         finally:
             theirs.close()
         worker.started_at = time.monotonic()
@@ -238,7 +241,21 @@ class WorkerSet:
 
     def _restart(self, worker: Worker) -> None:
         if not self._stopping:
-            self.dp.spawn(self._spawn(worker))
+            self.dp.spawn(self._respawn(worker))
+
+    async def _respawn(self, worker: Worker) -> None:
+        try:
+            await self._spawn(worker)
+        except OSError as err:
+            worker.pause = min(worker.pause * 2, RESTART_MAX)
+            log.error(
+                "worker %d could not be started again: %s; trying again in %.1fs",
+                worker.index,
+                err,
+                worker.pause,
+            )
+            timer = self.dp.loop.call_later(worker.pause, self._restart, worker)
+            self._timers.add(timer)
 
     def broadcast(self, message: tuple[Any, ...]) -> None:
         for worker in self.workers:
