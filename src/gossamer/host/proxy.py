@@ -453,8 +453,11 @@ class HostProxy:
             return await coro
         return await hosted.namespace.run(coro)
 
-    async def _stop(self, hosted: HostedWorkload, stop: Any = None) -> None:
-        """Stop the workload (leave the mesh, drain, close), or run `stop` instead."""
+    async def _stop(
+        self, hosted: HostedWorkload, stop: Coroutine[Any, Any, None] | None = None
+    ) -> None:
+        """Stop the workload (leave the mesh, drain, close), or run `stop` instead (a
+        drain after a handover); then end its namespace's thread."""
         thread = hosted.namespace
         try:
             await self._on_loop(hosted, stop or self._stop_workload(hosted))
