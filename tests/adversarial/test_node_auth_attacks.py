@@ -510,3 +510,35 @@ async def test_a_host_asking_again_and_again_cannot_grow_its_host_object_without
     got = json.loads(cp.cli("get", "host", "node-1", "-n", "gossamer-hosts", "-o", "json").stdout)
     entries = len((got.get("status") or {}).get("certificates") or ())
     assert refused > 0 or entries <= REASONABLE_OUTSTANDING, f"{entries} serials kept"
+
+
+@pytest.mark.asyncio
+async def test_asks_racing_the_removal_are_all_refused_once_the_removal_is_applied(
+    control_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    cp = control_plane
+    apply_host(cp, "node-1", ("shop", "web"))
+    session = await started_host(cp, tmp_path, "node-1")
+    try:
+        _, csr = await new_key_and_csr(WEB)
+        asked = {"namespace": "shop", "serviceAccount": "web", "csr": csr.decode()}
+
+        async def hammer(stop: asyncio.Event) -> list[int]:
+            statuses = []
+            for _ in range(500):  # bounded; the removal ends it sooner
+                if stop.is_set():
+                    break
+                statuses.append((await ask(session, asked))[0])
+            return statuses
+
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(hammer(stop)) for _ in range(4)]
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(apply_host, cp, "node-1")
+        stop.set()
+        during = [s for t in tasks for s in await t]
+        assert set(during) <= {200, 403}, during
+        after = [(await ask(session, asked))[0] for _ in range(20)]
+        assert after == [403] * 20
+    finally:
+        await session.stop()
