@@ -304,6 +304,51 @@ async def test_a_csr_holding_a_lone_surrogate_is_a_400_not_a_500(
         await session.stop()
 
 
+def web_workload(name: str, address: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "gossamer.dev/v1alpha1",
+        "kind": "Workload",
+        "metadata": {"name": name, "namespace": "shop", "labels": {"app": "web"}},
+        "spec": {"address": address, "inboundPort": 15006, "serviceAccount": "web"},
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="discovery.py:634/666/700 a Workload is owned by its namespace and service account "
+    "only: a host holding shop/web replaces or deletes another host's shop/web Workloads "
+    "(no NodeRestriction: nothing binds a Workload to the host that registered it)",
+)
+@pytest.mark.asyncio
+async def test_a_host_cannot_rewrite_or_remove_a_workload_another_host_registered(
+    control_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    cp = control_plane
+    apply_host(cp, "node-1", ("shop", "web"))
+    apply_host(cp, "node-2", ("shop", "web"))
+    node1 = await started_host(cp, tmp_path, "node-1")
+    node2 = await started_host(cp, tmp_path, "node-2")
+    try:
+        mine = workload_creds(*await node2.workload_certificate("shop", "web", first=True))
+        ctx2 = control_plane_context(mine.bundle_pem, mine)
+        status, answer = await node2._client.request(
+            "PUT", "/v1/workloads/shop/web-2", ctx2, web_workload("web-2", "10.0.0.2")
+        )
+        assert status < 300, answer
+        theirs = workload_creds(*await node1.workload_certificate("shop", "web", first=True))
+        ctx1 = control_plane_context(theirs.bundle_pem, theirs)
+        # node-1 points node-2's replica at itself, then removes it.
+        status, _ = await node1._client.request(
+            "PUT", "/v1/workloads/shop/web-2", ctx1, web_workload("web-2", "10.0.0.1")
+        )
+        assert status == 403, "node-1 rewrote node-2's Workload"
+        status, _ = await node1._client.request("DELETE", "/v1/workloads/shop/web-2", ctx1)
+        assert status == 403, "node-1 deleted node-2's Workload"
+    finally:
+        await node1.stop()
+        await node2.stop()
+
+
 # ---- what holds ---------------------------------------------------------------------
 
 
