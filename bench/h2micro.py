@@ -61,6 +61,9 @@ RESPONSE_HEADERS = [
 ]
 TRAILERS = [(b"grpc-status", b"0")]
 CALLS_PER_CONNECTION = 5_000
+# Messages the backend answers each call with, a DATA frame each (--messages: a server
+# stream when more than one).
+MESSAGES = 1
 
 
 class Pipe(asyncio.Transport):
@@ -128,6 +131,7 @@ async def _turn() -> None:
 
 def _serve(backend: h2.connection.H2Connection, data: bytes) -> None:
     body = grpc_message(RESPONSE_PAYLOAD)
+    head = RESPONSE_HEADERS if MESSAGES == 1 else RESPONSE_HEADERS[:4] + RESPONSE_HEADERS[5:]
     for event in backend.receive_data(data):
         if isinstance(event, h2.events.DataReceived):
             backend.acknowledge_received_data(
@@ -135,8 +139,9 @@ def _serve(backend: h2.connection.H2Connection, data: bytes) -> None:
             )
         if isinstance(event, h2.events.StreamEnded):
             sid = event.stream_id or 0
-            backend.send_headers(sid, RESPONSE_HEADERS)
-            backend.send_data(sid, body)
+            backend.send_headers(sid, head)
+            for _ in range(MESSAGES):
+                backend.send_data(sid, body)
             backend.send_headers(sid, TRAILERS, end_stream=True)
 
 
@@ -250,7 +255,15 @@ def main() -> int:
         default="both",
         help="the proxy's HPACK codec (default: each one built here)",
     )
+    p.add_argument(
+        "--messages",
+        type=int,
+        default=1,
+        help="messages per answer, a DATA frame each (default 1: unary; 1000: a server stream)",
+    )
     args = p.parse_args()
+    global MESSAGES
+    MESSAGES = args.messages
     codecs = [args.codec] if args.codec != "both" else [h2codec.PYTHON.name]
     if args.codec == "both" and h2codec.NATIVE is not None:
         codecs.append(h2codec.NATIVE.name)

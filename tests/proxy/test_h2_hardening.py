@@ -372,8 +372,9 @@ async def test_window_updates_beyond_envoys_allowance_get_goaway_enhance_your_ca
     app.receive_data(hop.up_pipe.take())
     app.send_headers(1, RESPONSE)
     for _ in range(3):
+        # One read each: DATA frames read together go on as one (http2._coalesce).
         app.send_data(1, b"x" * 100)
-    hop.up.data_received(app.data_to_send())
+        hop.up.data_received(app.data_to_send())
     await _turn()
     received = client.receive_data(hop.down_pipe.take())
     assert sum(isinstance(e, h2.events.DataReceived) for e in received) == 3

@@ -640,7 +640,12 @@ class H2Connection(asyncio.Protocol):
                 # The end rides on this DATA frame: send it on the last one too,
                 # not as an empty DATA frame of its own (StreamEnded comes next).
                 other.ended = True
-            other.conn.pump(other)
+            if _pumps is None:
+                other.conn.pump(other)
+            elif len(other.pending) == 1:
+                # Sent when the read is handled: what else it brings for this stream
+                # goes in the same DATA frame (`pump`).
+                _pumps.append(other)
         elif other.carrier is not None:
             other.carrier.send()
 
@@ -888,6 +893,13 @@ class H2Connection(asyncio.Protocol):
                 )
                 if window <= 0 and data:
                     break
+                if len(pending) > 1 and len(data) < window:
+                    # Many small DATA frames came in one read (a stream of gRPC
+                    # messages): as many as fit go on in one frame, which h2 costs
+                    # as much to send as each of them would.
+                    item = _coalesce(pending, window)
+                    data = cast(bytes, item[0])
+                    ack = cast(int, item[1])
                 if len(data) > window:
                     h2conn.send_data(stream_id, data[:window])
                     item[0] = data[window:]
@@ -1209,16 +1221,44 @@ class _Malformed(h2.exceptions.ProtocolError):
 _owed: list[H2Connection] | None = None
 
 
+# The stream halves DATA was queued on during the read, pumped at its end.
+_pumps: list[_Half] | None = None
+
+
 def _begin_read() -> None:
-    global _owed
+    global _owed, _pumps
     _owed = []
+    _pumps = []
 
 
 def _end_read() -> None:
-    global _owed
+    global _owed, _pumps
+    pumps, _pumps = _pumps, None
+    for half in pumps or ():
+        if half.conn is not None:
+            half.conn.pump(half)
     owed, _owed = _owed, None
     for conn in owed or ():
         conn._write_out()
+
+
+def _coalesce(pending: deque[list[object]], limit: int) -> list[object]:
+    """Join the queued chunks at the head of `pending` into one of at most `limit`
+    bytes (with the flow-control credit they owe together), in its place."""
+    parts: list[bytes] = []
+    size = owed = 0
+    for chunk, ack in pending:
+        length = len(cast(bytes, chunk))
+        if parts and size + length > limit:
+            break
+        parts.append(cast(bytes, chunk))
+        size += length
+        owed += cast(int, ack)
+    for _ in parts:
+        pending.popleft()
+    item: list[object] = [b"".join(parts), owed]
+    pending.appendleft(item)
+    return item
 
 
 class _Flood(h2.exceptions.ProtocolError):
