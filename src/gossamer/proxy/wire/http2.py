@@ -58,6 +58,8 @@ counted like a control frame, so a client that ignores the GOAWAY is cut off.
 Cost (decision 0044): what a read makes a connection send goes out in one write when
 the read is handled (`flush`), and a request's end rides on its last DATA frame. HPACK
 is libnghttp2's, through a C extension, where it was built (`h2codec`, decision 0097).
+The DATA a read brings for a stream goes on in as few frames as fit (`_coalesce`,
+decision 0099), and DATA on a stream this end reset is ignored (decision 0098).
 """
 
 from __future__ import annotations
