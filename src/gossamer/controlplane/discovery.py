@@ -748,10 +748,17 @@ class Discovery:
             session = await self._open_session(identity, hello, ws)
         except (TimeoutError, TypeError, ValueError, IdentityError, NotFound, StoreError) as err:
             reason = str(err) or "expected a hello message"
+            if ws.closed or ws.close_code is not None or request.transport is None:
+                # The proxy went away before its hello (it gave up, or lost the link):
+                # nothing to refuse, and no one to tell.
+                log.info("discovery stream from %s closed before its hello", identity)
+                return ws
             log.warning("discovery stream from %s refused: %s", identity, reason)
             self.refused("stream", str(identity), reason)
-            await ws.send_json({"type": "error", "message": reason})
-            await ws.close()
+            # Best effort: the proxy may close the stream while it is being refused.
+            with contextlib.suppress(ConnectionError):
+                await ws.send_json({"type": "error", "message": reason})
+                await ws.close()
             return ws
         key = (session.namespace, session.workload)
         previous = self._sessions.get(key)
