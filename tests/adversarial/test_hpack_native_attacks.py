@@ -264,6 +264,52 @@ def test_random_and_mutated_blocks_decode_as_hpack_decodes_them_under_asan(
     assert "'same': 0" not in done.stdout and "'both_refused': 0" not in done.stdout, done.stdout
 
 
+# The encoder under ASan: up to 300 fields a block (past the 64 kept on the stack), values
+# up to 20 KB, sensitive triples and never-indexed tuples, str and bytes, and the peer's
+# table size changing between blocks, each block decoded by hpack as sent.
+ENCODER_FUZZ = """
+import random
+rnd = random.Random({seed})
+TEXT = bytes(rnd.randint(32, 126) for _ in range(40000))
+enc, dec = N.Encoder(), hpack.Decoder()
+dec.max_header_list_size = 1 << 30
+for it in range({iterations}):
+    for _ in range(rnd.choice([0, 0, 0, 1, 2])):
+        size = rnd.choice([0, 1, 100, 4096, 65536])
+        enc.header_table_size = size
+        dec.max_allowed_table_size = max(dec.max_allowed_table_size, size)
+    fields, want = [], []
+    for _ in range(rnd.choice([0, 1, 5, 63, 64, 65, 300])):
+        name = b"x-%d" % rnd.randrange(100)
+        start = rnd.randrange(len(TEXT) - 20000)
+        value = TEXT[start : start + rnd.choice([0, 3, 100] * 20 + [20000])]
+        kind = rnd.random()
+        if kind < .1:
+            fields.append(hpack.NeverIndexedHeaderTuple(name, value))
+        elif kind < .2:
+            fields.append((name, value, True))
+        elif kind < .3:
+            fields.append((name.decode(), value.decode()))
+        else:
+            fields.append((name, value))
+        want.append((name, value))
+    got = dec.decode(enc.encode(fields), raw=True)
+    if got != want:
+        print("PROBLEM", it, len(fields))
+        break
+print("done")
+"""
+
+
+def test_the_encoder_round_trips_big_and_many_field_blocks_under_asan(
+    asan: tuple[Path, str],
+) -> None:
+    done = run_asan(asan, ENCODER_FUZZ.format(seed=7, iterations=100))
+    assert "AddressSanitizer" not in done.stderr, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "done", done.stdout
+
+
 # Blocks that must be refused, each under ASan and followed by a good block on the same
 # decoder (refused too: the table is no longer the peer's).
 HOSTILE_BLOCKS = {
