@@ -17,6 +17,7 @@ and go on serving other connections. Every loop is bounded in count and time.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import resource
@@ -30,10 +31,11 @@ from pathlib import Path
 import hpack
 import pytest
 from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
-from hyperframe.frame import ContinuationFrame, HeadersFrame, SettingsFrame
+from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame, SettingsFrame
 
 from gossamer.proxy.wire import h2codec
 from tests.proxy.conftest import Pki
+from tests.proxy.test_e2e_upgrade import two_proxies
 from tests.proxy.test_h2_hardening import RawH2, echo_mesh, open_to, request
 
 if h2codec.NATIVE is None:
@@ -564,3 +566,85 @@ async def test_a_continuation_flood_is_cut_before_it_is_decoded(
             assert await raw.get(1, request()) == 200
         finally:
             await raw.close()
+
+
+class HostileH2App:
+    """An h2c app that answers every request with the same hostile response header block."""
+
+    def __init__(self, block: bytes) -> None:
+        self.block = block
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await reader.readexactly(24)  # the client preface
+            writer.write(SettingsFrame(0).serialize())
+            while True:
+                frame, length = Frame.parse_frame_header(memoryview(await reader.readexactly(9)))
+                frame.parse_body(memoryview(await reader.readexactly(length)))
+                if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
+                    writer.write(SettingsFrame(0, flags=["ACK"]).serialize())
+                elif isinstance(frame, HeadersFrame):
+                    answer = HeadersFrame(frame.stream_id, self.block)
+                    answer.flags.add("END_HEADERS")
+                    answer.flags.add("END_STREAM")
+                    writer.write(answer.serialize())
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+GRPC_CALL = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":authority", b"echo"),
+    (b":path", b"/pkg.Echo/Unary"),
+    (b"content-type", b"application/grpc"),
+    (b"te", b"trailers"),
+]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "name", ["prefix integer overflow in an index", "huffman EOS", "hpack bomb"]
+)
+@pytest.mark.asyncio
+async def test_a_hostile_upstream_response_block_fails_the_call_not_the_proxy(
+    pki: Pki, native_codec: None, name: str
+) -> None:
+    app = HostileH2App(E2E_BLOCKS[name])
+    port = await app.start()
+    try:
+        async with two_proxies(pki, port, "grpc") as (client, _server):
+            assert client.outbound_address is not None
+            for attempt in range(3):
+                raw = await RawH2.open(client.outbound_address)
+                try:
+                    await raw.send(raw.headers(1, GRPC_CALL, end_stream=False))
+                    await raw.send(raw.data(1, b"\x00\x00\x00\x00\x00", end_stream=True))
+                    assert await raw.settled(1), f"{name}: call {attempt} never ended"
+                    fields = dict(raw.heads.get(1, []))
+                    failed = (
+                        1 in raw.resets
+                        or fields.get(b"grpc-status", b"0") != b"0"
+                        or (fields.get(b":status", b"200") != b"200")
+                    )
+                    assert failed, (name, fields)
+                finally:
+                    await raw.close()
+            assert app.connections >= 1
+    finally:
+        await app.close()
