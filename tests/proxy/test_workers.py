@@ -233,8 +233,13 @@ def test_killing_a_worker_loses_no_listener_and_it_is_started_again(
     assert outbound_requests(get_text(admin_of(client, workers[1]), "/metrics")) > before
 
 
-def test_killing_the_supervisor_kills_the_workers(
-    mesh: tuple[ControlPlaneProcess, Workload, Workload], tmp_path: Path
+@pytest.mark.parametrize(
+    "how",
+    [signal.SIGKILL, signal.SIGTERM],
+    ids=["killing the supervisor kills the workers", "stopping the proxy stops its workers"],
+)
+def test_the_workers_end_with_their_supervisor(
+    mesh: tuple[ControlPlaneProcess, Workload, Workload], tmp_path: Path, how: signal.Signals
 ) -> None:
     cp = mesh[0]
     admin = f"127.0.0.1:{free_port()}"
@@ -246,7 +251,7 @@ def test_killing_the_supervisor_kills_the_workers(
                 "--inbound", f"127.0.0.1:{free_port()}", "--outbound", f"127.0.0.1:{free_port()}",
                 "--admin", admin, "--discovery", cp.discovery, "--server", cp.api,
                 "--token-file", str(cp.token_file), "--state-dir", str(tmp_path / "state"),
-                "--workers", "2",
+                "--workers", "2", "--drain-seconds", "0",
             ],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -255,8 +260,8 @@ def test_killing_the_supervisor_kills_the_workers(
         lonely.wait_ready(timeout=60)
         worker = workers_of(lonely)[1]["pid"]
         assert worker is not None and worker != proxy.pid
-        proxy.kill()
-        proxy.wait()
+        proxy.send_signal(how)
+        proxy.wait(timeout=30)
         eventually("the worker ends with its supervisor", lambda: not _alive(worker))
     finally:
         stop_process(proxy)
