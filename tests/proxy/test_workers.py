@@ -347,3 +347,13 @@ def test_the_snapshot_and_credentials_the_agent_gives_reach_the_workers(pki: Pki
     dp.set_credentials(creds)
     dp.apply_snapshot(snapshot)
     assert workers.sent == [("credentials", creds), ("snapshot", snapshot)]
+
+
+def test_workers_with_the_envoy_engine_is_refused_and_says_why() -> None:
+    done = subprocess.run(
+        [*GOSSAMER, "proxy", "--name", "x", "--workers", "2", "--engine", "envoy",
+         "--xds", "127.0.0.1:1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "--workers is for Gossamer's own proxy, not --engine envoy" in done.stderr

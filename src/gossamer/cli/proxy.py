@@ -505,6 +505,9 @@ def run_proxy(args: argparse.Namespace) -> int:
     if args.engine == "envoy":
         from gossamer.cli.envoy import run_envoy_proxy
 
+        if args.workers > 1:
+            # Said, not ignored: Envoy runs one worker thread here (--concurrency 1).
+            fail("--workers is for Gossamer's own proxy, not --engine envoy")
         return run_envoy_proxy(args)
 
     logging.basicConfig(
