@@ -16,6 +16,7 @@ import random
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import hpack
@@ -36,6 +37,8 @@ if h2codec.NATIVE is None:
         pytrace=False,
     )
 NATIVE = h2codec.NATIVE
+from gossamer.proxy.wire import _h2native  # noqa: E402  (built: checked just above)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 GRPC_REQUEST = [
@@ -99,6 +102,36 @@ def test_a_dict_and_sensitive_triples_are_taken_as_hpack_takes_them() -> None:
     assert hpack.Decoder().decode(enc.encode({b"x-a": b"1"}), raw=True) == [(b"x-a", b"1")]
     (got,) = hpack.Decoder().decode(enc.encode([(b"x-secret", b"s", True)]), raw=True)
     assert isinstance(got, hpack.NeverIndexedHeaderTuple)
+
+
+def test_a_headers_list_emptied_while_it_is_encoded_is_encoded_as_it_was() -> None:
+    # The encoder reads its own copy: a field's __iter__ that clears the list cannot
+    # free what it reads (an adversarial test found a use-after-free here).
+    headers: list[object] = []
+
+    class Field:
+        def __iter__(self) -> Iterator[bytes]:
+            headers.clear()
+            return iter([b"x-a", b"1"])
+
+    headers.extend([Field(), *[(b"x-%d" % i, b"v") for i in range(10)]])
+    block = NATIVE.encoder().encode(headers)
+    assert hpack.Decoder().decode(block, raw=True) == [
+        (b"x-a", b"1"),
+        *[(b"x-%d" % i, b"v") for i in range(10)],
+    ]
+
+
+def test_a_name_and_value_both_not_utf8_are_an_hpack_decoding_error() -> None:
+    with pytest.raises(HPACKDecodingError, match="UTF-8"):
+        NATIVE.decoder().decode(b"\x00\x01\xff\x01\xff", raw=False)
+
+
+def test_an_encoder_and_decoder_work_though_init_never_ran() -> None:
+    decoder = _h2native.Decoder.__new__(_h2native.Decoder)
+    assert decoder.decode(b"\x82", raw=True) == [(b":method", b"GET")]
+    encoder = _h2native.Encoder.__new__(_h2native.Encoder)
+    assert hpack.Decoder().decode(encoder.encode([(b"a", b"b")]), raw=True) == [(b"a", b"b")]
 
 
 def test_a_header_list_over_the_limit_is_oversized() -> None:

@@ -32,17 +32,25 @@ typedef struct {
     Py_ssize_t table_size;
 } Encoder;
 
+/* The deflater is made here, not in __init__: a subclass's __init__ that does not call
+ * ours, or Encoder.__new__ alone, must still leave a usable object. */
+static PyObject *Encoder_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Encoder *self = (Encoder *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    if (nghttp2_hd_deflate_new(&self->deflater, DEFAULT_TABLE_SIZE) != 0) {
+        self->deflater = NULL;
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    self->table_size = DEFAULT_TABLE_SIZE;
+    return (PyObject *)self;
+}
+
 static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist))
         return -1;
-    if (self->deflater == NULL) {
-        if (nghttp2_hd_deflate_new(&self->deflater, DEFAULT_TABLE_SIZE) != 0) {
-            PyErr_NoMemory();
-            return -1;
-        }
-    }
-    self->table_size = DEFAULT_TABLE_SIZE;
     return 0;
 }
 
@@ -76,20 +84,25 @@ static PyObject *Encoder_encode(Encoder *self, PyObject *args, PyObject *kwds) {
         return NULL;
     (void)huffman;
 
+    /* A tuple of our own: what a field's __iter__ or a flag's __bool__ does to the list
+     * it came from cannot free what is read here. */
     PyObject *items;
     if (PyDict_Check(headers)) {
         PyObject *view = PyDict_Items(headers);
         if (view == NULL)
             return NULL;
-        items = PySequence_Fast(view, "headers must be iterable");
+        items = PySequence_Tuple(view);
         Py_DECREF(view);
+    } else if (PyTuple_CheckExact(headers)) {
+        Py_INCREF(headers);
+        items = headers;
     } else {
-        items = PySequence_Fast(headers, "headers must be an iterable of (name, value)");
+        items = PySequence_Tuple(headers);
     }
     if (items == NULL)
         return NULL;
 
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
     nghttp2_nv stack_nva[STACK_FIELDS];
     PyObject *stack_keep[2 * STACK_FIELDS];
     nghttp2_nv *nva = stack_nva;
@@ -105,9 +118,8 @@ static PyObject *Encoder_encode(Encoder *self, PyObject *args, PyObject *kwds) {
         }
     }
 
-    PyObject **fields = PySequence_Fast_ITEMS(items);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *field = fields[i];
+        PyObject *field = PyTuple_GET_ITEM(items, i);
         Py_ssize_t size;
         PyObject *name, *value;
         int sensitive = 0;
@@ -125,7 +137,7 @@ static PyObject *Encoder_encode(Encoder *self, PyObject *args, PyObject *kwds) {
                 PyObject_TypeCheck(field, (PyTypeObject *)NeverIndexedHeaderTuple)) {
                 sensitive = 1;
             } else if (size > 2 && !PyObject_TypeCheck(field, (PyTypeObject *)HeaderTuple)) {
-                sensitive = PyObject_IsTrue(PyTuple_GET_ITEM(field, 2));
+                sensitive = PyObject_IsTrue(PyTuple_GET_ITEM(field, 2)); /* a tuple holds it */
                 if (sensitive < 0) {
                     Py_DECREF(name);
                     Py_DECREF(value);
@@ -134,21 +146,22 @@ static PyObject *Encoder_encode(Encoder *self, PyObject *args, PyObject *kwds) {
             }
         } else {
             /* Any other sequence: hpack takes (name, value) or (name, value, sensitive). */
-            PyObject *seq = PySequence_Fast(field, "a header field is a (name, value) pair");
+            /* A tuple copy, which holds its items whatever __bool__ does. */
+            PyObject *seq = PySequence_Tuple(field);
             if (seq == NULL)
                 goto done;
-            size = PySequence_Fast_GET_SIZE(seq);
+            size = PyTuple_GET_SIZE(seq);
             if (size < 2) {
                 Py_DECREF(seq);
                 PyErr_SetString(PyExc_ValueError, "a header field is a (name, value) pair");
                 goto done;
             }
-            name = PySequence_Fast_GET_ITEM(seq, 0);
-            value = PySequence_Fast_GET_ITEM(seq, 1);
+            name = PyTuple_GET_ITEM(seq, 0);
+            value = PyTuple_GET_ITEM(seq, 1);
             Py_INCREF(name);
             Py_INCREF(value);
             if (size > 2) {
-                sensitive = PyObject_IsTrue(PySequence_Fast_GET_ITEM(seq, 2));
+                sensitive = PyObject_IsTrue(PyTuple_GET_ITEM(seq, 2));
             }
             Py_DECREF(seq);
             if (sensitive < 0) {
@@ -244,7 +257,7 @@ static PyTypeObject EncoderType = {
     .tp_doc = "HPACK encoder (nghttp2's deflater) with hpack.Encoder's interface.",
     .tp_basicsize = sizeof(Encoder),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Encoder_new,
     .tp_init = (initproc)Encoder_init,
     .tp_dealloc = (destructor)Encoder_dealloc,
     .tp_methods = Encoder_methods,
@@ -262,20 +275,28 @@ typedef struct {
     int broken;
 } Decoder;
 
+/* As for the Encoder: made in __new__, so that an object __init__ never ran on works. */
+static PyObject *Decoder_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    Decoder *self = (Decoder *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    if (nghttp2_hd_inflate_new(&self->inflater) != 0) {
+        self->inflater = NULL;
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    self->max_header_list_size = DEFAULT_MAX_HEADER_LIST_SIZE;
+    self->max_allowed_table_size = DEFAULT_TABLE_SIZE;
+    self->broken = 0;
+    return (PyObject *)self;
+}
+
 static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"max_header_list_size", NULL};
     Py_ssize_t max_header_list_size = DEFAULT_MAX_HEADER_LIST_SIZE;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n", kwlist, &max_header_list_size))
         return -1;
-    if (self->inflater == NULL) {
-        if (nghttp2_hd_inflate_new(&self->inflater) != 0) {
-            PyErr_NoMemory();
-            return -1;
-        }
-    }
     self->max_header_list_size = max_header_list_size;
-    self->max_allowed_table_size = DEFAULT_TABLE_SIZE;
-    self->broken = 0;
     return 0;
 }
 
@@ -317,16 +338,20 @@ static int check_size_updates(Decoder *self, const uint8_t *p, size_t len) {
 
 static PyObject *field_tuple(PyObject *type, const nghttp2_nv *nv, int raw) {
     PyObject *name, *value;
+    /* The value is made only once the name is: never with an exception already set. */
     if (raw) {
         name = PyBytes_FromStringAndSize((const char *)nv->name, (Py_ssize_t)nv->namelen);
+        if (name == NULL)
+            return NULL;
         value = PyBytes_FromStringAndSize((const char *)nv->value, (Py_ssize_t)nv->valuelen);
     } else {
         name = PyUnicode_DecodeUTF8((const char *)nv->name, (Py_ssize_t)nv->namelen, NULL);
+        if (name == NULL)
+            return NULL;
         value = PyUnicode_DecodeUTF8((const char *)nv->value, (Py_ssize_t)nv->valuelen, NULL);
     }
-    if (name == NULL || value == NULL) {
-        Py_XDECREF(name);
-        Py_XDECREF(value);
+    if (value == NULL) {
+        Py_DECREF(name);
         return NULL;
     }
     /* What tuple.__new__(cls, (name, value)) makes, without the call. */
@@ -484,7 +509,7 @@ static PyTypeObject DecoderType = {
     .tp_doc = "HPACK decoder (nghttp2's inflater) with hpack.Decoder's interface.",
     .tp_basicsize = sizeof(Decoder),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Decoder_new,
     .tp_init = (initproc)Decoder_init,
     .tp_dealloc = (destructor)Decoder_dealloc,
     .tp_methods = Decoder_methods,
