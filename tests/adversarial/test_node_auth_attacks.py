@@ -224,12 +224,6 @@ def sds_certificate(xds: tuple[str, int], creds: Credentials, workload: str) -> 
     return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="xds/server.py:505 _renew_if_due issues a fresh SDS certificate to any peer "
-    "holding a host-issued workload certificate: a host keeps an identity its Host no "
-    "longer lists, for ever (the renew guard covers only POST /v1/identity/renew)",
-)
 @pytest.mark.asyncio
 async def test_a_host_issued_certificate_buys_no_sds_certificate_after_the_workload_leaves_the_host(
     tmp_path: Path,
@@ -275,14 +269,7 @@ async def test_a_host_issued_certificate_buys_no_sds_certificate_after_the_workl
     "path",
     [
         CERTIFICATES_PATH,  # fixed in e9e488d
-        pytest.param(
-            RENEW_PATH,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="discovery.py:569 _issue calls csr.encode() on the JSON string: a CSR "
-                "holding a lone surrogate (\\udcff) raises UnicodeEncodeError, answered 500",
-            ),
-        ),
+        RENEW_PATH,
     ],
 )
 @pytest.mark.asyncio
@@ -309,12 +296,6 @@ def web_workload(name: str, address: str) -> dict[str, Any]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="discovery.py:634/666/700 a Workload is owned by its namespace and service account "
-    "only: a host holding shop/web replaces or deletes another host's shop/web Workloads "
-    "(no NodeRestriction: nothing binds a Workload to the host that registered it)",
-)
 @pytest.mark.asyncio
 async def test_a_host_cannot_rewrite_or_remove_a_workload_another_host_registered(
     control_plane: ControlPlaneProcess, tmp_path: Path

@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -41,11 +42,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
+from cryptography import x509
 
 from gossamer.controlplane.aggregate import AggregateRates, SharedDemand
 from gossamer.controlplane.api import BadRequest, error_response, errors_middleware, read_json
 from gossamer.controlplane.snapshotcache import BuildKey, SnapshotCache, services_selecting
 from gossamer.errors import IdentityError, InvalidResource, NotFound, StoreError, Unauthorized
+from gossamer.identity.ca import issued_through_host
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.resources import to_dict, validate
 from gossamer.store import Compacted
@@ -80,6 +83,9 @@ _HELD_BY = "discovery stream held by replica "
 # Refusals kept for `gossamer check` (Discovery.refused): how many, and for how long.
 MAX_REFUSALS = 64
 REFUSALS_KEPT_SECONDS = 600.0
+# Set on a Workload a host proxy registered (per-host mode): which host, from the CA's
+# mark in its certificate. Only that host may change or remove the Workload.
+HOST_ANNOTATION = "gossamer.dev/registered-through-host"
 MESH_KINDS = frozenset({"Service", "Workload", "HTTPRoute", "AuthorizationPolicy", "MeshPolicy"})
 # The traffic policies (gossamer.resources.policies) shape snapshots too.
 MESH_KINDS |= frozenset({"RetryPolicy", "OutlierPolicy", "CircuitBreakerPolicy", "FaultPolicy"})
@@ -105,6 +111,23 @@ def peer_identity(request: web.Request) -> SpiffeId | None:
         return SpiffeId.parse(spiffe[0])
     except ValueError:
         return None
+
+
+def peer_host(request: web.Request) -> str | None:
+    """The host a caller's certificate was issued through (per-host mode), or None.
+
+    Read from the certificate itself (`gossamer.identity.ca.HOST_ISSUED_OID`)."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return issued_through_host(x509.load_der_x509_certificate(der)) if der else None
+
+
+def _registered_through(obj: Mapping[str, Any]) -> str | None:
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    host = annotations.get(HOST_ANNOTATION)
+    return host if isinstance(host, str) else None
 
 
 def _condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
@@ -566,7 +589,7 @@ class Discovery:
     async def _issue(self, csr: object, identity: SpiffeId, actor: str) -> web.Response:
         if not isinstance(csr, str):
             return error_response(400, "BadRequest", "csr: required (PEM text)")
-        issued = self.cp.ca.sign_csr(csr.encode(), identity, ttl=self.cp.config.certificate_ttl)
+        issued = self.cp.ca.sign_csr(csr, identity, ttl=self.cp.config.certificate_ttl)
         await self.cp.astore.run(
             self.cp.audit.record,
             actor,
@@ -638,6 +661,22 @@ class Discovery:
                 f"with service account {service_account!r}"
             )
 
+    @staticmethod
+    def _check_node(request: web.Request, current: Mapping[str, Any]) -> None:
+        """A Workload registered through a host changes only through that host, and a
+        host changes no other Workload (Kubernetes' NodeRestriction, for node
+        authorization: decision 0064), even when both hold the same identity."""
+        caller, registered = peer_host(request), _registered_through(current)
+        if caller == registered:
+            return
+        meta = current.get("metadata") or {}
+        by = f"host {registered!r}" if registered else "a sidecar (not through a host)"
+        via = f"through host {caller!r}" if caller else "as a sidecar"
+        raise IdentityError(
+            f"workload {meta.get('namespace')}/{meta.get('name')} was registered by {by}; "
+            f"a caller {via} may not change or remove it (an operator deletes it first)"
+        )
+
     async def register(self, request: web.Request) -> web.Response:
         try:
             return await self._register(request)
@@ -664,11 +703,20 @@ class Discovery:
         ) != (namespace, name):
             raise web.HTTPBadRequest(reason="body must be the Workload named in the path")
         self._check_owner(identity, namespace, obj["spec"].get("serviceAccount", "default"))
+        annotations = obj["metadata"].setdefault("annotations", {})
+        host = peer_host(request)
+        if host is None:
+            annotations.pop(HOST_ANNOTATION, None)  # only the CA's mark says so
+        else:
+            annotations[HOST_ANNOTATION] = host
+        if not annotations:
+            del obj["metadata"]["annotations"]
         try:
             current = await self.cp.astore.get("Workload", namespace, name)
         except NotFound:
             current = None
         if current is not None:
+            self._check_node(request, current)
             owner = current["spec"].get("serviceAccount", "default")
             if owner != identity.service_account:
                 raise IdentityError(
@@ -700,6 +748,7 @@ class Discovery:
         namespace, name = request.match_info["namespace"], request.match_info["name"]
         current = await self.cp.astore.get("Workload", namespace, name)
         self._check_owner(identity, namespace, current["spec"].get("serviceAccount", "default"))
+        self._check_node(request, current)
         obj = await self.cp.astore.delete("Workload", namespace, name)
         log.info("workload %s/%s removed by %s", namespace, name, identity)
         return web.json_response(obj)
@@ -711,6 +760,7 @@ class Discovery:
         body = await self._json_body(request)
         current = await self.cp.astore.get("Workload", namespace, name)
         self._check_owner(identity, namespace, current["spec"].get("serviceAccount", "default"))
+        self._check_node(request, current)
         ready, message = body.get("ready"), body.get("message", "")
         if not isinstance(ready, bool) or not isinstance(message, str):
             return error_response(400, "BadRequest", "ready: must be a boolean; message: a string")

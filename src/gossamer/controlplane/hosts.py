@@ -11,9 +11,11 @@ and the CA signs only while the operator's `Host` object for that host lists the
 identity (gossamer.resources.host). Every issue and every refusal is audited.
 
 A certificate issued this way renews only here, so removing the identity from the Host
-stops its renewal: the serials issued through a host are in the audit log (action
-`certificate.issue.host`), and `POST /v1/identity/renew` (the sidecar's path, which
-renews any identity it is shown) refuses them, whether or not the Host still exists.
+stops its renewal: the CA marks it with the host's name (`HOST_ISSUED_OID`, a private
+extension in the certificate itself, so no lookup and no state can forget it), and both
+other ways to a new certificate refuse a marked one: `POST /v1/identity/renew` (the
+sidecar's path, which renews any identity it is shown) and an xDS stream's SDS secret,
+whether or not the Host still exists. Issues are audited as `certificate.issue.host`.
 Kubernetes' Node authorizer and NodeRestriction admission do the same for kubelets;
 Istio's ztunnel asks istiod for its pods' certificates the same way.
 See docs/decisions/0064-node-authorization.md.
@@ -22,17 +24,15 @@ See docs/decisions/0064-node-authorization.md.
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from aiohttp import web
 
 from gossamer.controlplane.api import error_response, read_json
-from gossamer.controlplane.discovery import require_identity
+from gossamer.controlplane.discovery import peer_host, require_identity
 from gossamer.errors import IdentityError, NotFound
-from gossamer.host import CERTIFICATES_PATH, HOSTS_NAMESPACE
+from gossamer.host import CERTIFICATES_PATH, HOSTS_NAMESPACE, renews_only_through
 from gossamer.identity.spiffe import SpiffeId
 
 if TYPE_CHECKING:
@@ -42,8 +42,6 @@ log = logging.getLogger("gossamer.controlplane.hosts")
 
 RENEW_PATH: Final = "/v1/identity/renew"
 ISSUE_ACTION: Final = "certificate.issue.host"
-MAX_LOOKUP: Final = 1_000_000
-CLOCK_SKEW: Final = timedelta(hours=1)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -61,19 +59,6 @@ def allowed(host_object: dict[str, Any], namespace: str, service_account: str) -
         ):
             return True
     return False
-
-
-def _peer_serial(request: web.Request) -> int | None:
-    transport = request.transport
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
-        return None
-    cert = ssl_object.getpeercert()
-    serial = cert.get("serialNumber") if cert else None
-    try:
-        return int(str(serial), 16) if serial else None
-    except ValueError:
-        return None
 
 
 class HostAuthority:
@@ -158,7 +143,9 @@ class HostAuthority:
                 f"list namespace {namespace!r}, service account {account!r}",
             )
         # The CA reads the CSR as ASCII itself: PEM is, and anything else is refused.
-        issued = self.cp.ca.sign_csr(csr, wanted, ttl=self.cp.config.certificate_ttl)
+        issued = self.cp.ca.sign_csr(
+            csr, wanted, ttl=self.cp.config.certificate_ttl, through_host=host
+        )
         # Its own action (found by `gossamer audit --action certificate.issue` too): the
         # sidecar renewal path looks certificates issued through a host up by it.
         self.cp.audit.record(
@@ -183,36 +170,13 @@ class HostAuthority:
             }
         )
 
-    def issued_through(self, serial: int) -> tuple[str, str] | None:
-        """(host, identity) when certificate `serial` was issued through a host.
-
-        Read from the audit log, not from the Host: deleting a Host must not make its
-        certificates renewable as a sidecar's. Only records young enough for a
-        certificate they name to be still valid are read."""
-        since = datetime.now(UTC) - self.cp.config.certificate_ttl - CLOCK_SKEW
-        for record in self.cp.audit.query(action=ISSUE_ACTION, since=since, limit=MAX_LOOKUP):
-            detail = record.get("detail") or {}
-            try:
-                if int(str(detail.get("serial")), 16) == serial:
-                    return str(detail.get("host")), str(record.get("name"))
-            except ValueError:
-                continue
-        return None
-
     @web.middleware
     async def _renew_guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == RENEW_PATH:
-            serial = _peer_serial(request)
-            through = self.issued_through(serial) if serial is not None else None
-            if through is not None:
-                host, identity = through
-                self._refuse(
-                    identity,
-                    identity,
-                    "",
-                    f"this certificate was issued through host {host!r}: it renews there "
-                    f"(POST {CERTIFICATES_PATH}), while the Host lists its identity",
-                )
+            host = peer_host(request)
+            if host is not None:
+                identity = str(require_identity(request))
+                self._refuse(identity, identity, "", renews_only_through(host))
         return await handler(request)
 
 

@@ -12,3 +12,11 @@ from typing import Final
 HOSTS_NAMESPACE: Final = "gossamer-hosts"
 # Where a host proxy asks for its workloads' certificates (gossamer.controlplane.hosts).
 CERTIFICATES_PATH: Final = "/v1/hosts/certificates"
+
+
+def renews_only_through(host: str) -> str:
+    """Why a certificate issued through a host is refused anywhere but that host's route."""
+    return (
+        f"this certificate was issued through host {host!r}: it renews only there "
+        f"(POST {CERTIFICATES_PATH}), while the host's Host object lists its identity"
+    )

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -187,6 +188,35 @@ def _ca_key_usage() -> x509.KeyUsage:
         encipher_only=False,
         decipher_only=False,
     )
+
+
+HOST_ISSUED_OID: Final = x509.ObjectIdentifier("2.25.55270785246703751542985985550650029547")
+"""A private, non-critical leaf extension (an OID under 2.25, ITU-T X.667, needing no
+registration) whose value is the DER UTF8String of the host a workload certificate was
+issued through (per-host mode, decision 0064). Other TLS stacks ignore it; the control
+plane reads it to keep such a certificate off the sidecar and xDS renewal paths."""
+
+
+def _host_mark(host: str) -> x509.UnrecognizedExtension:
+    data = host.encode("utf-8")
+    size = len(data)
+    if size > 0xFFFF:
+        raise ValueError(f"host name of {size} bytes is too long to mark a certificate with")
+    length = bytes([size]) if size < 0x80 else bytes([0x80 | 2, size >> 8, size & 0xFF])
+    return x509.UnrecognizedExtension(HOST_ISSUED_OID, b"\x0c" + length + data)
+
+
+def issued_through_host(cert: x509.Certificate) -> str | None:
+    """The host a certificate was issued through (`HOST_ISSUED_OID`), or None."""
+    try:
+        ext = cert.extensions.get_extension_for_oid(HOST_ISSUED_OID).value
+    except x509.ExtensionNotFound:
+        return None
+    raw = ext.value if isinstance(ext, x509.UnrecognizedExtension) else b""
+    if len(raw) >= 2 and raw[0] == 0x0C:
+        start = 2 if raw[1] < 0x80 else 2 + (raw[1] & 0x7F)
+        return raw[start:].decode("utf-8", "replace")
+    return "?"  # marked, whatever it says: still issued through a host
 
 
 def _leaf_key_usage() -> x509.KeyUsage:
@@ -884,8 +914,13 @@ class CertificateAuthority:
         identity: SpiffeId,
         ttl: timedelta = DEFAULT_LEAF_TTL,
         now: datetime | None = None,
+        through_host: str | None = None,
     ) -> IssuedCertificate:
-        """Sign a workload's CSR as ``identity``; IdentityError says why one is refused."""
+        """Sign a workload's CSR as ``identity``; IdentityError says why one is refused.
+
+        `through_host` marks the certificate as issued to a host proxy for one of its
+        workloads (`HOST_ISSUED_OID`): such a certificate renews only through that host's
+        node authorization, never on a sidecar's or an xDS client's path."""
         data = csr_pem.encode("ascii", "replace") if isinstance(csr_pem, str) else csr_pem
         try:
             csr = x509.load_pem_x509_csr(data)
@@ -911,7 +946,8 @@ class CertificateAuthority:
                 "a workload certificate may name only its own SPIFFE ID"
             )
         assert isinstance(public_key, ec.EllipticCurvePublicKey)
-        return self._issue(public_key, identity, [], ttl, now)
+        marks = [] if through_host is None else [_host_mark(through_host)]
+        return self._issue(public_key, identity, [], ttl, now, marks)
 
     def issue_server_identity(
         self,
@@ -940,6 +976,7 @@ class CertificateAuthority:
         extra_names: list[x509.GeneralName],
         ttl: timedelta,
         now: datetime | None,
+        marks: Sequence[x509.UnrecognizedExtension] = (),
     ) -> IssuedCertificate:
         if ttl <= timedelta(0):
             raise ValueError(f"certificate ttl must be positive, got {ttl}")
@@ -967,7 +1004,7 @@ class CertificateAuthority:
         not_before = now - CLOCK_SKEW
         not_after = min(now + ttl, issuer.cert.not_valid_after_utc)
         names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(identity))]
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(
                 x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, self._trust_domain)])
@@ -988,8 +1025,10 @@ class CertificateAuthority:
             )
             .add_extension(_ski(public_key), critical=False)
             .add_extension(_aki(issuer.cert), critical=False)
-            .sign(issuer.key, hashes.SHA256())
         )
+        for mark in marks:
+            builder = builder.add_extension(mark, critical=False)
+        cert = builder.sign(issuer.key, hashes.SHA256())
         leaf_pem = _cert_pem(cert).decode("ascii")
         return IssuedCertificate(
             certificate_pem=leaf_pem,

@@ -40,6 +40,8 @@ from cryptography import x509
 from google.protobuf import json_format
 
 from gossamer.errors import IdentityError, NotFound, StoreError
+from gossamer.host import renews_only_through
+from gossamer.identity.ca import issued_through_host
 from gossamer.identity.csr import generate_private_key, make_csr
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.translate import InconsistentSnapshot, ProxyInfo, Snapshot, build_snapshot
@@ -180,13 +182,18 @@ class XdsSession:
         return self.types.setdefault(type_url, TypeState())
 
 
-def peer_spiffe_id(context: Any) -> SpiffeId | None:
-    """The SPIFFE ID in a gRPC peer's verified client certificate."""
+def peer_certificate(context: Any) -> x509.Certificate | None:
+    """A gRPC peer's verified client certificate."""
     auth = context.auth_context()
     pems = auth.get("x509_pem_cert") or ()
-    if not pems:
+    return x509.load_pem_x509_certificate(pems[0]) if pems else None
+
+
+def peer_spiffe_id(context: Any) -> SpiffeId | None:
+    """The SPIFFE ID in a gRPC peer's verified client certificate."""
+    cert = peer_certificate(context)
+    if cert is None:
         return None
-    cert = x509.load_pem_x509_certificate(pems[0])
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -349,6 +356,14 @@ class XdsServer:
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, "a mesh client certificate is required"
             )
+            return
+        cert = peer_certificate(context)
+        host = issued_through_host(cert) if cert is not None else None
+        if host is not None:
+            # Its SDS secret would be a new certificate for an identity the operator may
+            # have taken off the host (node authorization, decision 0064).
+            log.warning("xDS stream from %s refused: issued through host %s", identity, host)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, renews_only_through(host))
             return
         first = await anext(requests, None)
         if first is None:
