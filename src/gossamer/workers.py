@@ -421,6 +421,9 @@ class _WorkerProcess:
         self.channel: Channel | None = None
         self.pending: list[Any] = []
         self._ready_sent = False
+        # Set once a snapshot and credentials came: only then does the worker bind.
+        self.configured = asyncio.Event()
+        self._kinds: set[str] = set()
 
     def on_message(self, message: Any) -> None:
         kind = message[0]
@@ -430,6 +433,9 @@ class _WorkerProcess:
         dp = self.dp
         if dp is None:
             self.pending.append(message)
+            self._kinds.add(kind)
+            if {"snapshot", "credentials"} <= self._kinds:
+                self.configured.set()
             return
         if kind == "snapshot":
             self._apply(dp, message[1])
@@ -456,6 +462,27 @@ class _WorkerProcess:
         from gossamer.proxy.dataplane import DataPlane
 
         dp = DataPlane(config, on_interest=lambda key: self._send(("interest", key)))
+        # A worker started again joins a live SO_REUSEPORT group: the kernel hands its
+        # listeners connections as soon as they are bound, so it binds only once it has
+        # the agent's snapshot and credentials, and takes them in first (a data plane
+        # takes both before start()). Until then worker 0 and the others serve.
+        stopped = asyncio.ensure_future(self.stop.wait())
+        configured = asyncio.ensure_future(self.configured.wait())
+        await asyncio.wait((stopped, configured), return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        configured.cancel()
+        if self.stop.is_set():
+            return
+        early, self.pending = self.pending, []
+        for message in early:
+            if message[0] == "snapshot":
+                dp.apply_snapshot(message[1])
+            elif message[0] == "credentials":
+                dp.set_credentials(message[1])
+            elif message[0] == "shares":
+                dp.set_control_shares(message[1])
+            else:
+                self.pending.append(message)  # answered once the data plane runs
         try:
             await dp.start()
         except OSError as err:
