@@ -12,6 +12,7 @@ Exit codes, the same for every command (docs/cli.md): 0 done, 1 something is wro
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -131,6 +132,27 @@ class DiscoveryAddresses(argparse.Action):
         except argparse.ArgumentTypeError as err:
             parser.error(f"argument {option_string}: {err}")
         namespace.discovery, namespace.discovery_replicas = addresses[0], tuple(addresses[1:])
+
+
+def add_join_flags(p: argparse.ArgumentParser, join_token_help: str) -> None:
+    """--discovery (one or several replicas), --join-token, and --server/--token-file to
+    mint a join token with the admin token: how a proxy or a host proxy joins."""
+    discovery = host_ports(os.environ.get("GOSSAMER_DISCOVERY", "127.0.0.1:15012"))
+    p.add_argument(
+        "--discovery",
+        action=DiscoveryAddresses,
+        default=discovery[0],
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="control plane discovery address; several control-plane replicas, comma "
+        "separated, are tried in turn when one fails (default: $GOSSAMER_DISCOVERY or "
+        "127.0.0.1:15012)",
+    )
+    p.set_defaults(discovery_replicas=tuple(discovery[1:]))
+    p.add_argument(
+        "--join-token", default=os.environ.get("GOSSAMER_JOIN_TOKEN"), help=join_token_help
+    )
+    p.add_argument("--server", help="API address, to mint a join token with the admin token")
+    p.add_argument("--token-file", help="admin token file, to mint a join token")
 
 
 def client_from(args: argparse.Namespace) -> Client:

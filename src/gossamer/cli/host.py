@@ -11,7 +11,7 @@ import os
 import signal
 from pathlib import Path
 
-from gossamer.cli.common import DiscoveryAddresses, fail, host_ports
+from gossamer.cli.common import add_join_flags, fail
 from gossamer.errors import GossamerError
 
 DEFAULT_SOCKET = "/run/gossamer/host.sock"
@@ -28,24 +28,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "the identities its Host object lists.",
     )
     p.add_argument("--name", required=True, help="the host's name: its Host object's name")
-    discovery = host_ports(os.environ.get("GOSSAMER_DISCOVERY", "127.0.0.1:15012"))
-    p.add_argument(
-        "--discovery",
-        action=DiscoveryAddresses,
-        default=discovery[0],
-        metavar="HOST:PORT[,HOST:PORT...]",
-        help="control plane discovery address(es) (default: $GOSSAMER_DISCOVERY or "
-        "127.0.0.1:15012)",
-    )
-    p.set_defaults(discovery_replicas=tuple(discovery[1:]))
-    p.add_argument(
-        "--join-token",
-        default=os.environ.get("GOSSAMER_JOIN_TOKEN"),
-        help="the host's join token (default: $GOSSAMER_JOIN_TOKEN); or --token-file with "
+    add_join_flags(
+        p,
+        "the host's join token (default: $GOSSAMER_JOIN_TOKEN); or --token-file with "
         "the admin token to mint one",
     )
-    p.add_argument("--server", help="API address, to mint a join token with the admin token")
-    p.add_argument("--token-file", help="admin token file, to mint a join token")
     p.add_argument(
         "--socket",
         type=Path,

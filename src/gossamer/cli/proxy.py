@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gossamer.cli.capture import add_run_flags as add_capture_flags
-from gossamer.cli.common import DiscoveryAddresses, fail, host_port, host_ports
+from gossamer.cli.common import add_join_flags, fail, host_port
 from gossamer.cli.envoy import add_engine_flags
 from gossamer.dns.names import DEFAULT_SERVICE_CIDR
 from gossamer.errors import GossamerError
@@ -166,25 +166,10 @@ def add_proxy_flags(p: argparse.ArgumentParser) -> None:
         "inbound host, or 127.0.0.1 when that is 0.0.0.0)",
     )
     p.add_argument("--app-host", default="127.0.0.1", help="where the app listens")
-    discovery = host_ports(os.environ.get("GOSSAMER_DISCOVERY", "127.0.0.1:15012"))
-    p.add_argument(
-        "--discovery",
-        action=DiscoveryAddresses,
-        default=discovery[0],
-        metavar="HOST:PORT[,HOST:PORT...]",
-        help="control plane discovery address; several control-plane replicas, comma "
-        "separated, are tried in turn when one fails (default: $GOSSAMER_DISCOVERY or "
-        "127.0.0.1:15012)",
+    add_join_flags(
+        p,
+        "join token (default: $GOSSAMER_JOIN_TOKEN; with the admin token the proxy mints its own)",
     )
-    p.set_defaults(discovery_replicas=tuple(discovery[1:]))
-    p.add_argument(
-        "--join-token",
-        default=os.environ.get("GOSSAMER_JOIN_TOKEN"),
-        help="join token (default: $GOSSAMER_JOIN_TOKEN; with the admin token "
-        "the proxy mints its own)",
-    )
-    p.add_argument("--server", help="API address, to mint a join token with the admin token")
-    p.add_argument("--token-file", help="admin token file, to mint a join token")
     p.add_argument(
         "--state-dir",
         type=Path,

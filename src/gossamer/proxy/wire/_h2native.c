@@ -217,23 +217,32 @@ done:
     return result;
 }
 
+/* A table size set from Python (a setter's value): 0 to 2**32-1. Returns 0 with *size
+ * set, or -1 with an exception set. */
+static int table_size_arg(PyObject *value, const char *name, Py_ssize_t *size) {
+    if (value == NULL) {
+        PyErr_Format(PyExc_AttributeError, "%s cannot be deleted", name);
+        return -1;
+    }
+    *size = PyLong_AsSsize_t(value);
+    if (*size == -1 && PyErr_Occurred())
+        return -1;
+    if (*size < 0 || *size > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "header table size out of range: %zd", *size);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Encoder_get_header_table_size(Encoder *self, void *closure) {
     return PyLong_FromSsize_t(self->table_size);
 }
 
 /* The peer's SETTINGS_HEADER_TABLE_SIZE: the next block starts with a size update. */
 static int Encoder_set_header_table_size(Encoder *self, PyObject *value, void *closure) {
-    if (value == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "header_table_size cannot be deleted");
+    Py_ssize_t size;
+    if (table_size_arg(value, "header_table_size", &size) < 0)
         return -1;
-    }
-    Py_ssize_t size = PyLong_AsSsize_t(value);
-    if (size == -1 && PyErr_Occurred())
-        return -1;
-    if (size < 0 || size > UINT32_MAX) {
-        PyErr_Format(PyExc_ValueError, "header table size out of range: %zd", size);
-        return -1;
-    }
     if (nghttp2_hd_deflate_change_table_size(self->deflater, (size_t)size) != 0) {
         PyErr_NoMemory();
         return -1;
@@ -461,17 +470,9 @@ static PyObject *Decoder_get_max_allowed_table_size(Decoder *self, void *closure
 
 /* This end's SETTINGS_HEADER_TABLE_SIZE, once the peer acknowledged it. */
 static int Decoder_set_max_allowed_table_size(Decoder *self, PyObject *value, void *closure) {
-    if (value == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "max_allowed_table_size cannot be deleted");
+    Py_ssize_t size;
+    if (table_size_arg(value, "max_allowed_table_size", &size) < 0)
         return -1;
-    }
-    Py_ssize_t size = PyLong_AsSsize_t(value);
-    if (size == -1 && PyErr_Occurred())
-        return -1;
-    if (size < 0 || size > UINT32_MAX) {
-        PyErr_Format(PyExc_ValueError, "header table size out of range: %zd", size);
-        return -1;
-    }
     int rv = nghttp2_hd_inflate_change_table_size(self->inflater, (size_t)size);
     if (rv != 0) {
         PyErr_Format(PyExc_ValueError, "cannot change the HPACK table size: %s",
