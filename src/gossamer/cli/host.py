@@ -60,6 +60,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "others of the process's descriptors (default: 2048)",
     )
     p.add_argument(
+        "--max-in-flight-per-workload",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="each workload's cap on requests in flight, both directions: over it a new "
+        "HTTP/1.1 request gets 503 and an HTTP/2 stream REFUSED_STREAM, for that workload "
+        "only (default: 1024)",
+    )
+    p.add_argument(
         "--take-over",
         action="store_true",
         help="upgrade or restart without dropping traffic: take the workloads, listening "
@@ -100,6 +109,8 @@ def run_host(args: argparse.Namespace) -> int:
     _raise_fd_limit()
     if args.max_connections_per_workload < 1:
         fail("--max-connections-per-workload must be at least 1")
+    if args.max_in_flight_per_workload < 1:
+        fail("--max-in-flight-per-workload must be at least 1")
     if args.proxy_gid is not None:
         # Before any thread: every socket of this process, in every workload's network
         # namespace, is then this group's, which those workloads' capture rules let pass.
@@ -127,6 +138,7 @@ def run_host(args: argparse.Namespace) -> int:
                 join_token=args.join_token,
                 drain_seconds=args.drain_seconds,
                 max_connections=args.max_connections_per_workload,
+                max_in_flight=args.max_in_flight_per_workload,
                 handover_drain_seconds=args.handover_drain_seconds,
             )
         )

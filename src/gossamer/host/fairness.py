@@ -1,15 +1,19 @@
-"""Fairness between the workloads of one host proxy: each has its own connection cap.
+"""Fairness between the workloads of one host proxy: each has its own connection cap
+and its own cap on requests in flight.
 
-The workloads of a host proxy share one process: its file descriptors and its core.
-Without a cap, one workload's clients (or its app, flooding its outbound listener) could
-take every descriptor below the process's downstream ceiling (proxy.wire.acceptor), and
-the others' connections would be refused with it. `WorkloadBudget` stands in for the
-process-wide `FdBudget` in each workload's data plane: it admits a connection only while
-that workload holds fewer than its cap, then applies the process's ceiling as before.
+The workloads of a host proxy share one process: its file descriptors, its memory and
+its core. Without a cap, one workload's clients (or its app, flooding its outbound
+listener) could take every descriptor below the process's downstream ceiling
+(proxy.wire.acceptor), and the others' connections would be refused with it.
+`WorkloadBudget` stands in for the process-wide `FdBudget` in each workload's data
+plane: it admits a connection only while that workload holds fewer than its cap, then
+applies the process's ceiling as before.
 
-Requests in flight are bounded by it too: one per HTTP/1.1 connection, at most
-MAX_STREAMS per HTTP/2 connection (proxy.wire.http2), so a workload has at most
-`max_connections * MAX_STREAMS` in flight, whatever its peers send.
+Connections alone do not bound the work: one HTTP/2 connection carries up to
+MAX_STREAMS requests at once. Each workload's data plane also gets an `InFlight` cap
+(proxy.wire.limits) on the requests it carries at once, both directions and both HTTP
+versions together: over it a new HTTP/1.1 request is answered 503 and a new HTTP/2
+stream is refused with REFUSED_STREAM, for that workload only, while the others' go on.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Final
 
 from gossamer.proxy.wire.acceptor import FdBudget
+from gossamer.proxy.wire.limits import InFlight
 
 if TYPE_CHECKING:
     from gossamer.proxy.dataplane import DataPlane
@@ -25,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossamer.host.fairness")
 
 DEFAULT_MAX_CONNECTIONS: Final = 2048
+# Envoy's default for a cluster's max_requests circuit breaker.
+DEFAULT_MAX_IN_FLIGHT: Final = 1024
 LOG_INTERVAL: Final = 1.0
 
 
@@ -79,3 +86,13 @@ class WorkloadBudget(FdBudget):
             "connections": self.connections(),
             "refusedAtCap": dict(self.over_cap),
         }
+
+
+def share_fairly(dataplane: DataPlane, max_connections: int, max_in_flight: int) -> None:
+    """Give a workload's data plane its caps, before it starts; both show in its
+    /config dump (`fairness`)."""
+    budget = dataplane.fds = WorkloadBudget(dataplane, max_connections)
+    in_flight = dataplane.in_flight = InFlight(
+        max_in_flight, lambda: f"workload {budget.workload()}"
+    )
+    dataplane.add_config_section("fairness", lambda: budget.dump() | in_flight.dump())

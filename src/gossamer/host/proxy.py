@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from gossamer.errors import IdentityError
-from gossamer.host.fairness import DEFAULT_MAX_CONNECTIONS, WorkloadBudget
+from gossamer.host.fairness import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT, share_fairly
 from gossamer.host.handover import Channel, HandoverError
 from gossamer.host.identity import HostedAgent, HostSession, NotOnHost
 from gossamer.host.netns import NamespaceThread, same_namespace
@@ -167,6 +167,8 @@ class HostConfig:
     handover_drain_seconds: float = 30.0
     # Each workload's cap on its connections (gossamer.host.fairness).
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # And on its requests in flight.
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
 
 
 class HostProxy:
@@ -487,9 +489,8 @@ class HostProxy:
             dataplane_config.service_cidr = reg.service_cidr
         agent_ref: list[HostedAgent] = []
         dataplane = DataPlane(dataplane_config, on_interest=lambda s: agent_ref[0].subscribe(s))
-        # One workload cannot take the descriptors (and so the connections) of the others.
-        budget = dataplane.fds = WorkloadBudget(dataplane, self.config.max_connections)
-        dataplane.add_config_section("fairness", budget.dump)
+        # One workload cannot take the descriptors, connections or requests of the others.
+        share_fairly(dataplane, self.config.max_connections, self.config.max_in_flight)
         await dataplane.start()
         state_dir = self.config.state_dir / "workloads" / f"{reg.namespace}-{reg.name}"
         inbound = dataplane.inbound_address

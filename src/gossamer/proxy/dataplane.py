@@ -46,7 +46,12 @@ from gossamer.proxy.wire.acceptor import FdBudget, InboundAcceptor, fd_limit
 from gossamer.proxy.wire.detect import DEFAULT_DETECT_TIMEOUT, Sniffer
 from gossamer.proxy.wire.http1 import RequestHead
 from gossamer.proxy.wire.http2 import H2_APP_PROTOCOLS, H2Connection
-from gossamer.proxy.wire.limits import HANDSHAKE_TIMEOUT, MAX_ADMIN_CONNECTIONS, MAX_HANDSHAKES
+from gossamer.proxy.wire.limits import (
+    HANDSHAKE_TIMEOUT,
+    MAX_ADMIN_CONNECTIONS,
+    MAX_HANDSHAKES,
+    InFlight,
+)
 from gossamer.proxy.wire.splice import Splice
 from gossamer.proxy.wire.tls import Credentials, MeshContexts, make_contexts, sni_for
 from gossamer.translate.authz import SecurityView
@@ -198,6 +203,9 @@ class DataPlane:
     def __init__(self, config: DataPlaneConfig, *, on_interest: Callable[[str], None]) -> None:
         self.config = config
         self.fds = FdBudget(config.fd_limit or fd_limit())
+        # A cap on requests at once, both directions (proxy.wire.limits): a host proxy
+        # sets one per workload (gossamer.host.fairness); a sidecar has none.
+        self.in_flight: InFlight | None = None
         self.heap = HeapTrim.from_libc()
         self.admin_refused = 0
         self._on_interest = on_interest

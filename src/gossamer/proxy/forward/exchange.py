@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from gossamer.proxy.policy.balancer import Balancer, EndpointLoad
     from gossamer.proxy.policy.resilience import Limits
     from gossamer.proxy.policy.routing import LocalRoute, Route
+    from gossamer.proxy.wire.limits import InFlight
     from gossamer.telemetry.tracing import Span
 
 log = logging.getLogger("gossamer.proxy")
@@ -93,6 +94,10 @@ class Side(Protocol):
     loop: asyncio.AbstractEventLoop
     request_kinds: dict[bytes, int]
     splices: set[Splice]  # open tunnel ends, closed with the data plane
+
+    @property
+    def in_flight(self) -> InFlight | None:
+        """The data plane's cap on requests at once (proxy.wire.limits), if it has one."""
 
     def connection_made(self, conn: ServerConnection) -> None: ...
     def connection_lost(self, conn: ServerConnection) -> None: ...
@@ -230,7 +235,14 @@ class ServerConnection(asyncio.Protocol):
             return
         ex = Exchange(self, head)
         self.reading = ex
-        self.side.start(ex)
+        limit = self.side.in_flight
+        if limit is None:
+            self.side.start(ex)
+        elif limit.take():
+            ex.in_flight = limit
+            self.side.start(ex)
+        else:
+            ex.error = ProtocolError(503, limit.reason)
         if self.answering is None:
             self.answering = ex
             self.side.dispatch(ex)
@@ -381,6 +393,7 @@ class Exchange:
         "error",
         "head",
         "head_bytes",
+        "in_flight",
         "load",
         "out",
         "out_size",
@@ -438,6 +451,8 @@ class Exchange:
         self.switch: ResponseHead | None = None
         # Set by Side.start for a request refused before routing; answered in turn.
         self.error: ProtocolError | None = None
+        # The cap this request holds a place under, given back when it ends.
+        self.in_flight: InFlight | None = None
         # Traffic management: the outbound side's policy decisions, when a route or
         # policy applies to the service (proxy.policy.call); None otherwise.
         self.call: Call[Any] | None = None
@@ -860,6 +875,9 @@ class Exchange:
             self.try_timer = None
         if self.pending:
             self._unpend()
+        if self.in_flight is not None:
+            self.in_flight.give()
+            self.in_flight = None
         if self.call is not None:
             self.call.finish(status, self.conn.loop.time())
         upstream = self.upstream

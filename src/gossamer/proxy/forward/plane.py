@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from gossamer.proxy.policy.routing import RouteTable
     from gossamer.proxy.wire.detect import Sniffer
     from gossamer.proxy.wire.http2 import H2Connection
+    from gossamer.proxy.wire.limits import InFlight
     from gossamer.proxy.wire.splice import Splice
 
 
@@ -46,6 +47,8 @@ class Streams(Protocol):
     def hooks(self) -> RequestHooks | None: ...
     @property
     def tracer(self) -> ProxyTracer | None: ...
+    @property
+    def in_flight(self) -> InFlight | None: ...
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
 
 

@@ -134,6 +134,7 @@ def serve(
 ) -> None:
     """Make `transport` an HTTP/2 server connection whose streams go to `handler`."""
     conn = H2Connection(client_side=False, handler=handler, name=name)
+    conn.in_flight = dp.in_flight
     dp.h2_connections.add(conn)
     conn.on_lost = dp.h2_connections.discard
     transport.set_protocol(conn)

@@ -54,6 +54,7 @@ from gossamer.proxy.wire.tls import ALPN_H1, ALPN_H2, ALPN_TCP, peer_identity, s
 if TYPE_CHECKING:
     from gossamer.proxy.inbound.plane import InboundPlane
     from gossamer.proxy.wire.acceptor import FdBudget
+    from gossamer.proxy.wire.limits import InFlight
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -181,6 +182,10 @@ class InboundSide:
         self.loop = dp.loop
         self.splices = dp.splices
         self._h2_links: Links | None = None
+
+    @property
+    def in_flight(self) -> InFlight | None:
+        return self.dp.in_flight
 
     def connection_made(self, conn: ServerConnection) -> None:
         transport = conn.transport

@@ -38,6 +38,7 @@ from gossamer.proxy.wire.http2 import replay_preface
 
 if TYPE_CHECKING:
     from gossamer.proxy.outbound.plane import OutboundPlane
+    from gossamer.proxy.wire.limits import InFlight
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -55,6 +56,10 @@ class OutboundSide:
         self.loop = dp.loop
         self.splices = dp.splices
         self._h2: OutboundH2 | None = None
+
+    @property
+    def in_flight(self) -> InFlight | None:
+        return self.dp.in_flight
 
     def connection_made(self, conn: ServerConnection) -> None:
         self.dp.connections.add(conn)

@@ -93,7 +93,7 @@ from hyperframe.frame import (
 )
 
 from gossamer.proxy.wire import h2codec
-from gossamer.proxy.wire.limits import MAX_HEADERS
+from gossamer.proxy.wire.limits import MAX_HEADERS, InFlight
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -339,6 +339,7 @@ class StreamPair:
         "done",
         "down",
         "grpc_status",
+        "in_flight",
         "on_done",
         "on_reset",
         "on_response",
@@ -370,6 +371,8 @@ class StreamPair:
         self.on_reset: Callable[[StreamPair], bool] | None = None
         # A route's ResponseHeaderModifier: applied to the response head's fields.
         self.response_edit: Callable[[Headers], Headers] | None = None
+        # The place the stream took under its connection's cap, if it has one.
+        self.in_flight = down_conn.in_flight
         down_conn.halves[stream_id] = self.down
 
     def start_keeping(self) -> None:
@@ -528,6 +531,8 @@ class StreamPair:
     def finish(self) -> None:
         if not self.done:
             self.done = True
+            if self.in_flight is not None:
+                self.in_flight.give()
             if self.on_done is not None:
                 self.on_done(self)
 
@@ -564,6 +569,9 @@ class H2Connection(asyncio.Protocol):
         self.handler = handler
         self.on_lost = on_lost
         self.name = name
+        # The data plane's cap on requests at once (proxy.wire.limits): a new stream
+        # from the client takes a place, its StreamPair gives it back.
+        self.in_flight: InFlight | None = None
         self.transport: asyncio.Transport | None = None
         self.halves: dict[int, _Half] = {}
         self.closed = False
@@ -669,6 +677,13 @@ class H2Connection(asyncio.Protocol):
             _check(headers, REQUEST_PSEUDO)
             if self.handler is None:
                 self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                return
+            limit = self.in_flight
+            if limit is not None and not limit.take():
+                # Not processed: the client may send it again (RFC 9113 8.7). Counted
+                # as a control frame the peer caused: one that keeps trying is a flood.
+                self.h2.control_frame()
+                self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
                 return
             self.handler.new_stream(self, stream_id, headers)
         if self.streams >= MAX_STREAMS_PER_CONNECTION:

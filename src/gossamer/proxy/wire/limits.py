@@ -8,7 +8,12 @@ log line at most once a second) and counted, never served half-way.
 
 from __future__ import annotations
 
-from typing import Final
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+log = logging.getLogger("gossamer.proxy")
 
 # ---- requests ------------------------------------------------------------------------
 
@@ -41,3 +46,59 @@ def upstream_fd_ceiling(fd_limit: int) -> int:
     """Descriptor numbers from here up are not used for connections to peers or the
     app: the last sixteenth of RLIMIT_NOFILE is the admin listener's."""
     return fd_limit - max(fd_limit // 16, 8)
+
+
+# ---- requests in flight --------------------------------------------------------------
+
+# Seconds between two log lines about requests refused over an `InFlight` cap.
+IN_FLIGHT_LOG_INTERVAL: Final = 1.0
+
+
+class InFlight:
+    """A cap on the requests one data plane carries at once: HTTP/1.1 exchanges
+    (pipelined ones waiting their turn included) and HTTP/2 streams, from clients and
+    from the app alike. Over it a new request is refused before it is routed: HTTP/1.1
+    with a 503 (`gossamer-error` says why), HTTP/2 with RST_STREAM REFUSED_STREAM, which
+    tells the client the request was not processed and may be sent again (RFC 9113 8.7;
+    gRPC clients retry it transparently). A host proxy gives each workload one, so one
+    workload's load cannot hold the requests of the others (gossamer.host.fairness).
+
+    `take` admits a request (False: refuse it); whoever took a place gives it back once,
+    when the request ends, however it ends (Exchange._end, StreamPair.finish)."""
+
+    __slots__ = ("_logged", "count", "limit", "refused", "who")
+
+    def __init__(self, limit: int, who: Callable[[], str]) -> None:
+        """`who` names what is capped, in log lines and refusals ("workload shop/a")."""
+        if limit < 1:
+            raise ValueError(f"the in-flight limit must be at least 1, got {limit}")
+        self.limit = limit
+        self.who = who
+        self.count = 0
+        self.refused = 0
+        self._logged = float("-inf")
+
+    def take(self) -> bool:
+        if self.count < self.limit:
+            self.count += 1
+            return True
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._logged >= IN_FLIGHT_LOG_INTERVAL:
+            self._logged = now
+            log.warning(
+                "refused a request: %s (refused so far: %d)",
+                self.reason,
+                self.refused,
+            )
+        return False
+
+    def give(self) -> None:
+        self.count -= 1
+
+    @property
+    def reason(self) -> str:
+        return f"{self.who()} has {self.limit} requests in flight, its cap on this proxy"
+
+    def dump(self) -> dict[str, Any]:
+        return {"maxInFlight": self.limit, "inFlight": self.count, "refused": self.refused}
