@@ -14,7 +14,7 @@ exclusions leave, and every other TCP connection goes to the outbound listener.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gossamer.errors import GossamerError
 
@@ -83,15 +83,30 @@ class CaptureSpec:
 def chain_rules(spec: CaptureSpec) -> dict[str, list[list[str]]]:
     """The rules of each of Gossamer's chains, in order, as iptables arguments."""
     spec.check()
-    inbound: list[list[str]] = [
+    output = _proxy_exclusions(spec.proxy_uid, spec.proxy_gid) + _output_rules(spec)
+    return {INBOUND_CHAIN: _inbound_rules(spec), OUTPUT_CHAIN: output}
+
+
+def _inbound_rules(spec: CaptureSpec) -> list[list[str]]:
+    return [
         ["-p", "tcp", "--dport", str(port), "-j", "REDIRECT", "--to-ports", str(spec.inbound_port)]
         for port in sorted(set(spec.inbound_ports))
     ]
+
+
+def _proxy_exclusions(uid: int | None, gid: int | None) -> list[list[str]]:
+    """The proxy's own sockets leave first: else its connections would loop back to it."""
     output: list[list[str]] = []
-    if spec.proxy_uid is not None:
-        output.append(["-m", "owner", "--uid-owner", str(spec.proxy_uid), "-j", "RETURN"])
-    if spec.proxy_gid is not None:
-        output.append(["-m", "owner", "--gid-owner", str(spec.proxy_gid), "-j", "RETURN"])
+    if uid is not None:
+        output.append(["-m", "owner", "--uid-owner", str(uid), "-j", "RETURN"])
+    if gid is not None:
+        output.append(["-m", "owner", "--gid-owner", str(gid), "-j", "RETURN"])
+    return output
+
+
+def _output_rules(spec: CaptureSpec) -> list[list[str]]:
+    """What becomes of the app's outbound traffic, past the proxy's exclusions."""
+    output: list[list[str]] = []
     if spec.dns_port is not None:
         for proto in ("udp", "tcp"):
             output.append(
@@ -105,7 +120,7 @@ def chain_rules(spec: CaptureSpec) -> dict[str, list[list[str]]]:
     for port in sorted(set(spec.exclude_outbound_ports)):
         output.append(["-p", "tcp", "--dport", str(port), "-j", "RETURN"])
     output.append(["-p", "tcp", "-j", "REDIRECT", "--to-ports", str(spec.outbound_port)])
-    return {INBOUND_CHAIN: inbound, OUTPUT_CHAIN: output}
+    return output
 
 
 # Where each of Gossamer's chains is entered from: (built-in chain, match arguments).
@@ -119,13 +134,17 @@ def restore_text(spec: CaptureSpec) -> str:
     """Input for `iptables-restore --noflush`: declaring a chain flushes it, so the
     same text installs or replaces Gossamer's chains in one transaction, leaving every
     other chain as it is. The jumps into them are added separately, only if missing."""
-    lines = ["*nat"]
-    rules = chain_rules(spec)
+    return "\n".join(_table("nat", chain_rules(spec))) + "\n"
+
+
+def _table(table: str, rules: dict[str, list[list[str]]]) -> list[str]:
+    """One table's part of iptables-restore input: declare (so flush) each chain, fill it."""
+    lines = [f"*{table}"]
     lines += [f":{chain} - [0:0]" for chain in rules]
     for chain, chain_rules_ in rules.items():
         lines += [" ".join(["-A", chain, *rule]) for rule in chain_rules_]
     lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def command_flags(spec: CaptureSpec) -> list[str]:
@@ -145,3 +164,85 @@ def command_flags(spec: CaptureSpec) -> list[str]:
     if spec.dns_port is not None:
         flags += ["--dns-port", str(spec.dns_port)]
     return flags
+
+
+# ---- per uid, on a plain host (per-host mode: docs/decisions/0107) ----------------------
+#
+# One host proxy serves several workloads that share the host's network namespace, each
+# running as a uid of its own. The nat chains are the sidecar's, but each workload's
+# outbound rules are the sidecar's own behind an owner match on its uid, so its traffic
+# goes to its own outbound listener: the port names the workload. A filter chain then
+# refuses a connection to a workload's outbound listener from any other uid, so no
+# workload can borrow another's identity by connecting to its port directly.
+
+OWNER_CHAIN = "GOSSAMER_OWNER"
+# The filter table's jump: (built-in chain, chain, match arguments).
+OWNER_JUMP: tuple[str, str, tuple[str, ...]] = ("OUTPUT", OWNER_CHAIN, ("-p", "tcp"))
+
+
+@dataclass(frozen=True)
+class UidCapture:
+    """One workload on a plain host: the uid it runs as, and what its sidecar's capture
+    would be (its listeners, its ports, DNS, exclusions; the proxy's ids are the host's)."""
+
+    uid: int
+    spec: CaptureSpec
+
+
+@dataclass(frozen=True)
+class HostCaptureSpec:
+    """A host proxy's capture: every uid workload of the host's namespace."""
+
+    workloads: tuple[UidCapture, ...]
+    # The host proxy's own sockets (this uid or gid) are never captured.
+    proxy_uid: int | None = None
+    proxy_gid: int | None = None
+
+    def check(self) -> None:
+        """Raise CaptureError naming the workload and the field when it cannot work."""
+        seen: dict[tuple[str, int], int] = {}
+        for i, w in enumerate(self.workloads):
+            where = f"capture.workloads[{i}] (uid {w.uid})"
+            try:
+                replace(w.spec, proxy_uid=self.proxy_uid, proxy_gid=self.proxy_gid).check()
+            except CaptureError as err:
+                raise CaptureError(f"{where}: {str(err).removeprefix('capture')}") from None
+            if w.uid == self.proxy_uid:
+                raise CaptureError(f"{where}: the uid is the host proxy's own")
+            claims = [("uid", w.uid), ("outbound_port", w.spec.outbound_port)]
+            claims += [("inbound_ports", p) for p in set(w.spec.inbound_ports)]
+            for claim in claims:
+                if claim in seen and seen[claim] != i:
+                    raise CaptureError(
+                        f"{where}: {claim[0]} {claim[1]} is capture.workloads[{seen[claim]}]'s too"
+                    )
+                seen[claim] = i
+
+
+def host_chain_rules(spec: HostCaptureSpec) -> dict[str, dict[str, list[list[str]]]]:
+    """The rules of each chain, by table, in order, as iptables arguments."""
+    spec.check()
+    inbound: list[list[str]] = []
+    output = _proxy_exclusions(spec.proxy_uid, spec.proxy_gid)
+    owners: list[list[str]] = []
+    for w in sorted(spec.workloads, key=lambda w: w.uid):
+        inbound += _inbound_rules(w.spec)
+        owner = ["-m", "owner", "--uid-owner", str(w.uid)]
+        output += [owner + rule for rule in _output_rules(w.spec)]
+        owners.append(
+            ["-o", "lo", "-p", "tcp", "--dport", str(w.spec.outbound_port), "--syn",
+             "-m", "owner", "!", "--uid-owner", str(w.uid),
+             "-j", "REJECT", "--reject-with", "tcp-reset"]
+        )  # fmt: skip
+    return {
+        "nat": {INBOUND_CHAIN: inbound, OUTPUT_CHAIN: output},
+        "filter": {OWNER_CHAIN: owners},
+    }
+
+
+def host_restore_text(spec: HostCaptureSpec) -> str:
+    """Input for `iptables-restore --noflush`: both tables' chains replaced at once."""
+    lines: list[str] = []
+    for table, rules in host_chain_rules(spec).items():
+        lines += _table(table, rules)
+    return "\n".join(lines) + "\n"

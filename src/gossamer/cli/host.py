@@ -28,6 +28,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "the identities its Host object lists.",
     )
     p.add_argument("--name", required=True, help="the host's name: its Host object's name")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a host config file (YAML or JSON, kind HostConfiguration): workloads to serve "
+        "besides those registering on --socket, each by network namespace or by uid; "
+        "applied again on SIGHUP and when it changes (a bad file is rejected whole, the "
+        "workloads already served go on). See docs/per-host.md",
+    )
+    p.add_argument(
+        "--remove-capture",
+        action="store_true",
+        help="remove the capture rules of the host's uid workloads (which stay in place "
+        "while no host proxy runs, so their traffic is refused, not sent uncaptured), "
+        "and exit",
+    )
     add_join_flags(
         p,
         "the host's join token (default: $GOSSAMER_JOIN_TOKEN); or --token-file with "
@@ -82,6 +98,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="after handing over: how long connections may finish (default: 30)",
     )
     p.add_argument("--drain-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--config-poll-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run_host)
@@ -92,6 +109,18 @@ def _state_dir(args: argparse.Namespace) -> Path:
         return Path(args.state_dir)
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     return base / "gossamer" / f"host-{args.name}"
+
+
+def _remove_capture() -> int:
+    from gossamer.capture.rules import CaptureError
+    from gossamer.host import capture
+
+    try:
+        found = capture.remove()
+    except CaptureError as err:
+        fail(str(err))
+    print("capture removed" if found else "no capture rules were installed")
+    return 0
 
 
 def run_host(args: argparse.Namespace) -> int:
@@ -105,6 +134,8 @@ def run_host(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.remove_capture:
+        return _remove_capture()
     _install_loop()
     _raise_fd_limit()
     if args.max_connections_per_workload < 1:
@@ -140,8 +171,13 @@ def run_host(args: argparse.Namespace) -> int:
                 max_connections=args.max_connections_per_workload,
                 max_in_flight=args.max_in_flight_per_workload,
                 handover_drain_seconds=args.handover_drain_seconds,
+                config_path=args.config,
+                config_poll_seconds=args.config_poll_seconds,
+                proxy_gid=args.proxy_gid,
             )
         )
+        # SIGHUP: apply the host config file again (the file changing does it too).
+        loop.add_signal_handler(signal.SIGHUP, lambda: proxy.spawn(proxy.reload(), "reload"))
         try:
             await proxy.start(take_over=args.take_over)
             if args.ready_file:

@@ -30,13 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from gossamer.errors import IdentityError
+from gossamer.capture.rules import CaptureError, CaptureSpec, HostCaptureSpec, UidCapture
+from gossamer.errors import GossamerError, IdentityError
+from gossamer.host import capture
+from gossamer.host.config import ConfigFile, plan
 from gossamer.host.fairness import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT, share_fairly
 from gossamer.host.handover import Channel, HandoverError
 from gossamer.host.identity import HostedAgent, HostSession, NotOnHost
 from gossamer.host.netns import NamespaceThread, same_namespace
 from gossamer.proxy.agent.session import AgentConfig, WorkloadPortSpec
 from gossamer.proxy.dataplane import DataPlane, DataPlaneConfig
+from gossamer.resources.host import ConfiguredWorkload, HostConfiguration
 
 log = logging.getLogger("gossamer.host")
 
@@ -95,15 +99,32 @@ class Registration:
     ports: tuple[WorkloadPortSpec, ...] = ()
     dns: Address | None = None  # mesh DNS (decision 0061), for a captured workload
     service_cidr: str | None = None
+    # Only from the host config file (the operator's): the workload's own network
+    # namespace, opened by the host proxy, or the uid whose traffic is captured to it.
+    netns_path: str | None = None
+    uid: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:
         return self.namespace, self.name
 
     @classmethod
-    def from_json(cls, raw: Any) -> Registration:
+    def from_json(cls, raw: Any, *, configured: bool = False) -> Registration:
+        """Read a registration; `configured` when it comes from the host config file,
+        which alone may name a network namespace by path or a uid to capture."""
         if not isinstance(raw, dict):
             raise BadRegistration("the registration must be a JSON object")
+        for key in ("netns", "uid"):
+            if raw.get(key) is not None and not configured:
+                raise BadRegistration(
+                    f"{key}: only the host config file (gossamer host --config) may set it"
+                )
+        uid = raw.get("uid")
+        if uid is not None and (isinstance(uid, bool) or not isinstance(uid, int) or uid < 1):
+            raise BadRegistration("uid: must be a positive integer")
+        netns_path = raw.get("netns")
+        if netns_path is not None and not isinstance(netns_path, str):
+            raise BadRegistration("netns: must be a path")
         labels = raw.get("labels") or {}
         if not isinstance(labels, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
@@ -133,6 +154,8 @@ class Registration:
             ports=tuple(ports),
             dns=_address(raw["dns"], "dns") if raw.get("dns") else None,
             service_cidr=_cidr(raw.get("serviceCidr")),
+            netns_path=netns_path,
+            uid=uid,
         )
 
 
@@ -152,6 +175,9 @@ class HostedWorkload:
     namespace: NamespaceThread | None = None
     netns: int = -1
     handed_over: bool = False
+    # Who registered it: a `gossamer run --host-proxy` ("socket"; its lease ends it) or
+    # the host config file ("config"; a reload that drops it ends it).
+    source: str = "socket"
 
 
 @dataclass(frozen=True)
@@ -167,6 +193,12 @@ class HostConfig:
     handover_drain_seconds: float = 30.0
     # Each workload's cap on its connections (gossamer.host.fairness).
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # The host config file (gossamer.host.config): workloads registered by the operator.
+    config_path: Path | None = None
+    config_poll_seconds: float = 1.0
+    # The group this process runs as (gossamer host --proxy-gid): its sockets are never
+    # captured, per uid on this host either.
+    proxy_gid: int | None = None
     # And on its requests in flight.
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
 
@@ -186,8 +218,14 @@ class HostProxy:
         self._sock: socket.socket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._handing_over = False
         # Set once this process has handed its workloads over and drained.
         self.retired = asyncio.Event()
+        self._config = ConfigFile(config.config_path) if config.config_path else None
+        self._config_lock = asyncio.Lock()
+        self._captured = False  # whether uid capture rules are installed (by this file)
+        # Entries of the host config file refused at the last reload, and why.
+        self.config_refused: dict[tuple[str, str], str] = {}
 
     def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -199,8 +237,13 @@ class HostProxy:
         """The host's certificate, then the workloads of the host proxy running on our
         socket (`take_over`), or else a registration socket of our own."""
         await self.session.start()
-        if take_over and await self.take_over():
-            return
+        if not (take_over and await self.take_over()):
+            self._listen()
+        if self._config is not None:
+            await self.apply_config(first=True)
+            self.spawn(self._watch_config(), name="config")
+
+    def _listen(self) -> None:
         path = self.config.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
@@ -226,6 +269,13 @@ class HostProxy:
             await _reply(loop, conn, {"ok": False, "error": "only this user may take over"})
             conn.close()
             return
+        self._handing_over = True  # no reload of the host config file from here on
+        async with self._config_lock:
+            await self._give_all(conn, peer)
+
+    async def _give_all(self, conn: socket.socket, peer: dict[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._sock is not None
         log.info("handing %d workload(s) over to pid %s", len(self.workloads), peer.get("pid"))
         conn.setblocking(True)
         channel = Channel(conn)
@@ -237,12 +287,13 @@ class HostProxy:
         except (HandoverError, OSError) as err:
             log.error("handover failed, serving on: %s", err)
             conn.close()
+            self._handing_over = False
             return
         # From here on the next process serves: accept nothing more (new connections
         # wait in the shared sockets' queues), leave the control plane to it, and free
         # what cannot be shared (mesh DNS's ports) before it starts the workloads.
         for task in list(self._tasks):
-            if task is not asyncio.current_task() and task.get_name() == "accept":
+            if task is not asyncio.current_task() and task.get_name() in ("accept", "config"):
                 task.cancel()
         self._sock.close()
         self._sock = None
@@ -272,8 +323,9 @@ class HostProxy:
     async def _send_workload(self, channel: Channel, hosted: HostedWorkload) -> None:
         listeners = await self._on_loop(hosted, _listening(hosted.dataplane))
         names = sorted(listeners)
-        assert hosted.lease is not None
-        fds = [hosted.lease.fileno(), *(listeners[n].fileno() for n in names)]
+        # A workload from the host config file has no lease: the file says whether it stays.
+        leases = [hosted.lease.fileno()] if hosted.lease is not None else []
+        fds = [*leases, *(listeners[n].fileno() for n in names)]
         if hosted.netns >= 0:
             fds.append(hosted.netns)
         message = {
@@ -281,6 +333,8 @@ class HostProxy:
             "peer": hosted.peer,
             "listeners": names,
             "netns": hosted.netns >= 0,
+            "lease": bool(leases),
+            "source": hosted.source,
         }
         try:
             await asyncio.to_thread(channel.send, message, fds)
@@ -333,15 +387,155 @@ class HostProxy:
     async def _take_workload(self, message: dict[str, Any], fds: list[int]) -> None:
         names = message.get("listeners") or []
         netns = fds[-1] if message.get("netns") else -1
-        lease = socket.socket(fileno=fds[0])
-        listeners = {n: socket.socket(fileno=fd) for n, fd in zip(names, fds[1:], strict=False)}
-        registration = Registration.from_json(message.get("registration"))
+        configured = message.get("source") == "config"
+        lease = socket.socket(fileno=fds.pop(0)) if message.get("lease", True) else None
+        listeners = {n: socket.socket(fileno=fd) for n, fd in zip(names, fds, strict=False)}
+        registration = Registration.from_json(message.get("registration"), configured=configured)
         peer = message.get("peer") or {}
         hosted = await self._start_in_namespace(registration, peer, netns, listeners)
         hosted.raw, hosted.lease = message["registration"], lease
-        lease.setblocking(False)
         self.workloads[registration.key] = hosted
-        self.spawn(self._hold_lease(hosted))
+        if configured:
+            hosted.source = "config"
+        if lease is not None:
+            lease.setblocking(False)
+            self.spawn(self._hold_lease(hosted))
+
+    # -- the host config file (gossamer.host.config) -----------------------------------
+
+    async def reload(self) -> None:
+        """Apply the host config file again (SIGHUP): what changed, and the entries
+        refused before (the Host object may allow them now)."""
+        if self._config is None:
+            log.warning("reload asked for, but this host proxy has no --config")
+            return
+        await self.apply_config()
+
+    async def _watch_config(self) -> None:
+        assert self._config is not None
+        while True:
+            await asyncio.sleep(self.config.config_poll_seconds)
+            if self._config.changed():
+                log.info("host config %s changed: reloading", self._config.path)
+                await self.apply_config()
+
+    async def apply_config(self, *, first: bool = False) -> bool:
+        """Serve what the host config file lists; False when it is rejected (then the
+        workloads already served keep serving, and the log says why). At start
+        (`first`) a file that cannot be read or validated is an error."""
+        assert self._config is not None
+        async with self._config_lock:
+            if self._handing_over or self._closed:
+                return False
+            path = self._config.path
+            try:
+                config = self._config.read()
+            except (OSError, GossamerError) as err:
+                reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+                if first:
+                    raise GossamerError(f"host config {path}: {reason}") from None
+                log.error(
+                    "host config %s rejected whole, the workloads already served keep "
+                    "serving: %s", path, reason,
+                )  # fmt: skip
+                return False
+            await self._apply(config)
+            return True
+
+    async def _apply(self, config: HostConfiguration) -> None:
+        path = self.config.config_path
+        served = {k: h for k, h in self.workloads.items() if h.source == "config"}
+        registered = frozenset(k for k, h in self.workloads.items() if h.source != "config")
+        todo = plan(config, {k: h.raw for k, h in served.items()}, registered | self._starting)
+        stopping = [self.workloads.pop(key) for key in todo.stop]
+        await asyncio.gather(*(self._stop(h) for h in stopping))
+        self.config_refused = {
+            w.key: f"{w.namespace}/{w.name} is registered by `gossamer run --host-proxy`"
+            for w in todo.taken
+        }
+        starting = list(todo.start)
+        if not self._install_capture(config):
+            for w in [w for w in starting if w.uid is not None]:
+                starting.remove(w)
+                self.config_refused[w.key] = "its uid's capture rules could not be installed"
+        results = await asyncio.gather(*(self._start_configured(w) for w in starting))
+        for w, error in zip(starting, results, strict=True):
+            if error is not None:
+                self.config_refused[w.key] = error
+        for (namespace, name), why in sorted(self.config_refused.items()):
+            log.error("host config %s: workload %s/%s refused: %s", path, namespace, name, why)
+        log.info(
+            "host config %s applied: %d workload(s) from it served (%d stopped, %d started), "
+            "%d refused",
+            path,
+            sum(1 for h in self.workloads.values() if h.source == "config"),
+            len(stopping),
+            len(starting) - sum(1 for r in results if r is not None),
+            len(self.config_refused),
+        )
+
+    def _install_capture(self, config: HostConfiguration) -> bool:
+        """The capture rules of the file's uid workloads, all of them, served or not: a
+        workload refused (or not up yet) has its connections refused, not sent out
+        uncaptured. False when they could not be installed."""
+        spec = self._capture_spec(config)
+        if spec is None:
+            return True
+        try:
+            if spec.workloads:
+                capture.install(spec)
+            else:
+                capture.remove()
+        except CaptureError as err:
+            log.error("host config %s: %s", self.config.config_path, err)
+            return False
+        return True
+
+    def _capture_spec(self, config: HostConfiguration) -> HostCaptureSpec | None:
+        """None when neither this file nor an earlier one captured any uid."""
+        workloads = tuple(
+            UidCapture(
+                w.uid,
+                CaptureSpec(
+                    outbound_port=_port(w.outbound),
+                    inbound_port=_port(w.inbound),
+                    inbound_ports=tuple(p.port for p in w.ports),
+                    exclude_outbound_cidrs=(self.config.discovery[0],),
+                    dns_port=_port(w.dns) if w.dns else None,
+                ),
+            )
+            for w in config.workloads
+            if w.uid is not None
+        )
+        if not workloads and not self._captured:
+            return None
+        self._captured = bool(workloads)
+        return HostCaptureSpec(workloads, proxy_uid=os.getuid(), proxy_gid=self.config.proxy_gid)
+
+    async def _start_configured(self, entry: ConfiguredWorkload) -> str | None:
+        """Start one workload of the host config file; None, or why it was refused."""
+        raw = entry.registration()
+        key = entry.key
+        self._starting.add(key)
+        netns = -1
+        try:
+            registration = Registration.from_json(raw, configured=True)
+            if registration.netns_path is not None:
+                netns = os.open(registration.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+                if same_namespace(netns):
+                    os.close(netns)
+                    netns = -1
+            hosted = await self._start_in_namespace(registration, {}, netns)
+            netns = -1  # the workload's now
+        except (BadRegistration, NotOnHost, OSError, TimeoutError, IdentityError) as err:
+            return str(err)
+        finally:
+            self._starting.discard(key)
+            if netns >= 0:
+                os.close(netns)
+        hosted.raw, hosted.source = raw, "config"
+        self.workloads[key] = hosted
+        return None
 
     async def _accept_loop(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -544,6 +738,12 @@ class HostProxy:
 
     async def close(self) -> None:
         self._closed = True
+        if self._captured:
+            log.warning(
+                "the capture rules of this host's uid workloads stay installed: their "
+                "connections are refused until a host proxy serves them again (remove the "
+                "rules with `gossamer host --remove-capture`)"
+            )
         if self._sock is not None:
             self._sock.close()
             with contextlib.suppress(OSError):
@@ -576,6 +776,10 @@ async def _drain(hosted: HostedWorkload, seconds: float) -> None:
     while dp.idle_connections_closed() and loop.time() < deadline:
         await asyncio.sleep(0.1)
     await dp.close()
+
+
+def _port(listener: str) -> int:
+    return int(listener.rpartition(":")[2])
 
 
 def _addresses(dp: DataPlane) -> dict[str, str]:
