@@ -156,3 +156,51 @@ def test_a_malformed_host_config_file_stops_the_start_naming_the_field(
         result.stderr
     ), result.stderr
     assert "workloads[0].outbound: required" in result.stderr
+
+
+def start_host(
+    cp: ControlPlaneProcess, tmp: Path, config: Path, log: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    ready = log.with_suffix(".ready")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*GOSSAMER, "host", "--name", "node-1", "--discovery", cp.discovery,
+             "--server", cp.api, "--token-file", str(cp.token_file),
+             "--socket", str(tmp / "host.sock"), "--state-dir", str(tmp / "state"),
+             "--config", str(config), "--ready-file", str(ready), "--log-level", "debug",
+             "--handover-drain-seconds", "2", *extra],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    wait(lambda: ready.exists() or proc.poll() is not None, "gossamer host never ready", log)
+    assert proc.poll() is None, log.read_text()
+    return proc
+
+
+def test_a_host_proxy_taking_over_keeps_the_config_file_s_workloads(
+    control_plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    cp = control_plane
+    cp.cli("apply", "-f", "-", stdin=host_object("node-1", ("shop", "web")), check=True)
+    admin = free_port()
+    config = tmp_path / "host.yaml"
+    write(config, workload("web-1", "web", admin))
+    old_log, new_log = tmp_path / "old.log", tmp_path / "new.log"
+    old = start_host(cp, tmp_path, config, old_log)
+    new: subprocess.Popen[bytes] | None = None
+    try:
+        wait(lambda: ready(admin), "web-1 never became ready", old_log)
+        before = _uid(cp, "web-1")
+        new = start_host(cp, tmp_path, config, new_log, "--take-over")
+        # The old process hands web-1 (its listeners, no lease) over, drains and exits;
+        # the new one serves it from the same file, unchanged: nothing stops or starts.
+        assert old.wait(timeout=60) == 0, old_log.read_text()
+        assert ready(admin)
+        text = new_log.read_text()
+        assert "took over 1 workload(s)" in text, text
+        assert "1 workload(s) from it served (0 stopped, 0 started), 0 refused" in text, text
+        assert _uid(cp, "web-1") == before
+        assert registered(cp) == {"web-1"}
+    finally:
+        stop_process(old)
+        if new is not None:
+            stop_process(new)
