@@ -7,7 +7,8 @@ authorization allows only alice. On host 1, `gossamer host --config` serves alic
 the host proxy's rules. Each call carries its own uid's identity (the server allows one
 and denies the other), bob cannot take alice's identity by connecting to her outbound
 listener himself, and while no host proxy runs their connections are refused, not sent
-uncaptured.
+uncaptured. A host config file entry may instead name a network namespace by path: the
+host proxy serves it inside that namespace.
 """
 
 from __future__ import annotations
@@ -199,3 +200,34 @@ def write(path: Path, *workloads: dict[str, object]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"kind": "HostConfiguration", "workloads": list(workloads)}))
     tmp.replace(path)
+
+
+def test_a_config_file_workload_with_a_namespace_path_is_served_inside_it(
+    tmp_path: Path,
+) -> None:
+    require_namespaces()
+    with UidNetwork(3) as net:
+        cp_host, node, pod = net.hosts
+        cp = start_control_plane(cp_host, tmp_path)
+        config = tmp_path / "host.json"
+        dave = {
+            "name": "dave-1", "namespace": "shop", "serviceAccount": "dave",
+            "inbound": f"{pod.address}:4143", "outbound": "127.0.0.1:4140",
+            "admin": "0.0.0.0:4191", "netns": f"/run/netns/{pod.netns}",
+        }  # fmt: skip
+        write(config, dave)
+        hp = start_host_proxy(cp, node, tmp_path, "node-1", ("shop", "dave"),
+                              extra=("--config", str(config)))  # fmt: skip
+        try:
+            wait_until(lambda: _ready(pod, 4191), "dave-1 never became ready in its namespace",
+                       timeout=90, log=hp.log)  # fmt: skip
+            # Its listeners are in its namespace, held by the host proxy's process.
+            held = pod.run("ss", "-Htlnp").stdout
+            assert f"pid={hp.proc.pid}," in held and ":4140 " in held, held
+            assert ":4140 " not in node.run("ss", "-Htlnp").stdout
+            # The file drops it: it leaves, and its listeners close.
+            write(config)
+            wait_until(lambda: ":4143 " not in pod.run("ss", "-Htlnp").stdout,
+                       "dave-1's listeners never closed", log=hp.log)  # fmt: skip
+        finally:
+            stop(hp.proc)

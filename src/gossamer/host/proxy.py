@@ -525,8 +525,8 @@ class HostProxy:
                 if same_namespace(netns):
                     os.close(netns)
                     netns = -1
-            hosted = await self._start_in_namespace(registration, {}, netns)
-            netns = -1  # the workload's now
+            given, netns = netns, -1  # _start_in_namespace takes it, even when it fails
+            hosted = await self._start_in_namespace(registration, {}, given)
         except (BadRegistration, NotOnHost, OSError, TimeoutError, IdentityError) as err:
             return str(err)
         finally:
@@ -585,8 +585,8 @@ class HostProxy:
                 )
             key = registration.key
             self._starting.add(key)
-            hosted = await self._start_in_namespace(registration, peer, netns)
-            netns = -1  # the workload's now
+            given, netns = netns, -1  # _start_in_namespace takes it, even when it fails
+            hosted = await self._start_in_namespace(registration, peer, given)
         except (BadRegistration, NotOnHost, OSError, TimeoutError, IdentityError) as err:
             log.warning("registration refused (peer %s): %s", peer, err)
             await _reply(loop, conn, {"ok": False, "error": str(err)})
@@ -627,11 +627,15 @@ class HostProxy:
         listeners: dict[str, socket.socket] | None = None,
     ) -> HostedWorkload:
         """Start the workload's data plane here, or, when it has a network namespace of
-        its own (`netns` >= 0, taken), on a thread inside that namespace; on the
-        `listeners` handed over by the previous process, if any."""
+        its own (`netns` >= 0, taken: closed here if the start fails), on a thread inside
+        that namespace; on the `listeners` handed over by the previous process, if any."""
         if netns < 0:
             return await self._start_workload(reg, peer, listeners)
-        kept = os.dup(netns)  # for a handover; the thread owns `netns`
+        try:
+            kept = os.dup(netns)  # for a handover; the thread owns `netns`
+        except OSError:
+            os.close(netns)
+            raise
         thread = NamespaceThread(netns, f"{reg.namespace}-{reg.name}")
         try:
             await thread.start()
