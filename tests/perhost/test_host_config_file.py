@@ -49,6 +49,7 @@ def test_an_entry_registers_as_gossamer_run_would() -> None:
         ({"outbound": "0.0.0.0:4140"}, "workloads[0].outbound: a uid workload's outbound"),
         ({"outbound": "127.0.0.1:0"}, "workloads[0].outbound: a uid workload's outbound"),
         ({"netns": "/run/netns/web"}, "workloads[0].uid: a workload is told apart by"),
+        ({"dns": "10.0.0.1:53"}, "workloads[0].dns: a uid workload's DNS listener must be"),
         ({"uid": None, "netns": "web"}, "workloads[0].netns: must be an absolute path"),
         ({"ports": [{"port": 80}, {"port": 80}]}, "workloads[0].ports[1].port: duplicate"),
         ({"labels": {"app": 1}}, 'workloads[0].labels["app"]: must be a string'),

@@ -409,7 +409,7 @@ class HostProxy:
         if self._config is None:
             log.warning("reload asked for, but this host proxy has no --config")
             return
-        await self.apply_config()
+        await self._reload()
 
     async def _watch_config(self) -> None:
         assert self._config is not None
@@ -417,7 +417,15 @@ class HostProxy:
             await asyncio.sleep(self.config.config_poll_seconds)
             if self._config.changed():
                 log.info("host config %s changed: reloading", self._config.path)
-                await self.apply_config()
+                await self._reload()
+
+    async def _reload(self) -> None:
+        # A reload that fails in a way nobody foresaw must not end the watch (or leave
+        # an exception no task retrieves): the workloads served go on, the log says why.
+        try:
+            await self.apply_config()
+        except Exception:
+            log.exception("reloading host config %s failed", self.config.config_path)
 
     async def apply_config(self, *, first: bool = False) -> bool:
         """Serve what the host config file lists; False when it is rejected (then the

@@ -179,8 +179,14 @@ class ConfiguredWorkload(Model):
                 )  # fmt: skip
             if _port_of(self.inbound) == 0:
                 found.append((("inbound",), "a uid workload needs a fixed inbound port"))
-            if self.dns is not None and _port_of(self.dns) == 0:
-                found.append((("dns",), "a uid workload needs a fixed DNS port"))
+            if self.dns is not None and (
+                _port_of(self.dns) == 0
+                or self.dns.rpartition(":")[0] not in ("127.0.0.1", "0.0.0.0")
+            ):
+                found.append(
+                    (("dns",), "a uid workload's DNS listener must be on 127.0.0.1 with a "
+                     "fixed port: its uid's DNS is redirected there")
+                )  # fmt: skip
         raise_problems(found)
         return self
 
