@@ -108,8 +108,8 @@ def test_the_host_config_file_registers_reloads_and_keeps_node_authorization(
         wait(lambda: "rejected whole" in log.read_text(), "the bad file was not rejected", log)
         text = log.read_text()
         assert (
-            f"host config {config} rejected whole, the workloads already served keep "
-            f"serving: {config}: workloads[1].uid: must be 1-4294967294"
+            f"host config {config}: workloads[1].uid: must be 1-4294967294; rejected whole, "
+            "the workloads already served keep serving"
         ) in text, text
         config.write_text("workloads: [unclosed")
         wait(lambda: "invalid YAML at line 1" in log.read_text(), "bad YAML not rejected", log)
@@ -152,9 +152,9 @@ def test_a_malformed_host_config_file_stops_the_start_naming_the_field(
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode != 0
-    assert f"host config {config}: {config}: workloads[0].inbound: must be HOST:PORT" in (
+    assert f"host config {config}: workloads[0].inbound: must be HOST:PORT" in (result.stderr), (
         result.stderr
-    ), result.stderr
+    )
     assert "workloads[0].outbound: required" in result.stderr
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from gossamer.capture.rules import CaptureError, CaptureSpec, HostCaptureSpec, UidCapture
-from gossamer.errors import GossamerError, IdentityError
+from gossamer.errors import GossamerError, IdentityError, InvalidResource
 from gossamer.host import capture
 from gossamer.host.config import ConfigFile, plan
 from gossamer.host.fairness import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT, share_fairly
@@ -235,13 +235,26 @@ class HostProxy:
 
     async def start(self, take_over: bool = False) -> None:
         """The host's certificate, then the workloads of the host proxy running on our
-        socket (`take_over`), or else a registration socket of our own."""
+        socket (`take_over`), or else a registration socket of our own; then the
+        workloads of the host config file. A config file that cannot be read or does
+        not validate is an error before anything starts."""
+        config = self._read_config() if self._config is not None else None
         await self.session.start()
         if not (take_over and await self.take_over()):
             self._listen()
-        if self._config is not None:
-            await self.apply_config(first=True)
+        if config is not None:
+            async with self._config_lock:
+                await self._apply(config)
             self.spawn(self._watch_config(), name="config")
+
+    def _read_config(self) -> HostConfiguration:
+        assert self._config is not None
+        try:
+            return self._config.read()
+        except InvalidResource as err:  # it names the file: "PATH: workloads[1].uid: ..."
+            raise GossamerError(f"host config {err}") from None
+        except OSError as err:
+            raise GossamerError(f"host config {self._config.path}: {err.strerror or err}") from None
 
     def _listen(self) -> None:
         path = self.config.socket_path
@@ -427,25 +440,17 @@ class HostProxy:
         except Exception:
             log.exception("reloading host config %s failed", self.config.config_path)
 
-    async def apply_config(self, *, first: bool = False) -> bool:
-        """Serve what the host config file lists; False when it is rejected (then the
-        workloads already served keep serving, and the log says why). At start
-        (`first`) a file that cannot be read or validated is an error."""
+    async def apply_config(self) -> bool:
+        """Serve what the host config file lists now; False when it is rejected (then
+        the workloads already served keep serving, and the log says why)."""
         assert self._config is not None
         async with self._config_lock:
             if self._handing_over or self._closed:
                 return False
-            path = self._config.path
             try:
-                config = self._config.read()
-            except (OSError, GossamerError) as err:
-                reason = err.strerror if isinstance(err, OSError) and err.strerror else err
-                if first:
-                    raise GossamerError(f"host config {path}: {reason}") from None
-                log.error(
-                    "host config %s rejected whole, the workloads already served keep "
-                    "serving: %s", path, reason,
-                )  # fmt: skip
+                config = self._read_config()
+            except GossamerError as err:
+                log.error("%s; rejected whole, the workloads already served keep serving", err)
                 return False
             await self._apply(config)
             return True
