@@ -1,6 +1,7 @@
 """The optional native HTTP/2 codec (decision 0097); everything else is in pyproject.toml.
 
-`gossamer.proxy.wire._h2native` wraps libnghttp2's HPACK. It is built when a C compiler,
+`gossamer.proxy.wire._h2native` wraps libnghttp2's HPACK, and its nghttp2_session as a
+whole HTTP/2 connection (decision 0102). It is built when a C compiler,
 Python's headers and libnghttp2's (Debian: gcc, python3-dev, libnghttp2-dev) are
 present; otherwise the build says why and the install goes on without it, and the
 proxy carries HTTP/2 on the pure-Python codec (h2's hpack), saying so once when it
@@ -43,6 +44,9 @@ setup(
         Extension(
             "gossamer.proxy.wire._h2native",
             sources=["src/gossamer/proxy/wire/_h2native.c"],
+            # HPACK (_h2native.c) and the whole connection on nghttp2_session, which
+            # _h2native.c includes (_h2session.c, decision 0102): one module.
+            depends=["src/gossamer/proxy/wire/_h2session.c"],
             include_dirs=include_dirs,
             library_dirs=library_dirs,
             libraries=libraries,

@@ -10,8 +10,9 @@ proxy's HTTP/2 layer (h2's framing and HPACK on both connections, and ours). Pro
 CPU time, best of ``--repeat``: far steadier on a shared machine than the end-to-end
 benchmark, which it does not replace (bench/run.py --workload grpc).
 
-The hop is measured with each HPACK codec built here (``--codec``, decision 0097),
-repeats interleaved so that both see the same machine. The calls are spread over fresh
+The hop is measured with each HTTP/2 codec built here (``--codec``, decisions 0097 and
+0102: h2 with pure-Python or native HPACK, or nghttp2_session), repeats interleaved so
+that each sees the same machine. The calls are spread over fresh
 connections of at most CALLS_PER_CONNECTION streams each: the proxy drains a connection
 at its 10,000th (decision 0046).
 
@@ -253,7 +254,7 @@ def main() -> int:
         "--codec",
         choices=("both", *h2codec.NAMES),
         default="both",
-        help="the proxy's HPACK codec (default: each one built here)",
+        help="the proxy's HTTP/2 codec (default: each one built here)",
     )
     p.add_argument(
         "--messages",
@@ -265,8 +266,8 @@ def main() -> int:
     global MESSAGES
     MESSAGES = args.messages
     codecs = [args.codec] if args.codec != "both" else [h2codec.PYTHON.name]
-    if args.codec == "both" and h2codec.NATIVE is not None:
-        codecs.append(h2codec.NATIVE.name)
+    if args.codec == "both":
+        codecs += [c.name for c in (h2codec.NATIVE, h2codec.SESSION) if c is not None]
     best: dict[str, tuple[float, float, float, int]] = {}
     for _ in range(args.repeat):
         for name in codecs:

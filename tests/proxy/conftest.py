@@ -46,12 +46,14 @@ def pytest_asyncio_loop_factories(
     return {"uvloop": uvloop.new_event_loop}
 
 
-# The HTTP/2 protocol, bad-input and gRPC suites run over each HPACK codec (decision
-# 0097). The native one must be built here (make test builds it): where it is not, its
-# half of these tests fails with the reason rather than passing over the other codec.
+# The HTTP/2 protocol, bad-input and gRPC suites run over each codec: h2 with the
+# pure-Python or the native HPACK (decision 0097), and nghttp2_session (decision 0102).
+# The native ones must be built here (make test builds them): where they are not, their
+# part of these tests fails with the reason rather than passing over another codec.
 H2_CODEC_SUITES = frozenset(
     (
         "test_http2",
+        "test_h2_coalesce",
         "test_h2spec",
         "test_h2_hardening",
         "test_h2_hooks",
@@ -68,7 +70,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(autouse=True)
 def h2_codec(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The HPACK codec new HTTP/2 connections use, here and in proxies tests start."""
+    """The HTTP/2 codec new connections use, here and in proxies tests start."""
     before = h2codec.active
     name: str = getattr(request, "param", before.name)
     h2codec.use(name)

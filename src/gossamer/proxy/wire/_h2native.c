@@ -14,6 +14,7 @@
 
 /* Fields of one block kept on the stack; more than this (rare) is malloc'd. */
 #define STACK_FIELDS 64
+
 /* hpack's defaults: a 4 KiB dynamic table, a 64 KiB header list. */
 #define DEFAULT_TABLE_SIZE 4096
 #define DEFAULT_MAX_HEADER_LIST_SIZE 65536
@@ -76,6 +77,85 @@ static PyObject *as_bytes(PyObject *o) {
     return NULL;
 }
 
+/* Fill nva[0..n) from a tuple of (name, value[, sensitive]) fields; keep[] gets the bytes
+ * objects nva points into (*kept of them, to be released by the caller whatever the
+ * outcome). Returns 0, or -1 with an exception set. Session uses it too. */
+static int h2n_fill_nva(PyObject *items, nghttp2_nv *nva, PyObject **keep, Py_ssize_t *kept) {
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *field = PyTuple_GET_ITEM(items, i);
+        Py_ssize_t size;
+        PyObject *name, *value;
+        int sensitive = 0;
+        if (PyTuple_Check(field)) {
+            size = PyTuple_GET_SIZE(field);
+            if (size < 2) {
+                PyErr_SetString(PyExc_ValueError, "a header field is a (name, value) pair");
+                return -1;
+            }
+            name = PyTuple_GET_ITEM(field, 0);
+            value = PyTuple_GET_ITEM(field, 1);
+            Py_INCREF(name);
+            Py_INCREF(value);
+            if (!PyTuple_CheckExact(field) &&
+                PyObject_TypeCheck(field, (PyTypeObject *)NeverIndexedHeaderTuple)) {
+                sensitive = 1;
+            } else if (size > 2 && !PyObject_TypeCheck(field, (PyTypeObject *)HeaderTuple)) {
+                sensitive = PyObject_IsTrue(PyTuple_GET_ITEM(field, 2)); /* a tuple holds it */
+                if (sensitive < 0) {
+                    Py_DECREF(name);
+                    Py_DECREF(value);
+                    return -1;
+                }
+            }
+        } else {
+            /* Any other sequence: hpack takes (name, value) or (name, value, sensitive). */
+            /* A tuple copy, which holds its items whatever __bool__ does. */
+            PyObject *seq = PySequence_Tuple(field);
+            if (seq == NULL)
+                return -1;
+            size = PyTuple_GET_SIZE(seq);
+            if (size < 2) {
+                Py_DECREF(seq);
+                PyErr_SetString(PyExc_ValueError, "a header field is a (name, value) pair");
+                return -1;
+            }
+            name = PyTuple_GET_ITEM(seq, 0);
+            value = PyTuple_GET_ITEM(seq, 1);
+            Py_INCREF(name);
+            Py_INCREF(value);
+            if (size > 2) {
+                sensitive = PyObject_IsTrue(PyTuple_GET_ITEM(seq, 2));
+            }
+            Py_DECREF(seq);
+            if (sensitive < 0) {
+                Py_DECREF(name);
+                Py_DECREF(value);
+                return -1;
+            }
+        }
+        PyObject *bname = as_bytes(name);
+        Py_DECREF(name);
+        if (bname == NULL) {
+            Py_DECREF(value);
+            return -1;
+        }
+        keep[(*kept)++] = bname;
+        PyObject *bvalue = as_bytes(value);
+        Py_DECREF(value);
+        if (bvalue == NULL)
+            return -1;
+        keep[(*kept)++] = bvalue;
+        nva[i].name = (uint8_t *)PyBytes_AS_STRING(bname);
+        nva[i].namelen = (size_t)PyBytes_GET_SIZE(bname);
+        nva[i].value = (uint8_t *)PyBytes_AS_STRING(bvalue);
+        nva[i].valuelen = (size_t)PyBytes_GET_SIZE(bvalue);
+        nva[i].flags = sensitive ? NGHTTP2_NV_FLAG_NO_INDEX : NGHTTP2_NV_FLAG_NONE;
+    }
+
+    return 0;
+}
+
 static PyObject *Encoder_encode(Encoder *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"headers", "huffman", NULL};
     PyObject *headers;
@@ -118,76 +198,8 @@ static PyObject *Encoder_encode(Encoder *self, PyObject *args, PyObject *kwds) {
         }
     }
 
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *field = PyTuple_GET_ITEM(items, i);
-        Py_ssize_t size;
-        PyObject *name, *value;
-        int sensitive = 0;
-        if (PyTuple_Check(field)) {
-            size = PyTuple_GET_SIZE(field);
-            if (size < 2) {
-                PyErr_SetString(PyExc_ValueError, "a header field is a (name, value) pair");
-                goto done;
-            }
-            name = PyTuple_GET_ITEM(field, 0);
-            value = PyTuple_GET_ITEM(field, 1);
-            Py_INCREF(name);
-            Py_INCREF(value);
-            if (!PyTuple_CheckExact(field) &&
-                PyObject_TypeCheck(field, (PyTypeObject *)NeverIndexedHeaderTuple)) {
-                sensitive = 1;
-            } else if (size > 2 && !PyObject_TypeCheck(field, (PyTypeObject *)HeaderTuple)) {
-                sensitive = PyObject_IsTrue(PyTuple_GET_ITEM(field, 2)); /* a tuple holds it */
-                if (sensitive < 0) {
-                    Py_DECREF(name);
-                    Py_DECREF(value);
-                    goto done;
-                }
-            }
-        } else {
-            /* Any other sequence: hpack takes (name, value) or (name, value, sensitive). */
-            /* A tuple copy, which holds its items whatever __bool__ does. */
-            PyObject *seq = PySequence_Tuple(field);
-            if (seq == NULL)
-                goto done;
-            size = PyTuple_GET_SIZE(seq);
-            if (size < 2) {
-                Py_DECREF(seq);
-                PyErr_SetString(PyExc_ValueError, "a header field is a (name, value) pair");
-                goto done;
-            }
-            name = PyTuple_GET_ITEM(seq, 0);
-            value = PyTuple_GET_ITEM(seq, 1);
-            Py_INCREF(name);
-            Py_INCREF(value);
-            if (size > 2) {
-                sensitive = PyObject_IsTrue(PyTuple_GET_ITEM(seq, 2));
-            }
-            Py_DECREF(seq);
-            if (sensitive < 0) {
-                Py_DECREF(name);
-                Py_DECREF(value);
-                goto done;
-            }
-        }
-        PyObject *bname = as_bytes(name);
-        Py_DECREF(name);
-        if (bname == NULL) {
-            Py_DECREF(value);
-            goto done;
-        }
-        keep[kept++] = bname;
-        PyObject *bvalue = as_bytes(value);
-        Py_DECREF(value);
-        if (bvalue == NULL)
-            goto done;
-        keep[kept++] = bvalue;
-        nva[i].name = (uint8_t *)PyBytes_AS_STRING(bname);
-        nva[i].namelen = (size_t)PyBytes_GET_SIZE(bname);
-        nva[i].value = (uint8_t *)PyBytes_AS_STRING(bvalue);
-        nva[i].valuelen = (size_t)PyBytes_GET_SIZE(bvalue);
-        nva[i].flags = sensitive ? NGHTTP2_NV_FLAG_NO_INDEX : NGHTTP2_NV_FLAG_NONE;
-    }
+    if (h2n_fill_nva(items, nva, keep, &kept) < 0)
+        goto done;
 
     size_t bound = nghttp2_hd_deflate_bound(self->deflater, nva, (size_t)n);
     result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)bound);
@@ -345,7 +357,7 @@ static int check_size_updates(Decoder *self, const uint8_t *p, size_t len) {
     return 0;
 }
 
-static PyObject *field_tuple(PyObject *type, const nghttp2_nv *nv, int raw) {
+static PyObject *h2n_field_tuple(PyObject *type, const nghttp2_nv *nv, int raw) {
     PyObject *name, *value;
     /* The value is made only once the name is: never with an exception already set. */
     if (raw) {
@@ -420,7 +432,7 @@ static PyObject *Decoder_decode(Decoder *self, PyObject *args, PyObject *kwds) {
                              self->max_header_list_size);
                 goto fail;
             }
-            PyObject *t = field_tuple(
+            PyObject *t = h2n_field_tuple(
                 (nv.flags & NGHTTP2_NV_FLAG_NO_INDEX) ? NeverIndexedHeaderTuple : HeaderTuple,
                 &nv, raw);
             if (t == NULL) {
@@ -518,6 +530,12 @@ static PyTypeObject DecoderType = {
     .tp_getset = Decoder_getset,
 };
 
+/* ---- Session: the whole connection on nghttp2_session (decision 0102) -------------- */
+
+/* In a file of its own, compiled as part of this one (one translation unit: it uses the
+ * helpers above, and `gcc _h2native.c` alone still builds the whole module). */
+#include "_h2session.c"
+
 /* ---- module ------------------------------------------------------------------------- */
 
 static struct PyModuleDef h2native_module = {
@@ -553,7 +571,8 @@ PyMODINIT_FUNC PyInit__h2native(void) {
     nghttp2_info *info = nghttp2_version(0);
     if (PyModule_AddStringConstant(m, "NGHTTP2_VERSION", info->version_str) < 0 ||
         PyModule_AddObjectRef(m, "Encoder", (PyObject *)&EncoderType) < 0 ||
-        PyModule_AddObjectRef(m, "Decoder", (PyObject *)&DecoderType) < 0) {
+        PyModule_AddObjectRef(m, "Decoder", (PyObject *)&DecoderType) < 0 ||
+        h2session_add(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

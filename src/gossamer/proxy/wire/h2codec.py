@@ -1,13 +1,16 @@
-"""Which HPACK codec the proxy's HTTP/2 connections use (decision 0097).
+"""Which HTTP/2 codec the proxy's connections use (decisions 0097 and 0102).
 
 ``native``: `_h2native`, a C extension on libnghttp2's HPACK, built by ``pip install``
 when a C compiler, Python's headers and libnghttp2's are present (setup.py).
 ``python``: h2's own, the pure-Python ``hpack``. Both have the interface h2 uses
 (``hpack.Encoder``/``hpack.Decoder``) and raise hpack's exceptions on a bad block, so
 h2 and `proxy.wire.http2` treat a peer's bad input the same way over either.
+``session``: not h2 at all but libnghttp2's whole connection (``nghttp2_session``: frames,
+HPACK, stream states, flow control), `_h2native.Session`, which has the part of h2's
+H2Connection that `proxy.wire.http2` uses and makes h2's events (decision 0102).
 
-``GOSSAMER_H2_CODEC=python|native`` forces one; unset, the native one is used when it
-was built. The choice is made once, when the proxy imports its HTTP/2 layer, and said
+``GOSSAMER_H2_CODEC=python|native|session`` forces one; unset, the native one is used
+when it was built. The choice is made once, when the proxy imports its HTTP/2 layer, and said
 in one log line; forcing ``native`` where it was not built is an error that says what
 to install.
 """
@@ -27,7 +30,7 @@ from gossamer.errors import GossamerError
 log = logging.getLogger("gossamer.proxy")
 
 ENV: Final = "GOSSAMER_H2_CODEC"
-NAMES: Final = ("python", "native")
+NAMES: Final = ("python", "native", "session")
 BUILD_DEPS: Final = (
     "a C compiler, Python's headers and libnghttp2's (Debian: gcc python3-dev libnghttp2-dev)"
 )
@@ -58,6 +61,8 @@ class Codec:
     description: str
     encoder: Callable[[], HpackEncoder]
     decoder: Callable[[], HpackDecoder]
+    # The whole connection in C (`_h2native.Session`), or None: h2's, with this HPACK.
+    session: Callable[..., Any] | None = None
 
 
 PYTHON: Final = Codec(
@@ -65,24 +70,29 @@ PYTHON: Final = Codec(
 )
 
 
-def _load_native() -> tuple[Codec | None, str]:
-    """The native codec, or None and why it cannot be had."""
+def _load_native() -> tuple[Codec | None, Codec | None, str]:
+    """The native codec and the session engine, or None and why they cannot be had."""
     try:
         from gossamer.proxy.wire import _h2native
     except ImportError as err:
-        return None, f"the extension gossamer.proxy.wire._h2native is not built ({err})"
+        return None, None, f"the extension gossamer.proxy.wire._h2native is not built ({err})"
+    version = _h2native.NGHTTP2_VERSION
     return (
         Codec(
-            "native",
-            f"native (libnghttp2 {_h2native.NGHTTP2_VERSION} HPACK)",
+            "native", f"native (libnghttp2 {version} HPACK)", _h2native.Encoder, _h2native.Decoder
+        ),
+        Codec(
+            "session",
+            f"session (libnghttp2 {version} nghttp2_session)",
             _h2native.Encoder,
             _h2native.Decoder,
+            _h2native.Session,
         ),
         "",
     )
 
 
-NATIVE, _NATIVE_MISSING = _load_native()
+NATIVE, SESSION, _NATIVE_MISSING = _load_native()
 
 
 def choose(wanted: str | None) -> Codec:
@@ -92,18 +102,20 @@ def choose(wanted: str | None) -> Codec:
         raise CodecUnavailable(f"{ENV}={wanted!r}: expected one of {', '.join(NAMES)}")
     if wanted == "python":
         return PYTHON
+    if wanted == "session" and SESSION is not None:
+        return SESSION
     if NATIVE is not None:
         return NATIVE
-    if wanted == "native":
+    if wanted in ("native", "session"):
         raise CodecUnavailable(
-            f"{ENV}=native, but {_NATIVE_MISSING}: install {BUILD_DEPS} and run "
+            f"{ENV}={wanted}, but {_NATIVE_MISSING}: install {BUILD_DEPS} and run "
             "`pip install -e .` again, or unset it to use the pure-Python codec"
         )
     return PYTHON
 
 
 def _announce(codec: Codec) -> None:
-    if codec is NATIVE or os.environ.get(ENV):
+    if codec is NATIVE or codec is SESSION or os.environ.get(ENV):
         log.info("HTTP/2 codec: %s", codec.description)
     else:
         log.warning(
@@ -128,8 +140,8 @@ def use(name: str) -> Codec:
 def install(conn: Any) -> None:
     """Give an h2 connection the active codec in place of the one h2 made for it."""
     codec = active
-    if codec is PYTHON:
-        return  # h2 made hpack's own
+    if codec is PYTHON or codec.session is not None:
+        return  # h2 made hpack's own (a session engine has no h2 connection)
     decoder = codec.decoder()
     decoder.max_header_list_size = conn.decoder.max_header_list_size
     conn.encoder = codec.encoder()

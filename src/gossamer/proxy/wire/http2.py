@@ -57,7 +57,9 @@ counted like a control frame, so a client that ignores the GOAWAY is cut off.
 
 Cost (decision 0044): what a read makes a connection send goes out in one write when
 the read is handled (`flush`), and a request's end rides on its last DATA frame. HPACK
-is libnghttp2's, through a C extension, where it was built (`h2codec`, decision 0097).
+is libnghttp2's, through a C extension, where it was built (`h2codec`, decision 0097);
+or the whole state machine is, `nghttp2_session` in place of h2 (`_h2native.Session`,
+`GOSSAMER_H2_CODEC=session`, decision 0102), with the same events and the same limits.
 The DATA a read brings for a stream goes on in as few frames as fit (`_coalesce`,
 decision 0099), and DATA on a stream this end reset is ignored (decision 0098).
 """
@@ -107,6 +109,10 @@ REPLAY_LIMIT: Final = 64 * 1024
 STREAM_WINDOW: Final = 256 * 1024
 CONNECTION_WINDOW: Final = 4 * 1024 * 1024
 MAX_STREAMS: Final = 256
+# SETTINGS_MAX_HEADER_LIST_SIZE this end sends and holds a peer to (an HPACK bomb stops
+# here), and CONTINUATION frames after one HEADERS (h2's own limit; nghttp2's option).
+MAX_HEADER_LIST_SIZE: Final = 64 * 1024
+MAX_CONTINUATIONS: Final = 64
 # Limits on what a peer may make the proxy do (see the module docstring). Frames that
 # carry nothing to a stream (SETTINGS, PING, RST_STREAM, PRIORITY...) a peer may send
 # per second, and empty DATA frames without END_STREAM it may send in a row (Envoy's
@@ -262,6 +268,35 @@ def replay_preface(data: bytes) -> bytes:
         if data[:k] == _PREFACE_LINE[-k:]:
             return _PREFACE_LINE + data[k:]
     return _PREFACE_LINE + data
+
+
+class Engine(Protocol):
+    """What H2Connection uses of its HTTP/2 state machine: h2's connection (`_GuardedH2`)
+    or nghttp2_session's (`_h2native.Session`, decision 0102), chosen by h2codec."""
+
+    opened: int
+
+    @property
+    def server_side(self) -> bool: ...
+    @property
+    def terminated(self) -> bool: ...
+    @property
+    def max_outbound_frame_size(self) -> int: ...
+    def initiate_connection(self) -> None: ...
+    def receive_data(self, data: bytes) -> list[Any]: ...
+    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool = False) -> None: ...
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None: ...
+    def end_stream(self, stream_id: int) -> None: ...
+    def reset_stream(self, stream_id: int, error_code: int = 0) -> None: ...
+    def close_connection(self, error_code: int = 0) -> None: ...
+    def data_to_send(self) -> bytes: ...
+    def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None: ...
+    def increment_flow_control_window(
+        self, increment: int, stream_id: int | None = None
+    ) -> None: ...
+    def local_flow_control_window(self, stream_id: int) -> int: ...
+    def get_next_available_stream_id(self) -> int: ...
+    def control_frame(self) -> None: ...
 
 
 class StreamHandler(Protocol):
@@ -548,24 +583,43 @@ class H2Connection(asyncio.Protocol):
         on_lost: Callable[[H2Connection], None] | None = None,
         name: str = "peer",
     ) -> None:
-        config = h2.config.H2Configuration(
-            client_side=client_side,
-            header_encoding=None,
-            # Checked by `malformed` instead: the same rules at about half the cost.
-            validate_inbound_headers=False,
-            normalize_inbound_headers=False,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-        self.h2 = _GuardedH2(config)
-        self.h2.local_settings = h2.settings.Settings(
-            client=client_side,
-            initial_values={
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 64 * 1024,
-            },
-        )
+        self.h2: Engine
+        session = h2codec.active.session
+        if session is not None:
+            # nghttp2_session (decision 0102): the per-frame limits _GuardedH2 counts
+            # are counted in C, with these values.
+            self.h2 = session(
+                client_side,
+                initial_window=STREAM_WINDOW,
+                max_streams=MAX_STREAMS,
+                max_header_list=MAX_HEADER_LIST_SIZE,
+                control_limit=CONTROL_FRAME_LIMIT,
+                empty_limit=EMPTY_FRAME_LIMIT,
+                wu_per_data=WINDOW_UPDATES_PER_DATA_FRAME,
+                wu_base=WINDOW_UPDATE_BASE,
+                max_continuations=MAX_CONTINUATIONS,
+                flood=_Flood,
+            )
+        else:
+            config = h2.config.H2Configuration(
+                client_side=client_side,
+                header_encoding=None,
+                # Checked by `malformed` instead: the same rules at about half the cost.
+                validate_inbound_headers=False,
+                normalize_inbound_headers=False,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
+            guarded = _GuardedH2(config)
+            guarded.local_settings = h2.settings.Settings(
+                client=client_side,
+                initial_values={
+                    h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                    h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+                    h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+                },
+            )
+            self.h2 = guarded
         self.handler = handler
         self.on_lost = on_lost
         self.name = name
@@ -869,7 +923,7 @@ class H2Connection(asyncio.Protocol):
         self.draining = True
         if code:
             log.warning("%s said GOAWAY with error %d", self.name, code)
-        mine = 1 if self.h2.config.client_side else 0
+        mine = 0 if self.h2.server_side else 1
         refused = [
             half for sid, half in self.halves.items() if sid > last_stream_id and sid % 2 == mine
         ]
@@ -1000,7 +1054,7 @@ class H2Connection(asyncio.Protocol):
     def fail(self, code: int, reason: str) -> None:
         """Close the connection with GOAWAY `code` (unless h2 has already sent one)."""
         log.warning("%s", reason)
-        if self.h2.state_machine.state is not h2.connection.ConnectionState.CLOSED:
+        if not self.h2.terminated:
             with contextlib.suppress(h2.exceptions.H2Error):
                 self.h2.close_connection(error_code=code)
         self.close()
@@ -1077,6 +1131,11 @@ class _GuardedH2(h2.connection.H2Connection):
         self.opened = 0
         self._peer_opened = 0  # the highest stream id the peer opened
         self._reset_before = False  # the DATA frame being read is on a stream this end reset
+
+    @property
+    def terminated(self) -> bool:
+        """This end sent GOAWAY (h2 sends nothing after it)."""
+        return self.state_machine.state is h2.connection.ConnectionState.CLOSED
 
     def _receive_frame(self, frame: Frame) -> list[h2.events.Event]:
         if isinstance(frame, HeadersFrame) and frame.stream_id > self._peer_opened:

@@ -1,0 +1,247 @@
+"""The nghttp2_session engine (`_h2native.Session`, decision 0102) on its own, against h2.
+
+The HTTP/2 suites (test_http2, test_h2spec, test_h2_hardening, test_h2_hooks, test_h2to1,
+test_e2e_grpc) run over it through conftest's `h2_codec` parameter; here are what they
+do not reach: the engine's API as h2's (events, exceptions), header fields both ways
+(never-indexed ones kept), hostile bytes, and the limits it counts in C with
+http2.py's values.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import hpack
+import pytest
+
+from gossamer.proxy.wire import h2codec, http2
+
+if h2codec.SESSION is None:
+    pytest.fail(
+        f"the nghttp2_session engine is not built: install {h2codec.BUILD_DEPS} and run "
+        "`pip install -e .` (make test does)",
+        pytrace=False,
+    )
+from gossamer.proxy.wire._h2native import Session
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/")]
+
+
+def server() -> Session:
+    """A server-side engine as H2Connection makes one (http2.py's limits)."""
+    s = Session(
+        False,
+        initial_window=http2.STREAM_WINDOW,
+        max_streams=http2.MAX_STREAMS,
+        max_header_list=http2.MAX_HEADER_LIST_SIZE,
+        control_limit=http2.CONTROL_FRAME_LIMIT,
+        empty_limit=http2.EMPTY_FRAME_LIMIT,
+        wu_per_data=http2.WINDOW_UPDATES_PER_DATA_FRAME,
+        wu_base=http2.WINDOW_UPDATE_BASE,
+        max_continuations=http2.MAX_CONTINUATIONS,
+        flood=http2._Flood,
+    )
+    s.initiate_connection()
+    return s
+
+
+def h2_client() -> h2.connection.H2Connection:
+    c = h2.connection.H2Connection(
+        h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            # Fields as they are (h2 would strip a value's surrounding spaces).
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
+        )
+    )
+    c.initiate_connection()
+    return c
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return (
+        struct.pack(">I", len(payload))[1:] + struct.pack(">BBI", kind, flags, stream_id) + payload
+    )
+
+
+def goaway_code(data: bytes) -> int | None:
+    """The error code of the GOAWAY in `data`, if there is one."""
+    view = memoryview(data)
+    while len(view) >= 9:
+        length = int.from_bytes(view[:3], "big")
+        if view[3] == 0x7:
+            return int.from_bytes(view[9 + 4 : 9 + 8], "big")
+        view = view[9 + length :]
+    return None
+
+
+def test_a_request_and_its_answer_make_h2s_events_both_ways() -> None:
+    srv, cli = server(), h2_client()
+    sid = cli.get_next_available_stream_id()
+    cli.send_headers(sid, REQUEST)
+    cli.send_data(sid, b"hello", end_stream=True)
+    events = srv.receive_data(cli.data_to_send())
+    kinds = [type(e) for e in events]
+    assert kinds == [
+        h2.events.RemoteSettingsChanged,
+        h2.events.RequestReceived,
+        h2.events.DataReceived,
+        h2.events.StreamEnded,
+    ]
+    request, data, ended = events[1], events[2], events[3]
+    assert list(request.headers) == REQUEST and request.stream_ended is None
+    assert data.data == b"hello" and data.flow_controlled_length == 5
+    assert data.stream_ended is ended and ended.stream_id == sid
+    srv.acknowledge_received_data(5, sid)
+    srv.send_headers(sid, [(b":status", b"200")])
+    srv.send_data(sid, b"world")
+    srv.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)
+    got = cli.receive_data(srv.data_to_send())
+    by_kind = {type(e): e for e in got}
+    assert list(by_kind[h2.events.ResponseReceived].headers) == [(b":status", b"200")]
+    assert by_kind[h2.events.DataReceived].data == b"world"
+    assert list(by_kind[h2.events.TrailersReceived].headers) == [(b"grpc-status", b"0")]
+    assert h2.events.StreamEnded in by_kind
+
+
+def test_random_header_blocks_arrive_as_sent_and_never_indexed_fields_stay_so() -> None:
+    rng = random.Random(17)
+    srv, cli = server(), h2_client()
+    srv.receive_data(cli.data_to_send())
+    cli.receive_data(srv.data_to_send())
+    for _ in range(300):
+        fields: list[tuple[bytes, bytes]] = list(REQUEST)
+        for _ in range(rng.randrange(0, 12)):
+            name = bytes(rng.choice(b"abcxyz-") for _ in range(rng.randrange(1, 12)))
+            value = bytes(rng.randrange(0x20, 0x7F) for _ in range(rng.randrange(0, 40)))
+            if rng.random() < 0.2:
+                fields.append(hpack.NeverIndexedHeaderTuple(b"x" + name, value))
+            else:
+                fields.append((b"x" + name, value))
+        sid = cli.get_next_available_stream_id()
+        cli.send_headers(sid, fields, end_stream=True)
+        (got,) = [e for e in srv.receive_data(cli.data_to_send()) if hasattr(e, "headers")]
+        assert [tuple(f) for f in got.headers] == [tuple(f) for f in fields]
+        sent_never = [isinstance(f, hpack.NeverIndexedHeaderTuple) for f in fields]
+        assert [isinstance(f, hpack.NeverIndexedHeaderTuple) for f in got.headers] == sent_never
+        # And back: the engine encodes, h2 decodes, never-indexed kept.
+        answer = [(b":status", b"200"), *fields[4:]]
+        srv.send_headers(sid, answer, end_stream=True)
+        (resp,) = [e for e in cli.receive_data(srv.data_to_send()) if hasattr(e, "headers")]
+        assert [tuple(f) for f in resp.headers] == [tuple(f) for f in answer]
+        assert [isinstance(f, hpack.NeverIndexedHeaderTuple) for f in resp.headers] == [
+            False,
+            *sent_never[4:],
+        ]
+
+
+def test_sending_past_the_window_or_on_a_closed_stream_raises_what_h2_raises() -> None:
+    srv, cli = server(), h2_client()
+    sid = cli.get_next_available_stream_id()
+    cli.send_headers(sid, REQUEST, end_stream=True)
+    srv.receive_data(cli.data_to_send())
+    srv.send_headers(sid, [(b":status", b"200")])
+    window = srv.local_flow_control_window(sid)
+    assert window == 65535  # h2's default: its SETTINGS widened nothing
+    with pytest.raises(h2.exceptions.FlowControlError):
+        srv.send_data(sid, b"x" * (window + 1))
+    srv.send_data(sid, b"", end_stream=True)
+    with pytest.raises(h2.exceptions.StreamClosedError):
+        srv.send_data(sid, b"late")
+    with pytest.raises(h2.exceptions.StreamClosedError):
+        srv.send_headers(99, [(b":status", b"200")])
+    with pytest.raises(h2.exceptions.StreamClosedError):
+        srv.local_flow_control_window(99)
+
+
+def test_a_control_frame_flood_raises_the_flood_error_with_http2s_limit() -> None:
+    srv = server()
+    pings = frame(0x6, 0, 0, b"12345678") * (http2.CONTROL_FRAME_LIMIT + 1)
+    with pytest.raises(http2._Flood, match="control frames in a second") as err:
+        srv.receive_data(PREFACE + frame(0x4, 0, 0) + pings)
+    assert err.value.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    srv.close_connection(err.value.error_code)
+    assert goaway_code(srv.data_to_send()) == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+    assert srv.terminated
+
+
+def test_window_updates_beyond_the_allowance_are_a_flood() -> None:
+    srv = server()
+    allowance = http2.WINDOW_UPDATE_BASE  # no stream opened, no DATA sent
+    updates = frame(0x8, 0, 0, struct.pack(">I", 1)) * (allowance + 1)
+    with pytest.raises(http2._Flood, match="WINDOW_UPDATE frames for 0 DATA frames"):
+        srv.receive_data(PREFACE + frame(0x4, 0, 0) + updates)
+
+
+def test_a_header_list_over_the_setting_stops_where_it_passes_it() -> None:
+    srv, cli = server(), h2_client()
+    cli.local_settings.max_header_list_size = 1 << 20
+    big = [*REQUEST, *((b"x-f%d" % i, b"v" * 1000) for i in range(80))]
+    cli.send_headers(1, big, end_stream=True)
+    with pytest.raises(h2.exceptions.DenialOfServiceError, match="header list over 65536"):
+        srv.receive_data(cli.data_to_send())
+
+
+@pytest.mark.parametrize(
+    ("declared", "sent"), [(b"1", b"xyz"), (b"5", b"xyz"), (b"x1", b""), (b"", b"")]
+)
+def test_a_body_that_disagrees_with_content_length_is_a_protocol_error(
+    declared: bytes, sent: bytes
+) -> None:
+    srv, cli = server(), h2_client()
+    cli.send_headers(1, [*REQUEST, (b"content-length", declared)])
+    cli.send_data(1, sent, end_stream=True)
+    with pytest.raises(h2.exceptions.ProtocolError, match="content-length") as err:
+        srv.receive_data(cli.data_to_send())
+    assert err.value.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+
+
+def test_a_body_that_matches_content_length_over_several_frames_and_reads_passes() -> None:
+    srv, cli = server(), h2_client()
+    cli.send_headers(1, [*REQUEST, (b"content-length", b"7")])
+    cli.send_data(1, b"abc")
+    cli.send_data(1, b"defg", end_stream=True)
+    wire = cli.data_to_send()
+    events = []
+    for i in range(0, len(wire), 5):  # a frame's payload split over reads
+        events += srv.receive_data(wire[i : i + 5])
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == b"abcdefg"
+    assert any(isinstance(e, h2.events.StreamEnded) for e in events)
+
+
+def test_hostile_bytes_give_a_protocol_error_or_events_never_a_crash() -> None:
+    rng = random.Random(102)
+    start = PREFACE + frame(0x4, 0, 0)
+    kinds = list(range(0x0, 0xB))
+    for _ in range(2000):
+        srv = server()
+        data = bytearray(start)
+        for _ in range(rng.randrange(1, 6)):
+            payload = rng.randbytes(rng.randrange(0, 40))
+            data += frame(rng.choice(kinds), rng.randrange(256), rng.randrange(0, 8), payload)
+        if rng.random() < 0.3:
+            data += rng.randbytes(rng.randrange(1, 30))
+        try:
+            events = srv.receive_data(bytes(data))
+        except h2.exceptions.ProtocolError as e:
+            assert isinstance(e.error_code, int)
+            if not srv.terminated:
+                srv.close_connection(e.error_code)
+            assert goaway_code(srv.data_to_send()) == e.error_code
+        else:
+            assert all(isinstance(e, h2.events.Event) for e in events)
+            srv.data_to_send()
+
+
+def test_the_session_engine_is_chosen_by_name() -> None:
+    assert h2codec.choose("session") is h2codec.SESSION
+    assert h2codec.SESSION is not None and h2codec.SESSION.session is Session
