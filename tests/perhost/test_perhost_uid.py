@@ -8,7 +8,8 @@ the host proxy's rules. Each call carries its own uid's identity (the server all
 and denies the other), bob cannot take alice's identity by connecting to her outbound
 listener himself, and while no host proxy runs their connections are refused, not sent
 uncaptured. A host config file entry may instead name a network namespace by path: the
-host proxy serves it inside that namespace.
+host proxy serves it inside that namespace. A take-over hands a uid workload to the
+next process under the same rules.
 """
 
 from __future__ import annotations
@@ -231,3 +232,38 @@ def test_a_config_file_workload_with_a_namespace_path_is_served_inside_it(
                        "dave-1's listeners never closed", log=hp.log)  # fmt: skip
         finally:
             stop(hp.proc)
+
+
+def test_a_take_over_keeps_a_uid_workload_captured_and_served(tmp_path: Path) -> None:
+    require_namespaces()
+    with UidNetwork(3) as net:
+        cp_host, node, echo_host = net.hosts
+        node.etc("resolv.conf", f"nameserver {cp_host.address}\n")
+        cp = start_control_plane(cp_host, tmp_path)
+        cp.cli("apply", "-f", "-", stdin=SERVICE, check=True)
+        echo = run_workload(cp, echo_host, tmp_path, "echo-1", app=echo_app("echo-1"),
+                            service_account="echo", labels={"app": "echo"},
+                            port="http=8080:8081")  # fmt: skip
+        config = tmp_path / "host.json"
+        write(config, entry("alice-1", ALICE, 4140, node))
+        extra = ("--config", str(config), "--handover-drain-seconds", "2")
+        old = start_host_proxy(cp, node, tmp_path, "node-1", ("shop", "alice"), extra=extra)
+        new = None
+        try:
+            wait_until(echo.ready, "echo-1 never became ready", timeout=90, log=echo.log)
+            wait_until(lambda: curl_as(node, ALICE, "http://echo.shop/") == (0, "200 echo-1"),
+                       "alice's captured call never reached echo-1", log=old.log)  # fmt: skip
+            rules = _rules(node)
+            (tmp_path / "node-1.ready").unlink()
+            new = start_host_proxy(cp, node, tmp_path, "node-1", extra=(*extra, "--take-over"))
+            assert old.proc.wait(timeout=60) == 0, old.log.read_text()
+            # The new process serves alice on the listeners it was handed, under the
+            # same rules, reinstalled as they were.
+            assert curl_as(node, ALICE, "http://echo.shop/") == (0, "200 echo-1")
+            assert _rules(node) == rules
+            assert "took over 1 workload(s)" in new.log.read_text()
+        finally:
+            stop(old.proc)
+            if new is not None:
+                stop(new.proc)
+            echo.stop()
