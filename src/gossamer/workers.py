@@ -4,8 +4,10 @@ The process that runs the agent (the control-plane session, the certificate, the
 workload's registration) is worker 0: it serves traffic as a single proxy does. Each
 further worker is a child process (``python -P -m gossamer.workers``) running a
 `DataPlane` of its own on the same ports: every data listener is bound with
-SO_REUSEPORT, so the kernel spreads new connections over the workers, and a worker
-that dies takes only its own socket (and the connections in it) along.
+SO_REUSEPORT, so the kernel spreads new connections over the workers. The agent binds
+each worker's sockets and keeps them (the worker gets them as descriptors), so a
+worker that dies closes no listener: what the kernel queued on its sockets is not
+reset, and worker 0 accepts on them until the worker is back (`DataPlane.stand_in`).
 
 Parent and worker speak over a socketpair, one pickled message per frame; both ends
 are this code, started by the same user, so pickle carries nothing foreign. The agent
@@ -112,6 +114,9 @@ class Worker:
     pause: float = RESTART_PAUSE
     # Answers to the last demand request (TrafficControl), read at the next one.
     demand: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Its listening sockets, by listener name: the agent makes and keeps them, so the
+    # worker's death closes no listener and resets nothing the kernel queued there.
+    sockets: dict[str, socket.socket] = dataclasses.field(default_factory=dict)
 
 
 class WorkerSet:
@@ -137,8 +142,27 @@ class WorkerSet:
         return 1.0 / self.count
 
     async def start(self) -> None:
+        listeners = self._listeners()
         for worker in self.workers:
+            worker.sockets = {
+                name: _listening_socket(address, self.dp.config.backlog)
+                for name, address in listeners.items()
+            }
+            # Worker 0 serves what the kernel gives the worker's sockets until it is ready.
+            await self.dp.stand_in(worker.index, worker.sockets)
             await self._spawn(worker)
+
+    def _listeners(self) -> dict[str, tuple[str, int]]:
+        """Where worker 0 listens for traffic, by listener name (its admin listener
+        and mesh DNS are its own)."""
+        from gossamer.proxy.dataplane import tcp_listener_name
+
+        dp = self.dp
+        assert dp.outbound_address is not None and dp.inbound_address is not None
+        listeners = {"outbound": dp.outbound_address, "inbound": dp.inbound_address}
+        for address in dp.tcp_addresses.values():
+            listeners[tcp_listener_name(address)] = address
+        return listeners
 
     def worker_config(self) -> DataPlaneConfig:
         """The agent's data plane configuration, on the ports it has bound."""
@@ -156,12 +180,13 @@ class WorkerSet:
             ),
             dns=None,  # mesh DNS is answered by worker 0 only
             reuse_port=True,
-            listen_sockets={},  # each worker binds its own, beside worker 0's
+            listen_sockets={},  # the worker's own, made here, are passed as descriptors
         )
 
     async def _spawn(self, worker: Worker) -> None:
         loop = self.dp.loop
         mine, theirs = socket.socketpair()
+        fds = {name: sock.fileno() for name, sock in worker.sockets.items()}
         try:
             worker.proc = subprocess.Popen(
                 [
@@ -174,7 +199,7 @@ class WorkerSet:
                     str(worker.index),
                     self.log_level,
                 ],
-                pass_fds=(theirs.fileno(),),
+                pass_fds=(theirs.fileno(), *fds.values()),
                 stdin=subprocess.DEVNULL,
             )
         except OSError:
@@ -190,7 +215,7 @@ class WorkerSet:
             sock=mine,
         )
         worker.channel = channel
-        channel.send(("config", self.worker_config(), worker.index))
+        channel.send(("config", self.worker_config(), worker.index, fds))
         if self.dp.snapshot is not None:
             channel.send(("snapshot", self.dp.snapshot))
         if self.dp.credentials is not None:
@@ -205,6 +230,7 @@ class WorkerSet:
         if kind == "ready":
             worker.ready = True
             worker.admin = (str(message[1][0]), int(message[1][1]))
+            self.dp.stand_down(worker.index)
         elif kind == "interest":
             self.dp.ask_interest(message[1])
         elif kind == "demand":
@@ -217,6 +243,10 @@ class WorkerSet:
     def _on_lost(self, worker: Worker) -> None:
         worker.channel = None
         worker.ready = False
+        if not self._stopping:
+            # What the kernel queued on the worker's sockets, or queues there until it
+            # is back, is worker 0's to serve: those sockets are still open, here.
+            self.dp.spawn(self.dp.stand_in(worker.index, worker.sockets))
         proc = worker.proc
         if proc is not None and proc.poll() is None:
             proc.kill()  # a worker that closed its channel is of no use: start anew
@@ -340,6 +370,11 @@ class WorkerSet:
         self._stopping = True
         for timer in self._timers:
             timer.cancel()
+        # Each listener closes with the last process that has it: the workers' last.
+        for worker in self.workers:
+            self.dp.stand_down(worker.index)
+            for sock in worker.sockets.values():
+                sock.close()
         procs = [w.proc for w in self.workers if w.proc is not None and w.proc.poll() is None]
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -399,6 +434,15 @@ def merge_metrics(texts: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _listening_socket(address: tuple[str, int], backlog: int) -> socket.socket:
+    """A listener in `address`'s SO_REUSEPORT group (beside worker 0's), non-blocking
+    (worker 0's accept loops take connections from it until it has none left)."""
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.create_server(address, family=family, backlog=backlog, reuse_port=True)
+    sock.setblocking(False)
+    return sock
+
+
 def _number(value: float) -> str:
     if math.isnan(value):
         return "NaN"
@@ -428,7 +472,10 @@ class _WorkerProcess:
     def on_message(self, message: Any) -> None:
         kind = message[0]
         if kind == "config":
-            asyncio.get_running_loop().create_task(self._start(message[1], message[2]))
+            config, index, fds = message[1], message[2], message[3]
+            sockets = {name: socket.socket(fileno=fd) for name, fd in fds.items()}
+            config = dataclasses.replace(config, listen_sockets=sockets)
+            asyncio.get_running_loop().create_task(self._start(config, index))
             return
         dp = self.dp
         if dp is None:
@@ -462,10 +509,10 @@ class _WorkerProcess:
         from gossamer.proxy.dataplane import DataPlane
 
         dp = DataPlane(config, on_interest=lambda key: self._send(("interest", key)))
-        # A worker started again joins a live SO_REUSEPORT group: the kernel hands its
-        # listeners connections as soon as they are bound, so it binds only once it has
-        # the agent's snapshot and credentials, and takes them in first (a data plane
-        # takes both before start()). Until then worker 0 and the others serve.
+        # The worker's listening sockets are the agent's, in the SO_REUSEPORT group all
+        # along: it accepts on them only once it has the agent's snapshot and credentials,
+        # and takes them in first (a data plane takes both before start()). Until it is
+        # ready, worker 0 accepts on them in its place.
         stopped = asyncio.ensure_future(self.stop.wait())
         configured = asyncio.ensure_future(self.configured.wait())
         await asyncio.wait((stopped, configured), return_when=asyncio.FIRST_COMPLETED)

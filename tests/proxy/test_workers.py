@@ -8,6 +8,7 @@ workers die with their supervisor.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -205,13 +206,6 @@ def test_a_config_change_and_a_certificate_rotation_reach_every_worker(
     assert request(client.outbound, "/after-rotation") == 200
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect, not yet understood (issue 17): about one run in three, a "
-    "request through the client proxy is reset (ECONNRESET) just after a restarted "
-    "worker starts listening; seen in CI and in 8-run loops. The workers must bind "
-    "only with a snapshot and credentials (fixed), but the reset remains",
-)
 def test_killing_a_worker_loses_no_listener_and_it_is_started_again(
     mesh: tuple[ControlPlaneProcess, Workload, Workload],
 ) -> None:
@@ -219,16 +213,16 @@ def test_killing_a_worker_loses_no_listener_and_it_is_started_again(
     for w in (client, echo):
         victim = workers_of(w)[1]
         os.kill(victim["pid"], signal.SIGKILL)
-        # What was queued on the dead worker's own socket goes with it (decision 0100);
-        # once it is gone the listeners stay: worker 0 serves every new connection.
-        eventually("the killed worker is gone", lambda victim=victim: not _alive(victim["pid"]))
         if w is echo:
+            eventually("the killed worker is gone", lambda victim=victim: not _alive(victim["pid"]))
             # The client proxy's pooled connections to the killed worker died with it: a
             # request sent on one before its loop has read the peer's FIN is lost (three
             # tries on dead pooled connections give a 502, as a peer sidecar's death
             # would; retries are a RetryPolicy's job). Wait for the pool to be clean,
             # then every new connection to echo's listeners must be served.
             eventually("the client's pool lets the dead connections go", lambda: _answers(client))
+        # At once, while the worker dies: its sockets are the agent's (decision 0100), so
+        # a connection the kernel gives one of them waits there for worker 0, not a reset.
         for n in range(20):
             assert request(client.outbound, f"/while-{w.name}-restarts/{n}") == 200
         eventually(
@@ -281,6 +275,55 @@ def test_the_workers_end_with_their_supervisor(
         stop_process(proxy)
 
 
+def test_connections_queued_on_a_killed_worker_are_served_not_reset(
+    mesh: tuple[ControlPlaneProcess, Workload, Workload],
+) -> None:
+    _, _, client = mesh
+    eventually("the client's workers ready", lambda: all_ready(client))
+    victim = workers_of(client)[1]
+    restarts = victim["restarts"]
+    port = int(client.outbound.rsplit(":", 1)[1])
+    # A stopped worker accepts nothing: the connections the kernel hashes to its socket
+    # wait in its accept queue, requests sent, when it is killed.
+    os.kill(victim["pid"], signal.SIGSTOP)
+    conns: list[http.client.HTTPConnection] = []
+    try:
+        for n in range(24):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+            conns.append(conn)
+            conn.request("GET", f"http://echo.shop/queued/{n}")
+        eventually("connections queued on the stopped worker", lambda: _queued(port) > 0)
+        os.kill(victim["pid"], signal.SIGKILL)
+        statuses = []
+        for conn in conns:
+            resp = conn.getresponse()
+            resp.read()
+            statuses.append(resp.status)
+    finally:
+        for conn in conns:
+            conn.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim["pid"], signal.SIGKILL)
+    assert statuses == [200] * 24
+    eventually(
+        "worker 1 started again",
+        lambda: all_ready(client) and workers_of(client)[1]["restarts"] == restarts + 1,
+    )
+
+
+def _queued(port: int) -> int:
+    """Connections waiting in the accept queues of the listeners on 127.0.0.1:`port`
+    (a listener's rx_queue in /proc/net/tcp is its accept queue's length)."""
+    local = f"0100007F:{port:04X}"
+    queued = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[3] == "0A":  # LISTEN
+                queued += int(fields[4].split(":")[1], 16)
+    return queued
+
+
 def _answers(client: Workload) -> bool:
     try:
         return request(client.outbound, "/pool-check") == 200
@@ -292,7 +335,7 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped before, or while, read
         return False
 
 

@@ -130,8 +130,9 @@ class DataPlaneConfig:
     # Several processes may serve the same ports (SO_REUSEPORT) when one core is not enough.
     reuse_port: bool = False
     backlog: int = 1024
-    # Listening sockets made elsewhere, by listener ("outbound", "inbound", "admin"), used
-    # instead of binding: a host proxy hands its sockets to the next (decision 0067).
+    # Listening sockets made elsewhere, by listener ("outbound", "inbound", "admin", a TCP
+    # upstream's `tcp_listener_name`), used instead of binding: a host proxy hands its
+    # sockets to the next (decision 0067), a proxy's agent its workers theirs (0100).
     listen_sockets: dict[str, socket.socket] = field(default_factory=dict)
     # What an unauthenticated inbound connection may cost (proxy.wire.limits): seconds from
     # accept to a finished TLS handshake, and how many may be at it at once.
@@ -245,6 +246,11 @@ class DataPlane:
         self._inbound_sock: socket.socket | None = None
         self._inbound_serving = False
         self._acceptor: InboundAcceptor | None = None
+        # The outbound and TCP upstream listeners' protocols, by listener name (as in
+        # DataPlaneConfig.listen_sockets), and the other workers' listeners this one
+        # accepts on while they cannot (`stand_in`): the servers made there, the inbound.
+        self._factories: dict[str, Callable[[], asyncio.Protocol]] = {}
+        self._stand_ins: dict[int, tuple[list[asyncio.AbstractServer], socket.socket | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._waiters: dict[str, list[Callable[[], None]]] = {}
@@ -315,14 +321,13 @@ class DataPlane:
         if self.snapshot is not None:
             self._install(self.snapshot)
         given = cfg.listen_sockets
+        self._factories["outbound"] = self.fds.guard(
+            lambda: CaptureGate(self, lambda: ServerConnection(outbound), self._captured_service),
+            "outbound",
+        )
         server = await _listen(
             loop,
-            self.fds.guard(
-                lambda: CaptureGate(
-                    self, lambda: ServerConnection(outbound), self._captured_service
-                ),
-                "outbound",
-            ),
+            self._factories["outbound"],
             cfg.outbound,
             given.get("outbound"),
             reuse_port=cfg.reuse_port or None,
@@ -357,14 +362,17 @@ class DataPlane:
         self._listening["admin"] = admin
         self.admin_address = _bound(admin)
         for up in cfg.upstreams:
-            tcp = await loop.create_server(
-                self.fds.guard(self._tcp_listener(up), "tcp"),
-                up.listen_host,
-                up.listen_port,
+            factory = self.fds.guard(self._tcp_listener(up), "tcp")
+            tcp = await _listen(
+                loop,
+                factory,
+                (up.listen_host, up.listen_port),
+                given.get(tcp_listener_name((up.listen_host, up.listen_port))),
                 reuse_port=cfg.reuse_port or None,
             )
             self._servers.append(tcp)
             self.tcp_addresses[up] = _bound(tcp)
+            self._factories[tcp_listener_name(self.tcp_addresses[up])] = factory
         if cfg.dns is not None:
             await self._start_dns(cfg.dns)
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
@@ -462,8 +470,47 @@ class DataPlane:
             fds=self.fds,
         )
         acceptor.permissive = self._permissive()
+        for _, stood_in in self._stand_ins.values():
+            if stood_in is not None:
+                acceptor.accept_also(stood_in)
         if not self._closed:
             acceptor.start()
+
+    async def stand_in(self, worker: int, sockets: Mapping[str, socket.socket]) -> None:
+        """Accept on another worker's listeners (`sockets`, named as in
+        `DataPlaneConfig.listen_sockets`) while it cannot, until `stand_down(worker)`:
+        what the kernel queues on them is served here instead of waiting for it. The
+        sockets stay the caller's (the servers here have duplicates)."""
+        if worker in self._stand_ins or self._closed:
+            return
+        servers: list[asyncio.AbstractServer] = []
+        inbound = sockets.get("inbound")
+        self._stand_ins[worker] = (servers, inbound)
+        if inbound is not None and self._acceptor is not None:
+            self._acceptor.accept_also(inbound)
+        for name, sock in sockets.items():
+            factory = self._factories.get(name)
+            if factory is None:
+                continue
+            server = await self.loop.create_server(
+                factory,
+                sock=socket.socket(fileno=os.dup(sock.fileno())),
+                backlog=self.config.backlog,
+            )
+            if self._stand_ins.get(worker, ([],))[0] is not servers:  # stood down meanwhile
+                server.close()
+                return
+            servers.append(server)
+            self._servers.append(server)
+
+    def stand_down(self, worker: int) -> None:
+        """Stop accepting on what `stand_in(worker)` was given."""
+        servers, inbound = self._stand_ins.pop(worker, ([], None))
+        for server in servers:
+            server.close()
+            self._servers.remove(server)
+        if inbound is not None and self._acceptor is not None:
+            self._acceptor.accept_no_more(inbound)
 
     def _permissive(self) -> bool:
         snapshot = self.snapshot
@@ -997,6 +1044,11 @@ async def _listen(
         options.pop("reuse_port", None)
         return await loop.create_server(factory, sock=sock, **options)
     return await loop.create_server(factory, address[0], address[1], **options)
+
+
+def tcp_listener_name(address: Address) -> str:
+    """A TCP upstream listener's name in `DataPlaneConfig.listen_sockets`."""
+    return f"tcp {address[0]}:{address[1]}"
 
 
 def _bound(server: asyncio.AbstractServer) -> Address:

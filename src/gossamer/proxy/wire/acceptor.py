@@ -249,6 +249,10 @@ class InboundAcceptor:
         self.max_handshakes = max_handshakes
         self.spawn = spawn
         self.fds = fds
+        # Another worker's inbound sockets, accepted on here while it cannot
+        # (gossamer.workers); they stay their owner's, never closed here.
+        self.also: set[socket.socket] = set()
+        self._started = self._paused = False
         # Set from the snapshot's mTLS mode; read once per connection, at its first byte.
         self.permissive = False
         # Connections waiting for their first byte: socket, timer, deadline.
@@ -265,14 +269,32 @@ class InboundAcceptor:
         self.abandoned = 0
 
     def start(self) -> None:
-        self.loop.add_reader(self.sock.fileno(), self._accept)
+        self._started = True
+        for sock in (self.sock, *self.also):
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def accept_also(self, sock: socket.socket) -> None:
+        """Accept on `sock` too (a listening socket that stays the caller's)."""
+        if sock in self.also:
+            return
+        self.also.add(sock)
+        if self._started and not (self._closed or self._paused):
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def accept_no_more(self, sock: socket.socket) -> None:
+        """Stop accepting on a socket given to `accept_also`."""
+        if sock in self.also:
+            self.also.discard(sock)
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(sock.fileno())
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(ValueError, OSError):
-            self.loop.remove_reader(self.sock.fileno())
+        for sock in (self.sock, *self.also):
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(sock.fileno())
         for fd, (conn, timer, _) in list(self._sniffing.items()):
             timer.cancel()
             self.loop.remove_reader(fd)
@@ -282,10 +304,10 @@ class InboundAcceptor:
 
     # ---- accepting -------------------------------------------------------------------
 
-    def _accept(self) -> None:
+    def _accept(self, sock: socket.socket) -> None:
         for _ in range(ACCEPTS_PER_WAKE):
             try:
-                conn, addr = self.sock.accept()
+                conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as err:
@@ -295,7 +317,9 @@ class InboundAcceptor:
                     "accept", "inbound accept failed: %s; pausing accepts for 1s", err
                 )
                 if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.loop.remove_reader(self.sock.fileno())
+                    self._paused = True
+                    for listening in (self.sock, *self.also):
+                        self.loop.remove_reader(listening.fileno())
                     self.loop.call_later(1.0, self._resume)
                 return
             if self.fds is not None and not self.fds.admit(conn.fileno(), "inbound"):
@@ -322,8 +346,10 @@ class InboundAcceptor:
             self._sniff(conn, addr)
 
     def _resume(self) -> None:
+        self._paused = False
         if not self._closed:
-            self.loop.add_reader(self.sock.fileno(), self._accept)
+            for sock in (self.sock, *self.also):
+                self.loop.add_reader(sock.fileno(), self._accept, sock)
 
     def _sniff(self, conn: socket.socket, addr: Any) -> None:
         fd = conn.fileno()
