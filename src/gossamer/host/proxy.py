@@ -755,7 +755,7 @@ class HostProxy:
 
     async def close(self) -> None:
         self._closed = True
-        if self._captured:
+        if self._captured and not self.retired.is_set():  # (else the next process serves)
             log.warning(
                 "the capture rules of this host's uid workloads stay installed: their "
                 "connections are refused until a host proxy serves them again (remove the "
