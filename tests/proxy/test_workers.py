@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import ipaddress
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -20,8 +22,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dns.message
+import dns.query
 import pytest
 
+from gossamer.dns.names import DEFAULT_SERVICE_CIDR, virtual_ip
 from gossamer.proxy.dataplane import DataPlane, DataPlaneConfig
 from gossamer.workers import merge_metrics
 from tests.e2e.conftest import (
@@ -249,7 +254,56 @@ def test_killing_a_worker_loses_no_listener_and_it_is_started_again(
 def test_the_workers_end_with_their_supervisor(
     mesh: tuple[ControlPlaneProcess, Workload, Workload], tmp_path: Path, how: signal.Signals
 ) -> None:
-    cp = mesh[0]
+    with lone_proxy(mesh[0], tmp_path) as lonely:
+        worker = workers_of(lonely)[1]["pid"]
+        assert worker is not None and worker != lonely.proc.pid
+        lonely.proc.send_signal(how)
+        lonely.proc.wait(timeout=30)
+        eventually("the worker ends with its supervisor", lambda: not _alive(worker))
+
+
+def test_mesh_dns_is_answered_beside_two_workers(
+    mesh: tuple[ControlPlaneProcess, Workload, Workload], tmp_path: Path
+) -> None:
+    port = free_port()
+    with lone_proxy(mesh[0], tmp_path, "--dns", f"127.0.0.1:{port}") as lonely:
+        eventually("both workers ready", lambda: all_ready(lonely))
+        query = dns.message.make_query("echo.shop.svc.cluster.local", "A")
+        expected = virtual_ip("echo", "shop", ipaddress.IPv4Network(DEFAULT_SERVICE_CIDR))
+        for ask in (dns.query.udp, dns.query.tcp):
+            (rrset,) = ask(query, "127.0.0.1", port=port, timeout=5).answer
+            assert [r.to_text() for r in rrset] == [expected]
+
+
+def test_a_tcp_upstream_listener_is_served_by_both_workers_and_survives_a_kill(
+    mesh: tuple[ControlPlaneProcess, Workload, Workload], tmp_path: Path
+) -> None:
+    upstream = f"127.0.0.1:{free_port()}"
+    with lone_proxy(mesh[0], tmp_path, "--upstream", f"echo.shop:80={upstream}") as lonely:
+        eventually("both workers ready", lambda: all_ready(lonely))
+        worker = workers_of(lonely)[1]
+        for n in range(20):
+            assert request(upstream, f"/upstream/{n}") == 200
+        # The listener's socket in worker 1 is the one the agent made and passed it.
+        assert 0 < outbound_requests(get_text(admin_of(lonely, worker), "/metrics")) < 20
+        os.kill(worker["pid"], signal.SIGKILL)
+        for n in range(20):
+            assert request(upstream, f"/upstream-after-kill/{n}") == 200
+        eventually("worker 1 started again", lambda: workers_of(lonely)[1]["restarts"] == 1)
+
+
+def test_every_worker_names_the_http2_codec_it_runs(
+    mesh: tuple[ControlPlaneProcess, Workload, Workload],
+) -> None:
+    for w in mesh[1:]:
+        log = w.log.read_text()
+        assert re.search(r"gossamer\.proxy: HTTP/2 codec: \S", log), log
+        assert re.search(r"gossamer\.proxy\[worker 1\]: HTTP/2 codec: \S", log), log
+
+
+@contextlib.contextmanager
+def lone_proxy(cp: ControlPlaneProcess, tmp_path: Path, *extra: str) -> Iterator[Workload]:
+    """`gossamer proxy --workers 2` with no app, ready."""
     admin = f"127.0.0.1:{free_port()}"
     log = tmp_path / "proxy.log"
     with log.open("wb") as out:
@@ -259,18 +313,14 @@ def test_the_workers_end_with_their_supervisor(
                 "--inbound", f"127.0.0.1:{free_port()}", "--outbound", f"127.0.0.1:{free_port()}",
                 "--admin", admin, "--discovery", cp.discovery, "--server", cp.api,
                 "--token-file", str(cp.token_file), "--state-dir", str(tmp_path / "state"),
-                "--workers", "2", "--drain-seconds", "0",
+                "--workers", "2", "--drain-seconds", "0", *extra,
             ],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
         lonely = Workload("lonely", proxy, "", "", admin, tmp_path / "state", log)
         lonely.wait_ready(timeout=60)
-        worker = workers_of(lonely)[1]["pid"]
-        assert worker is not None and worker != proxy.pid
-        proxy.send_signal(how)
-        proxy.wait(timeout=30)
-        eventually("the worker ends with its supervisor", lambda: not _alive(worker))
+        yield lonely
     finally:
         stop_process(proxy)
 
