@@ -1045,7 +1045,7 @@ def render_grpc(
                 _f(t["p50_ms"]),
                 _f(t["p90_ms"]),
                 _f(t["p99_ms"]),
-                f"{t['succeeded']:,}",
+                f"{t['succeeded'] - t.get('unanswered', 0):,}",
                 str(t["errors"]),
                 f"{_f(r['backend_cpu_percent'], '.0f')}%",
                 f"{_f(r['loadgen_cpu_percent'], '.0f')}%",
@@ -1060,7 +1060,8 @@ def render_grpc(
             else "gRPC unary calls"
         )
         + f": h2load -c{c} -m{m} ({c * m} calls in flight), "
-        f"{args.duration:g} s (latencies in ms; errors = non-2xx + failed + errored; "
+        f"{args.duration:g} s (latencies in ms; errors = non-2xx + failed + errored + "
+        "answered without data; "
         "CPU in % of one core; other = processes this run did not start)",
         _table(
             [
@@ -1115,7 +1116,9 @@ def render_grpc(
         t = r["throughput"]
         if t["errors"]:
             notes.append(
-                f"{name}: {t['non_2xx']} non-2xx, {t['failed']} failed, {t['errored']} errored"
+                f"{name}: {t['non_2xx']} non-2xx, {t['failed']} failed, {t['errored']} errored, "
+                f"{t.get('unanswered', 0)} answered 200 without their data (a gRPC error "
+                "status in trailers)"
             )
         if r["others_cpu_percent"] > BUSY_WARNING_PERCENT:
             notes.append(

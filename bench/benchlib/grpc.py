@@ -269,10 +269,15 @@ class GrpcLoadResult:
     p90_ms: float
     p99_ms: float
     max_ms: float
+    data_bytes: int = 0  # response DATA received (h2load's "traffic: ... data")
+    # Calls h2load counted as succeeded (HTTP 200) that lack their answer's data: a gRPC
+    # error is a 200 with grpc-status in trailers (a proxy's "no endpoints" is one), which
+    # h2load cannot see. Estimated from the data received against what each call answers.
+    unanswered: int = 0
 
     @property
     def errors(self) -> int:
-        return self.failed + self.errored + self.non_2xx
+        return self.failed + self.errored + self.non_2xx + self.unanswered
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "errors": self.errors}
@@ -286,8 +291,10 @@ def _need(text: str, pattern: str) -> re.Match[str]:
 
 
 def parse_h2load(
-    text: str, log_file: Path | None, connections: int, streams: int
+    text: str, log_file: Path | None, connections: int, streams: int, answer_bytes: int = 0
 ) -> GrpcLoadResult:
+    """h2load's summary; `answer_bytes`: the DATA each successful call receives (0: not
+    checked)."""
     finished = _need(text, r"^finished in ([\d.]+)s, ([\d.]+) req/s")
     counts = _need(
         text,
@@ -295,6 +302,7 @@ def parse_h2load(
         r"(\d+) failed, (\d+) errored",
     )
     codes = _need(text, r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
+    data = _need(text, r"^traffic: .*, \S+ \((\d+)\) data")
     durations: list[float] = []
     if log_file is not None and log_file.exists():
         for line in log_file.read_text().splitlines():
@@ -302,6 +310,9 @@ def parse_h2load(
             if len(parts) >= 3 and parts[1].startswith("2"):
                 durations.append(int(parts[2]) / 1e3)
     durations.sort()
+    succeeded, received = int(counts.group(4)), int(data.group(1))
+    # Calls cut off at the end of a timed run add part of an answer: never a negative count.
+    unanswered = max(0, succeeded - received // answer_bytes) if answer_bytes else 0
     return GrpcLoadResult(
         connections=connections,
         streams=streams,
@@ -311,11 +322,14 @@ def parse_h2load(
         failed=int(counts.group(5)),
         errored=int(counts.group(6)),
         non_2xx=sum(int(codes.group(i)) for i in (2, 3, 4)),
-        rps=float(finished.group(2)),
+        # Calls answered per second: those answered without their data are not counted.
+        rps=float(finished.group(2)) * (1 - unanswered / succeeded if succeeded else 1),
         p50_ms=percentile(durations, 50),
         p90_ms=percentile(durations, 90),
         p99_ms=percentile(durations, 99),
         max_ms=durations[-1] if durations else float("nan"),
+        data_bytes=received,
+        unanswered=unanswered,
     )
 
 
@@ -329,8 +343,8 @@ def h2load(
     log_file: Path | None = None,
     method: str = METHOD,
 ) -> GrpcLoadResult:
-    """Closed-loop gRPC unary load for ``seconds``: ``connections`` x ``streams`` calls
-    in flight at all times."""
+    """Closed-loop gRPC load for ``seconds``: ``connections`` x ``streams`` calls in
+    flight at all times (unary, or server streams of STREAM_MESSAGES messages)."""
     argv = [
         h2load_bin,
         "-t1",
@@ -347,7 +361,10 @@ def h2load(
         argv.append(f"--log-file={log_file}")
     argv.append(f"http://127.0.0.1:{port}{method}")
     out = run_tool(argv, timeout=seconds + 30)
-    return parse_h2load(out, log_file, connections, streams)
+    answer = len(grpc_message(RESPONSE_PAYLOAD)) * (
+        STREAM_MESSAGES if method == STREAM_METHOD else 1
+    )
+    return parse_h2load(out, log_file, connections, streams, answer)
 
 
 def write_request_body(work: Path) -> Path:

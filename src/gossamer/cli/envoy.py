@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gossamer.cli.common import fail, host_port
+from gossamer.proxy.agent.readiness import PROBE_TIMEOUT, ReadinessGate
 
 log = logging.getLogger("gossamer.envoy")
 
@@ -59,7 +60,7 @@ def _hp(address: tuple[str, int]) -> str:
 def _app_listening(host: str, ports: list[int]) -> tuple[bool, str]:
     for port in ports:
         try:
-            with socket.create_connection((host, port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=PROBE_TIMEOUT):
                 pass
         except OSError:
             return False, f"app not listening on {host}:{port}"
@@ -361,6 +362,7 @@ def _supervise(
 
     app_ports = [port for _, port, _, _ in args.port]
     app_ready: bool | None = None
+    gate = ReadinessGate()
     announced = left = False
     while not stop:
         if envoy.poll() is not None:
@@ -389,7 +391,7 @@ def _supervise(
             )
         # Ready only with Envoy's config in hand, as the Gossamer proxy reports only
         # with a snapshot: before that, peers sent here would find no listener.
-        ready = announced and _app_listening(args.app_host, app_ports)[0]
+        ready = announced and gate.observe(_app_listening(args.app_host, app_ports)[0])
         if ready != app_ready and not left:
             try:
                 report_ready(ready)

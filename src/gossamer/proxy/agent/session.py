@@ -36,6 +36,7 @@ from gossamer.identity.spiffe import SpiffeId
 from gossamer.identity.tls import client_context
 from gossamer.identity.tokens import decode_unverified
 from gossamer.proxy.agent.client import ControlPlaneClient, ControlPlaneUnavailable, WebSocket
+from gossamer.proxy.agent.readiness import PROBE_TIMEOUT, ReadinessGate
 from gossamer.proxy.wire.tls import Credentials
 from gossamer.translate.consistency import check_consistent
 from gossamer.translate.snapshot import Snapshot
@@ -139,6 +140,7 @@ class Agent:
         self._backoff = Backoff(len(self._clients))
         self.registered = False
         self.app_ready: bool | None = None  # as last reported to the control plane
+        self.readiness = ReadinessGate()
         self.leaving = False  # once set, the workload is never registered again
         self._streamed = False  # the current stream has delivered a snapshot
         # Set by a "renew" message (a CA rotation): renew now, not at two thirds of life.
@@ -383,7 +385,7 @@ class Agent:
         """Is the app listening on every port it serves? A connect is enough to know."""
         for p in self.config.ports:
             try:
-                async with asyncio.timeout(0.5):
+                async with asyncio.timeout(PROBE_TIMEOUT):
                     _, writer = await asyncio.open_connection(self.config.app_host, p.app_port)
             except (OSError, TimeoutError):
                 return False, f"app not listening on {self.config.app_host}:{p.app_port}"
@@ -398,7 +400,16 @@ class Agent:
             # workload's ports: a peer sent here would get a 404, however ready the app.
             ready, message = False, "its proxy has no configuration from the control plane yet"
         else:
-            ready, message = await self.probe_app()
+            ok, message = await self.probe_app()
+            ready = self.readiness.observe(ok)
+            if ready and not ok:
+                log.debug(
+                    "readiness probe failed (%d in a row; not ready after %d): %s",
+                    self.readiness.failures,
+                    self.readiness.threshold,
+                    message,
+                )
+                message = ""
         if ready == self.app_ready and not force:
             return
         c = self.config
