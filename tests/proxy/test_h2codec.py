@@ -5,8 +5,9 @@ The native codec (`_h2native`, libnghttp2's HPACK) must decode what hpack encode
 the other way round, keep never-indexed fields never indexed, and refuse a bad block
 with the hpack exception h2 turns into the right GOAWAY (an HPACK bomb or an oversized
 header list: OversizedHeaderListError, ENHANCE_YOUR_CALM; anything else undecodable:
-an HPACKDecodingError, COMPRESSION_ERROR). The HTTP/2 suites themselves run over both
-codecs (tests/proxy/conftest.py).
+an HPACKDecodingError, COMPRESSION_ERROR). The HTTP/2 suites themselves run over each
+codec and the nghttp2_session engine (tests/proxy/conftest.py), the default where the
+extension is built (decision 0102).
 """
 
 from __future__ import annotations
@@ -210,7 +211,8 @@ def test_a_smaller_table_setting_is_followed_by_both_ends() -> None:
 def test_the_codec_named_in_the_environment_is_chosen() -> None:
     assert h2codec.choose("python") is h2codec.PYTHON
     assert h2codec.choose("native") is NATIVE
-    assert h2codec.choose(None) is NATIVE  # the best one built
+    assert h2codec.choose("session") is h2codec.SESSION
+    assert h2codec.choose(None) is h2codec.SESSION  # the best one built (decision 0102)
     with pytest.raises(h2codec.CodecUnavailable, match="expected one of python, native, session"):
         h2codec.choose("nghttp2")
 
@@ -268,12 +270,28 @@ def test_without_the_extension_the_proxy_says_so_once_and_uses_pure_python() -> 
     assert "libnghttp2-dev" in line
 
 
-def test_with_the_extension_the_proxy_says_it_uses_the_native_codec() -> None:
+def test_with_the_extension_the_proxy_says_it_uses_the_session_engine() -> None:
     done = _proxy_import(block=False, codec=None)
+    assert done.returncode == 0, done.stderr
+    assert "codec session" in done.stdout
+    (line,) = _codec_lines(done.stderr)
+    assert line.startswith("INFO gossamer.proxy: HTTP/2 codec: session (libnghttp2 ")
+    assert line.endswith(" nghttp2_session)")
+
+
+def test_forcing_the_native_codec_with_the_extension_uses_it() -> None:
+    done = _proxy_import(block=False, codec="native")
     assert done.returncode == 0, done.stderr
     assert "codec native" in done.stdout
     (line,) = _codec_lines(done.stderr)
     assert line.startswith("INFO gossamer.proxy: HTTP/2 codec: native (libnghttp2 ")
+
+
+def test_forcing_the_session_engine_without_the_extension_is_a_clear_error() -> None:
+    done = _proxy_import(block=True, codec="session")
+    assert done.returncode != 0
+    assert "CodecUnavailable: GOSSAMER_H2_CODEC=session, but the extension" in done.stderr
+    assert "libnghttp2-dev" in done.stderr
 
 
 def test_forcing_the_native_codec_without_the_extension_is_a_clear_error() -> None:
