@@ -1045,7 +1045,7 @@ def render_grpc(
                 _f(t["p50_ms"]),
                 _f(t["p90_ms"]),
                 _f(t["p99_ms"]),
-                f"{t['succeeded'] - t.get('unanswered', 0):,}",
+                f"{t['succeeded'] - t.get('unanswered', 0):,.0f}",
                 str(t["errors"]),
                 f"{_f(r['backend_cpu_percent'], '.0f')}%",
                 f"{_f(r['loadgen_cpu_percent'], '.0f')}%",
