@@ -18,6 +18,7 @@ import pytest
 
 from gossamer.proxy.agent.readiness import FAILURE_THRESHOLD, ReadinessGate
 from tests.e2e.conftest import ControlPlaneProcess, free_port, run_workload
+from tests.hosts.conftest import wait_until
 
 # Listens on argv[1], its pid in argv[2]. SIGUSR1: stops listening for 1.5 s (two probe
 # periods at most), then listens again. SIGUSR2: stops listening for good.
@@ -70,14 +71,6 @@ def _lines(cp: ControlPlaneProcess, text: str) -> int:
     return cp.log.read_text().count(text)
 
 
-def _wait(check: object, what: str, timeout: float = 30.0) -> None:
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
 @pytest.mark.e2e
 def test_a_probe_failing_briefly_keeps_the_workload_and_a_dead_app_is_taken_out(
     control_plane: ControlPlaneProcess, tmp_path: Path
@@ -89,7 +82,7 @@ def test_a_probe_failing_briefly_keeps_the_workload_and_a_dead_app_is_taken_out(
                      port=f"http=8080:{port}")  # fmt: skip
     try:
         w.wait_ready()
-        _wait(lambda: _lines(cp, "workload shop/app-1 is ready") >= 1, "never reported ready")
+        wait_until(lambda: _lines(cp, "workload shop/app-1 is ready") >= 1, "never reported ready")
         not_ready = f"workload shop/app-1 is not ready: app not listening on 127.0.0.1:{port}"
         assert _lines(cp, not_ready) == 0
         app = int(pid_file.read_text())
@@ -99,6 +92,6 @@ def test_a_probe_failing_briefly_keeps_the_workload_and_a_dead_app_is_taken_out(
         assert _lines(cp, not_ready) == 0, cp.log.read_text()
 
         os.kill(app, signal.SIGUSR2)  # gone for good: three failures in a row
-        _wait(lambda: _lines(cp, not_ready) == 1, "a dead app was never reported not ready")
+        wait_until(lambda: _lines(cp, not_ready) == 1, "a dead app was never reported not ready")
     finally:
         w.stop()
