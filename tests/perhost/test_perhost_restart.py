@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from tests.hosts.conftest import (
     start_control_plane,
     wait_until,
 )
-from tests.hosts.netns import Network, stop
+from tests.hosts.netns import Host, Network, stop
 from tests.perhost.hosts import HostProxyProcess, Ports, run_hosted, start_host_proxy
 from tests.perhost.test_perhost_netns import MESH, OUTSIDE, SERVICE, curl, listeners
 
@@ -69,6 +70,16 @@ for t in threads: t.start()
 for t in threads: t.join()
 print(json.dumps(counts), flush=True)
 """
+
+
+def dns_owner(pod: Host, proto: str) -> str:
+    """`ss` on mesh DNS's port (15053), UDP ("u") or TCP ("t"), with each socket's owner."""
+    return pod.run("ss", f"-H{proto}lnpe", "sport", "= :15053").stdout
+
+
+def dns_sockets(pod: Host, proto: str) -> set[str]:
+    """The inodes of the sockets listening on mesh DNS's port."""
+    return set(re.findall(r"\bino:(\d+)", dns_owner(pod, proto)))
 
 
 def take_over(node: HostProxyProcess, cp_discovery: str, tmp: Path, name: str) -> HostProxyProcess:
@@ -119,6 +130,8 @@ def test_a_host_proxy_handover_under_load_loses_no_request_and_a_crash_fails_clo
             wait_until(lambda: curl(client_pod, "http://echo.shop/") == (0, "200 echo-1"),
                        "the captured call never reached echo-1", log=old.log)  # fmt: skip
 
+            dns_before = {proto: dns_sockets(client_pod, proto) for proto in ("u", "t")}
+            assert all(dns_before.values()), dns_before
             # Under load, a new process takes over; the old one drains and exits.
             progress = tmp_path / "progress"
             progress.touch()
@@ -139,6 +152,12 @@ def test_a_host_proxy_handover_under_load_loses_no_request_and_a_crash_fails_clo
             for pod in (client_pod, echo_pod):
                 assert f"pid={new.proc.pid}," in listeners(pod)
                 assert f"pid={old.proc.pid}," not in pod.run("ss", "-Htanp").stdout
+            # Mesh DNS's sockets too (UDP and TCP): the very sockets (same inodes), handed
+            # over, not bound anew, so no query meets a closed port in between.
+            for proto in ("u", "t"):
+                after = dns_sockets(client_pod, proto)
+                assert after == dns_before[proto], (proto, dns_before, after)
+                assert f"pid={new.proc.pid}," in dns_owner(client_pod, proto)
             assert curl(client_pod, "http://echo.shop/") == (0, "200 echo-1")
 
             # A crash: captured traffic is refused, none escapes; the supervisors

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
@@ -152,11 +153,24 @@ async def serve(
     resolver: MeshResolver,
     address: tuple[str, int],
     spawn: Callable[[Coroutine[Any, Any, None]], object],
+    udp_sock: socket.socket | None = None,
+    tcp_sock: socket.socket | None = None,
 ) -> tuple[asyncio.DatagramTransport, asyncio.Server]:
-    """Listen for DNS on UDP and TCP at `address`; close both to stop."""
+    """Listen for DNS on UDP and TCP at `address`, or on the sockets given (bound by a
+    process this one takes over from); close both to stop."""
     loop = asyncio.get_running_loop()
-    udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(resolver, spawn), local_addr=address)
-    tcp = await asyncio.start_server(
-        lambda r, w: _tcp_client(resolver, r, w), address[0], address[1]
-    )
+    if udp_sock is not None:
+        udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(resolver, spawn), sock=udp_sock)
+    else:
+        udp, _ = await loop.create_datagram_endpoint(
+            lambda: _Udp(resolver, spawn), local_addr=address
+        )
+
+    def client(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Awaitable[None]:
+        return _tcp_client(resolver, r, w)
+
+    if tcp_sock is not None:
+        tcp = await asyncio.start_server(client, sock=tcp_sock)
+    else:
+        tcp = await asyncio.start_server(client, address[0], address[1])
     return udp, tcp

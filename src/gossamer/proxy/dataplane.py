@@ -131,8 +131,9 @@ class DataPlaneConfig:
     reuse_port: bool = False
     backlog: int = 1024
     # Listening sockets made elsewhere, by listener ("outbound", "inbound", "admin", a TCP
-    # upstream's `tcp_listener_name`), used instead of binding: a host proxy hands its
-    # sockets to the next (decision 0067), a proxy's agent its workers theirs (0100).
+    # upstream's `tcp_listener_name`, mesh DNS's DNS_UDP and DNS_TCP), used instead of
+    # binding: a host proxy hands its sockets to the next (decision 0067), a proxy's
+    # agent its workers theirs (0100).
     listen_sockets: dict[str, socket.socket] = field(default_factory=dict)
     # What an unauthenticated inbound connection may cost (proxy.wire.limits): seconds from
     # accept to a finished TLS handshake, and how many may be at it at once.
@@ -242,7 +243,8 @@ class DataPlane:
         self._apps: dict[int, AppPool] = {}
         self._retired: set[Pool] = set()  # closed, with connections still opening or in use
         self._servers: list[asyncio.AbstractServer] = []
-        self._listening: dict[str, asyncio.AbstractServer] = {}  # outbound and admin
+        # Outbound, admin, TCP upstreams and mesh DNS's TCP, by listen_sockets name.
+        self._listening: dict[str, asyncio.AbstractServer] = {}
         self._inbound_sock: socket.socket | None = None
         self._inbound_serving = False
         self._acceptor: InboundAcceptor | None = None
@@ -371,6 +373,7 @@ class DataPlane:
                 reuse_port=cfg.reuse_port or None,
             )
             self._servers.append(tcp)
+            self._listening[tcp_listener_name((up.listen_host, up.listen_port))] = tcp
             self.tcp_addresses[up] = _bound(tcp)
             self._factories[tcp_listener_name(self.tcp_addresses[up])] = factory
         if cfg.dns is not None:
@@ -436,9 +439,13 @@ class DataPlane:
             self.config.cluster_domain,
         )
         self.metrics.dns_queries = resolver.counts
-        udp, tcp = await serve(resolver, address, self.spawn)
+        given = self.config.listen_sockets
+        udp, tcp = await serve(
+            resolver, address, self.spawn, given.get(DNS_UDP), given.get(DNS_TCP)
+        )
         self._dns_udp = udp
         self._servers.append(tcp)
+        self._listening[DNS_TCP] = tcp
         self.dns_address = _bound(tcp)
 
     def _tcp_listener(self, up: TcpUpstream) -> Callable[[], asyncio.Protocol]:
@@ -525,14 +532,19 @@ class DataPlane:
             ssl_object.context = contexts.server
 
     def listening_sockets(self) -> dict[str, socket.socket]:
-        """The outbound, inbound and admin listeners' sockets (to hand to another
-        process, which serves them with `DataPlaneConfig.listen_sockets`)."""
+        """Every listener's socket: outbound, inbound, admin, TCP upstreams and mesh
+        DNS (UDP and TCP), to hand to another process, which serves them with
+        `DataPlaneConfig.listen_sockets` (a host proxy's handover: no query or
+        connection is refused in between; what waits in a queue is the next one's)."""
         found: dict[str, socket.socket] = {}
         for name, server in self._listening.items():
             for sock in getattr(server, "sockets", None) or ():
                 found[name] = socket.socket(fileno=os.dup(sock.fileno()))
         if self._inbound_sock is not None:
             found["inbound"] = self._inbound_sock
+        if self._dns_udp is not None:
+            sock = self._dns_udp.get_extra_info("socket")
+            found[DNS_UDP] = socket.socket(fileno=os.dup(sock.fileno()))
         return found
 
     def stop_accepting(self) -> None:
@@ -1044,6 +1056,11 @@ async def _listen(
         options.pop("reuse_port", None)
         return await loop.create_server(factory, sock=sock, **options)
     return await loop.create_server(factory, address[0], address[1], **options)
+
+
+# Mesh DNS's listeners' names in `DataPlaneConfig.listen_sockets`.
+DNS_UDP: Final = "dns-udp"
+DNS_TCP: Final = "dns-tcp"
 
 
 def tcp_listener_name(address: Address) -> str:
