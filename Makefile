@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 
 .PHONY: test lint typecheck unit demo bench clean golden h2-build-deps
 
-# The native HTTP/2 codec (decision 0097) is built by pip when a C compiler, pkg-config,
-# Python's headers and libnghttp2's are present; as root on Debian they are installed
-# here. Without them the install goes on and the proxy uses the pure-Python codec, but
-# the test suite, which tests both codecs, fails the native half and says why.
+# The native HTTP/2 engines (decisions 0097, 0102) are built by pip when a C compiler,
+# pkg-config, Python's headers and libnghttp2's are present; as root on Debian they are
+# installed here. Without them the install goes on and the proxy uses the pure-Python
+# codec, but the test suite, which tests each engine, fails the native ones and says why.
 H2_BUILD_DEPS := gcc pkg-config libnghttp2-dev python3-dev
 
 h2-build-deps:
@@ -22,7 +22,8 @@ h2-build-deps:
 	  fi; \
 	fi
 
-$(BIN)/gossamer: pyproject.toml setup.py src/gossamer/proxy/wire/_h2native.c | h2-build-deps
+$(BIN)/gossamer: pyproject.toml setup.py src/gossamer/proxy/wire/_h2native.c \
+		src/gossamer/proxy/wire/_h2session.c | h2-build-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'

@@ -1,8 +1,10 @@
 """HTTP/2 (and so gRPC) carried stream by stream, with flow control end to end.
 
-The `h2` package is the state machine; `H2Connection` here is a thin asyncio.Protocol
-around it, for either end (a downstream client's connection, or one to a peer or the
-app). Each request stream is a `StreamPair`: two `_Half`s, one on each connection.
+The state machine is libnghttp2's `nghttp2_session` (`_h2native.Session`, decision
+0102) where the extension is built, or the `h2` package's (`_GuardedH2`), behind one
+interface (`Engine`) that makes h2's events; `H2Connection` here is a thin
+asyncio.Protocol around it, for either end (a downstream client's connection, or one to
+a peer or the app). Each request stream is a `StreamPair`: two `_Half`s, one on each connection.
 What arrives on one half is queued on the other and sent as that connection's flow
 control window allows; only then is it acknowledged (WINDOW_UPDATE) to the sender. So
 a stream holds at most one window of bytes, and a slow reader slows its writer, as if
