@@ -16,6 +16,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 import hpack
 import pytest
 
@@ -245,3 +246,24 @@ def test_hostile_bytes_give_a_protocol_error_or_events_never_a_crash() -> None:
 def test_the_session_engine_is_chosen_by_name() -> None:
     assert h2codec.choose("session") is h2codec.SESSION
     assert h2codec.SESSION is not None and h2codec.SESSION.session is Session
+
+
+def test_an_end_of_stream_held_back_by_a_zero_window_goes_out_when_it_opens() -> None:
+    # nghttp2 flow-controls even an empty DATA frame: at a zero window the END_STREAM
+    # waits in its queue (h2 would send it at once), and goes when the peer gives credit.
+    srv, cli = server(), h2_client()
+    cli.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 4})
+    cli.send_headers(1, REQUEST, end_stream=True)
+    srv.receive_data(cli.data_to_send())
+    cli.receive_data(srv.data_to_send())
+    srv.send_headers(1, [(b":status", b"200")])
+    srv.send_data(1, b"abcd")
+    assert srv.local_flow_control_window(1) == 0
+    srv.end_stream(1)
+    got = cli.receive_data(srv.data_to_send())
+    assert [e.data for e in got if isinstance(e, h2.events.DataReceived)] == [b"abcd"]
+    assert not any(isinstance(e, h2.events.StreamEnded) for e in got)
+    cli.increment_flow_control_window(4, 1)
+    srv.receive_data(cli.data_to_send())
+    got = cli.receive_data(srv.data_to_send())
+    assert any(isinstance(e, h2.events.StreamEnded) for e in got)
