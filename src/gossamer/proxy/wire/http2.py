@@ -129,8 +129,10 @@ EMPTY_FRAME_LIMIT: Final = 1
 WINDOW_UPDATES_PER_DATA_FRAME: Final = 10
 WINDOW_UPDATE_BASE: Final = 5
 # Streams one connection carries before it drains (Envoy's max_requests_per_connection,
-# which is unlimited there by default; this bounds what one connection may cost).
-MAX_STREAMS_PER_CONNECTION: Final = 10_000
+# which is unlimited there by default; this bounds what one connection may cost). A
+# million: at 10,000 it made a busy gRPC client reconnect every two seconds (a TLS
+# handshake on the mesh link each time), and stopped h2load, which does not reconnect.
+MAX_STREAMS_PER_CONNECTION: Final = 1_000_000
 # Premature resets: a client's reset of a stream not yet answered, within this many
 # seconds of its start (Envoy: premature_reset_min_stream_lifetime_seconds). Half of a
 # connection's streams may be, counted from this many streams on (before that, half
