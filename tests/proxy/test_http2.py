@@ -16,6 +16,7 @@ import h2.events
 import hpack
 import pytest
 
+from gossamer.proxy.wire import http2
 from gossamer.proxy.wire.http2 import (
     REQUEST_PSEUDO,
     RESPONSE_PSEUDO,
@@ -183,6 +184,22 @@ def test_a_malformed_header_block_is_refused_with_its_reason(
 ) -> None:
     found = malformed(headers, pseudo)
     assert found is not None and reason in found, found
+
+
+def test_a_bad_block_is_refused_after_good_ones_filled_the_cache_of_checked_fields() -> None:
+    """Names and values found good are remembered (http2._GOOD_NAMES/_GOOD_VALUES): a
+    bad one is never among them, what is remembered is bounded, and each BAD block is
+    still refused once every GOOD block and thousands of fresh fields were seen."""
+    for _, headers, pseudo in GOOD:
+        assert malformed(headers, pseudo) is None
+    for i in range(3 * http2._GOOD_MAX):
+        assert malformed([*REQUEST, (b"x-%d" % i, b"v%d" % i)], REQUEST_PSEUDO) is None
+    assert len(http2._GOOD_NAMES) <= http2._GOOD_MAX
+    assert len(http2._GOOD_VALUES) <= http2._GOOD_MAX
+    assert all(len(v) <= http2._GOOD_VALUE_LENGTH for v in http2._GOOD_VALUES)
+    for _, headers, pseudo, reason in BAD:
+        found = malformed(headers, pseudo)
+        assert found is not None and reason in found, found
 
 
 def test_the_checks_refuse_what_h2s_own_validation_refuses() -> None:

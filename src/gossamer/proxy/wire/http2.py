@@ -177,6 +177,14 @@ _BAD_VALUE: Final = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z").search
 _CONNECTION_SPECIFIC: Final = frozenset(
     (b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade")
 )
+# Names and values found well-formed already, so that the same ones (a gRPC call's
+# content-type, te, user-agent, grpc-status...) are checked by a set lookup rather than
+# a regular expression: about half of `malformed`'s time per block. Bounded: once full,
+# no more are added (a peer sending ever-new fields only costs itself the regex).
+_GOOD_NAMES: Final[set[bytes]] = set()
+_GOOD_VALUES: Final[set[bytes]] = set()
+_GOOD_MAX: Final = 1024
+_GOOD_VALUE_LENGTH: Final = 128
 REQUEST_PSEUDO: Final = frozenset((b":method", b":scheme", b":authority", b":path", b":protocol"))
 RESPONSE_PSEUDO: Final = frozenset((b":status",))
 TRAILER_PSEUDO: Final = frozenset[bytes]()
@@ -208,8 +216,11 @@ def malformed(headers: Headers, pseudo: frozenset[bytes]) -> str | None:
                 return "empty :path"
         else:
             regular = True
-            if _FIELD_NAME(name) is None:
-                return f"invalid field name {name!r}"
+            if name not in _GOOD_NAMES:
+                if _FIELD_NAME(name) is None:
+                    return f"invalid field name {name!r}"
+                if len(_GOOD_NAMES) < _GOOD_MAX:
+                    _GOOD_NAMES.add(name)
             if name in _CONNECTION_SPECIFIC:
                 return f"connection-specific field {name!r}"
             if name == b"te" and value.lower() != b"trailers":
@@ -218,8 +229,11 @@ def malformed(headers: Headers, pseudo: frozenset[bytes]) -> str | None:
                 if host is not None:
                     return "more than one host field"
                 host = value
-        if value and _BAD_VALUE(value) is not None:
-            return f"invalid characters or surrounding whitespace in the value of {name!r}"
+        if value and value not in _GOOD_VALUES:
+            if _BAD_VALUE(value) is not None:
+                return f"invalid characters or surrounding whitespace in the value of {name!r}"
+            if len(value) <= _GOOD_VALUE_LENGTH and len(_GOOD_VALUES) < _GOOD_MAX:
+                _GOOD_VALUES.add(value)
     if pseudo is RESPONSE_PSEUDO:
         return None if b":status" in seen else "no :status"
     if pseudo is not REQUEST_PSEUDO:
