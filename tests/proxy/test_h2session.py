@@ -267,3 +267,34 @@ def test_an_end_of_stream_held_back_by_a_zero_window_goes_out_when_it_opens() ->
     srv.receive_data(cli.data_to_send())
     got = cli.receive_data(srv.data_to_send())
     assert any(isinstance(e, h2.events.StreamEnded) for e in got)
+
+
+@pytest.mark.parametrize(
+    ("kind", "stream_id", "payload"),
+    [(0x16, 0, b"x"), (0xA, 0, b""), (0x2, 1, b"\x00\x00\x00\x00\x10")],
+    ids=["an unknown type", "ALTSVC", "PRIORITY"],
+)
+def test_frames_nghttp2_ignores_are_counted_as_control_frames(
+    kind: int, stream_id: int, payload: bytes
+) -> None:
+    # nghttp2 calls no callback at all for the frames it skips (unknown types, ALTSVC
+    # to a server): the engine scans frame headers itself, before nghttp2 reads them.
+    srv = server()
+    flood = frame(kind, 0, stream_id, payload) * (http2.CONTROL_FRAME_LIMIT + 1)
+    with pytest.raises(http2._Flood, match="control frames in a second"):
+        srv.receive_data(
+            PREFACE + frame(0x4, 0, 0) + frame(0x1, 0x5, 1, b"\x82\x86\x84A\x01a") + flood
+        )
+
+
+def test_data_on_a_stream_this_end_reset_is_counted_even_a_byte_at_a_time() -> None:
+    # nghttp2 drops such DATA silently (decision 0098): each frame counts as one that
+    # does nothing, however the reads split it.
+    srv = server()
+    srv.receive_data(PREFACE + frame(0x4, 0, 0) + frame(0x1, 0x4, 1, b"\x83\x86\x84A\x01a"))
+    srv.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
+    srv.data_to_send()
+    data = frame(0x0, 0, 1, b"x") * (http2.CONTROL_FRAME_LIMIT + 1)
+    with pytest.raises(http2._Flood, match="control frames in a second"):
+        for i in range(len(data)):
+            srv.receive_data(data[i : i + 1])

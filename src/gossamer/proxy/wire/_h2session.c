@@ -9,10 +9,10 @@
  * path over either engine.
  *
  * The limits of decision 0046 that _GuardedH2 counts per frame before h2 acts on it
- * (control frame floods, empty DATA in a row, WINDOW_UPDATE per DATA frame sent, the
- * header list size) are counted here, per frame header, in on_begin_frame, before
- * nghttp2 reads the frame's payload; their values come from http2.py (the constructor's
- * arguments). Those checked in Python over events (premature resets, streams per
+ * (control frame floods, empty DATA in a row, WINDOW_UPDATE per DATA frame sent) are
+ * counted here, per frame header, before nghttp2 reads the frame (count_frame), the
+ * header list size field by field as nghttp2 decodes it; their values come from
+ * http2.py (the constructor's arguments). Those checked in Python over events (premature resets, streams per
  * connection, fields per block, malformed blocks) stay there for both engines.
  * nghttp2's own: max_continuations, max_settings, max_outbound_ack.
  */
@@ -78,6 +78,11 @@ typedef struct {
     long opened;
     long outgoing; /* streams this end opened that are not closed yet */
     int32_t peer_opened;
+    /* receive_data's scan of frame headers: the client's preface still to come (server),
+     * the header being read and the payload left of the frame being read */
+    size_t preface_left, payload_left;
+    uint8_t hd[9];
+    size_t hd_have;
     int32_t skipped[SKIPPED][2]; /* [first, last] */
     int nskipped;
     /* an error found in a callback, raised when nghttp2 returns */
@@ -160,14 +165,14 @@ static int stream_gone(Session *self, int32_t stream_id) {
     return st == NULL || nghttp2_stream_get_state(st) == NGHTTP2_STREAM_STATE_CLOSED;
 }
 
-static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *user) {
-    Session *self = user;
+/* Count one frame by its header (decision 0046's limits), before nghttp2 reads it. Called
+ * from receive_data's own scan of the frame headers, not from nghttp2's
+ * on_begin_frame_callback, which nghttp2 skips for the frames it ignores (unknown types,
+ * DATA on a closed stream): those are exactly the ones a flood is made of. */
+static int count_frame(Session *self, const nghttp2_frame_hd *hd) {
     switch (hd->type) {
     case NGHTTP2_DATA:
     case NGHTTP2_HEADERS: {
-        /* A frame's payload may come over several reads: what it brings is kept until
-         * the frame ends (on_frame_recv), and only a new frame's start forgets it. */
-        Py_CLEAR(self->data);
         int peer = hd->stream_id % 2 == (self->server_side ? 1 : 0);
         if (hd->type == NGHTTP2_HEADERS && peer && hd->stream_id > self->peer_opened) {
             if (hd->stream_id > self->peer_opened + 2 && self->nskipped < SKIPPED) {
@@ -228,6 +233,15 @@ static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *
 }
 
 /* ---- receiving ------------------------------------------------------------------------ */
+
+static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *user) {
+    Session *self = user;
+    /* A frame's payload may come over several reads: what it brings is kept until the
+     * frame ends (on_frame_recv), and only a new frame's start forgets it. */
+    if (hd->type == NGHTTP2_DATA)
+        Py_CLEAR(self->data);
+    return 0;
+}
 
 static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void *user) {
     Session *self = user;
@@ -705,6 +719,7 @@ static PyObject *Session_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (self == NULL)
         return NULL;
     self->server_side = !client_side;
+    self->preface_left = client_side ? 0 : NGHTTP2_CLIENT_MAGIC_LEN;
     self->initial_window = initial_window;
     self->max_streams = max_streams;
     self->max_header_list = max_header_list;
@@ -794,10 +809,73 @@ static PyObject *Session_receive_data(Session *self, PyObject *arg) {
     if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0)
         return NULL;
     int had_goaway = self->goaway_sent;
-    ssize_t rv = nghttp2_session_mem_recv(self->s, buf.buf, (size_t)buf.len);
+    /* nghttp2 is given the bytes a frame at a time, each frame counted first (count_frame)
+     * with the stream states as the frames before it left them. */
+    const uint8_t *p = buf.buf;
+    size_t len = (size_t)buf.len, pos = 0, start = 0;
+    ssize_t rv = 0;
+    int counted = 0;
+    while (pos < len) {
+        size_t take;
+        if (self->preface_left) {
+            take = self->preface_left < len - pos ? self->preface_left : len - pos;
+            self->preface_left -= take;
+            pos += take;
+            continue;
+        }
+        if (self->payload_left) {
+            take = self->payload_left < len - pos ? self->payload_left : len - pos;
+            self->payload_left -= take;
+            pos += take;
+            continue;
+        }
+        take = 9 - self->hd_have < len - pos ? 9 - self->hd_have : len - pos;
+        memcpy(self->hd + self->hd_have, p + pos, take);
+        self->hd_have += take;
+        if (self->hd_have < 9) {
+            pos += take;
+            continue;
+        }
+        /* A whole frame header: what came before it goes to nghttp2 first. */
+        if (pos > start) {
+            rv = nghttp2_session_mem_recv(self->s, p + start, pos - start);
+            if (rv < 0 || !nghttp2_session_want_read(self->s))
+                break;
+            start = pos;
+        }
+        const uint8_t *h = self->hd;
+        nghttp2_frame_hd hd;
+        hd.length = ((size_t)h[0] << 16) | ((size_t)h[1] << 8) | h[2];
+        hd.type = h[3];
+        hd.flags = h[4];
+        hd.stream_id = (int32_t)((((uint32_t)h[5] & 0x7f) << 24) | ((uint32_t)h[6] << 16) |
+                                 ((uint32_t)h[7] << 8) | h[8]);
+        hd.reserved = 0;
+        self->hd_have = 0;
+        self->payload_left = hd.length;
+        pos += take;
+        if (count_frame(self, &hd) != 0) {
+            counted = -1;
+            break;
+        }
+    }
+    if (rv >= 0 && counted == 0 && pos > start && nghttp2_session_want_read(self->s))
+        rv = nghttp2_session_mem_recv(self->s, p + start, pos - start);
     PyBuffer_Release(&buf);
-    if (rv < 0)
-        return raise_error(self, (int)rv);
+    if (counted < 0 && rv >= 0) {
+        /* A limit was passed, but nghttp2 may have ended the connection already for an
+         * earlier frame (its GOAWAY queued): then its error is the one, as it is the
+         * code the peer is told. */
+        if (flush(self) < 0)
+            return NULL;
+        if (self->goaway_sent && !had_goaway && !self->goaway_ours && self->goaway_code != 0) {
+            Py_CLEAR(self->err_type);
+            Py_CLEAR(self->err_msg);
+            counted = 0;
+        }
+    }
+    if (rv < 0 || counted < 0)
+        return raise_error(self, rv < 0 ? (int)rv : NGHTTP2_ERR_CALLBACK_FAILURE);
     if (flush(self) < 0)
         return NULL;
     if (self->goaway_sent && !had_goaway && !self->goaway_ours && self->goaway_code != 0) {
