@@ -298,3 +298,56 @@ def test_data_on_a_stream_this_end_reset_is_counted_even_a_byte_at_a_time() -> N
     with pytest.raises(http2._Flood, match="control frames in a second"):
         for i in range(len(data)):
             srv.receive_data(data[i : i + 1])
+
+
+def test_data_frames_of_only_padding_are_empty_to_the_flood_count() -> None:
+    # A PADDED DATA frame whose payload is its pad length alone carries nothing, as an
+    # empty one does (h2's engine looks at frame.data): the second in a row is a flood.
+    srv = server()
+    srv.receive_data(PREFACE + frame(0x4, 0, 0) + frame(0x1, 0x4, 1, b"\x83\x86\x84A\x01a"))
+    padded = frame(0x0, 0x8, 1, b"\x03abc")  # three bytes of padding, no data
+    with pytest.raises(http2._Flood, match="2 empty DATA frames in a row"):
+        srv.receive_data(padded + padded)
+    srv = server()
+    srv.receive_data(PREFACE + frame(0x4, 0, 0) + frame(0x1, 0x4, 1, b"\x83\x86\x84A\x01a"))
+    with_data = frame(0x0, 0x8, 1, b"\x01x\x00")  # one byte of data, one of padding
+    events = srv.receive_data(padded + with_data + padded + with_data)
+    assert [e.data for e in events if isinstance(e, h2.events.DataReceived)] == [
+        b"",
+        b"x",
+        b"",
+        b"x",
+    ]
+
+
+def client_session(method: bytes = b"GET") -> Session:
+    cli = Session(True)
+    cli.initiate_connection()
+    cli.send_headers(1, [(b":method", method), *REQUEST[1:]], end_stream=True)
+    cli.data_to_send()
+    return cli
+
+
+def response(status: bytes, content_length: bytes, body: bytes) -> bytes:
+    block = hpack.Encoder().encode([(b":status", status), (b"content-length", content_length)])
+    return frame(0x4, 0, 0) + frame(0x1, 0x4, 1, block) + frame(0x0, 0x1, 1, body)
+
+
+@pytest.mark.parametrize(
+    ("content_length", "body"), [(b"5", b"x" * 20), (b"50", b"x" * 5)], ids=["longer", "shorter"]
+)
+def test_a_response_whose_data_is_not_its_content_length_is_a_protocol_error(
+    content_length: bytes, body: bytes
+) -> None:
+    with pytest.raises(h2.exceptions.ProtocolError, match="content-length"):
+        client_session().receive_data(response(b"200", content_length, body))
+
+
+@pytest.mark.parametrize(
+    ("method", "status"), [(b"HEAD", b"200"), (b"GET", b"304"), (b"GET", b"204")]
+)
+def test_a_response_to_head_or_a_304_or_204_has_no_body_whatever_its_content_length(
+    method: bytes, status: bytes
+) -> None:
+    events = client_session(method).receive_data(response(status, b"1234", b""))
+    assert any(isinstance(e, h2.events.StreamEnded) for e in events)

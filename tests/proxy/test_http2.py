@@ -350,6 +350,27 @@ async def test_a_malformed_response_from_the_app_ends_its_connection_with_protoc
     assert hop.up_pipe.closed
 
 
+@pytest.mark.asyncio
+async def test_a_malformed_informational_response_ends_its_connection_not_passed_on() -> None:
+    # A 1xx is a response head too (RFC 9113 8.1.1): a CR LF in one of its values is
+    # malformed, and an intermediary must not forward it (it would split a field in an
+    # HTTP/1.1 hop).
+    hop, client, app = await _connected()
+    sid = client.get_next_available_stream_id()
+    client.send_headers(sid, REQUEST, end_stream=True)
+    hop.down.data_received(client.data_to_send())
+    await _turn()
+    app.receive_data(hop.up_pipe.take())
+    app.send_headers(1, [(b":status", b"100"), (b"x-bad", b"a\r\nset-cookie: evil=1")])
+    hop.up.data_received(app.data_to_send())
+    await _turn()
+    events = app.receive_data(hop.up_pipe.take())
+    terminated = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert [t.error_code for t in terminated] == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+    to_client = client.receive_data(hop.down_pipe.take())
+    assert not any(isinstance(e, h2.events.InformationalResponseReceived) for e in to_client)
+
+
 def _headers_frame(headers: Headers, stream_id: int = 1) -> bytes:
     block = hpack.Encoder().encode(headers)
     # HEADERS, flags END_STREAM | END_HEADERS.

@@ -36,9 +36,11 @@ static PyObject *s_stream_id, *s_headers, *s_stream_ended, *s_priority_updated, 
 #define F_RESET_THERE 2  /* the peer reset it (StreamReset already made) */
 #define F_FINAL 4        /* a final response (not 1xx) was received: next HEADERS are trailers */
 #define F_HEADERS_IN 8   /* a request's HEADERS were received (server): next are trailers */
-/* Above the flags, a request's content-length still to come, plus one (0: none given):
- * RFC 9113 8.1.1, which nghttp2 checks only with its HTTP messaging, off here. */
-#define CL_SHIFT 4
+#define F_HEAD 16        /* this end's request was a HEAD: its response has no body */
+/* Above the flags, the message's content-length still to come, plus one (0: none given):
+ * RFC 9113 8.1.1, which nghttp2 checks only with its HTTP messaging, off here. A
+ * response's counts unless it answers a HEAD, or is a 1xx, 204 or 304 (RFC 9110 8.6). */
+#define CL_SHIFT 5
 #define CL_MAX ((uintptr_t)1 << 58)
 /* Stream ids a client skipped (idle, so closed by a higher one, RFC 9113 5.1.1): HEADERS
  * on one is a connection error. nghttp2 ignores them, as it cannot tell them from streams
@@ -57,6 +59,7 @@ typedef struct {
     PyObject *headers;
     size_t headers_size;
     int headers_over;
+    int block_status; /* the :status of the response block being read (0: none yet) */
     /* the DATA frame being read */
     PyObject *data;
     /* the DATA being sent by send_data now; what did not fit waits in `deferred` */
@@ -159,6 +162,18 @@ static int control_frame(Session *self) {
     return 0;
 }
 
+/* An empty DATA frame (no payload but padding, no END_STREAM): more than empty_limit in
+ * a row is a flood, and each counts as a control frame. */
+static int empty_data(Session *self) {
+    self->empty += 1;
+    if (self->empty > self->empty_limit) {
+        char msg[100];
+        snprintf(msg, sizeof msg, "%ld empty DATA frames in a row", self->empty);
+        return fail_with(self, self->flood, NGHTTP2_ENHANCE_YOUR_CALM, msg);
+    }
+    return control_frame(self);
+}
+
 /* A stream that is gone (or never was) as far as frames on it go. */
 static int stream_gone(Session *self, int32_t stream_id) {
     nghttp2_stream *st = nghttp2_session_find_stream(self->s, stream_id);
@@ -191,17 +206,14 @@ static int count_frame(Session *self, const nghttp2_frame_hd *hd) {
                     return fail_with(self, ProtocolError, NGHTTP2_PROTOCOL_ERROR,
                                      "HEADERS on a stream id lower than one already opened");
         }
-        if (hd->type == NGHTTP2_HEADERS || hd->length > 0 || (hd->flags & NGHTTP2_FLAG_END_STREAM)) {
+        int end = (hd->flags & NGHTTP2_FLAG_END_STREAM) != 0;
+        if (hd->type == NGHTTP2_DATA && !end && (hd->flags & NGHTTP2_FLAG_PADDED)) {
+            /* Empty or not is known once its padding is read (on_frame_recv): a frame
+             * of only padding is as empty as one of no bytes (h2 looks at frame.data). */
+        } else if (hd->type == NGHTTP2_HEADERS || hd->length > 0 || end) {
             self->empty = 0;
-        } else {
-            self->empty += 1;
-            if (self->empty > self->empty_limit) {
-                char msg[100];
-                snprintf(msg, sizeof msg, "%ld empty DATA frames in a row", self->empty);
-                return fail_with(self, self->flood, NGHTTP2_ENHANCE_YOUR_CALM, msg);
-            }
-            if (control_frame(self) != 0)
-                return NGHTTP2_ERR_CALLBACK_FAILURE;
+        } else if (empty_data(self) != 0) {
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
         }
         /* A client's frame on a stream that is gone makes nothing happen: no better than
          * a PING. Not counted from an upstream (see _GuardedH2). */
@@ -248,6 +260,7 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
     Py_XSETREF(self->headers, PyList_New(0));
     self->headers_size = 0;
     self->headers_over = 0;
+    self->block_status = 0;
     return self->headers == NULL ? py_failed(self) : 0;
 }
 
@@ -266,8 +279,14 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
     }
     if (self->headers == NULL)
         return 0;
-    if (self->server_side && namelen == 14 && frame->headers.cat == NGHTTP2_HCAT_REQUEST &&
-        memcmp(name, "content-length", 14) == 0) {
+    if (!self->server_side && namelen == 7 && memcmp(name, ":status", 7) == 0 && valuelen == 3)
+        self->block_status = (value[0] - '0') * 100 + (value[1] - '0') * 10 + (value[2] - '0');
+    int32_t sid = frame->hd.stream_id;
+    int counts = self->server_side
+                     ? frame->headers.cat == NGHTTP2_HCAT_REQUEST
+                     : !(flags_of(self, sid) & (F_FINAL | F_HEAD)) && self->block_status >= 200 &&
+                           self->block_status != 204 && self->block_status != 304;
+    if (counts && namelen == 14 && memcmp(name, "content-length", 14) == 0) {
         uintptr_t cl = 0;
         for (size_t i = 0; i < valuelen; i++) {
             if (value[i] < '0' || value[i] > '9' || cl >= CL_MAX / 10)
@@ -278,7 +297,6 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
         if (valuelen == 0)
             return fail_with(self, ProtocolError, NGHTTP2_PROTOCOL_ERROR,
                              "invalid content-length header");
-        int32_t sid = frame->hd.stream_id;
         set_flags(self, sid, (flags_of(self, sid) & ((1 << CL_SHIFT) - 1)) | ((cl + 1) << CL_SHIFT));
     }
     nghttp2_nv nv = {(uint8_t *)name, (uint8_t *)value, namelen, valuelen, flags};
@@ -319,7 +337,7 @@ static void set_flags(Session *self, int32_t stream_id, uintptr_t flags) {
     nghttp2_session_set_stream_user_data(self->s, stream_id, (void *)flags);
 }
 
-/* DATA of `len` bytes (and the stream's end, if `end`) against the request's
+/* DATA of `len` bytes (and the stream's end, if `end`) against the message's
  * content-length: -1 with the error saved when they disagree. */
 static int body_length(Session *self, int32_t sid, size_t len, int end) {
     uintptr_t flags = flags_of(self, sid);
@@ -328,13 +346,13 @@ static int body_length(Session *self, int32_t sid, size_t len, int end) {
         return 0;
     if (len > cl - 1) {
         fail_with(self, ProtocolError, NGHTTP2_PROTOCOL_ERROR,
-                  "more DATA than the request's content-length");
+                  "more DATA than the content-length");
         return -1;
     }
     cl -= len;
     if (end && cl != 1) {
         fail_with(self, ProtocolError, NGHTTP2_PROTOCOL_ERROR,
-                  "less DATA than the request's content-length");
+                  "less DATA than the content-length");
         return -1;
     }
     set_flags(self, sid, (flags & ((1 << CL_SHIFT) - 1)) | (cl << CL_SHIFT));
@@ -395,7 +413,7 @@ static int on_headers_frame(Session *self, const nghttp2_frame *frame) {
         cls = EvResponseReceived;
         set_flags(self, sid, flags | F_FINAL);
     }
-    if (self->server_side && end && body_length(self, sid, 0, 1) < 0) {
+    if (end && body_length(self, sid, 0, 1) < 0) {
         Py_DECREF(headers);
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
@@ -431,8 +449,17 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
     case NGHTTP2_DATA: {
         PyObject *data = self->data;
         self->data = NULL;
-        if (self->server_side &&
-            body_length(self, sid, data != NULL ? (size_t)PyBytes_GET_SIZE(data) : 0,
+        if ((frame->hd.flags & NGHTTP2_FLAG_PADDED) &&
+            !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+            /* Left to here by count_frame: only padding is empty. */
+            if (data != NULL && PyBytes_GET_SIZE(data) > 0) {
+                self->empty = 0;
+            } else if (empty_data(self) != 0) {
+                Py_XDECREF(data);
+                return NGHTTP2_ERR_CALLBACK_FAILURE;
+            }
+        }
+        if (body_length(self, sid, data != NULL ? (size_t)PyBytes_GET_SIZE(data) : 0,
                         (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0) < 0) {
             Py_XDECREF(data);
             return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -953,8 +980,12 @@ static PyObject *Session_send_headers(Session *self, PyObject *args, PyObject *k
     }
     if (h2n_fill_nva(items, nva, keep, &kept) < 0)
         goto done;
+    uintptr_t head = 0; /* a HEAD request: its response's content-length has no body */
+    for (Py_ssize_t i = 0; opening && i < n; i++)
+        if (nva[i].namelen == 7 && memcmp(nva[i].name, ":method", 7) == 0)
+            head = nva[i].valuelen == 4 && memcmp(nva[i].value, "HEAD", 4) == 0 ? F_HEAD : 0;
     int32_t rv = nghttp2_submit_headers(self->s, end ? NGHTTP2_FLAG_END_STREAM : NGHTTP2_FLAG_NONE,
-                                        opening ? -1 : sid, NULL, nva, (size_t)n, NULL);
+                                        opening ? -1 : sid, NULL, nva, (size_t)n, (void *)head);
     if (rv < 0) {
         if (rv == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE || rv == NGHTTP2_ERR_STREAM_CLOSED ||
             rv == NGHTTP2_ERR_STREAM_CLOSING)

@@ -885,12 +885,17 @@ class H2Connection(asyncio.Protocol):
         self._went_away(event.last_stream_id or 0, event.error_code or 0)
 
     def _on_informational(self, event: h2.events.InformationalResponseReceived) -> None:
-        """A 1xx (100 Continue to a request that expects it): passed on as it is."""
+        """A 1xx (100 Continue to a request that expects it): checked as a response head
+        is (a malformed one ends the connection), then passed on as it is."""
+        if event.headers is None:
+            return
+        headers = list(event.headers)
+        _check(headers, RESPONSE_PSEUDO)
         half = self.halves.get(event.stream_id or 0)
         other = half.other if half is not None else None
-        if other is not None and other.conn is not None and event.headers is not None:
+        if other is not None and other.conn is not None:
             with contextlib.suppress(h2.exceptions.H2Error):
-                other.conn.h2.send_headers(other.stream_id, forwardable(list(event.headers)))
+                other.conn.h2.send_headers(other.stream_id, forwardable(headers))
             other.conn.flush()
 
     def _premature_reset(self) -> None:
