@@ -44,6 +44,7 @@ from gossamer.proxy.policy.control import ControlRegistry
 from gossamer.proxy.policy.routing import LocalRoute, RouteTable
 from gossamer.proxy.wire.acceptor import FdBudget, InboundAcceptor, fd_limit
 from gossamer.proxy.wire.detect import DEFAULT_DETECT_TIMEOUT, Sniffer
+from gossamer.proxy.wire.heap import keep_tls_reads_on_heap
 from gossamer.proxy.wire.http1 import RequestHead
 from gossamer.proxy.wire.http2 import H2_APP_PROTOCOLS, H2Connection
 from gossamer.proxy.wire.limits import (
@@ -315,6 +316,7 @@ class DataPlane:
             raise
 
     async def _start(self) -> None:
+        keep_tls_reads_on_heap()
         loop = self._loop = asyncio.get_running_loop()
         cfg = self.config
         await self._start_observability()
