@@ -351,6 +351,35 @@ async def test_a_malformed_response_from_the_app_ends_its_connection_with_protoc
 
 
 @pytest.mark.asyncio
+async def test_a_client_that_does_not_read_holds_the_answer_upstream_not_in_the_proxy() -> None:
+    # While the client's transport is paused (its buffer full: the client is not
+    # reading), DATA for it stays queued and unacknowledged, so the app stops at its
+    # window; once the transport drains it goes on.
+    hop, client, app = await _connected()
+    sid = client.get_next_available_stream_id()
+    client.send_headers(sid, REQUEST, end_stream=True)
+    hop.down.data_received(client.data_to_send())
+    await _turn()
+    app.receive_data(hop.up_pipe.take())
+    hop.down.pause_writing()
+    app.send_headers(1, RESPONSE)
+    for last in (False, False, False, True):
+        app.send_data(1, b"x" * 15_000, end_stream=last)
+    hop.up.data_received(app.data_to_send())
+    await _turn()
+    to_client = client.receive_data(hop.down_pipe.take())
+    assert not any(isinstance(e, h2.events.DataReceived) for e in to_client)
+    held = hop.down.halves[sid].pending  # queued, so not yet acknowledged to the app
+    assert sum(len(data) for data, _ in held) == 60_000  # type: ignore[arg-type]
+    hop.down.resume_writing()
+    await _turn()
+    to_client = client.receive_data(hop.down_pipe.take())
+    got = b"".join(e.data for e in to_client if isinstance(e, h2.events.DataReceived))
+    assert got == b"x" * 60_000
+    assert any(isinstance(e, h2.events.StreamEnded) for e in to_client)
+
+
+@pytest.mark.asyncio
 async def test_a_malformed_informational_response_ends_its_connection_not_passed_on() -> None:
     # A 1xx is a response head too (RFC 9113 8.1.1): a CR LF in one of its values is
     # malformed, and an intermediary must not forward it (it would split a field in an

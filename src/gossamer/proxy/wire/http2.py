@@ -692,10 +692,16 @@ class H2Connection(asyncio.Protocol):
             self.on_lost(self)
 
     def pause_writing(self) -> None:
+        # The peer is not reading: `pump` stops handing its streams' queues to the
+        # engine, so their senders get no more credit and stop at their windows.
+        # Without this a client that opened its windows and never read made the proxy
+        # buffer whole responses (megabytes) in the transport.
         self.write_paused = True
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if not self.closed:
+            self._pump_all()
 
     # ---- events ------------------------------------------------------------------------
 
@@ -971,8 +977,8 @@ class H2Connection(asyncio.Protocol):
 
     def pump(self, half: _Half) -> None:
         """Send what is queued on `half` as far as the windows allow."""
-        if self.closed or half.sent_end:
-            return
+        if self.closed or half.sent_end or self.write_paused:
+            return  # (paused: `resume_writing` pumps every stream again)
         h2conn = self.h2
         stream_id = half.stream_id
         other = half.other
