@@ -173,9 +173,9 @@ class _NoSettingsAck(RawH2):
                 strict=True,
                 reason="a HEADERS frame that nghttp2 refuses (REFUSED_STREAM, over "
                 "MAX_CONCURRENT_STREAMS before the client's SETTINGS ACK) makes no event and "
-                "is counted nowhere (on_begin_frame returns before control_frame for a new "
-                "stream id; http2.py never sees it): a client sends them without end, each "
-                "costing a HEADERS decode and an RST_STREAM written back",
+                "is counted nowhere (_h2session.c count_frame returns 0 for a new stream id "
+                "before nghttp2 decides; http2.py never sees it): a client sends them "
+                "without end, each costing a HEADERS decode and an RST_STREAM written back",
             ),
         ),
     ],
