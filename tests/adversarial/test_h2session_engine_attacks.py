@@ -353,6 +353,29 @@ async def test_a_response_longer_than_its_content_length_is_not_passed_on(
     assert bytes(raw.bodies.get(1, b"")) != b"HELLO" + b"X" * 15
 
 
+# ---- stream ids a client skipped -----------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_h2session.c remembers only the first 16 ranges of stream ids a client "
+    "skipped (SKIPPED): a HEADERS frame on an id of a later range (idle, so closed by a "
+    "higher one) is ignored by nghttp2, where RFC 9113 5.1.1 says an unexpected stream "
+    "identifier is a connection error PROTOCOL_ERROR (h2 raises StreamIDTooLowError); "
+    "low severity: the frame is counted as a control frame",
+)
+def test_headers_on_any_stream_id_a_client_skipped_is_a_connection_error() -> None:
+    conn = N.Session(False)
+    conn.initiate_connection()
+    encoder = hpack.Encoder()
+    data = PREFACE + frame(4, 0, 0)
+    for i in range(20):  # opens 1, 5, 9, ...: skips 3, 7, 11, ... (20 ranges)
+        data += frame(1, 0x5, 4 * i + 1, encoder.encode(GET))
+    data += frame(1, 0x5, 4 * 18 + 3, encoder.encode(GET))  # the 19th skipped id
+    with pytest.raises(h2.exceptions.ProtocolError):
+        conn.receive_data(data)
+
+
 # ---- what held ----------------------------------------------------------------------------
 
 
