@@ -29,7 +29,8 @@ import pytest
 from gossamer.capture.rules import CaptureSpec, HostCaptureSpec, UidCapture
 from gossamer.errors import InvalidResource
 from gossamer.host.config import ConfigFile
-from gossamer.resources.host import load_host_configuration
+from gossamer.host.netns import open_namespace
+from gossamer.resources.host import MAX_CONFIG_BYTES, load_host_configuration
 
 
 @pytest.fixture
@@ -62,24 +63,47 @@ def _returns_within(call: Callable[[], object], seconds: float) -> bool:
     return done.wait(seconds)
 
 
-FIFO_REASON = (
-    "ConfigFile.changed and ConfigFile.read open the path with read_bytes(), blocking: a "
-    "config path that is (or links to) a FIFO blocks the host proxy's event loop for ever "
-    "(and /dev/zero is read whole before MAX_CONFIG_BYTES is checked); the same holds for a "
-    "netns path opened with os.open in HostProxy._start_configured"
-)
+# Fixed (host.config.read_regular_file, host.netns.open_namespace): ConfigFile.changed
+# and ConfigFile.read opened the path with read_bytes(), blocking, so a config path that
+# is (or links to) a FIFO blocked the host proxy's event loop for ever, and /dev/zero
+# was read whole before MAX_CONFIG_BYTES was checked; a netns path was opened the same
+# way in HostProxy._start_configured.
 
 
-@pytest.mark.xfail(strict=True, reason=FIFO_REASON)
 def test_polling_a_config_path_swapped_for_a_fifo_returns(fifo: Path) -> None:
     config = ConfigFile(fifo)
     assert _returns_within(config.changed, 3.0)
 
 
-@pytest.mark.xfail(strict=True, reason=FIFO_REASON)
 def test_reading_a_config_path_that_is_a_fifo_is_an_error_not_a_hang(fifo: Path) -> None:
     config = ConfigFile(fifo)
-    assert _returns_within(config.read, 3.0)
+    with pytest.raises(OSError, match="is not a regular file"):
+        config.read()
+
+
+def test_a_config_path_to_dev_zero_is_refused_before_it_is_read() -> None:
+    with pytest.raises(OSError, match="is not a regular file"):
+        ConfigFile(Path("/dev/zero")).read()
+
+
+def test_a_config_file_over_the_limit_is_refused_unread(tmp_path: Path) -> None:
+    big = tmp_path / "host.yaml"
+    big.write_bytes(b"#" * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(OSError, match="more than"):
+        ConfigFile(big).read()
+
+
+def test_a_netns_path_that_is_a_fifo_or_a_file_is_refused_without_blocking(
+    fifo: Path, tmp_path: Path
+) -> None:
+    plain = tmp_path / "not-a-namespace"
+    plain.write_text("x")
+    for path in (fifo, plain):
+        with pytest.raises(OSError, match="is not a namespace file"):
+            open_namespace(str(path))
+    with pytest.raises(OSError, match="not a network namespace"):
+        open_namespace("/proc/self/ns/uts")
+    os.close(open_namespace("/proc/self/ns/net"))
 
 
 # ---- what held ------------------------------------------------------------------------------
@@ -204,13 +228,8 @@ def test_a_captured_uid_reaches_nothing_over_ipv4_while_no_host_proxy_runs(
     assert uid_host.curl(f"http://{SERVER_V4}:8080/") == "000"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="per-uid capture is IPv4 only (gossamer.capture.rules installs no ip6tables "
-    "rules): a uid workload reaches any IPv6 address uncaptured, with no mesh identity and "
-    "past egress policy, also while no host proxy runs, where decision 0107 and "
-    "docs/per-host.md say its connections are refused, never sent uncaptured",
-)
+# Fixed (capture.rules.host_ipv6_rules): per-uid capture was IPv4 only, and a uid
+# workload reached any IPv6 address uncaptured, also while no host proxy ran.
 def test_a_captured_uid_reaches_nothing_over_ipv6_while_no_host_proxy_runs(
     uid_host: UidHost,
 ) -> None:

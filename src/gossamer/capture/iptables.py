@@ -16,7 +16,7 @@ from gossamer.capture.rules import JUMPS, CaptureError, CaptureSpec, restore_tex
 TABLE = "nat"
 
 
-def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     if shutil.which(argv[0]) is None:
         raise CaptureError(
             f"capture: {argv[0]} is not installed (Debian: apt-get install iptables)"
@@ -24,7 +24,7 @@ def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProce
     return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
 
 
-def _check(result: subprocess.CompletedProcess[str], what: str) -> None:
+def check(result: subprocess.CompletedProcess[str], what: str) -> None:
     if result.returncode != 0:
         hint = (
             " (capture needs root or CAP_NET_ADMIN in the workload's network namespace)"
@@ -34,37 +34,59 @@ def _check(result: subprocess.CompletedProcess[str], what: str) -> None:
         raise CaptureError(f"capture: {what} failed: {result.stderr.strip()}{hint}")
 
 
-def install(spec: CaptureSpec) -> None:
-    """Install (or replace) the rules for `spec`: idempotent, never stacks duplicates."""
-    _check(_run(["iptables-restore", "--noflush"], restore_text(spec)), "iptables-restore")
-    for builtin, chain, match in JUMPS:
+# A jump from a built-in chain to one of ours: (table, built-in chain, our chain, match).
+Jump = tuple[str, str, str, tuple[str, ...]]
+_NAT_JUMPS: list[Jump] = [(TABLE, *jump) for jump in JUMPS]
+
+
+def restore(text: str, command: str = "iptables") -> None:
+    """Replace our chains with `text` (`COMMAND-restore --noflush` input: declaring a
+    chain flushes it), one transaction per table."""
+    check(run([f"{command}-restore", "--noflush"], text), f"{command}-restore")
+
+
+def add_jumps(jumps: list[Jump], command: str = "iptables") -> None:
+    """Add each jump unless it is there already: idempotent, never stacks duplicates."""
+    for table, builtin, chain, match in jumps:
         rule = [builtin, *match, "-j", chain]
-        if _run(["iptables", "-t", TABLE, "-C", *rule]).returncode != 0:
-            _check(
-                _run(["iptables", "-t", TABLE, "-A", *rule]), f"adding the jump {builtin} → {chain}"
+        if run([command, "-t", table, "-C", *rule]).returncode != 0:
+            check(
+                run([command, "-t", table, "-A", *rule]),
+                f"adding the jump {table} {builtin} → {chain}",
             )
 
 
-def remove() -> bool:
-    """Remove every capture rule and chain; True when there were any."""
+def remove_jumps(jumps: list[Jump], command: str = "iptables") -> bool:
+    """Remove each jump (every copy of it) and then our chains; True when there were any."""
     found = False
-    for builtin, chain, match in JUMPS:
+    for table, builtin, chain, match in jumps:
         rule = [builtin, *match, "-j", chain]
         for _ in range(100):  # each -D takes one copy, should a copy have been added by hand
-            if _run(["iptables", "-t", TABLE, "-D", *rule]).returncode != 0:
+            if run([command, "-t", table, "-D", *rule]).returncode != 0:
                 break
             found = True
-    for _, chain, _ in JUMPS:
-        if _run(["iptables", "-t", TABLE, "-F", chain]).returncode == 0:
+    for table, _, chain, _ in jumps:
+        if run([command, "-t", table, "-F", chain]).returncode == 0:
             found = True
-            _check(_run(["iptables", "-t", TABLE, "-X", chain]), f"deleting chain {chain}")
+            check(run([command, "-t", table, "-X", chain]), f"deleting chain {chain}")
     return found
+
+
+def install(spec: CaptureSpec) -> None:
+    """Install (or replace) the rules for `spec`: idempotent, never stacks duplicates."""
+    restore(restore_text(spec))
+    add_jumps(_NAT_JUMPS)
+
+
+def remove() -> bool:
+    """Remove every capture rule and chain (nat table); True when there were any."""
+    return remove_jumps(_NAT_JUMPS)
 
 
 def listed() -> list[str]:
     """Gossamer's rules now in the nat table, as `iptables -S` prints them."""
-    result = _run(["iptables", "-t", TABLE, "-S"])
-    _check(result, "iptables -S")
+    result = run(["iptables", "-t", TABLE, "-S"])
+    check(result, "iptables -S")
     chains = {chain for _, chain, _ in JUMPS}
     return [
         line

@@ -242,7 +242,35 @@ def host_chain_rules(spec: HostCaptureSpec) -> dict[str, dict[str, list[list[str
 
 def host_restore_text(spec: HostCaptureSpec) -> str:
     """Input for `iptables-restore --noflush`: both tables' chains replaced at once."""
+    return _restore_text(host_chain_rules(spec))
+
+
+# The mesh captures IPv4 only. A uid workload's IPv6 beyond loopback is refused, so that
+# its connections are never sent uncaptured (decision 0107), also while no host proxy
+# runs: a chain of ip6tables' filter table, jumped to from OUTPUT.
+UID6_CHAIN = "GOSSAMER_UID6"
+UID6_JUMP: tuple[str, str, tuple[str, ...]] = ("OUTPUT", UID6_CHAIN, ())
+
+
+def host_ipv6_rules(spec: HostCaptureSpec) -> dict[str, dict[str, list[list[str]]]]:
+    """ip6tables' rules: each uid workload's IPv6 but loopback refused (TCP with a reset,
+    the rest with ICMPv6 port unreachable)."""
+    spec.check()
+    rules: list[list[str]] = []
+    for w in sorted(spec.workloads, key=lambda w: w.uid):
+        owner = ["!", "-o", "lo", "-m", "owner", "--uid-owner", str(w.uid)]
+        rules.append([*owner, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"])
+        rules.append([*owner, "-j", "REJECT"])
+    return {"filter": {UID6_CHAIN: rules}}
+
+
+def host_restore_text6(spec: HostCaptureSpec) -> str:
+    """Input for `ip6tables-restore --noflush`."""
+    return _restore_text(host_ipv6_rules(spec))
+
+
+def _restore_text(tables: dict[str, dict[str, list[list[str]]]]) -> str:
     lines: list[str] = []
-    for table, rules in host_chain_rules(spec).items():
+    for table, rules in tables.items():
         lines += _table(table, rules)
     return "\n".join(lines) + "\n"

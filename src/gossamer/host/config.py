@@ -16,17 +16,50 @@ others are served; it is tried again at the next reload.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gossamer.resources.host import (
+    MAX_CONFIG_BYTES,
     ConfiguredWorkload,
     HostConfiguration,
     load_host_configuration,
 )
+
+
+def read_regular_file(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
+    """The bytes of `path`, which must be a regular file of at most `limit` bytes: raises
+    OSError otherwise. Never blocks: the host proxy reads it on its event loop, where
+    every workload's data plane runs, and a path swapped for a FIFO (or a link to one, or
+    to /dev/zero) would stop them all (opened O_NONBLOCK, checked with fstat before any
+    read, read to `limit` + 1 at most)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"{path} is {info.st_size} bytes, more than {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise OSError(errno.EFBIG, f"{path} is more than {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
 
 Key = tuple[str, str]
 
@@ -75,7 +108,7 @@ class ConfigFile:
         """Whether the file's contents differ from those last read (a missing or
         unreadable file counts as a change, so the reload says why)."""
         try:
-            return hashlib.sha256(self.path.read_bytes()).digest() != self._digest
+            return hashlib.sha256(read_regular_file(self.path)).digest() != self._digest
         except OSError:
             return self._digest is not None
 
@@ -83,7 +116,7 @@ class ConfigFile:
         """The file's configuration; raises InvalidResource naming each bad field, or
         OSError. Either way the file as read now counts as seen."""
         try:
-            data = self.path.read_bytes()
+            data = read_regular_file(self.path)
         except OSError:
             self._digest = None
             raise

@@ -16,6 +16,8 @@ import concurrent.futures
 import contextlib
 import ctypes
 import ctypes.util
+import errno
+import fcntl
 import os
 import threading
 from collections.abc import Coroutine
@@ -23,6 +25,34 @@ from typing import Any, Final, TypeVar
 
 CLONE_NEWNET: Final = 0x40000000
 T = TypeVar("T")
+
+
+# ioctl(2) on a namespace file: the CLONE_NEW* type of the namespace (Linux 4.11+).
+NS_GET_NSTYPE: Final = 0xB703
+
+
+def open_namespace(path: str) -> int:
+    """A descriptor of the network namespace file `path` (/run/netns/NAME,
+    /proc/PID/ns/net); OSError, saying why, if it is not one. Opened O_NONBLOCK, so a
+    path that is a FIFO cannot stop the caller's event loop."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        check_namespace(fd, path)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_namespace(fd: int, what: str) -> None:
+    """Raise OSError, saying why, unless `fd` refers to a network namespace (a
+    descriptor passed by a registrant may be anything)."""
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError as err:
+        raise OSError(err.errno, f"{what} is not a namespace file") from None
+    if kind != CLONE_NEWNET:
+        raise OSError(errno.EINVAL, f"{what} is a namespace, but not a network namespace")
 
 
 def same_namespace(fd: int) -> bool:

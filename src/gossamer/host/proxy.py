@@ -37,7 +37,12 @@ from gossamer.host.config import ConfigFile, plan
 from gossamer.host.fairness import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_IN_FLIGHT, share_fairly
 from gossamer.host.handover import Channel, HandoverError
 from gossamer.host.identity import HostedAgent, HostSession, NotOnHost
-from gossamer.host.netns import NamespaceThread, same_namespace
+from gossamer.host.netns import (
+    NamespaceThread,
+    check_namespace,
+    open_namespace,
+    same_namespace,
+)
 from gossamer.proxy.agent.session import AgentConfig, WorkloadPortSpec
 from gossamer.proxy.dataplane import DataPlane, DataPlaneConfig
 from gossamer.resources.host import ConfiguredWorkload, HostConfiguration
@@ -534,7 +539,7 @@ class HostProxy:
         try:
             registration = Registration.from_json(raw, configured=True)
             if registration.netns_path is not None:
-                netns = os.open(registration.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+                netns = open_namespace(registration.netns_path)
                 if same_namespace(netns):
                     os.close(netns)
                     netns = -1
@@ -590,6 +595,8 @@ class HostProxy:
             netns = -1
         key: tuple[str, str] | None = None
         try:
+            if netns >= 0:
+                check_namespace(netns, "the descriptor sent as the workload's namespace")
             registration = Registration.from_json(raw)
             if registration.key in self.workloads or registration.key in self._starting:
                 raise BadRegistration(
