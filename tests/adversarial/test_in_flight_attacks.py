@@ -13,8 +13,9 @@ import contextlib
 
 import pytest
 
+from gossamer.identity.tls import client_context
 from gossamer.proxy.wire.limits import InFlight
-from gossamer.proxy.wire.tls import sni_for
+from gossamer.proxy.wire.tls import ALPN_H1, sni_for
 from tests.proxy.conftest import Mesh, Pki, mesh  # noqa: F401 (a fixture)
 from tests.proxy.test_h2_hardening import (
     REFUSED_STREAM,
@@ -73,6 +74,40 @@ async def test_a_peer_cannot_hold_a_workloads_places_with_requests_answered_404(
             await peer.close()
             if caller is not None:
                 await caller.close()
+
+
+@pytest.mark.asyncio
+async def test_http1_requests_a_peer_leaves_open_after_a_404_give_their_places_back(
+    pki: Pki,
+) -> None:
+    """The same attack over HTTP/1.1 (ALPN gossamer/h1) holds: the answer ends the
+    exchange, and its place, though the body never comes."""
+    async with echo_mesh(pki) as (_client, server, _):
+        cap = server.in_flight = InFlight(3, lambda: "workload default/echo-1")
+        assert server.inbound_address is not None
+        creds = pki.issue("default", "web")
+        tls = client_context(
+            creds.chain_pem, creds.key_pem, creds.bundle_pem, alpn_protocols=[ALPN_H1]
+        )
+        writers = []
+        try:
+            answers = []
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection(
+                    *server.inbound_address,
+                    ssl=tls,
+                    server_hostname=sni_for(9999, "echo-1", "default"),
+                )
+                writers.append(writer)
+                writer.write(
+                    b"POST /x HTTP/1.1\r\nHost: echo\r\nContent-Length: 1000000\r\n\r\nabc"
+                )
+                answers.append(await asyncio.wait_for(reader.readuntil(b"\r\n"), 10))
+            assert answers == [b"HTTP/1.1 404 Not Found\r\n"] * 3
+            assert await _count_settles(cap, 0) == 0
+        finally:
+            for writer in writers:
+                writer.transport.abort()
 
 
 @pytest.mark.xfail(
