@@ -1,6 +1,6 @@
 """The app's readiness, as the agent reports it: a probe that fails once or twice (a
 busy app's backlog full for a moment, a late event loop) does not take the workload out
-of the mesh; three failures in a row do (proxy.agent.readiness, Kubernetes' defaults).
+of the mesh; three failures in a row do (gossamer.readiness, Kubernetes' defaults).
 
 Under load, a single slow connect used to flip the workload to not ready for a second:
 every client's endpoints emptied and every call was answered "no endpoints" (seen in the
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gossamer.proxy.agent.readiness import FAILURE_THRESHOLD, ReadinessGate
+from gossamer.readiness import FAILURE_THRESHOLD, ReadinessGate
 from tests.e2e.conftest import ControlPlaneProcess, free_port, run_workload
 from tests.hosts.conftest import wait_until
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gossamer.cli.common import fail, host_port
-from gossamer.proxy.agent.readiness import PROBE_TIMEOUT, ReadinessGate
+from gossamer.readiness import PROBE_TIMEOUT, ReadinessGate
 
 log = logging.getLogger("gossamer.envoy")
 

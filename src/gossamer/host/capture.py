@@ -4,11 +4,11 @@ The rules are gossamer.capture.rules' (`host_restore_text`): the sidecar's nat c
 each workload's outbound rules behind an owner match on its uid, and a filter chain
 that lets only that uid connect to the workload's outbound listener
 (docs/decisions/0107); and, in ip6tables, each uid's IPv6 beyond loopback refused (the
-mesh captures IPv4 only: nothing leaves uncaptured). They follow the host config file: installed with its uid
-workloads, replaced at each reload, and left in place when the host proxy stops or
-dies, so that a workload's traffic is refused, never sent uncaptured, while no host
-proxy serves it. `gossamer host --remove-capture` (or `gossamer capture remove` for
-the nat part) takes them away.
+mesh captures IPv4 only: nothing leaves uncaptured). They follow the host config file:
+installed with its uid workloads, replaced at each reload, and left in place when the
+host proxy stops or dies, so that a workload's traffic is refused, never sent
+uncaptured, while no host proxy serves it. `gossamer host --remove-capture` (or
+`gossamer capture remove` for the nat part) takes them away.
 """
 
 from __future__ import annotations

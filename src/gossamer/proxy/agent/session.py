@@ -36,8 +36,8 @@ from gossamer.identity.spiffe import SpiffeId
 from gossamer.identity.tls import client_context
 from gossamer.identity.tokens import decode_unverified
 from gossamer.proxy.agent.client import ControlPlaneClient, ControlPlaneUnavailable, WebSocket
-from gossamer.proxy.agent.readiness import PROBE_TIMEOUT, ReadinessGate
 from gossamer.proxy.wire.tls import Credentials
+from gossamer.readiness import PROBE_TIMEOUT, ReadinessGate
 from gossamer.translate.consistency import check_consistent
 from gossamer.translate.snapshot import Snapshot
 
