@@ -351,3 +351,19 @@ def test_a_response_to_head_or_a_304_or_204_has_no_body_whatever_its_content_len
 ) -> None:
     events = client_session(method).receive_data(response(status, b"1234", b""))
     assert any(isinstance(e, h2.events.StreamEnded) for e in events)
+
+
+def test_streams_refused_over_the_concurrent_limit_count_as_control_frames() -> None:
+    # Before a client acknowledges MAX_CONCURRENT_STREAMS, nghttp2 refuses a stream
+    # over it with RST_STREAM REFUSED_STREAM, a stream error it handles itself: each
+    # made nothing happen, so a client that never acknowledges cannot open them forever.
+    srv = server()
+    head = b"\x83\x86\x84A\x01a"  # POST http / a, no END_STREAM: each stays open
+    opens = b"".join(frame(0x1, 0x4, 2 * i + 1, head) for i in range(http2.MAX_STREAMS))
+    srv.receive_data(PREFACE + frame(0x4, 0, 0) + opens)
+    sid = 2 * http2.MAX_STREAMS + 1
+    over = b"".join(
+        frame(0x1, 0x4, sid + 2 * i, head) for i in range(http2.CONTROL_FRAME_LIMIT + 1)
+    )
+    with pytest.raises(http2._Flood, match="control frames in a second"):
+        srv.receive_data(over)

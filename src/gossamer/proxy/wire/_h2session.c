@@ -589,6 +589,16 @@ static int on_stream_close(nghttp2_session *s, int32_t sid, uint32_t error_code,
     return push(self, ev) < 0 ? py_failed(self) : 0;
 }
 
+/* A frame nghttp2 refused as a stream error (it answers RST_STREAM itself): a stream
+ * over MAX_CONCURRENT_STREAMS before the client acknowledged it (REFUSED_STREAM), a
+ * frame on a half-closed stream... From a client it made nothing happen, so it counts
+ * as a control frame (h2's engine ends the connection for most of them). */
+static int on_invalid_frame(nghttp2_session *s, const nghttp2_frame *frame, int lib_error_code,
+                            void *user) {
+    Session *self = user;
+    return self->server_side ? control_frame(self) : 0;
+}
+
 static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *user) {
     Session *self = user;
     if (frame->hd.type == NGHTTP2_GOAWAY) {
@@ -780,6 +790,7 @@ static PyObject *Session_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
     nghttp2_session_callbacks_set_error_callback2(cb, on_error);
     /* Flow control is the proxy's: credit goes back as the other half sends it on. */
     nghttp2_option_set_no_auto_window_update(opt, 1);
