@@ -44,7 +44,9 @@ static PyObject *s_stream_id, *s_headers, *s_stream_ended, *s_priority_updated, 
 #define CL_MAX ((uintptr_t)1 << 58)
 /* Stream ids a client skipped (idle, so closed by a higher one, RFC 9113 5.1.1): HEADERS
  * on one is a connection error. nghttp2 ignores them, as it cannot tell them from streams
- * that were open and have closed; the first few ranges are remembered here. */
+ * that were open and have closed; the first ranges are remembered here, and once a
+ * client has skipped more (no client does in practice), HEADERS on any lower stream
+ * that is gone is taken as one. */
 #define SKIPPED 16
 
 typedef struct {
@@ -88,6 +90,7 @@ typedef struct {
     size_t hd_have;
     int32_t skipped[SKIPPED][2]; /* [first, last] */
     int nskipped;
+    int skipped_more; /* more ranges were skipped than `skipped` holds */
     /* an error found in a callback, raised when nghttp2 returns */
     PyObject *err_type;
     PyObject *err_msg;
@@ -190,10 +193,16 @@ static int count_frame(Session *self, const nghttp2_frame_hd *hd) {
     case NGHTTP2_HEADERS: {
         int peer = hd->stream_id % 2 == (self->server_side ? 1 : 0);
         if (hd->type == NGHTTP2_HEADERS && peer && hd->stream_id > self->peer_opened) {
-            if (hd->stream_id > self->peer_opened + 2 && self->nskipped < SKIPPED) {
-                self->skipped[self->nskipped][0] = self->peer_opened + 2;
-                self->skipped[self->nskipped][1] = hd->stream_id - 2;
-                self->nskipped += 1;
+            /* The peer's next id: 1 (2 for a server's) to begin with, then +2. */
+            int32_t next = self->peer_opened ? self->peer_opened + 2 : (self->server_side ? 1 : 2);
+            if (hd->stream_id > next) {
+                if (self->nskipped < SKIPPED) {
+                    self->skipped[self->nskipped][0] = next;
+                    self->skipped[self->nskipped][1] = hd->stream_id - 2;
+                    self->nskipped += 1;
+                } else {
+                    self->skipped_more = 1;
+                }
             }
             self->peer_opened = hd->stream_id;
             self->opened += 1;
@@ -201,10 +210,13 @@ static int count_frame(Session *self, const nghttp2_frame_hd *hd) {
             return 0;
         }
         if (hd->type == NGHTTP2_HEADERS && peer) {
-            for (int i = 0; i < self->nskipped; i++)
-                if (hd->stream_id >= self->skipped[i][0] && hd->stream_id <= self->skipped[i][1])
-                    return fail_with(self, ProtocolError, NGHTTP2_PROTOCOL_ERROR,
-                                     "HEADERS on a stream id lower than one already opened");
+            int skipped = self->skipped_more && stream_gone(self, hd->stream_id);
+            for (int i = 0; i < self->nskipped && !skipped; i++)
+                skipped = hd->stream_id >= self->skipped[i][0] &&
+                          hd->stream_id <= self->skipped[i][1];
+            if (skipped)
+                return fail_with(self, ProtocolError, NGHTTP2_PROTOCOL_ERROR,
+                                 "HEADERS on a stream id lower than one already opened");
         }
         int end = (hd->flags & NGHTTP2_FLAG_END_STREAM) != 0;
         if (hd->type == NGHTTP2_DATA && !end && (hd->flags & NGHTTP2_FLAG_PADDED)) {
