@@ -19,8 +19,9 @@ The workload is HTTP/1.1 keep-alive (the default) or gRPC unary calls over HTTP/
             client's calls (matched, limits far above the load: what governing a
             call costs; not in the default --only list)
   gossamer-h2python  the gossamer setup with GOSSAMER_H2_CODEC=python: HTTP/2 on
-            the pure-Python codec rather than the native one (decision 0097; not
-            in the default --only list)
+            the pure-Python engine rather than the default (the nghttp2_session
+            engine where the extension is built: decisions 0097, 0102; not in the
+            default --only list)
 
 Each setup gets a short warm-up, a max-throughput run (wrk, fixed keep-alive
 connections) and a fixed-rate run (h2load --h1 --rps, open loop per connection,
