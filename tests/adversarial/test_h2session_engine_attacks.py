@@ -12,6 +12,7 @@ in count and time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
 import struct
@@ -30,6 +31,7 @@ from hyperframe.frame import Frame, HeadersFrame, SettingsFrame, WindowUpdateFra
 
 from gossamer.proxy.wire import _h2native as N
 from gossamer.proxy.wire import h2codec, http2
+from gossamer.proxy.wire.tls import sni_for
 from tests.adversarial.test_hpack_native_attacks import asan, run_asan  # noqa: F401
 from tests.proxy.conftest import Pki
 from tests.proxy.test_h2_hardening import (
@@ -38,6 +40,7 @@ from tests.proxy.test_h2_hardening import (
     PROTOCOL_ERROR,
     RawH2,
     echo_mesh,
+    inbound_context,
     open_to,
     request,
     two_proxies,
@@ -116,6 +119,105 @@ async def test_a_client_that_opens_its_windows_and_never_reads_costs_bounded_mem
             assert largest <= WRITE_BUFFER_BOUND, f"{largest} bytes buffered for one client"
         finally:
             sock.close()
+
+
+class BulkApp:
+    """An h2c app answering each GET /?n=N with N bytes, as its flow-control windows allow."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        conn = h2.connection.H2Connection(config)
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        left: dict[int, int] = {}
+        try:
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived) and event.stream_id:
+                        path = dict(event.headers or [])[b":path"]
+                        conn.send_headers(event.stream_id, [(b":status", b"200")])
+                        left[event.stream_id] = int(path.partition(b"n=")[2] or b"10")
+                for sid in list(left):
+                    with contextlib.suppress(h2.exceptions.StreamClosedError):
+                        while left[sid] > 0:
+                            window = conn.local_flow_control_window(sid)
+                            size = min(window, conn.max_outbound_frame_size, left[sid])
+                            if size <= 0:
+                                break
+                            conn.send_data(sid, b"x" * size)
+                            left[sid] -= size
+                        if left[sid] == 0:
+                            left.pop(sid)
+                            conn.end_stream(sid)
+                        continue
+                    left.pop(sid, None)  # closed meanwhile
+                writer.write(conn.data_to_send())
+        except (ConnectionError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            writer.transport.abort()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="since e8c9941 a stalled client holds its share of the upstream connection's "
+    "window: a stream's DATA is acknowledged (nghttp2_session_consume, stream and "
+    "connection together) only once passed on, so a peer that opens its windows and never "
+    "reads takes the whole window of the server proxy's one h2c connection to the app, "
+    "and every other caller's responses on it stop (before the fix the proxy buffered "
+    "them in memory instead)",
+)
+@pytest.mark.asyncio
+async def test_a_peer_that_never_reads_does_not_stall_other_callers_of_an_http2_app(
+    pki: Pki, session_engine: str
+) -> None:
+    app = BulkApp()
+    port = await app.start()
+    try:
+        async with two_proxies(pki, port, "http2") as (client, server):
+            assert server.inbound_address is not None and client.outbound_address is not None
+            # Peer A, over mTLS as a peer proxy would come: wide windows, reads nothing.
+            _reader, writer = await asyncio.open_connection(
+                *server.inbound_address,
+                ssl=inbound_context(pki),
+                server_hostname=sni_for(8080, "echo-1", "default"),
+            )
+            caller = None
+            try:
+                writer.transport.pause_reading()
+                encoder = hpack.Encoder()
+                out = PREFACE + SettingsFrame(0, settings={4: 2**31 - 1}).serialize()
+                out += WindowUpdateFrame(0, window_increment=2**31 - 1 - 65535).serialize()
+                for i in range(40):  # 40 x 2 MB
+                    head = HeadersFrame(2 * i + 1, encoder.encode(request(b"/?n=2000000")))
+                    head.flags.add("END_HEADERS")
+                    head.flags.add("END_STREAM")
+                    out += head.serialize()
+                writer.write(out)
+                await asyncio.sleep(2)  # its responses have filled what they can
+                # Caller B, through its own proxy: ten bytes.
+                caller = await RawH2.open(client.outbound_address)
+                await caller.send(caller.headers(1, request(b"/?n=10")))
+                assert await caller.settled(1, timeout=10)
+                assert bytes(caller.bodies.get(1, b"")) == b"x" * 10
+            finally:
+                writer.transport.abort()
+                if caller is not None:
+                    await caller.close()
+    finally:
+        await app.close()
 
 
 # ---- DATA frames that carry only padding --------------------------------------------------
