@@ -6,9 +6,12 @@ few hundred bytes read. With glibc's default threshold (128 KiB, raised only whe
 mmapped block that big is freed, which a shrunk one never is) every such allocation is
 an ``mmap``, its shrink an ``mremap`` and its free a ``munmap``, with a page fault
 between: three system calls and a fault per record read, about 20 us of a proxy's CPU
-per proxied HTTP/1.1 request (decision 0103). Raising the mmap threshold above 256 KiB
-serves the buffer from the heap, and raising the trim threshold keeps the heap from
-being given back to the kernel after each shrink, and asked for again at the next read.
+per proxied HTTP/1.1 request (decision 0103). Whether a process pays that depended on
+its history: glibc raises the threshold by itself once a large mmapped block is freed
+whole, which a `gossamer proxy`'s start-up happens to do. Raising the mmap threshold
+above 256 KiB here serves the buffer from the heap in every data plane, and raising the
+trim threshold keeps the heap from being given back to the kernel after each shrink,
+and asked for again at the next read.
 
 Only glibc has ``mallopt`` with these parameters; elsewhere (musl) nothing changes.
 """
