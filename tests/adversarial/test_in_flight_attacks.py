@@ -36,13 +36,9 @@ async def _count_settles(cap: InFlight, count: int, timeout: float = 5.0) -> int
     return cap.count
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a stream the proxy answered itself (404, 403, 503) keeps its place while the "
-    "client leaves its request open: StreamPair.reply sends a whole answer but neither "
-    "resets the client's half (RFC 9113 8.1) nor finishes the pair, so any mesh peer "
-    "holds a workload's places with requests answered at once",
-)
+# Fixed (H2Connection._settle): a stream the proxy answered itself (404, 403, 503) kept
+# its place while the client left its request open; the answer is now followed by
+# RST_STREAM NO_ERROR (RFC 9113 8.1) and the pair ends.
 @pytest.mark.asyncio
 async def test_a_peer_cannot_hold_a_workloads_places_with_requests_answered_404(
     pki: Pki,

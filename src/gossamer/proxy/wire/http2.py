@@ -396,6 +396,7 @@ class StreamPair:
         "on_done",
         "on_reset",
         "on_response",
+        "own_answer",
         "replay",
         "replay_size",
         "response_edit",
@@ -424,6 +425,8 @@ class StreamPair:
         self.on_reset: Callable[[StreamPair], bool] | None = None
         # A route's ResponseHeaderModifier: applied to the response head's fields.
         self.response_edit: Callable[[Headers], Headers] | None = None
+        # The proxy answers the client itself (`reply`, `reply_grpc`).
+        self.own_answer = False
         # The place the stream took under its connection's cap, if it has one.
         self.in_flight = down_conn.in_flight
         down_conn.halves[stream_id] = self.down
@@ -526,6 +529,7 @@ class StreamPair:
             conn.reset(down, h2.errors.ErrorCodes.INTERNAL_ERROR)
             self.finish()
             return None
+        self.own_answer = True
         return conn
 
     def reply(self, status: int, reason: str, retry_after: bytes | None = None) -> None:
@@ -972,6 +976,15 @@ class H2Connection(asyncio.Protocol):
             self.halves.pop(half.stream_id, None)
             if half is half.pair.down:
                 half.pair.finish()
+        elif half.sent_end and half.pair.own_answer and half is half.pair.down:
+            # The proxy answered the client itself (a 404, a 403, a 503: `_take_over`)
+            # before the client ended its request: the pair is over (counted, its place
+            # under the data plane's cap given back) though the stream stays open until
+            # the client ends it, its DATA acknowledged and dropped (`other` is None), as
+            # MAX_STREAMS bounds. Not RST_STREAM NO_ERROR (RFC 9113 8.1): nghttp2 sends an
+            # RST_STREAM ahead of the HEADERS still queued, and gRPC clients then see the
+            # reset, not the status.
+            half.pair.finish()
 
     # ---- sending -----------------------------------------------------------------------
 
