@@ -106,25 +106,27 @@ async def test_http1_requests_a_peer_leaves_open_after_a_404_give_their_places_b
                 writer.transport.abort()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a client that pipelined requests to a slow app and left keeps their places "
-    "until the app answers: ServerConnection pauses reading while a request waits its "
-    "turn, so asyncio never sees the client's FIN or RST (connection_lost does not run)",
-)
+# Fixed (ServerConnection._dispatch): pipelined requests took their places when read,
+# and a client that pipelined them to a slow app and left kept them all until the app
+# answered (reading is paused while a request waits its turn, so the client's FIN or
+# RST is not seen). A request now takes its place when its turn comes: a connection
+# holds one at most, and that one until the response timeout, as any slow request.
 @pytest.mark.asyncio
-async def test_pipelined_requests_to_a_slow_app_give_their_places_back_when_the_client_leaves(
+async def test_pipelined_requests_to_a_slow_app_hold_one_place_until_the_response_timeout(
     mesh: Mesh,  # noqa: F811
 ) -> None:
+    mesh.client.config.response_timeout = 1.0
     cap = mesh.client.in_flight = InFlight(10, lambda: "workload default/web")
     _reader, writer = await asyncio.open_connection(*mesh.outbound)
     try:
-        writer.write(b"GET /hang HTTP/1.1\r\nHost: echo\r\n\r\n" * 2)
-        assert await _count_settles(cap, 2) == 2
+        writer.write(b"GET /hang HTTP/1.1\r\nHost: echo\r\n\r\n" * 5)
+        assert await _count_settles(cap, 1) == 1
+        await asyncio.sleep(0.3)
+        assert cap.count == 1  # the four waiting their turn hold none
     finally:
         writer.transport.abort()
-    # The client is gone; the app never answers /hang.
-    assert await _count_settles(cap, 0) == 0
+    # The client is gone; the app never answers /hang: the response timeout ends it.
+    assert await _count_settles(cap, 0, timeout=10.0) == 0
 
 
 # What held: each of these, cut off by the client, gives every place back.

@@ -235,17 +235,10 @@ class ServerConnection(asyncio.Protocol):
             return
         ex = Exchange(self, head)
         self.reading = ex
-        limit = self.side.in_flight
-        if limit is None:
-            self.side.start(ex)
-        elif limit.take():
-            ex.in_flight = limit
-            self.side.start(ex)
-        else:
-            ex.error = ProtocolError(503, limit.reason)
+        self.side.start(ex)
         if self.answering is None:
             self.answering = ex
-            self.side.dispatch(ex)
+            self._dispatch(ex)
         else:
             if self.queue is None:
                 self.queue = deque()
@@ -323,6 +316,18 @@ class ServerConnection(asyncio.Protocol):
         self.write(error_response(e.status, e.reason, close=True))
         self.close()
 
+    def _dispatch(self, ex: Exchange) -> None:
+        """Send the exchange on, now its turn has come: it takes a place under the data
+        plane's cap on requests in flight, if it has one (a pipelined request waiting its
+        turn holds none: one connection holds at most one place), or is answered 503."""
+        limit = self.side.in_flight
+        if limit is not None and ex.error is None:
+            if limit.take():
+                ex.in_flight = limit
+            else:
+                ex.error = ProtocolError(503, limit.reason)
+        self.side.dispatch(ex)
+
     def exchange_finished(self, ex: Exchange) -> None:
         """`ex` has been answered (or failed): start on the next request, or close."""
         if self.answering is not ex:
@@ -341,7 +346,7 @@ class ServerConnection(asyncio.Protocol):
             if not queue:
                 self.unpause(PAUSE_QUEUE)
             self.answering = nxt
-            self.side.dispatch(nxt)
+            self._dispatch(nxt)
         elif self.broken is not None:
             self._refuse(self.broken)
         elif self.client_eof:
