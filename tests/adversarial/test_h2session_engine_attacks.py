@@ -479,14 +479,9 @@ def test_trailers_after_this_ends_rst_stream_are_ignored_after_many_skipped_ids(
     assert conn.receive_data(frame(1, 0x5, sid, encoder.encode([(b"x-t", b"1")]))) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="http2.malformed does not look at content-length: a block with two that differ "
-    "(5 and 10) is passed on whole to an HTTP/2 upstream (the session engine checks the "
-    "body against the last, h2 against the first), where RFC 9110 8.6 makes such a field "
-    "invalid and says it must not be forwarded; a downgrading proxy upstream that takes "
-    "the first would read the rest of the body as a new request",
-)
+# Fixed (http2.malformed): a block with two content-lengths that differ (5 and 10) was
+# passed on whole (the session engine checked the body against the last, h2 against the
+# first); RFC 9110 8.6 makes such a field invalid.
 @pytest.mark.parametrize("pseudo", ["request", "response"])
 def test_a_header_block_whose_content_lengths_differ_is_malformed(pseudo: str) -> None:
     if pseudo == "request":
@@ -494,7 +489,11 @@ def test_a_header_block_whose_content_lengths_differ_is_malformed(pseudo: str) -
     else:
         head, allowed = [(b":status", b"200")], http2.RESPONSE_PSEUDO
     fields = [*head, (b"content-length", b"5"), (b"content-length", b"10")]
-    assert http2.malformed(fields, allowed) is not None
+    assert http2.malformed(fields, allowed) == "content-length fields that differ"
+    same = [*head, (b"content-length", b"5"), (b"content-length", b"5")]
+    assert http2.malformed(same, allowed) is None
+    for bad in (b"-1", b"5 ", b"0x10", b"\xd9\xa5"):
+        assert "is not a number" in str(http2.malformed([*head, (b"content-length", bad)], allowed))
 
 
 # ---- what held ----------------------------------------------------------------------------

@@ -248,14 +248,8 @@ while True:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a uid workload's IPv4 UDP other than DNS is neither captured nor refused "
-    "(host_chain_rules redirects TCP and port 53 only), so it leaves with no identity and "
-    "past egress policy (QUIC, for one), also while no host proxy runs, where its IPv6 "
-    "UDP is refused (GOSSAMER_UID6) and docs/per-host.md says its connections are "
-    "refused, not sent uncaptured",
-)
+# Fixed (capture.rules.host_chain_rules): a uid workload's IPv4 UDP other than DNS was
+# neither captured nor refused; it is refused beyond loopback now.
 def test_a_captured_uid_sends_no_udp_beyond_dns_while_no_host_proxy_runs(
     uid_host: UidHost,
 ) -> None:
@@ -291,3 +285,5 @@ def test_a_captured_uid_sends_no_udp_beyond_dns_while_no_host_proxy_runs(
     finally:
         sink.kill()
         sink.wait(timeout=10)
+        if sink.stdout is not None:
+            sink.stdout.close()

@@ -41,8 +41,12 @@ def test_each_uid_goes_to_its_own_listener_and_only_it_may_connect_there() -> No
         ":GOSSAMER_OWNER - [0:0]\n"
         "-A GOSSAMER_OWNER -o lo -p tcp --dport 4140 --syn -m owner ! --uid-owner 1001 "
         "-j REJECT --reject-with tcp-reset\n"
+        "-A GOSSAMER_OWNER ! -d 127.0.0.0/8 -p udp -m owner --uid-owner 1001 -j REJECT\n"
         "-A GOSSAMER_OWNER -o lo -p tcp --dport 4240 --syn -m owner ! --uid-owner 1002 "
         "-j REJECT --reject-with tcp-reset\n"
+        "-A GOSSAMER_OWNER -p udp --dport 53 -m owner --uid-owner 1002 -j RETURN\n"
+        "-A GOSSAMER_OWNER -d 198.18.0.1/32 -p udp -m owner --uid-owner 1002 -j RETURN\n"
+        "-A GOSSAMER_OWNER ! -d 127.0.0.0/8 -p udp -m owner --uid-owner 1002 -j REJECT\n"
         "COMMIT\n"
     )  # fmt: skip
 

@@ -177,7 +177,7 @@ def command_flags(spec: CaptureSpec) -> list[str]:
 
 OWNER_CHAIN = "GOSSAMER_OWNER"
 # The filter table's jump: (built-in chain, chain, match arguments).
-OWNER_JUMP: tuple[str, str, tuple[str, ...]] = ("OUTPUT", OWNER_CHAIN, ("-p", "tcp"))
+OWNER_JUMP: tuple[str, str, tuple[str, ...]] = ("OUTPUT", OWNER_CHAIN, ())
 
 
 @dataclass(frozen=True)
@@ -234,10 +234,31 @@ def host_chain_rules(spec: HostCaptureSpec) -> dict[str, dict[str, list[list[str
              "-m", "owner", "!", "--uid-owner", str(w.uid),
              "-j", "REJECT", "--reject-with", "tcp-reset"]
         )  # fmt: skip
+        owners += _uid_udp_rules(w)
+
     return {
         "nat": {INBOUND_CHAIN: inbound, OUTPUT_CHAIN: output},
         "filter": {OWNER_CHAIN: owners},
     }
+
+
+def _uid_udp_rules(w: UidCapture) -> list[list[str]]:
+    """UDP is not carried by the mesh. The uid's DNS goes to its mesh DNS on loopback
+    (nat OUTPUT's redirect, before this chain: its destination here is 127.0.0.1; not
+    `-o lo`, as filter OUTPUT still sees the route chosen before the redirect), or, with
+    no mesh DNS, to the host's resolver as it is; its excluded networks are reached as
+    they are; any other datagram beyond loopback is refused, never sent uncaptured (as
+    its IPv6: UID6_CHAIN)."""
+    owner = ["-m", "owner", "--uid-owner", str(w.uid)]
+    rules: list[list[str]] = []
+    if w.spec.dns_port is None:
+        rules.append(["-p", "udp", "--dport", "53", *owner, "-j", "RETURN"])
+    for cidr in sorted(
+        {str(ipaddress.ip_network(c, strict=False)) for c in w.spec.exclude_outbound_cidrs}
+    ):
+        rules.append(["-d", cidr, "-p", "udp", *owner, "-j", "RETURN"])
+    rules.append(["!", "-d", "127.0.0.0/8", "-p", "udp", *owner, "-j", "REJECT"])
+    return rules
 
 
 def host_restore_text(spec: HostCaptureSpec) -> str:

@@ -200,7 +200,7 @@ def malformed(headers: Headers, pseudo: frozenset[bytes]) -> str | None:
     """
     seen: set[bytes] = set()
     regular = False
-    method = authority = host = None
+    method = authority = host = length = None
     for name, value in headers:
         if name[:1] == b":":
             if regular:
@@ -229,6 +229,15 @@ def malformed(headers: Headers, pseudo: frozenset[bytes]) -> str | None:
                 if host is not None:
                     return "more than one host field"
                 host = value
+            elif name == b"content-length":
+                # RFC 9110 8.6: digits only; repeated, the same value (else invalid, and
+                # a downgrading hop that takes another value than ours would read the
+                # rest of the body as a new request).
+                if not value.isdigit() or not value.isascii():
+                    return f"content-length: {value!r} is not a number"
+                if length is not None and value != length:
+                    return "content-length fields that differ"
+                length = value
         if value and value not in _GOOD_VALUES:
             if _BAD_VALUE(value) is not None:
                 return f"invalid characters or surrounding whitespace in the value of {name!r}"
