@@ -443,27 +443,24 @@ async def test_a_response_longer_than_its_content_length_is_not_passed_on(
 # ---- stream ids a client skipped -----------------------------------------------------------
 
 
-# Found here, fixed in c03dccf.
-def test_headers_on_any_stream_id_a_client_skipped_is_a_connection_error() -> None:
+# Found here: HEADERS on a skipped stream id past the 16 ranges the engine keeps is
+# ignored, not a connection error (RFC 9113 5.1.1). c03dccf took every gone stream for a
+# skipped one past those, which ended connections over trailers crossing this end's own
+# RST_STREAM (below); the engine now ignores such HEADERS and counts them as control
+# frames, the lesser harm (tests/proxy/test_h2session.py). A guard within the ranges:
+def test_headers_on_a_stream_id_a_client_skipped_is_a_connection_error() -> None:
     conn = N.Session(False)
     conn.initiate_connection()
     encoder = hpack.Encoder()
     data = PREFACE + frame(4, 0, 0)
     for i in range(20):  # opens 1, 5, 9, ...: skips 3, 7, 11, ... (20 ranges)
         data += frame(1, 0x5, 4 * i + 1, encoder.encode(GET))
-    data += frame(1, 0x5, 4 * 18 + 3, encoder.encode(GET))  # the 19th skipped id
+    data += frame(1, 0x5, 4 * 10 + 3, encoder.encode(GET))  # the 11th skipped id
     with pytest.raises(h2.exceptions.ProtocolError):
         conn.receive_data(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="c03dccf's fix counts any gone stream id below the highest as skipped once a "
-    "client has skipped 16 ranges, so trailers racing this end's own RST_STREAM (the "
-    "proxy cancelled the stream as the client finished it) end the whole connection with "
-    "PROTOCOL_ERROR, where RFC 9113 5.1 says frames on a stream after sending RST_STREAM "
-    "are ignored (as they are with no skipped ids)",
-)
+# Found here (the side effect of c03dccf), fixed as said above.
 def test_trailers_after_this_ends_rst_stream_are_ignored_after_many_skipped_ids() -> None:
     conn = N.Session(False)
     conn.initiate_connection()

@@ -44,9 +44,11 @@ static PyObject *s_stream_id, *s_headers, *s_stream_ended, *s_priority_updated, 
 #define CL_MAX ((uintptr_t)1 << 58)
 /* Stream ids a client skipped (idle, so closed by a higher one, RFC 9113 5.1.1): HEADERS
  * on one is a connection error. nghttp2 ignores them, as it cannot tell them from streams
- * that were open and have closed; the first ranges are remembered here, and once a
- * client has skipped more (no client does in practice), HEADERS on any lower stream
- * that is gone is taken as one. */
+ * that were open and have closed; the first ranges are remembered here. Past those (no
+ * client skips that often in practice) HEADERS on a lower stream that is gone is ignored
+ * and counted as a control frame, as on a stream that was open: taking every gone stream
+ * for a skipped one ended whole connections over trailers that crossed this end's own
+ * RST_STREAM, which RFC 9113 5.1 says to ignore. */
 #define SKIPPED 16
 
 typedef struct {
@@ -90,7 +92,6 @@ typedef struct {
     size_t hd_have;
     int32_t skipped[SKIPPED][2]; /* [first, last] */
     int nskipped;
-    int skipped_more; /* more ranges were skipped than `skipped` holds */
     /* an error found in a callback, raised when nghttp2 returns */
     PyObject *err_type;
     PyObject *err_msg;
@@ -200,8 +201,6 @@ static int count_frame(Session *self, const nghttp2_frame_hd *hd) {
                     self->skipped[self->nskipped][0] = next;
                     self->skipped[self->nskipped][1] = hd->stream_id - 2;
                     self->nskipped += 1;
-                } else {
-                    self->skipped_more = 1;
                 }
             }
             self->peer_opened = hd->stream_id;
@@ -210,7 +209,7 @@ static int count_frame(Session *self, const nghttp2_frame_hd *hd) {
             return 0;
         }
         if (hd->type == NGHTTP2_HEADERS && peer) {
-            int skipped = self->skipped_more && stream_gone(self, hd->stream_id);
+            int skipped = 0;
             for (int i = 0; i < self->nskipped && !skipped; i++)
                 skipped = hd->stream_id >= self->skipped[i][0] &&
                           hd->stream_id <= self->skipped[i][1];
