@@ -111,6 +111,19 @@ REPLAY_LIMIT: Final = 64 * 1024
 STREAM_WINDOW: Final = 256 * 1024
 CONNECTION_WINDOW: Final = 4 * 1024 * 1024
 MAX_STREAMS: Final = 256
+# A connection this proxy opens (to a peer or the app) carries the streams of many
+# callers, and a stream's credit goes back only once its DATA is passed on: a caller that
+# stops reading holds up to STREAM_WINDOW of it. So that callers who stall cannot take the
+# window of the others, it is the stream window times the most streams one connection
+# carries at once (what Envoy does with its 256 MiB default). A client's own connection
+# keeps CONNECTION_WINDOW: a stall there holds up only that client.
+UPSTREAM_CONNECTION_WINDOW: Final = STREAM_WINDOW * MAX_STREAMS
+# DATA `pump` hands the engine for one connection between two writes. The peer's
+# windows do not bound what waits in the transport (a client may open them to 2^31 - 1
+# and never read); the transport's high-water mark (pause_writing) does, but only at a
+# write, and one loop turn may pump every stream of a connection. Past the budget the
+# rest waits for the write, and then for the peer to read if it is not.
+WRITE_BUDGET: Final = 256 * 1024
 # SETTINGS_MAX_HEADER_LIST_SIZE this end sends and holds a peer to (an HPACK bomb stops
 # here), and CONTINUATION frames after one HEADERS (h2's own limit; nghttp2's option).
 MAX_HEADER_LIST_SIZE: Final = 64 * 1024
@@ -654,6 +667,11 @@ class H2Connection(asyncio.Protocol):
         self.handler = handler
         self.on_lost = on_lost
         self.name = name
+        self.client_side = client_side
+        # DATA handed to the engine since the last write, and whether `pump` left some
+        # for after it (WRITE_BUDGET).
+        self._unwritten = 0
+        self._deferred = False
         # The data plane's cap on requests at once (proxy.wire.limits): a new stream
         # from the client takes a place, its StreamPair gives it back.
         self.in_flight: InFlight | None = None
@@ -675,7 +693,8 @@ class H2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        window = UPSTREAM_CONNECTION_WINDOW if self.client_side else CONNECTION_WINDOW
+        self.h2.increment_flow_control_window(window - 65535)
         self.flush()
 
     def data_received(self, data: bytes) -> None:
@@ -1007,6 +1026,11 @@ class H2Connection(asyncio.Protocol):
         try:
             pending = half.pending
             while pending:
+                if self._unwritten >= WRITE_BUDGET:
+                    # Enough for one write: the rest after it (`_write_out`), or once
+                    # the peer reads again (`resume_writing`).
+                    self._deferred = True
+                    break
                 item = pending[0]
                 data = cast(bytes, item[0])
                 ack = cast(int, item[1])
@@ -1024,6 +1048,7 @@ class H2Connection(asyncio.Protocol):
                     ack = cast(int, item[1])
                 if len(data) > window:
                     h2conn.send_data(stream_id, data[:window])
+                    self._unwritten += window
                     item[0] = data[window:]
                     item[1] = max(ack - window, 0)
                     ack = min(ack, window)
@@ -1032,6 +1057,7 @@ class H2Connection(asyncio.Protocol):
                     last = half.ended and half.trailers is None and len(pending) == 1
                     if data or last:
                         h2conn.send_data(stream_id, data, end_stream=last)
+                        self._unwritten += len(data)
                     pending.popleft()
                     if last:
                         half.ended = False
@@ -1098,7 +1124,11 @@ class H2Connection(asyncio.Protocol):
         self._flush_scheduled = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+            self.transport.write(data)  # (may call pause_writing)
+        self._unwritten = 0
+        if self._deferred and not self.write_paused and not self.closed:
+            self._deferred = False
+            self._pump_all()
         if self.draining and not self.halves:
             self.close()
 
