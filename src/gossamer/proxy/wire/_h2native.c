@@ -156,6 +156,43 @@ static int h2n_fill_nva(PyObject *items, nghttp2_nv *nva, PyObject **keep, Py_ss
     return 0;
 }
 
+/* A header list as nghttp2_nv, with the bytes objects it points into kept alive: on the
+ * stack up to STACK_FIELDS fields. `nv_list_fill`, then `nv_list_release` whatever the
+ * outcome. Encoder.encode and Session.send_headers share it. */
+typedef struct {
+    nghttp2_nv *nva;
+    PyObject **keep;
+    Py_ssize_t kept;
+    nghttp2_nv stack_nva[STACK_FIELDS];
+    PyObject *stack_keep[2 * STACK_FIELDS];
+} NvList;
+
+/* Fill `l` from a tuple of fields; 0, or -1 with an exception set. */
+static int nv_list_fill(NvList *l, PyObject *items) {
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    l->nva = l->stack_nva;
+    l->keep = l->stack_keep;
+    l->kept = 0;
+    if (n > STACK_FIELDS) {
+        l->nva = PyMem_Malloc(sizeof(nghttp2_nv) * (size_t)n);
+        l->keep = PyMem_Malloc(sizeof(PyObject *) * 2 * (size_t)n);
+        if (l->nva == NULL || l->keep == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    return h2n_fill_nva(items, l->nva, l->keep, &l->kept);
+}
+
+static void nv_list_release(NvList *l) {
+    for (Py_ssize_t i = 0; i < l->kept; i++)
+        Py_DECREF(l->keep[i]);
+    if (l->nva != l->stack_nva)
+        PyMem_Free(l->nva);
+    if (l->keep != l->stack_keep)
+        PyMem_Free(l->keep);
+}
+
 static PyObject *Encoder_encode(Encoder *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"headers", "huffman", NULL};
     PyObject *headers;
@@ -183,23 +220,11 @@ static PyObject *Encoder_encode(Encoder *self, PyObject *args, PyObject *kwds) {
         return NULL;
 
     Py_ssize_t n = PyTuple_GET_SIZE(items);
-    nghttp2_nv stack_nva[STACK_FIELDS];
-    PyObject *stack_keep[2 * STACK_FIELDS];
-    nghttp2_nv *nva = stack_nva;
-    PyObject **keep = stack_keep; /* the bytes the nv array points into */
-    Py_ssize_t kept = 0;
+    NvList list;
     PyObject *result = NULL;
-    if (n > STACK_FIELDS) {
-        nva = PyMem_Malloc(sizeof(nghttp2_nv) * (size_t)n);
-        keep = PyMem_Malloc(sizeof(PyObject *) * 2 * (size_t)n);
-        if (nva == NULL || keep == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
-    }
-
-    if (h2n_fill_nva(items, nva, keep, &kept) < 0)
+    if (nv_list_fill(&list, items) < 0)
         goto done;
+    nghttp2_nv *nva = list.nva;
 
     size_t bound = nghttp2_hd_deflate_bound(self->deflater, nva, (size_t)n);
     result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)bound);
@@ -219,12 +244,7 @@ static PyObject *Encoder_encode(Encoder *self, PyObject *args, PyObject *kwds) {
     _PyBytes_Resize(&result, (Py_ssize_t)written);
 
 done:
-    for (Py_ssize_t i = 0; i < kept; i++)
-        Py_DECREF(keep[i]);
-    if (nva != stack_nva)
-        PyMem_Free(nva);
-    if (keep != stack_keep)
-        PyMem_Free(keep);
+    nv_list_release(&list);
     Py_DECREF(items);
     return result;
 }

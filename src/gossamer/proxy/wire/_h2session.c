@@ -986,22 +986,12 @@ static PyObject *Session_send_headers(Session *self, PyObject *args, PyObject *k
     PyObject *items = PyList_CheckExact(headers) ? PyList_AsTuple(headers) : PySequence_Tuple(headers);
     if (items == NULL)
         return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(items), kept = 0;
-    nghttp2_nv stack_nva[STACK_FIELDS];
-    PyObject *stack_keep[2 * STACK_FIELDS];
-    nghttp2_nv *nva = stack_nva;
-    PyObject **keep = stack_keep;
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    NvList list;
     PyObject *result = NULL;
-    if (n > STACK_FIELDS) {
-        nva = PyMem_Malloc(sizeof(nghttp2_nv) * (size_t)n);
-        keep = PyMem_Malloc(sizeof(PyObject *) * 2 * (size_t)n);
-        if (nva == NULL || keep == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
-    }
-    if (h2n_fill_nva(items, nva, keep, &kept) < 0)
+    if (nv_list_fill(&list, items) < 0)
         goto done;
+    nghttp2_nv *nva = list.nva;
     uintptr_t head = 0; /* a HEAD request: its response's content-length has no body */
     for (Py_ssize_t i = 0; opening && i < n; i++)
         if (nva[i].namelen == 7 && memcmp(nva[i].name, ":method", 7) == 0)
@@ -1024,12 +1014,7 @@ static PyObject *Session_send_headers(Session *self, PyObject *args, PyObject *k
     }
     result = Py_NewRef(Py_None);
 done:
-    for (Py_ssize_t i = 0; i < kept; i++)
-        Py_DECREF(keep[i]);
-    if (nva != stack_nva)
-        PyMem_Free(nva);
-    if (keep != stack_keep)
-        PyMem_Free(keep);
+    nv_list_release(&list);
     Py_DECREF(items);
     return result;
 }
