@@ -121,11 +121,10 @@ async def test_a_client_that_opens_its_windows_and_never_reads_costs_bounded_mem
             sock.close()
 
 
-class BulkApp:
-    """An h2c app answering each GET /?n=N with N bytes, as its flow-control windows allow."""
+class _App:
+    """An app on an ephemeral port of 127.0.0.1, each connection given to `_serve`."""
 
-    def __init__(self) -> None:
-        self.server: asyncio.Server | None = None
+    server: asyncio.Server | None = None
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -135,6 +134,13 @@ class BulkApp:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class BulkApp(_App):
+    """An h2c app answering each GET /?n=N with N bytes, as its flow-control windows allow."""
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
@@ -353,22 +359,12 @@ def test_the_session_engine_refuses_a_response_whose_data_is_not_its_content_len
 # ---- a hostile upstream, end to end -------------------------------------------------------
 
 
-class HostileApp:
+class HostileApp(_App):
     """An h2c app written frame by frame: each request is answered with a 1xx whose
     field value holds CR LF, then a 200 whose content-length is `length` with 20 bytes."""
 
     def __init__(self, length: bytes) -> None:
         self.length = length
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         encoder = hpack.Encoder()
