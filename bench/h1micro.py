@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import sys
 import tempfile
@@ -199,6 +200,11 @@ async def _mesh(
         if server.ready and client.ready:
             break
         await asyncio.sleep(0.01)
+    # As `gossamer proxy` does once ready (cli/proxy.py): what start-up allocated is
+    # kept out of the collector's way, and the young generation collected less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
     return server, client, client.outbound_address
 
 

@@ -18,6 +18,10 @@ The workload is HTTP/1.1 keep-alive (the default) or gRPC unary calls over HTTP/
   gossamer-control  the gossamer setup with an idle TrafficControl on the
             client's calls (matched, limits far above the load: what governing a
             call costs; not in the default --only list)
+  gossamer-h1streams  the gossamer setup with GOSSAMER_MULTIPLEX_HTTP1=1: HTTP/1.1
+            requests between the proxies as streams on one HTTP/2 connection per
+            peer, as Linkerd carries them (by default each takes a connection of
+            its own: decision 0111; not in the default --only list)
   gossamer-h2python  the gossamer setup with GOSSAMER_H2_CODEC=python: HTTP/2 on
             the pure-Python engine rather than the default (the nghttp2_session
             engine where the extension is built: decisions 0097, 0102; not in the
@@ -82,6 +86,7 @@ except ModuleNotFoundError as err:
     )
 
 H2PYTHON = "gossamer-h2python"
+H1STREAMS = "gossamer-h1streams"  # HTTP/1.1 between the proxies as HTTP/2 streams
 WORKERS2 = "gossamer-w2"  # each proxy with --workers 2
 SETUPS = (
     "direct",
@@ -90,6 +95,7 @@ SETUPS = (
     "gossamer-envoy",
     "gossamer-control",
     H2PYTHON,
+    H1STREAMS,
     WORKERS2,
 )
 BASELINE = "gossamer-baseline"  # with --baseline-src
@@ -530,18 +536,19 @@ def _settle(args: argparse.Namespace, label: str) -> None:
 
 
 @contextlib.contextmanager
-def _h2_codec(codec: str | None) -> Iterator[None]:
-    """GOSSAMER_H2_CODEC set to `codec` (None: left as it is) while proxies start."""
-    before = os.environ.get("GOSSAMER_H2_CODEC")
-    if codec is not None:
-        os.environ["GOSSAMER_H2_CODEC"] = codec
+def _env(name: str, value: str | None) -> Iterator[None]:
+    """Environment variable `name` set to `value` (None: left as it is) while proxies
+    start (GOSSAMER_H2_CODEC, GOSSAMER_MULTIPLEX_HTTP1)."""
+    before = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop("GOSSAMER_H2_CODEC", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["GOSSAMER_H2_CODEC"] = before
+            os.environ[name] = before
 
 
 def run_setups(
@@ -580,11 +587,15 @@ def run_setups(
                     if is_grpc
                     else setups.start_gossamer(procs, backend_port, work, name=name, engine="envoy")
                 )
-            elif name in ("gossamer", BASELINE, "gossamer-control", H2PYTHON, WORKERS2):
+            elif name in ("gossamer", BASELINE, "gossamer-control", H2PYTHON, H1STREAMS, WORKERS2):
                 src = args.baseline_src if name == BASELINE else None
                 extra = setups.IDLE_CONTROL_YAML if name == "gossamer-control" else ""
-                # The proxies inherit the environment, where GOSSAMER_H2_CODEC picks theirs.
-                with _h2_codec("python" if name == H2PYTHON else None):
+                # The proxies inherit the environment, where GOSSAMER_H2_CODEC picks
+                # their HTTP/2 engine and GOSSAMER_MULTIPLEX_HTTP1 how HTTP/1.1 travels.
+                with (
+                    _env("GOSSAMER_H2_CODEC", "python" if name == H2PYTHON else None),
+                    _env("GOSSAMER_MULTIPLEX_HTTP1", "1" if name == H1STREAMS else None),
+                ):
                     targets[name] = (
                         setups.start_gossamer(
                             procs,
@@ -762,7 +773,7 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         }
     # Against the previous version (--baseline-src), and what an idle TrafficControl
     # costs (gossamer-control), when those setups ran.
-    for a, b in (("gossamer", BASELINE), ("gossamer-control", "gossamer")):
+    for a, b in (("gossamer", BASELINE), ("gossamer-control", "gossamer"), (H1STREAMS, "gossamer")):
         if a in ok and b in ok:
             ratios[f"{a}/{b}"] = {
                 m: ratio(get(a, s, k), get(b, s, k)) for m, (s, k) in metrics.items()

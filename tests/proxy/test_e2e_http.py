@@ -32,6 +32,25 @@ from tests.proxy.conftest import (
 )
 
 
+@pytest.fixture(autouse=True, params=["streams", "connections"])
+def carriage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs twice: HTTP/1.1 carried between the proxies with a connection
+    per request (the default), and as streams on one HTTP/2 connection per peer
+    (GOSSAMER_MULTIPLEX_HTTP1=1, proxy.outbound.h1to2). Set before the mesh fixture
+    makes its proxies."""
+    monkeypatch.setenv("GOSSAMER_MULTIPLEX_HTTP1", "1" if request.param == "streams" else "0")
+    return str(request.param)
+
+
+def peer_ssl_objects(mesh: Mesh, carriage: str) -> list[object]:
+    """The TLS objects of the client proxy's open connections to its peers."""
+    if carriage == "streams":
+        links = mesh.client.peer_links.conns.values()
+        return [c.transport.get_extra_info("ssl_object") for c in links if c.transport]
+    pools = [pool for pool, _ in mesh.client._peers.values()]
+    return [u.transport.get_extra_info("ssl_object") for pool in pools for u in pool.idle]
+
+
 def closed_port() -> int:
     """A port nothing listens on (bound, then released)."""
     with socket.socket() as s:
@@ -427,17 +446,50 @@ async def test_an_app_that_never_answers_times_out(mesh: Mesh) -> None:
 
 
 @pytest.mark.asyncio
-async def test_the_connection_between_proxies_is_tls13_with_alpn(mesh: Mesh) -> None:
+async def test_the_connection_between_proxies_is_tls13_with_alpn(mesh: Mesh, carriage: str) -> None:
     rc, _, err = await curl("-H", "Host: echo.default", f"{mesh.proxy_url}/")
     assert rc == 0, err
+    (ssl_object,) = peer_ssl_objects(mesh, carriage)
+    assert ssl_object.version() == "TLSv1.3"  # type: ignore[attr-defined]
+    alpn = "gossamer/h2" if carriage == "streams" else "gossamer/h1"
+    assert ssl_object.selected_alpn_protocol() == alpn  # type: ignore[attr-defined]
     pools = [pool for pool, _ in mesh.client._peers.values()]
-    used = [u for pool in pools for u in pool.idle]
-    assert used
-    ssl_object = used[0].transport.get_extra_info("ssl_object")
-    assert ssl_object.version() == "TLSv1.3"
-    assert ssl_object.selected_alpn_protocol() == "gossamer/h1"
-    assert isinstance(used[0].pool, PeerPool)
-    assert used[0].pool.sni == f"p8080.{used[0].pool.endpoint.workload}.default.gossamer"
+    assert all(isinstance(pool, PeerPool) for pool in pools)
+    assert ssl_object.server_hostname in {  # type: ignore[attr-defined]
+        f"p8080.{pool.endpoint.workload}.default.gossamer" for pool in pools
+    }
+
+
+@pytest.mark.asyncio
+async def test_concurrent_requests_share_one_connection_to_a_peer(
+    mesh: Mesh, carriage: str
+) -> None:
+    """Streams: 20 requests at once from 20 client connections reach one endpoint over
+    a single mTLS connection; without, over as many connections as were in flight."""
+    mesh.client.apply_snapshot(
+        mesh.client_snapshot(
+            services=(
+                ServiceView(
+                    "echo",
+                    "default",
+                    (ServicePort(80, "http", None, (mesh.workloads[0].endpoint(),)),),
+                ),
+            )
+        )
+    )
+    mesh.workloads[0].app.delay = 0.2  # so that all 20 are in flight together
+    results = await asyncio.gather(
+        *[curl("-H", "Host: echo", f"{mesh.proxy_url}/?i={i}") for i in range(20)]
+    )
+    assert all(rc == 0 for rc, _, _ in results), [err for _, _, err in results]
+    served = mesh.workloads[0].proxy
+    peers = len(peer_ssl_objects(mesh, carriage))
+    if carriage == "streams":
+        assert peers == 1
+        assert len(served.h2_connections) == 1
+    else:
+        assert peers > 1
+        assert not served.h2_connections
 
 
 async def s_client(port: int, *args: str, send: bytes) -> tuple[int, str]:
@@ -523,7 +575,9 @@ async def test_s_client_with_a_certificate_from_another_root_gets_no_response(
 
 
 @pytest.mark.asyncio
-async def test_renewed_credentials_serve_new_connections(mesh: Mesh, pki: Pki) -> None:
+async def test_renewed_credentials_serve_new_connections(
+    mesh: Mesh, pki: Pki, carriage: str
+) -> None:
     rc, _, err = await curl("-H", "Host: echo", f"{mesh.proxy_url}/before")
     assert rc == 0, err
     renewed = pki.issue("default", "echo", fresh=True)
@@ -533,12 +587,15 @@ async def test_renewed_credentials_serve_new_connections(mesh: Mesh, pki: Pki) -
     for pool, _ in mesh.client._peers.values():
         for upstream in list(pool.idle):
             upstream.close()
+    for link in list(mesh.client.peer_links.conns.values()):
+        link.close()
+    await asyncio.sleep(0.05)
     rc, out, err = await curl("-H", "Host: echo", f"{mesh.proxy_url}/renewed")
     assert rc == 0, err
     assert echo_json(out)["path"] == "/renewed"
     # The inbound listener presented the renewed certificate on the new connection.
-    (upstream,) = [u for pool, _ in mesh.client._peers.values() for u in pool.idle]
-    der = upstream.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    (ssl_object,) = peer_ssl_objects(mesh, carriage)
+    der = ssl_object.getpeercert(binary_form=True)  # type: ignore[attr-defined]
     leaf = x509.load_pem_x509_certificates(renewed.chain_pem)[0]
     assert der == leaf.public_bytes(serialization.Encoding.DER)
 

@@ -219,8 +219,19 @@ async def test_a_stream_for_an_unknown_host_is_counted_to_unknown(mesh: Mesh) ->
     assert ("dst_service", "unknown") in only
 
 
+@pytest.fixture(params=["connection", "stream"])
+def carriage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How HTTP/1.1 travels between the proxies (set before `mesh` makes them): a
+    connection per request (the default), or a stream (GOSSAMER_MULTIPLEX_HTTP1=1)."""
+    monkeypatch.setenv("GOSSAMER_MULTIPLEX_HTTP1", "1" if request.param == "stream" else "0")
+    return str(request.param)
+
+
 @pytest.mark.asyncio
-async def test_http1_to_a_port_declared_grpc_gets_a_clear_error(mesh: Mesh) -> None:
+async def test_http1_to_a_port_declared_grpc_gets_a_clear_error(carriage: str, mesh: Mesh) -> None:
+    """The callee's proxy refuses it alike, whether the request came over HTTP/1.1 or as
+    a stream its peer carried (which it knows from gossamer-orig-proto)."""
+    assert mesh.traffic.client.config.multiplex_http1 == (carriage == "stream")
     mesh.traffic.apply()
 
     status, head, _ = await mesh.traffic.get("/")

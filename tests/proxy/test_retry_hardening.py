@@ -33,6 +33,15 @@ PARTIAL = "close after part of a response head"
 ANSWER = "answer"
 
 
+@pytest.fixture(autouse=True)
+def _a_connection_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scripted replica speaks HTTP/1.1 over mTLS: each request goes on a connection
+    of its own (the default, said here so that the tests do not depend on it), and
+    these tests are about when that connection goes. The same failures on a stream
+    between two proxies (GOSSAMER_MULTIPLEX_HTTP1=1) are tests/proxy/test_h1to2.py's."""
+    monkeypatch.setenv("GOSSAMER_MULTIPLEX_HTTP1", "0")
+
+
 class ScriptedPeer:
     """A replica's inbound listener (mTLS, identity default/echo) that answers request
     number i as script[i] says, and every later one with 200. With `held`, it accepts

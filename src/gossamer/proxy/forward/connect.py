@@ -19,6 +19,7 @@ from gossamer.translate.snapshot import Endpoint
 
 if TYPE_CHECKING:
     from gossamer.proxy.wire.acceptor import FdBudget
+    from gossamer.proxy.wire.http2 import H2Connection
 
 
 class ConnectSettings(Protocol):
@@ -119,3 +120,21 @@ class PeerPool(Pool):
         )
         assert isinstance(protocol, UpstreamConnection)
         return protocol
+
+    async def open_link(
+        self, factory: Callable[[], H2Connection]
+    ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
+        """Open the endpoint's multiplexed HTTP/2 connection (ALPN gossamer/h2), for
+        `streams.Links`: HTTP/2 from the app, and HTTP/1.1 carried as streams."""
+        contexts = self.dp.contexts
+        if contexts is None or contexts.client_h2 is None:
+            raise ConnectError(503, "no certificate yet to call peers with", eject=False)
+        return await connect_peer(
+            self.loop,
+            self.endpoint,
+            self.sni,
+            contexts.client_h2,
+            factory,
+            self.dp.config.connect_timeout,
+            self.dp.fds,
+        )

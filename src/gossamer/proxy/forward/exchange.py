@@ -36,6 +36,7 @@ from gossamer.proxy.wire.http1 import (
     ProtocolError,
     RequestHead,
     RequestReader,
+    ResponseHandler,
     ResponseHead,
     ResponseReader,
     chunk_header,
@@ -114,6 +115,43 @@ class Side(Protocol):
         """Take over a connection that began with the HTTP/2 preface; False to refuse."""
 
     def record(self, ex: Exchange, status: int, seconds: float) -> None: ...
+
+    @property
+    def stream(self) -> Callable[[Exchange, Pool], None] | None:
+        """Sends an exchange to `pool`'s endpoint as a stream on a multiplexed HTTP/2
+        connection instead of on a connection of its own (proxy.outbound.h1to2), or
+        None: this side's requests each take a connection."""
+        return None
+
+
+class ResponseSlot(Protocol):
+    """Where an upstream's response goes: the exchange bound to it, or nowhere."""
+
+    def set_handler(self, handler: ResponseHandler, head_only: bool) -> None: ...
+    def expect_connect(self) -> None: ...
+
+
+class Upstream(Protocol):
+    """What an exchange sends its request on and hears its response from: a connection
+    of its own (`UpstreamConnection`), or a stream on a shared HTTP/2 connection
+    (proxy.outbound.h1to2.StreamUpstream)."""
+
+    exchange: Exchange | None
+    # Whether any of a response came since the exchange was bound.
+    answered: bool
+    write_paused: bool
+
+    @property
+    def reader(self) -> ResponseSlot: ...
+    def send_request(self, out: list[bytes], done: bool) -> None:
+        """Send what `out` holds of the request (its head first, then body, as the
+        exchange frames them); `done`: the request ends with it."""
+
+    def release(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
 
 
 class ServerConnection(asyncio.Protocol):
@@ -438,7 +476,7 @@ class Exchange:
         self.route: Route[Any] | LocalRoute | None = None
         self.balancer: Balancer[Pool] | None = None
         self.load: EndpointLoad | None = None
-        self.upstream: UpstreamConnection | None = None
+        self.upstream: Upstream | None = None
         self.peer = "upstream"
         self.tried = -1
         self.attempts = 0
@@ -506,22 +544,16 @@ class Exchange:
             return
         if self.head.body == BODY_CHUNKED:
             self.out.append(chunked_end(trailers))
-        if self.upstream is not None and self.out:
-            self.flush_request()
+        if self.upstream is not None:
+            self.flush_request()  # also with nothing left: a stream is told its end
 
     def flush_request(self) -> None:
-        out = self.out
         upstream = self.upstream
         assert upstream is not None
-        if out:
-            transport = upstream.transport
-            # A transport the peer just reset is closed before connection_lost says so;
-            # writing to it would raise, and connection_lost will fail the exchange.
-            if not transport.is_closing():
-                transport.write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
+        upstream.send_request(self.out, self.request_done)
+        self.out.clear()
 
-    def bind(self, upstream: UpstreamConnection) -> None:
+    def bind(self, upstream: Upstream) -> None:
         """Start sending on `upstream` (idle from a pool, or just opened)."""
         conn = self.conn
         self.upstream = upstream
@@ -568,14 +600,36 @@ class Exchange:
         self.peer = pool.name
         if self.backend_timeout is not None:
             self._start_try_timer(self.backend_timeout)
+        stream = self.conn.side.stream
+        if stream is not None and self._streamable():
+            stream(self, pool)
+        else:
+            self.own_connection(pool)
+
+    def own_connection(self, pool: Pool) -> None:
+        """Send on a connection of its own to `pool`'s endpoint: an idle one, else one
+        opened for it (within the circuit breaker's limits)."""
         upstream = pool.take()
         if upstream is not None:
             self.bind(upstream)
             return
+        call, balancer = self.call, self.balancer
         limits = None if call is None else call.limits
-        if limits is not None and not self._may_connect(limits, balancer):
+        if limits is not None and balancer is not None and not self._may_connect(limits, balancer):
             return
         pool.connect(self)
+
+    def _streamable(self) -> bool:
+        """Whether the request may go as a stream on a shared HTTP/2 connection: not a
+        tunnel (an Upgrade or CONNECT needs a connection of its own), not chunked (its
+        body is framed for HTTP/1.1 as it arrives), and not under circuit breaking
+        that counts connections or requests waiting for one (decision 0111)."""
+        head = self.head
+        if head.tunnel or head.body == BODY_CHUNKED:
+            return False
+        call = self.call
+        limits = None if call is None else call.limits
+        return limits is None or (limits.max_connections is None and limits.max_pending is None)
 
     def _may_connect(self, limits: Limits, balancer: Balancer[Pool]) -> bool:
         """Circuit breaking: a new connection only within maxConnections, and a request
@@ -821,7 +875,7 @@ class Exchange:
             return
         self.status = head.status
         upstream = self._end(UPSTREAM_TAKE, head.status)
-        assert upstream is not None
+        assert isinstance(upstream, UpstreamConnection)  # a tunnel is never a stream
         # The upstream connection leaves its pool for good.
         upstream.closed = True
         upstream.pool.live -= 1
@@ -862,7 +916,7 @@ class Exchange:
         if self.phase == Phase.RESPONDED:
             self._complete()
 
-    def _end(self, upstream_to: int, status: int = 0) -> UpstreamConnection | None:
+    def _end(self, upstream_to: int, status: int = 0) -> Upstream | None:
         """The one way an exchange ends, whatever ended it: FINISHED, its timers
         stopped, its place among the pending and the call's in-flight count given
         back, the endpoint's outstanding count with the upstream connection; and that
@@ -962,7 +1016,7 @@ class Exchange:
         self.close_after = close
         return close
 
-    def upstream_lost(self, upstream: UpstreamConnection, reused: bool) -> None:
+    def upstream_lost(self, upstream: Upstream, reused: bool) -> None:
         """The upstream connection closed or reset before the response ended."""
         if self.phase == Phase.FINISHED:
             return
@@ -1094,6 +1148,14 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.exchange
         if ex is not None:
             ex.conn.unpause(PAUSE_UPSTREAM)
+
+    def send_request(self, out: list[bytes], done: bool) -> None:
+        if out:
+            transport = self.transport
+            # A transport the peer just reset is closed before connection_lost says so;
+            # writing to it would raise, and connection_lost will fail the exchange.
+            if not transport.is_closing():
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def pause_reading(self) -> None:
         if not self.read_paused and not self.closed:

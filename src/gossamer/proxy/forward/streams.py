@@ -16,7 +16,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from gossamer.proxy.forward.exchange import ConnectError, Pool
-from gossamer.proxy.observe.hooks import HTTP2, Caller, StreamRequest
+from gossamer.proxy.observe.hooks import Caller, StreamRequest
 from gossamer.proxy.wire.http2 import H2Connection, Headers, StreamHandler, StreamPair
 
 if TYPE_CHECKING:
@@ -67,6 +67,16 @@ class Links:
             return
         self.waiting[key] = [then]
         self.dp.spawn(self._open(key, name, opener))
+
+    def sweep(self) -> None:
+        """Drain the connections of endpoints gone from the snapshot (their pool is
+        closed): no new streams, closed once their last one ends."""
+        for key, conn in list(self.conns.items()):
+            if key.closed:
+                del self.conns[key]
+                conn.draining = True
+                if not conn.halves:
+                    conn.close()
 
     async def _open(
         self,
@@ -121,7 +131,12 @@ def observed(dp: Streams, direction: str, request: StreamRequest, pair: StreamPa
     if hooks is not None:
         seconds = perf_counter() - pair.started
         hooks.finished(
-            direction, request, pair.status, seconds, protocol=HTTP2, grpc_status=pair.grpc_status
+            direction,
+            request,
+            pair.status,
+            seconds,
+            protocol=request.protocol,
+            grpc_status=pair.grpc_status,
         )
 
 

@@ -19,7 +19,7 @@ from gossamer.proxy.inbound import h2to1
 from gossamer.proxy.observe.hooks import StreamCaller
 from gossamer.proxy.policy.authorize import authorize_http
 from gossamer.proxy.policy.routing import LocalRoute, NoRoute
-from gossamer.proxy.wire.http1 import SRC_SERVICE_HEADER
+from gossamer.proxy.wire.http1 import ORIG_PROTO_HEADER, SRC_SERVICE_HEADER
 from gossamer.proxy.wire.http2 import (
     H2Connection,
     Headers,
@@ -33,7 +33,9 @@ if TYPE_CHECKING:
     from gossamer.proxy.inbound.http import AppPool
     from gossamer.proxy.inbound.plane import InboundPlane
 
-_DROP_FROM_PEER = frozenset((SRC_SERVICE_HEADER,))
+_DROP_FROM_PEER = frozenset((SRC_SERVICE_HEADER, ORIG_PROTO_HEADER))
+# What a request carried as a stream by the peer (proxy.outbound.h1to2) was.
+_ORIG_PROTOCOLS = {b"HTTP/1.1": "HTTP/1.1", b"HTTP/1.0": "HTTP/1.0"}
 # The gRPC status for a call to a port that does not speak gRPC: not transient, so a
 # client does not retry it (UNAVAILABLE would be).
 GRPC_UNIMPLEMENTED = 12
@@ -69,6 +71,9 @@ class InboundH2:
         request = None
         if dp.hooks is not None:
             request, headers = observe(dp, "inbound", pair, headers, self.caller)
+            orig = header(headers, ORIG_PROTO_HEADER)
+            if orig is not None:
+                request.protocol = _ORIG_PROTOCOLS.get(orig, request.protocol)
         table = dp.table
         route = self.local_route(headers)
         if isinstance(route, NoRoute):
@@ -97,6 +102,14 @@ class InboundH2:
         if xff is not None:
             fwd = [(n, v) for n, v in fwd if n != b"x-forwarded-for"]
         fwd.append((b"x-forwarded-for", xff + b", " + address if xff else address))
+        if route.speaks_h2 and header(headers, ORIG_PROTO_HEADER) is not None:
+            # HTTP/1.x the peer carried as a stream (proxy.outbound.h1to2): to the app as
+            # it would have come over HTTP/1.1, refused by a gRPC-only one.
+            if route.grpc_only:
+                pair.reply(502, route.http1_refusal())
+            else:
+                h2to1.carry(pair, fwd, pool)
+            return
         if not route.speaks_h2:
             if is_grpc(headers):
                 pair.reply_grpc(

@@ -224,6 +224,7 @@ class H1Exchange:
 
     def _bind(self, upstream: UpstreamConnection) -> None:
         self.upstream = upstream
+        self.pool.carried[self] = self.pool.loop.time()
         # The connection calls back what an Exchange offers it; see the module docstring.
         upstream.exchange = cast("Exchange", self)
         upstream.reader.set_handler(self, self.method == b"HEAD")
@@ -276,6 +277,8 @@ class H1Exchange:
             if up.ended:
                 up.ended = False
                 up.sent_end = True
+                if self in self.pool.carried:  # the response timeout starts now
+                    self.pool.carried[self] = self.pool.loop.time()
                 if chunked:
                     parts.append(chunked_end(up.trailers))
         transport = upstream.transport
@@ -323,6 +326,7 @@ class H1Exchange:
             headers.append((b"content-length", length))
         self.keep = head.keep_alive
         pair.status = status
+        self.pool.carried.pop(self, None)
         try:
             conn.h2.send_headers(down.stream_id, headers)
         except h2.exceptions.H2Error as e:
@@ -375,6 +379,7 @@ class H1Exchange:
         """The whole response is read: the connection goes back to the pool if the
         whole request went out and the app keeps it alive, else it is closed."""
         self.over = True
+        self.pool.carried.pop(self, None)
         upstream = self.upstream
         self.upstream = None
         if upstream is None:
@@ -397,6 +402,7 @@ class H1Exchange:
         if self.over:
             return
         self.upstream = None
+        self.pool.carried.pop(self, None)
         if reused and self.replayable and not self.pair.status and self.attempts < MAX_ATTEMPTS:
             # A pooled connection the app had just closed: the request may never have
             # reached it, and one without a body is safe to send again.
@@ -414,8 +420,17 @@ class H1Exchange:
         self._abort()
         self.pair.reply(status, reason)
 
+    def timed_out(self, seconds: float) -> None:
+        """The app sent no response head within the response timeout (AppPool.sweep_carried)."""
+        self.pool.carried.pop(self, None)
+        if not self.pair.up.sent_end:
+            self.pool.carried[self] = self.pool.loop.time()  # the request is still going out
+        elif not self.pair.status and not self.interim:
+            self._fail(504, f"upstream timeout: {self.pool.name} sent no response in {seconds:g}s")
+
     def _abort(self) -> None:
         self.over = True
+        self.pool.carried.pop(self, None)
         upstream = self.upstream
         self.upstream = None
         if upstream is not None:

@@ -52,6 +52,7 @@ from gossamer.proxy.wire.splice import Splice
 from gossamer.proxy.wire.tls import ALPN_H1, ALPN_H2, ALPN_TCP, peer_identity, spiffe_namespace
 
 if TYPE_CHECKING:
+    from gossamer.proxy.inbound.h2to1 import H1Exchange
     from gossamer.proxy.inbound.plane import InboundPlane
     from gossamer.proxy.wire.acceptor import FdBudget
     from gossamer.proxy.wire.limits import InFlight
@@ -103,7 +104,7 @@ def host_problem(head: RequestHead) -> str | None:
 class AppPool(Pool):
     """Plain keep-alive connections to the local app on one port."""
 
-    __slots__ = ("fds", "host", "port", "timeout")
+    __slots__ = ("carried", "fds", "host", "port", "timeout")
 
     def __init__(
         self,
@@ -119,6 +120,16 @@ class AppPool(Pool):
         self.port = port
         self.timeout = timeout
         self.fds = fds  # connections that would take the admin listener's descriptors: 503
+        # HTTP/2 streams carried to the app as HTTP/1.1 and bound to a connection now,
+        # each with when its request went out (proxy.inbound.h2to1): for the response
+        # timeout, as ServerConnection.sweep keeps it for HTTP/1.1 from a peer.
+        self.carried: dict[H1Exchange, float] = {}
+
+    def sweep_carried(self, now: float, response_timeout: float) -> None:
+        """Answer 504 the carried streams whose app sent no response head in time."""
+        late = [ex for ex, sent in self.carried.items() if now - sent > response_timeout]
+        for ex in late:
+            ex.timed_out(response_timeout)
 
     async def open(self) -> UpstreamConnection:
         _, protocol = await self.open_with(lambda: UpstreamConnection(self))
@@ -176,6 +187,8 @@ class InboundSide:
     """Forwards requests from peers to the local app (see httpproxy.Side)."""
 
     request_kinds = INBOUND_REQUEST_KINDS
+    # Each request to the app takes a connection of its own.
+    stream = None
 
     def __init__(self, dp: InboundPlane) -> None:
         self.dp = dp
@@ -305,12 +318,7 @@ class InboundSide:
             return
         ex.route = route
         if route.grpc_only:
-            ex.fail(
-                502,
-                f"the app on port {route.port} is declared appProtocol grpc, which speaks "
-                "only HTTP/2, and HTTP/1.1 is not translated to HTTP/2: call it with a gRPC "
-                "client or HTTP/2 (h2c prior knowledge)",
-            )
+            ex.fail(502, route.http1_refusal())
             return
         ex.balancer = route.balancer
         ex.forward()

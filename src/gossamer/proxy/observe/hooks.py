@@ -103,7 +103,17 @@ class StreamRequest:
     went (`route`, `balancer`, `tried`, `peer`) as it routes the stream.
     """
 
-    __slots__ = ("balancer", "conn", "head", "peer", "retries", "route", "trace", "tried")
+    __slots__ = (
+        "balancer",
+        "conn",
+        "head",
+        "peer",
+        "protocol",
+        "retries",
+        "route",
+        "trace",
+        "tried",
+    )
 
     def __init__(self, headers: Headers, conn: Caller) -> None:
         head = RequestHead()
@@ -119,6 +129,8 @@ class StreamRequest:
         self.tried = -1
         self.retries = 0
         self.trace: Span | None = None
+        # What the caller spoke: HTTP/2, or HTTP/1.x carried as a stream between proxies.
+        self.protocol = HTTP2
 
 
 class RequestHooks:

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from gossamer.proxy.forward.connect import PeerPool, connect_peer
+from gossamer.proxy.forward.connect import PeerPool
 from gossamer.proxy.forward.exchange import ConnectError
-from gossamer.proxy.forward.streams import Links, grpc_status_label, observe, observed, serve
+from gossamer.proxy.forward.streams import grpc_status_label, observe, observed, serve
 from gossamer.proxy.observe.hooks import APP_CALLER, StreamRequest
 from gossamer.proxy.policy import Answer, Call, failed
 from gossamer.proxy.policy.call import proceed
 from gossamer.proxy.policy.routematch import chain_edits
 from gossamer.proxy.policy.routing import NoRoute, Route
-from gossamer.proxy.wire.http1 import SRC_SERVICE_HEADER
+from gossamer.proxy.wire.http1 import ORIG_PROTO_HEADER, SRC_SERVICE_HEADER
 from gossamer.proxy.wire.http2 import (
     H2Connection,
     Headers,
@@ -35,19 +34,21 @@ from gossamer.proxy.wire.http2 import (
 
 if TYPE_CHECKING:
     from gossamer.proxy.forward.plane import Plane
+    from gossamer.proxy.outbound.plane import OutboundPlane
     from gossamer.proxy.policy.balancer import EndpointLoad
 
 log = logging.getLogger("gossamer.proxy")
 
-_DROP_FROM_APP = frozenset((SRC_SERVICE_HEADER, b"proxy-authorization"))
+_DROP_FROM_APP = frozenset((SRC_SERVICE_HEADER, ORIG_PROTO_HEADER, b"proxy-authorization"))
 
 
 class OutboundH2:
     """Routes HTTP/2 streams from the local app (h2c prior knowledge)."""
 
-    def __init__(self, dp: Plane) -> None:
+    def __init__(self, dp: OutboundPlane) -> None:
         self.dp = dp
-        self.links = Links(dp)
+        # Shared with HTTP/1.1 carried as streams (proxy.outbound.h1to2).
+        self.links = dp.peer_links
 
     def serve(self, transport: asyncio.BaseTransport, data: bytes, peer: str) -> None:
         """Take over a connection from the local app that began with the preface."""
@@ -292,24 +293,10 @@ class _OutboundStream:
         if contexts is None or contexts.client_h2 is None:
             self.fail(503, "no certificate yet to call peers with")
             return
-        context = contexts.client_h2
         src = dp.table.src_service_line.partition(b": ")[2].strip()
         fwd = forwardable(self.headers, _DROP_FROM_APP)
         if src:
             fwd.append((SRC_SERVICE_HEADER, src))
-
-        def opener(
-            factory: Callable[[], H2Connection],
-        ) -> Awaitable[tuple[asyncio.BaseTransport, asyncio.Protocol]]:
-            return connect_peer(
-                dp.loop,
-                pool.endpoint,
-                pool.sni,
-                context,
-                factory,
-                dp.config.connect_timeout,
-                fds=dp.fds,
-            )
 
         def then(result: H2Connection | ConnectError) -> None:
             if pair.done:
@@ -330,7 +317,7 @@ class _OutboundStream:
             if call.per_try is not None and not pair.done:
                 self.try_timer = dp.loop.call_later(call.per_try, self._try_timed_out, call.per_try)
 
-        self.owner.links.get(pool, pool.name, opener, then)
+        self.owner.links.get(pool, pool.name, pool.open_link, then)
 
     def _on_response(self, pair: StreamPair, status: int, grpc_status: bytes | None) -> bool:
         """A response head from upstream: True when it is dropped for a retry."""

@@ -15,6 +15,7 @@ from gossamer.proxy.forward.exchange import (
     Exchange,
     ServerConnection,
 )
+from gossamer.proxy.outbound.h1to2 import Streamer
 from gossamer.proxy.outbound.h2 import OutboundH2
 from gossamer.proxy.policy import Answer, Call
 from gossamer.proxy.policy.call import proceed
@@ -56,6 +57,11 @@ class OutboundSide:
         self.loop = dp.loop
         self.splices = dp.splices
         self._h2: OutboundH2 | None = None
+        # HTTP/1.1 requests as streams on the peer's HTTP/2 connection, unless
+        # multiplex_http1 is off (proxy.outbound.h1to2).
+        self.stream: Streamer | None = (
+            Streamer(dp, dp.peer_links) if dp.config.multiplex_http1 else None
+        )
 
     @property
     def in_flight(self) -> InFlight | None:
@@ -341,6 +347,9 @@ class OutboundSide:
 
 class _MirrorSink:
     """Stands in for the client of a mirrored request: whatever comes back is dropped."""
+
+    # A mirrored request takes a connection of its own.
+    stream = None
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop

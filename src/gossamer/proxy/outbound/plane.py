@@ -8,6 +8,7 @@ from gossamer.proxy.forward.plane import Plane
 
 if TYPE_CHECKING:
     from gossamer.proxy.forward.connect import PeerPool
+    from gossamer.proxy.forward.streams import Links
     from gossamer.proxy.wire.splice import Splice
 
 
@@ -16,6 +17,9 @@ class OutboundPlane(Plane, Protocol):
     answer about a service, and carrying a spliced connection to a peer; for captured
     connections, what is the mesh's."""
 
+    # One multiplexed HTTP/2 connection per peer endpoint, shared by every listener.
+    @property
+    def peer_links(self) -> Links: ...
     async def wait_interest(self, key: str) -> None: ...
     async def connect_tcp_peer(self, pool: PeerPool, end: Splice) -> None: ...
     # Captured traffic (proxy.outbound.capture): whether an original destination is a

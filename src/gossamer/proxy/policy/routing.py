@@ -154,6 +154,15 @@ class LocalRoute:
     # to it as HTTP/2, else they are translated to HTTP/1.1 (proxy.inbound.h2to1).
     speaks_h2: bool = False
 
+    def http1_refusal(self) -> str:
+        """Why an HTTP/1.x request is not carried to a `grpc_only` app: over HTTP/1.1
+        from the peer, or carried as a stream by it (proxy.outbound.h1to2)."""
+        return (
+            f"the app on port {self.port} is declared appProtocol grpc, which speaks only "
+            "HTTP/2, and HTTP/1.1 is not translated to HTTP/2: call it with a gRPC client "
+            "or HTTP/2 (h2c prior knowledge)"
+        )
+
 
 class RouteTable(Generic[P]):
     """What one snapshot says about where requests go.

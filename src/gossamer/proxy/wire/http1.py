@@ -39,6 +39,9 @@ K_UPGRADE: Final = 8
 
 SRC_SERVICE_HEADER: Final = b"gossamer-src-service"
 ERROR_HEADER: Final = b"gossamer-error"
+# On an HTTP/1.x request carried between two proxies as an HTTP/2 stream
+# (proxy.outbound.h1to2): the version the app spoke, for the peer's tap and access log.
+ORIG_PROTO_HEADER: Final = b"gossamer-orig-proto"
 
 _HOP_BY_HOP: Final = {
     b"connection": K_CONNECTION,
@@ -59,6 +62,7 @@ OUTBOUND_REQUEST_KINDS: Final = {
     b"expect": K_EXPECT,
     b"proxy-authorization": K_DROP,
     SRC_SERVICE_HEADER: K_DROP,
+    ORIG_PROTO_HEADER: K_DROP,
 }
 # Requests from a peer proxy: the source service is read (and not shown to the app),
 # x-forwarded-for gets the peer's address appended.

@@ -1,0 +1,262 @@
+"""HTTP/1.1 carried to a peer as HTTP/2 streams (proxy.outbound.h1to2), when the stream
+goes wrong, against a real client proxy.
+
+The replica is played by the test (`StreamPeer`): a peer's inbound listener with the
+echo identity over mTLS and ALPN gossamer/h2, speaking HTTP/2 with the `h2` package,
+that answers each stream as its script says: resets it before any answer, sends its
+response head and then resets it, drops the whole connection, says GOAWAY refusing it,
+or answers. So each test says exactly when the stream went, as test_retry_hardening
+does for a connection per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import pytest
+import pytest_asyncio
+
+from gossamer.proxy.dataplane import DataPlane
+from gossamer.proxy.wire.tls import make_contexts
+from tests.proxy.conftest import Pki, fast_config
+from tests.proxy.test_retry_hardening import RESET_RETRY, apply, send
+
+RESET = "reset the stream before any answer"
+RESET_AFTER_HEAD = "send the response head, then reset the stream"
+DROP = "drop the connection before any answer"
+REFUSE = "GOAWAY that refuses the stream"
+ANSWER = "answer"
+
+
+class StreamPeer:
+    """A replica's inbound listener (mTLS, identity default/echo, ALPN gossamer/h2)
+    that answers stream number i as script[i] says, and every later one with 200."""
+
+    def __init__(self, pki: Pki, name: str, script: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.script = script
+        self.context = make_contexts(pki.issue("default", "echo")).server
+        self.requests: list[dict[bytes, bytes]] = []  # each stream's request headers
+        self.bodies: list[bytes] = []  # each answered stream's request body
+        self.connections = 0
+        self.h1_connections = 0  # connections that asked for HTTP/1.1 (gossamer/h1)
+        self.errors: list[str] = []  # what ended a connection badly
+        self.server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.context)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object.selected_alpn_protocol() != "gossamer/h2":
+            self.h1_connections += 1  # not spoken here: closed at once
+            writer.transport.abort()
+            return
+        self.connections += 1
+        self._writers.add(writer)
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        bodies: dict[int, bytearray] = {}
+        moves: dict[int, str] = {}
+        try:
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        sid = event.stream_id
+                        self.requests.append(dict(event.headers or []))
+                        i = len(self.requests) - 1
+                        move = self.script[i] if i < len(self.script) else ANSWER
+                        moves[sid] = move
+                        bodies[sid] = bytearray()
+                        if move == RESET:
+                            conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                        elif move == DROP:
+                            writer.transport.abort()
+                            return
+                        elif move == REFUSE:
+                            conn.close_connection(last_stream_id=sid - 2)
+                            writer.write(conn.data_to_send())
+                            await writer.drain()
+                            writer.close()
+                            return
+                    elif isinstance(event, h2.events.DataReceived):
+                        sid = event.stream_id
+                        bodies.setdefault(sid, bytearray()).extend(event.data or b"")
+                        conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        sid = event.stream_id
+                        move = moves.get(sid, ANSWER)
+                        if move == RESET_AFTER_HEAD:
+                            conn.send_headers(
+                                sid, [(b":status", b"200"), (b"content-length", b"100")]
+                            )
+                            conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                        elif move == ANSWER:
+                            self.bodies.append(bytes(bodies.get(sid, b"")))
+                            name = self.name.encode()
+                            conn.send_headers(
+                                sid,
+                                [(b":status", b"200"), (b"content-length", b"%d" % len(name))],
+                            )
+                            conn.send_data(sid, name, end_stream=True)
+                writer.write(conn.data_to_send())
+                await writer.drain()
+        except (ConnectionError, OSError, h2.exceptions.H2Error) as e:
+            self.errors.append(repr(e))
+        finally:
+            self._writers.discard(writer)
+            writer.transport.abort()
+
+
+@pytest_asyncio.fixture
+async def client(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[DataPlane]:
+    monkeypatch.setenv("GOSSAMER_MULTIPLEX_HTTP1", "1")
+    proxy = DataPlane(fast_config(), on_interest=lambda key: None)
+    assert proxy.config.multiplex_http1  # HTTP/1.1 to peers as streams
+    try:
+        await proxy.start()
+        proxy.set_credentials(pki.issue("default", "web"))
+        yield proxy
+    finally:
+        await proxy.close()
+
+
+@pytest_asyncio.fixture
+async def peers() -> AsyncIterator[list[StreamPeer]]:
+    started: list[StreamPeer] = []
+    try:
+        yield started
+    finally:
+        for peer in started:
+            await peer.close()
+
+
+async def one_peer(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer], script: tuple[str, ...], *objects: object
+) -> StreamPeer:
+    peer = StreamPeer(pki, "echo-1", script)
+    peers.append(peer)
+    apply(client, pki, {"echo-1": await peer.start()}, *objects)
+    return peer
+
+
+@pytest.mark.asyncio
+async def test_a_request_goes_as_a_stream_with_its_head_and_body(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer]
+) -> None:
+    peer = await one_peer(pki, client, peers, ())
+    assert await send(client, "POST", b"x" * 1000) == (200, "", b"echo-1")
+    assert await send(client, "GET") == (200, "", b"echo-1")
+    first, second = peer.requests
+    assert first[b":method"] == b"POST" and first[b":path"] == b"/x"
+    assert first[b":authority"] == b"echo" and first[b"content-length"] == b"1000"
+    assert first[b"gossamer-orig-proto"] == b"HTTP/1.1"
+    assert b"connection" not in first  # hop-by-hop: it stays on the client's hop
+    assert peer.bodies == [b"x" * 1000, b""]
+    assert second[b":method"] == b"GET" and b"content-length" not in second
+    assert peer.connections == 1  # both on one connection
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("move", [RESET, DROP, REFUSE])
+async def test_a_get_whose_stream_is_lost_before_any_answer_is_sent_again(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer], move: str
+) -> None:
+    """As a request on a pooled connection the peer had just closed: never answered,
+    without a body, so sent again (on a new connection where the old one went)."""
+    peer = await one_peer(pki, client, peers, (ANSWER, move))
+    assert await send(client) == (200, "", b"echo-1")
+    assert await send(client) == (200, "", b"echo-1")
+    assert len(peer.requests) == 3
+    assert peer.connections == (1 if move == RESET else 2)
+
+
+@pytest.mark.asyncio
+async def test_a_post_whose_stream_is_reset_is_not_sent_again(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer]
+) -> None:
+    peer = await one_peer(pki, client, peers, (ANSWER, RESET))
+    assert (await send(client))[0] == 200
+    status, error, _ = await send(client, "POST", b"payload")
+    assert status == 502
+    assert "upstream reset" in error
+    assert len(peer.requests) == 2
+
+
+@pytest.mark.asyncio
+async def test_a_retry_policy_on_reset_sends_a_put_again_whole(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer]
+) -> None:
+    """A retry policy on `reset` sends an idempotent request again, body and all, on
+    the first try's stream being reset before any answer (its body was kept)."""
+    peer = await one_peer(pki, client, peers, (RESET,), RESET_RETRY)
+    got = await send(client, "PUT", b"y" * 5000)
+    assert got == (200, "", b"echo-1"), peer.errors
+    assert len(peer.requests) == 2
+    assert peer.bodies == [b"y" * 5000]
+
+
+@pytest.mark.asyncio
+async def test_a_response_cut_short_by_a_reset_is_not_sent_again(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer]
+) -> None:
+    """The head came, then the stream was reset: the request may have been acted on, and
+    the client's response cannot be completed, so its connection is closed after the
+    head (the Content-Length says what is missing)."""
+    peer = await one_peer(pki, client, peers, (RESET_AFTER_HEAD,), RESET_RETRY)
+    assert client.outbound_address is not None
+    reader, writer = await asyncio.open_connection(*client.outbound_address)
+    try:
+        writer.write(b"GET /x HTTP/1.1\r\nHost: echo\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 10.0)  # until the proxy closes
+    finally:
+        writer.transport.abort()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"content-length: 100" in head.lower()
+    assert len(body) < 100
+    assert len(peer.requests) == 1
+
+
+@pytest.mark.asyncio
+async def test_chunked_and_upgrade_requests_take_a_connection_of_their_own(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer]
+) -> None:
+    """A chunked body and an Upgrade are not carried as streams (Exchange._streamable):
+    they go over HTTP/1.1 (ALPN gossamer/h1), which this replica does not speak, so
+    they fail, while a plain request to it on the same proxy is a stream and succeeds."""
+    peer = await one_peer(pki, client, peers, ())
+    assert client.outbound_address is not None
+    for extra in (
+        b"Transfer-Encoding: chunked\r\n",
+        b"Connection: upgrade\r\nUpgrade: websocket\r\n",
+    ):
+        reader, writer = await asyncio.open_connection(*client.outbound_address)
+        try:
+            body = b"3\r\nabc\r\n0\r\n\r\n" if b"chunked" in extra else b""
+            writer.write(b"POST /x HTTP/1.1\r\nHost: echo\r\n" + extra + b"\r\n" + body)
+            data = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+        finally:
+            writer.transport.abort()
+        assert data.startswith(b"HTTP/1.1 502"), data[:200]
+    assert peer.requests == []
+    assert peer.h1_connections >= 2
+    assert await send(client) == (200, "", b"echo-1")
+    assert len(peer.requests) == 1
