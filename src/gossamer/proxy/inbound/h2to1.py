@@ -116,7 +116,6 @@ class H1Exchange:
         "attempts",
         "buffered",
         "chunked",
-        "conn",
         "content_length",
         "expect_continue",
         "head_bytes",
@@ -177,8 +176,6 @@ class H1Exchange:
         self.replayable = False
         self.attempts = 0
         self.upstream: UpstreamConnection | None = None
-        # UpstreamConnection pauses and resumes "the exchange's connection" (see pause).
-        self.conn = self
         self.owed = 0  # request bytes written to the app, not yet acknowledged
         self.buffered = 0  # response bytes queued for the client, not yet sent
         self.interim = False
@@ -191,6 +188,13 @@ class H1Exchange:
         # The head goes out once the events of this read are in: a request that ended
         # with its HEADERS (or its few DATA frames) is framed by its size, not chunked.
         pool.loop.call_soon(self._dispatch)
+
+    @property
+    def conn(self) -> H1Exchange:
+        """UpstreamConnection pauses and resumes "the exchange's connection" (see pause):
+        this one. A property, not an attribute: a reference to itself would make every
+        exchange garbage only the cyclic collector frees (decision 0111)."""
+        return self
 
     # ---- the app connection ------------------------------------------------------------
 
