@@ -12,6 +12,7 @@ does for a connection per request.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import h2.config
@@ -23,7 +24,8 @@ import pytest_asyncio
 
 from gossamer.proxy.dataplane import DataPlane
 from gossamer.proxy.wire.tls import make_contexts
-from tests.proxy.conftest import Pki, fast_config
+from tests.proxy.conftest import EchoApp, Pki, curl, fast_config
+from tests.proxy.test_e2e_upgrade import two_proxies
 from tests.proxy.test_retry_hardening import RESET_RETRY, apply, send
 
 RESET = "reset the stream before any answer"
@@ -260,3 +262,30 @@ async def test_chunked_and_upgrade_requests_take_a_connection_of_their_own(
     assert peer.h1_connections >= 2
     assert await send(client) == (200, "", b"echo-1")
     assert len(peer.requests) == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("app_protocol", [None, "http2"])
+async def test_a_stream_reaches_an_http1_app_as_the_http1_request_it_was(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch, app_protocol: str | None
+) -> None:
+    """Between two real proxies, the peer hands a request carried as a stream to the
+    app as HTTP/1.1, also on a port declared `http2` (as an HTTP/1.1 request from the
+    peer would go), with its body."""
+    monkeypatch.setenv("GOSSAMER_MULTIPLEX_HTTP1", "1")
+    app = EchoApp("echo-1")
+    port = await app.start()
+    try:
+        async with two_proxies(pki, port, app_protocol) as (client, server):
+            assert client.config.multiplex_http1
+            rc, out, err = await curl(
+                "-H", "Host: echo", "--data-binary", "hello", f"http://127.0.0.1:{client.outbound_address[1]}/x"
+            )  # fmt: skip
+            assert rc == 0, err
+            body = json.loads(out)
+            assert body["version"] == "HTTP/1.1" and body["method"] == "POST"
+            assert body["body_length"] == 5
+            assert client.peer_links.conns  # it went as a stream
+            assert server.h2_connections
+    finally:
+        await app.close()
