@@ -60,6 +60,16 @@ RESTART_MAX: Final = 30.0
 STABLE_AFTER: Final = 10.0
 # How long the admin listener waits for a worker's metrics before leaving it out.
 METRICS_TIMEOUT: Final = 2.0
+# A serving worker is pinged every LIVENESS_INTERVAL; one that leaves LIVENESS_MISSES
+# pings in a row unanswered (and has been silent that long) is hung: killed and started
+# again (docs/decisions/0104-hung-workers.md).
+LIVENESS_INTERVAL: Final = 1.0
+LIVENESS_MISSES: Final = 3
+# How long the agent looks for a killed worker's exit, polling, before it goes on.
+EXIT_WITHIN: Final = 5.0
+EXIT_POLL: Final = 0.05
+PING: Final = ("ping",)
+PONG: Final = ("pong",)
 
 
 class Channel(asyncio.Protocol):
@@ -117,6 +127,9 @@ class Worker:
     # Its listening sockets, by listener name: the agent makes and keeps them, so the
     # worker's death closes no listener and resets nothing the kernel queued there.
     sockets: dict[str, socket.socket] = dataclasses.field(default_factory=dict)
+    # Liveness: when it last said anything, and the pings sent since.
+    heard_at: float = 0.0
+    unanswered: int = 0
 
 
 class WorkerSet:
@@ -131,6 +144,7 @@ class WorkerSet:
         self._next_request = 0
         self._stopping = False
         self._timers: set[asyncio.TimerHandle] = set()
+        self._liveness: asyncio.TimerHandle | None = None
         dp.workers = self
         dp.add_readiness_check(self._not_ready)
         dp.add_config_section("workers", self.describe)
@@ -151,6 +165,7 @@ class WorkerSet:
             # Worker 0 serves what the kernel gives the worker's sockets until it is ready.
             await self.dp.stand_in(worker.index, worker.sockets)
             await self._spawn(worker)
+        self._liveness = self.dp.loop.call_later(LIVENESS_INTERVAL, self._check_liveness)
 
     def _listeners(self) -> dict[str, tuple[str, int]]:
         """Where worker 0 listens for traffic, by listener name (its admin listener
@@ -210,6 +225,7 @@ class WorkerSet:
         worker.started_at = time.monotonic()
         worker.ready = False
         worker.admin = None
+        worker.unanswered = 0
         _, channel = await loop.create_connection(
             lambda: Channel(lambda m: self._on_message(worker, m), lambda: self._on_lost(worker)),
             sock=mine,
@@ -226,6 +242,9 @@ class WorkerSet:
         log.info("worker %d started (pid %d)", worker.index, worker.proc.pid)
 
     def _on_message(self, worker: Worker, message: Any) -> None:
+        # Whatever it says, its loop runs: a pong is only the least it can say.
+        worker.heard_at = time.monotonic()
+        worker.unanswered = 0
         kind = message[0]
         if kind == "ready":
             worker.ready = True
@@ -240,6 +259,48 @@ class WorkerSet:
             if future is not None and not future.done():
                 future.set_result(message[2])
 
+    def _check_liveness(self) -> None:
+        """Ping each serving worker; one that left LIVENESS_MISSES pings in a row
+        unanswered is hung. One timer for the whole set and one small frame per worker
+        a tick: nothing is made per ping. A worker not yet serving is not pinged (worker
+        0 stands in on its sockets until it is ready)."""
+        if self._stopping:
+            return
+        now = time.monotonic()
+        for worker in self.workers:
+            channel = worker.channel
+            if channel is None or not worker.ready:
+                continue
+            silent = now - worker.heard_at
+            if (
+                worker.unanswered >= LIVENESS_MISSES
+                and silent >= LIVENESS_MISSES * LIVENESS_INTERVAL
+            ):
+                self._hung(worker, silent)
+            else:
+                channel.send(PING)
+                worker.unanswered += 1
+        self._liveness = self.dp.loop.call_later(LIVENESS_INTERVAL, self._check_liveness)
+
+    def _hung(self, worker: Worker, silent: float) -> None:
+        """Kill a hung worker (SIGKILL: a hung process may ignore SIGTERM, a stopped one
+        cannot act on it) and end its channel: the path a dead worker takes follows,
+        worker 0 standing in on its sockets until another is ready."""
+        proc = worker.proc
+        log.warning(
+            "worker %d (pid %s) is hung: no answer to %d pings in a row, silent for %.1fs; "
+            "killing it",
+            worker.index,
+            proc.pid if proc is not None else "?",
+            worker.unanswered,
+            silent,
+        )
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        channel = worker.channel
+        if channel is not None and channel.transport is not None:
+            channel.transport.abort()  # connection_lost follows: _on_lost
+
     def _on_lost(self, worker: Worker) -> None:
         worker.channel = None
         worker.ready = False
@@ -250,14 +311,29 @@ class WorkerSet:
         proc = worker.proc
         if proc is not None and proc.poll() is None:
             proc.kill()  # a worker that closed its channel is of no use: start anew
+        if not self._stopping:
+            self.dp.spawn(self._restart_once_exited(worker, proc))
+
+    async def _restart_once_exited(
+        self, worker: Worker, proc: subprocess.Popen[bytes] | None
+    ) -> None:
+        """Wait for `proc` to exit without blocking the agent's loop, then start the
+        worker again after its pause."""
+        code = None
         if proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
+            code = await exited(proc, EXIT_WITHIN)
+            if code is None:
+                log.error(
+                    "worker %d (pid %d) has not exited %.0fs after SIGKILL; starting "
+                    "another beside it",
+                    worker.index,
+                    proc.pid,
+                    EXIT_WITHIN,
+                )
         if self._stopping:
             return
         lived = time.monotonic() - worker.started_at
         worker.pause = RESTART_PAUSE if lived > STABLE_AFTER else min(worker.pause * 2, RESTART_MAX)
-        code = proc.returncode if proc is not None else None
         log.warning(
             "worker %d (pid %s) exited with %s; starting it again in %.1fs",
             worker.index,
@@ -368,6 +444,8 @@ class WorkerSet:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._liveness is not None:
+            self._liveness.cancel()
         for timer in self._timers:
             timer.cancel()
         # Each listener closes with the last process that has it: the workers' last.
@@ -381,11 +459,11 @@ class WorkerSet:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
         for proc in procs:
-            while proc.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            if await exited(proc, deadline - time.monotonic()) is not None:
+                continue
+            proc.kill()
+            if await exited(proc, EXIT_WITHIN) is None:
+                log.error("worker pid %d has not exited %.0fs after SIGKILL", proc.pid, EXIT_WITHIN)
         for worker in self.workers:
             if worker.channel is not None and worker.channel.transport is not None:
                 worker.channel.transport.close()
@@ -434,6 +512,17 @@ def merge_metrics(texts: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
+async def exited(proc: subprocess.Popen[bytes], within: float) -> int | None:
+    """`proc`'s exit status once it has exited, or None if it has not within `within`
+    seconds: polled from the event loop, never a blocking wait on it."""
+    deadline = time.monotonic() + within
+    while proc.poll() is None:
+        if time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(EXIT_POLL)
+    return proc.returncode
+
+
 def _listening_socket(address: tuple[str, int], backlog: int) -> socket.socket:
     """A listener in `address`'s SO_REUSEPORT group (beside worker 0's), non-blocking
     (worker 0's accept loops take connections from it until it has none left)."""
@@ -471,6 +560,9 @@ class _WorkerProcess:
 
     def on_message(self, message: Any) -> None:
         kind = message[0]
+        if kind == "ping":
+            self._send(PONG)  # answered by this loop: the agent's proof that it turns
+            return
         if kind == "config":
             config, index, fds = message[1], message[2], message[3]
             sockets = {name: socket.socket(fileno=fd) for name, fd in fds.items()}

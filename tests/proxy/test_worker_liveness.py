@@ -1,0 +1,194 @@
+"""`--workers N`: a hung worker is noticed, killed and replaced (issue 17, decision 0104).
+
+A real `gossamer run --workers 2` client proxy in front of a real echo workload: its
+worker 1 is stopped (SIGSTOP: alive, answering nothing, accepting nothing), and the
+agent must notice from its unanswered pings, kill it and start another, while worker 0
+serves the connections the kernel queued on the stopped worker's sockets. Requests go
+on fresh connections all along, so the kernel hashes some to the stopped worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gossamer.workers import exited
+from tests.e2e.conftest import (
+    ControlPlaneProcess,
+    Workload,
+    echo_app,
+    free_port,
+    run_workload,
+    sleeper,
+    start_control_plane,
+    stop_process,
+)
+from tests.proxy.test_workers import (
+    SERVICE,
+    _alive,
+    _queued,
+    all_ready,
+    eventually,
+    request,
+    workers_of,
+)
+
+pytestmark = pytest.mark.e2e
+
+# Requests sent while the worker hangs, is killed and is replaced: each on a connection
+# of its own, one every SPACING seconds (10 s in all), each given ANSWER_WITHIN to come.
+REQUESTS = 200
+SPACING = 0.05
+ANSWER_WITHIN = 30.0
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workload, Workload]]:
+    tmp = tmp_path_factory.mktemp("liveness")
+    cp: ControlPlaneProcess = start_control_plane(tmp / "cp")
+    started: list[Workload] = []
+    try:
+        cp.cli("apply", "-f", "-", stdin=SERVICE, check=True)
+        echo = run_workload(
+            cp, tmp, "echo-1", service_account="echo", labels={"app": "echo"},
+            app=echo_app("echo-1", port := free_port()), port=f"http=8080:{port}",
+        )  # fmt: skip
+        started.append(echo)
+        client = run_workload(
+            cp, tmp, "client", service_account="client", labels={}, app=sleeper(),
+            extra=("--workers", "2"),
+        )  # fmt: skip
+        started.append(client)
+        for w in started:
+            w.wait_ready(timeout=60)
+        eventually("the client's workers ready", lambda: all_ready(client), timeout=60)
+        eventually("echo answers through the mesh", lambda: request(client.outbound, "/p") == 200)
+        yield echo, client
+    finally:
+        for w in started:
+            w.stop()
+        stop_process(cp.proc)
+
+
+async def _get(port: int, path: str) -> int | str:
+    """One request on a fresh connection: its status, or why there was none."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port), ANSWER_WITHIN
+        )
+    except (OSError, TimeoutError) as err:
+        return f"connect: {err!r}"
+    try:
+        writer.write(
+            f"GET http://echo.shop{path} HTTP/1.1\r\nhost: echo.shop\r\n"
+            "connection: close\r\n\r\n".encode()
+        )
+        line = await asyncio.wait_for(reader.readline(), ANSWER_WITHIN)
+        if not line:
+            return "closed without a response"
+        return int(line.split()[1])
+    except (OSError, TimeoutError, ValueError, IndexError) as err:
+        return f"{path}: {err!r}"
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def _send_throughout(port: int) -> list[int | str]:
+    tasks = []
+    for n in range(REQUESTS):
+        tasks.append(asyncio.ensure_future(_get(port, f"/throughout/{n}")))
+        await asyncio.sleep(SPACING)
+    return list(await asyncio.gather(*tasks))
+
+
+def _child_of(pid: int, parent: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1]) == parent
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_a_stopped_worker_is_killed_and_replaced_and_every_request_is_answered(
+    mesh: tuple[Workload, Workload],
+) -> None:
+    _, client = mesh
+    agent, victim = workers_of(client)
+    pid, restarts = victim["pid"], victim["restarts"]
+    port = int(client.outbound.rsplit(":", 1)[1])
+    log: Path = client.log
+    os.kill(pid, signal.SIGSTOP)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            sent = pool.submit(asyncio.run, _send_throughout(port))
+            # The test means something only if the kernel queued some on the stopped
+            # worker's socket (worker 0's own queue is emptied as it fills).
+            eventually("connections queued on the stopped worker", lambda: _queued(port) > 0)
+            # (a) the agent says which worker hung and for how long, and kills it
+            hung = re.compile(
+                rf"worker 1 \(pid {pid}\) is hung: no answer to \d+ pings in a row, "
+                rf"silent for [0-9.]+s; killing it"
+            )
+            eventually("the agent logs the hung worker", lambda: bool(hung.search(log.read_text())))
+            eventually("the hung worker is killed", lambda: not _alive(pid))
+            # (b) another process takes its place
+            eventually(
+                "a new worker 1 is serving",
+                lambda: (
+                    all_ready(client)
+                    and workers_of(client)[1]["pid"] not in (None, pid)
+                    and workers_of(client)[1]["restarts"] == restarts + 1
+                ),
+            )
+            # (c) nothing sent meanwhile was reset or left unanswered
+            statuses = sent.result(timeout=REQUESTS * SPACING + ANSWER_WITHIN + 30)
+        finally:
+            if _child_of(pid, agent["pid"]):  # not yet reaped by the agent
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+    failed = [s for s in statuses if s != 200]
+    assert not failed, f"{len(failed)} of {REQUESTS} not answered 200: {failed[:10]}"
+    # and the new worker serves again, on its own sockets
+    for n in range(20):
+        assert request(client.outbound, f"/after/{n}") == 200
+
+
+def test_waiting_for_a_worker_to_exit_leaves_the_agents_loop_turning() -> None:
+    """The agent waits for a killed worker by polling from its loop (`exited`), bounded,
+    never with a blocking wait: the loop goes on serving meanwhile."""
+
+    async def main() -> None:
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        turns = 0
+
+        async def turn() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.ensure_future(turn())
+        try:
+            assert await exited(proc, 0.3) is None  # alive: the wait ends at its bound
+            assert turns > 1
+            proc.kill()
+            assert await exited(proc, 30) == -signal.SIGKILL
+        finally:
+            ticker.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    asyncio.run(main())
