@@ -53,6 +53,7 @@ from gossamer.proxy.wire.http1 import (
     request_head_bytes,
 )
 from gossamer.proxy.wire.http2 import StreamPair, drop_pending, forwardable, header
+from gossamer.proxy.wire.http2 import carry as carry_half
 
 if TYPE_CHECKING:
     from gossamer.proxy.forward.exchange import Exchange
@@ -187,7 +188,7 @@ class H1Exchange:
         pair.up.carrier = self
         # The head goes out once the events of this read are in: a request that ended
         # with its HEADERS (or its few DATA frames) is framed by its size, not chunked.
-        pool.loop.call_soon(self._dispatch)
+        carry_half(pair.up)  # `send`, at the end of the read at hand: then `_dispatch`
 
     @property
     def conn(self) -> H1Exchange:
@@ -256,9 +257,13 @@ class H1Exchange:
         return request_head_bytes(self.method, self.target, self.host, self.headers, framing)
 
     def send(self) -> None:
-        """More of the request is queued (http2.Carrier): write it, if connected."""
+        """More of the request is queued (http2.Carrier): write it, if connected. The
+        first call, once the read that brought the head is handled, sends the exchange
+        to the app."""
         if self.upstream is not None:
             self._write(b"")
+        elif not self.attempts:
+            self._dispatch()
 
     def _write(self, head: bytes) -> None:
         upstream = self.upstream
