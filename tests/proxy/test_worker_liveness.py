@@ -37,8 +37,11 @@ from tests.proxy.test_workers import (
     SERVICE,
     _alive,
     _queued,
+    admin_of,
     all_ready,
     eventually,
+    get_text,
+    outbound_requests,
     request,
     workers_of,
 )
@@ -160,9 +163,12 @@ def test_a_stopped_worker_is_killed_and_replaced_and_every_request_is_answered(
                 os.kill(pid, signal.SIGKILL)
     failed = [s for s in statuses if s != 200]
     assert not failed, f"{len(failed)} of {REQUESTS} not answered 200: {failed[:10]}"
-    # and the new worker serves again, on its own sockets
-    for n in range(20):
+    # and the new worker serves its share again, on its own sockets
+    replacement = admin_of(client, workers_of(client)[1])
+    before = outbound_requests(get_text(replacement, "/metrics"))
+    for n in range(40):
         assert request(client.outbound, f"/after/{n}") == 200
+    assert outbound_requests(get_text(replacement, "/metrics")) > before
 
 
 def test_waiting_for_a_worker_to_exit_leaves_the_agents_loop_turning() -> None:
