@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 from collections import Counter
 
 import pytest
 
-from gossamer.proxy.wire.http2 import MAX_STREAMS
+from gossamer.proxy.outbound.h1to2 import StreamUpstream
+from gossamer.proxy.wire.http2 import MAX_STREAMS, STREAM_WINDOW, UPSTREAM_CONNECTION_WINDOW
 from gossamer.proxy.wire.limits import MAX_HEADERS, InFlight
 from gossamer.translate.snapshot import ServicePort, ServiceView
 from tests.proxy import conftest as proxy_conftest
@@ -225,3 +228,77 @@ async def test_an_endpoint_leaving_the_snapshot_drains_its_link_after_its_stream
             break
         await asyncio.sleep(0.01)
     assert link.closed
+
+
+async def _never_reading_download(address: tuple[str, int], size: int) -> socket.socket:
+    """A client that asks for `size` bytes and reads none of them (a small receive
+    buffer, so that the proxy's writes back up soon)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, address)
+    sock.send(b"GET /bytes?n=%d HTTP/1.1\r\nHost: echo\r\n\r\n" % size)
+    return sock
+
+
+def _held(mesh: Mesh) -> int:
+    """Response bytes the client proxy has handed to clients that stopped reading, not
+    yet acknowledged to the peer (StreamUpstream.held), over its streams in flight."""
+    total = 0
+    for link in mesh.client.peer_links.conns.values():
+        for half in link.halves.values():
+            carrier = half.other.carrier if half.other is not None else None
+            if isinstance(carrier, StreamUpstream):
+                total += carrier.held
+    return total
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason="StreamUpstream.close never acknowledges `held` (response bytes taken while its "
+    "client did not read): each such client that leaves shrinks the shared peer "
+    "connection's window for good, until every stream on it stalls",
+)
+async def test_clients_that_stop_reading_and_leave_do_not_stall_the_peer_connection(
+    mesh: Mesh,
+) -> None:
+    """Clients download through one peer connection and stop reading; the client proxy
+    pauses reading the stream and keeps the DATA it has handed on unacknowledged (`held`,
+    up to a stream window each), to acknowledge it once the client reads again. Then the
+    clients leave: the exchange closes its StreamUpstream, which cancels the stream and
+    never acknowledges `held`, so those bytes stay counted against the connection's
+    window (UPSTREAM_CONNECTION_WINDOW, 64 MiB) for the life of the connection. Once
+    clients that left had held that much, no DATA comes on the connection at all: every
+    other request to that peer waits with its response head and no body."""
+    _one_endpoint(mesh)
+    per_round = 128
+    leaked = 0
+    for _ in range(4):  # at most 4 x 128 clients
+        clients = [
+            await _never_reading_download(mesh.outbound, 20_000_000) for _ in range(per_round)
+        ]
+        held, still = 0, 0
+        while held < per_round * STREAM_WINDOW // 2 and still < 50:
+            # until each has about half a stream window held, or no more comes (0.5 s)
+            await asyncio.sleep(0.01)
+            now = _held(mesh)
+            still = still + 1 if now == held else 0
+            held = now
+        leaked += held
+        for sock in clients:  # gone at once (RST): no FIN to read after
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        if not held or leaked > UPSTREAM_CONNECTION_WINDOW:
+            break  # the connection's window is spent, or would be, never given back
+    for _ in range(300):  # the cancelled streams are gone from the connection
+        if not any(link.halves for link in mesh.client.peer_links.conns.values()):
+            break
+        await asyncio.sleep(0.01)
+    answer = await raw_exchange(
+        mesh.outbound,
+        b"GET /bytes?n=1000000 HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n",
+        5.0,
+    )
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert len(answer.partition(b"\r\n\r\n")[2]) == 1_000_000
