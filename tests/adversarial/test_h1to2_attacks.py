@@ -302,3 +302,52 @@ async def test_clients_that_stop_reading_and_leave_do_not_stall_the_peer_connect
     )
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert len(answer.partition(b"\r\n\r\n")[2]) == 1_000_000
+
+
+async def _impatient_get(address: tuple[str, int], patience: float) -> None:
+    """A client that gives up on a slow answer and goes (as curl -m or a load balancer
+    does): its request's stream is cancelled on the peer connection."""
+    _, writer = await asyncio.open_connection(*address)
+    try:
+        writer.write(b"GET /hang HTTP/1.1\r\nHost: echo\r\n\r\n")
+        await asyncio.sleep(patience)
+    finally:
+        writer.transport.abort()
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason="HTTP/1.1 clients that give up make the peer take the client proxy for a rapid "
+    "reset attacker: GOAWAY ENHANCE_YOUR_CALM on the shared link, other clients' POSTs cut",
+)
+async def test_clients_that_give_up_do_not_make_the_peer_close_the_shared_connection(
+    mesh: Mesh,
+) -> None:
+    """150 clients each ask for a slow answer and leave after 0.3 s, while other clients
+    POST to the same peer. Over a connection per request each leaving client closes a
+    connection of its own; as streams, each is an RST_STREAM CANCEL on the one peer
+    connection (StreamUpstream.close), within PREMATURE_RESET_LIFETIME of its start, so
+    the peer's rapid-reset guard (H2Connection._premature_reset: half of 100 or more
+    streams) says GOAWAY ENHANCE_YOUR_CALM to the client proxy as a whole: streams past
+    its last id are refused, a POST among them is answered 502 (not sent again), and the
+    link every client of the proxy shares is closed."""
+    _one_endpoint(mesh)
+    mesh.workloads[0].app.delay = 0.5
+    await raw_exchange(mesh.outbound, b"GET / HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n")
+    (link,) = mesh.client.peer_links.conns.values()
+    leaving, posts = [], []
+    for i in range(150):
+        leaving.append(asyncio.ensure_future(_impatient_get(mesh.outbound, 0.3)))
+        if i % 5 == 0:
+            request = b"POST /p%d HTTP/1.1\r\nHost: echo\r\nContent-Length: 1\r\n" % i
+            posts.append(
+                asyncio.ensure_future(
+                    raw_exchange(mesh.outbound, request + b"Connection: close\r\n\r\nx", 20.0)
+                )
+            )
+        await asyncio.sleep(0.005)
+    await asyncio.gather(*leaving)
+    answers = await asyncio.gather(*posts)
+    assert not link.draining and not link.closed  # no GOAWAY from the peer
+    assert Counter(a[:12] for a in answers) == {b"HTTP/1.1 200": len(posts)}
