@@ -12,10 +12,15 @@ app. A strict xfail is a defect found here: it turns into a plain test once fixe
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from gossamer.proxy.wire import http2
+from gossamer.translate.snapshot import ServicePort, ServiceView
 from tests.proxy import conftest as proxy_conftest
 from tests.proxy.conftest import EchoApp, Mesh, curl, server_snapshot
 
@@ -119,3 +124,75 @@ async def test_h2load_through_two_proxies_leaves_no_stream_and_the_sentinel_unch
     assert ended.done and ended.status == 0 and ended.on_done is None
     for half in (ended.down, ended.up):
         assert not half.pending and half.conn is None and half.carrier is None
+
+
+async def h2_call(
+    address: tuple[str, int], method: bytes, path: bytes, body: bytes, patience: float
+) -> int | None:
+    """One request over HTTP/2 (h2c prior knowledge) on a connection of its own: its
+    status, or None when no answer came within `patience` seconds (the client then
+    leaves, as a gRPC client whose deadline passed does)."""
+    reader, writer = await asyncio.open_connection(*address)
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    conn.initiate_connection()
+    headers = [(b":method", method), (b":scheme", b"http"), (b":authority", b"echo")]
+    conn.send_headers(1, [*headers, (b":path", path)], end_stream=not body)
+    if body:
+        conn.send_data(1, body, end_stream=True)
+    writer.write(conn.data_to_send())
+
+    async def answer() -> int:
+        status = 0
+        while data := await reader.read(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers or [])[b":status"])
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    return status
+            writer.write(conn.data_to_send())
+        return status
+
+    try:
+        return await asyncio.wait_for(answer(), patience)
+    except TimeoutError:
+        return None
+    finally:
+        writer.transport.abort()
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason="HTTP/2 clients whose deadlines pass (each on a connection of its own) make the "
+    "peer take the client proxy for a rapid reset attacker: GOAWAY on the shared link",
+)
+async def test_http2_clients_that_give_up_do_not_make_the_peer_close_the_shared_link(
+    mesh: Mesh,
+) -> None:
+    """150 HTTP/2 clients, each on a connection of its own (under any per-connection
+    guard on the client proxy), ask for a slow answer and leave after 0.3 s, as gRPC
+    clients with a deadline do; other clients POST to the same peer meanwhile. The client
+    proxy cancels each stream on its one connection to the peer, and the peer's
+    rapid-reset guard (H2Connection._premature_reset: half of 100 or more streams reset
+    within PREMATURE_RESET_LIFETIME) counts the client proxy, which carries every
+    workload's calls, as one attacker: GOAWAY ENHANCE_YOUR_CALM on the link all of them
+    share, and calls in flight past its last stream id fail."""
+    only = ServiceView(
+        "echo", "default", (ServicePort(80, "http", None, (mesh.workloads[0].endpoint(),)),)
+    )
+    mesh.client.apply_snapshot(mesh.client_snapshot(services=(only,)))
+    mesh.workloads[0].app.delay = 0.5
+    assert await h2_call(mesh.outbound, b"GET", b"/", b"", 10.0) == 200
+    (link,) = mesh.client.peer_links.conns.values()
+    leaving, posts = [], []
+    for i in range(150):
+        leaving.append(asyncio.ensure_future(h2_call(mesh.outbound, b"GET", b"/hang", b"", 0.3)))
+        if i % 5 == 0:
+            posts.append(asyncio.ensure_future(h2_call(mesh.outbound, b"POST", b"/p", b"x", 20.0)))
+        await asyncio.sleep(0.005)
+    assert set(await asyncio.gather(*leaving)) == {None}
+    statuses = await asyncio.gather(*posts)
+    assert not link.draining and not link.closed  # no GOAWAY from the peer
+    assert Counter(statuses) == {200: len(posts)}
