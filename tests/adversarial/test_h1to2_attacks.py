@@ -100,14 +100,15 @@ async def test_a_request_with_as_many_fields_as_http1_takes_passes_as_a_stream(
 @pytest.mark.xfail(
     strict=True,
     reason="an app's 103 Early Hints is dropped on the stream path (RFC 9110 15.2: a proxy "
-    "MUST forward 1xx): _on_informational passes 1xx on only to a half with a conn",
+    "MUST forward 1xx): the peer's h2to1 keeps 1xx to itself, h1to2 has no way to take one",
 )
 async def test_an_apps_103_early_hints_reaches_the_client(mesh: Mesh) -> None:
-    """The peer carries the app's 103 as an informational HEADERS frame; the client
-    proxy's H2Connection._on_informational forwards it only when the other half is an
-    HTTP/2 stream (`other.conn is not None`), and StreamUpstream, the carrier of an
-    HTTP/1.1 client's half, has no way to take one. Over a connection per request the
-    client gets the 103 and then the 200."""
+    """The peer's h2to1 reads the app's 103 and keeps it (H1Exchange.response_head: a
+    status under 200 only sets `interim`), so no informational HEADERS reach the client
+    proxy; and were one sent, H2Connection._on_informational passes a 1xx on only to a
+    half with a connection (`other.conn is not None`), while StreamUpstream, the carrier
+    of an HTTP/1.1 client's half, has no method to take one. Over a connection per
+    request the client gets the 103, then the 200."""
     app = ScriptedApp(
         b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n"
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"

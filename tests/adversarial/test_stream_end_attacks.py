@@ -21,6 +21,7 @@ import pytest
 
 from gossamer.proxy.wire import http2
 from gossamer.translate.snapshot import ServicePort, ServiceView
+from tests.adversarial.test_h1to2_attacks import ScriptedApp
 from tests.proxy import conftest as proxy_conftest
 from tests.proxy.conftest import EchoApp, Mesh, curl, server_snapshot
 
@@ -196,3 +197,34 @@ async def test_http2_clients_that_give_up_do_not_make_the_peer_close_the_shared_
     statuses = await asyncio.gather(*posts)
     assert not link.draining and not link.closed  # no GOAWAY from the peer
     assert Counter(statuses) == {200: len(posts)}
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason="h2to1 drops an HTTP/1.1 app's 103 Early Hints on its way to an HTTP/2 client "
+    "(RFC 9110 15.2: a proxy MUST forward 1xx); H1Exchange.response_head keeps it",
+)
+async def test_an_apps_103_early_hints_reaches_an_http2_client(mesh: Mesh) -> None:
+    """An HTTP/2 client (curl, h2c prior knowledge) through two proxies to an HTTP/1.1
+    app that sends 103 Early Hints before its 200: the server proxy's h2to1 takes the 103
+    as `interim` and sends nothing (H1Exchange.response_head returns for a status under
+    200), so the client sees only the 200. An HTTP/1.1 client on the same mesh gets both
+    (the per-connection path passes every 1xx on)."""
+    app = ScriptedApp(
+        b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    )
+    port = await app.start()
+    try:
+        for w in mesh.workloads:
+            w.proxy.apply_snapshot(server_snapshot(mesh.pki, w.name, port))
+        rc, out, err = await curl(
+            "-v", "--http2-prior-knowledge", "-H", "Host: echo", f"{mesh.proxy_url}/"
+        )
+    finally:
+        await app.close()
+    assert (rc, out) == (0, b"ok"), err
+    got = [line for line in err.decode().splitlines() if line.startswith("< ")]
+    assert got[0].startswith("< HTTP/2 103"), got
+    assert "< link: </style.css>; rel=preload" in got
