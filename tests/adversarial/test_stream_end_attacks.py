@@ -228,3 +228,44 @@ async def test_an_apps_103_early_hints_reaches_an_http2_client(mesh: Mesh) -> No
     got = [line for line in err.decode().splitlines() if line.startswith("< ")]
     assert got[0].startswith("< HTTP/2 103"), got
     assert "< link: </style.css>; rel=preload" in got
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason="HTTP/2 streams put on a new peer link before the peer's SETTINGS come are "
+    "refused 503 past the engine's assumed 100 (the peer allows MAX_STREAMS, 256)",
+)
+async def test_a_burst_of_http2_streams_to_a_new_peer_link_is_not_refused(mesh: Mesh) -> None:
+    """h2load opens one connection to the client proxy and sends 150 requests on it at
+    once, to a peer the client proxy has no connection to yet. They are all attached to
+    the new link before the peer's SETTINGS (MAX_CONCURRENT_STREAMS 256) are read; the
+    engine holds the peer to RFC 9113's initial assumption of 100, so StreamPair.attach's
+    send_headers fails past it and each of those streams is answered 503 "cannot open a
+    stream" (gRPC: UNAVAILABLE) at once. On a warm link all 150 go."""
+    only = ServiceView(
+        "echo", "default", (ServicePort(80, "http", None, (mesh.workloads[0].endpoint(),)),)
+    )
+    mesh.client.apply_snapshot(mesh.client_snapshot(services=(only,)))
+    mesh.workloads[0].app.delay = 0.3  # so that they are all in flight together
+    for app_pool in mesh.workloads[0].proxy._apps.values():
+        app_pool.timeout = 10.0  # past the echo app's listen backlog (100), on any loop
+    host, port = mesh.outbound
+    proc = await asyncio.create_subprocess_exec(
+        "h2load",
+        "-n150",
+        "-c1",
+        "-m150",
+        "-H",
+        ":authority: echo",
+        f"http://{host}:{port}/",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert b"status codes: 150 2xx, 0 3xx, 0 4xx, 0 5xx" in out, out.decode()[-600:]
