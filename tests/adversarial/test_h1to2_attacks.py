@@ -26,6 +26,7 @@ from gossamer.proxy.wire.limits import MAX_HEADERS, InFlight
 from gossamer.translate.snapshot import ServicePort, ServiceView
 from tests.proxy import conftest as proxy_conftest
 from tests.proxy.conftest import Mesh, raw_exchange, server_snapshot
+from tests.proxy.test_e2e_http import admin_get, metric
 from tests.proxy.test_in_flight import _wait_count
 
 mesh = proxy_conftest.mesh  # the fixture: a client proxy and two echo workloads
@@ -393,3 +394,32 @@ async def test_a_burst_on_a_new_peer_connection_is_not_refused_503(mesh: Mesh) -
     refused = [a for a in answers if a.startswith(b"HTTP/1.1 503 ")]
     assert not refused, refused[0].split(b"\r\n\r\n")[0]
     assert Counter(a[:12] for a in answers) == {b"HTTP/1.1 200": 120}
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason="a request whose HTTP/1.1 client gave up is counted 502 on the peer's inbound "
+    "side as a stream (inbound/h2.py: p.status or 502), 499 over a connection",
+)
+async def test_a_request_whose_client_gave_up_is_not_counted_502_by_the_peer(
+    mesh: Mesh,
+) -> None:
+    """A client asks for a slow answer and leaves. Over a connection per request the
+    peer's inbound side counts it 499 (the client closed); as a stream, the peer sees
+    the stream cancelled before any answer, and InboundH2's `done` records `p.status or
+    502`: the destination workload's golden metrics show a server error that no app
+    made (its success rate falls with every impatient client)."""
+    _one_endpoint(mesh)
+    await _impatient_get(mesh.outbound, 0.3)
+    server = mesh.workloads[0].proxy
+    name = "gossamer_requests_total"
+    for _ in range(300):  # until the peer has counted the cancelled stream
+        _, text = await admin_get(server, "/metrics")
+        if metric(text.decode(), name, direction="inbound", dst_service="echo"):
+            break
+        await asyncio.sleep(0.01)
+    counted = text.decode()
+    assert metric(counted, name, direction="inbound", dst_service="echo") == 1
+    assert metric(counted, name, direction="inbound", code="502") == 0
+    assert metric(counted, name, direction="inbound", code="499") == 1
