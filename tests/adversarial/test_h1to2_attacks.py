@@ -76,11 +76,6 @@ class ScriptedApp:
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request of 95-100 header fields, taken over HTTP/1.1, is 431 on the stream "
-    "path: the peer's MAX_HEADERS counts the 4 pseudo-headers and the fields h1to2 adds",
-)
 async def test_a_request_with_as_many_fields_as_http1_takes_passes_as_a_stream(
     mesh: Mesh,
 ) -> None:
@@ -98,11 +93,6 @@ async def test_a_request_with_as_many_fields_as_http1_takes_passes_as_a_stream(
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason="an app's 103 Early Hints is dropped on the stream path (RFC 9110 15.2: a proxy "
-    "MUST forward 1xx): the peer's h2to1 keeps 1xx to itself, h1to2 has no way to take one",
-)
 async def test_an_apps_103_early_hints_reaches_the_client(mesh: Mesh) -> None:
     """The peer's h2to1 reads the app's 103 and keeps it (H1Exchange.response_head: a
     status under 200 only sets `interim`), so no informational HEADERS reach the client
@@ -263,12 +253,6 @@ def _held(mesh: Mesh) -> int:
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason="StreamUpstream.close never acknowledges `held` (response bytes taken while its "
-    "client did not read): each such client that leaves shrinks the shared peer "
-    "connection's window for good, until every stream on it stalls",
-)
 async def test_clients_that_stop_reading_and_leave_do_not_stall_the_peer_connection(
     mesh: Mesh,
 ) -> None:
@@ -397,11 +381,6 @@ async def test_a_burst_on_a_new_peer_connection_is_not_refused_503(mesh: Mesh) -
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request whose HTTP/1.1 client gave up is counted 502 on the peer's inbound "
-    "side as a stream (inbound/h2.py: p.status or 502), 499 over a connection",
-)
 async def test_a_request_whose_client_gave_up_is_not_counted_502_by_the_peer(
     mesh: Mesh,
 ) -> None:

@@ -55,11 +55,6 @@ async def h2_get(mesh: Mesh, path: str, limit: float) -> tuple[int, str]:
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason="h2to1: a stream whose app pool a snapshot retired (the app's port moved) never "
-    "gets its 504: DataPlane._sweep calls sweep_carried on self._apps only",
-)
 async def test_an_http2_request_to_an_app_whose_port_moved_still_times_out(
     mesh: Mesh,
 ) -> None:
@@ -200,11 +195,6 @@ async def test_http2_clients_that_give_up_do_not_make_the_peer_close_the_shared_
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason="h2to1 drops an HTTP/1.1 app's 103 Early Hints on its way to an HTTP/2 client "
-    "(RFC 9110 15.2: a proxy MUST forward 1xx); H1Exchange.response_head keeps it",
-)
 async def test_an_apps_103_early_hints_reaches_an_http2_client(mesh: Mesh) -> None:
     """An HTTP/2 client (curl, h2c prior knowledge) through two proxies to an HTTP/1.1
     app that sends 103 Early Hints before its 200: the server proxy's h2to1 takes the 103

@@ -807,7 +807,7 @@ class DataPlane:
         connections it is opening, or using its connections: it is kept (and closed
         with the data plane) until they are done."""
         pool.close()
-        if pool.opening or pool.live:
+        if pool.opening or pool.live or (isinstance(pool, AppPool) and pool.carried):
             self._retired.add(pool)
 
     def _peer(self, endpoint: Endpoint) -> tuple[PeerPool, EndpointLoad]:
@@ -1052,7 +1052,15 @@ class DataPlane:
                 app.sweep(now, cfg.app_idle_timeout)
                 app.sweep_carried(now, cfg.response_timeout)
             if self._retired:
-                self._retired = {p for p in self._retired if p.opening or p.live}
+                # A retired app pool's streams still wait for their response timeout.
+                for retired in self._retired:
+                    if isinstance(retired, AppPool):
+                        retired.sweep_carried(now, cfg.response_timeout)
+                self._retired = {
+                    p
+                    for p in self._retired
+                    if p.opening or p.live or (isinstance(p, AppPool) and p.carried)
+                }
             if cfg.fd_limit is None:
                 self.fds.set_limit(fd_limit())
             self.controls.sweep(time.time())

@@ -31,6 +31,7 @@ from gossamer.proxy.wire.http1 import (
     BODY_LENGTH,
     BODY_NONE,
     BODY_UNTIL_CLOSE,
+    CLIENT_GONE,
     Headers,
     Http2Preface,
     ProtocolError,
@@ -71,8 +72,6 @@ MAX_ATTEMPTS: Final = 3
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CRLF: Final = b"\r\n"
 _SAFE_METHODS: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
-# The status an exchange whose client went away before its answer is counted with.
-CLIENT_GONE: Final = 499
 # What Exchange._end does with the upstream connection.
 UPSTREAM_POOL: Final = 0
 UPSTREAM_ABORT: Final = 1

@@ -84,7 +84,7 @@ class InboundH2:
 
         def done(p: StreamPair) -> None:
             stats = table.inbound_stats_for(
-                self.peer_namespace, src, p.status or 502, tls, grpc_status_label(p.grpc_status)
+                self.peer_namespace, src, p.outcome, tls, grpc_status_label(p.grpc_status)
             )
             stats.observe(perf_counter() - p.started)
             if request is not None:

@@ -320,7 +320,12 @@ class H1Exchange:
     def response_head(self, head: ResponseHead) -> None:
         status = head.status
         if status < 200:
-            self.interim = True  # 1xx, a 100 Continue included: this hop answered that
+            self.interim = True  # its end is not the response's
+            if status not in (100, 101):
+                # 102, 103 Early Hints...: passed on (RFC 9110 15.2). A 100 Continue is
+                # this hop's to say (see _bind), and a 101 cannot happen here.
+                fields = forwardable([(n.lower(), v) for n, v in head.headers])
+                self._informational(b"%d" % status, fields)
             return
         pair = self.pair
         down = pair.down
@@ -454,12 +459,12 @@ class H1Exchange:
         if self.on_done is not None:
             self.on_done(pair)
 
-    def _informational(self, status: bytes) -> None:
+    def _informational(self, status: bytes, fields: Headers | None = None) -> None:
         down = self.pair.down
         conn = down.conn
         if conn is not None and not conn.closed:
             try:
-                conn.h2.send_headers(down.stream_id, [(b":status", status)])
+                conn.h2.send_headers(down.stream_id, [(b":status", status), *(fields or ())])
             except h2.exceptions.H2Error:
                 conn.reset(down, h2.errors.ErrorCodes.INTERNAL_ERROR)
                 return

@@ -246,12 +246,18 @@ class StreamUpstream:
         if self.closed:
             return
         self.closed = True
+        # What the peer sent for this stream counts against the shared connection's
+        # window until acknowledged: what was handed to the client while its buffer was
+        # full, and what still waits here. A client that stopped reading and left must
+        # not shrink every other stream's window for good.
+        held, self.held = self.held, 0
+        drop_pending(self.pair.down)
+        self._acknowledge(held)
         up = self.pair.up
         if up.conn is not None and not (up.recv_end and up.sent_end):
             up.conn.reset(up, h2.errors.ErrorCodes.CANCEL)
         else:
             self.pair.finish()
-        drop_pending(self.pair.down)
 
     def abort(self) -> None:
         self.close()
@@ -303,6 +309,28 @@ class StreamUpstream:
             self.handler.response_end(None)
         if self.exchange is ex:
             carry(self.pair.down)  # written to the client with the DATA that follows
+
+    def informational(self, headers: Headers) -> None:
+        """A 1xx (102, 103 Early Hints...): on to an HTTP/1.1 client as an HTTP/1.1
+        upstream's would go (Exchange.response_head); a 100 Continue is the exchange's
+        own to say, when the request asked for it (Exchange.bind)."""
+        ex = self.exchange
+        if ex is None or self.closed:
+            return
+        self.answered = True  # the request reached the peer: it is not sent again
+        status = 0
+        fields: Headers = []
+        for name, value in headers:
+            if name == b":status":
+                status = int(value) if value.isdigit() else 0
+            elif name[:1] != b":":
+                fields.append((name, value))
+        if status in (0, 100, 101) or not 100 <= status < 200:
+            return
+        self.handler.response_head(ResponseHead(status, b"", fields))
+        self.handler.response_end(None)  # the 1xx's end, not the response's
+        if self.exchange is ex:
+            carry(self.pair.down)
 
     def send(self) -> None:
         """Response DATA, trailers or its end are queued on the downstream half."""

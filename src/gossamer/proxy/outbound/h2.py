@@ -113,7 +113,7 @@ def _count_unrouted(dp: Plane, pair: StreamPair, request: StreamRequest | None) 
     are, to destination "unknown"."""
 
     def done(p: StreamPair) -> None:
-        dp.table.unrouted_stats(p.status or 502).observe(perf_counter() - p.started)
+        dp.table.unrouted_stats(p.outcome).observe(perf_counter() - p.started)
         if request is not None:
             observed(dp, "outbound", request, p)
 
@@ -394,7 +394,7 @@ class _OutboundStream:
         if load is not None and p.status:
             load.observe(seconds, now)
         self._let_go(failed=failed(p.status, p.grpc_status) if p.status else None)
-        call.stats(p.status or 502, grpc_status_label(p.grpc_status)).observe(seconds)
+        call.stats(p.outcome, grpc_status_label(p.grpc_status)).observe(seconds)
         request = self.request
         if request is not None:
             request.retries = call.retries

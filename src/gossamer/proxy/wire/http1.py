@@ -39,6 +39,9 @@ K_UPGRADE: Final = 8
 
 SRC_SERVICE_HEADER: Final = b"gossamer-src-service"
 ERROR_HEADER: Final = b"gossamer-error"
+# The status a request whose client went away before its answer is counted with
+# (nginx's client-closed-request), over HTTP/1.1 and HTTP/2 alike.
+CLIENT_GONE: Final = 499
 # On an HTTP/1.x request carried between two proxies as an HTTP/2 stream
 # (proxy.outbound.h1to2): the version the app spoke, for the peer's tap and access log.
 ORIG_PROTO_HEADER: Final = b"gossamer-orig-proto"

@@ -97,6 +97,7 @@ from hyperframe.frame import (
 )
 
 from gossamer.proxy.wire import h2codec
+from gossamer.proxy.wire.http1 import CLIENT_GONE, ORIG_PROTO_HEADER, SRC_SERVICE_HEADER
 from gossamer.proxy.wire.limits import MAX_HEADERS, InFlight
 
 log = logging.getLogger("gossamer.proxy")
@@ -365,6 +366,9 @@ class Receiver(Carrier, Protocol):
     def response(self, headers: Headers, ended: bool) -> None:
         """A downstream carrier's response head (pseudo-headers and all), checked."""
 
+    def informational(self, headers: Headers) -> None:
+        """A downstream carrier's 1xx response head (pseudo-headers and all), checked."""
+
     def fail(self, status: int, reason: str) -> None:
         """A downstream carrier's client is to be answered with a proxy-made error."""
 
@@ -424,6 +428,7 @@ class StreamPair:
     """
 
     __slots__ = (
+        "client_gone",
         "done",
         "down",
         "grpc_status",
@@ -449,6 +454,8 @@ class StreamPair:
         self.started = started
         self.status = 0
         self.grpc_status: bytes | None = None
+        # The client reset its stream, or its connection went, before any answer.
+        self.client_gone = False
         self.on_done: Callable[[StreamPair], None] | None = None
         self.done = False
         # Retries (proxy.forward.streams): the request's DATA kept to send again, while it fits
@@ -631,6 +638,13 @@ class StreamPair:
         down.sent_end = True
         conn._settle(down)
         conn.flush()
+
+    @property
+    def outcome(self) -> int:
+        """The status a finished stream is counted with: its answer's, else 499 (nginx's
+        client-closed-request, as an HTTP/1.1 exchange counts it) when the client left
+        first, else 502."""
+        return self.status or (CLIENT_GONE if self.client_gone else 502)
 
     def finish(self) -> None:
         if not self.done:
@@ -823,8 +837,8 @@ class H2Connection(asyncio.Protocol):
         self.streams += 1
         self._last_taken = stream_id
         headers = list(event.headers)
-        if len(headers) > MAX_HEADERS:
-            self._too_many_fields(stream_id, len(headers), event.stream_ended is not None)
+        if len(headers) > MAX_HEADERS and (fields := _fields(headers)) > MAX_HEADERS:
+            self._too_many_fields(stream_id, fields, event.stream_ended is not None)
         else:
             _check(headers, REQUEST_PSEUDO)
             if self.handler is None:
@@ -934,12 +948,10 @@ class H2Connection(asyncio.Protocol):
         half = self.halves.pop(event.stream_id or 0, None)
         if half is not None:
             pair = half.pair
-            if (
-                half is pair.down
-                and not pair.status
-                and perf_counter() - pair.started < PREMATURE_RESET_LIFETIME
-            ):
-                self._premature_reset()
+            if half is pair.down and not pair.status:
+                pair.client_gone = True
+                if perf_counter() - pair.started < PREMATURE_RESET_LIFETIME:
+                    self._premature_reset()
             on_reset = pair.on_reset if half is pair.up and not pair.status else None
             if on_reset is not None and on_reset(pair):
                 return
@@ -980,6 +992,8 @@ class H2Connection(asyncio.Protocol):
             with contextlib.suppress(h2.exceptions.H2Error):
                 other.conn.h2.send_headers(other.stream_id, forwardable(headers))
             other.conn.flush()
+        elif other is not None and other.carrier is not None:
+            cast(Receiver, other.carrier).informational(headers)
 
     def _premature_reset(self) -> None:
         self._premature += 1
@@ -1200,10 +1214,23 @@ _ENDED: Final = StreamPair(None, 0, 0.0)
 _ENDED.done = True
 
 
+# What a header block may carry besides MAX_HEADERS fields: the pseudo-headers, and the
+# mesh's own fields a peer proxy adds (an HTTP/1.1 request the app sent with MAX_HEADERS
+# fields passes between proxies as a stream as it does as HTTP/1.1).
+_NOT_COUNTED: Final = frozenset((SRC_SERVICE_HEADER, ORIG_PROTO_HEADER))
+
+
+def _fields(headers: Headers) -> int:
+    """The header fields a request's limit counts (MAX_HEADERS, as for HTTP/1.1)."""
+    return sum(1 for name, _ in headers if name[:1] != b":" and name not in _NOT_COUNTED)
+
+
 def _lost(half: _Half, reason: str) -> None:
     """`half`'s stream is gone with its connection (or was refused by a GOAWAY)."""
     pair = half.pair
     other = half.other
+    if half is pair.down and not pair.status:
+        pair.client_gone = True
     if half is pair.up and not pair.status:
         if pair.on_reset is not None and pair.on_reset(pair):
             return
