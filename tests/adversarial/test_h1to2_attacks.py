@@ -347,11 +347,6 @@ async def test_clients_that_give_up_do_not_make_the_peer_close_the_shared_connec
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason="requests bound to a new peer link before its SETTINGS come are refused 503 past "
-    "the engine's assumed 100 streams: Streamer._bind checks MAX_STREAMS (256) only",
-)
 async def test_a_burst_on_a_new_peer_connection_is_not_refused_503(mesh: Mesh) -> None:
     """120 clients send a request at once to a peer the client proxy has no connection
     to yet. They are bound to the new link as it connects, before the peer's SETTINGS

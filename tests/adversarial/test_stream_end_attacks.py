@@ -221,11 +221,6 @@ async def test_an_apps_103_early_hints_reaches_an_http2_client(mesh: Mesh) -> No
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason="HTTP/2 streams put on a new peer link before the peer's SETTINGS come are "
-    "refused 503 past the engine's assumed 100 (the peer allows MAX_STREAMS, 256)",
-)
 async def test_a_burst_of_http2_streams_to_a_new_peer_link_is_not_refused(mesh: Mesh) -> None:
     """h2load opens one connection to the client proxy and sends 150 requests on it at
     once, to a peer the client proxy has no connection to yet. They are all attached to

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from gossamer.proxy.forward.exchange import ConnectError, Pool
 from gossamer.proxy.observe.hooks import Caller, StreamRequest
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossamer.proxy")
 
 _Waiter = Callable[[H2Connection | ConnectError], None]
+# How long a new HTTP/2 connection may take to send its SETTINGS (the first frame a
+# server sends, RFC 9113 3.4) before it is given up.
+SETTINGS_TIMEOUT: Final = 10.0
 # Opens a connection to a peer or the app with the given protocol factory.
 Opener = Callable[
     [Callable[[], H2Connection]], Awaitable[tuple[asyncio.BaseTransport, asyncio.Protocol]]
@@ -98,6 +101,7 @@ class Links:
         try:
             _, protocol = await opener(factory)
             assert isinstance(protocol, H2Connection)
+            await _settled(protocol, name)
             result = protocol
             self.conns[key] = protocol
         except ConnectError as e:
@@ -107,6 +111,25 @@ class Links:
             result = ConnectError(502, f"connect to {name} failed: {e}")
         for waiter in self.waiting.pop(key, []):
             waiter(result)
+
+
+async def _settled(conn: H2Connection, name: str) -> None:
+    """Wait for the peer's first SETTINGS on a new connection: streams opened before it
+    are held to the engine's assumption of 100 at once (RFC 9113 6.5.2 leaves it open),
+    and a burst past that was refused where the peer takes MAX_STREAMS."""
+    if conn.peer_settings:
+        return
+    conn.settled = asyncio.get_running_loop().create_future()
+    try:
+        async with asyncio.timeout(SETTINGS_TIMEOUT):
+            await conn.settled
+    except TimeoutError:
+        conn.close()
+        raise ConnectError(
+            504, f"{name} sent no HTTP/2 SETTINGS in {SETTINGS_TIMEOUT:g}s"
+        ) from None
+    if conn.closed:
+        raise ConnectError(502, f"{name} closed the connection before its HTTP/2 SETTINGS")
 
 
 def observe(

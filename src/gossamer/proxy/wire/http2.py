@@ -743,6 +743,10 @@ class H2Connection(asyncio.Protocol):
         # A write is owed: what h2 has to send goes out once, at the end of this loop
         # turn, not once per event (see `flush`).
         self._flush_scheduled = False
+        # Whether the peer's first SETTINGS came, and who waits for it (streams.Links:
+        # a new connection takes streams once it is known how many).
+        self.peer_settings = False
+        self.settled: asyncio.Future[None] | None = None
 
     # ---- asyncio.Protocol --------------------------------------------------------------
 
@@ -773,6 +777,8 @@ class H2Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.settled is not None and not self.settled.done():
+            self.settled.set_result(None)  # the waiter sees `closed`
         halves, self.halves = self.halves, {}
         for half in halves.values():
             _lost(half, f"upstream reset: {self.name} closed the connection")
@@ -972,7 +978,12 @@ class H2Connection(asyncio.Protocol):
             self._pump_all()
 
     def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
-        """New settings may open windows: send what waited."""
+        """New settings may open windows: send what waited. The first says how many
+        streams the peer takes (until then the engine assumes 100): see `settled`."""
+        if not self.peer_settings:
+            self.peer_settings = True
+            if self.settled is not None and not self.settled.done():
+                self.settled.set_result(None)
         self._pump_all()
 
     def _on_terminated(self, event: h2.events.ConnectionTerminated) -> None:
