@@ -725,7 +725,7 @@ class Exchange:
             self._unpend()
         if upstream is not None:
             upstream.exchange = None
-            upstream.reader.set_handler(_DISCARD, False)
+            upstream.reader.set_handler(DISCARD, False)
             upstream.abort()
             if self.load is not None:
                 self.load.outstanding -= 1
@@ -1185,7 +1185,8 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class _Discard:
-    """Reads the rest of a response that a retry has replaced, into nowhere."""
+    """Reads the rest of a response that a retry has replaced, into nowhere; also what a
+    stream with no exchange bound hands its response to (proxy.outbound.h1to2)."""
 
     def response_head(self, head: ResponseHead) -> None:
         pass
@@ -1200,7 +1201,7 @@ class _Discard:
         raise ProtocolError(502, "upstream switched protocols unasked")
 
 
-_DISCARD: Final = _Discard()
+DISCARD: Final = _Discard()
 
 
 class _NoHandler:

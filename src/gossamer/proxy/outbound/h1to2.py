@@ -47,6 +47,7 @@ import h2.exceptions
 from gossamer.proxy.forward.connect import PeerPool
 from gossamer.proxy.forward.exchange import (
     BUFFER_LIMIT,
+    DISCARD,
     PAUSE_UPSTREAM,
     ConnectError,
     Exchange,
@@ -137,25 +138,6 @@ def request_headers(ex: Exchange, src_line: bytes) -> Headers:
     return headers
 
 
-class _Nowhere:
-    """The response handler of a stream no exchange is bound to (yet)."""
-
-    def response_head(self, head: ResponseHead) -> None:
-        pass
-
-    def response_body(self, data: bytes) -> None:
-        pass
-
-    def response_end(self, trailers: Headers | None) -> None:
-        pass
-
-    def response_upgrade(self, data: bytes) -> None:
-        pass
-
-
-_NOWHERE: Final = _Nowhere()
-
-
 class StreamUpstream:
     """One try of an exchange, as a stream on a peer's HTTP/2 connection (see the
     module docstring): the exchange's `Upstream`, and its pair's downstream carrier."""
@@ -188,7 +170,7 @@ class StreamUpstream:
         self.read_paused = False
         self.closed = False
         self.started = False  # HEADERS sent
-        self.handler: ResponseHandler = _NOWHERE
+        self.handler: ResponseHandler = DISCARD
         self.head_only = False
         self.held = 0  # response bytes handed on while the client's buffer was full
         self.unsent = 0  # request bytes queued on the stream, not yet sent
