@@ -58,6 +58,7 @@ H2_CODEC_SUITES = frozenset(
         "test_h2_hardening",
         "test_h2_hooks",
         "test_h2to1",
+        "test_h1to2",
         "test_e2e_grpc",
     )
 )

@@ -33,6 +33,7 @@ RESET_AFTER_HEAD = "send the response head, then reset the stream"
 DROP = "drop the connection before any answer"
 REFUSE = "GOAWAY that refuses the stream"
 ANSWER = "answer"
+LYING_LENGTH = "answer with a content-length of 100 and no body (END_STREAM on the head)"
 
 
 class StreamPeer:
@@ -110,6 +111,12 @@ class StreamPeer:
                                 sid, [(b":status", b"200"), (b"content-length", b"100")]
                             )
                             conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                        elif move == LYING_LENGTH:
+                            conn.send_headers(
+                                sid,
+                                [(b":status", b"200"), (b"content-length", b"100")],
+                                end_stream=True,
+                            )
                         elif move == ANSWER:
                             self.bodies.append(bytes(bodies.get(sid, b"")))
                             name = self.name.encode()
@@ -289,3 +296,18 @@ async def test_a_stream_reaches_an_http1_app_as_the_http1_request_it_was(
             assert server.h2_connections
     finally:
         await app.close()
+
+
+@pytest.mark.asyncio
+async def test_a_response_that_ends_short_of_its_length_is_a_502(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer]
+) -> None:
+    """A peer's head that says 100 bytes follow and ends the stream: the client gets a
+    502 (the nghttp2 engine ends the connection over it, h1to2 refuses it on the others),
+    as when an HTTP/1.1 upstream closes short, never a head promising a body that will not
+    come; the next request is answered."""
+    await one_peer(pki, client, peers, (LYING_LENGTH,))
+    status, error, _ = await send(client)
+    assert status == 502
+    assert "upstream reset" in error or "content-length" in error
+    assert await send(client) == (200, "", b"echo-1")

@@ -271,6 +271,15 @@ class StreamUpstream:
                 length = value
             else:
                 fields.append((name, value))
+        if length is not None and (
+            not length.isdigit()
+            or (ended and int(length) and not self.head_only and status not in _NO_BODY_STATUS)
+        ):
+            # What an HTTP/1.1 client must not be given: a length that is no number, or
+            # a head whose stream ended while its length says a body follows (the
+            # nghttp2 engine ends such a connection; the pure-Python one lets it by).
+            ex.fail(502, f"malformed response from {self.pool.name}: content-length {length!r}")
+            return
         head = ResponseHead(status, b"", fields)
         head.content_length = length
         if self.head_only or status in _NO_BODY_STATUS:
