@@ -655,3 +655,31 @@ async def test_a_stream_to_an_http11_app_is_counted_as_an_inbound_request(pki: P
         dst_service="echo", tls="true",
     )  # fmt: skip
     assert requests == 1
+
+
+# ---- the response timeout ----------------------------------------------------------------
+
+
+async def _early_hints_then_nothing(reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    w.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+    await w.drain()
+    await reader.read()  # and never the final answer
+
+
+@pytest.mark.asyncio
+async def test_an_app_that_sends_only_early_hints_times_out(pki: Pki) -> None:
+    """The 103 goes on to the HTTP/2 client (RFC 9110 15.2) and is no answer: the
+    response timeout still runs, and the stream is answered 504, as over HTTP/1.1."""
+    async with (
+        raw_app(_early_hints_then_nothing) as port,
+        through_mesh(pki, port) as (
+            client,
+            server,
+        ),
+    ):
+        server.config.response_timeout = 0.5
+        answer = await client.request("/")
+        assert answer.status == 504
+        assert b"sent no response" in (answer.header(b"gossamer-error") or b"")
+        assert all(not app.carried for app in server._apps.values())

@@ -439,7 +439,7 @@ class H1Exchange:
         self.pool.carried.pop(self, None)
         if not self.pair.up.sent_end:
             self.pool.carried[self] = self.pool.loop.time()  # the request is still going out
-        elif not self.pair.status and not self.interim:
+        elif not self.pair.status:  # (a 1xx, passed on or not, is no answer)
             self._fail(504, f"upstream timeout: {self.pool.name} sent no response in {seconds:g}s")
 
     def _abort(self) -> None:
