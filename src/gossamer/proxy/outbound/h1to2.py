@@ -110,15 +110,10 @@ class Streamer:
             # place (or be refused); a connection of its own serves it now.
             ex.own_connection(pool)
             return
-        ex.bind(StreamUpstream(link, pool, self.dp.table.src_service_line))
+        ex.bind(StreamUpstream(link, pool, self.dp.table.src_service))
 
 
-def _src_service(line: bytes) -> bytes:
-    """The value of the `gossamer-src-service` line the route table keeps ready."""
-    return line.partition(b": ")[2].strip()
-
-
-def request_headers(ex: Exchange, src_line: bytes) -> Headers:
+def request_headers(ex: Exchange, src_service: bytes) -> Headers:
     """The exchange's request head as an HTTP/2 header list (RFC 9113 8.3.1): what the
     HTTP/1.1 head would say, with the hop-by-hop fields already gone (its reader drops
     them) and every name lower-cased."""
@@ -132,8 +127,8 @@ def request_headers(ex: Exchange, src_line: bytes) -> Headers:
     headers.extend([(name.lower(), value) for name, value in head.headers])
     if head.body == BODY_LENGTH:
         headers.append((b"content-length", head.content_length or b"0"))
-    if src_line:
-        headers.append((SRC_SERVICE_HEADER, _src_service(src_line)))
+    if src_service:
+        headers.append((SRC_SERVICE_HEADER, src_service))
     headers.append((ORIG_PROTO_HEADER, _HTTP11 if head.http11 else _HTTP10))
     return headers
 
@@ -154,16 +149,16 @@ class StreamUpstream:
         "pool",
         "read_paused",
         "reused",
-        "src_line",
+        "src_service",
         "started",
         "unsent",
         "write_paused",
     )
 
-    def __init__(self, conn: H2Connection, pool: PeerPool, src_line: bytes) -> None:
+    def __init__(self, conn: H2Connection, pool: PeerPool, src_service: bytes) -> None:
         self.conn = conn
         self.pool = pool
-        self.src_line = src_line
+        self.src_service = src_service
         self.exchange: Exchange | None = None
         self.answered = False
         self.write_paused = False
@@ -213,7 +208,7 @@ class StreamUpstream:
             up.ended = True
         if not self.started:
             self.started = True
-            self.pair.attach(self.conn, request_headers(ex, self.src_line))
+            self.pair.attach(self.conn, request_headers(ex, self.src_service))
         elif queued or up.ended:
             self.conn.pump(up)
         if self.unsent > BUFFER_LIMIT and not self.write_paused and not self.closed:

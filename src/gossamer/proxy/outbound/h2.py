@@ -293,7 +293,7 @@ class _OutboundStream:
         if contexts is None or contexts.client_h2 is None:
             self.fail(503, "no certificate yet to call peers with")
             return
-        src = dp.table.src_service_line.partition(b": ")[2].strip()
+        src = dp.table.src_service
         fwd = forwardable(self.headers, _DROP_FROM_APP)
         if src:
             fwd.append((SRC_SERVICE_HEADER, src))

@@ -192,6 +192,7 @@ class RouteTable(Generic[P]):
         self.workload = ""
         self.service = ""
         self.src_service_line = b""
+        self.src_service = b""  # its value, as an HTTP/2 stream carries it
         self._host_cache: dict[bytes, Route[P] | NoRoute | str] = {}
         # Filled in by the data plane: TLS server name → the local port it names.
         self.local_routes: dict[str, LocalRoute] = {}
@@ -206,7 +207,8 @@ class RouteTable(Generic[P]):
         self.namespace = me.namespace
         self.workload = me.workload
         self.service = me.services[0] if me.services else me.workload
-        self.src_service_line = b"gossamer-src-service: " + self.service.encode() + b"\r\n"
+        self.src_service = self.service.encode()
+        self.src_service_line = b"gossamer-src-service: " + self.src_service + b"\r\n"
         self.interests = frozenset(snapshot.interests)
         self.local_ports = {p.port: p for p in me.ports}
         src = (self.namespace, self.service)
