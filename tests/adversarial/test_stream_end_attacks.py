@@ -79,20 +79,15 @@ async def test_an_http2_request_to_an_app_whose_port_moved_still_times_out(
     assert (rc, got) == (0, "2 504")
 
 
-@pytest.mark.asyncio
-async def test_h2load_through_two_proxies_leaves_no_stream_and_the_sentinel_unchanged(
-    mesh: Mesh,
-) -> None:
-    """h2load sends 400 requests on 4 connections of 25 streams each through both
-    proxies (HTTP/2 to the peer, h2to1 to the app): all succeed, every stream is
-    forgotten on both sides (`halves`, `carried`), and the shared `_ENDED` pair that
-    finished halves point to is still a pair with nothing on it."""
+async def h2load(mesh: Mesh, requests: int, connections: int, streams: int) -> bytes:
+    """Run h2load against the client proxy's outbound listener (`:authority: echo`),
+    bounded to 30 s; what it printed."""
     host, port = mesh.outbound
     proc = await asyncio.create_subprocess_exec(
         "h2load",
-        "-n400",
-        "-c4",
-        "-m25",
+        f"-n{requests}",
+        f"-c{connections}",
+        f"-m{streams}",
         "-H",
         ":authority: echo",
         f"http://{host}:{port}/",
@@ -105,6 +100,18 @@ async def test_h2load_through_two_proxies_leaves_no_stream_and_the_sentinel_unch
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+    return out
+
+
+@pytest.mark.asyncio
+async def test_h2load_through_two_proxies_leaves_no_stream_and_the_sentinel_unchanged(
+    mesh: Mesh,
+) -> None:
+    """h2load sends 400 requests on 4 connections of 25 streams each through both
+    proxies (HTTP/2 to the peer, h2to1 to the app): all succeed, every stream is
+    forgotten on both sides (`halves`, `carried`), and the shared `_ENDED` pair that
+    finished halves point to is still a pair with nothing on it."""
+    out = await h2load(mesh, 400, 4, 25)
     assert b"400 succeeded, 0 failed, 0 errored" in out, out.decode()[-600:]
     for _ in range(200):
         servers = [c for w in mesh.workloads for c in w.proxy.h2_connections]
@@ -235,22 +242,5 @@ async def test_a_burst_of_http2_streams_to_a_new_peer_link_is_not_refused(mesh: 
     mesh.workloads[0].app.delay = 0.3  # so that they are all in flight together
     for app_pool in mesh.workloads[0].proxy._apps.values():
         app_pool.timeout = 10.0  # past the echo app's listen backlog (100), on any loop
-    host, port = mesh.outbound
-    proc = await asyncio.create_subprocess_exec(
-        "h2load",
-        "-n150",
-        "-c1",
-        "-m150",
-        "-H",
-        ":authority: echo",
-        f"http://{host}:{port}/",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    out = await h2load(mesh, 150, 1, 150)
     assert b"status codes: 150 2xx, 0 3xx, 0 4xx, 0 5xx" in out, out.decode()[-600:]
