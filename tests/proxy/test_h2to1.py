@@ -680,6 +680,7 @@ async def test_an_app_that_sends_only_early_hints_times_out(pki: Pki) -> None:
     ):
         server.config.response_timeout = 0.5
         answer = await client.request("/")
+        assert [dict(h).get(b":status") for h in answer.informational] == [b"103"]
         assert answer.status == 504
         assert b"sent no response" in (answer.header(b"gossamer-error") or b"")
         assert all(not app.carried for app in server._apps.values())
