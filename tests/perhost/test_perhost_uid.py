@@ -131,7 +131,10 @@ def test_workloads_on_a_plain_host_are_told_apart_by_uid(tmp_path: Path) -> None
                 code, _ = curl_as(node, BOB, "-x", f"http://{address}:4140", "http://echo.shop/")
                 assert code == 7, address  # couldn't connect
             code, _ = curl_as(node, BOB, "-x", f"http://{node.address}:4140", "http://echo.shop/")
-            assert code == 52  # an empty reply: no request reached echo as alice, nor at all
+            # No reply at all: no request reached echo as alice, nor at all. The listener
+            # that finds nothing closes the connection; whether curl sees the close (52,
+            # empty reply) or a reset (56) depends on timing (one CI run in three saw 56).
+            assert code in (52, 56)
             # Nor does root (any other uid) get alice's identity that way.
             r = node.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time",
                          "10", "-x", "http://127.0.0.1:4140", "http://echo.shop/")  # fmt: skip
