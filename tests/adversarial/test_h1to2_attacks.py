@@ -309,12 +309,7 @@ async def _impatient_get(address: tuple[str, int], patience: float) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason="HTTP/1.1 clients that give up make the peer take the client proxy for a rapid "
-    "reset attacker: GOAWAY ENHANCE_YOUR_CALM on the shared link, other clients' POSTs cut",
-)
-async def test_clients_that_give_up_do_not_make_the_peer_close_the_shared_connection(
+async def test_clients_that_give_up_cost_the_other_clients_of_the_shared_connection_nothing(
     mesh: Mesh,
 ) -> None:
     """150 clients each ask for a slow answer and leave after 0.3 s, while other clients
@@ -322,9 +317,11 @@ async def test_clients_that_give_up_do_not_make_the_peer_close_the_shared_connec
     connection of its own; as streams, each is an RST_STREAM CANCEL on the one peer
     connection (StreamUpstream.close), within PREMATURE_RESET_LIFETIME of its start, so
     the peer's rapid-reset guard (H2Connection._premature_reset: half of 100 or more
-    streams) says GOAWAY ENHANCE_YOUR_CALM to the client proxy as a whole: streams past
-    its last id are refused, a POST among them is answered 502 (not sent again), and the
-    link every client of the proxy shares is closed."""
+    streams) may take the client proxy for an attacker and drain the link with GOAWAY
+    ENHANCE_YOUR_CALM, as Envoy's does in Istio. That costs the link, not a request:
+    the streams open on it finish, and a POST that crossed the GOAWAY was refused
+    unprocessed and is sent again on a new link (RFC 9113 8.1.4; decision 0112), where
+    it was once answered 502."""
     _one_endpoint(mesh)
     mesh.workloads[0].app.delay = 0.5
     await raw_exchange(mesh.outbound, b"GET / HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n")
@@ -342,8 +339,8 @@ async def test_clients_that_give_up_do_not_make_the_peer_close_the_shared_connec
         await asyncio.sleep(0.005)
     await asyncio.gather(*leaving)
     answers = await asyncio.gather(*posts)
-    assert not link.draining and not link.closed  # no GOAWAY from the peer
     assert Counter(a[:12] for a in answers) == {b"HTTP/1.1 200": len(posts)}
+    assert link.draining or link.closed  # the guard took it: the case this is about
 
 
 @pytest.mark.asyncio

@@ -166,12 +166,7 @@ async def h2_call(
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason="HTTP/2 clients whose deadlines pass (each on a connection of its own) make the "
-    "peer take the client proxy for a rapid reset attacker: GOAWAY on the shared link",
-)
-async def test_http2_clients_that_give_up_do_not_make_the_peer_close_the_shared_link(
+async def test_http2_clients_that_give_up_cost_the_other_callers_of_the_shared_link_nothing(
     mesh: Mesh,
 ) -> None:
     """150 HTTP/2 clients, each on a connection of its own (under any per-connection
@@ -179,9 +174,11 @@ async def test_http2_clients_that_give_up_do_not_make_the_peer_close_the_shared_
     clients with a deadline do; other clients POST to the same peer meanwhile. The client
     proxy cancels each stream on its one connection to the peer, and the peer's
     rapid-reset guard (H2Connection._premature_reset: half of 100 or more streams reset
-    within PREMATURE_RESET_LIFETIME) counts the client proxy, which carries every
-    workload's calls, as one attacker: GOAWAY ENHANCE_YOUR_CALM on the link all of them
-    share, and calls in flight past its last stream id fail."""
+    within PREMATURE_RESET_LIFETIME) may count the client proxy, which carries every
+    workload's calls, as one attacker and drain the link they share with GOAWAY
+    ENHANCE_YOUR_CALM. The calls in flight on it finish, and one that crossed the GOAWAY
+    was refused unprocessed and is sent again on a new link (RFC 9113 8.1.4; decision
+    0112): every POST is answered 200, where those were once cut."""
     only = ServiceView(
         "echo", "default", (ServicePort(80, "http", None, (mesh.workloads[0].endpoint(),)),)
     )
@@ -197,8 +194,8 @@ async def test_http2_clients_that_give_up_do_not_make_the_peer_close_the_shared_
         await asyncio.sleep(0.005)
     assert set(await asyncio.gather(*leaving)) == {None}
     statuses = await asyncio.gather(*posts)
-    assert not link.draining and not link.closed  # no GOAWAY from the peer
     assert Counter(statuses) == {200: len(posts)}
+    assert link.draining or link.closed  # the guard took it: the case this is about
 
 
 @pytest.mark.asyncio
@@ -244,3 +241,44 @@ async def test_a_burst_of_http2_streams_to_a_new_peer_link_is_not_refused(mesh: 
         app_pool.timeout = 10.0  # past the echo app's listen backlog (100), on any loop
     out = await h2load(mesh, 150, 1, 150)
     assert b"status codes: 150 2xx, 0 3xx, 0 4xx, 0 5xx" in out, out.decode()[-600:]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "field",
+    [b"x-sloppy: v \r\n", b"x-sloppy:\tv\t\r\n", b"Host: a\r\nHost: b\r\nx-sloppy: v\r\n"],
+    ids=["a trailing space", "tabs around", "two host fields"],
+)
+async def test_an_http1_apps_sloppy_header_neither_fails_the_call_nor_ends_the_shared_link(
+    mesh: Mesh, field: bytes
+) -> None:
+    """An HTTP/1.1 app's response field with whitespace after its value (which HTTP/1.1
+    parsers keep and RFC 9110 5.5 says is not part of it), or a response with two Host
+    fields, called by an HTTP/2 client: the server proxy's h2to1 made HEADERS with it,
+    which the client proxy found malformed (RFC 9113 8.2.1) and answered by ending the
+    whole link to that peer with PROTOCOL_ERROR, every other caller's streams with it;
+    the client got a 502. Now h2to1 sends the value without the whitespace
+    (`http2.from_http1`), a Host field in a response is not checked as a request's is,
+    and a malformed block is a stream error only."""
+    only = ServiceView(
+        "echo", "default", (ServicePort(80, "http", None, (mesh.workloads[0].endpoint(),)),)
+    )
+    mesh.client.apply_snapshot(mesh.client_snapshot(services=(only,)))
+    app = ScriptedApp(b"HTTP/1.1 200 OK\r\n" + field + b"content-length: 2\r\n\r\nok")
+    port = await app.start()
+    try:
+        w = mesh.workloads[0]
+        w.proxy.apply_snapshot(server_snapshot(mesh.pki, w.name, port))
+        links = []
+        for _ in range(2):
+            rc, out, err = await curl(
+                "-v", "--http2-prior-knowledge", "-H", "Host: echo", f"{mesh.proxy_url}/"
+            )
+            assert (rc, out) == (0, b"ok"), err
+            assert "< x-sloppy: v\r" in err.decode() or "< x-sloppy: v\n" in err.decode(), err
+            links.append(list(mesh.client.peer_links.conns.values()))
+    finally:
+        await app.close()
+    assert app.requests == 2
+    first, second = links
+    assert len(first) == 1 and first == second and not first[0].closed  # the same link

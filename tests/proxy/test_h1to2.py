@@ -5,8 +5,10 @@ The replica is played by the test (`StreamPeer`): a peer's inbound listener with
 echo identity over mTLS and ALPN gossamer/h2, speaking HTTP/2 with the `h2` package,
 that answers each stream as its script says: resets it before any answer, sends its
 response head and then resets it, drops the whole connection, says GOAWAY refusing it,
-or answers. So each test says exactly when the stream went, as test_retry_hardening
-does for a connection per request.
+refuses it with REFUSED_STREAM, or answers. HTTP/2 from the app meets the same peer in
+the refused-stream tests (one place for what a refusal means: RFC 9113 8.1.4). So
+each test says exactly when the stream went, as test_retry_hardening does for a
+connection per request.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import pytest
 import pytest_asyncio
 
 from gossamer.proxy.dataplane import DataPlane
+from gossamer.proxy.wire.http2 import REPLAY_LIMIT
+from gossamer.proxy.wire.limits import REFUSED_RETRIES
 from gossamer.proxy.wire.tls import make_contexts
 from tests.proxy.conftest import EchoApp, Pki, curl, fast_config
 from tests.proxy.test_e2e_upgrade import two_proxies
@@ -32,6 +36,7 @@ RESET = "reset the stream before any answer"
 RESET_AFTER_HEAD = "send the response head, then reset the stream"
 DROP = "drop the connection before any answer"
 REFUSE = "GOAWAY that refuses the stream"
+REFUSED = "reset the stream REFUSED_STREAM (not processed)"
 ANSWER = "answer"
 LYING_LENGTH = "answer with a content-length of 100 and no body (END_STREAM on the head)"
 
@@ -90,6 +95,8 @@ class StreamPeer:
                         bodies[sid] = bytearray()
                         if move == RESET:
                             conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                        elif move == REFUSED:
+                            conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
                         elif move == DROP:
                             writer.transport.abort()
                             return
@@ -207,6 +214,127 @@ async def test_a_post_whose_stream_is_reset_is_not_sent_again(
     assert status == 502
     assert "upstream reset" in error
     assert len(peer.requests) == 2
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("move", [REFUSE, REFUSED])
+async def test_a_post_the_peer_refused_unprocessed_is_sent_again_whole(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer], move: str
+) -> None:
+    """A stream past the peer's GOAWAY, or reset REFUSED_STREAM, reached no application
+    (RFC 9113 8.1.4): the POST is sent again, body and all, with no retry policy; on a
+    new connection after a GOAWAY."""
+    peer = await one_peer(pki, client, peers, (ANSWER, move))
+    assert (await send(client))[0] == 200
+    assert await send(client, "POST", b"p" * 3000) == (200, "", b"echo-1")
+    assert [r[b":method"] for r in peer.requests] == [b"GET", b"POST", b"POST"]
+    assert peer.bodies == [b"", b"p" * 3000]
+    assert peer.connections == (2 if move == REFUSE else 1)
+
+
+@pytest.mark.asyncio
+async def test_a_fields_surrounding_whitespace_does_not_reach_the_peer(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer]
+) -> None:
+    """An HTTP/1.1 parser leaves whitespace at a value's end (RFC 9110 5.5: not part of
+    it); in HTTP/2 it makes the block malformed (RFC 9113 8.2.1), which the peer would
+    refuse. The stream carries the value without it."""
+    peer = await one_peer(pki, client, peers, ())
+    assert client.outbound_address is not None
+    reader, writer = await asyncio.open_connection(*client.outbound_address)
+    try:
+        writer.write(
+            b"GET /x HTTP/1.1\r\nHost: echo\r\nX-Sloppy: v \t\r\nConnection: close\r\n\r\n"
+        )
+        data = await asyncio.wait_for(reader.read(), 10.0)
+    finally:
+        writer.transport.abort()
+    assert data.startswith(b"HTTP/1.1 200"), data[:200]
+    (request,) = peer.requests
+    assert request[b"x-sloppy"] == b"v"
+
+
+@pytest.mark.asyncio
+async def test_a_peer_that_refuses_every_time_is_asked_a_bounded_number_of_times(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer]
+) -> None:
+    peer = await one_peer(pki, client, peers, (REFUSED,) * 10)
+    status, error, _ = await send(client, "POST", b"p")
+    assert status == 502
+    assert "upstream reset" in error
+    assert len(peer.requests) == 1 + REFUSED_RETRIES
+
+
+@pytest.mark.asyncio
+async def test_a_refused_post_too_big_to_keep_is_not_sent_again(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer]
+) -> None:
+    """A body over REPLAY_LIMIT is not kept: once part of it went on the refused stream
+    it cannot be sent again, and the client gets a 502."""
+    peer = await one_peer(pki, client, peers, (REFUSED,))
+    status, _, _ = await send(client, "POST", b"p" * (REPLAY_LIMIT + 1))
+    assert status == 502
+    assert len(peer.requests) == 1
+
+
+async def h2_post(client: DataPlane, body: bytes) -> tuple[int, bytes]:
+    """One HTTP/2 POST from the app through the client's outbound, by the `h2` package
+    (no retry of its own, where curl sends a refused stream again itself): (status,
+    body), or (-error code, b"") for a reset stream."""
+    assert client.outbound_address is not None
+    reader, writer = await asyncio.open_connection(*client.outbound_address)
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    conn.initiate_connection()
+    conn.send_headers(
+        1,
+        [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"echo"),
+         (b":path", b"/x"), (b"content-length", b"%d" % len(body))],
+    )  # fmt: skip
+    conn.send_data(1, body, end_stream=True)
+    writer.write(conn.data_to_send())
+    status, got = 0, bytearray()
+    try:
+        while data := await asyncio.wait_for(reader.read(65536), 10.0):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers or [])[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    got.extend(event.data or b"")
+                elif isinstance(event, h2.events.StreamEnded):
+                    return status, bytes(got)
+                elif isinstance(event, h2.events.StreamReset):
+                    return -int(event.error_code or 0), b""
+            writer.write(conn.data_to_send())
+    finally:
+        writer.transport.abort()
+    return status, bytes(got)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("move", [REFUSE, REFUSED])
+async def test_an_http2_post_the_peer_refused_unprocessed_is_sent_again_whole(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer], move: str
+) -> None:
+    """The same for HTTP/2 from the app (proxy.outbound.h2): no retry policy, yet the
+    refused stream goes again with its DATA; the app's stream never sees the refusal."""
+    peer = await one_peer(pki, client, peers, (ANSWER, move))
+    assert (await send(client))[0] == 200
+    assert await h2_post(client, b"q" * 3000) == (200, b"echo-1")
+    assert [r[b":method"] for r in peer.requests] == [b"GET", b"POST", b"POST"]
+    assert peer.bodies == [b"", b"q" * 3000]
+
+
+@pytest.mark.asyncio
+async def test_an_http2_stream_the_peer_refuses_every_time_is_refused_to_the_app(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer]
+) -> None:
+    """After REFUSED_RETRIES, the app's stream is reset REFUSED_STREAM in turn: it was
+    processed nowhere, and the app's client may send it elsewhere."""
+    peer = await one_peer(pki, client, peers, (REFUSED,) * 10)
+    assert await h2_post(client, b"q") == (-h2.errors.ErrorCodes.REFUSED_STREAM, b"")
+    assert len(peer.requests) == 1 + REFUSED_RETRIES
 
 
 @pytest.mark.asyncio

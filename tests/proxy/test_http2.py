@@ -12,6 +12,7 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import hpack
 import pytest
@@ -28,7 +29,7 @@ from gossamer.proxy.wire.http2 import (
     malformed,
 )
 from tests.proxy.conftest import Pki
-from tests.proxy.test_e2e_grpc import PREFACE, SETTINGS, goaway_after
+from tests.proxy.test_e2e_grpc import PREFACE, SETTINGS
 from tests.proxy.test_e2e_upgrade import two_proxies
 
 REQUEST: Headers = [
@@ -334,20 +335,53 @@ async def test_the_end_of_a_request_rides_on_its_last_data_frame() -> None:
     assert any(isinstance(e, h2.events.StreamEnded) for e in events)
 
 
+async def _one_good_call(hop: Any, client: Any, app: Any) -> int:
+    """Another call on the same connections, answered 200: the status the client got."""
+    sid = client.get_next_available_stream_id()
+    client.send_headers(sid, REQUEST, end_stream=True)
+    hop.down.data_received(client.data_to_send())
+    await _turn()
+    got = app.receive_data(hop.up_pipe.take())
+    (request,) = [e for e in got if isinstance(e, h2.events.RequestReceived)]
+    app.send_headers(request.stream_id, RESPONSE, end_stream=True)
+    hop.up.data_received(app.data_to_send())
+    await _turn()
+    to_client = client.receive_data(hop.down_pipe.take())
+    statuses = [
+        int(dict(e.headers)[b":status"])
+        for e in to_client
+        if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid
+    ]
+    assert len(statuses) == 1, to_client
+    return statuses[0]
+
+
 @pytest.mark.asyncio
-async def test_a_malformed_response_from_the_app_ends_its_connection_with_protocol_error() -> None:
+async def test_a_malformed_response_from_the_app_resets_its_stream_not_the_connection() -> None:
+    """RFC 9113 8.1.1: a malformed response is a stream error. The upstream connection
+    (between proxies, a link many callers share) goes on: the stream is reset
+    PROTOCOL_ERROR, its client answered 502, and the next call on both connections is
+    answered."""
     hop, client, app = await _connected()
     sid = client.get_next_available_stream_id()
     client.send_headers(sid, REQUEST, end_stream=True)
     hop.down.data_received(client.data_to_send())
     await _turn()
     app.receive_data(hop.up_pipe.take())
-    app.send_headers(1, [*RESPONSE, (b"connection", b"close")], end_stream=True)
+    app.send_headers(1, [*RESPONSE, (b"connection", b"close")])
     hop.up.data_received(app.data_to_send())
+    await _turn()
     events = app.receive_data(hop.up_pipe.take())
-    terminated = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
-    assert [t.error_code for t in terminated] == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
-    assert hop.up_pipe.closed
+    resets = [(e.stream_id, e.error_code) for e in events if isinstance(e, h2.events.StreamReset)]
+    assert resets == [(1, h2.errors.ErrorCodes.PROTOCOL_ERROR)]
+    assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+    assert not hop.up_pipe.closed
+    to_client = client.receive_data(hop.down_pipe.take())
+    (answer,) = [e for e in to_client if isinstance(e, h2.events.ResponseReceived)]
+    headers = dict(answer.headers or [])
+    assert headers[b":status"] == b"502"
+    assert b"malformed header block" in headers[b"gossamer-error"]
+    assert await _one_good_call(hop, client, app) == 200
 
 
 @pytest.mark.asyncio
@@ -380,10 +414,10 @@ async def test_a_client_that_does_not_read_holds_the_answer_upstream_not_in_the_
 
 
 @pytest.mark.asyncio
-async def test_a_malformed_informational_response_ends_its_connection_not_passed_on() -> None:
+async def test_a_malformed_informational_response_resets_its_stream_not_passed_on() -> None:
     # A 1xx is a response head too (RFC 9113 8.1.1): a CR LF in one of its values is
     # malformed, and an intermediary must not forward it (it would split a field in an
-    # HTTP/1.1 hop).
+    # HTTP/1.1 hop). A stream error: the connection carries the next call.
     hop, client, app = await _connected()
     sid = client.get_next_available_stream_id()
     client.send_headers(sid, REQUEST, end_stream=True)
@@ -394,16 +428,50 @@ async def test_a_malformed_informational_response_ends_its_connection_not_passed
     hop.up.data_received(app.data_to_send())
     await _turn()
     events = app.receive_data(hop.up_pipe.take())
-    terminated = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
-    assert [t.error_code for t in terminated] == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+    resets = [(e.stream_id, e.error_code) for e in events if isinstance(e, h2.events.StreamReset)]
+    assert resets == [(1, h2.errors.ErrorCodes.PROTOCOL_ERROR)]
+    assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
     to_client = client.receive_data(hop.down_pipe.take())
     assert not any(isinstance(e, h2.events.InformationalResponseReceived) for e in to_client)
+    assert await _one_good_call(hop, client, app) == 200
 
 
 def _headers_frame(headers: Headers, stream_id: int = 1) -> bytes:
     block = hpack.Encoder().encode(headers)
     # HEADERS, flags END_STREAM | END_HEADERS.
     return len(block).to_bytes(3, "big") + b"\x01\x05" + stream_id.to_bytes(4, "big") + block
+
+
+async def _frames_after(address: tuple[str, int], data: bytes) -> tuple[list[int], int | None]:
+    """Send `data` on a fresh connection, then a PING, and another once that is answered
+    (so that all the proxy did about `data` was written before the second ACK); read
+    raw frames until that ACK (the connection went on) or the connection's end: the
+    error codes of the RST_STREAMs on stream 1, and that of a GOAWAY (None if none)."""
+    reader, writer = await asyncio.open_connection(*address)
+    ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00"
+    resets: list[int] = []
+    try:
+        writer.write(data + ping + b"liveness")
+        buf = b""
+        while True:
+            got = await asyncio.wait_for(reader.read(65536), 5.0)
+            if not got:
+                return resets, None
+            buf += got
+            while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                size = int.from_bytes(buf[:3], "big")
+                kind, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big")
+                payload, buf = buf[9 : 9 + size], buf[9 + size :]
+                if kind == 0x3 and sid == 1:
+                    resets.append(int.from_bytes(payload, "big"))
+                elif kind == 0x7:
+                    return resets, int.from_bytes(payload[4:8], "big")
+                elif kind == 0x6 and flags & 0x1 and payload == b"liveness":
+                    writer.write(ping + b"and more")
+                elif kind == 0x6 and flags & 0x1 and payload == b"and more":
+                    return resets, None
+    finally:
+        writer.transport.abort()
 
 
 @pytest.mark.parametrize(
@@ -416,10 +484,13 @@ def _headers_frame(headers: Headers, stream_id: int = 1) -> bytes:
     ids=["an uppercase name", "a pseudo-header out of place", "no :method"],
 )
 @pytest.mark.asyncio
-async def test_a_malformed_request_through_the_listener_gets_goaway_protocol_error(
+async def test_a_malformed_request_through_the_listener_gets_its_stream_reset_protocol_error(
     pki: Pki, headers: Headers
 ) -> None:
+    """RFC 9113 8.1.1: a stream error (RST_STREAM PROTOCOL_ERROR); the connection goes
+    on and answers the PING sent after it."""
     async with two_proxies(pki, 1, "grpc") as (client, _):
         assert client.outbound_address is not None
         data = PREFACE + SETTINGS + _headers_frame(headers)
-        assert await goaway_after(client.outbound_address, data) == 1
+        resets, goaway = await _frames_after(client.outbound_address, data)
+        assert (resets, goaway) == ([1], None)

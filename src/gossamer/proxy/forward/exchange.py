@@ -46,6 +46,7 @@ from gossamer.proxy.wire.http1 import (
     response_framing,
     response_head_bytes,
 )
+from gossamer.proxy.wire.limits import REFUSED_RETRIES
 from gossamer.proxy.wire.splice import Splice
 
 if TYPE_CHECKING:
@@ -442,6 +443,7 @@ class Exchange:
         "peer",
         "pending",
         "phase",
+        "refusals",
         "replay",
         "request_done",
         "response_edit",
@@ -479,6 +481,7 @@ class Exchange:
         self.peer = "upstream"
         self.tried = -1
         self.attempts = 0
+        self.refusals = 0  # tries a peer refused unprocessed, sent again (upstream_lost)
         self.request_done = False
         # Called once the whole request has been read (a mirror waiting for its body).
         self.after_request: list[Callable[[], None]] | None = None
@@ -1015,8 +1018,11 @@ class Exchange:
         self.close_after = close
         return close
 
-    def upstream_lost(self, upstream: Upstream, reused: bool) -> None:
-        """The upstream connection closed or reset before the response ended."""
+    def upstream_lost(self, upstream: Upstream, reused: bool, refused: bool = False) -> None:
+        """The upstream connection closed or reset before the response ended.
+        `refused`: a stream the peer refused unprocessed (REFUSED_STREAM, or past its
+        GOAWAY): sent again whatever its method, up to REFUSED_RETRIES times, when the
+        request is held whole (RFC 9113 8.1.4; decision 0112)."""
         if self.phase == Phase.FINISHED:
             return
         self.upstream = None
@@ -1027,6 +1033,22 @@ class Exchange:
             # upstream, which may have acted on it; it is not sent again.
             self.load = None
             self.fail(502, f"upstream reset: {self.peer} closed the connection mid-response")
+            return
+        kept = self.head.body == BODY_NONE or self.replay is not None
+        if refused and kept and self.refusals < REFUSED_RETRIES:
+            self.refusals += 1
+            self.load = None
+            log.info(
+                "%s: %s refused the request unprocessed; sending it again",
+                self.describe_route(),
+                self.peer,
+            )
+            if self.request_done:
+                self._schedule_retry(0.0)
+            else:
+                if self.after_request is None:
+                    self.after_request = []
+                self.after_request.append(lambda: self._retry_when_whole(0.0))
             return
         call = self.call
         if call is not None and call.retries_reset():

@@ -52,7 +52,7 @@ from gossamer.proxy.wire.http1 import (
     chunked_end,
     request_head_bytes,
 )
-from gossamer.proxy.wire.http2 import StreamPair, drop_pending, forwardable, header
+from gossamer.proxy.wire.http2 import StreamPair, drop_pending, from_http1, header
 from gossamer.proxy.wire.http2 import carry as carry_half
 
 if TYPE_CHECKING:
@@ -324,7 +324,7 @@ class H1Exchange:
             if status not in (100, 101):
                 # 102, 103 Early Hints...: passed on (RFC 9110 15.2). A 100 Continue is
                 # this hop's to say (see _bind), and a 101 cannot happen here.
-                fields = forwardable([(n.lower(), v) for n, v in head.headers])
+                fields = from_http1(head.headers)
                 self._informational(b"%d" % status, fields)
             return
         pair = self.pair
@@ -332,7 +332,7 @@ class H1Exchange:
         conn = down.conn
         assert conn is not None
         headers = [(b":status", b"%d" % status)]
-        headers.extend(forwardable([(n.lower(), v) for n, v in head.headers]))
+        headers.extend(from_http1(head.headers))
         length = head.content_length
         if length is not None and (
             head.body == BODY_LENGTH or (head.body == BODY_NONE and status != 204)
@@ -360,7 +360,7 @@ class H1Exchange:
             return
         down = self.pair.down
         if trailers:
-            down.trailers = forwardable([(n.lower(), v) for n, v in trailers])
+            down.trailers = from_http1(trailers)
         down.ended = True
         self.response_done = True
 

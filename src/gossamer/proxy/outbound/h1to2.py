@@ -63,7 +63,14 @@ from gossamer.proxy.wire.http1 import (
     ResponseHandler,
     ResponseHead,
 )
-from gossamer.proxy.wire.http2 import MAX_STREAMS, H2Connection, StreamPair, carry, drop_pending
+from gossamer.proxy.wire.http2 import (
+    MAX_STREAMS,
+    H2Connection,
+    StreamPair,
+    carry,
+    drop_pending,
+    from_http1,
+)
 
 if TYPE_CHECKING:
     from gossamer.proxy.forward.streams import Links
@@ -110,13 +117,16 @@ class Streamer:
             # place (or be refused); a connection of its own serves it now.
             ex.own_connection(pool)
             return
+        # A small body is kept, so that a stream the peer refuses unprocessed (a GOAWAY
+        # crossing it) can be sent again whatever the method (Exchange.upstream_lost).
+        ex.keep_for_replay()
         ex.bind(StreamUpstream(link, pool, self.dp.table.src_service))
 
 
 def request_headers(ex: Exchange, src_service: bytes) -> Headers:
     """The exchange's request head as an HTTP/2 header list (RFC 9113 8.3.1): what the
-    HTTP/1.1 head would say, with the hop-by-hop fields already gone (its reader drops
-    them) and every name lower-cased."""
+    HTTP/1.1 head would say, its fields as `from_http1` makes them (lower-cased names,
+    no connection-specific fields, no whitespace at a value's ends)."""
     head = ex.head
     headers = [
         (b":method", head.method),
@@ -124,7 +134,7 @@ def request_headers(ex: Exchange, src_service: bytes) -> Headers:
         (b":authority", head.host or b""),
         (b":path", head.target),
     ]
-    headers.extend([(name.lower(), value) for name, value in head.headers])
+    headers.extend(from_http1(head.headers))
     if head.body == BODY_LENGTH:
         headers.append((b"content-length", head.content_length or b"0"))
     if src_service:
@@ -370,12 +380,13 @@ class StreamUpstream:
             conn.flush()
 
     def _lost_before_answer(self, pair: StreamPair) -> bool:
-        """The stream was reset, or its connection lost, before a response head."""
+        """The stream was reset, or its connection lost, before a response head (or
+        refused unprocessed: sent again, see Exchange.upstream_lost)."""
         ex = self.exchange
         self.closed = True
         self.exchange = None
         if ex is not None:
-            ex.upstream_lost(self, self.reused)
+            ex.upstream_lost(self, self.reused, pair.refused)
         return True
 
     def _ended(self, pair: StreamPair) -> None:

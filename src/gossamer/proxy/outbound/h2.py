@@ -31,6 +31,7 @@ from gossamer.proxy.wire.http2 import (
     header,
     is_grpc,
 )
+from gossamer.proxy.wire.limits import REFUSED_RETRIES
 
 if TYPE_CHECKING:
     from gossamer.proxy.forward.plane import Plane
@@ -142,6 +143,7 @@ class _OutboundStream:
         "owner",
         "pair",
         "peer",
+        "refusals",
         "request",
         "retry_timer",
         "timer",
@@ -168,6 +170,7 @@ class _OutboundStream:
         self.retry_timer: asyncio.TimerHandle | None = None
         self.try_timer: asyncio.TimerHandle | None = None
         self.tried = -1
+        self.refusals = 0  # tries the upstream refused unprocessed, sent again
         self.peer = "upstream"  # the endpoint of the current try
         pair.on_done = self._done
         if request is not None:
@@ -249,16 +252,17 @@ class _OutboundStream:
         call = self.call
         if self.pair.done:
             return
+        pair = self.pair
+        # Kept whatever the policy: a stream the upstream refuses unprocessed is sent
+        # again (`_on_reset`).
+        pair.start_keeping()
+        pair.on_reset = self._on_reset
         if call.retry is not None:
             # A gRPC call may be sent again whatever its method: the retry policy on
             # it says its client may see it twice.
             call.replayable = call.replayable or is_grpc(self.headers)
             if call.replayable:
-                pair = self.pair
-                pair.start_keeping()
                 pair.on_response = self._on_response
-                if call.retries_reset():
-                    pair.on_reset = self._on_reset
         self._attach()
 
     def _timed_out(self, seconds: float) -> None:
@@ -330,10 +334,29 @@ class _OutboundStream:
         return self._try_again(f"answered {what}")
 
     def _on_reset(self, pair: StreamPair) -> bool:
-        """The upstream stream was reset or its connection lost before an answer."""
+        """The upstream stream was reset or its connection lost before an answer. One
+        the upstream refused unprocessed (REFUSED_STREAM, or past its GOAWAY) is sent
+        again whatever the retry policy says, up to REFUSED_RETRIES times, if its DATA
+        were kept (RFC 9113 8.1.4: it reached no application); another, as the retry
+        policy says."""
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
+        if pair.refused:
+            pair.refused = False
+            if pair.replay is not None and self.refusals < REFUSED_RETRIES:
+                self.refusals += 1
+                self._let_go(failed=None)
+                log.info(
+                    "%s: %s refused the stream unprocessed; sending it again",
+                    self.call.route.label,
+                    self.peer,
+                )
+                pair.restart_upstream()
+                self._attach()
+                return True
+        if not self.call.retries_reset():
+            return False
         return self._try_again("reset before answering")
 
     def _try_timed_out(self, seconds: float) -> None:

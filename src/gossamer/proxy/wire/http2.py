@@ -26,9 +26,10 @@ Where HTTP/2 comes from and goes:
 Headers and data are handed on as h2 decodes them (HPACK state is per connection, so
 header blocks are re-encoded; DATA payloads are passed through uncopied). Trailers
 (gRPC's `grpc-status`) travel as trailers. Bad input closes the connection with the
-error code h2 names (PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR...), a
-malformed header block (`malformed`, checked here rather than by h2) with
-PROTOCOL_ERROR. A reset stream is reset on its other half; other streams go on.
+error code h2 names (PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR...). A
+malformed header block (`malformed`, checked here rather than by h2) resets its stream
+with PROTOCOL_ERROR (RFC 9113 8.1.1: a stream error; a link between proxies carries
+many callers' streams). A reset stream is reset on its other half; other streams go on.
 What a stream still had queued when it ends early is acknowledged to its sender all
 the same (`drop_pending`): the connection's window is shared by all its streams.
 
@@ -55,7 +56,10 @@ Abuse (docs/security.md), counted with plain integers as frames and streams arri
 Draining (`go_away`, or a GOAWAY from the peer): no new stream is taken or opened, the
 streams open finish, then the connection closes. A stream the peer sends after this
 end's GOAWAY is refused (REFUSED_STREAM: the client may send it again elsewhere) and
-counted like a control frame, so a client that ignores the GOAWAY is cut off.
+counted like a control frame, so a client that ignores the GOAWAY is cut off. A
+stream this end opened that the peer refused (REFUSED_STREAM, or past its GOAWAY's last
+stream id) reached no application: the pair is marked `refused` and the side sends the
+request again on another connection whatever its method (RFC 9113 8.1.4; decision 0112).
 
 Cost (decision 0044): what a read makes a connection send goes out in one write when
 the read is handled (`flush`), and a request's end rides on its last DATA frame. HPACK
@@ -74,7 +78,7 @@ import logging
 import re
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from time import monotonic, perf_counter
 from typing import Any, Final, Protocol, cast
 
@@ -183,6 +187,15 @@ def forwardable(headers: Headers, drop: frozenset[bytes] = frozenset()) -> Heade
     return out
 
 
+def from_http1(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """An HTTP/1.1 head's (or trailers') fields as HTTP/2 may carry them: names in lower
+    case, no connection-specific fields, and no whitespace at a value's ends, which an
+    HTTP/1.1 parser leaves at the end (RFC 9110 5.5: not part of the value) and which
+    makes an HTTP/2 block malformed (RFC 9113 8.2.1). Every HTTP/1.1-to-HTTP/2 hop
+    (h2to1's responses, h1to2's requests) converts through here."""
+    return forwardable([(name.lower(), value.strip(b" \t")) for name, value in headers])
+
+
 # RFC 9113 8.2.1: a field name is visible ASCII without uppercase letters or a colon
 # (a pseudo-header's leading colon aside); a value holds no NUL, CR or LF and neither
 # starts nor ends with a space or a tab.
@@ -239,7 +252,7 @@ def malformed(headers: Headers, pseudo: frozenset[bytes]) -> str | None:
                 return f"connection-specific field {name!r}"
             if name == b"te" and value.lower() != b"trailers":
                 return f"te: {value!r} (only trailers is allowed)"
-            if name == b"host":
+            if name == b"host" and pseudo is REQUEST_PSEUDO:  # RFC 9113 8.3.1
                 if host is not None:
                     return "more than one host field"
                 host = value
@@ -437,6 +450,7 @@ class StreamPair:
         "on_reset",
         "on_response",
         "own_answer",
+        "refused",
         "replay",
         "replay_size",
         "response_edit",
@@ -467,6 +481,11 @@ class StreamPair:
         # The upstream stream was reset, or its connection lost, before an answer:
         # True when the side sent the request again instead.
         self.on_reset: Callable[[StreamPair], bool] | None = None
+        # Set before `on_reset` when the upstream refused the stream unprocessed: a
+        # REFUSED_STREAM, or a GOAWAY whose last stream id is below it. The request
+        # reached no application and may be sent again whatever its method (RFC 9113
+        # 8.1.4).
+        self.refused = False
         # A route's ResponseHeaderModifier: applied to the response head's fields.
         self.response_edit: Callable[[Headers], Headers] | None = None
         # The proxy answers the client itself (`reply`, `reply_grpc`).
@@ -845,8 +864,9 @@ class H2Connection(asyncio.Protocol):
         headers = list(event.headers)
         if len(headers) > MAX_HEADERS and (fields := _fields(headers)) > MAX_HEADERS:
             self._too_many_fields(stream_id, fields, event.stream_ended is not None)
+        elif (reason := malformed(headers, REQUEST_PSEUDO)) is not None:
+            self._malformed(stream_id, reason)
         else:
-            _check(headers, REQUEST_PSEUDO)
             if self.handler is None:
                 self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
                 return
@@ -870,7 +890,9 @@ class H2Connection(asyncio.Protocol):
         if event.headers is None:
             return
         headers = list(event.headers)
-        _check(headers, RESPONSE_PSEUDO)
+        if (reason := malformed(headers, RESPONSE_PSEUDO)) is not None:
+            self._malformed(event.stream_id or 0, reason)
+            return
         half = self.halves.get(event.stream_id or 0)
         if half is None or half.other is None:
             return
@@ -918,7 +940,9 @@ class H2Connection(asyncio.Protocol):
                 f"request trailers have {len(trailers)} fields, more than {MAX_HEADERS}",
             )
             return
-        _check(trailers, TRAILER_PSEUDO)
+        if (reason := malformed(trailers, TRAILER_PSEUDO)) is not None:
+            self._malformed(event.stream_id or 0, reason)
+            return
         if half is None or half.other is None:
             return
         trailers = forwardable(trailers)
@@ -958,6 +982,8 @@ class H2Connection(asyncio.Protocol):
                 pair.client_gone = True
                 if perf_counter() - pair.started < PREMATURE_RESET_LIFETIME:
                     self._premature_reset()
+            elif half is pair.up and event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM:
+                pair.refused = True
             on_reset = pair.on_reset if half is pair.up and not pair.status else None
             if on_reset is not None and on_reset(pair):
                 return
@@ -992,11 +1018,13 @@ class H2Connection(asyncio.Protocol):
 
     def _on_informational(self, event: h2.events.InformationalResponseReceived) -> None:
         """A 1xx (100 Continue to a request that expects it): checked as a response head
-        is (a malformed one ends the connection), then passed on as it is."""
+        is (a malformed one ends its stream), then passed on as it is."""
         if event.headers is None:
             return
         headers = list(event.headers)
-        _check(headers, RESPONSE_PSEUDO)
+        if (reason := malformed(headers, RESPONSE_PSEUDO)) is not None:
+            self._malformed(event.stream_id or 0, reason)
+            return
         half = self.halves.get(event.stream_id or 0)
         other = half.other if half is not None else None
         if other is not None and other.conn is not None:
@@ -1005,6 +1033,23 @@ class H2Connection(asyncio.Protocol):
             other.conn.flush()
         elif other is not None and other.carrier is not None:
             cast(Receiver, other.carrier).informational(headers)
+
+    def _malformed(self, stream_id: int, reason: str) -> None:
+        """A malformed header block (RFC 9113 8.1.1): a stream error, PROTOCOL_ERROR on
+        that stream only. A link between proxies carries many callers' streams, and one
+        app's bad response (or request) must not end the others'. The pair goes as if
+        the peer had reset the stream: a client still waiting for its answer gets a 502
+        (or the retry policy's try on `reset`). Counted like a control frame, so a peer
+        that sends nothing else is cut off as a flood."""
+        log.warning("malformed header block from %s (stream %d): %s", self.name, stream_id, reason)
+        self.h2.control_frame()
+        with contextlib.suppress(h2.exceptions.H2Error):  # reset meanwhile
+            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        half = self.halves.pop(stream_id, None)
+        if half is not None:
+            half.sent_end = half.recv_end = True
+            drop_pending(half)
+            _lost(half, f"{self.name} sent a malformed header block: {reason}")
 
     def _premature_reset(self) -> None:
         self._premature += 1
@@ -1060,6 +1105,7 @@ class H2Connection(asyncio.Protocol):
         ]
         for half in refused:
             del self.halves[half.stream_id]
+            half.pair.refused = True
             with contextlib.suppress(h2.exceptions.H2Error):
                 self.h2.reset_stream(half.stream_id, h2.errors.ErrorCodes.CANCEL)
             _lost(half, f"upstream refused the stream: {self.name} said GOAWAY")
@@ -1441,23 +1487,6 @@ def _error_code(e: h2.exceptions.ProtocolError) -> h2.errors.ErrorCodes:
         if isinstance(cause, InvalidDataError) and "ack frame must not have payload" in str(cause):
             return h2.errors.ErrorCodes.FRAME_SIZE_ERROR
     return code
-
-
-def _check(headers: Headers, pseudo: frozenset[bytes]) -> None:
-    reason = malformed(headers, pseudo)
-    if reason is not None:
-        raise _Malformed(reason)
-
-
-class _Malformed(h2.exceptions.ProtocolError):
-    """A malformed header block: the connection ends with PROTOCOL_ERROR, as h2's own
-    validation would end it (RFC 9113 8.1.1 allows a stream error; one peer sending
-    malformed blocks is not worth keeping the connection for)."""
-
-    error_code = h2.errors.ErrorCodes.PROTOCOL_ERROR
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"malformed header block: {reason}")
 
 
 # The connections owed a write while a read is handled (None: no read is).

@@ -21,6 +21,11 @@ log = logging.getLogger("gossamer.proxy")
 # Envoy's max_headers_count default; a head is also capped at MAX_HEAD_SIZE bytes.
 MAX_HEADERS: Final = 100
 MAX_HEAD_SIZE: Final = 64 * 1024
+# Times a request a peer refused unprocessed (an HTTP/2 REFUSED_STREAM, or a stream past
+# its GOAWAY's last stream id) is sent again, whatever the retry policy: a draining peer
+# refuses what crossed its GOAWAY and the next connection takes it; a peer that refuses
+# every time is not asked for ever.
+REFUSED_RETRIES: Final = 2
 
 # ---- connections ---------------------------------------------------------------------
 
