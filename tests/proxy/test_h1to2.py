@@ -25,7 +25,7 @@ import pytest
 import pytest_asyncio
 
 from gossamer.proxy.dataplane import DataPlane
-from gossamer.proxy.wire.http2 import REPLAY_LIMIT
+from gossamer.proxy.wire.http2 import REFUSED_REPLAY_LIMIT, REPLAY_LIMIT
 from gossamer.proxy.wire.limits import REFUSED_RETRIES
 from gossamer.proxy.wire.tls import make_contexts
 from tests.proxy.conftest import EchoApp, Pki, curl, fast_config
@@ -292,7 +292,8 @@ async def h2_post(client: DataPlane, body: bytes) -> tuple[int, bytes]:
         [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"echo"),
          (b":path", b"/x"), (b"content-length", b"%d" % len(body))],
     )  # fmt: skip
-    conn.send_data(1, body, end_stream=True)
+    for at in range(0, len(body), 16384):  # within the initial window (65,535)
+        conn.send_data(1, body[at : at + 16384], end_stream=at + 16384 >= len(body))
     writer.write(conn.data_to_send())
     status, got = 0, bytearray()
     try:
@@ -324,6 +325,20 @@ async def test_an_http2_post_the_peer_refused_unprocessed_is_sent_again_whole(
     assert await h2_post(client, b"q" * 3000) == (200, b"echo-1")
     assert [r[b":method"] for r in peer.requests] == [b"GET", b"POST", b"POST"]
     assert peer.bodies == [b"", b"q" * 3000]
+
+
+@pytest.mark.asyncio
+async def test_an_http2_body_over_what_is_kept_for_a_refusal_is_refused_to_the_app(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer]
+) -> None:
+    """Without a retry policy, only REFUSED_REPLAY_LIMIT of a body is kept (a
+    connection's streams hold at most its window in copies): a larger one cannot go
+    again, and the app's stream is refused in turn, for its client to send again."""
+    peer = await one_peer(pki, client, peers, (ANSWER, REFUSED))
+    assert (await send(client))[0] == 200
+    body = b"q" * (REFUSED_REPLAY_LIMIT + 1)
+    assert await h2_post(client, body) == (-h2.errors.ErrorCodes.REFUSED_STREAM, b"")
+    assert len(peer.requests) == 2
 
 
 @pytest.mark.asyncio

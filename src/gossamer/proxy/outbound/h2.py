@@ -24,6 +24,8 @@ from gossamer.proxy.policy.routematch import chain_edits
 from gossamer.proxy.policy.routing import NoRoute, Route
 from gossamer.proxy.wire.http1 import ORIG_PROTO_HEADER, SRC_SERVICE_HEADER
 from gossamer.proxy.wire.http2 import (
+    REFUSED_REPLAY_LIMIT,
+    REPLAY_LIMIT,
     H2Connection,
     Headers,
     StreamPair,
@@ -253,9 +255,6 @@ class _OutboundStream:
         if self.pair.done:
             return
         pair = self.pair
-        # Kept whatever the policy: a stream the upstream refuses unprocessed is sent
-        # again (`_on_reset`).
-        pair.start_keeping()
         pair.on_reset = self._on_reset
         if call.retry is not None:
             # A gRPC call may be sent again whatever its method: the retry policy on
@@ -263,6 +262,9 @@ class _OutboundStream:
             call.replayable = call.replayable or is_grpc(self.headers)
             if call.replayable:
                 pair.on_response = self._on_response
+        # Kept whatever the policy, for a stream the upstream refuses unprocessed
+        # (`_on_reset`); without one, less of it (REFUSED_REPLAY_LIMIT).
+        pair.start_keeping(REPLAY_LIMIT if pair.on_response is not None else REFUSED_REPLAY_LIMIT)
         self._attach()
 
     def _timed_out(self, seconds: float) -> None:

@@ -112,6 +112,11 @@ _PREFACE_LINE: Final = PREFACE[:18]
 # A request whose DATA is at most this long may be sent again by a retry (Linkerd's
 # 64 KiB, as for HTTP/1.1).
 REPLAY_LIMIT: Final = 64 * 1024
+# What is kept of a request without a retry policy, only so that a stream the peer
+# refuses unprocessed can be sent again (decision 0112): a quarter of it, so that a
+# connection's MAX_STREAMS streams hold at most CONNECTION_WINDOW in copies, the bound
+# flow control already sets on what a client's connection may have queued here.
+REFUSED_REPLAY_LIMIT: Final = 16 * 1024
 # What this proxy lets a peer send ahead, per stream and per connection.
 STREAM_WINDOW: Final = 256 * 1024
 CONNECTION_WINDOW: Final = 4 * 1024 * 1024
@@ -452,6 +457,7 @@ class StreamPair:
         "own_answer",
         "refused",
         "replay",
+        "replay_limit",
         "replay_size",
         "response_edit",
         "started",
@@ -477,6 +483,7 @@ class StreamPair:
         # goes downstream, which may take the response over (True) to try again.
         self.replay: list[bytes] | None = None
         self.replay_size = 0
+        self.replay_limit = REPLAY_LIMIT
         self.on_response: Callable[[StreamPair, int, bytes | None], bool] | None = None
         # The upstream stream was reset, or its connection lost, before an answer:
         # True when the side sent the request again instead.
@@ -496,12 +503,13 @@ class StreamPair:
             self.in_flight = down_conn.in_flight
             down_conn.halves[stream_id] = self.down
 
-    def start_keeping(self) -> None:
+    def start_keeping(self, limit: int = REPLAY_LIMIT) -> None:
         """Keep the request's DATA for a retry from now on, with what already came and
         waits to be sent (a call held by a fault's delay or a TrafficControl's queue
-        got its body before a retry policy was adopted)."""
+        got its body before a retry policy was adopted), while it fits `limit`."""
         self.replay = []
         self.replay_size = 0
+        self.replay_limit = limit
         for data, _ in self.up.pending:
             assert isinstance(data, bytes | bytearray | memoryview)
             self.keep(bytes(data))
@@ -511,7 +519,7 @@ class StreamPair:
         replay = self.replay
         if replay is not None:
             self.replay_size += len(data)
-            if self.replay_size > REPLAY_LIMIT:
+            if self.replay_size > self.replay_limit:
                 self.replay = None
             else:
                 replay.append(data)
