@@ -8,6 +8,7 @@ client and an `h2` server, over in-memory transports.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import h2.config
@@ -434,6 +435,29 @@ async def test_a_malformed_informational_response_resets_its_stream_not_passed_o
     to_client = client.receive_data(hop.down_pipe.take())
     assert not any(isinstance(e, h2.events.InformationalResponseReceived) for e in to_client)
     assert await _one_good_call(hop, client, app) == 200
+
+
+@pytest.mark.asyncio
+async def test_malformed_requests_one_after_another_are_each_reset_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client's 60 malformed requests in a row: each stream is reset PROTOCOL_ERROR,
+    the connection goes on, and the log gets one line for them (at most one a second
+    per kind), not sixty."""
+    caplog.set_level(logging.WARNING, logger="gossamer.proxy")
+    hop, client, _ = await _connected()
+    bad = _with(REQUEST, (b"X-Upper", b"1"))
+    for _ in range(60):
+        client.send_headers(client.get_next_available_stream_id(), bad, end_stream=True)
+    hop.down.data_received(client.data_to_send())
+    await _turn()
+    events = client.receive_data(hop.down_pipe.take())
+    resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
+    assert len(resets) == 60
+    assert {e.error_code for e in resets} == {h2.errors.ErrorCodes.PROTOCOL_ERROR}
+    assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+    lines = [r for r in caplog.records if "malformed header block" in r.getMessage()]
+    assert len(lines) <= 1
 
 
 def _headers_frame(headers: Headers, stream_id: int = 1) -> bytes:

@@ -37,13 +37,13 @@ import resource
 import socket
 import ssl
 import struct
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, cast
 
 from gossamer.proxy.wire.limits import (
     HANDSHAKE_TIMEOUT,
     MAX_HANDSHAKES,
+    LimitedLog,
     downstream_fd_ceiling,
     upstream_fd_ceiling,
 )
@@ -90,27 +90,6 @@ def refusal_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-class _LimitedLog:
-    """At most one line per reason per second; the rest are counted into the next."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warning(self, reason: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last.get(reason, -1.0) < 1.0:
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
-            return
-        if len(self._last) > 256:
-            self._last.clear()
-        self._last[reason] = now
-        more = self._suppressed.pop(reason, 0)
-        if more:
-            message += f" (and {more} more like it)"
-        log.warning(message, *args)
-
-
 def fd_limit() -> int:
     """This process's RLIMIT_NOFILE (the soft limit: what open() and accept() meet)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -134,7 +113,7 @@ class FdBudget:
         self.set_limit(limit)
         self.refused: dict[str, int] = {}  # accepted connections closed, by listener
         self.upstream_refused = 0
-        self._log = _LimitedLog()
+        self._log = LimitedLog()
 
     def set_limit(self, limit: int) -> None:
         """Budget for `limit` descriptors (RLIMIT_NOFILE may be raised while running)."""
@@ -257,7 +236,7 @@ class InboundAcceptor:
         self.permissive = False
         # Connections waiting for their first byte: socket, timer, deadline.
         self._sniffing: dict[int, tuple[socket.socket, asyncio.TimerHandle, float]] = {}
-        self._refusals = _LimitedLog()
+        self._refusals = LimitedLog()
         self._closed = False
         # What the data plane exports (gossamer_inbound_handshakes and friends).
         self.in_handshake = 0  # accepted, not yet through the handshake or first byte

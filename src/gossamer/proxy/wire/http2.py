@@ -102,7 +102,7 @@ from hyperframe.frame import (
 
 from gossamer.proxy.wire import h2codec
 from gossamer.proxy.wire.http1 import CLIENT_GONE, ORIG_PROTO_HEADER, SRC_SERVICE_HEADER
-from gossamer.proxy.wire.limits import MAX_HEADERS, InFlight
+from gossamer.proxy.wire.limits import MAX_HEADERS, InFlight, LimitedLog
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -1049,7 +1049,13 @@ class H2Connection(asyncio.Protocol):
         the peer had reset the stream: a client still waiting for its answer gets a 502
         (or the retry policy's try on `reset`). Counted like a control frame, so a peer
         that sends nothing else is cut off as a flood."""
-        log.warning("malformed header block from %s (stream %d): %s", self.name, stream_id, reason)
+        _per_stream_log.warning(
+            "malformed",
+            "malformed header block from %s (stream %d): %s",
+            self.name,
+            stream_id,
+            reason,
+        )
         self.h2.control_frame()
         with contextlib.suppress(h2.exceptions.H2Error):  # reset meanwhile
             self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
@@ -1072,7 +1078,7 @@ class H2Connection(asyncio.Protocol):
     def _too_many_fields(self, stream_id: int, count: int, ended: bool) -> None:
         """Answer a request whose header block is too long 431, and end its stream."""
         reason = f"request has {count} header fields, more than {MAX_HEADERS}"
-        log.warning("%s from %s", reason, self.name)
+        _per_stream_log.warning("too many fields", "%s from %s", reason, self.name)
         with contextlib.suppress(h2.exceptions.H2Error):  # the client reset it meanwhile
             self.h2.send_headers(
                 stream_id,
@@ -1496,6 +1502,11 @@ def _error_code(e: h2.exceptions.ProtocolError) -> h2.errors.ErrorCodes:
             return h2.errors.ErrorCodes.FRAME_SIZE_ERROR
     return code
 
+
+# What a peer can make happen once per stream (a malformed block, too many fields) is
+# logged at most once a second per kind: 500 streams a second on each of many
+# connections would otherwise be as many lines.
+_per_stream_log: Final = LimitedLog()
 
 # The connections owed a write while a read is handled (None: no read is).
 # One event loop per process, so one list will do; a read handled within another

@@ -40,6 +40,28 @@ MAX_HANDSHAKES: Final = 1000
 MAX_ADMIN_CONNECTIONS: Final = 64
 
 
+class LimitedLog:
+    """At most one line per reason per second; the rest are counted into the next (a
+    peer that can cause a line per frame or per connection cannot flood the log)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, reason: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(reason, -1.0) < 1.0:
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return
+        if len(self._last) > 256:
+            self._last.clear()
+        self._last[reason] = now
+        more = self._suppressed.pop(reason, 0)
+        if more:
+            message += f" (and {more} more like it)"
+        log.warning(message, *args)
+
+
 def downstream_fd_ceiling(fd_limit: int) -> int:
     """Descriptor numbers from here up are not used for accepted connections (the
     outbound, inbound and TCP listeners): a quarter of RLIMIT_NOFILE stays free for
