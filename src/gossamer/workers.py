@@ -65,6 +65,11 @@ METRICS_TIMEOUT: Final = 2.0
 # again (docs/decisions/0104-hung-workers.md).
 LIVENESS_INTERVAL: Final = 1.0
 LIVENESS_MISSES: Final = 3
+# A worker not serving this long after the agent could give it a snapshot and
+# credentials is stuck in its start-up (it is not pinged before it is ready: importing
+# the data plane blocks its loop): killed and started again. Its start takes about a
+# second on an idle 2-core host; the rest is room for a loaded one.
+STARTUP_WITHIN: Final = 10.0
 # How long the agent looks for a killed worker's exit, polling, before it goes on.
 EXIT_WITHIN: Final = 5.0
 EXIT_POLL: Final = 0.05
@@ -130,6 +135,9 @@ class Worker:
     # Liveness: when it last said anything, and the pings sent since.
     heard_at: float = 0.0
     unanswered: int = 0
+    # Since when it has had what it needs to serve (the agent's snapshot and
+    # credentials): None while the agent itself has not.
+    configured_at: float | None = None
 
 
 class WorkerSet:
@@ -226,6 +234,7 @@ class WorkerSet:
         worker.ready = False
         worker.admin = None
         worker.unanswered = 0
+        worker.configured_at = None
         _, channel = await loop.create_connection(
             lambda: Channel(lambda m: self._on_message(worker, m), lambda: self._on_lost(worker)),
             sock=mine,
@@ -236,6 +245,8 @@ class WorkerSet:
             channel.send(("snapshot", self.dp.snapshot))
         if self.dp.credentials is not None:
             channel.send(("credentials", self.dp.credentials))
+        if self._configured():
+            worker.configured_at = worker.started_at
         shares = self.dp.controls_shares
         if shares:
             channel.send(("shares", shares))
@@ -250,6 +261,12 @@ class WorkerSet:
             worker.ready = True
             worker.admin = (str(message[1][0]), int(message[1][1]))
             self.dp.stand_down(worker.index)
+            log.info(
+                "worker %d (pid %s) serving, %.1fs after its start",
+                worker.index,
+                worker.proc.pid if worker.proc is not None else "?",
+                worker.heard_at - worker.started_at,
+            )
         elif kind == "interest":
             self.dp.ask_interest(message[1])
         elif kind == "demand":
@@ -263,37 +280,57 @@ class WorkerSet:
         """Ping each serving worker; one that left LIVENESS_MISSES pings in a row
         unanswered is hung. One timer for the whole set and one small frame per worker
         a tick: nothing is made per ping. A worker not yet serving is not pinged (worker
-        0 stands in on its sockets until it is ready)."""
+        0 stands in on its sockets until it is ready); one still not serving
+        STARTUP_WITHIN after it could have been configured is stuck in its start-up.
+        Either is killed and started again."""
         if self._stopping:
             return
         now = time.monotonic()
+        configured = self._configured()
         for worker in self.workers:
             channel = worker.channel
-            if channel is None or not worker.ready:
+            if channel is None:
+                continue
+            if not worker.ready:
+                if worker.configured_at is None:
+                    if configured:
+                        worker.configured_at = now
+                elif now - worker.configured_at >= STARTUP_WITHIN:
+                    self._kill(
+                        worker,
+                        f"is not serving {now - worker.configured_at:.1f}s after it was "
+                        f"configured (within {STARTUP_WITHIN:g}s): stuck in its start-up",
+                    )
                 continue
             silent = now - worker.heard_at
             if (
                 worker.unanswered >= LIVENESS_MISSES
                 and silent >= LIVENESS_MISSES * LIVENESS_INTERVAL
             ):
-                self._hung(worker, silent)
+                self._kill(
+                    worker,
+                    f"is hung: no answer to {worker.unanswered} pings in a row, silent for "
+                    f"{silent:.1f}s",
+                )
             else:
                 channel.send(PING)
                 worker.unanswered += 1
         self._liveness = self.dp.loop.call_later(LIVENESS_INTERVAL, self._check_liveness)
 
-    def _hung(self, worker: Worker, silent: float) -> None:
-        """Kill a hung worker (SIGKILL: a hung process may ignore SIGTERM, a stopped one
-        cannot act on it) and end its channel: the path a dead worker takes follows,
-        worker 0 standing in on its sockets until another is ready."""
+    def _configured(self) -> bool:
+        """The agent has what a worker needs before it serves: a snapshot and credentials."""
+        return self.dp.snapshot is not None and self.dp.credentials is not None
+
+    def _kill(self, worker: Worker, why: str) -> None:
+        """Kill a hung or stuck worker (SIGKILL: a hung process may ignore SIGTERM, a
+        stopped one cannot act on it) and end its channel: the path a dead worker takes
+        follows, worker 0 standing in on its sockets until another is ready."""
         proc = worker.proc
         log.warning(
-            "worker %d (pid %s) is hung: no answer to %d pings in a row, silent for %.1fs; "
-            "killing it",
+            "worker %d (pid %s) %s; killing it",
             worker.index,
             proc.pid if proc is not None else "?",
-            worker.unanswered,
-            silent,
+            why,
         )
         if proc is not None and proc.poll() is None:
             proc.kill()

@@ -17,12 +17,14 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from gossamer.workers import exited
+from gossamer.workers import STARTUP_WITHIN, exited
 from tests.e2e.conftest import (
     ControlPlaneProcess,
     Workload,
@@ -41,6 +43,7 @@ from tests.proxy.test_workers import (
     all_ready,
     eventually,
     get_text,
+    lone_proxy,
     outbound_requests,
     request,
     workers_of,
@@ -56,7 +59,9 @@ ANSWER_WITHIN = 30.0
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workload, Workload]]:
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ControlPlaneProcess, Workload, Workload]]:
     tmp = tmp_path_factory.mktemp("liveness")
     cp: ControlPlaneProcess = start_control_plane(tmp / "cp")
     started: list[Workload] = []
@@ -76,7 +81,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workload, W
             w.wait_ready(timeout=60)
         eventually("the client's workers ready", lambda: all_ready(client), timeout=60)
         eventually("echo answers through the mesh", lambda: request(client.outbound, "/p") == 200)
-        yield echo, client
+        yield cp, echo, client
     finally:
         for w in started:
             w.stop()
@@ -125,9 +130,9 @@ def _child_of(pid: int, parent: int) -> bool:
 
 
 def test_a_stopped_worker_is_killed_and_replaced_and_every_request_is_answered(
-    mesh: tuple[Workload, Workload],
+    mesh: tuple[ControlPlaneProcess, Workload, Workload],
 ) -> None:
-    _, client = mesh
+    _, _, client = mesh
     agent, victim = workers_of(client)
     pid, restarts = victim["pid"], victim["restarts"]
     port = int(client.outbound.rsplit(":", 1)[1])
@@ -198,3 +203,82 @@ def test_waiting_for_a_worker_to_exit_leaves_the_agents_loop_turning() -> None:
                 proc.wait()
 
     asyncio.run(main())
+
+
+# Loaded into every Python process of the proxy under test (PYTHONPATH): the first
+# worker process to start hangs before its event loop ever runs, as a worker stuck in
+# its start-up would (its marker file is gone after that: the next worker starts).
+HANG_AT_START = """
+import os, signal, sys, time
+if "gossamer.workers" in sys.orig_argv and os.path.exists({marker!r}):
+    os.unlink({marker!r})
+    if {how!r} == "stopped":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    else:
+        time.sleep(3600)
+"""
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["stopped", "sleeping"],
+    ids=[
+        "a worker stopped right after its spawn is replaced",
+        "a worker stuck in its start-up is replaced",
+    ],
+)
+def test_a_worker_that_never_gets_ready_is_replaced_and_worker_0_serves_meanwhile(
+    mesh: tuple[ControlPlaneProcess, Workload, Workload], tmp_path: Path, how: str
+) -> None:
+    cp = mesh[0]
+    marker = tmp_path / "hang-once"
+    marker.touch()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HANG_AT_START.format(marker=str(marker), how=how))
+    hang = {"PYTHONPATH": str(site)}
+    with lone_proxy(cp, tmp_path, env=hang, wait_ready=False) as lonely:
+        eventually("the first worker 1 started", lambda: not marker.exists(), timeout=60)
+        eventually("the agent's own data plane is configured", lambda: _configured(lonely))
+        (first,) = re.findall(r"worker 1 started \(pid (\d+)\)", lonely.log.read_text())
+        # Meanwhile the proxy says it is not ready, and why; worker 0 serves every new
+        # connection, those the kernel gives worker 1's sockets too.
+        status, body = _ready(lonely)
+        assert status == 503 and "worker(s) 1 not serving yet" in body, (status, body)
+        for n in range(20):
+            assert request(lonely.outbound, f"/while-worker-1-hangs/{n}") == 200
+        # The agent notices, says so, and another worker 1 is started and serves.
+        stuck = re.compile(
+            rf"worker 1 \(pid {first}\) is not serving [0-9.]+s after it was configured "
+            rf"\(within {STARTUP_WITHIN:g}s\): stuck in its start-up; killing it"
+        )
+        eventually(
+            "the agent logs the stuck worker",
+            lambda: bool(stuck.search(lonely.log.read_text())),
+            timeout=STARTUP_WITHIN + 15,
+        )
+        eventually("the stuck worker is gone", lambda: not _alive(int(first)))
+        lonely.wait_ready(timeout=60)
+        workers = workers_of(lonely)
+        assert workers[1]["pid"] not in (None, int(first)) and workers[1]["restarts"] == 1
+        replacement = admin_of(lonely, workers[1])
+        for n in range(40):
+            assert request(lonely.outbound, f"/after/{n}") == 200
+        assert outbound_requests(get_text(replacement, "/metrics")) > 0
+
+
+def _configured(w: Workload) -> bool:
+    """The proxy has its snapshot and certificate: only its workers keep it not ready."""
+    try:
+        _, body = _ready(w)
+    except OSError:
+        return False
+    return "no configuration" not in body and "no certificate" not in body
+
+
+def _ready(w: Workload) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{w.admin}/ready", timeout=5) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()

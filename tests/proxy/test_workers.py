@@ -302,24 +302,31 @@ def test_every_worker_names_the_http2_codec_it_runs(
 
 
 @contextlib.contextmanager
-def lone_proxy(cp: ControlPlaneProcess, tmp_path: Path, *extra: str) -> Iterator[Workload]:
-    """`gossamer proxy --workers 2` with no app, ready."""
-    admin = f"127.0.0.1:{free_port()}"
+def lone_proxy(
+    cp: ControlPlaneProcess,
+    tmp_path: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    wait_ready: bool = True,
+) -> Iterator[Workload]:
+    """`gossamer proxy --workers 2` with no app, ready (unless `wait_ready` is False)."""
+    admin, inbound, outbound = (f"127.0.0.1:{free_port()}" for _ in range(3))
     log = tmp_path / "proxy.log"
     with log.open("wb") as out:
         proxy = subprocess.Popen(
             [
                 *GOSSAMER, "proxy", "--name", "lonely", "-n", "shop",
-                "--inbound", f"127.0.0.1:{free_port()}", "--outbound", f"127.0.0.1:{free_port()}",
+                "--inbound", inbound, "--outbound", outbound,
                 "--admin", admin, "--discovery", cp.discovery, "--server", cp.api,
                 "--token-file", str(cp.token_file), "--state-dir", str(tmp_path / "state"),
                 "--workers", "2", "--drain-seconds", "0", *extra,
             ],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )  # fmt: skip
     try:
-        lonely = Workload("lonely", proxy, "", "", admin, tmp_path / "state", log)
-        lonely.wait_ready(timeout=60)
+        lonely = Workload("lonely", proxy, inbound, outbound, admin, tmp_path / "state", log)
+        if wait_ready:
+            lonely.wait_ready(timeout=60)
         yield lonely
     finally:
         stop_process(proxy)
