@@ -1,0 +1,442 @@
+"""Adversarial tests of decision 0112 (commits 7977a18, b63e470): a stream the peer
+refused unprocessed is sent again whatever its method, and a malformed header block is a
+stream error, with every HTTP/1.1-to-HTTP/2 conversion going through
+`http2.from_http1`.
+
+Attacked as a hostile or buggy peer proxy would: a real client proxy (DataPlane, real
+mTLS, ALPN gossamer/h2) calls a replica played by the test (`HostilePeer`, the `h2`
+package, validation of what it sends turned off) that answers each stream as its script
+says: a 1xx and then REFUSED_STREAM or a GOAWAY that disowns the stream, a response
+head and then REFUSED_STREAM, a GOAWAY on every connection, a malformed response head
+or malformed trailers after the response began. The app's side is played by a raw
+`h2` client (no retry of its own, unlike curl) for HTTP/2 from the app
+(proxy.outbound.h2), and by raw HTTP/1.1 for HTTP/1.1 carried as streams
+(proxy.outbound.h1to2, GOSSAMER_MULTIPLEX_HTTP1=1). Each test runs over the three
+HTTP/2 engines (python, native, session).
+
+What must hold: a request that reached the peer's application (the peer said so by
+answering any part of it, a 1xx included) is never sent again without a retry policy
+that allows it; every re-send is bounded (limits.REFUSED_RETRIES) and ends in a clear
+answer; the client of a request refused past that limit may send it again itself; a
+malformed block from the peer ends its stream only, with an answer that says what
+went wrong. A strict xfail is a defect found here: it turns into a plain test once fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import pytest
+import pytest_asyncio
+
+from gossamer.proxy.dataplane import DataPlane
+from gossamer.proxy.wire import h2codec
+from gossamer.proxy.wire.limits import REFUSED_RETRIES
+from gossamer.proxy.wire.tls import make_contexts
+from tests.proxy.conftest import Pki, curl, fast_config
+from tests.proxy.conftest import h2_codec as h2_codec  # autouse: the engine under test
+from tests.proxy.test_retry_hardening import apply, send
+
+WAIT = 10.0
+
+ANSWER = "answer 200 with the peer's name"
+EARLY_THEN_REFUSED = "103 Early Hints, then RST_STREAM REFUSED_STREAM"
+EARLY_THEN_GOAWAY = "103 Early Hints, then a GOAWAY whose last stream id is below it"
+HEAD_THEN_REFUSED = "the response head, then RST_STREAM REFUSED_STREAM"
+GOAWAY_ALWAYS = "GOAWAY with last stream id 0 on the stream's first frame"
+REFUSED = "RST_STREAM REFUSED_STREAM on the stream's first frame"
+MALFORMED_HEAD = "a response head with a connection-specific field"
+MALFORMED_TRAILERS = "a response head and DATA, then trailers with a connection field"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    metafunc.parametrize("h2_codec", h2codec.NAMES, indirect=True)
+
+
+class HostilePeer:
+    """A replica's inbound listener (mTLS, identity default/echo, ALPN gossamer/h2),
+    answering stream number i as script[i] says, and every later one with ANSWER. It
+    validates nothing it sends, so it can send what a buggy or hostile peer would."""
+
+    def __init__(self, pki: Pki, script: tuple[str, ...] = ()) -> None:
+        self.script = script
+        self.context = make_contexts(pki.issue("default", "echo")).server
+        self.requests: list[dict[bytes, bytes]] = []  # each stream's request head
+        self.bodies: list[bytes] = []  # each stream's body, once it ended
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.context)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if writer.get_extra_info("ssl_object").selected_alpn_protocol() != "gossamer/h2":
+            writer.transport.abort()
+            return
+        self.connections += 1
+        self._writers.add(writer)
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
+        )
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        moves: dict[int, str] = {}
+        bodies: dict[int, bytearray] = {}
+        try:
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        sid = event.stream_id
+                        self.requests.append(dict(event.headers or []))
+                        i = len(self.requests) - 1
+                        move = moves[sid] = self.script[i] if i < len(self.script) else ANSWER
+                        bodies[sid] = bytearray()
+                        if move == REFUSED:
+                            conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+                        elif move == GOAWAY_ALWAYS:
+                            conn.close_connection(last_stream_id=0)
+                            writer.write(conn.data_to_send())
+                            await writer.drain()
+                            writer.close()
+                            return
+                    elif isinstance(event, h2.events.DataReceived):
+                        sid = event.stream_id
+                        bodies.setdefault(sid, bytearray()).extend(event.data or b"")
+                        conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        sid = event.stream_id
+                        if await self._at_end(conn, writer, sid, moves.get(sid, ANSWER)):
+                            return
+                        self.bodies.append(bytes(bodies.pop(sid, b"")))
+                writer.write(conn.data_to_send())
+                await writer.drain()
+        except (ConnectionError, OSError, h2.exceptions.H2Error):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.transport.abort()
+
+    async def _at_end(
+        self, conn: h2.connection.H2Connection, writer: asyncio.StreamWriter, sid: int, move: str
+    ) -> bool:
+        """The request is whole: answer it as `move` says. True: the connection is done."""
+        early = [(b":status", b"103"), (b"link", b"</style.css>; rel=preload")]
+        if move == EARLY_THEN_REFUSED:
+            conn.send_headers(sid, early)
+            conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+        elif move == EARLY_THEN_GOAWAY:
+            conn.send_headers(sid, early)
+            conn.close_connection(last_stream_id=max(sid - 2, 0))
+            writer.write(conn.data_to_send())
+            await writer.drain()
+            writer.close()
+            return True
+        elif move == HEAD_THEN_REFUSED:
+            conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"100")])
+            conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+        elif move == MALFORMED_HEAD:
+            conn.send_headers(
+                sid, [(b":status", b"200"), (b"connection", b"close")], end_stream=True
+            )
+        elif move == MALFORMED_TRAILERS:
+            conn.send_headers(sid, [(b":status", b"200")])
+            conn.send_data(sid, b"partial")
+            conn.send_headers(sid, [(b"connection", b"close")], end_stream=True)
+        elif move in (ANSWER, REFUSED):
+            conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"6")])
+            conn.send_data(sid, b"echo-1", end_stream=True)
+        return False
+
+
+@pytest_asyncio.fixture
+async def peers() -> AsyncIterator[list[HostilePeer]]:
+    started: list[HostilePeer] = []
+    try:
+        yield started
+    finally:
+        for peer in started:
+            await peer.close()
+
+
+@pytest_asyncio.fixture
+async def client(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[DataPlane]:
+    """A client proxy that carries HTTP/1.1 to peers as streams (HTTP/2 from apps goes
+    as streams whatever this says)."""
+    monkeypatch.setenv("GOSSAMER_MULTIPLEX_HTTP1", "1")
+    proxy = DataPlane(fast_config(), on_interest=lambda key: None)
+    assert proxy.config.multiplex_http1
+    try:
+        await proxy.start()
+        proxy.set_credentials(pki.issue("default", "web"))
+        yield proxy
+    finally:
+        await proxy.close()
+
+
+async def hostile_peer(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], script: tuple[str, ...], *objects: object
+) -> HostilePeer:
+    peer = HostilePeer(pki, script)
+    peers.append(peer)
+    apply(client, pki, {"echo-1": await peer.start()}, *objects)
+    return peer
+
+
+class H2Answer:
+    """What an app's HTTP/2 client saw of one stream."""
+
+    def __init__(self) -> None:
+        self.informational: list[int] = []
+        self.status = 0
+        self.headers: dict[bytes, bytes] = {}
+        self.body = bytearray()
+        self.trailers: dict[bytes, bytes] | None = None
+        self.reset: int | None = None  # the RST_STREAM error code, if reset
+        self.ended = False
+
+
+async def h2_call(
+    client: DataPlane, method: bytes = b"POST", body: bytes = b"", content_type: bytes = b""
+) -> H2Answer:
+    """One HTTP/2 request from an app through the client's outbound, by the `h2`
+    package (which, unlike curl, does not send a refused stream again itself)."""
+    assert client.outbound_address is not None
+    reader, writer = await asyncio.open_connection(*client.outbound_address)
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    conn.initiate_connection()
+    head = [(b":method", method), (b":scheme", b"http"), (b":authority", b"echo"),
+            (b":path", b"/x")]  # fmt: skip
+    if content_type:
+        head.append((b"content-type", content_type))
+    if body:
+        head.append((b"content-length", b"%d" % len(body)))
+    conn.send_headers(1, head, end_stream=not body)
+    for at in range(0, len(body), 16384):  # within the initial window (65,535)
+        conn.send_data(1, body[at : at + 16384], end_stream=at + 16384 >= len(body))
+    writer.write(conn.data_to_send())
+    got = H2Answer()
+    try:
+        while not got.ended and (data := await asyncio.wait_for(reader.read(65536), WAIT)):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.InformationalResponseReceived):
+                    got.informational.append(int(dict(event.headers or [])[b":status"]))
+                elif isinstance(event, h2.events.ResponseReceived):
+                    got.headers = dict(event.headers or [])
+                    got.status = int(got.headers[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    got.body.extend(event.data or b"")
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                elif isinstance(event, h2.events.TrailersReceived):
+                    got.trailers = dict(event.headers or [])
+                elif isinstance(event, h2.events.StreamEnded):
+                    got.ended = True
+                elif isinstance(event, h2.events.StreamReset):
+                    got.reset = int(event.error_code or 0)
+                    got.ended = True
+            writer.write(conn.data_to_send())
+    finally:
+        writer.transport.abort()
+    return got
+
+
+# ---- a request that reached the peer's app is not sent again -------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "HTTP/2 from an app: a 1xx does not set StreamPair.status, so a REFUSED_STREAM "
+        "or GOAWAY after the peer's 103 still reaches _OutboundStream._on_reset with "
+        "pair.refused set (http2.H2Connection._on_stream_reset / _lost: `not "
+        "pair.status`), and the POST is sent again: the peer's app sees it twice. "
+        "h1to2 does not (Exchange.upstream_lost: upstream.answered)"
+    ),
+)
+@pytest.mark.parametrize("move", [EARLY_THEN_REFUSED, EARLY_THEN_GOAWAY])
+async def test_an_http2_post_answered_103_then_refused_is_not_sent_again(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], move: str
+) -> None:
+    """A peer that answered a 103 has processed the request (RFC 9113 8.1.4: REFUSED
+    means before any processing); a refusal after it is a lie or a bug, and believing
+    it sends a POST to the app twice."""
+    peer = await hostile_peer(pki, client, peers, (move,))
+    got = await h2_call(client, b"POST", b"once")
+    assert [r[b":method"] for r in peer.requests] == [b"POST"]
+    assert got.informational == [103]
+    assert got.status == 502 or got.reset is not None
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("move", [EARLY_THEN_REFUSED, EARLY_THEN_GOAWAY])
+async def test_an_http1_post_answered_103_then_refused_is_not_sent_again(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], move: str
+) -> None:
+    """HTTP/1.1 carried as a stream: the 1xx marks the stream answered, and the POST is
+    not sent again (Exchange.upstream_lost: upstream.answered); the client gets 502."""
+    peer = await hostile_peer(pki, client, peers, (move,))
+    status, error, _ = await send(client, "POST", b"once")
+    assert status == 502, error
+    assert [r[b":method"] for r in peer.requests] == [b"POST"]
+
+
+@pytest.mark.asyncio
+async def test_an_http2_post_refused_after_its_response_head_is_not_sent_again(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer]
+) -> None:
+    """REFUSED_STREAM after a response head: pair.status is set, so the proxy does not
+    send the stream again itself; the app's stream is reset. (The python and native
+    engines pass the 200 head on first; the session engine drops the head it had
+    queued when the reset follows in the same read.)"""
+    peer = await hostile_peer(pki, client, peers, (HEAD_THEN_REFUSED,))
+    got = await h2_call(client, b"POST", b"once")
+    assert got.reset is not None and not got.body
+    assert [r[b":method"] for r in peer.requests] == [b"POST"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "A peer's RST_STREAM REFUSED_STREAM after its response head is passed to the "
+        "app's client as REFUSED_STREAM (http2.H2Connection._on_stream_reset: "
+        "other.conn.reset(other, event.error_code)), telling it the request was "
+        "processed nowhere: curl sends the POST again and the peer's app sees it twice"
+    ),
+)
+async def test_a_refusal_after_a_response_head_is_not_passed_on_as_a_refusal(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer]
+) -> None:
+    """The proxy saw the peer answer; what it passes on must not invite the app's
+    client to send the request again (curl, like grpc and Envoy, re-sends a stream
+    reset REFUSED_STREAM on a new connection)."""
+    peer = await hostile_peer(pki, client, peers, (HEAD_THEN_REFUSED,))
+    assert client.outbound_address is not None
+    host, port = client.outbound_address
+    rc, _, err = await curl(
+        "--http2-prior-knowledge", "-v", "-m", "8", "-d", "once", "-H", "Host: echo",
+        f"http://{host}:{port}/x",
+    )  # fmt: skip
+    assert b"REFUSED_STREAM, retrying" not in err
+    assert rc != 0  # the response was cut short
+    assert [r[b":method"] for r in peer.requests] == [b"POST"]
+
+
+@pytest.mark.asyncio
+async def test_an_http1_post_refused_after_its_response_head_is_not_sent_again(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer]
+) -> None:
+    peer = await hostile_peer(pki, client, peers, (HEAD_THEN_REFUSED,))
+    assert client.outbound_address is not None
+    reader, writer = await asyncio.open_connection(*client.outbound_address)
+    try:
+        writer.write(b"POST /x HTTP/1.1\r\nHost: echo\r\nContent-Length: 4\r\n\r\nonce")
+        data = await asyncio.wait_for(reader.read(), WAIT)
+    finally:
+        writer.transport.abort()
+    # The head came (200, a content-length of 100) and then the connection is cut
+    # short: the client can tell its response was not whole.
+    assert data.startswith(b"HTTP/1.1 200"), data[:200]
+    assert len(data.partition(b"\r\n\r\n")[2]) < 100
+    assert [r[b":method"] for r in peer.requests] == [b"POST"]
+
+
+# ---- every re-send is bounded, and ends in a clear answer -----------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "A stream past the peer's GOAWAY, refused REFUSED_RETRIES times, is answered "
+        "502 (http2._lost: pair.reply(502)) where a REFUSED_STREAM refusal is reset "
+        "REFUSED_STREAM to the app (decision 0112: 'Past that, HTTP/2 from apps gets "
+        "RST_STREAM REFUSED_STREAM in turn'): the app's client cannot tell that the "
+        "request was processed nowhere and may go again"
+    ),
+)
+async def test_an_http2_stream_a_peer_goaways_every_time_is_refused_to_the_app(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer]
+) -> None:
+    peer = await hostile_peer(pki, client, peers, (GOAWAY_ALWAYS,) * 10)
+    got = await h2_call(client, b"POST", b"q")
+    assert len(peer.requests) == 1 + REFUSED_RETRIES
+    assert got.reset == h2.errors.ErrorCodes.REFUSED_STREAM, (got.status, bytes(got.body))
+
+
+@pytest.mark.asyncio
+async def test_an_http2_stream_a_peer_goaways_every_time_is_asked_a_bounded_number_of_times(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer]
+) -> None:
+    """A peer that says GOAWAY (last stream id 0) on every new connection: the stream
+    goes 1 + REFUSED_RETRIES times, each on a new connection, then the app gets an
+    answer, not a hang."""
+    peer = await hostile_peer(pki, client, peers, (GOAWAY_ALWAYS,) * 10)
+    got = await h2_call(client, b"POST", b"q")
+    assert got.ended
+    assert len(peer.requests) == 1 + REFUSED_RETRIES
+    assert peer.connections == 1 + REFUSED_RETRIES
+
+
+@pytest.mark.asyncio
+async def test_an_http1_request_a_peer_goaways_every_time_is_answered_502(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer]
+) -> None:
+    peer = await hostile_peer(pki, client, peers, (GOAWAY_ALWAYS,) * 10)
+    status, error, _ = await send(client, "POST", b"q")
+    assert status == 502 and error
+    assert len(peer.requests) == 1 + REFUSED_RETRIES
+    assert peer.connections == 1 + REFUSED_RETRIES
+
+
+# ---- a malformed block from the peer ends its stream only -----------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_malformed_response_head_is_a_502_and_the_link_goes_on(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer]
+) -> None:
+    peer = await hostile_peer(pki, client, peers, (MALFORMED_HEAD,))
+    got = await h2_call(client, b"GET")
+    assert got.status == 502, (got.status, got.reset)
+    assert b"malformed" in got.headers.get(b"gossamer-error", b"")
+    again = await h2_call(client, b"GET")
+    assert (again.status, bytes(again.body)) == (200, b"echo-1")
+    assert peer.connections == 1  # the stream error did not end the link
+
+
+@pytest.mark.asyncio
+async def test_malformed_trailers_after_a_response_began_reset_the_apps_stream(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer]
+) -> None:
+    """The response began (200, DATA): malformed trailers end the stream only. The
+    app's stream is reset (the python and native engines pass the head and DATA on
+    first; the session engine drops what it had queued), and the link goes on."""
+    peer = await hostile_peer(pki, client, peers, (MALFORMED_TRAILERS,))
+    got = await h2_call(client, b"GET")
+    assert got.trailers is None and got.reset is not None
+    again = await h2_call(client, b"GET")
+    assert (again.status, bytes(again.body)) == (200, b"echo-1")
+    assert peer.connections == 1
