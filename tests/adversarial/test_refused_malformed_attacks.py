@@ -39,7 +39,9 @@ from gossamer.proxy.dataplane import DataPlane
 from gossamer.proxy.wire import h2codec
 from gossamer.proxy.wire.limits import REFUSED_RETRIES
 from gossamer.proxy.wire.tls import make_contexts
-from tests.proxy.conftest import Pki, curl, fast_config
+from tests.adversarial.test_h1to2_attacks import _one_endpoint
+from tests.proxy import conftest as proxy_conftest
+from tests.proxy.conftest import Mesh, Pki, curl, fast_config, raw_exchange, server_snapshot
 from tests.proxy.conftest import h2_codec as h2_codec  # autouse: the engine under test
 from tests.proxy.test_retry_hardening import apply, send
 
@@ -53,6 +55,9 @@ GOAWAY_ALWAYS = "GOAWAY with last stream id 0 on the stream's first frame"
 REFUSED = "RST_STREAM REFUSED_STREAM on the stream's first frame"
 MALFORMED_HEAD = "a response head with a connection-specific field"
 MALFORMED_TRAILERS = "a response head and DATA, then trailers with a connection field"
+
+
+mesh = proxy_conftest.mesh  # the fixture: a client proxy and two echo workloads
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -440,3 +445,111 @@ async def test_malformed_trailers_after_a_response_began_reset_the_apps_stream(
     again = await h2_call(client, b"GET")
     assert (again.status, bytes(again.body)) == (200, b"echo-1")
     assert peer.connections == 1
+
+
+# ---- what an HTTP/1.1 app may answer reaches an HTTP/2 client -------------------------
+
+
+class PathApp:
+    """An HTTP/1.1 app answering each path with its own bytes, after its own delay,
+    then closing the connection."""
+
+    def __init__(self, answers: dict[bytes, tuple[float, bytes]]) -> None:
+        self.answers = answers
+        self.paths: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1]
+            self.paths.append(path)
+            delay, answer = self.answers[path]
+            await asyncio.sleep(delay)
+            writer.write(answer)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, KeyError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+def multiplexed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP/1.1 between the proxies as streams; set before the mesh makes its proxies
+    (HTTP/2 from apps goes as streams either way)."""
+    monkeypatch.setenv("GOSSAMER_MULTIPLEX_HTTP1", "1")
+
+
+async def get_through(mesh: Mesh, protocol: str, path: str) -> tuple[int, bytes]:
+    """GET `path` through the client proxy, HTTP/2 (curl, prior knowledge) or HTTP/1.1
+    (carried as a stream): (status, body); 0 for no response."""
+    if protocol == "h1":
+        data = await raw_exchange(
+            mesh.outbound,
+            f"GET {path} HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n".encode(),
+            WAIT,
+        )
+        head, _, body = data.partition(b"\r\n\r\n")
+        return (int(head.split(b" ")[1]) if head else 0), body
+    rc, out, _ = await curl(
+        "--http2-prior-knowledge", "-m", "8", "-w", "\n%{http_code}", "-H", "Host: echo",
+        f"{mesh.proxy_url}{path}",
+    )  # fmt: skip
+    body, _, code = out.rpartition(b"\n")
+    return (int(code) if rc == 0 else 0), body
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("multiplexed")
+@pytest.mark.parametrize("protocol", ["h2", "h1"])
+async def test_a_304_with_a_content_length_costs_the_shared_link_nothing(
+    mesh: Mesh, protocol: str, h2_codec: str, request: pytest.FixtureRequest
+) -> None:
+    """An HTTP/1.1 app's 304 Not Modified with the Content-Length of the representation
+    (RFC 9110 8.6 allows it; no body follows) while another request shares the link:
+    the 304 reaches the client, and the other request its answer."""
+    if h2_codec != "session":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "h2to1 sends a 304's content-length on a HEADERS frame that ends the "
+                    "stream (H1Exchange.response_head: BODY_NONE and status != 204); on "
+                    "the python and native engines the client proxy's h2 raises "
+                    "InvalidBodyLengthError, a connection error: the whole mesh link "
+                    "ends with PROTOCOL_ERROR, the 304 and every other stream on it "
+                    "answered 502"
+                ),
+            )
+        )
+    _one_endpoint(mesh)
+    app = PathApp(
+        {
+            b"/slow": (1.0, b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow"),
+            b"/cached": (0.0, b"HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n"),
+        }
+    )
+    port = await app.start()
+    try:
+        w = mesh.workloads[0]
+        w.proxy.apply_snapshot(server_snapshot(mesh.pki, w.name, port))
+        slow = asyncio.ensure_future(get_through(mesh, protocol, "/slow"))
+        for _ in range(100):  # the slow request is with the app
+            if app.paths:
+                break
+            await asyncio.sleep(0.02)
+        cached = await get_through(mesh, protocol, "/cached")
+        slowed = await slow
+    finally:
+        await app.close()
+    assert (cached, slowed) == ((304, b""), (200, b"slow")), (cached, slowed)
