@@ -770,6 +770,7 @@ class H2Connection(asyncio.Protocol):
         # A write is owed: what h2 has to send goes out once, at the end of this loop
         # turn, not once per event (see `flush`).
         self._flush_scheduled = False
+        self._call_soon: Callable[[Callable[[], None]], object] | None = None  # (flush)
         # Whether the peer's first SETTINGS came, and who waits for it (streams.Links:
         # a new connection takes streams once it is known how many).
         self.peer_settings = False
@@ -1248,7 +1249,12 @@ class H2Connection(asyncio.Protocol):
         if _owed is not None:
             _owed.append(self)
         else:
-            asyncio.get_running_loop().call_soon(self._write_out)
+            soon = self._call_soon
+            if soon is None:
+                # Looked up once: get_running_loop() makes a getpid() system call each
+                # time (twice a request on the stream path, which writes outside reads).
+                soon = self._call_soon = asyncio.get_running_loop().call_soon
+            soon(self._write_out)
 
     def _write_out(self) -> None:
         self._flush_scheduled = False
