@@ -43,7 +43,8 @@ from tests.adversarial.test_h1to2_attacks import _one_endpoint
 from tests.proxy import conftest as proxy_conftest
 from tests.proxy.conftest import Mesh, Pki, curl, fast_config, raw_exchange, server_snapshot
 from tests.proxy.conftest import h2_codec as h2_codec  # autouse: the engine under test
-from tests.proxy.test_retry_hardening import apply, send
+from tests.proxy.test_e2e_http import admin_get, metric
+from tests.proxy.test_retry_hardening import RESET_RETRY, apply, retry_policy, send
 
 WAIT = 10.0
 
@@ -55,6 +56,7 @@ GOAWAY_ALWAYS = "GOAWAY with last stream id 0 on the stream's first frame"
 REFUSED = "RST_STREAM REFUSED_STREAM on the stream's first frame"
 MALFORMED_HEAD = "a response head with a connection-specific field"
 MALFORMED_TRAILERS = "a response head and DATA, then trailers with a connection field"
+HEAD_AND_HOLD = "a response head and some DATA, and the stream kept open (a long response)"
 
 
 mesh = proxy_conftest.mesh  # the fixture: a client proxy and two echo workloads
@@ -75,6 +77,7 @@ class HostilePeer:
         self.requests: list[dict[bytes, bytes]] = []  # each stream's request head
         self.bodies: list[bytes] = []  # each stream's body, once it ended
         self.connections = 0
+        self.errors: list[str] = []  # what ended a connection badly
         self.server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -135,8 +138,8 @@ class HostilePeer:
                         self.bodies.append(bytes(bodies.pop(sid, b"")))
                 writer.write(conn.data_to_send())
                 await writer.drain()
-        except (ConnectionError, OSError, h2.exceptions.H2Error):
-            pass
+        except (ConnectionError, OSError, h2.exceptions.H2Error) as e:
+            self.errors.append(repr(e))
         finally:
             self._writers.discard(writer)
             writer.transport.abort()
@@ -167,7 +170,10 @@ class HostilePeer:
             conn.send_headers(sid, [(b":status", b"200")])
             conn.send_data(sid, b"partial")
             conn.send_headers(sid, [(b"connection", b"close")], end_stream=True)
-        elif move in (ANSWER, REFUSED):
+        elif move == HEAD_AND_HOLD:
+            conn.send_headers(sid, [(b":status", b"200")])
+            conn.send_data(sid, b"first")
+        elif move == ANSWER:
             conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"6")])
             conn.send_data(sid, b"echo-1", end_stream=True)
         return False
@@ -221,10 +227,11 @@ class H2Answer:
 
 
 async def h2_call(
-    client: DataPlane, method: bytes = b"POST", body: bytes = b"", content_type: bytes = b""
+    client: DataPlane, method: bytes = b"POST", body: bytes = b"", later: bytes = b""
 ) -> H2Answer:
     """One HTTP/2 request from an app through the client's outbound, by the `h2`
-    package (which, unlike curl, does not send a refused stream again itself)."""
+    package (which, unlike curl, does not send a refused stream again itself). `later`:
+    the rest of the body, sent half a second after the head and `body`."""
     assert client.outbound_address is not None
     reader, writer = await asyncio.open_connection(*client.outbound_address)
     conn = h2.connection.H2Connection(
@@ -233,14 +240,16 @@ async def h2_call(
     conn.initiate_connection()
     head = [(b":method", method), (b":scheme", b"http"), (b":authority", b"echo"),
             (b":path", b"/x")]  # fmt: skip
-    if content_type:
-        head.append((b"content-type", content_type))
-    if body:
-        head.append((b"content-length", b"%d" % len(body)))
-    conn.send_headers(1, head, end_stream=not body)
-    for at in range(0, len(body), 16384):  # within the initial window (65,535)
-        conn.send_data(1, body[at : at + 16384], end_stream=at + 16384 >= len(body))
-    writer.write(conn.data_to_send())
+    whole = body + later
+    if whole:
+        head.append((b"content-length", b"%d" % len(whole)))
+    conn.send_headers(1, head, end_stream=not whole)
+    for part, last in ((body, not later), (later, True)):
+        for at in range(0, len(part), 16384):  # within the initial window (65,535)
+            conn.send_data(1, part[at : at + 16384], end_stream=last and at + 16384 >= len(part))
+        writer.write(conn.data_to_send())
+        if not last:
+            await asyncio.sleep(0.5)
     got = H2Answer()
     try:
         while not got.ended and (data := await asyncio.wait_for(reader.read(65536), WAIT)):
@@ -553,3 +562,140 @@ async def test_a_304_with_a_content_length_costs_the_shared_link_nothing(
     finally:
         await app.close()
     assert (cached, slowed) == ((304, b""), (200, b"slow")), (cached, slowed)
+
+
+# ---- what a refusal costs: accounting, a body still coming, a retry policy, memory --
+
+
+def consecutive_failures(n: int) -> dict[str, object]:
+    """An OutlierPolicy on echo that ejects an endpoint after `n` failed tries."""
+    policy = retry_policy(consecutiveFailures=n, baseEjectionTime="30s")
+    policy["kind"] = "OutlierPolicy"
+    return policy
+
+
+async def counted(client: DataPlane) -> tuple[float, float, float]:
+    """gossamer_requests_total for echo (all, and 200s), and gossamer_retries_total."""
+    _, text = await admin_get(client, "/metrics")
+    page = text.decode()
+    return (
+        metric(page, "gossamer_requests_total", direction="outbound"),
+        metric(page, "gossamer_requests_total", direction="outbound", code="200"),
+        metric(page, "gossamer_retries_total"),
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["h2", "h1"])
+async def test_a_refused_request_sent_again_is_counted_once_and_ejects_nothing(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], protocol: str
+) -> None:
+    """Two refusals, then an answer: one request in the golden metrics (a 200), no
+    retry (the policy's budget is not spent), the endpoint's outstanding count back to
+    0, and outlier detection (ejecting on a single failure) has heard no failure."""
+    peer = await hostile_peer(pki, client, peers, (REFUSED, GOAWAY_ALWAYS), consecutive_failures(1))
+    if protocol == "h2":
+        got = await h2_call(client, b"POST", b"once")
+        assert (got.status, bytes(got.body)) == (200, b"echo-1"), peer.errors
+    else:
+        assert await send(client, "POST", b"once") == (200, "", b"echo-1"), peer.errors
+    assert len(peer.requests) == 1 + REFUSED_RETRIES
+    assert await counted(client) == (1, 1, 0)
+    route = client.table.lookup_host(b"echo")
+    (load,) = route.balancer.loads  # type: ignore[union-attr]
+    assert load.outstanding == 0
+    assert load.ejected_until <= client.loop.time()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["h2", "h1"])
+async def test_a_refusal_while_the_body_still_comes_sends_it_again_whole(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], protocol: str
+) -> None:
+    """The peer refuses the stream on its head, while half the body is still on its
+    way from the client: the request goes again once, whole, and is answered."""
+    peer = await hostile_peer(pki, client, peers, (REFUSED,))
+    first, rest = b"a" * 3000, b"b" * 3000
+    if protocol == "h2":
+        got = await h2_call(client, b"POST", first, later=rest)
+        assert (got.status, bytes(got.body)) == (200, b"echo-1")
+    else:
+        assert client.outbound_address is not None
+        reader, writer = await asyncio.open_connection(*client.outbound_address)
+        try:
+            writer.write(b"POST /x HTTP/1.1\r\nHost: echo\r\nContent-Length: 6000\r\n"
+                         b"Connection: close\r\n\r\n" + first)  # fmt: skip
+            await asyncio.sleep(0.5)
+            writer.write(rest)
+            data = await asyncio.wait_for(reader.read(), WAIT)
+        finally:
+            writer.transport.abort()
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"echo-1"), data[:200]
+    assert len(peer.requests) == 2
+    assert peer.bodies == [first + rest]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["h2", "h1"])
+async def test_refusals_and_a_retry_policy_together_are_bounded(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], protocol: str
+) -> None:
+    """A peer that refuses every time, under a retry policy on `reset` (2 attempts):
+    the refusals' re-sends and the policy's retries add up, and stop: the request goes
+    at most 1 + REFUSED_RETRIES + 2 times, and the client gets its answer."""
+    peer = await hostile_peer(pki, client, peers, (REFUSED,) * 20, RESET_RETRY)
+    if protocol == "h2":
+        got = await h2_call(client, b"PUT", b"idempotent")
+        assert got.reset == h2.errors.ErrorCodes.REFUSED_STREAM or got.status == 502
+    else:
+        status, error, _ = await send(client, "PUT", b"idempotent")
+        assert status == 502 and error
+    assert 1 + REFUSED_RETRIES <= len(peer.requests) <= 1 + REFUSED_RETRIES + 2
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "HTTP/2 from an app: the copy of the request kept for a refusal "
+        "(StreamPair.replay, outbound.h2._admitted: start_keeping) is never let go "
+        "once the response head came, when no refusal can make it go again: a long "
+        "response (gRPC server streaming, a download) holds up to 16 KiB per stream "
+        "for its whole life, 4 MiB per app connection of 256 streams"
+    ),
+)
+async def test_the_copy_kept_for_a_refusal_is_let_go_once_the_response_came(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer]
+) -> None:
+    peer = await hostile_peer(pki, client, peers, (HEAD_AND_HOLD,) * 4)
+    assert client.outbound_address is not None
+    reader, writer = await asyncio.open_connection(*client.outbound_address)
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    conn.initiate_connection()
+    body = b"k" * 16000  # under REFUSED_REPLAY_LIMIT: kept
+    for sid in (1, 3, 5, 7):
+        conn.send_headers(
+            sid,
+            [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"echo"),
+             (b":path", b"/watch"), (b"content-length", b"%d" % len(body))],
+        )  # fmt: skip
+        conn.send_data(sid, body, end_stream=True)
+    writer.write(conn.data_to_send())
+    heads = 0
+    try:
+        while heads < 4:
+            data = await asyncio.wait_for(reader.read(65536), WAIT)
+            assert data
+            for event in conn.receive_data(data):
+                heads += isinstance(event, h2.events.ResponseReceived)
+            writer.write(conn.data_to_send())
+        (link,) = client.peer_links.conns.values()
+        pairs = {half.pair for half in link.halves.values()}
+        assert len(pairs) == 4 and all(p.status == 200 for p in pairs)
+        held = sum(p.replay_size for p in pairs if p.replay is not None)
+    finally:
+        writer.transport.abort()
+    assert len(peer.requests) == 4
+    assert held == 0
