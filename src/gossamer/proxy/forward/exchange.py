@@ -1018,11 +1018,12 @@ class Exchange:
         self.close_after = close
         return close
 
-    def upstream_lost(self, upstream: Upstream, reused: bool, refused: bool = False) -> None:
+    def upstream_lost(self, upstream: Upstream, reused: bool, refused: float | None = None) -> None:
         """The upstream connection closed or reset before the response ended.
         `refused`: a stream the peer refused unprocessed (REFUSED_STREAM, or past its
-        GOAWAY): sent again whatever its method, up to REFUSED_RETRIES times, when the
-        request is held whole (RFC 9113 8.1.4; decision 0112)."""
+        GOAWAY), with the backoff before sending it again (StreamPair.refused): sent
+        again whatever its method, up to REFUSED_RETRIES times, when the request is held
+        whole (RFC 9113 8.1.4; decision 0112)."""
         if self.phase == Phase.FINISHED:
             return
         self.upstream = None
@@ -1035,8 +1036,9 @@ class Exchange:
             self.fail(502, f"upstream reset: {self.peer} closed the connection mid-response")
             return
         kept = self.head.body == BODY_NONE or self.replay is not None
-        if refused and kept and self.refusals < REFUSED_RETRIES:
+        if refused is not None and kept and self.refusals < REFUSED_RETRIES:
             self.refusals += 1
+            backoff = refused * self.refusals
             self.load = None
             log.info(
                 "%s: %s refused the request unprocessed; sending it again",
@@ -1044,11 +1046,11 @@ class Exchange:
                 self.peer,
             )
             if self.request_done:
-                self._schedule_retry(0.0)
+                self._schedule_retry(backoff)
             else:
                 if self.after_request is None:
                     self.after_request = []
-                self.after_request.append(lambda: self._retry_when_whole(0.0))
+                self.after_request.append(lambda: self._retry_when_whole(backoff))
             return
         call = self.call
         if call is not None and call.retries_reset():

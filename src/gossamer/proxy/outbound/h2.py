@@ -339,13 +339,14 @@ class _OutboundStream:
         """The upstream stream was reset or its connection lost before an answer. One
         the upstream refused unprocessed (REFUSED_STREAM, or past its GOAWAY) is sent
         again whatever the retry policy says, up to REFUSED_RETRIES times, if its DATA
-        were kept (RFC 9113 8.1.4: it reached no application); another, as the retry
-        policy says."""
+        were kept (RFC 9113 8.1.4: it reached no application), at once after a GOAWAY
+        and after a backoff after a REFUSED_STREAM; another, as the retry policy says."""
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
-        if pair.refused:
-            pair.refused = False
+        delay = pair.refused
+        if delay is not None:
+            pair.refused = None
             if pair.replay is not None and self.refusals < REFUSED_RETRIES:
                 self.refusals += 1
                 self._let_go(failed=None)
@@ -355,7 +356,11 @@ class _OutboundStream:
                     self.peer,
                 )
                 pair.restart_upstream()
-                self._attach()
+                if delay > 0:
+                    wait = delay * self.refusals
+                    self.retry_timer = self.dp.loop.call_later(wait, self._retry_now)
+                else:
+                    self._attach()
                 return True
         if not self.call.retries_reset():
             return False

@@ -102,7 +102,7 @@ from hyperframe.frame import (
 
 from gossamer.proxy.wire import h2codec
 from gossamer.proxy.wire.http1 import CLIENT_GONE, ORIG_PROTO_HEADER, SRC_SERVICE_HEADER
-from gossamer.proxy.wire.limits import MAX_HEADERS, InFlight, LimitedLog
+from gossamer.proxy.wire.limits import MAX_HEADERS, REFUSED_BACKOFF, InFlight, LimitedLog
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -491,8 +491,10 @@ class StreamPair:
         # Set before `on_reset` when the upstream refused the stream unprocessed: a
         # REFUSED_STREAM, or a GOAWAY whose last stream id is below it. The request
         # reached no application and may be sent again whatever its method (RFC 9113
-        # 8.1.4).
-        self.refused = False
+        # 8.1.4), after this many seconds (times the refusals so far): 0 after a
+        # GOAWAY (a new connection takes it), REFUSED_BACKOFF after a REFUSED_STREAM
+        # (the peer is at its limit). None: not refused.
+        self.refused: float | None = None
         # A route's ResponseHeaderModifier: applied to the response head's fields.
         self.response_edit: Callable[[Headers], Headers] | None = None
         # The proxy answers the client itself (`reply`, `reply_grpc`).
@@ -992,7 +994,7 @@ class H2Connection(asyncio.Protocol):
                 if perf_counter() - pair.started < PREMATURE_RESET_LIFETIME:
                     self._premature_reset()
             elif half is pair.up and event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM:
-                pair.refused = True
+                pair.refused = REFUSED_BACKOFF
             on_reset = pair.on_reset if half is pair.up and not pair.status else None
             if on_reset is not None and on_reset(pair):
                 return
@@ -1120,7 +1122,7 @@ class H2Connection(asyncio.Protocol):
         ]
         for half in refused:
             del self.halves[half.stream_id]
-            half.pair.refused = True
+            half.pair.refused = 0.0
             with contextlib.suppress(h2.exceptions.H2Error):
                 self.h2.reset_stream(half.stream_id, h2.errors.ErrorCodes.CANCEL)
             _lost(half, f"upstream refused the stream: {self.name} said GOAWAY")
