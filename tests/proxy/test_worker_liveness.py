@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import http.client
+import json
 import os
 import re
 import signal
@@ -42,6 +44,7 @@ from tests.proxy.test_workers import (
     admin_of,
     all_ready,
     eventually,
+    get_json,
     get_text,
     lone_proxy,
     outbound_requests,
@@ -282,3 +285,85 @@ def _ready(w: Workload) -> tuple[int, str]:
             return int(resp.status), resp.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
+
+
+# One version of the client's route to echo per push: each is a new snapshot for it.
+ROUTE = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: echo, namespace: shop}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: echo}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /}}}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {{set: [{{name: x-push, value: "{n}"}}]}}
+    backendRefs: [{{name: echo, port: 80}}]
+"""
+PUSHES = 8
+# Worker 1 is signalled after these pushes (the next ones go while it is started again).
+KILL_AFTER = (1, 4)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [signal.SIGKILL, signal.SIGHUP],
+    ids=["killed", "hung up (SIGHUP ends a worker: no reload in gossamer proxy)"],
+)
+def test_no_worker_is_left_on_an_old_snapshot_by_restarts_during_a_burst_of_pushes(
+    mesh: tuple[ControlPlaneProcess, Workload, Workload], how: signal.Signals
+) -> None:
+    cp, _, client = mesh
+    eventually("the client's workers ready", lambda: all_ready(client), timeout=60)
+    restarts = workers_of(client)[1]["restarts"]
+    killed: list[int] = []
+    for n in range(PUSHES):
+        cp.cli("apply", "-f", "-", stdin=ROUTE.format(n=n), check=True)
+        if n in KILL_AFTER:
+            eventually(
+                "a worker 1 to signal",
+                lambda: workers_of(client)[1]["pid"] not in (None, *killed),
+            )
+            pid = workers_of(client)[1]["pid"]
+            os.kill(pid, how)
+            killed.append(pid)
+
+    def versions() -> list[str]:
+        return [
+            get_json(admin_of(client, w), "/config")["snapshot"]["version"]
+            for w in workers_of(client)
+        ]
+
+    eventually(
+        "every worker on one snapshot, worker 1 started again",
+        lambda: (
+            all_ready(client)
+            and workers_of(client)[1]["pid"] not in killed
+            and workers_of(client)[1]["restarts"] == restarts + len(killed)
+            and len(set(versions())) == 1
+        ),
+        timeout=60,
+    )
+    # ...the last one pushed: whichever worker a new connection reaches, it sets the
+    # header of the last version of the route.
+    replacement = admin_of(client, workers_of(client)[1])
+    before = outbound_requests(get_text(replacement, "/metrics"))
+    for n in range(30):
+        assert _pushed_header(client.outbound, f"/after-burst/{n}") == str(PUSHES - 1)
+    assert outbound_requests(get_text(replacement, "/metrics")) > before
+
+
+def _pushed_header(outbound: str, path: str) -> str | None:
+    """The x-push header echo saw on one request, on a connection of its own."""
+    host, port = outbound.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", f"http://echo.shop{path}")
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.status == 200, (resp.status, body)
+        headers = {k.lower(): v for k, v in json.loads(body)["headers"].items()}
+        return headers.get("x-push")
+    finally:
+        conn.close()
