@@ -34,16 +34,26 @@ import h2.events
 import h2.exceptions
 import pytest
 import pytest_asyncio
+from hyperframe.frame import Frame, WindowUpdateFrame
 
 from gossamer.proxy.dataplane import DataPlane
 from gossamer.proxy.wire import h2codec
+from gossamer.proxy.wire.http2 import CONNECTION_WINDOW, CONTROL_FRAME_LIMIT, STREAM_WINDOW
 from gossamer.proxy.wire.limits import REFUSED_RETRIES
-from gossamer.proxy.wire.tls import make_contexts
+from gossamer.proxy.wire.tls import make_contexts, sni_for
 from tests.adversarial.test_h1to2_attacks import _one_endpoint
 from tests.proxy import conftest as proxy_conftest
 from tests.proxy.conftest import Mesh, Pki, curl, fast_config, raw_exchange, server_snapshot
 from tests.proxy.conftest import h2_codec as h2_codec  # autouse: the engine under test
 from tests.proxy.test_e2e_http import admin_get, metric
+from tests.proxy.test_h2_hardening import (
+    ENHANCE_YOUR_CALM,
+    RawH2,
+    echo_mesh,
+    inbound_context,
+    open_to,
+    request,
+)
 from tests.proxy.test_retry_hardening import RESET_RETRY, apply, retry_policy, send
 
 WAIT = 10.0
@@ -699,3 +709,86 @@ async def test_the_copy_kept_for_a_refusal_is_let_go_once_the_response_came(
         writer.transport.abort()
     assert len(peer.requests) == 4
     assert held == 0
+
+
+# ---- malformed requests: a stream error each, bounded, and the window kept ----------
+
+
+class WindowedRawH2(RawH2):
+    """RawH2 that also counts the connection window the proxy grants."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader, writer)
+        self.granted = 65_535  # the initial connection window (RFC 9113 6.9.2)
+
+    def _received(self, frame: Frame) -> None:
+        if isinstance(frame, WindowUpdateFrame) and frame.stream_id == 0:
+            self.granted += frame.window_increment
+        super()._received(frame)
+
+
+MALFORMED = (b"connection", b"keep-alive")  # connection-specific (RFC 9113 8.2.2)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("side", ["outbound", "inbound"])
+async def test_a_flood_of_malformed_requests_gets_goaway_and_the_connection_closes(
+    pki: Pki, side: str
+) -> None:
+    """More malformed header blocks in a second than CONTROL_FRAME_LIMIT: each is a
+    stream error, and together they are a flood: GOAWAY ENHANCE_YOUR_CALM, the
+    connection closes, and the proxy stops reading long before the end."""
+    count = 4 * CONTROL_FRAME_LIMIT
+    async with echo_mesh(pki) as (client, server, app):
+        raw = await open_to(pki, client, server, side)
+        try:
+            bad = request(b"/bad", b"GET", MALFORMED)
+            sent = 0
+            for sid in range(1, 2 * count, 2):
+                if not await raw.send(raw.headers(sid, bad)):
+                    break
+                sent += 1
+            assert await raw.closed()
+            assert raw.goaway is not None and raw.goaway[0] == ENHANCE_YOUR_CALM, raw.goaway
+            assert sent < count
+            assert not app.received  # none of them reached the app
+        finally:
+            await raw.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("side", ["outbound", "inbound"])
+async def test_the_body_of_a_malformed_request_is_credited_to_the_connection(
+    pki: Pki, side: str
+) -> None:
+    """Malformed requests followed by their bodies, more DATA in all than the
+    connection's window (CONNECTION_WINDOW): the proxy resets each stream and ignores
+    its DATA, but gives the window back (RFC 9113 6.9: DATA counts whatever its
+    stream), so a well-formed request on the same connection is still answered."""
+    async with echo_mesh(pki) as (client, server, _):
+        if side == "outbound":
+            assert client.outbound_address is not None
+            raw = await WindowedRawH2.open(client.outbound_address)
+        else:
+            assert server.inbound_address is not None
+            raw = await WindowedRawH2.open(
+                server.inbound_address,
+                inbound_context(pki),
+                server_hostname=sni_for(8080, "echo-1", "default"),
+            )
+        try:
+            body = b"m" * (STREAM_WINDOW - 16_384)
+            chunks = [body[at : at + 16_384] for at in range(0, len(body), 16_384)]
+            sent, sid = 0, 1
+            while sent < CONNECTION_WINDOW + len(body):
+                has_room = await raw.until(lambda n=sent: raw.granted - n >= len(body), 5.0)
+                assert has_room, f"window stalled: {sent} sent, {raw.granted} granted"
+                frames = raw.headers(sid, request(b"/bad", b"POST", MALFORMED), False)
+                frames += b"".join(raw.data(sid, c, c is chunks[-1]) for c in chunks)
+                assert await raw.send(frames), raw.goaway
+                sent += len(body)
+                sid += 2
+            assert await raw.get(sid, request(b"/good")) == 200
+            assert raw.goaway is None
+        finally:
+            await raw.close()
