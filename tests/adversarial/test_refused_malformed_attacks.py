@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import grpc
 import h2.config
 import h2.connection
 import h2.errors
@@ -67,6 +68,7 @@ REFUSED = "RST_STREAM REFUSED_STREAM on the stream's first frame"
 MALFORMED_HEAD = "a response head with a connection-specific field"
 MALFORMED_TRAILERS = "a response head and DATA, then trailers with a connection field"
 HEAD_AND_HOLD = "a response head and some DATA, and the stream kept open (a long response)"
+GRPC_MALFORMED_TRAILERS = "a gRPC response message, then trailers with a connection field"
 
 
 mesh = proxy_conftest.mesh  # the fixture: a client proxy and two echo workloads
@@ -180,6 +182,10 @@ class HostilePeer:
             conn.send_headers(sid, [(b":status", b"200")])
             conn.send_data(sid, b"partial")
             conn.send_headers(sid, [(b"connection", b"close")], end_stream=True)
+        elif move == GRPC_MALFORMED_TRAILERS:
+            conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+            conn.send_data(sid, b"\x00\x00\x00\x00\x02ok")
+            conn.send_headers(sid, [(b"grpc-status", b"0"), (b"connection", b"x")], end_stream=True)
         elif move == HEAD_AND_HOLD:
             conn.send_headers(sid, [(b":status", b"200")])
             conn.send_data(sid, b"first")
@@ -792,3 +798,39 @@ async def test_the_body_of_a_malformed_request_is_credited_to_the_connection(
             assert raw.goaway is None
         finally:
             await raw.close()
+
+
+def grpc_unary(address: tuple[str, int]) -> grpc.StatusCode:
+    """One unary gRPC call (grpcio, its own HTTP/2) through the client's outbound: the
+    status the client saw."""
+    host, port = address
+    with grpc.insecure_channel(
+        f"{host}:{port}", options=[("grpc.default_authority", "echo")]
+    ) as channel:
+        call = channel.unary_unary("/test.Echo/Unary")
+        try:
+            call(b"request", timeout=WAIT)
+        except grpc.RpcError as e:
+            return e.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "A peer's malformed trailers after its response began reach a gRPC client as "
+        "RST_STREAM CANCEL (http2._lost: other.conn.reset(other, CANCEL)), which gRPC "
+        "reads as CANCELLED, the status of a call its own client gave up on; the "
+        "upstream's protocol error should read INTERNAL (RST_STREAM INTERNAL_ERROR or "
+        "PROTOCOL_ERROR)"
+    ),
+)
+async def test_malformed_trailers_reach_a_grpc_client_as_an_internal_error(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer]
+) -> None:
+    peer = await hostile_peer(pki, client, peers, (GRPC_MALFORMED_TRAILERS,))
+    assert client.outbound_address is not None
+    code = await asyncio.to_thread(grpc_unary, client.outbound_address)
+    assert len(peer.requests) == 1
+    assert code == grpc.StatusCode.INTERNAL, code
