@@ -68,6 +68,7 @@ REFUSED = "RST_STREAM REFUSED_STREAM on the stream's first frame"
 MALFORMED_HEAD = "a response head with a connection-specific field"
 MALFORMED_TRAILERS = "a response head and DATA, then trailers with a connection field"
 HEAD_AND_HOLD = "a response head and some DATA, and the stream kept open (a long response)"
+GOAWAY_COVERING_THEN_CLOSE = "a GOAWAY whose last stream id covers it, then the connection closed"
 GRPC_MALFORMED_TRAILERS = "a gRPC response message, then trailers with a connection field"
 
 
@@ -182,6 +183,12 @@ class HostilePeer:
             conn.send_headers(sid, [(b":status", b"200")])
             conn.send_data(sid, b"partial")
             conn.send_headers(sid, [(b"connection", b"close")], end_stream=True)
+        elif move == GOAWAY_COVERING_THEN_CLOSE:
+            conn.close_connection(last_stream_id=sid)
+            writer.write(conn.data_to_send())
+            await writer.drain()
+            writer.close()
+            return True
         elif move == GRPC_MALFORMED_TRAILERS:
             conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
             conn.send_data(sid, b"\x00\x00\x00\x00\x02ok")
@@ -330,6 +337,51 @@ async def test_an_http1_post_answered_103_then_refused_is_not_sent_again(
     status, error, _ = await send(client, "POST", b"once")
     assert status == 502, error
     assert [r[b":method"] for r in peer.requests] == [b"POST"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["h2", "h1"])
+async def test_a_post_a_goaway_covers_is_not_sent_again_when_the_connection_closes(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], protocol: str
+) -> None:
+    """A GOAWAY whose last stream id covers the stream says the peer may have processed
+    it (RFC 9113 6.8); the connection then closing without an answer is not a
+    refusal: the POST is answered 502, not sent again."""
+    peer = await hostile_peer(pki, client, peers, (GOAWAY_COVERING_THEN_CLOSE,))
+    if protocol == "h2":
+        got = await h2_call(client, b"POST", b"once")
+        assert got.status == 502 or got.reset is not None
+    else:
+        status, error, _ = await send(client, "POST", b"once")
+        assert status == 502, error
+    assert [r[b":method"] for r in peer.requests] == [b"POST"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "HTTP/1.1 carried as a stream: Exchange.keep_for_replay keeps nothing for a "
+        "request with Expect: 100-continue, though this hop sends the 100 Continue "
+        "itself (Exchange.bind) and the body is a small Content-Length one; refused "
+        "unprocessed, the POST is answered 502 'upstream reset: ... closed the "
+        "connection' (the peer closed nothing) instead of going again"
+    ),
+)
+async def test_a_refused_post_with_expect_100_continue_is_sent_again_whole(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer]
+) -> None:
+    """curl, .NET and Java clients send Expect: 100-continue with a request body."""
+    peer = await hostile_peer(pki, client, peers, (REFUSED,))
+    assert client.outbound_address is not None
+    host, port = client.outbound_address
+    rc, out, err = await curl(
+        "-v", "-m", "8", "-H", "Expect: 100-continue", "--data-binary", "x" * 3000,
+        "-H", "Host: echo", f"http://{host}:{port}/x",
+    )  # fmt: skip
+    assert (rc, out) == (0, b"echo-1"), err
+    assert len(peer.requests) == 2
+    assert peer.bodies == [b"x" * 3000]
 
 
 @pytest.mark.asyncio
