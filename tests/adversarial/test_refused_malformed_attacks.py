@@ -56,6 +56,7 @@ from tests.proxy.test_h2_hardening import (
     request,
 )
 from tests.proxy.test_retry_hardening import RESET_RETRY, apply, retry_policy, send
+from tests.proxy.test_traffic import httproute, ref
 
 WAIT = 10.0
 
@@ -68,6 +69,7 @@ REFUSED = "RST_STREAM REFUSED_STREAM on the stream's first frame"
 MALFORMED_HEAD = "a response head with a connection-specific field"
 MALFORMED_TRAILERS = "a response head and DATA, then trailers with a connection field"
 HEAD_AND_HOLD = "a response head and some DATA, and the stream kept open (a long response)"
+LATE_REFUSED = "RST_STREAM REFUSED_STREAM 0.6 s after the stream's first frame"
 GOAWAY_COVERING_THEN_CLOSE = "a GOAWAY whose last stream id covers it, then the connection closed"
 GRPC_MALFORMED_TRAILERS = "a gRPC response message, then trailers with a connection field"
 
@@ -132,7 +134,9 @@ class HostilePeer:
                         i = len(self.requests) - 1
                         move = moves[sid] = self.script[i] if i < len(self.script) else ANSWER
                         bodies[sid] = bytearray()
-                        if move == REFUSED:
+                        if move == LATE_REFUSED:
+                            await asyncio.sleep(0.6)
+                        if move in (REFUSED, LATE_REFUSED):
                             conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
                         elif move == GOAWAY_ALWAYS:
                             conn.close_connection(last_stream_id=0)
@@ -491,6 +495,24 @@ async def test_an_http1_request_a_peer_goaways_every_time_is_answered_502(
     assert status == 502 and error
     assert len(peer.requests) == 1 + REFUSED_RETRIES
     assert peer.connections == 1 + REFUSED_RETRIES
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["h2", "h1"])
+async def test_a_routes_request_timeout_runs_across_the_refusals(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], protocol: str
+) -> None:
+    """A peer that refuses each stream 0.6 s after it came, under a route whose
+    request timeout is 1 s: the tries would take 1.8 s; the timeout counts from the
+    request, not from each re-send, and the client gets its 504."""
+    route = httproute("slow", [{"backendRefs": [ref("echo")], "timeouts": {"request": "1s"}}])
+    await hostile_peer(pki, client, peers, (LATE_REFUSED,) * 5, route)
+    if protocol == "h2":
+        got = await h2_call(client, b"POST", b"once")
+        assert got.status == 504, (got.status, got.reset)
+    else:
+        status, error, _ = await send(client, "POST", b"once")
+        assert status == 504, error
 
 
 # ---- a malformed block from the peer ends its stream only -----------------------------
