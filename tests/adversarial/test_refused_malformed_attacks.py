@@ -25,6 +25,7 @@ went wrong. A strict xfail is a defect found here: it turns into a plain test on
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import grpc
@@ -495,6 +496,60 @@ async def test_an_http1_request_a_peer_goaways_every_time_is_answered_502(
     assert status == 502 and error
     assert len(peer.requests) == 1 + REFUSED_RETRIES
     assert peer.connections == 1 + REFUSED_RETRIES
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (a replica whose proxy is down)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "A refused re-send counts as a connect try: outbound.h2._attach adds to "
+        "Call.connects, and Exchange.forward to Exchange.attempts, which "
+        "Call.connect_failed and Exchange.connect_failed hold to "
+        "min(MAX_CONNECT_TRIES / MAX_ATTEMPTS, endpoints); after one refusal, the "
+        "other replica's connection failing ends the call 502 'connect refused', "
+        "though the replica that refused would now answer"
+    ),
+)
+@pytest.mark.parametrize("protocol", ["h2", "h1"])
+async def test_a_refusal_and_a_replica_down_do_not_fail_a_request_one_replica_answers(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], protocol: str
+) -> None:
+    """Two replicas: one refuses the first stream unprocessed and answers the next,
+    the other is down. Neither a refusal nor a failed connect sent the request
+    anywhere; without the refusal the call goes to the live replica and is answered."""
+    assert await one_live_replica(pki, client, peers, protocol, (REFUSED,)) == 2
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["h2", "h1"])
+async def test_a_replica_down_does_not_fail_a_request_the_other_answers(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], protocol: str
+) -> None:
+    """The same without the refusal: the call goes on to the live replica."""
+    assert await one_live_replica(pki, client, peers, protocol, ()) == 1
+
+
+async def one_live_replica(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], protocol: str, script: tuple[str, ...]
+) -> int:
+    """A POST to echo, whose replicas are a HostilePeer playing `script` and one that
+    is down: asserts it is answered by the live one; how many times that one was asked."""
+    peer = HostilePeer(pki, script)
+    peers.append(peer)
+    apply(client, pki, {"echo-1": await peer.start(), "echo-2": closed_port()})
+    if protocol == "h2":
+        got = await h2_call(client, b"POST", b"once")
+        assert (got.status, bytes(got.body)) == (200, b"echo-1"), got.headers
+    else:
+        assert await send(client, "POST", b"once") == (200, "", b"echo-1")
+    return len(peer.requests)
 
 
 @pytest.mark.asyncio
