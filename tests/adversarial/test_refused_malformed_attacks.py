@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import h2.config
@@ -48,6 +48,7 @@ from tests.proxy import conftest as proxy_conftest
 from tests.proxy.conftest import Mesh, Pki, curl, fast_config, raw_exchange, server_snapshot
 from tests.proxy.conftest import h2_codec as h2_codec  # autouse: the engine under test
 from tests.proxy.test_e2e_http import admin_get, metric
+from tests.proxy.test_e2e_upgrade import two_proxies
 from tests.proxy.test_h2_hardening import (
     ENHANCE_YOUR_CALM,
     RawH2,
@@ -963,3 +964,81 @@ async def test_malformed_trailers_reach_a_grpc_client_as_an_internal_error(
     code = await asyncio.to_thread(grpc_unary, client.outbound_address)
     assert len(peer.requests) == 1
     assert code == grpc.StatusCode.INTERNAL, code
+
+
+async def eventually(done: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Wait (bounded) until `done()` holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not done() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    return done()
+
+
+class RecordingApp:
+    """An HTTP/1.1 app that keeps every byte each connection brought, answers a GET
+    200 at once, and a chunked request once its last chunk came."""
+
+    def __init__(self) -> None:
+        self.connections: list[bytearray] = []
+        self.closed: set[int] = set()  # the connections the proxy closed, by index
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got = bytearray()
+        index = len(self.connections)
+        self.connections.append(got)
+        try:
+            while data := await reader.read(65536):
+                got.extend(data)
+                if got.startswith(b"GET ") or got.endswith(b"0\r\n\r\n"):
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        except ConnectionError:
+            pass
+        finally:
+            self.closed.add(index)
+            writer.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("bad", [b"connection", b"X-Upper"])
+async def test_malformed_request_trailers_from_a_peer_abort_the_apps_exchange(
+    pki: Pki, bad: bytes
+) -> None:
+    """A peer proxy's POST to an HTTP/1.1 app, its chunked body half sent, then
+    malformed trailers: the stream is reset PROTOCOL_ERROR, the app's connection that
+    carried the half body is closed (never reused: the next request's bytes would be
+    read as the rest of that body), and the next request on the link is answered on a
+    connection of its own."""
+    app = RecordingApp()
+    port = await app.start()
+    try:
+        async with two_proxies(pki, port) as (client, server):
+            raw = await open_to(pki, client, server, "inbound")
+            try:
+                await raw.send(raw.headers(1, request(b"/first", b"POST"), end_stream=False))
+                await raw.send(raw.data(1, b"abc"))
+                assert await raw.until(
+                    lambda: bool(app.connections) and b"abc" in app.connections[0]
+                )
+                await raw.send(raw.headers(1, [(bad, b"x")], end_stream=True))
+                assert await raw.settled(1)
+                assert await raw.get(3, request(b"/second")) == 200
+                assert raw.resets == {1: h2.errors.ErrorCodes.PROTOCOL_ERROR}
+                assert raw.goaway is None
+            finally:
+                await raw.close()
+            first, second = app.connections
+            assert first.startswith(b"POST /first") and b"/second" not in first
+            assert second.startswith(b"GET /second")
+            assert await eventually(lambda: 0 in app.closed)  # the proxies still run
+    finally:
+        await app.close()
