@@ -1042,3 +1042,18 @@ async def test_malformed_request_trailers_from_a_peer_abort_the_apps_exchange(
             assert await eventually(lambda: 0 in app.closed)  # the proxies still run
     finally:
         await app.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("move", [REFUSED, GOAWAY_ALWAYS])
+async def test_a_grpc_call_a_peer_refuses_every_time_is_unavailable(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], move: str
+) -> None:
+    """A gRPC client (grpcio) whose call the peer refuses every time, by REFUSED_STREAM
+    or by a GOAWAY on each new connection: asked 1 + REFUSED_RETRIES times, then the
+    client reads UNAVAILABLE (which its own retry policy may send elsewhere)."""
+    peer = await hostile_peer(pki, client, peers, (move,) * 10)
+    assert client.outbound_address is not None
+    code = await asyncio.to_thread(grpc_unary, client.outbound_address)
+    assert code == grpc.StatusCode.UNAVAILABLE, code
+    assert len(peer.requests) == 1 + REFUSED_RETRIES
