@@ -75,6 +75,9 @@ EXIT_WITHIN: Final = 5.0
 EXIT_POLL: Final = 0.05
 PING: Final = ("ping",)
 PONG: Final = ("pong",)
+# A worker's answer to a ping when a listener of its own is closed while the agent's
+# copy keeps that socket in the SO_REUSEPORT group: ("closed", [listener names]).
+CLOSED: Final = "closed"
 
 
 class Channel(asyncio.Protocol):
@@ -266,6 +269,12 @@ class WorkerSet:
                 worker.index,
                 worker.proc.pid if worker.proc is not None else "?",
                 worker.heard_at - worker.started_at,
+            )
+        elif kind == CLOSED:
+            self._kill(
+                worker,
+                f"accepts nothing on its {', '.join(message[1])} listener(s): closed in it, "
+                "while the agent's copies keep them in the SO_REUSEPORT group",
             )
         elif kind == "interest":
             self.dp.ask_interest(message[1])
@@ -589,6 +598,8 @@ class _WorkerProcess:
         self.stop = stop
         self.dp: DataPlane | None = None
         self.channel: Channel | None = None
+        # The listening sockets the agent passed, by listener name.
+        self.sockets: dict[str, socket.socket] = {}
         self.pending: list[Any] = []
         self._ready_sent = False
         # Set once a snapshot and credentials came: only then does the worker bind.
@@ -598,11 +609,16 @@ class _WorkerProcess:
     def on_message(self, message: Any) -> None:
         kind = message[0]
         if kind == "ping":
-            self._send(PONG)  # answered by this loop: the agent's proof that it turns
+            # Answered by this loop: the agent's proof that it turns. Unless a listener
+            # is closed here: then the loop turns but what the kernel hashes to that
+            # socket waits for nobody (the agent holds it open).
+            closed = self._closed_listeners()
+            self._send((CLOSED, closed) if closed else PONG)
             return
         if kind == "config":
             config, index, fds = message[1], message[2], message[3]
             sockets = {name: socket.socket(fileno=fd) for name, fd in fds.items()}
+            self.sockets = sockets
             config = dataclasses.replace(config, listen_sockets=sockets)
             asyncio.get_running_loop().create_task(self._start(config, index))
             return
@@ -623,6 +639,14 @@ class _WorkerProcess:
             self._send(("demand", dp.controls.demand()))
         elif kind == "metrics":
             self._send(("metrics", message[1], dp.metrics_text()))
+
+    def _closed_listeners(self) -> list[str]:
+        """The listeners whose socket was closed in this process while it serves: uvloop
+        closes a server (and detaches the socket it was given, whose descriptor reads -1)
+        after an accept error it does not expect (ENOMEM, ENOBUFS...), and says nothing."""
+        if self.dp is None or self.stop.is_set():
+            return []
+        return [name for name, sock in self.sockets.items() if sock.fileno() == -1]
 
     def _apply(self, dp: DataPlane, snapshot: Snapshot) -> None:
         try:

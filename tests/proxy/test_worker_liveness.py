@@ -367,3 +367,57 @@ def _pushed_header(outbound: str, path: str) -> str | None:
         return headers.get("x-push")
     finally:
         conn.close()
+
+
+# Loaded into every Python process of the proxy under test (PYTHONPATH): a worker closes
+# its outbound listener on SIGUSR2, as uvloop closes a server after an accept error it
+# does not expect (ENOMEM, ENOBUFS: not to be had on demand), saying nothing; its loop
+# goes on turning and answering pings.
+CLOSE_ON_SIGNAL = """
+import signal, sys
+if "gossamer.workers" in sys.orig_argv:
+    def close_outbound(signum, frame):
+        import gc
+        from gossamer.proxy.dataplane import DataPlane
+        for dp in [o for o in gc.get_objects() if isinstance(o, DataPlane)]:
+            dp._listening["outbound"].close()
+    signal.signal(signal.SIGUSR2, close_outbound)
+"""
+
+
+def test_a_worker_whose_listener_closed_is_replaced_and_every_request_is_answered(
+    mesh: tuple[ControlPlaneProcess, Workload, Workload], tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CLOSE_ON_SIGNAL)
+    with lone_proxy(mesh[0], tmp_path, env={"PYTHONPATH": str(site)}) as lonely:
+        eventually("both workers ready", lambda: all_ready(lonely))
+        pid = workers_of(lonely)[1]["pid"]
+        port = int(lonely.outbound.rsplit(":", 1)[1])
+        os.kill(pid, signal.SIGUSR2)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            # On fresh connections all along: the kernel hashes some to the socket the
+            # worker closed, which the agent keeps open.
+            sent = pool.submit(asyncio.run, _send_throughout(port))
+            closed = re.compile(
+                rf"worker 1 \(pid {pid}\) accepts nothing on its outbound listener\(s\): "
+                r"closed in it, while the agent's copies keep them in the SO_REUSEPORT group; "
+                r"killing it"
+            )
+            eventually(
+                "the agent logs the worker that accepts nothing",
+                lambda: bool(closed.search(lonely.log.read_text())),
+            )
+            eventually(
+                "a new worker 1 is serving",
+                lambda: all_ready(lonely) and workers_of(lonely)[1]["pid"] not in (None, pid),
+            )
+            statuses = sent.result(timeout=REQUESTS * SPACING + ANSWER_WITHIN + 30)
+        failed = [s for s in statuses if s != 200]
+        assert not failed, f"{len(failed)} of {REQUESTS} not answered 200: {failed[:10]}"
+        replacement = admin_of(lonely, workers_of(lonely)[1])
+        before = outbound_requests(get_text(replacement, "/metrics"))
+        for n in range(40):
+            assert request(lonely.outbound, f"/after/{n}") == 200
+        assert outbound_requests(get_text(replacement, "/metrics")) > before
