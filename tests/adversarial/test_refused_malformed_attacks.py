@@ -34,6 +34,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 import pytest
 import pytest_asyncio
 from hyperframe.frame import Frame, WindowUpdateFrame
@@ -86,10 +87,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 class HostilePeer:
     """A replica's inbound listener (mTLS, identity default/echo, ALPN gossamer/h2),
     answering stream number i as script[i] says, and every later one with ANSWER. It
-    validates nothing it sends, so it can send what a buggy or hostile peer would."""
+    validates nothing it sends, so it can send what a buggy or hostile peer would.
+    `max_streams`: the MAX_CONCURRENT_STREAMS its SETTINGS announce."""
 
-    def __init__(self, pki: Pki, script: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, pki: Pki, script: tuple[str, ...] = (), max_streams: int | None = None
+    ) -> None:
         self.script = script
+        self.max_streams = max_streams
         self.context = make_contexts(pki.issue("default", "echo")).server
         self.requests: list[dict[bytes, bytes]] = []  # each stream's request head
         self.bodies: list[bytes] = []  # each stream's body, once it ended
@@ -124,6 +129,9 @@ class HostilePeer:
             )
         )
         conn.initiate_connection()
+        if self.max_streams is not None:
+            max_streams = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
+            conn.update_settings({max_streams: self.max_streams})
         writer.write(conn.data_to_send())
         moves: dict[int, str] = {}
         bodies: dict[int, bytearray] = {}
@@ -1057,3 +1065,23 @@ async def test_a_grpc_call_a_peer_refuses_every_time_is_unavailable(
     code = await asyncio.to_thread(grpc_unary, client.outbound_address)
     assert code == grpc.StatusCode.UNAVAILABLE, code
     assert len(peer.requests) == 1 + REFUSED_RETRIES
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["h2", "h1"])
+async def test_a_peer_that_takes_no_streams_is_sent_none(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], protocol: str
+) -> None:
+    """A peer whose SETTINGS say MAX_CONCURRENT_STREAMS 0 (it refuses every stream
+    before any is sent): none is opened on the link, and the client gets a 503 that
+    says why, at once."""
+    peer = HostilePeer(pki, (), max_streams=0)
+    peers.append(peer)
+    apply(client, pki, {"echo-1": await peer.start()})
+    if protocol == "h2":
+        got = await h2_call(client, b"POST", b"once")
+        status, error = got.status, got.headers.get(b"gossamer-error", b"").decode()
+    else:
+        status, error, _ = await send(client, "POST", b"once")
+    assert status == 503 and "cannot open a stream" in error, error
+    assert not peer.requests and not peer.errors
