@@ -42,7 +42,7 @@ from hyperframe.frame import Frame, WindowUpdateFrame
 from gossamer.proxy.dataplane import DataPlane
 from gossamer.proxy.wire import h2codec
 from gossamer.proxy.wire.http2 import CONNECTION_WINDOW, CONTROL_FRAME_LIMIT, STREAM_WINDOW
-from gossamer.proxy.wire.limits import REFUSED_RETRIES
+from gossamer.proxy.wire.limits import REFUSED_RETRIES, InFlight
 from gossamer.proxy.wire.tls import make_contexts, sni_for
 from tests.adversarial.test_h1to2_attacks import _one_endpoint
 from tests.proxy import conftest as proxy_conftest
@@ -1085,3 +1085,79 @@ async def test_a_peer_that_takes_no_streams_is_sent_none(
         status, error, _ = await send(client, "POST", b"once")
     assert status == 503 and "cannot open a stream" in error, error
     assert not peer.requests and not peer.errors
+
+
+# ---- amplification: a peer at its in-flight cap ------------------------------------
+
+
+async def get_burst(address: tuple[str, int], count: int) -> list[int]:
+    """`count` GETs at once on one HTTP/2 connection from an app: each stream's status,
+    or -(its RST_STREAM error code)."""
+    reader, writer = await asyncio.open_connection(*address)
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    conn.initiate_connection()
+    for i in range(count):
+        conn.send_headers(
+            conn.get_next_available_stream_id(),
+            [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"echo"),
+             (b":path", b"/burst/%d" % i)],
+            end_stream=True,
+        )  # fmt: skip
+    writer.write(conn.data_to_send())
+    out: dict[int, int] = {}
+    try:
+        while len(out) < count and (data := await asyncio.wait_for(reader.read(65536), WAIT)):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    out[event.stream_id or 0] = int(dict(event.headers or [])[b":status"])
+                elif isinstance(event, h2.events.StreamReset):
+                    out[event.stream_id or 0] = -int(event.error_code or 0)
+            writer.write(conn.data_to_send())
+    finally:
+        writer.transport.abort()
+    return list(out.values())
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "A peer proxy at its in-flight cap refuses each stream REFUSED_STREAM and "
+        "counts each refusal as a control frame the client caused "
+        "(http2.H2Connection._on_request); the client proxy now sends each refused "
+        "stream again up to REFUSED_RETRIES times on the same link "
+        "(outbound.h2._OutboundStream._on_reset), so 200 requests over the cap make 600 "
+        "refusals, past CONTROL_FRAME_LIMIT: the peer takes its shared link for a flood "
+        "and ends it, and a request its app had been processing is answered 502 (with "
+        "REFUSED_RETRIES 0 the same burst is refused and that request answered 200)"
+    ),
+)
+async def test_requests_over_a_peers_in_flight_cap_do_not_cost_the_link(mesh: Mesh) -> None:
+    """One request holds the peer's only in-flight place (its app takes 3 s); meanwhile
+    an app sends 200 GETs at once, each refused by the peer unprocessed. They may be
+    refused to the app, but the request in progress on the same link is answered."""
+    _one_endpoint(mesh)
+    w = mesh.workloads[0]
+    cap = w.proxy.in_flight = InFlight(1, lambda: "workload default/echo-1")
+    w.app.delay = 3.0
+    held = asyncio.ensure_future(h2_get_status(mesh, "/held"))
+    assert await eventually(lambda: w.app.requests == 1 and cap.count == 1)
+    # The link's control frames so far (its SETTINGS) are counted in another second
+    # than the burst's refusals.
+    await asyncio.sleep(1.1)
+    statuses = await get_burst(mesh.outbound, 200)
+    assert len(statuses) == 200
+    assert await held == 200
+    (link,) = mesh.client.peer_links.conns.values()
+    assert not link.closed
+
+
+async def h2_get_status(mesh: Mesh, path: str) -> int:
+    """A GET over HTTP/2 through the client proxy (curl): its status, 0 for none."""
+    rc, out, _ = await curl(
+        "--http2-prior-knowledge", "-m", "8", "-o", "/dev/null", "-w", "%{http_code}",
+        "-H", "Host: echo", f"{mesh.proxy_url}{path}",
+    )  # fmt: skip
+    return int(out) if rc == 0 else 0
