@@ -40,6 +40,7 @@ import pytest_asyncio
 from hyperframe.frame import Frame, WindowUpdateFrame
 
 from gossamer.proxy.dataplane import DataPlane
+from gossamer.proxy.outbound.h1to2 import StreamUpstream
 from gossamer.proxy.wire import h2codec
 from gossamer.proxy.wire.http2 import CONNECTION_WINDOW, CONTROL_FRAME_LIMIT, STREAM_WINDOW
 from gossamer.proxy.wire.limits import REFUSED_RETRIES, InFlight
@@ -851,6 +852,43 @@ async def test_the_copy_kept_for_a_refusal_is_let_go_once_the_response_came(
         held = sum(p.replay_size for p in pairs if p.replay is not None)
     finally:
         writer.transport.abort()
+    assert len(peer.requests) == 4
+    assert held == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "HTTP/1.1 carried as a stream: the body copy kept for a refusal "
+        "(Exchange.replay, h1to2.Streamer._bind: keep_for_replay) is never let go once "
+        "the response head came: a long response holds up to REPLAY_LIMIT (64 KiB) per "
+        "client connection for its whole life"
+    ),
+)
+async def test_the_http1_body_kept_for_a_refusal_is_let_go_once_the_response_came(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer]
+) -> None:
+    peer = await hostile_peer(pki, client, peers, (HEAD_AND_HOLD,) * 4)
+    assert client.outbound_address is not None
+    body = b"k" * 16000
+    conns = [await asyncio.open_connection(*client.outbound_address) for _ in range(4)]
+    try:
+        for _, writer in conns:
+            writer.write(
+                b"POST /watch HTTP/1.1\r\nHost: echo\r\nContent-Length: 16000\r\n\r\n" + body
+            )
+        for reader, _ in conns:  # every response has begun
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+            assert head.startswith(b"HTTP/1.1 200")
+        (link,) = client.peer_links.conns.values()
+        carriers = [half.pair.down.carrier for half in link.halves.values()]
+        exchanges = [c.exchange for c in carriers if isinstance(c, StreamUpstream)]
+        assert len(exchanges) == 4
+        held = sum(len(b) for ex in exchanges if ex is not None for b in ex.replay or ())
+    finally:
+        for _, writer in conns:
+            writer.transport.abort()
     assert len(peer.requests) == 4
     assert held == 0
 
