@@ -3,23 +3,30 @@ refused unprocessed is sent again whatever its method, and a malformed header bl
 stream error, with every HTTP/1.1-to-HTTP/2 conversion going through
 `http2.from_http1`.
 
-Attacked as a hostile or buggy peer proxy would: a real client proxy (DataPlane, real
-mTLS, ALPN gossamer/h2) calls a replica played by the test (`HostilePeer`, the `h2`
-package, validation of what it sends turned off) that answers each stream as its script
-says: a 1xx and then REFUSED_STREAM or a GOAWAY that disowns the stream, a response
-head and then REFUSED_STREAM, a GOAWAY on every connection, a malformed response head
-or malformed trailers after the response began. The app's side is played by a raw
-`h2` client (no retry of its own, unlike curl) for HTTP/2 from the app
-(proxy.outbound.h2), and by raw HTTP/1.1 for HTTP/1.1 carried as streams
-(proxy.outbound.h1to2, GOSSAMER_MULTIPLEX_HTTP1=1). Each test runs over the three
-HTTP/2 engines (python, native, session).
+How: a real client proxy (DataPlane, real mTLS, ALPN gossamer/h2) calls a replica
+played by the test (`HostilePeer`, the `h2` package with validation of what it sends
+turned off) that answers each stream as its script says: a 103 and then REFUSED_STREAM
+or a GOAWAY that disowns the stream, a response head and then REFUSED_STREAM, a GOAWAY
+on every connection or one that covers the stream before the connection closes, a late
+refusal, SETTINGS that take no stream, a malformed response head, malformed trailers
+after the response began (plain and gRPC). The app is a raw `h2` client (which, unlike
+curl, does not send a refused stream again itself), curl, grpcio, or raw HTTP/1.1
+carried as streams (proxy.outbound.h1to2, GOSSAMER_MULTIPLEX_HTTP1=1). Where a real
+peer proxy is the target (the mesh fixture, tests.proxy.test_h2_hardening's echo mesh
+and RawH2), the attacks are: an HTTP/1.1 app's 304 with a Content-Length beside another
+stream on the link, floods of malformed requests, malformed requests followed by more
+DATA than the connection's window, malformed request trailers to an HTTP/1.1 app, and a
+burst of requests over the peer's in-flight cap. Every test runs over the three HTTP/2
+engines (python, native, session); every loop is bounded in count and time.
 
 What must hold: a request that reached the peer's application (the peer said so by
 answering any part of it, a 1xx included) is never sent again without a retry policy
-that allows it; every re-send is bounded (limits.REFUSED_RETRIES) and ends in a clear
-answer; the client of a request refused past that limit may send it again itself; a
-malformed block from the peer ends its stream only, with an answer that says what
-went wrong. A strict xfail is a defect found here: it turns into a plain test once fixed.
+that allows it, by the proxy or, on its word, by the app's client; every re-send is
+bounded (limits.REFUSED_RETRIES), counted once, spends no retry budget, ejects nothing,
+and ends in a clear answer within the route's timeout; a copy kept for a refusal is let
+go once no refusal can use it; a malformed block ends its stream only, with an answer
+that says what went wrong, and costs the shared link nothing. A strict xfail is a defect
+found here: it turns into a plain test once fixed.
 """
 
 from __future__ import annotations
@@ -893,7 +900,7 @@ async def test_the_http1_body_kept_for_a_refusal_is_let_go_once_the_response_cam
     assert held == 0
 
 
-# ---- malformed requests: a stream error each, bounded, and the window kept ----------
+# ---- malformed blocks: floods, the window, trailers (a gRPC client, an HTTP/1.1 app) --
 
 
 class WindowedRawH2(RawH2):
@@ -1088,6 +1095,9 @@ async def test_malformed_request_trailers_from_a_peer_abort_the_apps_exchange(
             assert await eventually(lambda: 0 in app.closed)  # the proxies still run
     finally:
         await app.close()
+
+
+# ---- a peer that refuses everything: a clear answer, at once --------------------------
 
 
 @pytest.mark.asyncio
