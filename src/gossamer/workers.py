@@ -138,8 +138,8 @@ class Worker:
     # Liveness: when it last said anything, and the pings sent since.
     heard_at: float = 0.0
     unanswered: int = 0
-    # Since when it has had what it needs to serve (the agent's snapshot and
-    # credentials): None while the agent itself has not.
+    # Since when it could serve: the agent's own data plane has been ready (a snapshot,
+    # a valid certificate) since then, and the worker was given both. None while not.
     configured_at: float | None = None
 
 
@@ -248,7 +248,7 @@ class WorkerSet:
             channel.send(("snapshot", self.dp.snapshot))
         if self.dp.credentials is not None:
             channel.send(("credentials", self.dp.credentials))
-        if self._configured():
+        if self._serving_alone():
             worker.configured_at = worker.started_at
         shares = self.dp.controls_shares
         if shares:
@@ -295,15 +295,16 @@ class WorkerSet:
         if self._stopping:
             return
         now = time.monotonic()
-        configured = self._configured()
+        serving = self._serving_alone()
         for worker in self.workers:
             channel = worker.channel
             if channel is None:
                 continue
             if not worker.ready:
-                if worker.configured_at is None:
-                    if configured:
-                        worker.configured_at = now
+                if not serving:
+                    worker.configured_at = None  # it cannot be ready before the agent
+                elif worker.configured_at is None:
+                    worker.configured_at = now
                 elif now - worker.configured_at >= STARTUP_WITHIN:
                     self._kill(
                         worker,
@@ -326,9 +327,12 @@ class WorkerSet:
                 worker.unanswered += 1
         self._liveness = self.dp.loop.call_later(LIVENESS_INTERVAL, self._check_liveness)
 
-    def _configured(self) -> bool:
-        """The agent has what a worker needs before it serves: a snapshot and credentials."""
-        return self.dp.snapshot is not None and self.dp.credentials is not None
+    def _serving_alone(self) -> bool:
+        """The agent's own data plane is ready, but for its workers: a worker given the
+        same snapshot and credentials can be ready too (one that is still not ready
+        after waiting for the agent's, or for an expired certificate, is not stuck)."""
+        waiting = self._not_ready()
+        return all(reason == waiting for reason in self.dp.not_ready_reasons())
 
     def _kill(self, worker: Worker, why: str) -> None:
         """Kill a hung or stuck worker (SIGKILL: a hung process may ignore SIGTERM, a

@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from gossamer.workers import STARTUP_WITHIN, exited
+from gossamer.workers import LIVENESS_INTERVAL, STARTUP_WITHIN, exited
 from tests.e2e.conftest import (
     ControlPlaneProcess,
     Workload,
@@ -268,6 +269,32 @@ def test_a_worker_that_never_gets_ready_is_replaced_and_worker_0_serves_meanwhil
         for n in range(40):
             assert request(lonely.outbound, f"/after/{n}") == 200
         assert outbound_requests(get_text(replacement, "/metrics")) > 0
+
+
+def test_workers_waiting_for_the_agents_configuration_are_not_taken_for_stuck(
+    mesh: tuple[ControlPlaneProcess, Workload, Workload], tmp_path: Path
+) -> None:
+    """A worker cannot be ready before the agent has a snapshot and a certificate: the
+    start-up deadline runs only while the agent's own data plane is ready."""
+    # Nothing listens on that discovery address: the agent keeps trying to join.
+    nowhere = ("--discovery", f"127.0.0.1:{free_port()}")
+    with lone_proxy(mesh[0], tmp_path, *nowhere, wait_ready=False) as alone:
+        eventually("worker 1 listed", lambda: _listed(alone))
+        first = workers_of(alone)[1]["pid"]
+        # Past the deadline, and two liveness ticks more: nothing is killed.
+        time.sleep(STARTUP_WITHIN + 2 * LIVENESS_INTERVAL)
+        status, body = _ready(alone)
+        assert status == 503 and "no configuration from the control plane yet" in body, body
+        worker = workers_of(alone)[1]
+        assert (worker["pid"], worker["restarts"]) == (first, 0), worker
+        assert "stuck in its start-up" not in alone.log.read_text()
+
+
+def _listed(w: Workload) -> bool:
+    try:
+        return workers_of(w)[1]["pid"] is not None
+    except OSError:
+        return False
 
 
 def _configured(w: Workload) -> bool:
