@@ -664,6 +664,14 @@ def multiplexed(monkeypatch: pytest.MonkeyPatch) -> None:
 async def get_through(mesh: Mesh, protocol: str, path: str) -> tuple[int, bytes]:
     """GET `path` through the client proxy, HTTP/2 (curl, prior knowledge) or HTTP/1.1
     (carried as a stream): (status, body); 0 for no response."""
+    status, _, body = await exchange_through(mesh, protocol, path)
+    return status, body
+
+
+async def exchange_through(
+    mesh: Mesh, protocol: str, path: str
+) -> tuple[int, dict[bytes, list[bytes]], bytes]:
+    """As get_through: (status, the response's fields by lower-case name, body)."""
     if protocol == "h1":
         data = await raw_exchange(
             mesh.outbound,
@@ -671,13 +679,21 @@ async def get_through(mesh: Mesh, protocol: str, path: str) -> tuple[int, bytes]
             WAIT,
         )
         head, _, body = data.partition(b"\r\n\r\n")
-        return (int(head.split(b" ")[1]) if head else 0), body
-    rc, out, _ = await curl(
-        "--http2-prior-knowledge", "-m", "8", "-w", "\n%{http_code}", "-H", "Host: echo",
-        f"{mesh.proxy_url}{path}",
-    )  # fmt: skip
-    body, _, code = out.rpartition(b"\n")
-    return (int(code) if rc == 0 else 0), body
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ")[1]) if head else 0
+    else:
+        rc, out, _ = await curl(
+            "--http2-prior-knowledge", "-m", "8", "-i", "-H", "Host: echo",
+            f"{mesh.proxy_url}{path}",
+        )  # fmt: skip
+        head, _, body = out.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ")[1]) if rc == 0 and head else 0
+    fields: dict[bytes, list[bytes]] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        fields.setdefault(name.lower(), []).append(value.strip())
+    return status, fields, body
 
 
 @pytest.mark.asyncio
@@ -724,6 +740,41 @@ async def test_a_304_with_a_content_length_costs_the_shared_link_nothing(
     finally:
         await app.close()
     assert (cached, slowed) == ((304, b""), (200, b"slow")), (cached, slowed)
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("multiplexed")
+@pytest.mark.parametrize("protocol", ["h2", "h1"])
+async def test_an_http1_apps_connection_specific_fields_never_reach_the_http2_hop(
+    mesh: Mesh, protocol: str
+) -> None:
+    """An HTTP/1.1 app's response with every kind of connection-specific field (RFC
+    9113 8.2.2: one left in makes the HTTP/2 block malformed, a 502 and a stream error
+    for the caller), a field its Connection header names (RFC 9110 7.6.1), whitespace
+    around values, obs-text, two Host fields and an empty value: the client gets the
+    200, without the hop's fields."""
+    _one_endpoint(mesh)
+    answer = (
+        b"HTTP/1.1 200 OK\r\nConnection: X-Secret, keep-alive\r\nX-Secret: internal\r\n"
+        b"Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\n"
+        b"TE: gzip\r\nX-Padded: \t v \t\r\nX-Text: caf\xc3\xa9\r\nHost: a\r\nHost: b\r\n"
+        b"X-Empty:\r\ncontent-length: 2\r\n\r\nok"
+    )
+    app = PathApp({b"/fields": (0.0, answer)})
+    port = await app.start()
+    try:
+        w = mesh.workloads[0]
+        w.proxy.apply_snapshot(server_snapshot(mesh.pki, w.name, port))
+        status, fields, body = await exchange_through(mesh, protocol, "/fields")
+        assert (status, body) == (200, b"ok")
+        hop = {b"x-secret", b"keep-alive", b"proxy-connection", b"upgrade", b"te"}
+        assert not hop & set(fields), fields
+        assert fields[b"x-padded"] == [b"v"] and fields[b"x-text"] == [b"caf\xc3\xa9"]
+        assert fields[b"host"] == [b"a", b"b"] and fields[b"x-empty"] == [b""]
+        (link,) = mesh.client.peer_links.conns.values()
+        assert not link.closed  # no stream error took the link with it either
+    finally:
+        await app.close()
 
 
 # ---- what a refusal costs: accounting, a body still coming, a retry policy, memory --
