@@ -65,10 +65,11 @@ METRICS_TIMEOUT: Final = 2.0
 # again (docs/decisions/0104-hung-workers.md).
 LIVENESS_INTERVAL: Final = 1.0
 LIVENESS_MISSES: Final = 3
-# A worker not serving this long after the agent could give it a snapshot and
-# credentials is stuck in its start-up (it is not pinged before it is ready: importing
-# the data plane blocks its loop): killed and started again. Its start takes about a
-# second on an idle 2-core host; the rest is room for a loaded one.
+# A worker not serving this long after it could (the agent's own data plane ready, so
+# the worker given its snapshot and credentials) is stuck in its start-up: killed and
+# started again. It is not pinged before it is ready (importing the data plane blocks
+# its loop). It serves 0.2-0.5 s after its spawn on an idle 2-core host; the rest is
+# room for a loaded one.
 STARTUP_WITHIN: Final = 10.0
 # How long the agent looks for a killed worker's exit, polling, before it goes on.
 EXIT_WITHIN: Final = 5.0
