@@ -5,6 +5,12 @@ worker 1 is stopped (SIGSTOP: alive, answering nothing, accepting nothing), and 
 agent must notice from its unanswered pings, kill it and start another, while worker 0
 serves the connections the kernel queued on the stopped worker's sockets. Requests go
 on fresh connections all along, so the kernel hashes some to the stopped worker.
+
+The same for a worker stuck before it is ready (a `sitecustomize` on the proxy's
+PYTHONPATH stops it, or keeps it sleeping, before its loop runs), but not for workers
+waiting for the agent's configuration; for a worker whose loop turns but whose listener
+was closed in it (the agent's copy keeps the socket in the SO_REUSEPORT group); and no
+worker is left on an old snapshot by restarts during a burst of pushes.
 """
 
 from __future__ import annotations
