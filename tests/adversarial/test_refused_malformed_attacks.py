@@ -32,7 +32,9 @@ found here: it turns into a plain test once fixed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -1189,21 +1191,29 @@ async def test_a_peer_that_takes_no_streams_is_sent_none(
 # ---- amplification: a peer at its in-flight cap ------------------------------------
 
 
-async def get_burst(address: tuple[str, int], count: int) -> list[int]:
-    """`count` GETs at once on one HTTP/2 connection from an app: each stream's status,
-    or -(its RST_STREAM error code)."""
+async def get_burst(
+    address: tuple[str, int],
+    count: int,
+    method: bytes = b"GET",
+    body: bytes = b"",
+    prefix: bytes = b"/burst",
+) -> list[int]:
+    """`count` requests at once on one HTTP/2 connection from an app, to <prefix>/<i>:
+    each stream's status, or -(its RST_STREAM error code)."""
     reader, writer = await asyncio.open_connection(*address)
     conn = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=True, header_encoding=None)
     )
     conn.initiate_connection()
     for i in range(count):
-        conn.send_headers(
-            conn.get_next_available_stream_id(),
-            [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"echo"),
-             (b":path", b"/burst/%d" % i)],
-            end_stream=True,
-        )  # fmt: skip
+        sid = conn.get_next_available_stream_id()
+        head = [(b":method", method), (b":scheme", b"http"), (b":authority", b"echo"),
+                (b":path", b"%s/%d" % (prefix, i))]  # fmt: skip
+        if body:
+            head.append((b"content-length", b"%d" % len(body)))
+        conn.send_headers(sid, head, end_stream=not body)
+        if body:
+            conn.send_data(sid, body, end_stream=True)
     writer.write(conn.data_to_send())
     out: dict[int, int] = {}
     try:
@@ -1260,3 +1270,39 @@ async def h2_get_status(mesh: Mesh, path: str) -> int:
         "-H", "Host: echo", f"{mesh.proxy_url}{path}",
     )  # fmt: skip
     return int(out) if rc == 0 else 0
+
+
+@pytest.mark.asyncio
+async def test_posts_crossing_a_draining_peers_goaway_are_each_answered_once(
+    mesh: Mesh, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The peer proxy drains its link (GOAWAY) while 10 requests are with its app, and
+    100 POSTs cross the GOAWAY (the client proxy reads nothing from the link for half a
+    second: a round trip's delay). The peer refuses each crossing stream and counts it
+    as a control frame; the client proxy, once it reads the GOAWAY, sends each again on
+    a new link. The draining link is not taken for a flood: the 10 finish, and every
+    POST is answered 200, having reached the app once."""
+    caplog.set_level(logging.INFO, logger="gossamer.proxy")
+    _one_endpoint(mesh)
+    w = mesh.workloads[0]
+    w.app.delay = 1.0
+    held = asyncio.ensure_future(get_burst(mesh.outbound, 10))
+    assert await eventually(lambda: w.app.requests == 10)
+    (link,) = mesh.client.peer_links.conns.values()
+    (draining,) = w.proxy.h2_connections
+    link.transport.pause_reading()
+    try:
+        draining.go_away(h2.errors.ErrorCodes.NO_ERROR, "test: the peer drains its link")
+        posts = asyncio.ensure_future(
+            get_burst(mesh.outbound, 100, b"POST", b"0123456789", b"/crossing")
+        )
+        await asyncio.sleep(0.5)  # the POSTs cross the GOAWAY
+    finally:
+        link.transport.resume_reading()
+    assert await held == [200] * 10
+    assert await posts == [200] * 100
+    paths = Counter(path for _, path, _, _ in w.app.received if path.startswith("/crossing"))
+    assert len(paths) == 100 and set(paths.values()) == {1}, paths
+    assert draining.closed and link.closed
+    sent_again = [r for r in caplog.records if "refused the stream unprocessed" in r.message]
+    assert len(sent_again) == 100  # each crossed the GOAWAY, and went again
