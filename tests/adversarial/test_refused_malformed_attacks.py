@@ -824,6 +824,25 @@ async def test_a_refused_request_sent_again_is_counted_once_and_ejects_nothing(
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("protocol", ["h2", "h1"])
+async def test_refused_re_sends_hold_one_place_under_a_circuit_breaker(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], protocol: str
+) -> None:
+    """A CircuitBreakerPolicy of one request at a time: a request refused twice and
+    then answered held one place, and gave it back: the next request is admitted."""
+    breaker = retry_policy(maxRequests=1)
+    breaker["kind"] = "CircuitBreakerPolicy"
+    peer = await hostile_peer(pki, client, peers, (REFUSED, REFUSED), breaker)
+    for _ in range(2):
+        if protocol == "h2":
+            got = await h2_call(client, b"POST", b"once")
+            assert (got.status, bytes(got.body)) == (200, b"echo-1"), got.headers
+        else:
+            assert await send(client, "POST", b"once") == (200, "", b"echo-1")
+    assert len(peer.requests) == 2 + REFUSED_RETRIES
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["h2", "h1"])
 async def test_a_refusal_while_the_body_still_comes_sends_it_again_whole(
     pki: Pki, client: DataPlane, peers: list[HostilePeer], protocol: str
 ) -> None:
