@@ -620,6 +620,27 @@ async def test_malformed_trailers_after_a_response_began_reset_the_apps_stream(
     assert peer.connections == 1
 
 
+@pytest.mark.asyncio
+async def test_malformed_trailers_cut_an_http1_clients_chunked_response_short(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer]
+) -> None:
+    """HTTP/1.1 carried as a stream: the response began (200, chunked, DATA), then the
+    peer's trailers are malformed. The client's response ends without its last chunk
+    (it can tell it was cut short: the DATA queued for it is dropped with the stream),
+    and the link goes on."""
+    peer = await hostile_peer(pki, client, peers, (MALFORMED_TRAILERS,))
+    data = await raw_exchange(
+        client.outbound_address or ("", 0),
+        b"GET /x HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+    assert not body.endswith(b"0\r\n\r\n"), body  # what came before may be dropped
+    assert await send(client) == (200, "", b"echo-1")
+    assert peer.connections == 1
+
+
 # ---- what an HTTP/1.1 app may answer reaches an HTTP/2 client -------------------------
 
 
