@@ -891,6 +891,27 @@ async def test_a_refusal_while_the_body_still_comes_sends_it_again_whole(
 
 
 @pytest.mark.asyncio
+async def test_a_refused_pipelined_post_is_answered_in_its_turn(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer]
+) -> None:
+    """Two POSTs pipelined on one HTTP/1.1 connection, the first refused unprocessed:
+    it goes again, and both are answered, in order, each having reached the peer's app
+    once."""
+    peer = await hostile_peer(pki, client, peers, (REFUSED,))
+    data = await raw_exchange(
+        client.outbound_address or ("", 0),
+        b"POST /first HTTP/1.1\r\nHost: echo\r\nContent-Length: 5\r\n\r\nfirst"
+        b"POST /second HTTP/1.1\r\nHost: echo\r\nContent-Length: 6\r\n"
+        b"Connection: close\r\n\r\nsecond",
+        WAIT,
+    )
+    assert data.count(b"HTTP/1.1 200") == 2, data
+    paths = [r[b":path"] for r in peer.requests]
+    assert paths == [b"/first", b"/first", b"/second"], paths
+    assert peer.bodies[-2:] == [b"first", b"second"]
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("protocol", ["h2", "h1"])
 async def test_refusals_and_a_retry_policy_together_are_bounded(
     pki: Pki, client: DataPlane, peers: list[HostilePeer], protocol: str
