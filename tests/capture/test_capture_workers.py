@@ -1,6 +1,6 @@
 """`gossamer run --capture --workers 2` (issue 17, decisions 0060 and 0100): captured
-connections reach every worker, the workers' own connections are not captured again,
-and a worker started again after its death keeps both.
+connections, outbound and inbound, reach every worker, the workers' own connections
+are not captured again, and a worker started again after its death keeps both.
 
 The capture rules let the proxy's own sockets out by group (`-m owner --gid-owner`,
 `--capture-proxy-gid`, 1337 by default): `gossamer run` starts the proxy in that group,
@@ -13,6 +13,7 @@ answered, some by each worker, is what shows it, with each worker's group read f
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -34,8 +35,7 @@ from tests.hosts.conftest import (
     sleeper,
     wait_until,
 )
-from tests.hosts.netns import Network
-from tests.proxy.test_workers import outbound_requests
+from tests.hosts.netns import Host, Network
 
 pytestmark = pytest.mark.e2e
 
@@ -58,16 +58,31 @@ def workers(w: HostWorkload) -> list[dict[str, Any]]:
     return listed
 
 
-def served(w: HostWorkload) -> list[int]:
-    """Outbound requests each worker has carried, by worker index: worker 1 on up from
-    their own admin listeners (on the host's loopback), worker 0 what the proxy's
+def served(w: HostWorkload, direction: str) -> list[int]:
+    """Requests each worker has carried in `direction`, by worker index: worker 1 on up
+    from their own admin listeners (on the host's loopback), worker 0 what the proxy's
     /metrics (the sum over workers) has beyond theirs."""
 
     def carried(port: int) -> int:
-        return outbound_requests(w.curl(f"http://127.0.0.1:{port}/metrics").stdout)
+        text = w.curl(f"http://127.0.0.1:{port}/metrics").stdout
+        return sum(
+            int(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("gossamer_requests_total{") and f'direction="{direction}"' in line
+        )
 
     others = [carried(worker["admin"][1]) for worker in workers(w)[1:]]
     return [carried(ADMIN_PORT) - sum(others), *others]
+
+
+def versions(w: HostWorkload) -> list[str]:
+    """The snapshot version each worker serves."""
+    out = []
+    for worker in workers(w):
+        port = ADMIN_PORT if worker["index"] == 0 else worker["admin"][1]
+        config = json.loads(w.curl(f"http://127.0.0.1:{port}/config").stdout)
+        out.append(str(config["snapshot"]["version"]))
+    return out
 
 
 def group_of(pid: int) -> int:
@@ -87,18 +102,21 @@ def all_serving(w: HostWorkload, restarts: int) -> bool:
     )
 
 
-def spread(client: HostWorkload, tag: str) -> list[int]:
-    """REQUESTS plain curls on the client's host, each a captured connection of its own,
-    every one answered by echo-1; what each of the client's workers carried of them."""
-    before = served(client)
+def spread(proxy: HostWorkload, direction: str, sender: Host, url: str) -> list[int]:
+    """REQUESTS plain curls to `url` from `sender`, each a connection of its own,
+    captured into `proxy`, every one answered by echo-1; what each of `proxy`'s workers
+    carried of them in `direction`."""
+    before = served(proxy, direction)
     for n in range(REQUESTS):
-        assert curl(client.host, f"http://echo.shop/{tag}/{n}") == (0, "200 echo-1"), n
-    return [after - was for after, was in zip(served(client), before, strict=True)]
+        assert curl(sender, f"{url}/{n}") == (0, "200 echo-1"), n
+    return [after - was for after, was in zip(served(proxy, direction), before, strict=True)]
 
 
-def test_captured_connections_reach_every_worker_and_the_workers_own_are_not_captured(
-    network: Network, control_plane: HostControlPlane, tmp_path: Path
-) -> None:
+def start_echo_and_client(
+    control_plane: HostControlPlane, network: Network, tmp_path: Path
+) -> tuple[HostWorkload, HostWorkload]:
+    """echo-1 and a client, each `gossamer run --capture --workers 2` on a host of its
+    own, both workers of each serving, a captured call from the client answered."""
     control_plane.cli("apply", "-f", "-", stdin=SERVICE, check=True)
     _, echo_host, client_host = network.hosts
     echo = run_workload(
@@ -115,6 +133,14 @@ def test_captured_connections_reach_every_worker_and_the_workers_own_are_not_cap
         wait_until(lambda w=w: all_serving(w, 0), f"{w.name}'s workers never served", log=w.log)
     wait_until(lambda: curl(client_host, "http://echo.shop/") == (0, "200 echo-1"),
                "the captured call never reached echo-1", log=client.log)  # fmt: skip
+    return echo, client
+
+
+def test_captured_connections_reach_every_worker_and_the_workers_own_are_not_captured(
+    network: Network, control_plane: HostControlPlane, tmp_path: Path
+) -> None:
+    echo, client = start_echo_and_client(control_plane, network, tmp_path)
+    outbound = ("outbound", client.host, "http://echo.shop")
 
     # Every process of both proxies is in the proxy's group, whose sockets the rules
     # let out.
@@ -124,7 +150,7 @@ def test_captured_connections_reach_every_worker_and_the_workers_own_are_not_cap
 
     # Captured connections are hashed to both of the client's workers, and each worker's
     # own connection to echo's inbound listener leaves uncaptured: all answered.
-    carried = spread(client, "spread")
+    carried = spread(client, *outbound)
     assert sum(carried) == REQUESTS and all(n > 0 for n in carried), carried
 
     # A worker killed and started again is in the group too, and serves its share.
@@ -133,5 +159,37 @@ def test_captured_connections_reach_every_worker_and_the_workers_own_are_not_cap
     wait_until(lambda: all_serving(client, 1) and workers(client)[1]["pid"] != victim,
                "worker 1 was not started again", log=client.log)  # fmt: skip
     assert group_of(workers(client)[1]["pid"]) == DEFAULT_PROXY_ID
-    carried = spread(client, "after-restart")
+    carried = spread(client, *outbound)
+    assert sum(carried) == REQUESTS and all(n > 0 for n in carried), carried
+
+
+PERMISSIVE = """
+apiVersion: gossamer.dev/v1alpha1
+kind: MeshPolicy
+metadata: {name: plain-allowed, namespace: shop}
+spec: {mtls: {mode: PERMISSIVE}}
+"""
+
+
+def test_captured_inbound_connections_reach_every_worker(
+    network: Network, control_plane: HostControlPlane, tmp_path: Path
+) -> None:
+    """A client outside the mesh calls echo-1's port: the capture on echo's host sends
+    it to the inbound listener, whose connections both workers take (PERMISSIVE, so a
+    plaintext client is served)."""
+    echo, _ = start_echo_and_client(control_plane, network, tmp_path)
+    before = versions(echo)
+    control_plane.cli("apply", "-f", "-", stdin=PERMISSIVE, check=True)
+
+    def permissive_in_both() -> bool:
+        now = versions(echo)
+        return len(set(now)) == 1 and now[0] not in before
+
+    wait_until(permissive_in_both, "PERMISSIVE never reached both of echo-1's workers",
+               log=echo.log)  # fmt: skip
+    outside = network.hosts[0]  # the control plane's host: nothing captured there
+    app_port = f"http://{echo.host.address}:8080"
+    wait_until(lambda: curl(outside, f"{app_port}/") == (0, "200 echo-1"),
+               "plaintext to echo-1's port never served", log=echo.log)  # fmt: skip
+    carried = spread(echo, "inbound", outside, app_port)
     assert sum(carried) == REQUESTS and all(n > 0 for n in carried), carried
