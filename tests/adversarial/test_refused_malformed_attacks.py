@@ -273,18 +273,27 @@ class H2Answer:
         self.ended = False
 
 
+async def app_h2(
+    address: tuple[str, int] | None,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, h2.connection.H2Connection]:
+    """An app's HTTP/2 connection (prior knowledge) to `address`, by the `h2` package:
+    (reader, writer, its h2 state, the preface queued)."""
+    assert address is not None
+    reader, writer = await asyncio.open_connection(*address)
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    conn.initiate_connection()
+    return reader, writer, conn
+
+
 async def h2_call(
     client: DataPlane, method: bytes = b"POST", body: bytes = b"", later: bytes = b""
 ) -> H2Answer:
     """One HTTP/2 request from an app through the client's outbound, by the `h2`
     package (which, unlike curl, does not send a refused stream again itself). `later`:
     the rest of the body, sent half a second after the head and `body`."""
-    assert client.outbound_address is not None
-    reader, writer = await asyncio.open_connection(*client.outbound_address)
-    conn = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, header_encoding=None)
-    )
-    conn.initiate_connection()
+    reader, writer, conn = await app_h2(client.outbound_address)
     head = [(b":method", method), (b":scheme", b"http"), (b":authority", b"echo"),
             (b":path", b"/x")]  # fmt: skip
     whole = body + later
@@ -320,6 +329,20 @@ async def h2_call(
     finally:
         writer.transport.abort()
     return got
+
+
+async def call_through(
+    client: DataPlane, protocol: str, method: str = "POST", body: bytes = b"once"
+) -> tuple[int, str, bytes]:
+    """One request through the client proxy from an app speaking HTTP/2 ("h2", the `h2`
+    package) or HTTP/1.1 ("h1", carried as a stream): (status, or -(the RST_STREAM
+    error code) for a reset stream; gossamer-error; body)."""
+    if protocol == "h1":
+        return await send(client, method, body)
+    got = await h2_call(client, method.encode(), body)
+    if got.reset is not None and not got.status:
+        return -got.reset, "", b""
+    return got.status, got.headers.get(b"gossamer-error", b"").decode(), bytes(got.body)
 
 
 # ---- a request that reached the peer's app is not sent again -------------------------
@@ -372,12 +395,8 @@ async def test_a_post_a_goaway_covers_is_not_sent_again_when_the_connection_clos
     it (RFC 9113 6.8); the connection then closing without an answer is not a
     refusal: the POST is answered 502, not sent again."""
     peer = await hostile_peer(pki, client, peers, (GOAWAY_COVERING_THEN_CLOSE,))
-    if protocol == "h2":
-        got = await h2_call(client, b"POST", b"once")
-        assert got.status == 502 or got.reset is not None
-    else:
-        status, error, _ = await send(client, "POST", b"once")
-        assert status == 502, error
+    status, error, _ = await call_through(client, protocol)
+    assert status == 502 or status < 0, error
     assert [r[b":method"] for r in peer.requests] == [b"POST"]
 
 
@@ -563,11 +582,7 @@ async def one_live_replica(
     peer = HostilePeer(pki, script)
     peers.append(peer)
     apply(client, pki, {"echo-1": await peer.start(), "echo-2": closed_port()})
-    if protocol == "h2":
-        got = await h2_call(client, b"POST", b"once")
-        assert (got.status, bytes(got.body)) == (200, b"echo-1"), got.headers
-    else:
-        assert await send(client, "POST", b"once") == (200, "", b"echo-1")
+    assert await call_through(client, protocol) == (200, "", b"echo-1")
     return len(peer.requests)
 
 
@@ -581,12 +596,8 @@ async def test_a_routes_request_timeout_runs_across_the_refusals(
     request, not from each re-send, and the client gets its 504."""
     route = httproute("slow", [{"backendRefs": [ref("echo")], "timeouts": {"request": "1s"}}])
     await hostile_peer(pki, client, peers, (LATE_REFUSED,) * 5, route)
-    if protocol == "h2":
-        got = await h2_call(client, b"POST", b"once")
-        assert got.status == 504, (got.status, got.reset)
-    else:
-        status, error, _ = await send(client, "POST", b"once")
-        assert status == 504, error
+    status, error, _ = await call_through(client, protocol)
+    assert status == 504, error
 
 
 # ---- a malformed block from the peer ends its stream only -----------------------------
@@ -830,11 +841,7 @@ async def test_a_refused_request_sent_again_is_counted_once_and_ejects_nothing(
     retry (the policy's budget is not spent), the endpoint's outstanding count back to
     0, and outlier detection (ejecting on a single failure) has heard no failure."""
     peer = await hostile_peer(pki, client, peers, (REFUSED, GOAWAY_ALWAYS), consecutive_failures(1))
-    if protocol == "h2":
-        got = await h2_call(client, b"POST", b"once")
-        assert (got.status, bytes(got.body)) == (200, b"echo-1"), peer.errors
-    else:
-        assert await send(client, "POST", b"once") == (200, "", b"echo-1"), peer.errors
+    assert await call_through(client, protocol) == (200, "", b"echo-1"), peer.errors
     assert len(peer.requests) == 1 + REFUSED_RETRIES
     assert await counted(client) == (1, 1, 0)
     route = client.table.lookup_host(b"echo")
@@ -854,11 +861,7 @@ async def test_refused_re_sends_hold_one_place_under_a_circuit_breaker(
     breaker["kind"] = "CircuitBreakerPolicy"
     peer = await hostile_peer(pki, client, peers, (REFUSED, REFUSED), breaker)
     for _ in range(2):
-        if protocol == "h2":
-            got = await h2_call(client, b"POST", b"once")
-            assert (got.status, bytes(got.body)) == (200, b"echo-1"), got.headers
-        else:
-            assert await send(client, "POST", b"once") == (200, "", b"echo-1")
+        assert await call_through(client, protocol) == (200, "", b"echo-1")
     assert len(peer.requests) == 2 + REFUSED_RETRIES
 
 
@@ -920,12 +923,8 @@ async def test_refusals_and_a_retry_policy_together_are_bounded(
     the refusals' re-sends and the policy's retries add up, and stop: the request goes
     at most 1 + REFUSED_RETRIES + 2 times, and the client gets its answer."""
     peer = await hostile_peer(pki, client, peers, (REFUSED,) * 20, RESET_RETRY)
-    if protocol == "h2":
-        got = await h2_call(client, b"PUT", b"idempotent")
-        assert got.reset == h2.errors.ErrorCodes.REFUSED_STREAM or got.status == 502
-    else:
-        status, error, _ = await send(client, "PUT", b"idempotent")
-        assert status == 502 and error
+    status, error, _ = await call_through(client, protocol, "PUT", b"idempotent")
+    assert status in (502, -h2.errors.ErrorCodes.REFUSED_STREAM), error
     assert 1 + REFUSED_RETRIES <= len(peer.requests) <= 1 + REFUSED_RETRIES + 2
 
 
@@ -944,12 +943,7 @@ async def test_the_copy_kept_for_a_refusal_is_let_go_once_the_response_came(
     pki: Pki, client: DataPlane, peers: list[HostilePeer]
 ) -> None:
     peer = await hostile_peer(pki, client, peers, (HEAD_AND_HOLD,) * 4)
-    assert client.outbound_address is not None
-    reader, writer = await asyncio.open_connection(*client.outbound_address)
-    conn = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, header_encoding=None)
-    )
-    conn.initiate_connection()
+    reader, writer, conn = await app_h2(client.outbound_address)
     body = b"k" * 16000  # under REFUSED_REPLAY_LIMIT: kept
     for sid in (1, 3, 5, 7):
         conn.send_headers(
@@ -1240,11 +1234,7 @@ async def test_a_peer_that_takes_no_streams_is_sent_none(
     peer = HostilePeer(pki, (), max_streams=0)
     peers.append(peer)
     apply(client, pki, {"echo-1": await peer.start()})
-    if protocol == "h2":
-        got = await h2_call(client, b"POST", b"once")
-        status, error = got.status, got.headers.get(b"gossamer-error", b"").decode()
-    else:
-        status, error, _ = await send(client, "POST", b"once")
+    status, error, _ = await call_through(client, protocol)
     assert status == 503 and "cannot open a stream" in error, error
     assert not peer.requests and not peer.errors
 
@@ -1261,11 +1251,7 @@ async def get_burst(
 ) -> list[int]:
     """`count` requests at once on one HTTP/2 connection from an app, to <prefix>/<i>:
     each stream's status, or -(its RST_STREAM error code)."""
-    reader, writer = await asyncio.open_connection(*address)
-    conn = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, header_encoding=None)
-    )
-    conn.initiate_connection()
+    reader, writer, conn = await app_h2(address)
     for i in range(count):
         sid = conn.get_next_available_stream_id()
         head = [(b":method", method), (b":scheme", b"http"), (b":authority", b"echo"),
