@@ -82,6 +82,7 @@ REFUSED = "RST_STREAM REFUSED_STREAM on the stream's first frame"
 MALFORMED_HEAD = "a response head with a connection-specific field"
 MALFORMED_TRAILERS = "a response head and DATA, then trailers with a connection field"
 HEAD_AND_HOLD = "a response head and some DATA, and the stream kept open (a long response)"
+RESET_AFTER_READING = "the request read whole, then RST_STREAM INTERNAL_ERROR (processed, failed)"
 LATE_REFUSED = "RST_STREAM REFUSED_STREAM 0.6 s after the stream's first frame"
 GOAWAY_COVERING_THEN_CLOSE = "a GOAWAY whose last stream id covers it, then the connection closed"
 GRPC_MALFORMED_TRAILERS = "a gRPC response message, then trailers with a connection field"
@@ -207,6 +208,8 @@ class HostilePeer:
             conn.send_headers(sid, [(b":status", b"200")])
             conn.send_data(sid, b"partial")
             conn.send_headers(sid, [(b"connection", b"close")], end_stream=True)
+        elif move == RESET_AFTER_READING:
+            conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
         elif move == GOAWAY_COVERING_THEN_CLOSE:
             conn.close_connection(last_stream_id=sid)
             writer.write(conn.data_to_send())
@@ -891,6 +894,21 @@ async def test_a_refusal_while_the_body_still_comes_sends_it_again_whole(
         assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"echo-1"), data[:200]
     assert len(peer.requests) == 2
     assert peer.bodies == [first + rest]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["h2", "h1"])
+async def test_a_post_refused_then_reset_after_processing_is_not_retried(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], protocol: str
+) -> None:
+    """Under a retry policy on `reset`: the POST is refused (sent again, as it reached
+    no app), then reset after the peer read it whole. The policy retries resets only
+    for a request that may be sent twice; a POST may not, though its body is now kept
+    for the refusal: it reached the app once after the refusal, and fails."""
+    peer = await hostile_peer(pki, client, peers, (REFUSED, RESET_AFTER_READING), RESET_RETRY)
+    status, error, _ = await call_through(client, protocol)
+    assert status == 502 or status < 0, error
+    assert len(peer.requests) == 2
 
 
 @pytest.mark.asyncio
