@@ -433,7 +433,10 @@ class WorkerSet:
     def _not_ready(self) -> str | None:
         waiting = [str(w.index) for w in self.workers if not w.ready]
         if waiting:
-            return f"worker(s) {', '.join(waiting)} not serving yet"
+            return (
+                f"worker(s) {', '.join(waiting)} not serving yet (worker 0 accepts on their "
+                "listeners meanwhile)"
+            )
         return None
 
     def describe(self) -> list[dict[str, Any]]:
