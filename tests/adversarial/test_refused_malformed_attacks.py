@@ -591,14 +591,17 @@ async def one_live_replica(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("timeout", ["request", "backendRequest"])
 @pytest.mark.parametrize("protocol", ["h2", "h1"])
-async def test_a_routes_request_timeout_runs_across_the_refusals(
-    pki: Pki, client: DataPlane, peers: list[HostilePeer], protocol: str
+async def test_a_routes_timeouts_fire_across_the_refusals(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], protocol: str, timeout: str
 ) -> None:
-    """A peer that refuses each stream 0.6 s after it came, under a route whose
-    request timeout is 1 s: the tries would take 1.8 s; the timeout counts from the
-    request, not from each re-send, and the client gets its 504."""
-    route = httproute("slow", [{"backendRefs": [ref("echo")], "timeouts": {"request": "1s"}}])
+    """A peer that refuses each stream 0.6 s after it came, under a route whose request
+    timeout is 1 s (the tries would take 1.8 s: it counts from the request, not from
+    each re-send) or whose per-try timeout is 0.3 s (it fires before the refusal): the
+    client gets its 504, not a wait for every refusal."""
+    limit = "1s" if timeout == "request" else "300ms"
+    route = httproute("slow", [{"backendRefs": [ref("echo")], "timeouts": {timeout: limit}}])
     await hostile_peer(pki, client, peers, (LATE_REFUSED,) * 5, route)
     status, error, _ = await call_through(client, protocol)
     assert status == 504, error
