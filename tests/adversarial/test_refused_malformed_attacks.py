@@ -51,7 +51,12 @@ from hyperframe.frame import Frame, WindowUpdateFrame
 from gossamer.proxy.dataplane import DataPlane
 from gossamer.proxy.outbound.h1to2 import StreamUpstream
 from gossamer.proxy.wire import h2codec
-from gossamer.proxy.wire.http2 import CONNECTION_WINDOW, CONTROL_FRAME_LIMIT, STREAM_WINDOW
+from gossamer.proxy.wire.http2 import (
+    CONNECTION_WINDOW,
+    CONTROL_FRAME_LIMIT,
+    REPLAY_LIMIT,
+    STREAM_WINDOW,
+)
 from gossamer.proxy.wire.limits import REFUSED_RETRIES, InFlight
 from gossamer.proxy.wire.tls import make_contexts, sni_for
 from tests.adversarial.test_h1to2_attacks import _one_endpoint
@@ -545,6 +550,26 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "HTTP/1.1 carried as a stream: a request the peer refused every time (or "
+        "refused with a body too big to keep) is answered 502 'upstream reset: <peer> "
+        "closed the connection' (Exchange.upstream_lost's last fail), though the peer "
+        "closed nothing: the error does not name its cause (RST_STREAM REFUSED_STREAM)"
+    ),
+)
+@pytest.mark.parametrize("body", [b"small", b"b" * (REPLAY_LIMIT + 1)], ids=["kept", "too-big"])
+async def test_an_http1_request_refused_for_good_is_answered_with_the_refusal_named(
+    pki: Pki, client: DataPlane, peers: list[HostilePeer], body: bytes
+) -> None:
+    await hostile_peer(pki, client, peers, (REFUSED,) * 10)
+    status, error, _ = await send(client, "POST", body)
+    assert status == 502
+    assert "refused" in error and "closed the connection" not in error, error
 
 
 @pytest.mark.asyncio
