@@ -309,14 +309,15 @@ async def h2_call(
     if whole:
         head.append((b"content-length", b"%d" % len(whole)))
     conn.send_headers(1, head, end_stream=not whole)
-    for part, last in ((body, not later), (later, True)):
-        for at in range(0, len(part), 16384):  # within the initial window (65,535)
-            conn.send_data(1, part[at : at + 16384], end_stream=last and at + 16384 >= len(part))
-        writer.write(conn.data_to_send())
-        if not last:
-            await asyncio.sleep(0.5)
     got = H2Answer()
     try:
+        for part, last in ((body, not later), (later, True)):
+            for at in range(0, len(part), 16384):  # within the initial window (65,535)
+                end = last and at + 16384 >= len(part)
+                conn.send_data(1, part[at : at + 16384], end_stream=end)
+            writer.write(conn.data_to_send())
+            if not last:
+                await asyncio.sleep(0.5)
         while not got.ended and (data := await asyncio.wait_for(reader.read(65536), WAIT)):
             for event in conn.receive_data(data):
                 if isinstance(event, h2.events.InformationalResponseReceived):
@@ -992,16 +993,16 @@ async def test_the_copy_kept_for_a_refusal_is_let_go_once_the_response_came(
     peer = await hostile_peer(pki, client, peers, (HEAD_AND_HOLD,) * 4)
     reader, writer, conn = await app_h2(client.outbound_address)
     body = b"k" * 16000  # under REFUSED_REPLAY_LIMIT: kept
-    for sid in (1, 3, 5, 7):
-        conn.send_headers(
-            sid,
-            [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"echo"),
-             (b":path", b"/watch"), (b"content-length", b"%d" % len(body))],
-        )  # fmt: skip
-        conn.send_data(sid, body, end_stream=True)
-    writer.write(conn.data_to_send())
     heads = 0
     try:
+        for sid in (1, 3, 5, 7):
+            conn.send_headers(
+                sid,
+                [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"echo"),
+                 (b":path", b"/watch"), (b"content-length", b"%d" % len(body))],
+            )  # fmt: skip
+            conn.send_data(sid, body, end_stream=True)
+        writer.write(conn.data_to_send())
         while heads < 4:
             data = await asyncio.wait_for(reader.read(65536), WAIT)
             assert data
@@ -1286,7 +1287,7 @@ async def test_a_peer_that_takes_no_streams_is_sent_none(
     assert not peer.requests and not peer.errors
 
 
-# ---- amplification: a peer at its in-flight cap ------------------------------------
+# ---- a peer proxy at its in-flight cap, or draining: what refusals cost the link ---
 
 
 async def get_burst(
@@ -1299,18 +1300,18 @@ async def get_burst(
     """`count` requests at once on one HTTP/2 connection from an app, to <prefix>/<i>:
     each stream's status, or -(its RST_STREAM error code)."""
     reader, writer, conn = await app_h2(address)
-    for i in range(count):
-        sid = conn.get_next_available_stream_id()
-        head = [(b":method", method), (b":scheme", b"http"), (b":authority", b"echo"),
-                (b":path", b"%s/%d" % (prefix, i))]  # fmt: skip
-        if body:
-            head.append((b"content-length", b"%d" % len(body)))
-        conn.send_headers(sid, head, end_stream=not body)
-        if body:
-            conn.send_data(sid, body, end_stream=True)
-    writer.write(conn.data_to_send())
     out: dict[int, int] = {}
     try:
+        for i in range(count):
+            sid = conn.get_next_available_stream_id()
+            head = [(b":method", method), (b":scheme", b"http"), (b":authority", b"echo"),
+                    (b":path", b"%s/%d" % (prefix, i))]  # fmt: skip
+            if body:
+                head.append((b"content-length", b"%d" % len(body)))
+            conn.send_headers(sid, head, end_stream=not body)
+            if body:
+                conn.send_data(sid, body, end_stream=True)
+        writer.write(conn.data_to_send())
         while len(out) < count and (data := await asyncio.wait_for(reader.read(65536), WAIT)):
             for event in conn.receive_data(data):
                 if isinstance(event, h2.events.ResponseReceived):
