@@ -101,7 +101,7 @@ class StreamPeer:
                             writer.transport.abort()
                             return
                         elif move == REFUSE:
-                            conn.close_connection(last_stream_id=sid - 2)
+                            conn.close_connection(last_stream_id=max(sid - 2, 0))
                             writer.write(conn.data_to_send())
                             await writer.drain()
                             writer.close()
@@ -217,19 +217,68 @@ async def test_a_post_whose_stream_is_reset_is_not_sent_again(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("move", [REFUSE, REFUSED])
 async def test_a_post_the_peer_refused_unprocessed_is_sent_again_whole(
-    pki: Pki, client: DataPlane, peers: list[StreamPeer], move: str
+    pki: Pki, client: DataPlane, peers: list[StreamPeer]
 ) -> None:
-    """A stream past the peer's GOAWAY, or reset REFUSED_STREAM, reached no application
-    (RFC 9113 8.1.4): the POST is sent again, body and all, with no retry policy; on a
-    new connection after a GOAWAY."""
-    peer = await one_peer(pki, client, peers, (ANSWER, move))
+    """A stream past the peer's GOAWAY reached no application (RFC 9113 8.1.4): the
+    POST is sent again, body and all, with no retry policy, on a new connection."""
+    peer = await one_peer(pki, client, peers, (ANSWER, REFUSE))
     assert (await send(client))[0] == 200
     assert await send(client, "POST", b"p" * 3000) == (200, "", b"echo-1")
     assert [r[b":method"] for r in peer.requests] == [b"GET", b"POST", b"POST"]
     assert peer.bodies == [b"", b"p" * 3000]
-    assert peer.connections == (2 if move == REFUSE else 1)
+    assert peer.connections == 2
+
+
+async def two_refusing_peers(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer]
+) -> tuple[StreamPeer, StreamPeer]:
+    """Two replicas of echo, each refusing its first stream REFUSED_STREAM (at its
+    limit) and answering the next."""
+    one, two = StreamPeer(pki, "echo-1", (REFUSED,)), StreamPeer(pki, "echo-2", (REFUSED,))
+    peers.extend((one, two))
+    apply(client, pki, {"echo-1": await one.start(), "echo-2": await two.start()})
+    return one, two
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["h1", "h2"])
+async def test_a_post_refused_by_a_replica_at_its_limit_goes_to_another(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer], protocol: str
+) -> None:
+    """REFUSED_STREAM: the replica is at its limit of streams. The POST goes again, body
+    and all, to another replica, which refuses it too, then back to the first, which
+    answers: three tries (1 + REFUSED_RETRIES), the app reached once."""
+    one, two = await two_refusing_peers(pki, client, peers)
+    body = b"r" * 3000
+    if protocol == "h1":
+        status, error, got = await send(client, "POST", body)
+        assert status == 200, error
+    else:
+        status, got = await h2_post(client, body)
+        assert status == 200
+    answered = one if got == b"echo-1" else two
+    assert answered.bodies == [body]
+    assert len(one.requests) + len(two.requests) == 1 + REFUSED_RETRIES
+    assert len(answered.requests) == 2
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["h1", "h2"])
+async def test_a_post_refused_by_the_only_replica_at_its_limit_is_refused_to_the_client(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer], protocol: str
+) -> None:
+    """With no other replica, a REFUSED_STREAM is not sent again to the busy one (each
+    would cost it a refusal more): an HTTP/1.1 client gets a 503 that says so, an
+    HTTP/2 client the REFUSED_STREAM, for its own retry policy."""
+    peer = await one_peer(pki, client, peers, (REFUSED,))
+    if protocol == "h1":
+        status, error, _ = await send(client, "POST", b"p")
+        assert status == 503
+        assert "refused the request unprocessed" in error and "limit" in error, error
+    else:
+        assert await h2_post(client, b"p") == (-h2.errors.ErrorCodes.REFUSED_STREAM, b"")
+    assert len(peer.requests) == 1
 
 
 @pytest.mark.asyncio
@@ -258,10 +307,10 @@ async def test_a_fields_surrounding_whitespace_does_not_reach_the_peer(
 async def test_a_peer_that_refuses_every_time_is_asked_a_bounded_number_of_times(
     pki: Pki, client: DataPlane, peers: list[StreamPeer]
 ) -> None:
-    peer = await one_peer(pki, client, peers, (REFUSED,) * 10)
+    peer = await one_peer(pki, client, peers, (REFUSE,) * 10)
     status, error, _ = await send(client, "POST", b"p")
-    assert status == 502
-    assert "upstream reset" in error
+    assert status == 503
+    assert "refused the request unprocessed" in error and "GOAWAY" in error, error
     assert len(peer.requests) == 1 + REFUSED_RETRIES
 
 
@@ -270,10 +319,11 @@ async def test_a_refused_post_too_big_to_keep_is_not_sent_again(
     pki: Pki, client: DataPlane, peers: list[StreamPeer]
 ) -> None:
     """A body over REPLAY_LIMIT is not kept: once part of it went on the refused stream
-    it cannot be sent again, and the client gets a 502."""
-    peer = await one_peer(pki, client, peers, (REFUSED,))
-    status, _, _ = await send(client, "POST", b"p" * (REPLAY_LIMIT + 1))
-    assert status == 502
+    it cannot be sent again, and the client gets a 503 that says it was refused."""
+    peer = await one_peer(pki, client, peers, (REFUSE,))
+    status, error, _ = await send(client, "POST", b"p" * (REPLAY_LIMIT + 1))
+    assert status == 503
+    assert "refused the request unprocessed" in error, error
     assert len(peer.requests) == 1
 
 
@@ -314,13 +364,12 @@ async def h2_post(client: DataPlane, body: bytes) -> tuple[int, bytes]:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("move", [REFUSE, REFUSED])
 async def test_an_http2_post_the_peer_refused_unprocessed_is_sent_again_whole(
-    pki: Pki, client: DataPlane, peers: list[StreamPeer], move: str
+    pki: Pki, client: DataPlane, peers: list[StreamPeer]
 ) -> None:
     """The same for HTTP/2 from the app (proxy.outbound.h2): no retry policy, yet the
     refused stream goes again with its DATA; the app's stream never sees the refusal."""
-    peer = await one_peer(pki, client, peers, (ANSWER, move))
+    peer = await one_peer(pki, client, peers, (ANSWER, REFUSE))
     assert (await send(client))[0] == 200
     assert await h2_post(client, b"q" * 3000) == (200, b"echo-1")
     assert [r[b":method"] for r in peer.requests] == [b"GET", b"POST", b"POST"]
@@ -334,7 +383,7 @@ async def test_an_http2_body_over_what_is_kept_for_a_refusal_is_refused_to_the_a
     """Without a retry policy, only REFUSED_REPLAY_LIMIT of a body is kept (a
     connection's streams hold at most its window in copies): a larger one cannot go
     again, and the app's stream is refused in turn, for its client to send again."""
-    peer = await one_peer(pki, client, peers, (ANSWER, REFUSED))
+    peer = await one_peer(pki, client, peers, (ANSWER, REFUSE))
     assert (await send(client))[0] == 200
     body = b"q" * (REFUSED_REPLAY_LIMIT + 1)
     assert await h2_post(client, body) == (-h2.errors.ErrorCodes.REFUSED_STREAM, b"")
@@ -347,7 +396,7 @@ async def test_an_http2_stream_the_peer_refuses_every_time_is_refused_to_the_app
 ) -> None:
     """After REFUSED_RETRIES, the app's stream is reset REFUSED_STREAM in turn: it was
     processed nowhere, and the app's client may send it elsewhere."""
-    peer = await one_peer(pki, client, peers, (REFUSED,) * 10)
+    peer = await one_peer(pki, client, peers, (REFUSE,) * 10)
     assert await h2_post(client, b"q") == (-h2.errors.ErrorCodes.REFUSED_STREAM, b"")
     assert len(peer.requests) == 1 + REFUSED_RETRIES
 

@@ -46,7 +46,7 @@ from gossamer.proxy.wire.http1 import (
     response_framing,
     response_head_bytes,
 )
-from gossamer.proxy.wire.limits import REFUSED_RETRIES
+from gossamer.proxy.wire.limits import GOAWAY_REFUSED, NOT_REFUSED, REFUSED_RETRIES
 from gossamer.proxy.wire.splice import Splice
 
 if TYPE_CHECKING:
@@ -457,6 +457,7 @@ class Exchange:
         "switch",
         "trace",
         "tried",
+        "try_began",
         "try_timer",
         "upstream",
         "upstream_keep",
@@ -482,6 +483,7 @@ class Exchange:
         self.tried = -1
         self.attempts = 0
         self.refusals = 0  # tries a peer refused unprocessed, sent again (upstream_lost)
+        self.try_began = 0  # `attempts` when the current try began (a refusal begins one)
         self.request_done = False
         # Called once the whole request has been read (a mirror waiting for its body).
         self.after_request: list[Callable[[], None]] | None = None
@@ -542,6 +544,8 @@ class Exchange:
             self.after_request = None
             for call in after:
                 call()
+        if self.phase >= Phase.RESPONDING:
+            self.replay = None  # (see response_head)
         if self.phase == Phase.FINISHED:
             return
         if self.head.body == BODY_CHUNKED:
@@ -781,7 +785,7 @@ class Exchange:
         if balancer is None:
             again = False
         elif call is None:
-            again = self.attempts < min(MAX_ATTEMPTS, len(balancer))
+            again = self.attempts - self.try_began < min(MAX_ATTEMPTS, len(balancer))
         else:
             again = call.connect_failed(len(balancer), now)
         if again:
@@ -823,6 +827,11 @@ class Exchange:
                 return
         self.phase = Phase.RESPONDING
         self.status = status
+        if self.request_done:
+            # No more tries (a response that has begun is not sent again), and a mirror
+            # has had its copy: the body kept for them goes (until the request's end, if
+            # the answer came first: see end_request).
+            self.replay = None
         if self.response_edit is not None:
             head.headers = self.response_edit(head.headers)
         mode, framing = response_framing(head, req.http11)
@@ -1018,12 +1027,13 @@ class Exchange:
         self.close_after = close
         return close
 
-    def upstream_lost(self, upstream: Upstream, reused: bool, refused: float | None = None) -> None:
+    def upstream_lost(self, upstream: Upstream, reused: bool, refused: int = NOT_REFUSED) -> None:
         """The upstream connection closed or reset before the response ended.
-        `refused`: a stream the peer refused unprocessed (REFUSED_STREAM, or past its
-        GOAWAY), with the backoff before sending it again (StreamPair.refused): sent
-        again whatever its method, up to REFUSED_RETRIES times, when the request is held
-        whole (RFC 9113 8.1.4; decision 0112)."""
+        `refused`: how a peer refused the stream unprocessed (limits.GOAWAY_REFUSED,
+        STREAM_REFUSED): sent again whatever its method, up to REFUSED_RETRIES times,
+        when the request is held whole (RFC 9113 8.1.4; decision 0112): past a GOAWAY
+        at once, after a REFUSED_STREAM (the peer at its limit) only to another
+        endpoint; else, unless the retry policy tries again, a 503."""
         if self.phase == Phase.FINISHED:
             return
         self.upstream = None
@@ -1036,21 +1046,29 @@ class Exchange:
             self.fail(502, f"upstream reset: {self.peer} closed the connection mid-response")
             return
         kept = self.head.body == BODY_NONE or self.replay is not None
-        if refused is not None and kept and self.refusals < REFUSED_RETRIES:
+        many = self.balancer is not None and len(self.balancer) > 1
+        if (
+            refused
+            and kept
+            and self.refusals < REFUSED_RETRIES
+            and (refused == GOAWAY_REFUSED or many)
+        ):
             self.refusals += 1
-            backoff = refused * self.refusals
+            self.try_began = self.attempts
             self.load = None
+            if self.call is not None:
+                self.call.refused()
             log.info(
                 "%s: %s refused the request unprocessed; sending it again",
                 self.describe_route(),
                 self.peer,
             )
             if self.request_done:
-                self._schedule_retry(backoff)
+                self._schedule_retry(0.0)
             else:
                 if self.after_request is None:
                     self.after_request = []
-                self.after_request.append(lambda: self._retry_when_whole(backoff))
+                self.after_request.append(lambda: self._retry_when_whole(0.0))
             return
         call = self.call
         if call is not None and call.retries_reset():
@@ -1068,6 +1086,11 @@ class Exchange:
                         self.after_request = []
                     self.after_request.append(lambda: self._retry_when_whole(delay))
                 return
+        if refused:
+            self.load = None
+            how = "said GOAWAY" if refused == GOAWAY_REFUSED else "is at its limit of streams"
+            self.fail(503, f"upstream refused the request unprocessed: {self.peer} {how}")
+            return
         if self.retry_ok and reused and self.attempts < MAX_ATTEMPTS:
             # A pooled connection the peer had just closed: the request never reached
             # it, and a request without a body can be sent again.

@@ -33,7 +33,7 @@ from gossamer.proxy.wire.http2 import (
     header,
     is_grpc,
 )
-from gossamer.proxy.wire.limits import REFUSED_RETRIES
+from gossamer.proxy.wire.limits import GOAWAY_REFUSED, NOT_REFUSED, REFUSED_RETRIES
 
 if TYPE_CHECKING:
     from gossamer.proxy.forward.plane import Plane
@@ -337,34 +337,34 @@ class _OutboundStream:
 
     def _on_reset(self, pair: StreamPair) -> bool:
         """The upstream stream was reset or its connection lost before an answer. One
-        the upstream refused unprocessed (REFUSED_STREAM, or past its GOAWAY) is sent
-        again whatever the retry policy says, up to REFUSED_RETRIES times, if its DATA
-        were kept (RFC 9113 8.1.4: it reached no application), at once after a GOAWAY
-        and after a backoff after a REFUSED_STREAM; another, as the retry policy says."""
+        the upstream refused unprocessed is sent again whatever the retry policy says,
+        up to REFUSED_RETRIES times, if its DATA were kept (RFC 9113 8.1.4: it reached
+        no application; decision 0112): past a GOAWAY, at once (a new connection takes
+        it); refused with REFUSED_STREAM (the peer at its limit), only to another
+        endpoint, else the refusal is passed on. Another reset, as the retry policy
+        says."""
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
-        delay = pair.refused
-        if delay is not None:
-            pair.refused = None
-            if pair.replay is not None and self.refusals < REFUSED_RETRIES:
+        refused = pair.refused
+        if refused and pair.replay is not None and self.refusals < REFUSED_RETRIES:
+            balancer = self.call.route.balancer
+            if refused == GOAWAY_REFUSED or len(balancer) > 1:
+                pair.refused = NOT_REFUSED
                 self.refusals += 1
                 self._let_go(failed=None)
+                self.call.refused()
                 log.info(
                     "%s: %s refused the stream unprocessed; sending it again",
                     self.call.route.label,
                     self.peer,
                 )
                 pair.restart_upstream()
-                if delay > 0:
-                    wait = delay * self.refusals
-                    self.retry_timer = self.dp.loop.call_later(wait, self._retry_now)
-                else:
-                    self._attach()
+                self._attach()
                 return True
         if not self.call.retries_reset():
-            return False
-        return self._try_again("reset before answering")
+            return False  # a refusal goes on as one (http2._lost)
+        return self._try_again("refused" if refused else "reset before answering")
 
     def _try_timed_out(self, seconds: float) -> None:
         self.try_timer = None

@@ -278,6 +278,12 @@ class Call(Generic[P]):
         retry.count(self.via)  # the next endpoint is tried at once: no backoff
         return True
 
+    def refused(self) -> None:
+        """The endpoint just tried refused the request unprocessed (an HTTP/2
+        REFUSED_STREAM or GOAWAY): it is sent again, as a new try, for which no
+        endpoint has been tried yet (`connect_failed`)."""
+        self.connects = 0
+
     def retries_status(self, status: int, grpc_status: bytes | None = None) -> bool:
         """Whether the policy retries this answer (gRPC's UNAVAILABLE counts as 503)."""
         retry = self.retry

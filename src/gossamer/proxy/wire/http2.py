@@ -88,6 +88,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import hpack
 from h2.stream import StreamClosedBy
 from hyperframe.exceptions import InvalidDataError
@@ -102,7 +103,14 @@ from hyperframe.frame import (
 
 from gossamer.proxy.wire import h2codec
 from gossamer.proxy.wire.http1 import CLIENT_GONE, ORIG_PROTO_HEADER, SRC_SERVICE_HEADER
-from gossamer.proxy.wire.limits import MAX_HEADERS, REFUSED_BACKOFF, InFlight, LimitedLog
+from gossamer.proxy.wire.limits import (
+    GOAWAY_REFUSED,
+    MAX_HEADERS,
+    NOT_REFUSED,
+    STREAM_REFUSED,
+    InFlight,
+    LimitedLog,
+)
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -451,6 +459,7 @@ class StreamPair:
         "down",
         "grpc_status",
         "in_flight",
+        "interim",
         "on_done",
         "on_reset",
         "on_response",
@@ -488,13 +497,14 @@ class StreamPair:
         # The upstream stream was reset, or its connection lost, before an answer:
         # True when the side sent the request again instead.
         self.on_reset: Callable[[StreamPair], bool] | None = None
-        # Set before `on_reset` when the upstream refused the stream unprocessed: a
-        # REFUSED_STREAM, or a GOAWAY whose last stream id is below it. The request
-        # reached no application and may be sent again whatever its method (RFC 9113
-        # 8.1.4), after this many seconds (times the refusals so far): 0 after a
-        # GOAWAY (a new connection takes it), REFUSED_BACKOFF after a REFUSED_STREAM
-        # (the peer is at its limit). None: not refused.
-        self.refused: float | None = None
+        # Set before `on_reset` when the upstream refused the stream unprocessed
+        # (GOAWAY_REFUSED, STREAM_REFUSED) before anything of its answer came: the
+        # request reached no application and may be sent again whatever its method
+        # (RFC 9113 8.1.4).
+        self.refused = NOT_REFUSED
+        # A 1xx of the upstream's was passed on: the request reached something that
+        # answered, so a refusal after it is not taken at its word.
+        self.interim = False
         # A route's ResponseHeaderModifier: applied to the response head's fields.
         self.response_edit: Callable[[Headers], Headers] | None = None
         # The proxy answers the client itself (`reply`, `reply_grpc`).
@@ -547,6 +557,7 @@ class StreamPair:
         up.ended = self.down.recv_end
         self.status = 0
         self.grpc_status = None
+        self.refused = NOT_REFUSED
 
     def attach(self, up_conn: H2Connection, headers: Headers) -> None:
         """Open the upstream stream and send the request head (and what is queued)."""
@@ -916,6 +927,7 @@ class H2Connection(asyncio.Protocol):
         hook = pair.on_response
         if hook is not None and hook(pair, pair.status, pair.grpc_status):
             return  # tried again: this response goes nowhere
+        pair.replay = None  # no more tries: the copy of the request is not needed
         other = half.other
         if other.conn is None:
             if other.carrier is not None:
@@ -993,14 +1005,20 @@ class H2Connection(asyncio.Protocol):
                 pair.client_gone = True
                 if perf_counter() - pair.started < PREMATURE_RESET_LIFETIME:
                     self._premature_reset()
-            elif half is pair.up and event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM:
-                pair.refused = REFUSED_BACKOFF
+            code = event.error_code or h2.errors.ErrorCodes.CANCEL
+            if half is pair.up and code == h2.errors.ErrorCodes.REFUSED_STREAM:
+                if pair.status or pair.interim:
+                    # Answered, then "refused": the request was processed, whatever
+                    # the code says; passed on as such, the client would send it again.
+                    code = h2.errors.ErrorCodes.INTERNAL_ERROR
+                else:
+                    pair.refused = STREAM_REFUSED
             on_reset = pair.on_reset if half is pair.up and not pair.status else None
             if on_reset is not None and on_reset(pair):
                 return
             other = half.other
             if other is not None and other.conn is not None:
-                other.conn.reset(other, event.error_code or h2.errors.ErrorCodes.CANCEL)
+                other.conn.reset(other, code)
             elif other is not None:
                 drop_pending(other)
             half.pair.finish()
@@ -1037,12 +1055,16 @@ class H2Connection(asyncio.Protocol):
             self._malformed(event.stream_id or 0, reason)
             return
         half = self.halves.get(event.stream_id or 0)
-        other = half.other if half is not None else None
-        if other is not None and other.conn is not None:
+        if half is None or half.other is None:
+            return
+        other = half.other
+        if other.conn is not None:
+            half.pair.interim = True
             with contextlib.suppress(h2.exceptions.H2Error):
                 other.conn.h2.send_headers(other.stream_id, forwardable(headers))
             other.conn.flush()
-        elif other is not None and other.carrier is not None:
+        elif other.carrier is not None:
+            half.pair.interim = True
             cast(Receiver, other.carrier).informational(headers)
 
     def _malformed(self, stream_id: int, reason: str) -> None:
@@ -1066,7 +1088,11 @@ class H2Connection(asyncio.Protocol):
         if half is not None:
             half.sent_end = half.recv_end = True
             drop_pending(half)
-            _lost(half, f"{self.name} sent a malformed header block: {reason}")
+            _lost(
+                half,
+                f"{self.name} sent a malformed header block: {reason}",
+                h2.errors.ErrorCodes.INTERNAL_ERROR,  # gRPC: INTERNAL, not CANCELLED
+            )
 
     def _premature_reset(self) -> None:
         self._premature += 1
@@ -1122,7 +1148,8 @@ class H2Connection(asyncio.Protocol):
         ]
         for half in refused:
             del self.halves[half.stream_id]
-            half.pair.refused = 0.0
+            if not half.pair.status and not half.pair.interim:
+                half.pair.refused = GOAWAY_REFUSED
             with contextlib.suppress(h2.exceptions.H2Error):
                 self.h2.reset_stream(half.stream_id, h2.errors.ErrorCodes.CANCEL)
             _lost(half, f"upstream refused the stream: {self.name} said GOAWAY")
@@ -1304,8 +1331,11 @@ def _fields(headers: Headers) -> int:
     return sum(1 for name, _ in headers if name[:1] != b":" and name not in _NOT_COUNTED)
 
 
-def _lost(half: _Half, reason: str) -> None:
-    """`half`'s stream is gone with its connection (or was refused by a GOAWAY)."""
+def _lost(half: _Half, reason: str, code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+    """`half`'s stream is gone with its connection (or was refused by a GOAWAY, or
+    ended for a malformed block): the other half is answered 502 if no answer began
+    (REFUSED_STREAM, for its client to send it again, if the upstream refused it
+    unprocessed), else reset with `code`."""
     pair = half.pair
     other = half.other
     if half is pair.down and not pair.status:
@@ -1313,9 +1343,13 @@ def _lost(half: _Half, reason: str) -> None:
     if half is pair.up and not pair.status:
         if pair.on_reset is not None and pair.on_reset(pair):
             return
+        if pair.refused and other is not None and other.conn is not None:
+            other.conn.reset(other, h2.errors.ErrorCodes.REFUSED_STREAM)
+            pair.finish()
+            return
         pair.reply(502, reason)
     elif other is not None and other.conn is not None:
-        other.conn.reset(other, h2.errors.ErrorCodes.CANCEL)
+        other.conn.reset(other, code)
         pair.finish()
     else:
         pair.finish()
@@ -1328,6 +1362,23 @@ _h2_send_data: Final = h2.connection.H2Connection.send_data
 _h2_end_stream: Final = h2.connection.H2Connection.end_stream
 _h2_terminate: Final = h2.connection.H2Connection._terminate_connection
 _h2_data_on_closed: Final = h2.connection.H2Connection._handle_data_on_closed_stream
+
+
+class _Stream(h2.stream.H2Stream):
+    """h2's stream, but a 304's content-length is the size of what was not sent (RFC
+    9110 8.6, 15.4.5): no body is expected, as for a response to HEAD, which h2 knows.
+    An HTTP/1.1 app's 304 often says its length; without this, h2 took the 304 ending
+    with its HEADERS for a body cut short and ended the whole connection (a link between
+    proxies, with everyone's streams). nghttp2 knows 304s itself."""
+
+    def _initialize_content_length(self, headers: Iterable[Any]) -> None:
+        super()._initialize_content_length(headers)
+        if self._expected_content_length:
+            for name, value in headers:
+                if name == b":status":
+                    if value == b"304":
+                        self._expected_content_length = 0
+                    break
 
 
 class _GuardedH2(h2.connection.H2Connection):
@@ -1368,6 +1419,13 @@ class _GuardedH2(h2.connection.H2Connection):
         self.opened = 0
         self._peer_opened = 0  # the highest stream id the peer opened
         self._reset_before = False  # the DATA frame being read is on a stream this end reset
+
+    def _begin_new_stream(
+        self, stream_id: int, allowed_ids: h2.connection.AllowedStreamIDs
+    ) -> h2.stream.H2Stream:
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream.__class__ = _Stream
+        return stream
 
     @property
     def terminated(self) -> bool:

@@ -26,10 +26,10 @@ MAX_HEAD_SIZE: Final = 64 * 1024
 # refuses what crossed its GOAWAY and the next connection takes it; a peer that refuses
 # every time is not asked for ever.
 REFUSED_RETRIES: Final = 2
-# Seconds before sending again a request refused with REFUSED_STREAM (the peer at its
-# limit of streams in flight), times the refusals so far: Envoy's retry backoff base.
-# One refused by a GOAWAY goes at once, on a new connection.
-REFUSED_BACKOFF: Final = 0.025
+# How a peer refused a request it did not process (http2.StreamPair.refused).
+NOT_REFUSED: Final = 0
+GOAWAY_REFUSED: Final = 1  # past its GOAWAY's last stream id: another connection takes it
+STREAM_REFUSED: Final = 2  # REFUSED_STREAM: the peer is at its limit of streams in flight
 
 # ---- connections ---------------------------------------------------------------------
 
