@@ -29,6 +29,7 @@ from tests.e2e.conftest import (
     run_workload,
     sleeper,
     start_control_plane,
+    stop_all,
     stop_process,
 )
 
@@ -92,8 +93,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                     opener.open(f"http://ratings-and-reviews-backend.{ns}/ratings/{i}", timeout=10)
         yield Mesh(cp, workloads)
     finally:
-        for w in workloads:
-            w.stop()
+        stop_all(workloads)
         stop_process(cp.proc)
 
 

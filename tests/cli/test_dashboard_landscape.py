@@ -25,6 +25,7 @@ from tests.e2e.conftest import (
     run_workload,
     sleeper,
     start_control_plane,
+    stop_all,
     stop_process,
 )
 
@@ -120,8 +121,7 @@ def landscape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Landscape]:
             time.sleep(0.5)
         yield Landscape(cp, mobile, storm[0])
     finally:
-        for w in workloads:
-            w.stop()
+        stop_all(workloads)
         stop_process(cp.proc)
 
 

@@ -18,6 +18,7 @@ from tests.e2e.conftest import (
     run_workload,
     sleeper,
     start_control_plane,
+    stop_all,
     stop_process,
 )
 
@@ -184,6 +185,5 @@ def test_stat_and_edges_show_effective_and_actual_success_and_retries(tmp_path: 
         narrow = cp.cli("edges", "-n", "shop", "--window", "15m", check=True).stdout
         assert f"{retries} retries in the window: -o wide shows EFFECTIVE" in narrow
     finally:
-        for w in workloads:
-            w.stop()
+        stop_all(workloads)
         stop_process(cp.proc)

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +67,23 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def stop_all(workloads: Iterable[Workload], timeout: float = 10.0) -> None:
+    """Stop every workload at once: SIGTERM to each, then wait for each. A workload
+    takes about two drains to stop (`gossamer run`'s and its proxy's --drain-seconds),
+    so stopping a test's workloads one after another cost seconds per test."""
+    procs = [w.proc for w in workloads]
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

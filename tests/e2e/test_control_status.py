@@ -17,6 +17,7 @@ from tests.e2e.conftest import (
     run_workload,
     sleeper,
     start_control_plane,
+    stop_all,
     stop_process,
 )
 from tests.e2e.test_traffic_control_aggregate import _get
@@ -88,8 +89,7 @@ def test_control_status_shows_the_edge_its_limits_and_what_dry_run_would_refuse(
             time.sleep(0.2)
         shown = cp.cli("control", "status", "-n", "shop", check=True).stdout
     finally:
-        for w in (web, api):
-            w.stop()
+        stop_all((web, api))
 
     assert statuses == [200, 200, 200]  # DryRun refuses nothing
     entry = found["shop/watch"]

@@ -23,6 +23,7 @@ from tests.e2e.conftest import (
     run_workload,
     sleeper,
     start_control_plane,
+    stop_all,
     stop_process,
 )
 
@@ -202,8 +203,7 @@ def detection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Detection]:
         backend, bytes_echo, patient, hasty = workloads
         yield Detection(cp, backend, bytes_echo, patient, hasty, listeners)
     finally:
-        for w in workloads:
-            w.stop()
+        stop_all(workloads)
         stop_process(cp.proc)
 
 

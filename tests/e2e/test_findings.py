@@ -22,6 +22,7 @@ from tests.e2e.conftest import (
     run_workload,
     sleeper,
     start_control_plane,
+    stop_all,
     stop_process,
 )
 
@@ -139,6 +140,5 @@ def test_a_retry_storm_is_found_shown_and_contained_with_one_command(tmp_path: P
             missing.stderr
         )
     finally:
-        for w in workloads:
-            w.stop()
+        stop_all(workloads)
         stop_process(cp.proc)

@@ -24,6 +24,7 @@ from tests.e2e.conftest import (
     run_workload,
     sleeper,
     start_control_plane,
+    stop_all,
     stop_process,
 )
 from tests.e2e.test_live_traffic import Receiver, _finish, _start_cli
@@ -123,8 +124,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             time.sleep(0.2)
         yield m
     finally:
-        for w in workloads:
-            w.stop()
+        stop_all(workloads)
         stop_process(cp.proc)
         receiver.shutdown()
         receiver.server_close()

@@ -53,6 +53,7 @@ def _until_connected(cp: ControlPlaneProcess, name: str, timeout: float = 30) ->
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # three minutes of quiet on purpose
 @pytest.mark.timeout(300)
 def test_a_quiet_mesh_keeps_its_stream_and_still_pushes_a_change_at_once(
     control_plane: ControlPlaneProcess, tmp_path: Path

@@ -33,6 +33,7 @@ from tests.e2e.conftest import (
     run_workload,
     sleeper,
     start_control_plane,
+    stop_all,
     stop_process,
 )
 
@@ -122,8 +123,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             time.sleep(0.2)
         yield Live(cp, client, server, receiver, access_log)
     finally:
-        for w in workloads:
-            w.stop()
+        stop_all(workloads)
         stop_process(cp.proc)
         receiver.shutdown()
         receiver.server_close()

@@ -23,6 +23,7 @@ from tests.e2e.conftest import (
     run_workload,
     sleeper,
     start_control_plane,
+    stop_all,
     stop_process,
 )
 
@@ -67,8 +68,7 @@ def mesh(control_plane: ControlPlaneProcess, tmp_path: Path) -> Iterator[dict[st
             time.sleep(0.2)
         yield started
     finally:
-        for w in started.values():
-            w.stop()
+        stop_all(started.values())
 
 
 def served_by(outbound: str, n: int, url: str = "http://echo.shop/") -> Counter[str]:
@@ -289,6 +289,5 @@ def test_certificates_renew_before_expiry_without_failing_requests(tmp_path: Pat
                  "http://echo.shop/after-renewal")  # fmt: skip
         assert json.loads(r.stdout)["path"] == "/after-renewal"
     finally:
-        for w in workloads:
-            w.stop()
+        stop_all(workloads)
         stop_process(cp.proc)

@@ -21,6 +21,7 @@ from tests.e2e.conftest import (
     free_port,
     run_workload,
     sleeper,
+    stop_all,
 )
 
 pytestmark = pytest.mark.e2e
@@ -95,8 +96,7 @@ def loaded(control_plane: ControlPlaneProcess, tmp_path: Path) -> Iterator[dict[
             time.sleep(0.2)
         yield started
     finally:
-        for w in started.values():
-            w.stop()
+        stop_all(started.values())
 
 
 def get_once(outbound: str) -> str:

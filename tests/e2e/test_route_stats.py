@@ -25,6 +25,7 @@ from tests.e2e.conftest import (
     run_workload,
     sleeper,
     start_control_plane,
+    stop_all,
     stop_process,
 )
 from tests.e2e.test_observability import dump_dom
@@ -162,8 +163,7 @@ def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routed]:
         assert codes == {(path, status): n for path, (status, n) in SENT.items()}
         yield Routed(cp, client)
     finally:
-        for w in workloads:
-            w.stop()
+        stop_all(workloads)
         stop_process(cp.proc)
 
 

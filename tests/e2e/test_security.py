@@ -17,6 +17,7 @@ from tests.e2e.conftest import (
     free_port,
     run_workload,
     sleeper,
+    stop_all,
 )
 
 pytestmark = pytest.mark.e2e
@@ -94,8 +95,7 @@ def secured(control_plane: ControlPlaneProcess, tmp_path: Path) -> Iterator[dict
         wait_for(lambda: fetch(out)[0] == "200", "the allowed client never got through")
         yield started
     finally:
-        for w in started.values():
-            w.stop()
+        stop_all(started.values())
 
 
 @pytest.mark.parametrize("http2", [False, True], ids=["HTTP/1.1", "HTTP/2"])

@@ -25,6 +25,7 @@ from tests.e2e.conftest import (
     free_port,
     run_workload,
     sleeper,
+    stop_all,
 )
 
 pytestmark = pytest.mark.e2e
@@ -138,8 +139,7 @@ def shop(control_plane: ControlPlaneProcess, tmp_path: Path) -> Iterator[dict[st
                 time.sleep(0.2)
         yield started
     finally:
-        for w in started.values():
-            w.stop()
+        stop_all(started.values())
 
 
 def wait_for_route(cp: ControlPlaneProcess, out: str) -> None:
@@ -333,5 +333,4 @@ spec:
         until_seen(Counter({503: 2}))
         assert Counter(status() for _ in range(30)) == Counter({200: 30})
     finally:
-        for w in started:
-            w.stop()
+        stop_all(started)

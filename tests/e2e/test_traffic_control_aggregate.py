@@ -19,6 +19,7 @@ from tests.e2e.conftest import (
     free_port,
     run_workload,
     sleeper,
+    stop_all,
 )
 
 pytestmark = pytest.mark.e2e
@@ -120,8 +121,7 @@ def test_an_aggregate_rate_holds_for_the_whole_source_group(
         per_source = asyncio.run(run())
         shares = [_shares(w) for w in sources]
     finally:
-        for w in started:
-            w.stop()
+        stop_all(started)
 
     # Count from 3 s in: the split has been made and applied by then.
     admitted = [sum(1 for at, s in calls if at >= 3.0 and s == 200) for calls in per_source]
