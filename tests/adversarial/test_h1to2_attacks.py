@@ -46,12 +46,11 @@ def _one_endpoint(mesh: Mesh) -> None:
     mesh.client.apply_snapshot(mesh.client_snapshot(services=(only,)))
 
 
-class ScriptedApp:
-    """An HTTP/1.1 app that answers every request with the same bytes, then closes."""
+class LocalApp:
+    """A plain-TCP app on a local ephemeral port, played by a test: its `_handle`
+    serves each connection."""
 
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-        self.requests = 0
+    def __init__(self) -> None:
         self.server: asyncio.Server | None = None
 
     async def start(self) -> int:
@@ -62,6 +61,18 @@ class ScriptedApp:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class ScriptedApp(LocalApp):
+    """An HTTP/1.1 app that answers every request with the same bytes, then closes."""
+
+    def __init__(self, answer: bytes) -> None:
+        super().__init__()
+        self.answer = answer
+        self.requests = 0
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

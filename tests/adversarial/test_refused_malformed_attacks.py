@@ -69,14 +69,15 @@ from gossamer.proxy.wire.http2 import (
     STREAM_WINDOW,
 )
 from gossamer.proxy.wire.limits import REFUSED_RETRIES, InFlight
-from gossamer.proxy.wire.tls import make_contexts, sni_for
-from tests.adversarial.test_h1to2_attacks import _one_endpoint
+from gossamer.proxy.wire.tls import sni_for
+from tests.adversarial.test_h1to2_attacks import LocalApp, _one_endpoint
 from tests.adversarial.test_stream_end_attacks import h2load
 from tests.proxy import conftest as proxy_conftest
 from tests.proxy.conftest import Mesh, Pki, curl, fast_config, raw_exchange, server_snapshot
 from tests.proxy.conftest import h2_codec as h2_codec  # autouse: the engine under test
 from tests.proxy.test_e2e_http import admin_get, metric
 from tests.proxy.test_e2e_upgrade import two_proxies
+from tests.proxy.test_h1to2 import PeerListener
 from tests.proxy.test_h2_hardening import (
     ENHANCE_YOUR_CALM,
     RawH2,
@@ -113,42 +114,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("h2_codec", h2codec.NAMES, indirect=True)
 
 
-class HostilePeer:
-    """A replica's inbound listener (mTLS, identity default/echo, ALPN gossamer/h2),
-    answering stream number i as script[i] says, and every later one with ANSWER. It
-    validates nothing it sends, so it can send what a buggy or hostile peer would.
-    `max_streams`: the MAX_CONCURRENT_STREAMS its SETTINGS announce."""
+class HostilePeer(PeerListener):
+    """A PeerListener answering stream number i as script[i] says, and every later one
+    with ANSWER. It validates nothing it sends, so it can send what a buggy or hostile
+    peer would. `max_streams`: the MAX_CONCURRENT_STREAMS its SETTINGS announce."""
 
     def __init__(
         self, pki: Pki, script: tuple[str, ...] = (), max_streams: int | None = None
     ) -> None:
+        super().__init__(pki)
         self.script = script
         self.max_streams = max_streams
-        self.context = make_contexts(pki.issue("default", "echo")).server
         self.requests: list[dict[bytes, bytes]] = []  # each stream's request head
         self.bodies: list[bytes] = []  # each stream's body, once it ended
-        self.connections = 0
-        self.errors: list[str] = []  # what ended a connection badly
-        self.server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.context)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            for writer in list(self._writers):
-                writer.transport.abort()
-            await self.server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if writer.get_extra_info("ssl_object").selected_alpn_protocol() != "gossamer/h2":
-            writer.transport.abort()
-            return
-        self.connections += 1
-        self._writers.add(writer)
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h2.connection.H2Connection(
             h2.config.H2Configuration(
                 client_side=False,
@@ -164,41 +144,35 @@ class HostilePeer:
         writer.write(conn.data_to_send())
         moves: dict[int, str] = {}
         bodies: dict[int, bytearray] = {}
-        try:
-            while data := await reader.read(65536):
-                for event in conn.receive_data(data):
-                    if isinstance(event, h2.events.RequestReceived):
-                        sid = event.stream_id
-                        self.requests.append(dict(event.headers or []))
-                        i = len(self.requests) - 1
-                        move = moves[sid] = self.script[i] if i < len(self.script) else ANSWER
-                        bodies[sid] = bytearray()
-                        if move in (LATE_REFUSED, LATE_GOAWAY):
-                            await asyncio.sleep(0.6)
-                        if move in (REFUSED, LATE_REFUSED):
-                            conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
-                        elif move in (GOAWAY_ALWAYS, LATE_GOAWAY):
-                            conn.close_connection(last_stream_id=0)
-                            writer.write(conn.data_to_send())
-                            await writer.drain()
-                            writer.close()
-                            return
-                    elif isinstance(event, h2.events.DataReceived):
-                        sid = event.stream_id
-                        bodies.setdefault(sid, bytearray()).extend(event.data or b"")
-                        conn.acknowledge_received_data(event.flow_controlled_length, sid)
-                    elif isinstance(event, h2.events.StreamEnded):
-                        sid = event.stream_id
-                        if await self._at_end(conn, writer, sid, moves.get(sid, ANSWER)):
-                            return
-                        self.bodies.append(bytes(bodies.pop(sid, b"")))
-                writer.write(conn.data_to_send())
-                await writer.drain()
-        except (ConnectionError, OSError, h2.exceptions.H2Error) as e:
-            self.errors.append(repr(e))
-        finally:
-            self._writers.discard(writer)
-            writer.transport.abort()
+        while data := await reader.read(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    sid = event.stream_id
+                    self.requests.append(dict(event.headers or []))
+                    i = len(self.requests) - 1
+                    move = moves[sid] = self.script[i] if i < len(self.script) else ANSWER
+                    bodies[sid] = bytearray()
+                    if move in (LATE_REFUSED, LATE_GOAWAY):
+                        await asyncio.sleep(0.6)
+                    if move in (REFUSED, LATE_REFUSED):
+                        conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+                    elif move in (GOAWAY_ALWAYS, LATE_GOAWAY):
+                        conn.close_connection(last_stream_id=0)
+                        writer.write(conn.data_to_send())
+                        await writer.drain()
+                        writer.close()
+                        return
+                elif isinstance(event, h2.events.DataReceived):
+                    sid = event.stream_id
+                    bodies.setdefault(sid, bytearray()).extend(event.data or b"")
+                    conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                elif isinstance(event, h2.events.StreamEnded):
+                    sid = event.stream_id
+                    if await self._at_end(conn, writer, sid, moves.get(sid, ANSWER)):
+                        return
+                    self.bodies.append(bytes(bodies.pop(sid, b"")))
+            writer.write(conn.data_to_send())
+            await writer.drain()
 
     async def _at_end(
         self, conn: h2.connection.H2Connection, writer: asyncio.StreamWriter, sid: int, move: str
@@ -653,23 +627,14 @@ async def test_malformed_trailers_cut_an_http1_clients_chunked_response_short(
 # ---- what an HTTP/1.1 app may answer reaches an HTTP/2 client -------------------------
 
 
-class PathApp:
+class PathApp(LocalApp):
     """An HTTP/1.1 app answering each path with its own bytes, after its own delay,
     then closing the connection."""
 
     def __init__(self, answers: dict[bytes, tuple[float, bytes]]) -> None:
+        super().__init__()
         self.answers = answers
         self.paths: list[bytes] = []
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -1109,23 +1074,14 @@ async def eventually(done: Callable[[], bool], timeout: float = WAIT) -> bool:
     return done()
 
 
-class RecordingApp:
+class RecordingApp(LocalApp):
     """An HTTP/1.1 app that keeps every byte each connection brought, answers a GET
     200 at once, and a chunked request once its last chunk came."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.connections: list[bytearray] = []
         self.closed: set[int] = set()  # the connections the proxy closed, by index
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         got = bytearray()

@@ -41,16 +41,14 @@ ANSWER = "answer"
 LYING_LENGTH = "answer with a content-length of 100 and no body (END_STREAM on the head)"
 
 
-class StreamPeer:
-    """A replica's inbound listener (mTLS, identity default/echo, ALPN gossamer/h2)
-    that answers stream number i as script[i] says, and every later one with 200."""
+class PeerListener:
+    """A replica's inbound listener played by a test: mTLS with the identity
+    default/echo. A connection that asks for ALPN gossamer/h2 is handed to `serve`
+    (what ends it badly is kept in `errors`); one that asks for HTTP/1.1 (gossamer/h1)
+    is counted and closed at once."""
 
-    def __init__(self, pki: Pki, name: str, script: tuple[str, ...] = ()) -> None:
-        self.name = name
-        self.script = script
+    def __init__(self, pki: Pki) -> None:
         self.context = make_contexts(pki.issue("default", "echo")).server
-        self.requests: list[dict[bytes, bytes]] = []  # each stream's request headers
-        self.bodies: list[bytes] = []  # each answered stream's request body
         self.connections = 0
         self.h1_connections = 0  # connections that asked for HTTP/1.1 (gossamer/h1)
         self.errors: list[str] = []  # what ended a connection badly
@@ -69,13 +67,36 @@ class StreamPeer:
             await self.server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        ssl_object = writer.get_extra_info("ssl_object")
-        if ssl_object.selected_alpn_protocol() != "gossamer/h2":
+        if writer.get_extra_info("ssl_object").selected_alpn_protocol() != "gossamer/h2":
             self.h1_connections += 1  # not spoken here: closed at once
             writer.transport.abort()
             return
         self.connections += 1
         self._writers.add(writer)
+        try:
+            await self.serve(reader, writer)
+        except (ConnectionError, OSError, h2.exceptions.H2Error) as e:
+            self.errors.append(repr(e))
+        finally:
+            self._writers.discard(writer)
+            writer.transport.abort()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class StreamPeer(PeerListener):
+    """A PeerListener that answers stream number i as script[i] says, and every later
+    one with 200."""
+
+    def __init__(self, pki: Pki, name: str, script: tuple[str, ...] = ()) -> None:
+        super().__init__(pki)
+        self.name = name
+        self.script = script
+        self.requests: list[dict[bytes, bytes]] = []  # each stream's request headers
+        self.bodies: list[bytes] = []  # each answered stream's request body
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding=None)
         )
@@ -83,62 +104,54 @@ class StreamPeer:
         writer.write(conn.data_to_send())
         bodies: dict[int, bytearray] = {}
         moves: dict[int, str] = {}
-        try:
-            while data := await reader.read(65536):
-                for event in conn.receive_data(data):
-                    if isinstance(event, h2.events.RequestReceived):
-                        sid = event.stream_id
-                        self.requests.append(dict(event.headers or []))
-                        i = len(self.requests) - 1
-                        move = self.script[i] if i < len(self.script) else ANSWER
-                        moves[sid] = move
-                        bodies[sid] = bytearray()
-                        if move == RESET:
-                            conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
-                        elif move == REFUSED:
-                            conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
-                        elif move == DROP:
-                            writer.transport.abort()
-                            return
-                        elif move == REFUSE:
-                            conn.close_connection(last_stream_id=max(sid - 2, 0))
-                            writer.write(conn.data_to_send())
-                            await writer.drain()
-                            writer.close()
-                            return
-                    elif isinstance(event, h2.events.DataReceived):
-                        sid = event.stream_id
-                        bodies.setdefault(sid, bytearray()).extend(event.data or b"")
-                        conn.acknowledge_received_data(event.flow_controlled_length, sid)
-                    elif isinstance(event, h2.events.StreamEnded):
-                        sid = event.stream_id
-                        move = moves.get(sid, ANSWER)
-                        if move == RESET_AFTER_HEAD:
-                            conn.send_headers(
-                                sid, [(b":status", b"200"), (b"content-length", b"100")]
-                            )
-                            conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
-                        elif move == LYING_LENGTH:
-                            conn.send_headers(
-                                sid,
-                                [(b":status", b"200"), (b"content-length", b"100")],
-                                end_stream=True,
-                            )
-                        elif move == ANSWER:
-                            self.bodies.append(bytes(bodies.get(sid, b"")))
-                            name = self.name.encode()
-                            conn.send_headers(
-                                sid,
-                                [(b":status", b"200"), (b"content-length", b"%d" % len(name))],
-                            )
-                            conn.send_data(sid, name, end_stream=True)
-                writer.write(conn.data_to_send())
-                await writer.drain()
-        except (ConnectionError, OSError, h2.exceptions.H2Error) as e:
-            self.errors.append(repr(e))
-        finally:
-            self._writers.discard(writer)
-            writer.transport.abort()
+        while data := await reader.read(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    sid = event.stream_id
+                    self.requests.append(dict(event.headers or []))
+                    i = len(self.requests) - 1
+                    move = self.script[i] if i < len(self.script) else ANSWER
+                    moves[sid] = move
+                    bodies[sid] = bytearray()
+                    if move == RESET:
+                        conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                    elif move == REFUSED:
+                        conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+                    elif move == DROP:
+                        writer.transport.abort()
+                        return
+                    elif move == REFUSE:
+                        conn.close_connection(last_stream_id=max(sid - 2, 0))
+                        writer.write(conn.data_to_send())
+                        await writer.drain()
+                        writer.close()
+                        return
+                elif isinstance(event, h2.events.DataReceived):
+                    sid = event.stream_id
+                    bodies.setdefault(sid, bytearray()).extend(event.data or b"")
+                    conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                elif isinstance(event, h2.events.StreamEnded):
+                    sid = event.stream_id
+                    move = moves.get(sid, ANSWER)
+                    if move == RESET_AFTER_HEAD:
+                        conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"100")])
+                        conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                    elif move == LYING_LENGTH:
+                        conn.send_headers(
+                            sid,
+                            [(b":status", b"200"), (b"content-length", b"100")],
+                            end_stream=True,
+                        )
+                    elif move == ANSWER:
+                        self.bodies.append(bytes(bodies.get(sid, b"")))
+                        name = self.name.encode()
+                        conn.send_headers(
+                            sid,
+                            [(b":status", b"200"), (b"content-length", b"%d" % len(name))],
+                        )
+                        conn.send_data(sid, name, end_stream=True)
+            writer.write(conn.data_to_send())
+            await writer.drain()
 
 
 @pytest_asyncio.fixture
