@@ -28,16 +28,16 @@ go once no refusal can use it; a malformed block ends its stream only, with an a
 that says what went wrong, and costs the shared link nothing. A strict xfail is a defect
 found here: it turns into a plain test once fixed.
 
-The review found 11 defects; 10 are fixed and are plain tests now (decision 0112):
+The review found 11 defects; all are fixed and are plain tests now (decision 0112):
 a 1xx then a refusal (the pair is `interim`: not refused), a refusal after a head
 (passed on as INTERNAL_ERROR), a GOAWAY refusal past REFUSED_RETRIES (REFUSED_STREAM
 to an HTTP/2 app), a 304's content-length on the h2 engines (`http2._Stream`), the
 copies kept for a refusal (let go once the response head came, both paths), re-sends
 that spent connect tries (a refusal begins a new try), malformed trailers to gRPC
 (INTERNAL_ERROR), refusals from a peer at its in-flight cap (REFUSED_STREAM goes only
-to another replica: no re-sends pile onto the busy one), and a refusal for good named
-in its 503. The one left: a request with Expect: 100-continue is not kept for a
-refusal.
+to another replica: no re-sends pile onto the busy one), a refusal for good named
+in its 503, and a request with Expect: 100-continue (kept like any other: this hop
+sends the 100 itself, once).
 """
 
 from __future__ import annotations
@@ -389,15 +389,6 @@ async def test_a_post_a_goaway_covers_is_not_sent_again_when_the_connection_clos
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "HTTP/1.1 carried as a stream: Exchange.keep_for_replay keeps nothing for a "
-        "request with Expect: 100-continue, though this hop sends the 100 Continue "
-        "itself (Exchange.bind) and the body is a small Content-Length one; refused "
-        "unprocessed by a GOAWAY, the POST is answered 503 instead of going again"
-    ),
-)
 async def test_a_refused_post_with_expect_100_continue_is_sent_again_whole(
     pki: Pki, client: DataPlane, peers: list[HostilePeer]
 ) -> None:

@@ -428,6 +428,34 @@ async def test_a_retry_policy_on_reset_sends_a_put_again_whole(
 
 
 @pytest.mark.asyncio
+async def test_a_retry_sends_a_put_with_expect_100_continue_again_and_one_100_only(
+    pki: Pki, client: DataPlane, peers: list[StreamPeer]
+) -> None:
+    """This hop answers `Expect: 100-continue` itself: the body the client sends after
+    the 100 is kept like any other, and a second try neither waits for a second 100 nor
+    sends the client one (a client may take it for the final answer's place)."""
+    peer = await one_peer(pki, client, peers, (RESET,), RESET_RETRY)
+    assert client.outbound_address is not None
+    reader, writer = await asyncio.open_connection(*client.outbound_address)
+    try:
+        writer.write(
+            b"PUT /x HTTP/1.1\r\nHost: echo\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n"
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"y" * 5000)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+        length = int(head.lower().partition(b"content-length: ")[2].partition(b"\r\n")[0])
+        body = await asyncio.wait_for(reader.readexactly(length), 10.0)
+    finally:
+        writer.transport.abort()
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert body == b"echo-1"
+    assert len(peer.requests) == 2
+    assert peer.bodies == [b"y" * 5000]
+
+
+@pytest.mark.asyncio
 async def test_a_response_cut_short_by_a_reset_is_not_sent_again(
     pki: Pki, client: DataPlane, peers: list[StreamPeer]
 ) -> None:

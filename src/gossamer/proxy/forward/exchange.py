@@ -581,6 +581,8 @@ class Exchange:
         if conn.write_paused:
             upstream.pause_reading()
         if self.head.expect_continue and self.phase < Phase.RESPONDING:
+            # Once: a try sent again (a retry, a refused stream) has the body kept.
+            self.head.expect_continue = False
             conn.write(CONTINUE)
         self.flush_request()
         self.out_size = 0
@@ -713,9 +715,11 @@ class Exchange:
 
     def keep_for_replay(self) -> None:
         """Keep a copy of the request body for retries, if it is small enough to hold:
-        a Content-Length body of at most REPLAY_LIMIT (Linkerd's 64 KiB)."""
+        a Content-Length body of at most REPLAY_LIMIT (Linkerd's 64 KiB). With
+        `Expect: 100-continue` too: this hop answers the 100 itself, once (bind), and
+        the body kept is what the client sends after it."""
         head = self.head
-        if head.body != BODY_LENGTH or head.expect_continue or self.replay is not None:
+        if head.body != BODY_LENGTH or self.replay is not None:
             return
         length = head.content_length or b""
         if not length.isdigit() or int(length) > REPLAY_LIMIT:

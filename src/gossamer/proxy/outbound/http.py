@@ -298,8 +298,7 @@ class OutboundSide:
 
         A request with a Content-Length body of at most REPLAY_LIMIT is copied whole
         (the body is kept as it arrives, as for a retry, and the copy leaves once it is
-        all in); a chunked or larger body, an `Expect: 100-continue` and a tunnel are
-        not copied."""
+        all in); a chunked or larger body and a tunnel are not copied."""
         head = ex.head
         if head.tunnel:
             return
