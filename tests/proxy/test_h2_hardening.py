@@ -41,7 +41,7 @@ from hyperframe.frame import (
 from gossamer.identity.tls import client_context
 from gossamer.proxy.dataplane import DataPlane
 from gossamer.proxy.wire import http2
-from gossamer.proxy.wire.limits import MAX_HEADERS
+from gossamer.proxy.wire.limits import MAX_HEADERS, InFlight
 from gossamer.proxy.wire.tls import ALPN_H2, sni_for
 from tests.proxy.conftest import EchoApp, Pki
 from tests.proxy.test_e2e_grpc import SERVICE, grpc_server
@@ -665,6 +665,105 @@ async def test_a_request_with_too_many_header_fields_is_refused(pki: Pki, where:
             assert [r[1] for r in app.received] == ["/anything"]
         finally:
             await raw.close()
+
+
+# ---- refusals over a workload's cap on requests in flight -----------------------------
+
+OVER_CAP_BATCH = 100
+OVER_CAP_BATCHES = 7  # 700 refusals: more than CONTROL_FRAME_LIMIT (500) in a second
+
+
+@pytest.mark.parametrize("side", ["outbound", "inbound"], ids=["outbound h2c", "mtls inbound"])
+@pytest.mark.asyncio
+async def test_refusals_over_the_in_flight_cap_that_the_client_reads_are_no_flood(
+    pki: Pki, side: str
+) -> None:
+    """A workload at its cap (decision 0109) refuses each new stream with REFUSED_STREAM.
+    A client proxy in front of a busy host sends hundreds a second, and reads every
+    refusal: that is load, not a flood, and its link (and the request it holds open)
+    must live on. Each refusal costs this end less than a 404 would."""
+    async with echo_mesh(pki) as (client, server, app):
+        plane = client if side == "outbound" else server
+        cap = plane.in_flight = InFlight(1, lambda: "workload default/web")
+        raw = await open_to(pki, client, server, side)
+        try:
+            await raw.send(raw.headers(1, request(b"/hang")))
+            assert await raw.until(lambda: app.requests == 1)
+            stream_id = 3
+            start = time.monotonic()
+            for _ in range(OVER_CAP_BATCHES):
+                ids = list(range(stream_id, stream_id + 2 * OVER_CAP_BATCH, 2))
+                stream_id += 2 * OVER_CAP_BATCH
+                assert await raw.send(b"".join(raw.headers(i, request()) for i in ids))
+                assert await raw.settled(*ids), (raw.goaway, len(raw.resets), cap.refused)
+                assert {raw.resets.get(i) for i in ids} == {REFUSED_STREAM}
+            assert time.monotonic() - start < 1.0 or cap.refused < 500  # within one window
+            assert cap.refused == OVER_CAP_BATCH * OVER_CAP_BATCHES
+            assert raw.goaway is None
+            assert 1 not in raw.resets and not raw.eof.is_set()
+        finally:
+            await raw.close()
+
+
+@pytest.mark.asyncio
+async def test_refusals_a_client_never_reads_are_a_flood(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same refusals to a client that reads none of them: they would queue in this
+    end's buffers for as long as it keeps sending. Once the socket pushes back (writing
+    paused), each refusal counts, and past CONTROL_FRAME_LIMIT the connection is closed
+    as a flood. Both ends' socket buffers are made small, so that the push-back comes
+    after thousands of refusals, not millions."""
+    async with echo_mesh(pki) as (client, _, _):
+        cap = client.in_flight = InFlight(1, lambda: "workload default/web")
+        assert client.outbound_address is not None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
+        # Each batch goes at once: with Nagle's algorithm it would wait for a delayed
+        # ACK once the proxy has nothing left to send with one, and the batches pile up
+        # into one read of more than the 256 streams a connection may open at once.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(10)
+        encoder = hpack.Encoder()
+
+        def headers(stream_id: int, path: bytes) -> bytes:
+            frame = HeadersFrame(stream_id, encoder.encode(request(path)))
+            frame.flags.add("END_HEADERS")
+            frame.flags.add("END_STREAM")
+            return frame.serialize()
+
+        def attack() -> str:
+            """Streams, 50 at a time (well under the 256 one read may open), never
+            reading; how it ended."""
+            stream_id, deadline = 3, time.monotonic() + 30
+            while stream_id < 2 * 100_000 and time.monotonic() < deadline:
+                batch = b"".join(headers(i, b"/") for i in range(stream_id, stream_id + 100, 2))
+                try:
+                    sock.sendall(batch)
+                except OSError as e:  # reset by the proxy once it gave up
+                    return type(e).__name__
+                stream_id += 100
+                time.sleep(0.005)
+            return "still open"
+
+        try:
+            await asyncio.to_thread(sock.connect, client.outbound_address)
+            sock.sendall(PREFACE + SettingsFrame(0).serialize() + headers(1, b"/hang"))
+            for _ in range(200):  # the held request takes the one place
+                if cap.count == 1:
+                    break
+                await asyncio.sleep(0.01)
+            [conn] = [c for c in client.h2_connections if not c.client_side]
+            served = conn.transport.get_extra_info("socket")
+            served.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            with caplog.at_level(logging.WARNING, logger="gossamer"):
+                end = await asyncio.to_thread(attack)
+        finally:
+            sock.close()
+        assert end != "still open", f"{cap.refused} refused, and the connection still open"
+        assert "while the client read none of the refusals" in caplog.text
+        # Not cut off by the rate of refusals: only once they queued.
+        assert cap.refused > 1000
 
 
 # ---- streams per connection ---------------------------------------------------------

@@ -46,7 +46,7 @@ from gossamer.proxy.wire.http1 import (
     response_framing,
     response_head_bytes,
 )
-from gossamer.proxy.wire.limits import GOAWAY_REFUSED, NOT_REFUSED, REFUSED_RETRIES
+from gossamer.proxy.wire.limits import GOAWAY_REFUSED, NOT_REFUSED, REFUSED_RETRIES, close_soon
 from gossamer.proxy.wire.splice import Splice
 
 if TYPE_CHECKING:
@@ -321,7 +321,7 @@ class ServerConnection(asyncio.Protocol):
     def close(self) -> None:
         self.closing = True
         if self.transport is not None:
-            self.transport.close()
+            close_soon(self.transport)
 
     def abort(self) -> None:
         self.closing = True

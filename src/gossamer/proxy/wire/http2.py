@@ -110,6 +110,7 @@ from gossamer.proxy.wire.limits import (
     STREAM_REFUSED,
     InFlight,
     LimitedLog,
+    close_soon,
 )
 
 log = logging.getLogger("gossamer.proxy")
@@ -779,6 +780,7 @@ class H2Connection(asyncio.Protocol):
         self.draining = False
         self.streams = 0  # opened on this connection, by either end
         self._premature = 0  # streams the client reset early (server side)
+        self._unread_refusals = 0  # streams refused while writing was paused
         self._last_taken = 0  # the last stream the peer opened that was taken
         # A write is owed: what h2 has to send goes out once, at the end of this loop
         # turn, not once per event (see `flush`).
@@ -835,6 +837,7 @@ class H2Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._unread_refusals = 0
         if not self.closed:
             self._pump_all()
 
@@ -894,10 +897,8 @@ class H2Connection(asyncio.Protocol):
                 return
             limit = self.in_flight
             if limit is not None and not limit.take():
-                # Not processed: the client may send it again (RFC 9113 8.7). Counted
-                # as a control frame the peer caused: one that keeps trying is a flood.
-                self.h2.control_frame()
-                self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                # Not processed: the client may send it again (RFC 9113 8.7).
+                self._refuse_over_cap(stream_id)
                 return
             self.handler.new_stream(self, stream_id, headers)
         if self.streams >= MAX_STREAMS_PER_CONNECTION:
@@ -906,6 +907,25 @@ class H2Connection(asyncio.Protocol):
                 f"{self.name}: {self.streams} streams on one connection: GOAWAY, for "
                 "the client to open another",
             )
+
+    def _refuse_over_cap(self, stream_id: int) -> None:
+        """REFUSED_STREAM for a stream over the data plane's cap on requests in flight.
+
+        A refusal the client reads costs this end less than a 404 (no routing, no
+        upstream): a client proxy in front of a busy workload may meet hundreds a
+        second, and its shared link must not be cut off as a flood for them (it was,
+        at CONTROL_FRAME_LIMIT a second). What a refusal must not do is queue here:
+        while the client reads nothing (writing paused), each one counts, and more
+        than CONTROL_FRAME_LIMIT of them queued is a flood (Envoy's bound on queued
+        control frames, `max_outbound_control_frames`)."""
+        if self.write_paused:
+            self._unread_refusals += 1
+            if self._unread_refusals > CONTROL_FRAME_LIMIT:
+                raise _Flood(
+                    f"{self._unread_refusals} streams refused (over the cap on requests "
+                    "in flight) while the client read none of the refusals"
+                )
+        self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
 
     def _on_response(self, event: h2.events.ResponseReceived) -> None:
         """A response head from upstream: the side may take it over (a retry); else on."""
@@ -1312,7 +1332,7 @@ class H2Connection(asyncio.Protocol):
             data = self.h2.data_to_send()  # what is owed (a GOAWAY) goes before the close
             if data and not transport.is_closing():
                 transport.write(data)
-            transport.close()
+            close_soon(transport)
 
 
 # What an ended pair's halves point to (StreamPair._unlink): a pair that is done.

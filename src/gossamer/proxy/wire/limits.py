@@ -8,6 +8,7 @@ log line at most once a second) and counted, never served half-way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -32,6 +33,32 @@ GOAWAY_REFUSED: Final = 1  # past its GOAWAY's last stream id: another connectio
 STREAM_REFUSED: Final = 2  # REFUSED_STREAM: the peer is at its limit of streams in flight
 
 # ---- connections ---------------------------------------------------------------------
+
+# Seconds a connection this proxy closed may go without handing the client any of what
+# is still buffered for it (a GOAWAY, the end of a response); then it is aborted. A
+# client that reads nothing would otherwise hold its socket and buffers for good; one
+# that reads slowly restarts the clock each time it takes some (Envoy's
+# `delayed_close_timeout`, and its default).
+DELAYED_CLOSE: Final = 1.0
+
+
+def close_soon(transport: asyncio.Transport) -> None:
+    """Close `transport` once what is buffered is written; abort it if the client takes
+    none of it for DELAYED_CLOSE."""
+    transport.close()
+    if buffered := transport.get_write_buffer_size():
+        asyncio.get_running_loop().call_later(DELAYED_CLOSE, _unless_flushing, transport, buffered)
+
+
+def _unless_flushing(transport: asyncio.Transport, before: int) -> None:
+    left = transport.get_write_buffer_size()
+    if not left:
+        return  # written (or the connection is gone)
+    if left < before:
+        asyncio.get_running_loop().call_later(DELAYED_CLOSE, _unless_flushing, transport, left)
+    else:
+        transport.abort()
+
 
 # Seconds from accept to a finished TLS handshake on the inbound listener, the wait
 # for the first byte included. A client that has not finished by then is closed.
