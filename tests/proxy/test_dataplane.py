@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import pytest
 
-from gossamer.proxy.dataplane import DataPlane
+from gossamer.proxy.dataplane import SWEEP_INTERVAL, DataPlane
 from gossamer.proxy.policy.routing import LocalRoute
 from tests.proxy.conftest import (
     EchoApp,
@@ -106,3 +109,62 @@ async def test_what_a_local_port_speaks_is_decided_once_per_snapshot(
         await dp.close()
     assert isinstance(route, LocalRoute)
     assert (route.speaks_h2, route.grpc_only) == (speaks_h2, grpc_only)
+
+
+async def _answered(mesh: Mesh, path: str) -> bool:
+    rc, out, _ = await curl("-m", "3", "-H", "Host: echo", f"{mesh.proxy_url}{path}")
+    return rc == 0 and b"echo-" in out
+
+
+async def _until(check: Callable[[], Awaitable[bool]], within: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+@pytest.mark.asyncio
+async def test_a_listener_closed_under_the_proxy_listens_again(mesh: Mesh) -> None:
+    """uvloop closes a server after an accept error it does not expect (ENOMEM,
+    ENOBUFS: not to be had on demand) and says nothing: here the outbound server is
+    closed as that leaves it. The upkeep sees it and listens again on the same
+    address, and says so; /ready never claimed otherwise for long."""
+    assert await _answered(mesh, "/before")
+    mesh.client._listening["outbound"].close()
+    assert not await _answered(mesh, "/closed")  # nothing listens there now
+    assert await _until(lambda: _answered(mesh, "/after"), SWEEP_INTERVAL * 5)
+    assert mesh.client.ready
+
+
+@pytest.mark.asyncio
+async def test_a_listener_that_cannot_listen_again_makes_the_proxy_not_ready_until_it_can(
+    mesh: Mesh, caplog: pytest.LogCaptureFixture
+) -> None:
+    host, port = mesh.client.outbound_address or ("", 0)
+    mesh.client._listening["outbound"].close()
+    await asyncio.sleep(0)
+    squatter = socket.socket()
+    try:
+        squatter.bind((host, port))  # what another process might have done meanwhile
+        squatter.listen()
+
+        async def not_ready() -> bool:
+            return any("outbound listener closed" in r for r in mesh.client.not_ready_reasons())
+
+        with caplog.at_level(logging.ERROR, logger="gossamer"):
+            assert await _until(not_ready, SWEEP_INTERVAL * 5)
+        assert "the outbound listener cannot listen again" in caplog.text
+    finally:
+        squatter.close()
+    assert await _until(lambda: _answered(mesh, "/after"), SWEEP_INTERVAL * 5)
+    assert mesh.client.ready
+
+
+@pytest.mark.asyncio
+async def test_listeners_closed_on_purpose_are_not_opened_again(mesh: Mesh) -> None:
+    """A drain (stop_accepting) closes them: they stay closed."""
+    mesh.client.stop_accepting()
+    await asyncio.sleep(SWEEP_INTERVAL * 2.5)
+    assert not await _answered(mesh, "/drained")

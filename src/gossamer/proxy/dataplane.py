@@ -8,6 +8,7 @@ locks, awaits the control plane, or builds lookup tables: `apply_snapshot` does 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import ipaddress
@@ -16,9 +17,10 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from gossamer.authz import Authorizer, compile_security
@@ -270,6 +272,12 @@ class DataPlane:
         # DataPlaneConfig.listen_sockets), and the other workers' listeners this one
         # accepts on while they cannot (`stand_in`): the servers made there, the inbound.
         self._factories: dict[str, Callable[[], asyncio.Protocol]] = {}
+        # How to listen again on a listener this data plane bound itself, should it be
+        # closed under it (`_check_listeners`), by name; and why one could not be.
+        self._relisten: dict[str, Callable[[], Awaitable[asyncio.AbstractServer]]] = {}
+        self._listener_lost: dict[str, str] = {}
+        self._relistening: set[str] = set()
+        self._accepting = True
         self._stand_ins: dict[int, tuple[list[asyncio.AbstractServer], socket.socket | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -357,6 +365,16 @@ class DataPlane:
         self._servers.append(server)
         self._listening["outbound"] = server
         self.outbound_address = _bound(server)
+        if "outbound" not in given:
+            self._relisten["outbound"] = partial(
+                _listen,
+                loop,
+                self._factories["outbound"],
+                self.outbound_address,
+                None,
+                reuse_port=cfg.reuse_port or None,
+                backlog=cfg.backlog,
+            )
         self._inbound_sock = given.get("inbound") or socket.create_server(
             cfg.inbound,
             family=socket.AF_INET6 if ":" in cfg.inbound[0] else socket.AF_INET,
@@ -367,34 +385,43 @@ class DataPlane:
         self.inbound_address = self._inbound_sock.getsockname()[:2]
         if self.contexts is not None:
             await self._serve_inbound()
-        admin = await _listen(
-            loop,
-            lambda: AdminConnection(
-                self._admin_page,
-                self._admin_connections,
-                self._admin_stream,
-                cfg.max_admin_connections,
-                self._admin_refused,
-            ),
-            cfg.admin,
-            given.get("admin"),
+        admin_factory = lambda: AdminConnection(  # noqa: E731
+            self._admin_page,
+            self._admin_connections,
+            self._admin_stream,
+            cfg.max_admin_connections,
+            self._admin_refused,
         )
+        admin = await _listen(loop, admin_factory, cfg.admin, given.get("admin"))
         self._servers.append(admin)
         self._listening["admin"] = admin
         self.admin_address = _bound(admin)
+        if "admin" not in given:
+            address = self.admin_address
+            self._relisten["admin"] = partial(_listen, loop, admin_factory, address, None)
         for up in cfg.upstreams:
             factory = self.fds.guard(self._tcp_listener(up), "tcp")
+            name = tcp_listener_name((up.listen_host, up.listen_port))
             tcp = await _listen(
                 loop,
                 factory,
                 (up.listen_host, up.listen_port),
-                given.get(tcp_listener_name((up.listen_host, up.listen_port))),
+                given.get(name),
                 reuse_port=cfg.reuse_port or None,
             )
             self._servers.append(tcp)
-            self._listening[tcp_listener_name((up.listen_host, up.listen_port))] = tcp
+            self._listening[name] = tcp
             self.tcp_addresses[up] = _bound(tcp)
             self._factories[tcp_listener_name(self.tcp_addresses[up])] = factory
+            if name not in given:
+                self._relisten[name] = partial(
+                    _listen,
+                    loop,
+                    factory,
+                    self.tcp_addresses[up],
+                    None,
+                    reuse_port=cfg.reuse_port or None,
+                )
         if cfg.dns is not None:
             await self._start_dns(cfg.dns)
         self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
@@ -569,6 +596,7 @@ class DataPlane:
     def stop_accepting(self) -> None:
         """Accept no more connections (nor DNS queries); those open go on until
         `close()` (a drain)."""
+        self._accepting = False
         for server in self._servers:
             server.close()
         if self._dns_udp is not None:
@@ -864,6 +892,8 @@ class DataPlane:
             reasons.append(f"certificate expired at {self.contexts.not_after.isoformat()}")
         elif not self._inbound_serving:
             reasons.append("inbound listener not serving yet")
+        for name, why in self._listener_lost.items():
+            reasons.append(f"{name} listener closed and not listening again: {why}")
         for check in self._readiness:
             reason = check()
             if reason:
@@ -1067,10 +1097,64 @@ class DataPlane:
             acceptor = self._acceptor
             if acceptor is not None and self.heap.note(acceptor.abandoned, now):
                 log.debug("gave freed heap memory back to the system (malloc_trim)")
+            self._check_listeners()
         except Exception:
             log.exception("proxy upkeep failed")
         if not self._closed:
             self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _check_listeners(self) -> None:
+        """Listen again where a listener was closed under this data plane: uvloop closes
+        a server after an accept error it does not expect (libuv hands it anything but
+        EAGAIN, ECONNABORTED and an EMFILE its reserve descriptor absorbs: ENOMEM,
+        ENOBUFS...) and says nothing, and the proxy would accept nothing there again
+        while its admin listener still says it is ready. Only listeners this data plane
+        bound itself: a worker's belong to the agent (gossamer.workers replaces the
+        worker), and sockets handed over are another process's to bind again."""
+        if not self._accepting or self._closed:
+            return
+        for name, relisten in self._relisten.items():
+            server = self._listening.get(name)
+            if name in self._relistening or (server is not None and not _closed_under_us(server)):
+                continue
+            if server is not None:
+                del self._listening[name]
+                with contextlib.suppress(ValueError):
+                    self._servers.remove(server)
+                log.error(
+                    "the %s listener was closed under the proxy (an accept error the event "
+                    "loop does not report): listening again",
+                    name,
+                )
+            self._relistening.add(name)
+            self.spawn(self._listen_again(name, relisten))
+
+    async def _listen_again(
+        self, name: str, relisten: Callable[[], Awaitable[asyncio.AbstractServer]]
+    ) -> None:
+        try:
+            server = await relisten()
+        except OSError as err:
+            self._relistening.discard(name)
+            if self._listener_lost.get(name) != str(err):
+                log.error("the %s listener cannot listen again: %s; trying each second", name, err)
+            self._listener_lost[name] = str(err)
+            return
+        self._relistening.discard(name)
+        if not self._accepting or self._closed:
+            server.close()
+            return
+        self._listening[name] = server
+        self._servers.append(server)
+        if self._listener_lost.pop(name, None) is not None:
+            log.info("the %s listener listens again", name)
+
+
+def _closed_under_us(server: asyncio.AbstractServer) -> bool:
+    """A server closed (by uvloop, after an accept error) though nobody here closed it:
+    not serving, or its socket's descriptor gone."""
+    sockets = getattr(server, "sockets", None) or ()
+    return not server.is_serving() or any(s.fileno() == -1 for s in sockets)
 
 
 async def _listen(
