@@ -476,16 +476,19 @@ async def test_a_client_proxy_meeting_busy_hosts_keeps_its_links(
 
 def _exchange_with_continue(sock: socket.socket, head: bytes, body: bytes) -> bytes:
     """Send `head`, wait for the interim answer, send `body`; all that came back within
-    a second of the last byte."""
+    a second of the last byte. The body may be cut short: a server that answered early
+    may close the connection while it comes (RFC 9112 9.6), and what it answered must
+    still be there to read."""
     sock.sendall(head)
     got = sock.recv(65536)
     if got.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"):
-        sock.sendall(body)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(body)
     sock.settimeout(1.0)
     while True:
         try:
             data = sock.recv(65536)
-        except TimeoutError:
+        except (TimeoutError, ConnectionResetError):
             return got
         if not data:
             return got
@@ -524,8 +527,9 @@ async def test_an_apps_early_final_answer_to_an_expect_request_reaches_the_clien
     mesh: Mesh,
 ) -> None:
     """The proxy sends the 100 itself when the request goes upstream; the app answers
-    413 before reading any of the 1 MB body. The client, which sent the body after the
-    100, gets the 413 whole."""
+    413 before reading any of the 1 MB body. The client, which sends the body after the
+    100, gets the 413 whole; the proxy may close the connection before the body is all
+    in (it did, about one time in four: the 413 still came whole each time)."""
     heads: list[bytes] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
