@@ -19,7 +19,8 @@ What was tried, and what held:
   closed with what is left for the client in the TCP transport under its high-water
   mark (uvloop's TLS transport counts none of it in get_write_buffer_size, so
   close_soon arms no timer: the connection lasts uvloop's 30 s TLS shutdown timeout,
-  seen by hand).
+  seen by hand). Splices (opaque TCP, tunnels) never use close_soon: a TCP client
+  that reads nothing keeps its end once it half-closes or the far side ends (defect).
 - Nothing times out a response under way that the client does not take: over
   HTTP/1.1 keep-alive (the client reads nothing) and over HTTP/2 (the client reads its
   socket but opens no stream window) the connection, the upstream and the place under
@@ -61,14 +62,18 @@ from gossamer.proxy.forward.exchange import REPLAY_LIMIT, ServerConnection
 from gossamer.proxy.wire import h2codec
 from gossamer.proxy.wire.http2 import H2Connection
 from gossamer.proxy.wire.limits import DELAYED_CLOSE, REFUSED_RETRIES, InFlight
+from gossamer.proxy.wire.splice import Splice
 from gossamer.proxy.wire.tls import sni_for
 from tests.adversarial.test_stream_end_attacks import h2load
 from tests.proxy import conftest as proxy_conftest
+from tests.proxy import test_e2e_tcp
 from tests.proxy.conftest import Mesh, Pki, curl, raw_exchange, server_snapshot
 from tests.proxy.conftest import h2_codec as h2_codec  # autouse: the engine under test
+from tests.proxy.test_e2e_tcp import TcpMesh
 from tests.proxy.test_h2_hardening import PREFACE, echo_mesh, inbound_context, request
 
 mesh = proxy_conftest.mesh  # the fixture: a client proxy and two echo workloads
+tcp_mesh = test_e2e_tcp.tcp_mesh  # a TCP upstream listener to a byte-echo app over mTLS
 
 BIG = 3_000_000  # a response that fills the buffers between the proxy and a client
 
@@ -109,7 +114,7 @@ async def _tls_to_inbound(mesh: Mesh) -> ssl.SSLSocket:
     return tls
 
 
-def _backed_up(conns: Iterable[ServerConnection | H2Connection]) -> bool:
+def _backed_up(conns: Iterable[ServerConnection | H2Connection | Splice]) -> bool:
     """Whether one of `conns` holds bytes its client has not taken."""
     return any(c.transport is not None and c.transport.get_write_buffer_size() for c in conns)
 
@@ -370,6 +375,58 @@ async def test_an_idle_h2_client_connection_is_closed_after_the_idle_timeout(
         sock.sendall(PREFACE + SettingsFrame(0).serialize())
         assert await _until(lambda: bool(served()), 5)
         assert await _until(lambda: not served(), SWEEP_INTERVAL * 4)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("end", ["client half-closes", "peer side ends"])
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "close_soon not used by splices (proxy/wire/splice.py): Splice.eof_received "
+        "returns False and Splice._close_other calls other.transport.close(), both a "
+        "plain close() that waits for ever to flush; a TCP client that reads nothing "
+        "keeps its end (and its buffer) once it half-closes or the far side ends"
+    ),
+)
+async def test_a_tcp_client_that_reads_nothing_is_let_go_once_its_splice_ends(
+    tcp_mesh: TcpMesh, end: str
+) -> None:
+    """Opaque TCP through a TCP upstream listener to a byte-echo app over mTLS: the
+    client sends 8 MB and reads none of the echo; then it half-closes, or the server
+    proxy's ends of the pipe go (as when the app closes)."""
+    sock = _small_buffers()
+    sock.settimeout(0.5)
+
+    def send() -> int:
+        sent, deadline = 0, time.monotonic() + 5
+        while sent < 8_000_000 and time.monotonic() < deadline:
+            try:
+                sent += sock.send(b"\x00" * 65536)
+            except TimeoutError:
+                break
+        return sent
+
+    def client_end() -> list[Splice]:
+        return [
+            s
+            for s in tcp_mesh.client.splices
+            if s.transport is not None
+            and s.transport.get_extra_info("peername") == sock.getsockname()
+        ]
+
+    try:
+        await asyncio.to_thread(sock.connect, tcp_mesh.listener)
+        await asyncio.to_thread(send)
+        assert await _until(lambda: _backed_up(client_end()), 5)
+        if end == "client half-closes":
+            sock.shutdown(socket.SHUT_WR)
+        else:
+            for far in list(tcp_mesh.server.splices):
+                if far.transport is not None:
+                    far.transport.abort()
+        assert await _until(lambda: not client_end(), DELAYED_CLOSE * 3)
     finally:
         sock.close()
 
