@@ -25,7 +25,9 @@ What was tried, and what held:
   HTTP/1.1 keep-alive (the client reads nothing) and over HTTP/2 (the client reads its
   socket but opens no stream window) the connection, the upstream and the place under
   the in-flight cap are held for good; and an idle HTTP/2 client connection is never
-  closed (defects: no sweep covers them).
+  closed (defects: no sweep covers them). The same for a request body that never
+  comes: a client that announces one (after the 100, for Expect) and sends none holds
+  its place for good, over HTTP/1.1 and HTTP/2 (defect).
 - Refusals: a peer that reads none over mTLS is cut off as a flood and its socket let
   go at once (held). A client proxy meeting two hosts at their cap sends 9,000
   refusals' worth of streams in about a second over each codec, and neither host cuts
@@ -300,7 +302,7 @@ async def test_a_client_that_reads_none_of_a_keep_alive_response_is_let_go(
         sock.sendall(_get(b"/bytes?n=%d" % (BIG * 7)))
         assert await _until(lambda: _backed_up(mesh.client.connections), 5)
         assert cap.count == 1
-        gone = await _until(lambda: not mesh.client.connections, SWEEP_INTERVAL * 4)
+        gone = await _until(lambda: not mesh.client.connections, SWEEP_INTERVAL * 3)
         assert gone and cap.count == 0, f"{cap.count} place held"
     finally:
         sock.close()
@@ -374,7 +376,7 @@ async def test_an_idle_h2_client_connection_is_closed_after_the_idle_timeout(
         await asyncio.to_thread(sock.connect, mesh.outbound)
         sock.sendall(PREFACE + SettingsFrame(0).serialize())
         assert await _until(lambda: bool(served()), 5)
-        assert await _until(lambda: not served(), SWEEP_INTERVAL * 4)
+        assert await _until(lambda: not served(), SWEEP_INTERVAL * 3)
     finally:
         sock.close()
 
@@ -427,6 +429,47 @@ async def test_a_tcp_client_that_reads_nothing_is_let_go_once_its_splice_ends(
                 if far.transport is not None:
                     far.transport.abort()
         assert await _until(lambda: not client_end(), DELAYED_CLOSE * 3)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("proto", ["http/1.1 with Expect", "h2"])
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "no timer covers a request body that stops: ServerConnection.sweep skips "
+        "idle_timeout while an exchange is answering and applies response_timeout only "
+        "once the request is done, and nothing times out an HTTP/2 stream's request "
+        "side; a client that announces a body (after the 100, for Expect) and sends "
+        "none keeps its connection, the upstream and its place under the in-flight cap "
+        "for good (idle_timeout and response_timeout 1 s here)"
+    ),
+)
+async def test_a_client_that_never_sends_its_announced_body_gives_its_place_back(
+    mesh: Mesh, proto: str
+) -> None:
+    mesh.client.config.idle_timeout = 1.0
+    mesh.client.config.response_timeout = 1.0
+    cap = mesh.client.in_flight = InFlight(4, lambda: "workload default/web")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    try:
+        await asyncio.to_thread(sock.connect, mesh.outbound)
+        if proto == "h2":
+            encoder = hpack.Encoder()
+            post = request(b"/anything", b"POST", (b"content-length", b"10"))
+            frame = HeadersFrame(1, encoder.encode(post))
+            frame.flags.add("END_HEADERS")  # the body is owed
+            sock.sendall(PREFACE + SettingsFrame(0).serialize() + frame.serialize())
+        else:
+            sock.sendall(
+                b"POST /anything HTTP/1.1\r\nHost: echo\r\nContent-Length: 10\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            assert await asyncio.to_thread(sock.recv, 100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        assert await _until(lambda: cap.count == 1, 5)
+        assert await _until(lambda: cap.count == 0, SWEEP_INTERVAL * 3), "its place held"
     finally:
         sock.close()
 
@@ -647,7 +690,7 @@ async def test_a_lost_listener_whose_port_is_taken_is_named_once_and_listened_ag
                 lambda: any("outbound listener closed" in r for r in dp.not_ready_reasons()),
                 SWEEP_INTERVAL * 4,
             )
-            await asyncio.sleep(SWEEP_INTERVAL * 2.5)  # two or three more tries
+            await asyncio.sleep(SWEEP_INTERVAL * 1.5)  # one or two more tries
         assert caplog.text.count("the outbound listener cannot listen again") == 1
     finally:
         squatter.close()
