@@ -11,7 +11,7 @@ here: it turns into a plain test once fixed.
 
 What was tried, and what held:
 - close_soon: a client that reads steadily but slowly, with the kernel's default
-  buffers, gets every byte of a 2 MB `Connection: close` response (held; by hand also
+  buffers, gets every byte of a 1.5 MB `Connection: close` response (held; by hand also
   100 KB/s to 800 KB/s, 0.3 MB to 4 MB: every byte came). Three ways past it
   (defects): a client that half-closes (FIN) and then reads nothing, over HTTP/1.1 and
   HTTP/2 (the transport closes itself from eof_received, with no DELAYED_CLOSE); the
@@ -27,7 +27,8 @@ What was tried, and what held:
   the in-flight cap are held for good; and an idle HTTP/2 client connection is never
   closed (defects: no sweep covers them). The same for a request body that never
   comes: a client that announces one (after the 100, for Expect) and sends none holds
-  its place for good, over HTTP/1.1 and HTTP/2 (defect).
+  its place for good, over HTTP/1.1 and HTTP/2 (defect). And the admin listener: 64
+  idle connections that send nothing lock every later probe out for good (defect).
 - Refusals: a peer that reads none over mTLS is cut off as a flood and its socket let
   go at once (held). A client proxy meeting two hosts at their cap sends 9,000
   refusals' worth of streams in about a second over each codec, and neither host cuts
@@ -63,7 +64,12 @@ from gossamer.proxy.dataplane import SWEEP_INTERVAL
 from gossamer.proxy.forward.exchange import REPLAY_LIMIT, ServerConnection
 from gossamer.proxy.wire import h2codec
 from gossamer.proxy.wire.http2 import H2Connection
-from gossamer.proxy.wire.limits import DELAYED_CLOSE, REFUSED_RETRIES, InFlight
+from gossamer.proxy.wire.limits import (
+    DELAYED_CLOSE,
+    MAX_ADMIN_CONNECTIONS,
+    REFUSED_RETRIES,
+    InFlight,
+)
 from gossamer.proxy.wire.splice import Splice
 from gossamer.proxy.wire.tls import sni_for
 from tests.adversarial.test_stream_end_attacks import h2load
@@ -150,7 +156,7 @@ async def test_a_slow_reader_with_default_buffers_gets_a_closing_response_whole(
     """About 800 KB/s, the kernel's own buffers (autotuned, not 4 KB): the proxy's
     transport drains only as the kernel frees a third of its send buffer, and each
     such step must count as progress for DELAYED_CLOSE."""
-    size = 2_000_000
+    size = 1_500_000
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(10)
     try:
@@ -185,7 +191,7 @@ async def test_an_http1_client_that_half_closes_and_reads_nothing_is_let_go(
         assert await _until(lambda: _backed_up(mesh.client.connections), 5)
         assert cap.count == 1
         sock.shutdown(socket.SHUT_WR)
-        gone = await _until(lambda: not mesh.client.connections, DELAYED_CLOSE * 3)
+        gone = await _until(lambda: not mesh.client.connections, DELAYED_CLOSE * 2.5)
         assert gone and cap.count == 0, f"{cap.count} place held"
     finally:
         sock.close()
@@ -221,7 +227,7 @@ async def test_an_h2_client_that_half_closes_and_reads_nothing_is_let_go(mesh: M
         sock.sendall(hello + frame.serialize())
         assert await _until(lambda: _backed_up(served()), 5)
         sock.shutdown(socket.SHUT_WR)
-        assert await _until(lambda: not served(), DELAYED_CLOSE * 3)
+        assert await _until(lambda: not served(), DELAYED_CLOSE * 2.5)
     finally:
         sock.close()
 
@@ -252,7 +258,7 @@ async def test_a_tls_peer_that_sends_close_notify_and_reads_nothing_is_let_go(
         assert await _until(lambda: bool(proxy.connections), 5)
         await asyncio.sleep(0.5)  # the response fills what lies between
         await asyncio.to_thread(close_notify)
-        assert await _until(lambda: not proxy.connections, DELAYED_CLOSE * 3)
+        assert await _until(lambda: not proxy.connections, DELAYED_CLOSE * 2.5)
     finally:
         tls.close()
 
@@ -274,7 +280,7 @@ async def test_a_tls_peer_that_reads_none_of_a_closing_response_is_let_go(mesh: 
     try:
         tls.sendall(_get(b"/bytes?n=%d" % BIG, b"Connection: close"))
         assert await _until(lambda: any(c.closing for c in proxy.connections), 10)
-        assert await _until(lambda: not proxy.connections, DELAYED_CLOSE * 3)
+        assert await _until(lambda: not proxy.connections, DELAYED_CLOSE * 2.5)
     finally:
         tls.close()
 
@@ -328,11 +334,11 @@ async def test_an_h2_client_that_opens_no_window_is_let_go(mesh: Mesh) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(0.2)
 
-    def read_for(seconds: float) -> int:
-        """Read all that comes (the first window's DATA, PING answers) for `seconds`;
-        how much came."""
+    def read_for(seconds: float, enough: int = 2**62) -> int:
+        """Read all that comes (the first window's DATA, PING answers) for `seconds`,
+        or until `enough` came; how much came."""
         got, deadline = 0, time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and got < enough:
             try:
                 data = sock.recv(65536)
             except TimeoutError:
@@ -345,7 +351,7 @@ async def test_an_h2_client_that_opens_no_window_is_let_go(mesh: Mesh) -> None:
     try:
         await asyncio.to_thread(sock.connect, mesh.outbound)
         sock.sendall(PREFACE + SettingsFrame(0).serialize() + frame.serialize())
-        assert await asyncio.to_thread(read_for, 1.0) > 65535  # the stream's first window
+        assert await asyncio.to_thread(read_for, 5.0, 65536) > 65535  # the first window
         assert cap.count == 1
         await asyncio.to_thread(read_for, SWEEP_INTERVAL * 3)
         assert cap.count == 0, "the stalled stream still holds its place"
@@ -428,7 +434,7 @@ async def test_a_tcp_client_that_reads_nothing_is_let_go_once_its_splice_ends(
             for far in list(tcp_mesh.server.splices):
                 if far.transport is not None:
                     far.transport.abort()
-        assert await _until(lambda: not client_end(), DELAYED_CLOSE * 3)
+        assert await _until(lambda: not client_end(), DELAYED_CLOSE * 2.5)
     finally:
         sock.close()
 
@@ -472,6 +478,34 @@ async def test_a_client_that_never_sends_its_announced_body_gives_its_place_back
         assert await _until(lambda: cap.count == 0, SWEEP_INTERVAL * 3), "its place held"
     finally:
         sock.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "no timer covers an admin connection: AdminConnection (proxy/observe/admin.py) "
+        "has no idle timeout and DataPlane._sweep never sweeps _admin_connections, while "
+        "connection_made aborts every one past max_connections; a local client that "
+        "opens MAX_ADMIN_CONNECTIONS and sends nothing makes every /ready and /live "
+        "probe fail for good (idle_timeout 1 s here)"
+    ),
+)
+async def test_idle_admin_connections_do_not_lock_out_the_readiness_probe(mesh: Mesh) -> None:
+    dp = mesh.client
+    dp.config.idle_timeout = 1.0
+    assert dp.admin_address is not None
+    held: list[socket.socket] = []
+    try:
+        for _ in range(MAX_ADMIN_CONNECTIONS):
+            held.append(socket.create_connection(dp.admin_address, timeout=5))
+        assert await _until(lambda: len(dp._admin_connections) == MAX_ADMIN_CONNECTIONS, 5)
+        await asyncio.sleep(SWEEP_INTERVAL * 3)  # sending nothing all along
+        answer = await raw_exchange(dp.admin_address, b"GET /ready HTTP/1.0\r\n\r\n", 2.0)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+    finally:
+        for sock in held:
+            sock.close()
 
 
 # ---- refusals over the in-flight cap -----------------------------------------------
@@ -530,7 +564,7 @@ async def test_a_peer_that_reads_none_of_its_refusals_over_mtls_is_cut_off_and_l
                 end = await asyncio.to_thread(attack)
             assert end != "still open", f"{cap.refused} refused, the link still open"
             assert "while the client read none of the refusals" in caplog.text
-            assert await _until(lambda: conn.closed, DELAYED_CLOSE * 3)
+            assert await _until(lambda: conn.closed, DELAYED_CLOSE * 2.5)
         finally:
             tls.close()
             raw.close()
