@@ -708,8 +708,8 @@ async def test_a_lost_listener_whose_port_is_taken_is_named_once_and_listened_ag
 ) -> None:
     """The outbound listener is closed under the proxy and another socket takes its
     port: /ready names it, the failure is logged once (not each second), and once the
-    port is free exactly one listener serves it again. The admin listener comes back
-    the same way."""
+    port is free exactly one listener serves it again, the one a handover would hand
+    on. The admin listener comes back the same way."""
     dp = mesh.client
     host, port = dp.outbound_address or ("", 0)
     lost = dp._listening["outbound"]
@@ -739,6 +739,14 @@ async def test_a_lost_listener_whose_port_is_taken_is_named_once_and_listened_ag
         for sock in getattr(server, "sockets", None) or ()
     ]
     assert ports.count(port) == 1 and lost not in dp._servers
+    # What a handover would take (DataPlane.listening_sockets) is the new listener.
+    given = dp.listening_sockets()
+    try:
+        assert given["outbound"].getsockname()[1] == port
+    finally:
+        for name, sock in given.items():
+            if name != "inbound":  # the others are duplicates made to be sent
+                sock.close()
 
     admin = dp._listening["admin"]
     assert dp.admin_address is not None
