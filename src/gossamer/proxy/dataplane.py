@@ -1075,6 +1075,9 @@ class DataPlane:
         try:
             for conn in list(self.connections):
                 conn.sweep(now, cfg.idle_timeout, cfg.response_timeout)
+            for h2conn in list(self.h2_connections):
+                if not h2conn.client_side:  # a client's (links to peers: peer_links)
+                    h2conn.sweep(now, cfg.idle_timeout)
             for pool, _ in self._peers.values():
                 pool.sweep(now, cfg.idle_timeout)
             self.peer_links.sweep()

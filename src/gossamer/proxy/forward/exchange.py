@@ -165,6 +165,7 @@ class ServerConnection(asyncio.Protocol):
         "last_active",
         "loop",
         "paused",
+        "paused_at",
         "peer_address",
         "peer_identity",
         "peer_namespace",
@@ -188,6 +189,7 @@ class ServerConnection(asyncio.Protocol):
         self.queue: deque[Exchange] | None = None
         self.paused = 0
         self.write_paused = False
+        self.paused_at = 0.0  # when writing last paused: the client stopped reading
         self.closing = False
         self.client_eof = False
         self.broken: ProtocolError | None = None
@@ -237,8 +239,11 @@ class ServerConnection(asyncio.Protocol):
         # A client's FIN means it has gone, also while a response is owed: its
         # exchange ends and gives back what it held (a circuit breaker's slot), as
         # HTTP/2 does when a stream's connection goes, and as Envoy and hyper (whose
-        # http1_half_close is off by default) do. Returning False closes the transport.
-        return False
+        # http1_half_close is off by default) do. Closed here, not by the transport
+        # (returning False), whose close would wait for ever on a client that reads
+        # nothing of what is buffered for it.
+        self.close()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -254,6 +259,7 @@ class ServerConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.paused_at = self.loop.time()
         ex = self.answering
         if ex is not None and ex.upstream is not None:
             ex.upstream.pause_reading()
@@ -391,7 +397,14 @@ class ServerConnection(asyncio.Protocol):
             self.close()
 
     def sweep(self, now: float, idle_timeout: float, response_timeout: float) -> None:
-        """Called about once a second: enforce the response and idle timeouts."""
+        """Called about once a second: enforce the response and idle timeouts. A client
+        that reads none of its response for `idle_timeout` (writing paused all along)
+        loses its connection, and the response its upstream (`idle_timeout` < 0: a
+        drain closing what is idle, which this is not)."""
+        if self.write_paused and 0 <= idle_timeout < now - self.paused_at:
+            log.info("%s read none of its response for %gs: closed", self.describe(), idle_timeout)
+            self.abort()
+            return
         ex = self.answering
         if ex is None:
             if self.reading is None and now - self.last_active > idle_timeout:

@@ -416,6 +416,7 @@ class _Half:
         "pair",
         "pending",
         "recv_end",
+        "sent",
         "sent_end",
         "stream_id",
         "trailers",
@@ -432,6 +433,16 @@ class _Half:
         self.trailers: Headers | None = None
         self.recv_end = False  # the peer ended its side of this stream
         self.sent_end = False  # and this proxy its own
+        self.sent = 0  # DATA bytes sent on it (H2Connection.sweep: is it moving?)
+
+
+def _reset_other(half: _Half, code: int) -> None:
+    """`half` is reset: so is the other end of its pair, or what it had queued goes."""
+    other = half.other
+    if other is not None and other.conn is not None:
+        other.conn.reset(other, code)
+    elif other is not None:
+        drop_pending(other)
 
 
 def drop_pending(half: _Half) -> None:
@@ -781,6 +792,11 @@ class H2Connection(asyncio.Protocol):
         self.streams = 0  # opened on this connection, by either end
         self._premature = 0  # streams the client reset early (server side)
         self._unread_refusals = 0  # streams refused while writing was paused
+        # For `sweep`: since when the connection has had no stream (None: it has one),
+        # since when writing is paused, and each stalled stream's (bytes sent, since).
+        self._idle_since: float | None = None
+        self._paused_at = 0.0
+        self._stalls: dict[int, tuple[int, float]] = {}
         self._last_taken = 0  # the last stream the peer opened that was taken
         # A write is owed: what h2 has to send goes out once, at the end of this loop
         # turn, not once per event (see `flush`).
@@ -818,6 +834,14 @@ class H2Connection(asyncio.Protocol):
             if outermost:
                 _end_read()
 
+    def eof_received(self) -> bool:
+        # The peer will send nothing more (a FIN, or TLS close_notify): HTTP/2 has no
+        # half-close, so the connection ends. Closed here, within DELAYED_CLOSE, not by
+        # the transport (returning False), which would wait for ever on a peer that
+        # reads nothing of what is buffered for it.
+        self.close()
+        return True
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.settled is not None and not self.settled.done():
@@ -834,6 +858,7 @@ class H2Connection(asyncio.Protocol):
         # Without this a client that opened its windows and never read made the proxy
         # buffer whole responses (megabytes) in the transport.
         self.write_paused = True
+        self._paused_at = monotonic()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -1036,11 +1061,7 @@ class H2Connection(asyncio.Protocol):
             on_reset = pair.on_reset if half is pair.up and not pair.status else None
             if on_reset is not None and on_reset(pair):
                 return
-            other = half.other
-            if other is not None and other.conn is not None:
-                other.conn.reset(other, code)
-            elif other is not None:
-                drop_pending(other)
+            _reset_other(half, code)
             half.pair.finish()
 
     def _on_window_updated(self, event: h2.events.WindowUpdated) -> None:
@@ -1139,13 +1160,13 @@ class H2Connection(asyncio.Protocol):
                 # answer, then RST_STREAM NO_ERROR).
                 self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
-    def go_away(self, code: int, reason: str) -> None:
+    def go_away(self, code: int, reason: str, level: int = logging.WARNING) -> None:
         """Say GOAWAY and take no new streams: the open ones finish, then the connection
         closes. h2 sends nothing at all after a GOAWAY of its own, so the frame is made
         here and h2 goes on for the streams that are left."""
         if self.draining or self.closed or self.transport is None:
             return
-        log.warning("%s", reason)
+        log.log(level, "%s", reason)
         self._write_out()  # what h2 has queued goes first
         self.draining = True
         # Not h2's highest_inbound_stream_id: h2 has read the whole read's frames, and
@@ -1229,6 +1250,7 @@ class H2Connection(asyncio.Protocol):
                 if len(data) > window:
                     h2conn.send_data(stream_id, data[:window])
                     self._unwritten += window
+                    half.sent += window
                     item[0] = data[window:]
                     item[1] = max(ack - window, 0)
                     ack = min(ack, window)
@@ -1238,6 +1260,7 @@ class H2Connection(asyncio.Protocol):
                     if data or last:
                         h2conn.send_data(stream_id, data, end_stream=last)
                         self._unwritten += len(data)
+                        half.sent += len(data)
                     pending.popleft()
                     if last:
                         half.ended = False
@@ -1268,6 +1291,53 @@ class H2Connection(asyncio.Protocol):
         for half in list(self.halves.values()):
             if half.pending or half.ended:
                 self.pump(half)
+
+    def sweep(self, now: float, idle_timeout: float) -> None:
+        """Called about once a second on a client's connection: the timeouts no frame
+        would ever fire. A client that reads none of what is sent to it for
+        `idle_timeout` loses its connection; a stream that has sent nothing for as long
+        while its data waits for the client to open its window is reset (CANCEL, and
+        its upstream with it: it holds an upstream and a place under the cap on
+        requests in flight); a connection with no stream for as long is closed with
+        GOAWAY NO_ERROR (Envoy's stream idle timeout and connection idle timeout)."""
+        if self.closed:
+            return
+        if self.write_paused and monotonic() - self._paused_at > idle_timeout:
+            log.info("%s read nothing for %gs: closed", self.name, idle_timeout)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        halves = self.halves
+        if not halves:
+            if self._idle_since is None:
+                self._idle_since = now
+            elif now - self._idle_since > idle_timeout:
+                self.go_away(
+                    h2.errors.ErrorCodes.NO_ERROR,
+                    f"{self.name}: no stream for {idle_timeout:g}s: GOAWAY, closed",
+                    logging.INFO,
+                )
+                self.close()
+            return
+        self._idle_since = None
+        stalls, self._stalls = self._stalls, {}
+        for stream_id, half in list(halves.items()):
+            if not half.pending or half.sent_end or self.write_paused:
+                continue
+            sent, since = stalls.get(stream_id, (-1, now))
+            if sent != half.sent:
+                since = now  # it moved since the last look
+            elif now - since > idle_timeout:
+                log.info(
+                    "%s: stream %d sent nothing for %gs, its window closed: reset",
+                    self.name,
+                    stream_id,
+                    idle_timeout,
+                )
+                _reset_other(half, h2.errors.ErrorCodes.CANCEL)  # before `reset` unlinks it
+                self.reset(half, h2.errors.ErrorCodes.CANCEL)
+                continue
+            self._stalls[stream_id] = (half.sent, since)
 
     def reset(self, half: _Half, code: int) -> None:
         self.halves.pop(half.stream_id, None)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -34,30 +36,54 @@ STREAM_REFUSED: Final = 2  # REFUSED_STREAM: the peer is at its limit of streams
 
 # ---- connections ---------------------------------------------------------------------
 
-# Seconds a connection this proxy closed may go without handing the client any of what
-# is still buffered for it (a GOAWAY, the end of a response); then it is aborted. A
-# client that reads nothing would otherwise hold its socket and buffers for good; one
-# that reads slowly restarts the clock each time it takes some (Envoy's
-# `delayed_close_timeout`, and its default).
+# Seconds a connection this proxy closed may go without the client taking any of what
+# is still on its way to it (a GOAWAY, the end of a response, a TLS close_notify); then
+# it is aborted. A client that reads nothing would otherwise hold its socket and buffers
+# for good (or, over TLS, for uvloop's 30 s shutdown timeout); one that reads slowly
+# restarts the clock each time it takes some (Envoy's `delayed_close_timeout`, and its
+# default).
 DELAYED_CLOSE: Final = 1.0
 
 
 def close_soon(transport: asyncio.Transport) -> None:
     """Close `transport` once what is buffered is written; abort it if the client takes
-    none of it for DELAYED_CLOSE."""
+    none of it for DELAYED_CLOSE.
+
+    What the client took is read from the kernel (TCP_INFO's bytes acknowledged), not
+    from the transport's buffer: over TLS that buffer holds only what the TLS layer has
+    not yet handed to the socket's transport, and is empty while the socket's is full."""
+    sock = transport.get_extra_info("socket")
     transport.close()
-    if buffered := transport.get_write_buffer_size():
-        asyncio.get_running_loop().call_later(DELAYED_CLOSE, _unless_flushing, transport, buffered)
+    if sock is None or (taken := _taken(transport, sock)) is None:
+        return
+    asyncio.get_running_loop().call_later(DELAYED_CLOSE, _unless_taking, transport, sock, taken)
 
 
-def _unless_flushing(transport: asyncio.Transport, before: int) -> None:
-    left = transport.get_write_buffer_size()
-    if not left:
-        return  # written (or the connection is gone)
-    if left < before:
-        asyncio.get_running_loop().call_later(DELAYED_CLOSE, _unless_flushing, transport, left)
+def _taken(transport: asyncio.Transport, sock: Any) -> int | None:
+    """How much of what was sent the client has taken so far (TCP: bytes acknowledged;
+    another socket: less what is left in the buffer), or None once the socket is gone."""
+    if sock.fileno() == -1:
+        return None
+    try:
+        return int(struct.unpack_from("Q", sock.getsockopt(*_TCP_INFO), _BYTES_ACKED)[0])
+    except (OSError, struct.error):
+        return -transport.get_write_buffer_size()
+
+
+def _unless_taking(transport: asyncio.Transport, sock: Any, before: int) -> None:
+    taken = _taken(transport, sock)
+    if taken is None:
+        return  # closed
+    if taken > before:
+        asyncio.get_running_loop().call_later(DELAYED_CLOSE, _unless_taking, transport, sock, taken)
     else:
         transport.abort()
+
+
+# getsockopt arguments for Linux's struct tcp_info, and where in it tcpi_bytes_acked
+# (a u64, since Linux 4.1) is.
+_TCP_INFO: Final = (socket.IPPROTO_TCP, getattr(socket, "TCP_INFO", 11), 256)
+_BYTES_ACKED: Final = 120
 
 
 # Seconds from accept to a finished TLS handshake on the inbound listener, the wait
