@@ -62,13 +62,8 @@ from hyperframe.frame import Frame, WindowUpdateFrame
 from gossamer.proxy.dataplane import DataPlane
 from gossamer.proxy.outbound.h1to2 import StreamUpstream
 from gossamer.proxy.wire import h2codec
-from gossamer.proxy.wire.http2 import (
-    CONNECTION_WINDOW,
-    CONTROL_FRAME_LIMIT,
-    REPLAY_LIMIT,
-    STREAM_WINDOW,
-)
-from gossamer.proxy.wire.limits import REFUSED_RETRIES, InFlight
+from gossamer.proxy.wire.http2 import CONNECTION_WINDOW, CONTROL_FRAME_LIMIT, STREAM_WINDOW
+from gossamer.proxy.wire.limits import REFUSED_RETRIES, REPLAY_LIMIT, InFlight
 from gossamer.proxy.wire.tls import sni_for
 from tests.adversarial.test_h1to2_attacks import LocalApp, _one_endpoint
 from tests.adversarial.test_stream_end_attacks import h2load

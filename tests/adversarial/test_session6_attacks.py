@@ -6,8 +6,8 @@ the in-flight cap counted only while the client reads none, and `limits.close_so
 
 Real data planes over real mTLS; clients are raw sockets (plain and TLS, frames built
 with hpack and hyperframe), so that a client can read slowly, read nothing, half-close
-or send a TLS close_notify, as a hostile one would. A strict xfail is a defect found
-here: it turns into a plain test once fixed.
+or send a TLS close_notify, as a hostile one would. A strict xfail was a defect found
+here: the twelve found are fixed (decision 0114) and these are plain tests now.
 
 What was tried, and what held:
 - close_soon: a client that reads steadily but slowly, with the kernel's default
@@ -19,8 +19,10 @@ What was tried, and what held:
   closed with what is left for the client in the TCP transport under its high-water
   mark (uvloop's TLS transport counts none of it in get_write_buffer_size, so
   close_soon arms no timer: the connection lasts uvloop's 30 s TLS shutdown timeout,
-  seen by hand). Splices (opaque TCP, tunnels) never use close_soon: a TCP client
-  that reads nothing keeps its end once it half-closes or the far side ends (defect).
+  seen by hand). Splices (opaque TCP, tunnels) never used close_soon: a TCP client
+  that reads nothing kept its end once it half-closed (defect); once the far side
+  ends, its FIN waits behind what the client does not read, so only an idle timeout
+  on the pipe lets it go (there was none: `tcp_idle_timeout`, Envoy's 1 h).
 - Nothing times out a response under way that the client does not take: over
   HTTP/1.1 keep-alive (the client reads nothing) and over HTTP/2 (the client reads its
   socket but opens no stream window) the connection, the upstream and the place under
@@ -61,13 +63,14 @@ from hyperframe.frame import HeadersFrame, SettingsFrame, WindowUpdateFrame
 
 from gossamer.identity.tls import client_context
 from gossamer.proxy.dataplane import SWEEP_INTERVAL
-from gossamer.proxy.forward.exchange import REPLAY_LIMIT, ServerConnection
+from gossamer.proxy.forward.exchange import ServerConnection
 from gossamer.proxy.wire import h2codec
 from gossamer.proxy.wire.http2 import H2Connection
 from gossamer.proxy.wire.limits import (
     DELAYED_CLOSE,
     MAX_ADMIN_CONNECTIONS,
     REFUSED_RETRIES,
+    REPLAY_LIMIT,
     InFlight,
 )
 from gossamer.proxy.wire.splice import Splice
@@ -170,16 +173,6 @@ async def test_a_slow_reader_with_default_buffers_gets_a_closing_response_whole(
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "close_soon bypassed by a FIN: ServerConnection.eof_received "
-        "(proxy/forward/exchange.py) returns False, so the transport closes itself "
-        "with a plain close() that waits for ever to flush; a client that half-closes "
-        "and reads nothing keeps its connection, and, while its response is under way, "
-        "the upstream and its place under the in-flight cap"
-    ),
-)
 async def test_an_http1_client_that_half_closes_and_reads_nothing_is_let_go(
     mesh: Mesh,
 ) -> None:
@@ -198,14 +191,6 @@ async def test_an_http1_client_that_half_closes_and_reads_nothing_is_let_go(
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "close_soon bypassed by a FIN over HTTP/2: H2Connection has no eof_received, "
-        "so the transport closes itself (a plain close(), flushing for ever); a client "
-        "that opened its windows, half-closes and reads nothing keeps its connection"
-    ),
-)
 async def test_an_h2_client_that_half_closes_and_reads_nothing_is_let_go(mesh: Mesh) -> None:
     encoder = hpack.Encoder()
     frame = HeadersFrame(1, encoder.encode(request(b"/bytes?n=%d" % BIG)))
@@ -233,15 +218,6 @@ async def test_an_h2_client_that_half_closes_and_reads_nothing_is_let_go(mesh: M
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "close_soon bypassed by a TLS close_notify: uvloop's TLS protocol hands it to "
-        "ServerConnection.eof_received, which returns False, and the TCP transport is "
-        "closed with a plain close(): a peer that sends close_notify and reads nothing "
-        "keeps its connection for good (no TLS shutdown timeout on that path either)"
-    ),
-)
 async def test_a_tls_peer_that_sends_close_notify_and_reads_nothing_is_let_go(
     mesh: Mesh,
 ) -> None:
@@ -264,16 +240,6 @@ async def test_a_tls_peer_that_sends_close_notify_and_reads_nothing_is_let_go(
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "close_soon arms no timer over TLS: limits.close_soon reads "
-        "transport.get_write_buffer_size(), which for uvloop's TLS transport counts only "
-        "what is not yet handed to the TCP transport (0 here), so a peer that reads "
-        "none of a `Connection: close` response keeps the connection for uvloop's 30 s "
-        "TLS shutdown timeout, not DELAYED_CLOSE"
-    ),
-)
 async def test_a_tls_peer_that_reads_none_of_a_closing_response_is_let_go(mesh: Mesh) -> None:
     proxy = mesh.workloads[0].proxy
     tls = await _tls_to_inbound(mesh)
@@ -286,16 +252,6 @@ async def test_a_tls_peer_that_reads_none_of_a_closing_response_is_let_go(mesh: 
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "no timer covers a response under way: ServerConnection.sweep applies "
-        "idle_timeout only with no exchange answering, and response_timeout only "
-        "before the response head; a keep-alive client that reads none of a large "
-        "response keeps its connection, the upstream and its place under the "
-        "in-flight cap for good (here idle_timeout is 1 s)"
-    ),
-)
 async def test_a_client_that_reads_none_of_a_keep_alive_response_is_let_go(
     mesh: Mesh,
 ) -> None:
@@ -315,15 +271,6 @@ async def test_a_client_that_reads_none_of_a_keep_alive_response_is_let_go(
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "no timer covers an HTTP/2 stream under way: DataPlane._sweep sweeps only the "
-        "HTTP/1.1 connections (self.connections), never a downstream H2Connection; a "
-        "client that reads its socket but opens no stream window keeps the stream, the "
-        "upstream and its place under the in-flight cap for good (idle_timeout 1 s)"
-    ),
-)
 async def test_an_h2_client_that_opens_no_window_is_let_go(mesh: Mesh) -> None:
     mesh.client.config.idle_timeout = 1.0
     cap = mesh.client.in_flight = InFlight(4, lambda: "workload default/web")
@@ -360,14 +307,6 @@ async def test_an_h2_client_that_opens_no_window_is_let_go(mesh: Mesh) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "an idle HTTP/2 client connection is never closed: DataPlane._sweep applies "
-        "idle_timeout to HTTP/1.1 connections only (ServerConnection.sweep); an h2c "
-        "client with no stream open keeps its connection for good"
-    ),
-)
 async def test_an_idle_h2_client_connection_is_closed_after_the_idle_timeout(
     mesh: Mesh,
 ) -> None:
@@ -389,21 +328,15 @@ async def test_an_idle_h2_client_connection_is_closed_after_the_idle_timeout(
 
 @pytest.mark.parametrize("end", ["client half-closes", "peer side ends"])
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "close_soon not used by splices (proxy/wire/splice.py): Splice.eof_received "
-        "returns False and Splice._close_other calls other.transport.close(), both a "
-        "plain close() that waits for ever to flush; a TCP client that reads nothing "
-        "keeps its end (and its buffer) once it half-closes or the far side ends"
-    ),
-)
 async def test_a_tcp_client_that_reads_nothing_is_let_go_once_its_splice_ends(
     tcp_mesh: TcpMesh, end: str
 ) -> None:
     """Opaque TCP through a TCP upstream listener to a byte-echo app over mTLS: the
-    client sends 8 MB and reads none of the echo; then it half-closes, or the server
-    proxy's ends of the pipe go (as when the app closes)."""
+    client sends 8 MB and reads none of the echo; then it half-closes (let go within
+    DELAYED_CLOSE), or the server proxy's ends of the pipe go (as when the app closes:
+    their FIN queues behind the echo the client does not read, so the client proxy's
+    pipe moves nothing, and goes at its idle timeout, 1 s here)."""
+    tcp_mesh.client.config.tcp_idle_timeout = 1.0
     sock = _small_buffers()
     sock.settimeout(0.5)
 
@@ -434,24 +367,14 @@ async def test_a_tcp_client_that_reads_nothing_is_let_go_once_its_splice_ends(
             for far in list(tcp_mesh.server.splices):
                 if far.transport is not None:
                     far.transport.abort()
-        assert await _until(lambda: not client_end(), DELAYED_CLOSE * 2.5)
+        within = DELAYED_CLOSE if end == "client half-closes" else 1.0 + SWEEP_INTERVAL * 2
+        assert await _until(lambda: not client_end(), within * 2.5)
     finally:
         sock.close()
 
 
 @pytest.mark.parametrize("proto", ["http/1.1 with Expect", "h2"])
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "no timer covers a request body that stops: ServerConnection.sweep skips "
-        "idle_timeout while an exchange is answering and applies response_timeout only "
-        "once the request is done, and nothing times out an HTTP/2 stream's request "
-        "side; a client that announces a body (after the 100, for Expect) and sends "
-        "none keeps its connection, the upstream and its place under the in-flight cap "
-        "for good (idle_timeout and response_timeout 1 s here)"
-    ),
-)
 async def test_a_client_that_never_sends_its_announced_body_gives_its_place_back(
     mesh: Mesh, proto: str
 ) -> None:
@@ -481,16 +404,6 @@ async def test_a_client_that_never_sends_its_announced_body_gives_its_place_back
 
 
 @pytest.mark.asyncio
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "no timer covers an admin connection: AdminConnection (proxy/observe/admin.py) "
-        "has no idle timeout and DataPlane._sweep never sweeps _admin_connections, while "
-        "connection_made aborts every one past max_connections; a local client that "
-        "opens MAX_ADMIN_CONNECTIONS and sends nothing makes every /ready and /live "
-        "probe fail for good (idle_timeout 1 s here)"
-    ),
-)
 async def test_idle_admin_connections_do_not_lock_out_the_readiness_probe(mesh: Mesh) -> None:
     dp = mesh.client
     dp.config.idle_timeout = 1.0

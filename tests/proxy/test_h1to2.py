@@ -25,8 +25,8 @@ import pytest
 import pytest_asyncio
 
 from gossamer.proxy.dataplane import DataPlane
-from gossamer.proxy.wire.http2 import REFUSED_REPLAY_LIMIT, REPLAY_LIMIT
-from gossamer.proxy.wire.limits import REFUSED_RETRIES
+from gossamer.proxy.wire.http2 import REFUSED_REPLAY_LIMIT
+from gossamer.proxy.wire.limits import REFUSED_RETRIES, REPLAY_LIMIT
 from gossamer.proxy.wire.tls import make_contexts
 from tests.proxy.conftest import EchoApp, Pki, curl, fast_config
 from tests.proxy.test_e2e_upgrade import two_proxies

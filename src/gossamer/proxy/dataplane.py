@@ -55,6 +55,7 @@ from gossamer.proxy.wire.limits import (
     MAX_ADMIN_CONNECTIONS,
     MAX_HANDSHAKES,
     InFlight,
+    close_soon,
 )
 from gossamer.proxy.wire.splice import Splice
 from gossamer.proxy.wire.tls import Credentials, MeshContexts, make_contexts, sni_for
@@ -129,6 +130,9 @@ class DataPlaneConfig:
     app_idle_timeout: float = 4.0
     # From the end of a request to the head of its response.
     response_timeout: float = 30.0
+    # Opaque TCP and tunnels: a pipe on which nothing is read from either end for this
+    # long is closed, both ends (Envoy's tcp_proxy idle_timeout, and its default).
+    tcp_idle_timeout: float = 3600.0
     # How long a request for a host the snapshot does not know waits for the control
     # plane to say whether it exists.
     interest_timeout: float = 2.0
@@ -1078,6 +1082,16 @@ class DataPlane:
             for h2conn in list(self.h2_connections):
                 if not h2conn.client_side:  # a client's (links to peers: peer_links)
                     h2conn.sweep(now, cfg.idle_timeout)
+            for splice in list(self.splices):
+                if splice.idle(now, cfg.tcp_idle_timeout):
+                    log.info("a TCP pipe moved nothing for %gs: closed", cfg.tcp_idle_timeout)
+                    splice.abort()
+            mono = time.monotonic()
+            for admin in list(self._admin_connections):
+                transport = admin.transport
+                idle = admin.idle_for(mono) > cfg.idle_timeout
+                if idle and transport is not None and not transport.is_closing():
+                    close_soon(transport)
             for pool, _ in self._peers.values():
                 pool.sweep(now, cfg.idle_timeout)
             self.peer_links.sweep()

@@ -46,7 +46,13 @@ from gossamer.proxy.wire.http1 import (
     response_framing,
     response_head_bytes,
 )
-from gossamer.proxy.wire.limits import GOAWAY_REFUSED, NOT_REFUSED, REFUSED_RETRIES, close_soon
+from gossamer.proxy.wire.limits import (
+    GOAWAY_REFUSED,
+    NOT_REFUSED,
+    REFUSED_RETRIES,
+    REPLAY_LIMIT,
+    close_soon,
+)
 from gossamer.proxy.wire.splice import Splice
 
 if TYPE_CHECKING:
@@ -68,7 +74,6 @@ PAUSE_BROKEN: Final = 16  # a malformed request waits for earlier responses to f
 PAUSE_TUNNEL: Final = 32  # a tunnel request waits for its answer (Exchange._open_tunnel)
 
 BUFFER_LIMIT: Final = 256 * 1024
-REPLAY_LIMIT: Final = 64 * 1024
 MAX_ATTEMPTS: Final = 3
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CRLF: Final = b"\r\n"
@@ -172,6 +177,8 @@ class ServerConnection(asyncio.Protocol):
         "queue",
         "reader",
         "reading",
+        "reads",
+        "reads_seen",
         "server_name",
         "side",
         "transport",
@@ -190,6 +197,10 @@ class ServerConnection(asyncio.Protocol):
         self.paused = 0
         self.write_paused = False
         self.paused_at = 0.0  # when writing last paused: the client stopped reading
+        # Reads from the client, and (reads, when) as the upkeep last saw them changed:
+        # a request body that stops coming (`sweep`).
+        self.reads = 0
+        self.reads_seen = (0, 0.0)
         self.closing = False
         self.client_eof = False
         self.broken: ProtocolError | None = None
@@ -212,6 +223,7 @@ class ServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.reads += 1
         try:
             self.reader.feed(data)
         except Http2Preface as e:
@@ -410,6 +422,15 @@ class ServerConnection(asyncio.Protocol):
             if self.reading is None and now - self.last_active > idle_timeout:
                 self.close()
             return
+        if self.reading is ex and not self.paused and idle_timeout >= 0:
+            # Its body is owed, and the proxy is reading: is it coming?
+            reads, since = self.reads_seen
+            if reads != self.reads:
+                self.reads_seen = (self.reads, now)
+            elif now - max(since, self.last_active) > idle_timeout:  # (pipelined: its turn)
+                ex.fail(408, f"request body: nothing from the client for {idle_timeout:g}s")
+                self.close()
+                return
         if (
             ex.upstream is not None
             and ex.phase < Phase.RESPONDING

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import cast
 
@@ -20,7 +21,7 @@ from gossamer.proxy.wire.http1 import (
     RequestReader,
     error_response,
 )
-from gossamer.proxy.wire.limits import MAX_ADMIN_CONNECTIONS
+from gossamer.proxy.wire.limits import MAX_ADMIN_CONNECTIONS, close_soon
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -51,6 +52,8 @@ class AdminConnection(asyncio.Protocol):
         self.head: RequestHead | None = None
         # Set while a streaming page holds the connection: called when it is lost.
         self.on_lost: Callable[[], None] | None = None
+        # When the last request was answered (or the connection made): see `idle_for`.
+        self.answered_at = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
@@ -77,7 +80,14 @@ class AdminConnection(asyncio.Protocol):
         except ProtocolError as e:
             if self.transport is not None:
                 self.transport.write(error_response(e.status, e.reason, close=True))
-                self.transport.close()
+                close_soon(self.transport)
+
+    def idle_for(self, now: float) -> float:
+        """Seconds (time.monotonic) since this connection last had a request answered;
+        0 while a streaming page holds it. The data plane closes one idle too long:
+        its connections are capped, and clients that opened them and send nothing
+        would otherwise keep every readiness probe out."""
+        return 0.0 if self.on_lost is not None else now - self.answered_at
 
     def request_head(self, head: RequestHead) -> None:
         self.head = head
@@ -120,8 +130,9 @@ class AdminConnection(asyncio.Protocol):
             )
             + (b"" if head.method == b"HEAD" else body)
         )
+        self.answered_at = time.monotonic()
         if close:
-            transport.close()
+            close_soon(transport)
 
 
 def json_page(data: object) -> Page:

@@ -25,7 +25,6 @@ from gossamer.proxy.policy.routing import NoRoute, Route
 from gossamer.proxy.wire.http1 import ORIG_PROTO_HEADER, SRC_SERVICE_HEADER
 from gossamer.proxy.wire.http2 import (
     REFUSED_REPLAY_LIMIT,
-    REPLAY_LIMIT,
     H2Connection,
     Headers,
     StreamPair,
@@ -33,7 +32,7 @@ from gossamer.proxy.wire.http2 import (
     header,
     is_grpc,
 )
-from gossamer.proxy.wire.limits import GOAWAY_REFUSED, NOT_REFUSED, REFUSED_RETRIES
+from gossamer.proxy.wire.limits import GOAWAY_REFUSED, NOT_REFUSED, REFUSED_RETRIES, REPLAY_LIMIT
 
 if TYPE_CHECKING:
     from gossamer.proxy.forward.plane import Plane

@@ -107,6 +107,7 @@ from gossamer.proxy.wire.limits import (
     GOAWAY_REFUSED,
     MAX_HEADERS,
     NOT_REFUSED,
+    REPLAY_LIMIT,
     STREAM_REFUSED,
     InFlight,
     LimitedLog,
@@ -118,9 +119,6 @@ log = logging.getLogger("gossamer.proxy")
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _PREFACE_LINE: Final = PREFACE[:18]
 
-# A request whose DATA is at most this long may be sent again by a retry (Linkerd's
-# 64 KiB, as for HTTP/1.1).
-REPLAY_LIMIT: Final = 64 * 1024
 # What is kept of a request without a retry policy, only so that a stream the peer
 # refuses unprocessed can be sent again (decision 0112): a quarter of it, so that a
 # connection's MAX_STREAMS streams hold at most CONNECTION_WINDOW in copies, the bound
@@ -412,11 +410,11 @@ class _Half:
         "carrier",
         "conn",
         "ended",
+        "moved",
         "other",
         "pair",
         "pending",
         "recv_end",
-        "sent",
         "sent_end",
         "stream_id",
         "trailers",
@@ -433,7 +431,7 @@ class _Half:
         self.trailers: Headers | None = None
         self.recv_end = False  # the peer ended its side of this stream
         self.sent_end = False  # and this proxy its own
-        self.sent = 0  # DATA bytes sent on it (H2Connection.sweep: is it moving?)
+        self.moved = 0  # DATA bytes sent and received on it (H2Connection.sweep)
 
 
 def _reset_other(half: _Half, code: int) -> None:
@@ -878,10 +876,11 @@ class H2Connection(asyncio.Protocol):
         stream_id = event.stream_id or 0
         half = self.halves.get(stream_id)
         other = half.other if half is not None else None
-        if other is None:
+        if half is None or other is None:
             self.h2.acknowledge_received_data(event.flow_controlled_length or 0, stream_id)
             return
         data = event.data or b""
+        half.moved += len(data)
         other.pending.append([data, event.flow_controlled_length or 0])
         pair = other.pair
         if pair.replay is not None and other is pair.up:
@@ -1250,7 +1249,7 @@ class H2Connection(asyncio.Protocol):
                 if len(data) > window:
                     h2conn.send_data(stream_id, data[:window])
                     self._unwritten += window
-                    half.sent += window
+                    half.moved += window
                     item[0] = data[window:]
                     item[1] = max(ack - window, 0)
                     ack = min(ack, window)
@@ -1260,7 +1259,7 @@ class H2Connection(asyncio.Protocol):
                     if data or last:
                         h2conn.send_data(stream_id, data, end_stream=last)
                         self._unwritten += len(data)
-                        half.sent += len(data)
+                        half.moved += len(data)
                     pending.popleft()
                     if last:
                         half.ended = False
@@ -1294,12 +1293,14 @@ class H2Connection(asyncio.Protocol):
 
     def sweep(self, now: float, idle_timeout: float) -> None:
         """Called about once a second on a client's connection: the timeouts no frame
-        would ever fire. A client that reads none of what is sent to it for
-        `idle_timeout` loses its connection; a stream that has sent nothing for as long
-        while its data waits for the client to open its window is reset (CANCEL, and
-        its upstream with it: it holds an upstream and a place under the cap on
-        requests in flight); a connection with no stream for as long is closed with
-        GOAWAY NO_ERROR (Envoy's stream idle timeout and connection idle timeout)."""
+        would ever fire (decision 0114). A client that reads none of what is sent to it
+        for `idle_timeout` loses its connection. A stream on which nothing moves for as
+        long while something is owed is reset (CANCEL, and its upstream with it: it
+        holds an upstream and a place under the cap on requests in flight): its data
+        waits for a window the client keeps shut, or its request is not over and no
+        answer has begun (a body announced and not sent). A connection with no stream
+        for as long is closed with GOAWAY NO_ERROR. (Envoy's stream idle timeout and
+        connection idle timeout.)"""
         if self.closed:
             return
         if self.write_paused and monotonic() - self._paused_at > idle_timeout:
@@ -1322,22 +1323,25 @@ class H2Connection(asyncio.Protocol):
         self._idle_since = None
         stalls, self._stalls = self._stalls, {}
         for stream_id, half in list(halves.items()):
-            if not half.pending or half.sent_end or self.write_paused:
+            owed_out = half.pending and not half.sent_end and not self.write_paused
+            owed_in = not half.recv_end and not half.pair.status and not half.pair.done
+            if not owed_out and not owed_in:
                 continue
-            sent, since = stalls.get(stream_id, (-1, now))
-            if sent != half.sent:
+            moved, since = stalls.get(stream_id, (-1, now))
+            if moved != half.moved:
                 since = now  # it moved since the last look
             elif now - since > idle_timeout:
                 log.info(
-                    "%s: stream %d sent nothing for %gs, its window closed: reset",
+                    "%s: stream %d: nothing moved for %gs (%s): reset",
                     self.name,
                     stream_id,
                     idle_timeout,
+                    "its window shut" if owed_out else "its request body not coming",
                 )
                 _reset_other(half, h2.errors.ErrorCodes.CANCEL)  # before `reset` unlinks it
                 self.reset(half, h2.errors.ErrorCodes.CANCEL)
                 continue
-            self._stalls[stream_id] = (half.sent, since)
+            self._stalls[stream_id] = (half.moved, since)
 
     def reset(self, half: _Half, code: int) -> None:
         self.halves.pop(half.stream_id, None)

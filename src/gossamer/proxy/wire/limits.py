@@ -29,6 +29,9 @@ MAX_HEAD_SIZE: Final = 64 * 1024
 # refuses what crossed its GOAWAY and the next connection takes it; a peer that refuses
 # every time is not asked for ever.
 REFUSED_RETRIES: Final = 2
+# A request whose body is at most this long is kept whole to be sent again (a retry, a
+# mirror, a refused stream), HTTP/1.1 and HTTP/2 alike: Linkerd's 64 KiB.
+REPLAY_LIMIT: Final = 64 * 1024
 # How a peer refused a request it did not process (http2.StreamPair.refused).
 NOT_REFUSED: Final = 0
 GOAWAY_REFUSED: Final = 1  # past its GOAWAY's last stream id: another connection takes it

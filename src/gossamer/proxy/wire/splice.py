@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, cast
 
+from gossamer.proxy.wire.limits import close_soon
+
 if TYPE_CHECKING:
     from gossamer.proxy.observe.metrics import TcpStats
 
@@ -16,7 +18,17 @@ if TYPE_CHECKING:
 class Splice(asyncio.Protocol):
     """One end of a byte pipe; `join` connects it to the other end."""
 
-    __slots__ = ("closed", "counts_sent", "other", "pending", "registry", "stats", "transport")
+    __slots__ = (
+        "closed",
+        "counts_sent",
+        "moved",
+        "other",
+        "pending",
+        "registry",
+        "seen",
+        "stats",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -29,6 +41,10 @@ class Splice(asyncio.Protocol):
         self.other: Splice | None = None
         self.pending: list[bytes] = []
         self.closed = False
+        # Bytes read from this end, and (both ends' bytes, when) as `idle` last saw
+        # them change.
+        self.moved = 0
+        self.seen = (0, 0.0)
         self.stats = stats
         # Which counter this end's incoming bytes go to (the opening side's view).
         self.counts_sent = counts_sent
@@ -57,6 +73,7 @@ class Splice(asyncio.Protocol):
                 end.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        self.moved += len(data)
         other = self.other
         if other is None or other.transport is None:
             self.pending.append(data)
@@ -70,8 +87,13 @@ class Splice(asyncio.Protocol):
                 stats.bytes_received += len(data)
 
     def eof_received(self) -> bool:
+        # The pipe ends both ways (no half-close carried). Closed here, within
+        # DELAYED_CLOSE, not by the transport (returning False), which would wait for
+        # ever on a client that reads nothing of what is buffered for it.
         self._close_other()
-        return False
+        if self.transport is not None:
+            close_soon(self.transport)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.registry is not None:
@@ -84,7 +106,7 @@ class Splice(asyncio.Protocol):
     def _close_other(self) -> None:
         other = self.other
         if other is not None and other.transport is not None and not other.transport.is_closing():
-            other.transport.close()
+            close_soon(other.transport)
 
     def pause_writing(self) -> None:
         other = self.other
@@ -99,4 +121,23 @@ class Splice(asyncio.Protocol):
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            close_soon(self.transport)
+
+    def idle(self, now: float, idle_timeout: float) -> bool:
+        """Whether nothing was read from either end of the pipe for `idle_timeout`
+        (called about once a second: a client that reads nothing stops the reads too,
+        once the buffers are full)."""
+        other = self.other
+        moved = self.moved + (other.moved if other is not None else 0)
+        seen, since = self.seen
+        if moved != seen or not since:
+            self.seen = (moved, now)
+            return False
+        return now - since > idle_timeout
+
+    def abort(self) -> None:
+        """Both ends, at once."""
+        for end in (self, self.other):
+            if end is not None and end.transport is not None:
+                end.closed = True
+                end.transport.abort()
