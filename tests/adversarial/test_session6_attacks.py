@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterable
 
 import hpack
 import pytest
-from hyperframe.frame import HeadersFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import SettingsFrame, WindowUpdateFrame
 
 from gossamer.identity.tls import client_context
 from gossamer.proxy.dataplane import SWEEP_INTERVAL
@@ -80,8 +80,15 @@ from tests.proxy import conftest as proxy_conftest
 from tests.proxy import test_e2e_tcp
 from tests.proxy.conftest import Mesh, Pki, curl, raw_exchange, server_snapshot
 from tests.proxy.conftest import h2_codec as h2_codec  # autouse: the engine under test
+from tests.proxy.test_delayed_close import read_all
 from tests.proxy.test_e2e_tcp import TcpMesh
-from tests.proxy.test_h2_hardening import PREFACE, echo_mesh, inbound_context, request
+from tests.proxy.test_h2_hardening import (
+    PREFACE,
+    echo_mesh,
+    headers_frame,
+    inbound_context,
+    request,
+)
 
 mesh = proxy_conftest.mesh  # the fixture: a client proxy and two echo workloads
 tcp_mesh = test_e2e_tcp.tcp_mesh  # a TCP upstream listener to a byte-echo app over mTLS
@@ -137,21 +144,6 @@ def _get(path: bytes, *extra: bytes) -> bytes:
 # ---- close_soon: clients that read slowly, or nothing ---------------------------------
 
 
-def _read_steadily(sock: socket.socket, chunk: int, pause: float) -> tuple[bytes, str]:
-    got = bytearray()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            data = sock.recv(chunk)
-        except OSError as e:
-            return bytes(got), type(e).__name__
-        if not data:
-            return bytes(got), "eof"
-        got += data
-        time.sleep(pause)
-    return bytes(got), "still open"
-
-
 @pytest.mark.asyncio
 async def test_a_slow_reader_with_default_buffers_gets_a_closing_response_whole(
     mesh: Mesh,
@@ -165,7 +157,7 @@ async def test_a_slow_reader_with_default_buffers_gets_a_closing_response_whole(
     try:
         await asyncio.to_thread(sock.connect, mesh.outbound)
         sock.sendall(_get(b"/bytes?n=%d" % size, b"Connection: close"))
-        response, end = await asyncio.to_thread(_read_steadily, sock, 16384, 0.02)
+        response, end = await asyncio.to_thread(read_all, sock, 16384, 0.02)
     finally:
         sock.close()
     assert end == "eof"
@@ -193,9 +185,7 @@ async def test_an_http1_client_that_half_closes_and_reads_nothing_is_let_go(
 @pytest.mark.asyncio
 async def test_an_h2_client_that_half_closes_and_reads_nothing_is_let_go(mesh: Mesh) -> None:
     encoder = hpack.Encoder()
-    frame = HeadersFrame(1, encoder.encode(request(b"/bytes?n=%d" % BIG)))
-    frame.flags.add("END_HEADERS")
-    frame.flags.add("END_STREAM")
+    frame = headers_frame(encoder, 1, request(b"/bytes?n=%d" % BIG))
     window = 2**31 - 1
     hello = (
         PREFACE
@@ -209,7 +199,7 @@ async def test_an_h2_client_that_half_closes_and_reads_nothing_is_let_go(mesh: M
     sock = _small_buffers()
     try:
         await asyncio.to_thread(sock.connect, mesh.outbound)
-        sock.sendall(hello + frame.serialize())
+        sock.sendall(hello + frame)
         assert await _until(lambda: _backed_up(served()), 5)
         sock.shutdown(socket.SHUT_WR)
         assert await _until(lambda: not served(), DELAYED_CLOSE * 2.5)
@@ -275,9 +265,7 @@ async def test_an_h2_client_that_opens_no_window_is_let_go(mesh: Mesh) -> None:
     mesh.client.config.idle_timeout = 1.0
     cap = mesh.client.in_flight = InFlight(4, lambda: "workload default/web")
     encoder = hpack.Encoder()
-    frame = HeadersFrame(1, encoder.encode(request(b"/bytes?n=%d" % (BIG * 7))))
-    frame.flags.add("END_HEADERS")
-    frame.flags.add("END_STREAM")
+    frame = headers_frame(encoder, 1, request(b"/bytes?n=%d" % (BIG * 7)))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(0.2)
 
@@ -297,7 +285,7 @@ async def test_an_h2_client_that_opens_no_window_is_let_go(mesh: Mesh) -> None:
 
     try:
         await asyncio.to_thread(sock.connect, mesh.outbound)
-        sock.sendall(PREFACE + SettingsFrame(0).serialize() + frame.serialize())
+        sock.sendall(PREFACE + SettingsFrame(0).serialize() + frame)
         assert await asyncio.to_thread(read_for, 5.0, 65536) > 65535  # the first window
         assert cap.count == 1
         await asyncio.to_thread(read_for, SWEEP_INTERVAL * 3)
@@ -388,9 +376,8 @@ async def test_a_client_that_never_sends_its_announced_body_gives_its_place_back
         if proto == "h2":
             encoder = hpack.Encoder()
             post = request(b"/anything", b"POST", (b"content-length", b"10"))
-            frame = HeadersFrame(1, encoder.encode(post))
-            frame.flags.add("END_HEADERS")  # the body is owed
-            sock.sendall(PREFACE + SettingsFrame(0).serialize() + frame.serialize())
+            head = headers_frame(encoder, 1, post, end_stream=False)  # the body is owed
+            sock.sendall(PREFACE + SettingsFrame(0).serialize() + head)
         else:
             sock.sendall(
                 b"POST /anything HTTP/1.1\r\nHost: echo\r\nContent-Length: 10\r\n"
@@ -441,10 +428,7 @@ async def test_a_peer_that_reads_none_of_its_refusals_over_mtls_is_cut_off_and_l
         tls: socket.socket = raw  # the TLS one once the handshake is done
 
         def headers(stream_id: int, path: bytes) -> bytes:
-            frame = HeadersFrame(stream_id, encoder.encode(request(path)))
-            frame.flags.add("END_HEADERS")
-            frame.flags.add("END_STREAM")
-            return frame.serialize()
+            return headers_frame(encoder, stream_id, request(path))
 
         try:
             await asyncio.to_thread(raw.connect, server.inbound_address)

@@ -43,7 +43,7 @@ async def _connect(mesh: Mesh) -> socket.socket:
     return sock
 
 
-def _read_all(sock: socket.socket, chunk: int, pause: float) -> tuple[bytes, str]:
+def read_all(sock: socket.socket, chunk: int, pause: float) -> tuple[bytes, str]:
     """Read until EOF, `chunk` bytes every `pause` seconds; what came and how it ended."""
     got = bytearray()
     deadline = time.monotonic() + 30
@@ -68,7 +68,7 @@ async def test_a_client_that_reads_nothing_after_the_close_is_aborted(mesh: Mesh
     sock = await _connect(mesh)
     try:
         await asyncio.sleep(DELAYED_CLOSE * 3)  # reads nothing meanwhile
-        response, end = await asyncio.to_thread(_read_all, sock, 65536, 0)
+        response, end = await asyncio.to_thread(read_all, sock, 65536, 0)
     finally:
         sock.close()
     assert response.startswith(b"HTTP/1.1 200"), response[:100]
@@ -83,7 +83,7 @@ async def test_a_client_that_reads_slowly_gets_the_whole_response(mesh: Mesh) ->
     sock = await _connect(mesh)
     try:
         # About 20 KB a second: the response takes three times DELAYED_CLOSE to read.
-        response, end = await asyncio.to_thread(_read_all, sock, 2048, 0.1)
+        response, end = await asyncio.to_thread(read_all, sock, 2048, 0.1)
     finally:
         sock.close()
     assert end == "eof"

@@ -75,6 +75,17 @@ def many_fields(n: int) -> list[tuple[bytes, bytes]]:
     return [(b"x-field-%03d" % i, b"v") for i in range(n)]
 
 
+def headers_frame(
+    encoder: hpack.Encoder, stream_id: int, fields: Fields, end_stream: bool = True
+) -> bytes:
+    """A HEADERS frame (END_HEADERS; END_STREAM unless a body follows), serialized."""
+    frame = HeadersFrame(stream_id, encoder.encode(fields))
+    frame.flags.add("END_HEADERS")
+    if end_stream:
+        frame.flags.add("END_STREAM")
+    return frame.serialize()
+
+
 class RawH2:
     """An HTTP/2 client that writes the frames it is given and records what comes back."""
 
@@ -106,11 +117,7 @@ class RawH2:
         return client
 
     def headers(self, stream_id: int, fields: Fields, end_stream: bool = True) -> bytes:
-        frame = HeadersFrame(stream_id, self.encoder.encode(fields))
-        frame.flags.add("END_HEADERS")
-        if end_stream:
-            frame.flags.add("END_STREAM")
-        return frame.serialize()
+        return headers_frame(self.encoder, stream_id, fields, end_stream)
 
     @staticmethod
     def data(stream_id: int, data: bytes = b"", end_stream: bool = False) -> bytes:
@@ -727,10 +734,7 @@ async def test_refusals_a_client_never_reads_are_a_flood(
         encoder = hpack.Encoder()
 
         def headers(stream_id: int, path: bytes) -> bytes:
-            frame = HeadersFrame(stream_id, encoder.encode(request(path)))
-            frame.flags.add("END_HEADERS")
-            frame.flags.add("END_STREAM")
-            return frame.serialize()
+            return headers_frame(encoder, stream_id, request(path))
 
         def attack() -> str:
             """Streams, 50 at a time (well under the 256 one read may open), never
