@@ -25,14 +25,14 @@ SIZE = 60_000
 REQUEST = b"GET /bytes?n=%d HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n" % SIZE
 
 
-async def _connect(mesh: Mesh) -> socket.socket:
+async def _connect(mesh: Mesh, request: bytes = REQUEST) -> socket.socket:
     for workload in mesh.workloads:
         workload.app.delay = 0.5
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(10)
     await asyncio.to_thread(sock.connect, mesh.outbound)
-    sock.sendall(REQUEST)
+    sock.sendall(request)
     for _ in range(200):
         if mesh.client.connections:
             break
@@ -88,3 +88,34 @@ async def test_a_client_that_reads_slowly_gets_the_whole_response(mesh: Mesh) ->
         sock.close()
     assert end == "eof"
     assert _body(response) == b"x" * SIZE
+
+
+@pytest.mark.asyncio
+async def test_a_keep_alive_client_reading_slowly_outlasts_the_idle_timeout(mesh: Mesh) -> None:
+    """A client that reads none of its response for the idle timeout loses its
+    connection (decision 0114); one that reads slowly keeps the proxy's writing paused
+    for longer than that (about 2.4 s at a time here: 48 KiB from the high mark to the
+    low at 20 KB/s, with a 1 s idle timeout) but takes bytes all along, and gets them
+    all, on a connection that stays open."""
+    mesh.client.config.idle_timeout = 1.0
+    size = 120_000
+    sock = await _connect(mesh, b"GET /bytes?n=%d HTTP/1.1\r\nHost: echo\r\n\r\n" % size)
+    [conn] = mesh.client.connections
+    try:
+
+        def read_response() -> bytes:
+            got = bytearray()
+            while b"\r\n\r\n" not in got or len(got.partition(b"\r\n\r\n")[2]) < size:
+                data = sock.recv(2048)
+                if not data:
+                    break
+                got += data
+                time.sleep(0.1)
+            return bytes(got)
+
+        response = await asyncio.to_thread(read_response)
+    finally:
+        sock.close()
+    assert response.startswith(b"HTTP/1.1 200")
+    assert _body(response) == b"x" * size
+    assert conn.paused_at > 0  # its writing was paused on the way

@@ -52,6 +52,7 @@ from gossamer.proxy.wire.limits import (
     REFUSED_RETRIES,
     REPLAY_LIMIT,
     close_soon,
+    taken,
 )
 from gossamer.proxy.wire.splice import Splice
 
@@ -181,6 +182,7 @@ class ServerConnection(asyncio.Protocol):
         "reads_seen",
         "server_name",
         "side",
+        "taken_at_pause",
         "transport",
         "tunnel_data",
         "write_paused",
@@ -201,6 +203,7 @@ class ServerConnection(asyncio.Protocol):
         # a request body that stops coming (`sweep`).
         self.reads = 0
         self.reads_seen = (0, 0.0)
+        self.taken_at_pause = 0  # what the client had taken at the last look (limits.taken)
         self.closing = False
         self.client_eof = False
         self.broken: ProtocolError | None = None
@@ -272,6 +275,8 @@ class ServerConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         self.paused_at = self.loop.time()
+        if self.transport is not None:
+            self.taken_at_pause = taken(self.transport)
         ex = self.answering
         if ex is not None and ex.upstream is not None:
             ex.upstream.pause_reading()
@@ -410,13 +415,20 @@ class ServerConnection(asyncio.Protocol):
 
     def sweep(self, now: float, idle_timeout: float, response_timeout: float) -> None:
         """Called about once a second: enforce the response and idle timeouts. A client
-        that reads none of its response for `idle_timeout` (writing paused all along)
-        loses its connection, and the response its upstream (`idle_timeout` < 0: a
-        drain closing what is idle, which this is not)."""
-        if self.write_paused and 0 <= idle_timeout < now - self.paused_at:
-            log.info("%s read none of its response for %gs: closed", self.describe(), idle_timeout)
-            self.abort()
-            return
+        that takes none of its response for `idle_timeout` (writing paused, and nothing
+        acknowledged in the kernel since the last look) loses its connection, and the
+        response its upstream (`idle_timeout` < 0: a drain closing what is idle, which
+        this is not)."""
+        if self.write_paused and idle_timeout >= 0:
+            took = -1 if self.transport is None else taken(self.transport)
+            if took != self.taken_at_pause:
+                # It reads, if slowly (the buffer is not down to its low mark yet).
+                self.paused_at, self.taken_at_pause = now, took
+            elif now - self.paused_at > idle_timeout:
+                who = self.describe()
+                log.info("%s read none of its response for %gs: closed", who, idle_timeout)
+                self.abort()
+                return
         ex = self.answering
         if ex is None:
             if self.reading is None and now - self.last_active > idle_timeout:

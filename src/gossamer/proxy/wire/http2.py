@@ -112,6 +112,7 @@ from gossamer.proxy.wire.limits import (
     InFlight,
     LimitedLog,
     close_soon,
+    taken,
 )
 
 log = logging.getLogger("gossamer.proxy")
@@ -794,6 +795,7 @@ class H2Connection(asyncio.Protocol):
         # since when writing is paused, and each stalled stream's (bytes sent, since).
         self._idle_since: float | None = None
         self._paused_at = 0.0
+        self._taken_at_pause = 0  # what the client had taken at the last look (limits.taken)
         self._stalls: dict[int, tuple[int, float]] = {}
         self._last_taken = 0  # the last stream the peer opened that was taken
         # A write is owed: what h2 has to send goes out once, at the end of this loop
@@ -857,6 +859,8 @@ class H2Connection(asyncio.Protocol):
         # buffer whole responses (megabytes) in the transport.
         self.write_paused = True
         self._paused_at = monotonic()
+        if self.transport is not None:
+            self._taken_at_pause = taken(self.transport)
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -1303,11 +1307,16 @@ class H2Connection(asyncio.Protocol):
         connection idle timeout.)"""
         if self.closed:
             return
-        if self.write_paused and monotonic() - self._paused_at > idle_timeout:
-            log.info("%s read nothing for %gs: closed", self.name, idle_timeout)
-            if self.transport is not None:
-                self.transport.abort()
-            return
+        if self.write_paused:
+            took = -1 if self.transport is None else taken(self.transport)
+            if took != self._taken_at_pause:
+                # It reads, if slowly (the buffer is not down to its low mark yet).
+                self._paused_at, self._taken_at_pause = monotonic(), took
+            elif monotonic() - self._paused_at > idle_timeout:
+                log.info("%s read nothing for %gs: closed", self.name, idle_timeout)
+                if self.transport is not None:
+                    self.transport.abort()
+                return
         halves = self.halves
         if not halves:
             if self._idle_since is None:

@@ -73,6 +73,14 @@ def _taken(transport: asyncio.Transport, sock: Any) -> int | None:
         return -transport.get_write_buffer_size()
 
 
+def taken(transport: asyncio.Transport) -> int:
+    """How much of what was sent on `transport` its client has taken so far (`_taken`;
+    -1 once the socket is gone): compared over time, whether it still reads."""
+    sock = transport.get_extra_info("socket")
+    got = None if sock is None else _taken(transport, sock)
+    return -1 if got is None else got
+
+
 def _unless_taking(transport: asyncio.Transport, sock: Any, before: int) -> None:
     taken = _taken(transport, sock)
     if taken is None:
