@@ -72,7 +72,7 @@ from tests.proxy.conftest import Mesh, Pki, curl, fast_config, raw_exchange, ser
 from tests.proxy.conftest import h2_codec as h2_codec  # autouse: the engine under test
 from tests.proxy.test_e2e_http import admin_get, metric
 from tests.proxy.test_e2e_upgrade import two_proxies
-from tests.proxy.test_h1to2 import PeerListener
+from tests.proxy.test_h1to2 import StreamPeer, go_away
 from tests.proxy.test_h2_hardening import (
     ENHANCE_YOUR_CALM,
     RawH2,
@@ -86,7 +86,6 @@ from tests.proxy.test_traffic import httproute, ref
 
 WAIT = 10.0
 
-ANSWER = "answer 200 with the peer's name"
 EARLY_THEN_REFUSED = "103 Early Hints, then RST_STREAM REFUSED_STREAM"
 EARLY_THEN_GOAWAY = "103 Early Hints, then a GOAWAY whose last stream id is below it"
 HEAD_THEN_REFUSED = "the response head, then RST_STREAM REFUSED_STREAM"
@@ -109,81 +108,44 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("h2_codec", h2codec.NAMES, indirect=True)
 
 
-class HostilePeer(PeerListener):
-    """A PeerListener answering stream number i as script[i] says, and every later one
-    with ANSWER. It validates nothing it sends, so it can send what a buggy or hostile
-    peer would. `max_streams`: the MAX_CONCURRENT_STREAMS its SETTINGS announce."""
+class HostilePeer(StreamPeer):
+    """A StreamPeer ("echo-1") with the moves of this file. It validates nothing it
+    sends, so it can send what a buggy or hostile peer would; each stream's body is
+    kept once it ended, whatever the move."""
+
+    validate = False
 
     def __init__(
         self, pki: Pki, script: tuple[str, ...] = (), max_streams: int | None = None
     ) -> None:
-        super().__init__(pki)
-        self.script = script
-        self.max_streams = max_streams
-        self.requests: list[dict[bytes, bytes]] = []  # each stream's request head
-        self.bodies: list[bytes] = []  # each stream's body, once it ended
+        super().__init__(pki, "echo-1", script, max_streams)
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-            )
-        )
-        conn.initiate_connection()
-        if self.max_streams is not None:
-            max_streams = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
-            conn.update_settings({max_streams: self.max_streams})
-        writer.write(conn.data_to_send())
-        moves: dict[int, str] = {}
-        bodies: dict[int, bytearray] = {}
-        while data := await reader.read(65536):
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.RequestReceived):
-                    sid = event.stream_id
-                    self.requests.append(dict(event.headers or []))
-                    i = len(self.requests) - 1
-                    move = moves[sid] = self.script[i] if i < len(self.script) else ANSWER
-                    bodies[sid] = bytearray()
-                    if move in (LATE_REFUSED, LATE_GOAWAY):
-                        await asyncio.sleep(0.6)
-                    if move in (REFUSED, LATE_REFUSED):
-                        conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
-                    elif move in (GOAWAY_ALWAYS, LATE_GOAWAY):
-                        conn.close_connection(last_stream_id=0)
-                        writer.write(conn.data_to_send())
-                        await writer.drain()
-                        writer.close()
-                        return
-                elif isinstance(event, h2.events.DataReceived):
-                    sid = event.stream_id
-                    bodies.setdefault(sid, bytearray()).extend(event.data or b"")
-                    conn.acknowledge_received_data(event.flow_controlled_length, sid)
-                elif isinstance(event, h2.events.StreamEnded):
-                    sid = event.stream_id
-                    if await self._at_end(conn, writer, sid, moves.get(sid, ANSWER)):
-                        return
-                    self.bodies.append(bytes(bodies.pop(sid, b"")))
-            writer.write(conn.data_to_send())
-            await writer.drain()
-
-    async def _at_end(
+    async def at_start(
         self, conn: h2.connection.H2Connection, writer: asyncio.StreamWriter, sid: int, move: str
     ) -> bool:
-        """The request is whole: answer it as `move` says. True: the connection is done."""
+        if move in (LATE_REFUSED, LATE_GOAWAY):
+            await asyncio.sleep(0.6)
+        if move in (REFUSED, LATE_REFUSED):
+            conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+        elif move in (GOAWAY_ALWAYS, LATE_GOAWAY):
+            return await go_away(conn, writer, 0)
+        return False
+
+    async def at_end(
+        self,
+        conn: h2.connection.H2Connection,
+        writer: asyncio.StreamWriter,
+        sid: int,
+        move: str,
+        body: bytes,
+    ) -> bool:
         early = [(b":status", b"103"), (b"link", b"</style.css>; rel=preload")]
         if move == EARLY_THEN_REFUSED:
             conn.send_headers(sid, early)
             conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
         elif move == EARLY_THEN_GOAWAY:
             conn.send_headers(sid, early)
-            conn.close_connection(last_stream_id=max(sid - 2, 0))
-            writer.write(conn.data_to_send())
-            await writer.drain()
-            writer.close()
-            return True
+            return await go_away(conn, writer, max(sid - 2, 0))
         elif move == HEAD_THEN_REFUSED:
             conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"100")])
             conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
@@ -198,11 +160,7 @@ class HostilePeer(PeerListener):
         elif move == RESET_AFTER_READING:
             conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
         elif move == GOAWAY_COVERING_THEN_CLOSE:
-            conn.close_connection(last_stream_id=sid)
-            writer.write(conn.data_to_send())
-            await writer.drain()
-            writer.close()
-            return True
+            return await go_away(conn, writer, sid)
         elif move == GRPC_MALFORMED_TRAILERS:
             conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
             conn.send_data(sid, b"\x00\x00\x00\x00\x02ok")
@@ -210,9 +168,9 @@ class HostilePeer(PeerListener):
         elif move == HEAD_AND_HOLD:
             conn.send_headers(sid, [(b":status", b"200")])
             conn.send_data(sid, b"first")
-        elif move == ANSWER:
-            conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"6")])
-            conn.send_data(sid, b"echo-1", end_stream=True)
+        else:  # StreamPeer's moves: ANSWER (every stream after the script) and others
+            return await super().at_end(conn, writer, sid, move, body)
+        self.bodies.append(body)
         return False
 
 

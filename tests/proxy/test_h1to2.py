@@ -21,6 +21,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 import pytest
 import pytest_asyncio
 
@@ -87,20 +88,38 @@ class PeerListener:
 
 class StreamPeer(PeerListener):
     """A PeerListener that answers stream number i as script[i] says, and every later
-    one with 200."""
+    one with 200 and its name. `max_streams`: the MAX_CONCURRENT_STREAMS its SETTINGS
+    announce. A subclass adds moves in `at_start` and `at_end`."""
 
-    def __init__(self, pki: Pki, name: str, script: tuple[str, ...] = ()) -> None:
+    validate = True  # h2 checks and normalizes what it sends
+
+    def __init__(
+        self,
+        pki: Pki,
+        name: str,
+        script: tuple[str, ...] = (),
+        max_streams: int | None = None,
+    ) -> None:
         super().__init__(pki)
         self.name = name
         self.script = script
+        self.max_streams = max_streams
         self.requests: list[dict[bytes, bytes]] = []  # each stream's request headers
         self.bodies: list[bytes] = []  # each answered stream's request body
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding=None)
+            h2.config.H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_outbound_headers=self.validate,
+                normalize_outbound_headers=self.validate,
+            )
         )
         conn.initiate_connection()
+        if self.max_streams is not None:
+            max_streams = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
+            conn.update_settings({max_streams: self.max_streams})
         writer.write(conn.data_to_send())
         bodies: dict[int, bytearray] = {}
         moves: dict[int, str] = {}
@@ -110,21 +129,9 @@ class StreamPeer(PeerListener):
                     sid = event.stream_id
                     self.requests.append(dict(event.headers or []))
                     i = len(self.requests) - 1
-                    move = self.script[i] if i < len(self.script) else ANSWER
-                    moves[sid] = move
+                    move = moves[sid] = self.script[i] if i < len(self.script) else ANSWER
                     bodies[sid] = bytearray()
-                    if move == RESET:
-                        conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
-                    elif move == REFUSED:
-                        conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
-                    elif move == DROP:
-                        writer.transport.abort()
-                        return
-                    elif move == REFUSE:
-                        conn.close_connection(last_stream_id=max(sid - 2, 0))
-                        writer.write(conn.data_to_send())
-                        await writer.drain()
-                        writer.close()
+                    if await self.at_start(conn, writer, sid, move):
                         return
                 elif isinstance(event, h2.events.DataReceived):
                     sid = event.stream_id
@@ -132,26 +139,65 @@ class StreamPeer(PeerListener):
                     conn.acknowledge_received_data(event.flow_controlled_length, sid)
                 elif isinstance(event, h2.events.StreamEnded):
                     sid = event.stream_id
-                    move = moves.get(sid, ANSWER)
-                    if move == RESET_AFTER_HEAD:
-                        conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"100")])
-                        conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
-                    elif move == LYING_LENGTH:
-                        conn.send_headers(
-                            sid,
-                            [(b":status", b"200"), (b"content-length", b"100")],
-                            end_stream=True,
-                        )
-                    elif move == ANSWER:
-                        self.bodies.append(bytes(bodies.get(sid, b"")))
-                        name = self.name.encode()
-                        conn.send_headers(
-                            sid,
-                            [(b":status", b"200"), (b"content-length", b"%d" % len(name))],
-                        )
-                        conn.send_data(sid, name, end_stream=True)
+                    body = bytes(bodies.pop(sid, b""))
+                    if await self.at_end(conn, writer, sid, moves.get(sid, ANSWER), body):
+                        return
             writer.write(conn.data_to_send())
             await writer.drain()
+
+    async def at_start(
+        self, conn: h2.connection.H2Connection, writer: asyncio.StreamWriter, sid: int, move: str
+    ) -> bool:
+        """A request's head came: act as `move` says. True: the connection is done."""
+        if move == RESET:
+            conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        elif move == REFUSED:
+            conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+        elif move == DROP:
+            writer.transport.abort()
+            return True
+        elif move == REFUSE:
+            return await go_away(conn, writer, max(sid - 2, 0))
+        return False
+
+    async def at_end(
+        self,
+        conn: h2.connection.H2Connection,
+        writer: asyncio.StreamWriter,
+        sid: int,
+        move: str,
+        body: bytes,
+    ) -> bool:
+        """The request is whole: answer it as `move` says. True: the connection is done."""
+        if move == RESET_AFTER_HEAD:
+            conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"100")])
+            conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        elif move == LYING_LENGTH:
+            conn.send_headers(
+                sid,
+                [(b":status", b"200"), (b"content-length", b"100")],
+                end_stream=True,
+            )
+        elif move == ANSWER:
+            self.bodies.append(body)
+            name = self.name.encode()
+            conn.send_headers(
+                sid,
+                [(b":status", b"200"), (b"content-length", b"%d" % len(name))],
+            )
+            conn.send_data(sid, name, end_stream=True)
+        return False
+
+
+async def go_away(
+    conn: h2.connection.H2Connection, writer: asyncio.StreamWriter, last_stream_id: int
+) -> bool:
+    """Say GOAWAY with `last_stream_id` and close the connection (True: it is done)."""
+    conn.close_connection(last_stream_id=last_stream_id)
+    writer.write(conn.data_to_send())
+    await writer.drain()
+    writer.close()
+    return True
 
 
 @pytest_asyncio.fixture
