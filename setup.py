@@ -53,6 +53,13 @@ setup(
             extra_compile_args=["-O2"],
             # No compiler or no libnghttp2-dev: a warning, and the pure-Python codec.
             optional=True,
-        )
+        ),
+        Extension(
+            "gossamer.proxy.wire._h1native",
+            sources=["src/gossamer/proxy/wire/_h1native.c"],
+            extra_compile_args=["-O2"],
+            # No compiler: a warning, and llhttp reads every HTTP/1.1 message (decision 0115).
+            optional=True,
+        ),
     ],
 )

@@ -23,7 +23,7 @@ from gossamer.identity.ca import CertificateAuthority
 from gossamer.identity.csr import generate_private_key, make_csr
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.proxy.dataplane import Credentials, DataPlane, DataPlaneConfig
-from gossamer.proxy.wire import h2codec
+from gossamer.proxy.wire import h2codec, http1
 from gossamer.translate.snapshot import (
     Endpoint,
     LocalPort,
@@ -64,9 +64,26 @@ H2_CODEC_SUITES = frozenset(
 )
 
 
+# The HTTP/1.1 reader suites run over each reader: llhttp alone, and with the common
+# message read in C first (decision 0115; test_h1native compares the two directly).
+H1_READER_SUITES = frozenset(("test_http1", "test_http1_hardening"))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if metafunc.module.__name__.rpartition(".")[2] in H2_CODEC_SUITES:
+    suite = metafunc.module.__name__.rpartition(".")[2]
+    if suite in H2_CODEC_SUITES:
         metafunc.parametrize("h2_codec", h2codec.NAMES, indirect=True)
+    if suite in H1_READER_SUITES:
+        metafunc.parametrize("h1_reader", ("llhttp", "native"), indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def h1_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The HTTP/1.1 reader readers made in this test use, here and in proxies it starts."""
+    name: str = getattr(request, "param", "native" if http1.native else "llhttp")
+    monkeypatch.setattr(http1, "native", http1._native_wanted(name))
+    monkeypatch.setenv(http1.READER_ENV, name)
+    return name
 
 
 @pytest.fixture(autouse=True)

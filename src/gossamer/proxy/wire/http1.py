@@ -15,13 +15,25 @@ bytes (proxy.wire.limits); over either, 431.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from http import HTTPStatus
+from types import ModuleType
 from typing import Final, Protocol
 
 import httptools
 
+from gossamer.errors import GossamerError
 from gossamer.proxy.wire.limits import MAX_HEAD_SIZE, MAX_HEADERS
+
+log = logging.getLogger("gossamer.proxy")
+
+_native: ModuleType | None
+try:
+    from gossamer.proxy.wire import _h1native as _native
+except ImportError:  # built without a C compiler: llhttp reads every message
+    _native = None
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -89,6 +101,65 @@ _PLAIN_CONNECTION: Final = frozenset(
     {b"keep-alive", b"Keep-Alive", b"close", b"Close", b"keep-alive, close"}
 )
 _CHUNK_END: Final = b"0\r\n\r\n"
+
+READER_ENV: Final = "GOSSAMER_H1_READER"
+# The kinds as _h1native.c numbers them: a build of another version is not used.
+_KINDS_IN_C: Final = {
+    "K_DROP": K_DROP,
+    "K_CONNECTION": K_CONNECTION,
+    "K_CONTENT_LENGTH": K_CONTENT_LENGTH,
+    "K_TRANSFER_ENCODING": K_TRANSFER_ENCODING,
+    "K_HOST": K_HOST,
+    "K_EXPECT": K_EXPECT,
+    "K_SRC_SERVICE": K_SRC_SERVICE,
+    "K_FORWARDED_FOR": K_FORWARDED_FOR,
+    "K_UPGRADE": K_UPGRADE,
+}
+
+
+def _native_wanted(wanted: str) -> bool:
+    """Whether readers use `_h1native` for GOSSAMER_H1_READER's value (decision 0115):
+    ``llhttp`` never, ``native`` always (an error where it is not built), unset where
+    it is built."""
+    wanted = wanted.strip().lower()
+    if wanted not in ("", "llhttp", "native"):
+        raise GossamerError(f"{READER_ENV}={wanted!r}: expected llhttp or native")
+    if wanted == "llhttp":
+        return False
+    built = _native is not None and all(
+        getattr(_native, name, None) == value for name, value in _KINDS_IN_C.items()
+    )
+    if wanted == "native" and not built:
+        raise GossamerError(
+            f"{READER_ENV}=native, but gossamer.proxy.wire._h1native is not built (or is "
+            "of another version): install a C compiler and Python's headers (Debian: gcc "
+            "python3-dev) and run `pip install -e .` again, or unset it"
+        )
+    return built
+
+
+# Whether readers made from now on read the common message in one call into C before
+# llhttp; tests turn it off to compare the two.
+native: bool = _native_wanted(os.environ.get(READER_ENV, ""))
+
+
+def reader_description() -> str:
+    """Which HTTP/1.1 reader the proxy uses, for its start-up log line."""
+    if native:
+        return "llhttp, with the common keep-alive message read in one call (_h1native)"
+    if _native is None:
+        return "llhttp alone (the extension gossamer.proxy.wire._h1native is not built)"
+    return f"llhttp alone ({READER_ENV})"
+
+
+if native or os.environ.get(READER_ENV):
+    log.info("HTTP/1.1 reader: %s", reader_description())
+else:
+    log.warning(
+        "HTTP/1.1 reader: %s, slower; install a C compiler and Python's headers and "
+        "reinstall Gossamer for the native one",
+        reader_description(),
+    )
 
 
 class ProtocolError(Exception):
@@ -208,8 +279,11 @@ class _Reader:
         "_headers",
         "_in_body",
         "_in_head",
+        "_keep_alive",
         "_kinds",
         "_max_fields",
+        "_native",
+        "_native_ready",
         "_too_large",
         "_trailers",
         "_unparsed",
@@ -232,8 +306,14 @@ class _Reader:
         self._in_head = False
         self.content_length: bytes | None = None
         self.transfer_encoding: bytes | None = None
+        # `_native`: this reader tries _h1native first; `_native_ready`: llhttp is between
+        # messages, on a connection that stays HTTP/1.1 and alive, so it may now.
+        self._native = native
+        self._native_ready = native
+        self._keep_alive = True
 
     def _reset(self) -> None:
+        self._native_ready = False
         self._headers = []
         self._trailers = None
         self._connection = None
@@ -343,6 +423,12 @@ class RequestReader(_Reader):
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises ProtocolError for a request that must be refused."""
+        if self._native_ready:
+            start = self._read_native(data)
+            if start:
+                if start == len(data):
+                    return
+                data = data[start:]
         in_head = self._in_head
         try:
             self._parser.feed_data(data)
@@ -360,6 +446,36 @@ class RequestReader(_Reader):
             raise ProtocolError(400, f"malformed request: {_llhttp_reason(e)}") from None
         if in_head and self._in_head:
             self._count_unparsed(len(data))
+
+    def _read_native(self, data: bytes) -> int:
+        """Requests at the start of `data` that _h1native reads whole; where they end."""
+        assert _native is not None
+        parse = _native.parse_request
+        start = 0
+        while self._native_ready:
+            parsed = parse(data, start, self._kinds, self._max_fields, MAX_HEAD_SIZE)
+            if parsed is None:
+                break
+            end, body_start, method, target, headers, host, length, src, forwarded = parsed
+            head = RequestHead()
+            head.method = method
+            head.target = target
+            head.headers = headers
+            head.host = host
+            head.src_service = src
+            head.forwarded_for = forwarded
+            if length is not None:
+                head.content_length = length
+                head.body = BODY_LENGTH
+            handler = self._handler
+            handler.request_head(head)
+            if end > body_start:
+                self._in_body = True
+                handler.request_body(data[body_start:end])
+                self._in_body = False
+            handler.request_end(None)
+            start = end
+        return start
 
     def _after_upgrade(self, data: bytes, offset: int) -> None:
         # llhttp stops at an Upgrade (or CONNECT) request as if the connection were
@@ -448,6 +564,7 @@ class RequestReader(_Reader):
         if parser.should_upgrade():
             self._upgrade_body = head.body != BODY_NONE and self.content_length != b"0"
             self._tunnel_request(head)
+        self._keep_alive = head.keep_alive
         self._handler.request_head(head)
 
     def _tunnel_request(self, head: RequestHead) -> None:
@@ -473,6 +590,7 @@ class RequestReader(_Reader):
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        self._native_ready = self._native and self._keep_alive
         self._handler.request_end(self._trailers)
 
 
@@ -502,6 +620,12 @@ class ResponseReader(_Reader):
         self._head_only = head_only
 
     def feed(self, data: bytes) -> None:
+        if self._native_ready:
+            start = self._read_native(data)
+            if start:
+                if start == len(data):
+                    return
+                data = data[start:]
         in_head = self._in_head
         try:
             self._parser.feed_data(data)
@@ -510,6 +634,7 @@ class ResponseReader(_Reader):
                 # A complete answer to HEAD: llhttp's state is of no further use.
                 self._stopped = False
                 self._parser = httptools.HttpResponseParser(self)
+                self._native_ready = self._native and self._keep_alive
                 return
             cause = e.__context__
             if isinstance(cause, ProtocolError):
@@ -524,11 +649,35 @@ class ResponseReader(_Reader):
         if in_head and self._in_head:
             self._count_unparsed(len(data))
 
+    def _read_native(self, data: bytes) -> int:
+        """Responses at the start of `data` that _h1native reads whole; where they end."""
+        assert _native is not None
+        parse = _native.parse_response
+        start = 0
+        # An answer to HEAD has no body whatever its Content-Length says: llhttp's.
+        while self._native_ready and not self._head_only:
+            parsed = parse(data, start, self._kinds, MAX_HEAD_SIZE)
+            if parsed is None:
+                break
+            end, body_start, status, reason, headers, length = parsed
+            head = ResponseHead(status, reason, headers)
+            head.content_length = length
+            head.body = BODY_LENGTH
+            self._handler.response_head(head)
+            if end > body_start:
+                self._in_body = True
+                self._handler.response_body(data[body_start:end])
+                self._in_body = False
+            self._handler.response_end(None)
+            start = end
+        return start
+
     def expect_connect(self) -> None:
         """The next response answers CONNECT: after a 2xx head, the rest is the tunnel's.
 
         llhttp cannot know what a response answers, so only the head is given to it.
         """
+        self._native = self._native_ready = False
         self._parser = _ConnectResponseHead(self, self._parser)  # type: ignore[assignment]
 
     def on_message_begin(self) -> None:
@@ -543,7 +692,7 @@ class ResponseReader(_Reader):
         parser = self._parser
         status = parser.get_status_code()
         head = ResponseHead(status, self._reason, self._headers_done())
-        head.keep_alive = parser.should_keep_alive()
+        head.keep_alive = self._keep_alive = parser.should_keep_alive()
         head.content_length = self.content_length
         head.transfer_encoding = self.transfer_encoding
         if status < 200 or status in (204, 304):
@@ -561,7 +710,7 @@ class ResponseReader(_Reader):
             head.body = BODY_LENGTH
         else:
             head.body = BODY_UNTIL_CLOSE
-            head.keep_alive = False
+            head.keep_alive = self._keep_alive = False
             self._close_delimited = True
         self._handler.response_head(head)
 
@@ -570,6 +719,7 @@ class ResponseReader(_Reader):
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        self._native_ready = self._native and self._keep_alive
         self._handler.response_end(self._trailers)
 
     def eof(self) -> bool:
