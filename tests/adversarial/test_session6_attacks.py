@@ -84,6 +84,7 @@ from tests.proxy.test_delayed_close import read_all
 from tests.proxy.test_e2e_tcp import TcpMesh
 from tests.proxy.test_h2_hardening import (
     PREFACE,
+    RawH2,
     echo_mesh,
     headers_frame,
     inbound_context,
@@ -264,7 +265,7 @@ async def test_a_client_that_reads_none_of_a_keep_alive_response_is_let_go(
 
 @pytest.mark.asyncio
 async def test_an_h2_client_that_opens_no_window_is_let_go(mesh: Mesh) -> None:
-    mesh.client.config.idle_timeout = 1.0
+    mesh.client.config.stream_idle_timeout = 1.0
     cap = mesh.client.in_flight = InFlight(4, lambda: "workload default/web")
     encoder = hpack.Encoder()
     frame = headers_frame(encoder, 1, request(b"/bytes?n=%d" % (BIG * 7)))
@@ -368,7 +369,8 @@ async def test_a_tcp_client_that_reads_nothing_is_let_go_once_its_splice_ends(
 async def test_a_client_that_never_sends_its_announced_body_gives_its_place_back(
     mesh: Mesh, proto: str
 ) -> None:
-    mesh.client.config.idle_timeout = 1.0
+    mesh.client.config.idle_timeout = 1.0  # HTTP/1.1: a request body that stops
+    mesh.client.config.stream_idle_timeout = 1.0  # HTTP/2: a stream on which nothing moves
     mesh.client.config.response_timeout = 1.0
     cap = mesh.client.in_flight = InFlight(4, lambda: "workload default/web")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -390,6 +392,29 @@ async def test_a_client_that_never_sends_its_announced_body_gives_its_place_back
         assert await _until(lambda: cap.count == 0, SWEEP_INTERVAL * 3), "its place held"
     finally:
         sock.close()
+
+
+@pytest.mark.asyncio
+async def test_a_quiet_h2_stream_outlasts_the_connection_idle_timeout(mesh: Mesh) -> None:
+    """A gRPC stream may be quiet longer than a connection may be idle (a watch, a chat):
+    with nothing moving on it for three idle timeouts, but within the stream idle
+    timeout, it is neither reset nor its connection closed, and its answer comes."""
+    mesh.client.config.idle_timeout = 1.0
+    mesh.client.config.stream_idle_timeout = 60.0
+    cap = mesh.client.in_flight = InFlight(4, lambda: "workload default/web")
+    post = request(b"/anything", b"POST", (b"content-length", b"5"))
+    client = await RawH2.open(mesh.outbound)
+    try:
+        assert await client.send(client.headers(1, post, end_stream=False))
+        assert await _until(lambda: cap.count == 1, 5)
+        await asyncio.sleep(SWEEP_INTERVAL * 3)
+        assert cap.count == 1 and not client.resets and client.goaway is None
+        assert await client.send(client.data(1, b"hello", end_stream=True))
+        assert await client.until(lambda: 1 in client.ended)
+        assert (b":status", b"200") in client.heads[1]
+        assert b'"body_length": 5' in client.bodies[1]
+    finally:
+        await client.close()
 
 
 @pytest.mark.asyncio

@@ -130,6 +130,11 @@ class DataPlaneConfig:
     app_idle_timeout: float = 4.0
     # From the end of a request to the head of its response.
     response_timeout: float = 30.0
+    # An HTTP/2 stream on which nothing moves for this long while something is owed (a
+    # window the client keeps shut, a request body that stops before any answer) is
+    # reset: Envoy's stream_idle_timeout and its default. Longer than idle_timeout, so
+    # that a quiet gRPC stream (a watch, a chat) is not cut at a minute (decision 0114).
+    stream_idle_timeout: float = 300.0
     # Opaque TCP and tunnels: a pipe on which nothing is read from either end for this
     # long is closed, both ends (Envoy's tcp_proxy idle_timeout, and its default).
     tcp_idle_timeout: float = 3600.0
@@ -1081,7 +1086,7 @@ class DataPlane:
                 conn.sweep(now, cfg.idle_timeout, cfg.response_timeout)
             for h2conn in list(self.h2_connections):
                 if not h2conn.client_side:  # a client's (links to peers: peer_links)
-                    h2conn.sweep(now, cfg.idle_timeout)
+                    h2conn.sweep(now, cfg.idle_timeout, cfg.stream_idle_timeout)
             for splice in list(self.splices):
                 if splice.idle(now, cfg.tcp_idle_timeout):
                     log.info("a TCP pipe moved nothing for %gs: closed", cfg.tcp_idle_timeout)

@@ -1295,16 +1295,17 @@ class H2Connection(asyncio.Protocol):
             if half.pending or half.ended:
                 self.pump(half)
 
-    def sweep(self, now: float, idle_timeout: float) -> None:
+    def sweep(self, now: float, idle_timeout: float, stream_idle_timeout: float) -> None:
         """Called about once a second on a client's connection: the timeouts no frame
         would ever fire (decision 0114). A client that reads none of what is sent to it
-        for `idle_timeout` loses its connection. A stream on which nothing moves for as
-        long while something is owed is reset (CANCEL, and its upstream with it: it
-        holds an upstream and a place under the cap on requests in flight): its data
-        waits for a window the client keeps shut, or its request is not over and no
-        answer has begun (a body announced and not sent). A connection with no stream
-        for as long is closed with GOAWAY NO_ERROR. (Envoy's stream idle timeout and
-        connection idle timeout.)"""
+        for `idle_timeout` loses its connection, and a connection with no stream for as
+        long is closed with GOAWAY NO_ERROR (Envoy's connection idle timeout). A stream
+        on which nothing moves for `stream_idle_timeout` while something is owed is
+        reset (CANCEL, and its upstream with it: it holds an upstream and a place under
+        the cap on requests in flight): its data waits for a window the client keeps
+        shut, or its request is not over and no answer has begun (a body announced and
+        not sent). (Envoy's stream idle timeout: a gRPC stream may be quiet longer than
+        a connection may be idle.)"""
         if self.closed:
             return
         if self.write_paused:
@@ -1339,12 +1340,12 @@ class H2Connection(asyncio.Protocol):
             moved, since = stalls.get(stream_id, (-1, now))
             if moved != half.moved:
                 since = now  # it moved since the last look
-            elif now - since > idle_timeout:
+            elif now - since > stream_idle_timeout:
                 log.info(
                     "%s: stream %d: nothing moved for %gs (%s): reset",
                     self.name,
                     stream_id,
-                    idle_timeout,
+                    stream_idle_timeout,
                     "its window shut" if owed_out else "its request body not coming",
                 )
                 _reset_other(half, h2.errors.ErrorCodes.CANCEL)  # before `reset` unlinks it
