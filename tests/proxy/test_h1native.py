@@ -532,3 +532,60 @@ def test_bad_arguments_are_a_type_error_not_a_crash() -> None:
     assert native.parse_request(GET, -1, {}, 10, 100) is None
     # A kinds dict whose values are not ints: declined, not misread.
     assert native.parse_request(GET, 0, {b"host": "x"}, 10, 100) is None  # type: ignore[dict-item]
+
+
+# ---- writing: the head in one call, as the Python it stands in for writes it ----------
+
+HEADER_LISTS: list[Any] = [
+    [],
+    [(b"Server", b"nginx/1.22.1"), (b"Date", b"Sat, 05 Dec 2026 06:00:00 GMT")],
+    [(b"x", b"")] * 40,
+    [(b"a" * 5000, b"v" * 70000)],
+    [[b"a list", b"not a tuple"]],  # written by the Python path
+    [(b"x", bytearray(b"a bytearray"))],
+    [(b"three", b"items", b"!")],
+]
+
+
+@pytest.mark.parametrize("headers", HEADER_LISTS, ids=range(len(HEADER_LISTS)))
+@pytest.mark.parametrize("status", [200, 404, 0, 999, 1000, -1, 599])
+def test_a_response_head_is_written_as_python_writes_it(
+    headers: Any, status: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def written() -> bytes | str:
+        try:
+            return http1.response_head_bytes(status, b"", headers, b"content-length: 2\r\n")
+        except ValueError as e:
+            return str(e)  # three items: both refuse it alike
+
+    native = written()
+    monkeypatch.setattr(http1, "_native", None)
+    assert native == written()
+
+
+@pytest.mark.parametrize("headers", HEADER_LISTS, ids=range(len(HEADER_LISTS)))
+@pytest.mark.parametrize("host", [b"echo.bench", None, b""])
+def test_a_request_head_is_written_as_python_writes_it(
+    headers: Any, host: bytes | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def written() -> bytes | str:
+        try:
+            return http1.request_head_bytes(b"POST", b"/a?b", host, headers, b"x: y\r\n")
+        except ValueError as e:
+            return str(e)
+
+    native = written()
+    monkeypatch.setattr(http1, "_native", None)
+    assert native == written()
+
+
+def test_the_common_heads_are_written_in_c() -> None:
+    assert http1._native is not None
+    fields = [(b"a", b"b")]
+    assert http1._native.request_head(b"GET", b"/", None, fields, b"") == (
+        b"GET / HTTP/1.1\r\na: b\r\n\r\n"
+    )
+    assert http1._native.response_head(204, b"No Content", fields, b"") == (
+        b"HTTP/1.1 204 No Content\r\na: b\r\n\r\n"
+    )
+    assert http1._native.response_head(True, b"OK", fields, b"") is None  # not an int

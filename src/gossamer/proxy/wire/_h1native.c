@@ -26,6 +26,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdio.h>
 #include <string.h>
 
 /* proxy.wire.http1's field kinds (K_*): the values of a reader's `kinds` dict. */
@@ -441,10 +442,126 @@ static PyObject *parse_response(PyObject *module, PyObject *const *args, Py_ssiz
     return result;
 }
 
+/* ---- writing ----------------------------------------------------------------------- */
+
+/* The size of "name: value\r\n" lines for `headers`, a list of 2-tuples of bytes; -1 if
+ * it holds anything else (the caller then writes the head in Python). */
+static Py_ssize_t lines_size(PyObject *headers) {
+    if (!PyList_Check(headers))
+        return -1;
+    Py_ssize_t size = 0, n = PyList_GET_SIZE(headers);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2)
+            return -1;
+        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
+        if (!PyBytes_Check(name) || !PyBytes_Check(value))
+            return -1;
+        size += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4;
+    }
+    return size;
+}
+
+static char *put(char *out, const char *data, Py_ssize_t n) {
+    memcpy(out, data, (size_t)n);
+    return out + n;
+}
+
+static char *put_lines(char *out, PyObject *headers) {
+    Py_ssize_t n = PyList_GET_SIZE(headers);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(headers, i);
+        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
+        out = put(out, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name));
+        out = put(out, ": ", 2);
+        out = put(out, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+        out = put(out, "\r\n", 2);
+    }
+    return out;
+}
+
+PyDoc_STRVAR(request_head_doc,
+"request_head(method, target, host, headers, extra)\n--\n\n"
+"proxy.wire.http1.request_head_bytes in one call; None if `headers` is not a list of\n"
+"2-tuples of bytes (the caller then writes it in Python).");
+
+static PyObject *request_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 5 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1]) ||
+        !(args[2] == Py_None || PyBytes_Check(args[2])) || !PyBytes_Check(args[4]))
+        Py_RETURN_NONE;
+    Py_ssize_t lines = lines_size(args[3]);
+    if (lines < 0)
+        Py_RETURN_NONE;
+    PyObject *method = args[0], *target = args[1], *host = args[2], *extra = args[4];
+    Py_ssize_t size = PyBytes_GET_SIZE(method) + 1 + PyBytes_GET_SIZE(target) + 11 + lines +
+                      PyBytes_GET_SIZE(extra) + 2;
+    if (host != Py_None)
+        size += 8 + PyBytes_GET_SIZE(host);
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL)
+        return NULL;
+    char *out = PyBytes_AS_STRING(result);
+    out = put(out, PyBytes_AS_STRING(method), PyBytes_GET_SIZE(method));
+    out = put(out, " ", 1);
+    out = put(out, PyBytes_AS_STRING(target), PyBytes_GET_SIZE(target));
+    out = put(out, " HTTP/1.1\r\n", 11);
+    if (host != Py_None) {
+        out = put(out, "host: ", 6);
+        out = put(out, PyBytes_AS_STRING(host), PyBytes_GET_SIZE(host));
+        out = put(out, "\r\n", 2);
+    }
+    out = put_lines(out, args[3]);
+    out = put(out, PyBytes_AS_STRING(extra), PyBytes_GET_SIZE(extra));
+    put(out, "\r\n", 2);
+    return result;
+}
+
+PyDoc_STRVAR(response_head_doc,
+"response_head(status, reason, headers, extra)\n--\n\n"
+"proxy.wire.http1.response_head_bytes in one call, `reason` given; None if `status` is\n"
+"not 0-999 or `headers` not a list of 2-tuples of bytes.");
+
+static PyObject *response_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 4 || !PyLong_CheckExact(args[0]) || !PyBytes_Check(args[1]) ||
+        !PyBytes_Check(args[3]))
+        Py_RETURN_NONE;
+    long status = PyLong_AsLong(args[0]);
+    if (status == -1 && PyErr_Occurred())
+        return NULL;
+    if (status < 0 || status > 999)
+        Py_RETURN_NONE;
+    Py_ssize_t lines = lines_size(args[2]);
+    if (lines < 0)
+        Py_RETURN_NONE;
+    PyObject *reason = args[1], *extra = args[3];
+    char code[4];
+    int digits = snprintf(code, sizeof code, "%ld", status);
+    Py_ssize_t size = 9 + digits + 1 + PyBytes_GET_SIZE(reason) + 2 + lines +
+                      PyBytes_GET_SIZE(extra) + 2;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL)
+        return NULL;
+    char *out = PyBytes_AS_STRING(result);
+    out = put(out, "HTTP/1.1 ", 9);
+    out = put(out, code, digits);
+    out = put(out, " ", 1);
+    out = put(out, PyBytes_AS_STRING(reason), PyBytes_GET_SIZE(reason));
+    out = put(out, "\r\n", 2);
+    out = put_lines(out, args[2]);
+    out = put(out, PyBytes_AS_STRING(extra), PyBytes_GET_SIZE(extra));
+    put(out, "\r\n", 2);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"parse_request", (PyCFunction)(void (*)(void))parse_request, METH_FASTCALL, parse_request_doc},
     {"parse_response", (PyCFunction)(void (*)(void))parse_response, METH_FASTCALL,
      parse_response_doc},
+    {"request_head", (PyCFunction)(void (*)(void))request_head, METH_FASTCALL, request_head_doc},
+    {"response_head", (PyCFunction)(void (*)(void))response_head, METH_FASTCALL,
+     response_head_doc},
     {NULL, NULL, 0, NULL},
 };
 

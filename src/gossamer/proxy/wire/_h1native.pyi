@@ -30,3 +30,14 @@ def parse_request(
 def parse_response(
     data: bytes, start: int, kinds: dict[bytes, int], max_head: int, /
 ) -> tuple[int, int, int, bytes, list[tuple[bytes, bytes]], bytes] | None: ...
+def request_head(
+    method: bytes,
+    target: bytes,
+    host: bytes | None,
+    headers: list[tuple[bytes, bytes]],
+    extra: bytes,
+    /,
+) -> bytes | None: ...
+def response_head(
+    status: int, reason: bytes, headers: list[tuple[bytes, bytes]], extra: bytes, /
+) -> bytes | None: ...

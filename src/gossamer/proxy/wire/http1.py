@@ -451,8 +451,8 @@ class RequestReader(_Reader):
         """Requests at the start of `data` that _h1native reads whole; where they end."""
         assert _native is not None
         parse = _native.parse_request
-        start = 0
-        while self._native_ready:
+        start, size = 0, len(data)
+        while self._native_ready and start < size:
             parsed = parse(data, start, self._kinds, self._max_fields, MAX_HEAD_SIZE)
             if parsed is None:
                 break
@@ -653,9 +653,9 @@ class ResponseReader(_Reader):
         """Responses at the start of `data` that _h1native reads whole; where they end."""
         assert _native is not None
         parse = _native.parse_response
-        start = 0
+        start, size = 0, len(data)
         # An answer to HEAD has no body whatever its Content-Length says: llhttp's.
-        while self._native_ready and not self._head_only:
+        while self._native_ready and not self._head_only and start < size:
             parsed = parse(data, start, self._kinds, MAX_HEAD_SIZE)
             if parsed is None:
                 break
@@ -790,6 +790,10 @@ def request_head_bytes(
     method: bytes, target: bytes, host: bytes | None, headers: Headers, extra: bytes
 ) -> bytes:
     """Serialise a request head; `extra` holds ready-made header lines (framing etc.)."""
+    if _native is not None:  # one call, where every field is a tuple of bytes
+        head = _native.request_head(method, target, host, headers, extra)
+        if head is not None:
+            return head
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     if host is not None:
         parts.append(b"host: " + host + b"\r\n")
@@ -801,7 +805,12 @@ def request_head_bytes(
 
 
 def response_head_bytes(status: int, reason: bytes, headers: Headers, extra: bytes) -> bytes:
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))]
+    reason = reason or reason_phrase(status)
+    if _native is not None:
+        head = _native.response_head(status, reason, headers, extra)
+        if head is not None:
+            return head
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
     for name, value in headers:
         parts.append(name + b": " + value + b"\r\n")
     parts.append(extra)
