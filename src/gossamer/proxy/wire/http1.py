@@ -791,7 +791,7 @@ def request_head_bytes(
 ) -> bytes:
     """Serialise a request head; `extra` holds ready-made header lines (framing etc.)."""
     if _native is not None:  # one call, where every field is a tuple of bytes
-        head = _native.request_head(method, target, host, headers, extra)
+        head: bytes | None = _native.request_head(method, target, host, headers, extra)
         if head is not None:
             return head
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
@@ -807,7 +807,7 @@ def request_head_bytes(
 def response_head_bytes(status: int, reason: bytes, headers: Headers, extra: bytes) -> bytes:
     reason = reason or reason_phrase(status)
     if _native is not None:
-        head = _native.response_head(status, reason, headers, extra)
+        head: bytes | None = _native.response_head(status, reason, headers, extra)
         if head is not None:
             return head
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
