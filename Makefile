@@ -23,7 +23,7 @@ h2-build-deps:
 	fi
 
 $(BIN)/gossamer: pyproject.toml setup.py src/gossamer/proxy/wire/_h2native.c src/gossamer/proxy/wire/_h1native.c \
-		src/gossamer/proxy/wire/_h2session.c | h2-build-deps
+		src/gossamer/proxy/wire/_h2session.c src/gossamer/proxy/wire/_h2fields.c | h2-build-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'

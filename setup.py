@@ -45,8 +45,12 @@ setup(
             "gossamer.proxy.wire._h2native",
             sources=["src/gossamer/proxy/wire/_h2native.c"],
             # HPACK (_h2native.c) and the whole connection on nghttp2_session, which
-            # _h2native.c includes (_h2session.c, decision 0102): one module.
-            depends=["src/gossamer/proxy/wire/_h2session.c"],
+            # _h2native.c includes (_h2session.c, decision 0102), and the header block
+            # checks (_h2fields.c, decision 0115): one module.
+            depends=[
+                "src/gossamer/proxy/wire/_h2session.c",
+                "src/gossamer/proxy/wire/_h2fields.c",
+            ],
             include_dirs=include_dirs,
             library_dirs=library_dirs,
             libraries=libraries,

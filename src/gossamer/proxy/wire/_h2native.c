@@ -555,6 +555,8 @@ static PyTypeObject DecoderType = {
 /* In a file of its own, compiled as part of this one (one translation unit: it uses the
  * helpers above, and `gcc _h2native.c` alone still builds the whole module). */
 #include "_h2session.c"
+/* HTTP/2 header block checks (http2.malformed), likewise. */
+#include "_h2fields.c"
 
 /* ---- module ------------------------------------------------------------------------- */
 
@@ -563,6 +565,7 @@ static struct PyModuleDef h2native_module = {
     .m_name = "gossamer.proxy.wire._h2native",
     .m_doc = "HPACK on libnghttp2 for the proxy's HTTP/2 connections (decision 0097).",
     .m_size = -1,
+    .m_methods = h2native_methods,
 };
 
 static PyObject *import_attr(const char *module, const char *name) {
@@ -575,6 +578,7 @@ static PyObject *import_attr(const char *module, const char *name) {
 }
 
 PyMODINIT_FUNC PyInit__h2native(void) {
+    h2fields_init();
     if (PyType_Ready(&EncoderType) < 0 || PyType_Ready(&DecoderType) < 0)
         return NULL;
     if ((HeaderTuple = import_attr("hpack.struct", "HeaderTuple")) == NULL ||

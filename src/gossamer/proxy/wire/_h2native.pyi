@@ -3,6 +3,8 @@ from typing import Any
 
 NGHTTP2_VERSION: str
 
+def malformed(headers: list[tuple[bytes, bytes]], kind: int, /) -> str | bool | None: ...
+
 class Encoder:
     header_table_size: int
     def encode(self, headers: Any, huffman: bool = True) -> bytes: ...
