@@ -42,8 +42,6 @@ from gossamer.proxy.wire.http1 import (
     K_DROP,
     OUTBOUND_REQUEST_KINDS,
     RESPONSE_KINDS,
-    Http2Preface,
-    RequestReader,
 )
 from gossamer.proxy.wire.limits import MAX_HEAD_SIZE
 from gossamer.translate.snapshot import ServicePort, ServiceView
@@ -56,7 +54,7 @@ from tests.proxy.conftest import (
     raw_exchange,
     server_snapshot,
 )
-from tests.proxy.test_h1native import Recorder, read_requests
+from tests.proxy.test_h1native import read_requests
 
 Event = tuple[Any, ...]
 
@@ -310,27 +308,33 @@ async def test_a_body_that_looks_like_a_request_and_forged_mesh_fields_stop_at_t
     assert counting.taken >= 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="response splitting: an app that writes a second, unasked-for response right "
-    "after its answer (in the same write) has it forwarded by both proxies as if it were "
-    "the answer to the client's next request on that connection, which may be for another "
-    "service (here `other`): ResponseReader goes on reading after a response's end with "
-    "the same handler (http1.py ResponseReader._read_native's loop and llhttp alike), and "
-    "Exchange.response_head (forward/exchange.py) takes a second head after RESPONDED; "
-    "bytes after a complete response should be treated like bytes nobody asked for "
-    "(UpstreamConnection.data_received closes the connection). Both readers do it, over "
-    "a connection per request (the default carriage; with GOSSAMER_MULTIPLEX_HTTP1=1 "
-    "the first request gets a 502 instead). Bytes that are no response there (okGARBAGE) "
-    "append a 502 to the finished 200 the same way.",
+# Was a strict xfail (response splitting, both readers): an app that wrote a second,
+# unasked-for response right after its answer, in the same write, had it forwarded as the
+# answer to the client's next request on that connection, which may be for another
+# service; bytes that are no response there appended a 502 to the finished 200. Bytes
+# after a whole response in the same read are now ExtraBytes: the answer goes out, the
+# connection is closed and never pooled (UpstreamConnection.broken).
+@pytest.mark.parametrize(
+    "spoof",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\nX-From: echo\r\n\r\nforged by echo!",
+        b"okGARBAGE\r\n\r\n",
+    ],
+    ids=["a response", "garbage"],
 )
+@pytest.mark.parametrize("multiplex", [False, True], ids=["connections", "streams"])
 @pytest.mark.parametrize("reader", ["native", "llhttp"])
 @pytest.mark.asyncio
 async def test_an_app_cannot_answer_the_next_request_for_another_service(
-    pki: Pki, counting: CountingNative, monkeypatch: pytest.MonkeyPatch, reader: str
+    pki: Pki,
+    counting: CountingNative,
+    monkeypatch: pytest.MonkeyPatch,
+    reader: str,
+    spoof: bytes,
+    multiplex: bool,
 ) -> None:
     monkeypatch.setattr(http1, "native", reader == "native")
-    spoof = b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\nX-From: echo\r\n\r\nforged by echo!"
+    monkeypatch.setenv("GOSSAMER_MULTIPLEX_HTTP1", "1" if multiplex else "0")
     apps = {"echo": RawApp(lambda head: ok(b"echo")(head) + spoof), "other": RawApp(ok(b"other"))}
     async with mesh_of(pki, apps) as mesh:
         reader_, writer = await asyncio.open_connection(*mesh.outbound)
@@ -351,30 +355,39 @@ async def test_an_app_cannot_answer_the_next_request_for_another_service(
 # ---- defects: the reader with the C path is not the llhttp reader ---------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Http2Preface.data is the read that ended the connection's HTTP/1.1 only on "
-    "the llhttp path: after requests the C path read at the start of the same read, "
-    "RequestReader.feed (http1.py) slices them off before llhttp raises, so data is the "
-    "tail. Low impact: the outbound side passes data to serve_h2 only when no earlier "
-    "request is still being answered (ServerConnection.data_received); then the C path "
-    "would start HTTP/2 mid-connection and the llhttp path replay 'GET ...' as a preface. "
-    "With a request still answering (the no-route case tried end to end) both answer 400",
-)
-def test_an_http2_preface_after_a_request_is_reported_alike() -> None:
-    data = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-    seen: list[bytes] = []
-    for use_c in (True, False):
-        before = http1.native
-        http1.native = use_c
-        try:
-            reader = RequestReader(Recorder(), OUTBOUND_REQUEST_KINDS)
-        finally:
-            http1.native = before
-        with pytest.raises(Http2Preface) as e:
-            reader.feed(data)
-        seen.append(e.value.data)
-    assert seen[0] == seen[1]
+# Was a strict xfail: Http2Preface.data was the whole read on the llhttp path and only
+# its tail after the requests the C path had read; a connection whose requests had all
+# been answered then started HTTP/2 from either, mid-connection. Now the preface after
+# any HTTP/1.1 request on a connection is a 400 (ServerConnection.requests), whichever
+# reader read the requests before it.
+@pytest.mark.parametrize("reader", ["native", "llhttp"])
+@pytest.mark.asyncio
+async def test_an_http2_preface_after_a_request_is_refused_alike(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch, reader: str
+) -> None:
+    monkeypatch.setattr(http1, "native", reader == "native")
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    async with mesh_of(pki, {"echo": RawApp(ok(b"echo"))}) as mesh:
+        answers = []
+        for first in (b"GET / HTTP/1.1\r\nHost: echo\r\n\r\n",):
+            # In the same read as the request, and in a read after its answer.
+            for split in (False, True):
+                reader_, writer = await asyncio.open_connection(*mesh.outbound)
+                try:
+                    writer.write(first if split else first + preface)
+                    if split:
+                        head = await asyncio.wait_for(reader_.readuntil(b"\r\n\r\n"), 5)
+                        got = head + await asyncio.wait_for(reader_.readexactly(4), 5)
+                        writer.write(preface)
+                        got += await asyncio.wait_for(reader_.read(-1), 5)
+                    else:
+                        got = await asyncio.wait_for(reader_.read(-1), 5)
+                finally:
+                    writer.transport.abort()
+                answers.append([(status, body) for status, _, body in parse_responses(got)])
+    for statuses in answers:
+        assert [s for s, _ in statuses] == [200, 400], statuses
+        assert statuses[0][1] == b"echo"
 
 
 # A kinds dict whose values or names the C code cannot represent: it must decline (or
@@ -404,12 +417,12 @@ ODD_KINDS = {
 }
 
 
+# Were strict xfails (the reasons below): field_kind now takes a kind outside
+# K_DROP..K_UPGRADE, or no int, as one to decline, and looks every field up when a kind's
+# name is longer than MAX_KIND_NAME.
 @pytest.mark.parametrize(
     "odd",
-    [
-        pytest.param(kinds, id=name, marks=pytest.mark.xfail(strict=True, reason=why))
-        for name, (kinds, why) in ODD_KINDS.items()
-    ],
+    [pytest.param(kinds, id=name) for name, (kinds, why) in ODD_KINDS.items()],
 )
 def test_a_kinds_value_the_c_code_does_not_know_is_declined(odd: dict[bytes, int]) -> None:
     kinds = {**OUTBOUND_REQUEST_KINDS, **odd}
@@ -424,47 +437,36 @@ def test_a_kinds_value_the_c_code_does_not_know_is_declined(odd: dict[bytes, int
     assert outcome[0] == outcome[1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="head_end (_h1native.c:292) computes max_head + 4 in Py_ssize_t: for a max_head "
-    "within 4 of PY_SSIZE_T_MAX that is signed overflow (UBSan: 'signed integer overflow: "
-    "9223372036854775807 + 4'), here wrapping negative so that every message is declined",
-)
+# Was a strict xfail: head_end computed max_head + 4 in Py_ssize_t, signed overflow
+# (UBSan) for a max_head within 4 of PY_SSIZE_T_MAX, wrapping negative so that every
+# message was declined.
 def test_a_max_head_at_the_top_of_the_range_reads_the_message(native: ModuleType) -> None:
     get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
     assert native.parse_request(get, 0, {}, 10, sys.maxsize) is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kinds_mask (_h1native.c) keeps the first 8 dicts it sees for good and never "
-    "another; AdminConnection makes a new {} per connection (observe/admin.py), so 8 "
-    "admin connections (readiness probes, scrapes) before the data plane's first message "
-    "leave OUTBOUND/INBOUND/RESPONSE_KINDS uncached, their name-length mask rebuilt on "
-    "every message (0.24 -> 0.31 us per wrk GET in a loop), and pin 8 dicts",
-)
-def test_admin_connections_do_not_use_up_the_kinds_cache(
+# Was a strict xfail: kinds_mask kept the first 8 kinds dicts it saw for good (a strong
+# reference each) and no other, and AdminConnection makes one per connection. There is
+# no cache now: the mask is worked out on each call from the dict's dozen keys.
+def test_no_kinds_dict_is_held_however_many_readers_there_are(
     private_copy: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     get = b"GET /ready HTTP/1.1\r\nHost: a\r\n\r\n"
     admins = [
-        AdminConnection(lambda path, query: (200, "text/plain", b""), set()) for _ in range(8)
+        AdminConnection(lambda path, query: (200, "text/plain", b""), set()) for _ in range(20)
     ]
-    for admin in admins:
-        private_copy.parse_request(get, 0, admin.reader._kinds, 100, MAX_HEAD_SIZE)
     before = sys.getrefcount(OUTBOUND_REQUEST_KINDS)
-    private_copy.parse_request(get, 0, OUTBOUND_REQUEST_KINDS, 100, MAX_HEAD_SIZE)
-    # Cached: the extension holds the dict (a strong reference, see kinds_mask).
-    assert sys.getrefcount(OUTBOUND_REQUEST_KINDS) == before + 1
+    for admin in admins:
+        kinds = admin.reader._kinds
+        held = sys.getrefcount(kinds)
+        assert private_copy.parse_request(get, 0, kinds, 100, MAX_HEAD_SIZE) is not None
+        assert sys.getrefcount(kinds) == held
+    assert private_copy.parse_request(get, 0, OUTBOUND_REQUEST_KINDS, 100, MAX_HEAD_SIZE)
+    assert sys.getrefcount(OUTBOUND_REQUEST_KINDS) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kinds_mask (_h1native.c) caches a dict's name lengths by identity, so a name "
-    "added to a reader's kinds after its first message is never looked up by the C path "
-    "when no kind of its length was there: a field the kinds now drop is forwarded "
-    "(nothing in src mutates a kinds dict today; a configurable header to strip would)",
-)
+# Was a strict xfail: the cached name lengths of a kinds dict went stale when a name was
+# added to it after its first message (no cache now).
 def test_a_field_added_to_the_kinds_later_is_dropped_by_the_c_path_too(
     private_copy: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -80,7 +80,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(autouse=True)
 def h1_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The HTTP/1.1 reader readers made in this test use, here and in proxies it starts."""
-    name: str = getattr(request, "param", "native" if http1.native else "llhttp")
+    name: str | None = getattr(request, "param", None)
+    if name is None:
+        return "native" if http1.native else "llhttp"
     monkeypatch.setattr(http1, "native", http1._native_wanted(name))
     monkeypatch.setenv(http1.READER_ENV, name)
     return name

@@ -423,11 +423,27 @@ def test_after_an_interim_response_the_final_one_may_be_read_in_c(spy: Spy) -> N
     assert spy.taken == 1
 
 
-def test_pipelined_responses_split_anywhere(spy: Spy) -> None:
+def test_bytes_after_a_whole_response_are_refused_alike_cut_anywhere(spy: Spy) -> None:
+    # An upstream answers the request it was sent: a second response before the next
+    # request is bound (set_handler) answers nothing (ExtraBytes; the connection is then
+    # closed, never pooled). Empty lines between messages are no message.
     data = NGINX + response(b"Content-Length: 0") + NGINX
     for cut in range(1, len(data)):
         events = same_responses([data[:cut], data[cut:]], spy)
-        assert [e[0] for e in events].count("head") == 3
+        assert [e[0] for e in events if e[0] != "body"] == ["head", "end", "refused"]
+        assert events[-1] == ("refused", 502, "bytes after the response")
+    events = same_responses([NGINX + b"\r\n\r\n"], spy)
+    assert events[-1] == ("end", None)
+
+
+def test_the_next_response_is_read_once_its_request_is_bound(spy: Spy) -> None:
+    recorder = Recorder()
+    reader = ResponseReader(recorder)
+    for _ in range(3):
+        reader.set_handler(recorder, False)
+        reader.feed(NGINX)
+    assert [e[0] for e in recorder.events].count("end") == 3
+    assert spy.taken == 3
 
 
 # Mutations: every message above with bytes changed, inserted and removed where a parser

@@ -28,7 +28,7 @@ from hpack.exceptions import (
     OversizedHeaderListError,
 )
 
-from gossamer.proxy.wire import h2codec
+from gossamer.proxy.wire import h2codec, http1
 
 if h2codec.NATIVE is None:
     # Not a skip: make test builds the extension, and these tests are about it.
@@ -225,24 +225,29 @@ WITHOUT_EXTENSION = """
 import importlib.abc, logging, sys
 class NotBuilt(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name == "gossamer.proxy.wire._h2native":
-            raise ImportError("No module named 'gossamer.proxy.wire._h2native'")
+        if name in ("gossamer.proxy.wire._h2native", "gossamer.proxy.wire._h1native"):
+            raise ImportError(f"No module named {name!r}")
         return None
 if sys.argv[1] == "block":
     sys.meta_path.insert(0, NotBuilt())
 logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
 import gossamer
 import gossamer.proxy.dataplane
-from gossamer.proxy.wire import h2codec
+from gossamer.proxy.wire import h2codec, http1
 print("gossamer from", gossamer.__file__)
 print("codec", h2codec.active.name)
+print("http1 native", http1.native)
 """
 
 
 def _proxy_import(
     block: bool, codec: str | None, pythonpath: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in (h2codec.ENV, "PYTHONPATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in (h2codec.ENV, http1.READER_ENV, "PYTHONPATH")
+    }
     if codec is not None:
         env[h2codec.ENV] = codec
     if pythonpath is not None:
@@ -265,9 +270,14 @@ def test_without_the_extension_the_proxy_says_so_once_and_uses_pure_python() -> 
     done = _proxy_import(block=True, codec=None)
     assert done.returncode == 0, done.stderr
     assert "codec python" in done.stdout
+    assert "http1 native False" in done.stdout  # llhttp reads every HTTP/1.1 message
     (line,) = _codec_lines(done.stderr)
     assert line.startswith("WARNING gossamer.proxy: HTTP/2 codec: pure Python")
     assert "libnghttp2-dev" in line
+    # And the HTTP/1.1 reader is llhttp alone, said once too.
+    assert "http1 native False" in done.stdout
+    (line,) = [x for x in done.stderr.splitlines() if "HTTP/1.1 reader" in x]
+    assert line.startswith("WARNING gossamer.proxy: HTTP/1.1 reader: llhttp alone (the extension")
 
 
 def test_with_the_extension_the_proxy_says_it_uses_the_session_engine() -> None:
@@ -328,7 +338,7 @@ def test_an_install_built_without_a_compiler_has_no_extension_and_falls_back(
     (wheel,) = tmp_path.glob("gossamer-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "gossamer/proxy/wire/h2codec.py" in names
-    assert not [n for n in names if "_h2native" in n and n.endswith(".so")]
+    assert not [n for n in names if "native" in n and n.endswith(".so")]
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     done = _proxy_import(block=False, codec=None, pythonpath=site)

@@ -32,6 +32,7 @@ from gossamer.proxy.wire.http1 import (
     BODY_NONE,
     BODY_UNTIL_CLOSE,
     CLIENT_GONE,
+    ExtraBytes,
     Headers,
     Http2Preface,
     ProtocolError,
@@ -180,6 +181,7 @@ class ServerConnection(asyncio.Protocol):
         "reading",
         "reads",
         "reads_seen",
+        "requests",
         "server_name",
         "side",
         "taken_at_pause",
@@ -203,6 +205,7 @@ class ServerConnection(asyncio.Protocol):
         # a request body that stops coming (`sweep`).
         self.reads = 0
         self.reads_seen = (0, 0.0)
+        self.requests = 0  # request heads read
         self.taken_at_pause = 0  # what the client had taken at the last look (limits.taken)
         self.closing = False
         self.client_eof = False
@@ -230,7 +233,9 @@ class ServerConnection(asyncio.Protocol):
         try:
             self.reader.feed(data)
         except Http2Preface as e:
-            if self.answering is not None or not self.side.serve_h2(self, e.data):
+            # Prior knowledge: HTTP/2 from a connection's start, not after HTTP/1.1
+            # requests (RFC 9113 3.3; and `e.data` would hold some of them).
+            if self.requests or not self.side.serve_h2(self, e.data):
                 self._protocol_error(e)
             return
         except ProtocolError as e:
@@ -294,6 +299,7 @@ class ServerConnection(asyncio.Protocol):
             # The rest of a read after a response that closes the connection.
             self.reading = None
             return
+        self.requests += 1
         ex = Exchange(self, head)
         self.reading = ex
         self.side.start(ex)
@@ -1165,6 +1171,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "answered",
+        "broken",
         "closed",
         "exchange",
         "idle_since",
@@ -1187,6 +1194,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.served = 0
         self.closed = False
+        # Its response could not be read as HTTP (or more came after it): closed, never
+        # given back to its pool.
+        self.broken = False
         self.read_paused = False
         self.write_paused = False
 
@@ -1205,10 +1215,18 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.reader.feed(data)
         except ProtocolError as e:
+            # What was read of a response goes on, but the connection is in a state no
+            # one knows: never pooled again (`release` closes it). Bytes after a whole
+            # response answer no request: the next request on this connection, maybe
+            # for another service, must not get them.
+            self.broken = True
+            if isinstance(e, ExtraBytes):
+                log.warning("%s sent bytes after its response: closed", self.pool.name)
             ex.flush_response()
             ex.fail(e.status, f"{e.reason} from {self.pool.name}")
             return
         except Exception:
+            self.broken = True
             log.exception("proxy error handling a response from %s", self.pool.name)
             ex.fail(502, f"proxy error reading the response from {self.pool.name}")
             return
@@ -1264,6 +1282,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def release(self) -> None:
+        if self.broken:
+            self.close()
+            return
         self.served += 1
         self.resume_reading()
         self.pool.release(self)

@@ -54,32 +54,19 @@ static const char *const METHODS[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "O
 static PyObject *method_bytes[N_METHODS];
 
 /* The name lengths present among a kinds dict's keys (bit n: a name of n bytes), so that
- * a field whose name cannot be a kind is not looked up. Dicts are held (a strong
- * reference), so an address is never reused for another dict while cached. */
-#define KIND_CACHE 8
-static PyObject *cached_kinds[KIND_CACHE];
-static unsigned long long cached_masks[KIND_CACHE];
-
+ * a field whose name cannot be a kind is not looked up; all bits when a key is longer
+ * than MAX_KIND_NAME (then every field is). Worked out on each call, not cached: a
+ * dozen keys cost less than a cache that could go stale or fill up. */
 static unsigned long long kinds_mask(PyObject *kinds) {
-    for (int i = 0; i < KIND_CACHE; i++) {
-        if (cached_kinds[i] == kinds)
-            return cached_masks[i];
-    }
     unsigned long long mask = 0;
     Py_ssize_t pos = 0;
     PyObject *key, *value;
     while (PyDict_Next(kinds, &pos, &key, &value)) {
-        if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) > MAX_KIND_NAME)
-            continue;
+        if (!PyBytes_Check(key))
+            continue; /* never equal to a field's name */
+        if (PyBytes_GET_SIZE(key) > MAX_KIND_NAME)
+            return ~0ULL;
         mask |= 1ULL << PyBytes_GET_SIZE(key);
-    }
-    for (int i = 0; i < KIND_CACHE; i++) {
-        if (cached_kinds[i] == NULL) {
-            Py_INCREF(kinds);
-            cached_kinds[i] = kinds;
-            cached_masks[i] = mask;
-            break;
-        }
     }
     return mask;
 }
@@ -126,35 +113,52 @@ static int framing(const char *lower, Py_ssize_t n) {
     }
 }
 
-/* One field's kind in `kinds` (-1 for none, -2 on error) and what llhttp makes of it. */
+#define KIND_NONE -1  /* not among the kinds: forwarded */
+#define KIND_ERROR -2 /* a Python error is set */
+
+/* One field's kind in `kinds` (KIND_NONE, KIND_ERROR, or K_DROP..K_UPGRADE) and what
+ * llhttp makes of it (`frame`; F_DECLINE also for a kind this code does not know). */
 static long field_kind(PyObject *kinds, unsigned long long mask, const char *name, Py_ssize_t n,
                        int *frame) {
     *frame = F_NONE;
-    if (n > MAX_KIND_NAME)
-        return -1;
-    char lower[MAX_KIND_NAME + 1];
+    char small[MAX_KIND_NAME + 1];
+    char *lower = small;
+    if (n > MAX_KIND_NAME) {
+        if (mask != ~0ULL)
+            return KIND_NONE; /* no kind is this long */
+        lower = PyMem_Malloc((size_t)n);
+        if (lower == NULL) {
+            PyErr_NoMemory();
+            return KIND_ERROR;
+        }
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)name[i];
         lower[i] = (char)((c >= 'A' && c <= 'Z') ? c + 32 : c);
     }
     *frame = framing(lower, n);
-    if (!(mask & (1ULL << n)))
-        return -1;
-    PyObject *key = PyBytes_FromStringAndSize(lower, n);
-    if (key == NULL)
-        return -2;
-    PyObject *kind = PyDict_GetItemWithError(kinds, key);
-    Py_DECREF(key);
-    if (kind == NULL)
-        return PyErr_Occurred() ? -2 : -1;
-    if (!PyLong_Check(kind)) {
-        *frame = F_DECLINE; /* not a kind this code knows */
-        return -1;
+    long result = KIND_NONE;
+    if (n > MAX_KIND_NAME || (mask & (1ULL << n))) {
+        PyObject *key = PyBytes_FromStringAndSize(lower, n);
+        PyObject *kind = key == NULL ? NULL : PyDict_GetItemWithError(kinds, key);
+        Py_XDECREF(key);
+        if (kind == NULL) {
+            result = PyErr_Occurred() ? KIND_ERROR : KIND_NONE;
+        } else {
+            int overflow = 0;
+            long k = PyLong_Check(kind) ? PyLong_AsLongAndOverflow(kind, &overflow) : -1;
+            if (k == -1 && PyErr_Occurred()) {
+                result = KIND_ERROR;
+            } else if (overflow || k < K_DROP || k > K_UPGRADE) {
+                *frame = F_DECLINE; /* not a kind this code knows: Python's */
+            } else {
+                result = k;
+            }
+        }
     }
-    long k = PyLong_AsLong(kind);
-    if (k == -1 && PyErr_Occurred())
-        return -2;
-    return k;
+    if (lower != small)
+        PyMem_Free(lower);
+    return result;
 }
 
 static int ieq(const char *a, Py_ssize_t n, const char *lower) {
@@ -200,7 +204,7 @@ static int parse_fields(const char *p, const char *end, PyObject *kinds, Py_ssiz
             return DECLINE;
         int frame;
         long kind = field_kind(kinds, mask, name, name_len, &frame);
-        if (kind == -2)
+        if (kind == KIND_ERROR)
             return FAILED;
         switch (frame) {
         case F_DECLINE:
@@ -217,7 +221,7 @@ static int parse_fields(const char *p, const char *end, PyObject *kinds, Py_ssiz
                 return DECLINE;
             break;
         }
-        if (kind == -1) {
+        if (kind == KIND_NONE) {
             PyObject *item = Py_BuildValue("(y#y#)", name, name_len, value, value_len);
             if (item == NULL)
                 return FAILED;
@@ -290,7 +294,9 @@ static int parse_fields(const char *p, const char *end, PyObject *kinds, Py_ssiz
 /* The head from `start`: its CR of the blank line, or NULL if not within max_head bytes. */
 static const char *head_end(const char *start, const char *stop, Py_ssize_t max_head) {
     Py_ssize_t window = stop - start;
-    if (window > max_head + 4)
+    if (max_head < 0)
+        return NULL;
+    if (window - 4 > max_head) /* (max_head + 4 could overflow) */
         window = max_head + 4;
     if (window < 4)
         return NULL;

@@ -171,6 +171,14 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
+class ExtraBytes(ProtocolError):
+    """An upstream sent more after a whole response, in the same read: an answer to no
+    request (the next request on the connection is not its to answer)."""
+
+    def __init__(self) -> None:
+        super().__init__(502, "bytes after the response")
+
+
 class Http2Preface(ProtocolError):
     """A connection began with the HTTP/2 preface; `data` is the read that ended it."""
 
@@ -601,7 +609,16 @@ class ResponseReader(_Reader):
     llhttp cannot know it, and would wait for a body the Content-Length announces.
     """
 
-    __slots__ = ("_close_delimited", "_handler", "_head_only", "_parser", "_reason", "_stopped")
+    __slots__ = (
+        "_answered",
+        "_close_delimited",
+        "_final",
+        "_handler",
+        "_head_only",
+        "_parser",
+        "_reason",
+        "_stopped",
+    )
 
     def __init__(self, handler: ResponseHandler) -> None:
         # A response's fields are not counted: the app's answer is the app's business,
@@ -611,13 +628,20 @@ class ResponseReader(_Reader):
         self._handler = handler
         self._parser = httptools.HttpResponseParser(self)
         self._reason = b""
+        # `_answered`: a final response (not a 1xx) ended since set_handler; what comes
+        # after it in the same read answers nothing (ExtraBytes). `_final`: the response
+        # being read is one.
+        self._answered = False
+        self._final = False
         self._head_only = False
         self._stopped = False
         self._close_delimited = False
 
     def set_handler(self, handler: ResponseHandler, head_only: bool) -> None:
+        """The next response is `handler`'s (the exchange a request was sent for)."""
         self._handler = handler
         self._head_only = head_only
+        self._answered = False
 
     def feed(self, data: bytes) -> None:
         if self._native_ready:
@@ -656,6 +680,8 @@ class ResponseReader(_Reader):
         start, size = 0, len(data)
         # An answer to HEAD has no body whatever its Content-Length says: llhttp's.
         while self._native_ready and not self._head_only and start < size:
+            if self._answered:
+                break  # llhttp's: an empty line between messages is no message
             parsed = parse(data, start, self._kinds, MAX_HEAD_SIZE)
             if parsed is None:
                 break
@@ -668,6 +694,7 @@ class ResponseReader(_Reader):
                 self._in_body = True
                 self._handler.response_body(data[body_start:end])
                 self._in_body = False
+            self._answered = True  # (before the handler: it may set the next one)
             self._handler.response_end(None)
             start = end
         return start
@@ -681,6 +708,8 @@ class ResponseReader(_Reader):
         self._parser = _ConnectResponseHead(self, self._parser)  # type: ignore[assignment]
 
     def on_message_begin(self) -> None:
+        if self._answered:
+            raise ExtraBytes
         self._reset()
         self._reason = b""
         self._close_delimited = False
@@ -691,6 +720,7 @@ class ResponseReader(_Reader):
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
+        self._final = status >= 200
         head = ResponseHead(status, self._reason, self._headers_done())
         head.keep_alive = self._keep_alive = parser.should_keep_alive()
         head.content_length = self.content_length
@@ -720,6 +750,7 @@ class ResponseReader(_Reader):
     def on_message_complete(self) -> None:
         self._in_body = False
         self._native_ready = self._native and self._keep_alive
+        self._answered = self._final  # (before the handler: it may set the next one)
         self._handler.response_end(self._trailers)
 
     def eof(self) -> bool:
