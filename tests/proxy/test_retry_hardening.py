@@ -30,6 +30,7 @@ WAIT = 10.0
 CLOSE = "close before any response byte"
 CLOSE_AT_HEAD = "close once the head is in, before the body"
 PARTIAL = "close after part of a response head"
+SPLIT_503 = "answer 503 and, in the same write, a second response nobody asked for"
 ANSWER = "answer"
 
 
@@ -96,6 +97,13 @@ class ScriptedPeer:
                 self.bodies.append(body)
                 if move == PARTIAL:
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-")
+                if move == SPLIT_503:
+                    writer.write(
+                        b"HTTP/1.1 503 X\r\ncontent-length: 4\r\n\r\nbusy"
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged"
+                    )
+                    await writer.drain()
+                    continue
                 if move != ANSWER:
                     writer.close()  # what was written goes first
                     return
@@ -304,3 +312,19 @@ async def test_a_request_whose_connection_closes_while_its_body_arrives_is_retri
     assert (status, got) == (200, b"echo-1")
     assert peer.requests == [b"PUT", b"PUT"]
     assert peer.bodies == [body]
+
+
+@pytest.mark.asyncio
+async def test_a_retried_response_with_bytes_after_it_does_not_fail_the_retry(
+    pki: Pki, client: DataPlane, peers: list[ScriptedPeer]
+) -> None:
+    """A replica answers 503 with a second response in the same write: the 503 is
+    retried (its connection let go), and what came after it on that connection is
+    nobody's, neither the retry's answer nor a reason to fail it."""
+    peer = ScriptedPeer(pki, "echo-1", (SPLIT_503,))
+    peers.append(peer)
+    policy = retry_policy(attempts=2, retryOn=["5xx"], backoff={"baseInterval": "1ms"})
+    apply(client, pki, {"echo-1": await peer.start()}, policy)
+    status, error, got = await send(client)
+    assert (status, error, got) == (200, "", b"echo-1")
+    assert peer.requests == [b"GET", b"GET"]

@@ -1222,13 +1222,16 @@ class UpstreamConnection(asyncio.Protocol):
             self.broken = True
             if isinstance(e, ExtraBytes):
                 log.warning("%s sent bytes after its response: closed", self.pool.name)
+            if self.exchange is not ex:
+                return  # let go during the read (a retry): nothing of it is owed to `ex`
             ex.flush_response()
             ex.fail(e.status, f"{e.reason} from {self.pool.name}")
             return
         except Exception:
             self.broken = True
             log.exception("proxy error handling a response from %s", self.pool.name)
-            ex.fail(502, f"proxy error reading the response from {self.pool.name}")
+            if self.exchange is ex:
+                ex.fail(502, f"proxy error reading the response from {self.pool.name}")
             return
         ex.flush_response()
 
