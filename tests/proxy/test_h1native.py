@@ -605,3 +605,15 @@ def test_the_common_heads_are_written_in_c() -> None:
         b"HTTP/1.1 204 No Content\r\na: b\r\n\r\n"
     )
     assert http1._native.response_head(True, b"OK", fields, b"") is None  # not an int
+
+
+def test_interim_responses_before_an_answer_to_head_are_read_alike(spy: Spy) -> None:
+    # An answer to HEAD is given to llhttp a head at a time (what follows it must be
+    # seen): many interim heads in one read are read in a loop, alike in both readers.
+    interims = response(status=b"100 Continue") * 2000
+    final = response(b"Content-Length: 13")
+    events = same_responses([interims + final], spy, head_only=True)
+    assert [e[0] for e in events].count("head") == 2001
+    assert events[-1] == ("end", None)
+    events = same_responses([interims + final + NGINX], spy, head_only=True)
+    assert events[-1] == ("refused", 502, "bytes after the response")

@@ -650,6 +650,27 @@ class ResponseReader(_Reader):
                 if start == len(data):
                     return
                 data = data[start:]
+        if self._head_only and not self._answered:
+            # llhttp stops at the end of an answer to HEAD (see on_headers_complete) and
+            # what the read holds after it would be lost unseen: given to llhttp a head
+            # at a time, so that what follows the answer is known (ExtraBytes, as after
+            # any whole response). A head with bare LFs is llhttp's whole, as before.
+            start = 0
+            while (cut := data.find(b"\r\n\r\n", start) + 4) > 3 and cut < len(data):
+                self._read(data[start:cut])
+                start = cut
+                if self._answered:
+                    if data[start:].strip(b"\r\n"):
+                        raise ExtraBytes
+                    return
+                if not self._head_only:
+                    break
+            if start:
+                data = data[start:]
+        self._read(data)
+
+    def _read(self, data: bytes) -> None:
+        """`data` through llhttp."""
         in_head = self._in_head
         try:
             self._parser.feed_data(data)
@@ -659,6 +680,7 @@ class ResponseReader(_Reader):
                 self._stopped = False
                 self._parser = httptools.HttpResponseParser(self)
                 self._native_ready = self._native and self._keep_alive
+                self._answered = True
                 return
             cause = e.__context__
             if isinstance(cause, ProtocolError):
@@ -778,20 +800,29 @@ class _ConnectResponseHead:
 
     def feed_data(self, data: bytes) -> None:
         buffer = self._buffer + data
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buffer) > MAX_HEAD_SIZE:
-                raise ProtocolError(502, "response head from upstream larger than 64 KiB")
-            self._buffer = buffer
-            return
         reader, parser = self._reader, self._parser
-        reader._parser = parser
-        end += 4
-        parser.feed_data(buffer[:end])
-        if 200 <= parser.get_status_code() < 300:
-            reader._handler.response_upgrade(buffer[end:])
-        elif end < len(buffer):
-            parser.feed_data(buffer[end:])
+        start = 0
+        while True:
+            end = buffer.find(b"\r\n\r\n", start)
+            if end < 0:
+                if len(buffer) - start > MAX_HEAD_SIZE:
+                    raise ProtocolError(502, "response head from upstream larger than 64 KiB")
+                self._buffer = buffer[start:]
+                return
+            end += 4
+            reader._parser = parser  # (the reader's callbacks ask the parser)
+            parser.feed_data(buffer[start:end])
+            status = parser.get_status_code()
+            if 100 <= status < 200 and status != 101:
+                # An interim response (100, 103): the answer's head is next.
+                reader._parser = self  # type: ignore[assignment]
+                start = end
+                continue
+            if 200 <= status < 300:
+                reader._handler.response_upgrade(buffer[end:])
+            elif end < len(buffer):
+                parser.feed_data(buffer[end:])
+            return
 
 
 class _TunnelBytes:

@@ -118,7 +118,6 @@ from gossamer.proxy.wire.limits import (
 log = logging.getLogger("gossamer.proxy")
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_PREFACE_LINE: Final = PREFACE[:18]
 
 # What is kept of a request without a retry policy, only so that a stream the peer
 # refuses unprocessed can be sent again (decision 0112): a quarter of it, so that a
@@ -350,11 +349,13 @@ def _grpc_message(text: str) -> bytes:
 
 def replay_preface(data: bytes) -> bytes:
     """The bytes an HTTP/2 connection began with, given the read in which HTTP/1.1's
-    reader stopped at the end of the preface's first line (see httpproxy)."""
-    for k in range(len(_PREFACE_LINE), 0, -1):
-        if data[:k] == _PREFACE_LINE[-k:]:
-            return _PREFACE_LINE + data[k:]
-    return _PREFACE_LINE + data
+    reader (llhttp) stopped at the preface: the read that held its last byte, which
+    starts with what was left of it (any part of its 24 bytes, however the client cut
+    it: the rest went to that reader in earlier reads)."""
+    for k in range(len(PREFACE), 0, -1):
+        if data[:k] == PREFACE[-k:]:
+            return PREFACE + data[k:]
+    return PREFACE + data
 
 
 class Engine(Protocol):
@@ -934,6 +935,7 @@ class H2Connection(asyncio.Protocol):
             return
         self.streams += 1
         self._last_taken = stream_id
+        self._idle_since = None  # busy since the last sweep, if only between sweeps
         headers = list(event.headers)
         if len(headers) > MAX_HEADERS and (fields := _fields(headers)) > MAX_HEADERS:
             self._too_many_fields(stream_id, fields, event.stream_ended is not None)
