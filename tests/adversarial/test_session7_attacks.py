@@ -49,7 +49,6 @@ from gossamer.proxy.wire.http2 import (
     TRAILER_PSEUDO,
     malformed,
     malformed_in_python,
-    replay_preface,
 )
 from tests.adversarial.test_h1native_attacks import RawApp, mesh_of, ok
 from tests.adversarial.test_hpack_native_attacks import asan, run_asan  # noqa: F401
@@ -281,7 +280,7 @@ async def preface_in_pieces(mesh: Mesh, pieces: list[bytes]) -> int | None:
 @pytest.mark.asyncio
 async def test_a_preface_cut_within_its_request_line_is_still_http2(mesh: Mesh) -> None:
     # No HTTP/1.1 request came before it, so it is served; cut anywhere in its first 18
-    # bytes ("PRI * HTTP/2.0\r\n\r\n", where replay_preface looks).
+    # bytes ("PRI * HTTP/2.0\r\n\r\n", where replay_preface looked).
     cuts = [[PREFACE[:k], PREFACE[k:]] for k in range(1, 19)]
     assert [await preface_in_pieces(mesh, pieces) for pieces in cuts] == [200] * len(cuts)
 
@@ -295,7 +294,8 @@ PREFACE_CUT_LATE = (
 )
 
 
-# Was a strict xfail (PREFACE_CUT_LATE); replay_preface matches the whole preface now.
+# Was a strict xfail (PREFACE_CUT_LATE). replay_preface is gone: ServerConnection keeps
+# the connection's first bytes (up to a preface's 24) and hands on all the client sent.
 @pytest.mark.asyncio
 async def test_a_preface_cut_in_its_last_six_bytes_is_still_http2(mesh: Mesh) -> None:
     cuts = [[PREFACE[:k], PREFACE[k:]] for k in range(19, 24)]
@@ -310,13 +310,15 @@ async def test_a_preface_cut_in_its_last_six_bytes_is_still_http2(mesh: Mesh) ->
         for k in range(1, 24)
     ],
 )
-def test_the_preface_is_rebuilt_from_the_read_that_ends_it(cut: int) -> None:
+def test_the_reader_stops_at_the_read_that_ends_the_preface(cut: int) -> None:
+    # What ServerConnection.first_bytes rests on: llhttp says "preface" only in the read
+    # that holds its last byte, and Http2Preface.data is that read, whole.
     settings = SettingsFrame(0).serialize()
     reader = RequestReader(Recorder(), OUTBOUND_REQUEST_KINDS)
     reader.feed(PREFACE[:cut])
     with pytest.raises(Http2Preface) as stopped:
         reader.feed(PREFACE[cut:] + settings)
-    assert replay_preface(stopped.value.data) == PREFACE + settings
+    assert stopped.value.data == PREFACE[cut:] + settings
 
 
 # ---- the stream idle timeout, on both proxies --------------------------------------------

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gossamer.proxy")
 
+_PREFACE_SIZE: Final = 24  # an HTTP/2 client's connection preface (RFC 9113 3.4)
 # Why reading from a downstream connection is paused; reading resumes when none holds.
 PAUSE_QUEUE: Final = 1  # a pipelined request waits for the responses before it
 PAUSE_BUFFER: Final = 2  # request bytes are piling up while no upstream is ready
@@ -169,6 +170,7 @@ class ServerConnection(asyncio.Protocol):
         "broken",
         "client_eof",
         "closing",
+        "first_bytes",
         "last_active",
         "loop",
         "paused",
@@ -206,6 +208,7 @@ class ServerConnection(asyncio.Protocol):
         self.reads = 0
         self.reads_seen = (0, 0.0)
         self.requests = 0  # request heads read
+        self.first_bytes = b""  # (data_received: the start of an HTTP/2 preface)
         self.taken_at_pause = 0  # what the client had taken at the last look (limits.taken)
         self.closing = False
         self.client_eof = False
@@ -230,12 +233,18 @@ class ServerConnection(asyncio.Protocol):
         if self.closing:
             return
         self.reads += 1
+        before = self.first_bytes
+        if not self.requests and len(before) < _PREFACE_SIZE:
+            # What the connection began with, as far as an HTTP/2 preface goes: llhttp
+            # says it saw one only in the read that holds its last byte.
+            self.first_bytes = before + data[:_PREFACE_SIZE]
         try:
             self.reader.feed(data)
         except Http2Preface as e:
-            # Prior knowledge: HTTP/2 from a connection's start, not after HTTP/1.1
-            # requests (RFC 9113 3.3; and `e.data` would hold some of them).
-            if self.requests or not self.side.serve_h2(self, e.data):
+            # Prior knowledge: HTTP/2 from a connection's first byte, not after HTTP/1.1
+            # requests (RFC 9113 3.3), given everything the client sent (a preface may
+            # come in pieces, valid or not).
+            if self.requests or not self.side.serve_h2(self, before + e.data):
                 self._protocol_error(e)
             return
         except ProtocolError as e:

@@ -35,7 +35,6 @@ from gossamer.proxy.wire.http1 import (
     request_framing,
     request_head_bytes,
 )
-from gossamer.proxy.wire.http2 import replay_preface
 
 if TYPE_CHECKING:
     from gossamer.proxy.outbound.plane import OutboundPlane
@@ -81,7 +80,7 @@ class OutboundSide:
         assert transport is not None
         conn.closing = True
         self.connection_lost(conn)
-        self._h2.serve(transport, replay_preface(data), conn.describe())
+        self._h2.serve(transport, data, conn.describe())
         return True
 
     def start(self, ex: Exchange) -> None:

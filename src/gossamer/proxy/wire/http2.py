@@ -347,17 +347,6 @@ def _grpc_message(text: str) -> bytes:
     )
 
 
-def replay_preface(data: bytes) -> bytes:
-    """The bytes an HTTP/2 connection began with, given the read in which HTTP/1.1's
-    reader (llhttp) stopped at the preface: the read that held its last byte, which
-    starts with what was left of it (any part of its 24 bytes, however the client cut
-    it: the rest went to that reader in earlier reads)."""
-    for k in range(len(PREFACE), 0, -1):
-        if data[:k] == PREFACE[-k:]:
-            return PREFACE + data[k:]
-    return PREFACE + data
-
-
 class Engine(Protocol):
     """What H2Connection uses of its HTTP/2 state machine: h2's connection (`_GuardedH2`)
     or nghttp2_session's (`_h2native.Session`, decision 0102), chosen by h2codec."""
