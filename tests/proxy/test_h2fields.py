@@ -206,3 +206,53 @@ def test_generated_and_mutated_blocks_have_the_same_reason() -> None:
                     value = value[:cut] + rng.choice(ALPHABET) + value[cut:]
                 block[i] = (name, value)
         same(block, rng.choice(KINDS))
+
+
+# ---- forwardable and from_http1: the fields a block hands on ---------------------------
+
+FIELDS: list[Any] = [
+    [],
+    [(b"user-agent", b"wrk"), (b"te", b"trailers"), (b"te", b"gzip"), (b"TE", b"Trailers")],
+    [(b"connection", b"close"), (b"keep-alive", b"5"), (b"proxy-connection", b"x")],
+    [(b"transfer-encoding", b"chunked"), (b"upgrade", b"h2c"), (b"http2-settings", b"AA")],
+    [(b"Content-Type", b" text/plain \t"), (b"X-Empty", b""), (b"x-ws", b" \t ")],
+    [(b"Connection", b"close"), (b"Upgrade", b"x"), (b"TE", b" trailers ")],
+    [(b"x-forwarded-for", b"1.2.3.4"), (b"gossamer-src-service", b"web")],
+    [(b"\xff\xc3", b"\x00\r\n"), (b"a", b"\xff ")],
+]
+DROPS = [frozenset(), frozenset({b"x-forwarded-for", b"gossamer-src-service"}), {b"user-agent"}]
+
+
+@pytest.mark.parametrize("fields", FIELDS, ids=range(len(FIELDS)))
+def test_forwardable_and_from_http1_hand_on_what_the_python_does(fields: Any) -> None:
+    assert http2._forwardable_in_c is not None and http2._from_http1_in_c is not None
+    for drop in DROPS:
+        kept = http2.forwardable(fields, drop)  # type: ignore[arg-type]
+        assert kept == http2.forwardable_in_python(fields, drop)  # type: ignore[arg-type]
+        assert all(type(f) is tuple for f in kept)
+    assert http2.from_http1(fields) == http2.from_http1_in_python(fields)
+
+
+def test_blocks_of_other_types_are_the_pythons() -> None:
+    assert http2._forwardable_in_c is not None and http2._from_http1_in_c is not None
+    odd: list[Any] = [[[b"a", b"b"]], [("a", "b")], [(b"a", bytearray(b"b"))], [(b"a",)]]
+    for block in odd:
+        assert http2._forwardable_in_c(block, frozenset()) is False
+        assert http2._from_http1_in_c(block) is False
+    assert http2._forwardable_in_c([(b"a", b"b")], [b"a"]) is False  # type: ignore[arg-type]
+    assert http2._from_http1_in_c(iter([(b"a", b"b")])) is False
+    # and the Python reads what it can of them
+    assert http2.from_http1(iter([(b"A", b" b ")])) == [(b"a", b"b")]
+    assert http2.forwardable([[b"a", b"b"]]) == [(b"a", b"b")]  # type: ignore[list-item]
+
+
+def test_generated_fields_are_handed_on_alike() -> None:
+    rng = random.Random(8222)
+    names = [b"te", b"TE", b"connection", b"Connection", b"upgrade", b"x-a", b"X-A", b"host"]
+    names += [b"keep-alive", b"http2-settings", b"transfer-encoding", b"proxy-connection"]
+    values = [b"trailers", b"TRAILERS", b" trailers", b"gzip", b"", b" ", b"\t", b"a b", b" x "]
+    for _ in range(5000):
+        fields = [(rng.choice(names), rng.choice(values)) for _ in range(rng.randint(0, 8))]
+        drop = rng.choice(DROPS)
+        assert http2.forwardable(fields, drop) == http2.forwardable_in_python(fields, drop)  # type: ignore[arg-type]
+        assert http2.from_http1(fields) == http2.from_http1_in_python(fields)

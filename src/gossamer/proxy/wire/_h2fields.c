@@ -1,5 +1,7 @@
-/* proxy.wire.http2.malformed in one call (decision 0115): why a received HTTP/2 header
- * block is malformed (RFC 9113 8.2 and 8.3), or None. Compiled as part of _h2native.c.
+/* proxy.wire.http2's header block helpers in one call each (decision 0115): `malformed`,
+ * why a received HTTP/2 header block is malformed (RFC 9113 8.2 and 8.3), or None;
+ * `forwardable` and `from_http1`, the fields a block may hand on. Compiled as part of
+ * _h2native.c.
  *
  * The same checks in the same order, with the same reasons, as the Python it stands in
  * for (which stays, for blocks that are not a list of 2-tuples of bytes and where the
@@ -165,6 +167,141 @@ static PyObject *h2_malformed(PyObject *module, PyObject *const *args, Py_ssize_
     Py_RETURN_NONE;
 }
 
+/* ---- forwardable and from_http1 ------------------------------------------------------ */
+
+/* RFC 9113 8.2.2: connection-specific fields, never handed on (http2._HOP_BY_HOP). */
+static int h2_hop_by_hop(PyObject *name) {
+    return IS(name, "connection") || IS(name, "keep-alive") || IS(name, "proxy-connection") ||
+           IS(name, "transfer-encoding") || IS(name, "upgrade") || IS(name, "http2-settings");
+}
+
+static int h2_is_trailers(const unsigned char *v, Py_ssize_t n) {
+    if (n != 8)
+        return 0;
+    for (Py_ssize_t j = 0; j < 8; j++) {
+        unsigned char c = v[j];
+        if (c >= 'A' && c <= 'Z')
+            c += 32;
+        if (c != (unsigned char)"trailers"[j])
+            return 0;
+    }
+    return 1;
+}
+
+/* Whether `headers` is a list of 2-tuples of bytes (the only blocks done in C). */
+static int h2_byte_pairs(PyObject *headers) {
+    if (!PyList_Check(headers))
+        return 0;
+    Py_ssize_t n = PyList_GET_SIZE(headers);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+            !PyBytes_Check(PyTuple_GET_ITEM(item, 0)) || !PyBytes_Check(PyTuple_GET_ITEM(item, 1)))
+            return 0;
+    }
+    return 1;
+}
+
+/* Appends (name, value) to `out` unless http2.forwardable would drop it; steals neither.
+ * `item`: the tuple they came in, reused when it is a plain tuple of these two. */
+static int h2_keep(PyObject *out, PyObject *item, PyObject *name, PyObject *value, PyObject *drop) {
+    if (h2_hop_by_hop(name))
+        return 0;
+    if (drop != NULL) {
+        int found = PySet_Contains(drop, name);
+        if (found != 0)
+            return found < 0 ? -1 : 0;
+    }
+    if (IS(name, "te") &&
+        !h2_is_trailers((const unsigned char *)PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value)))
+        return 0;
+    if (item != NULL && PyTuple_CheckExact(item) && PyTuple_GET_ITEM(item, 0) == name &&
+        PyTuple_GET_ITEM(item, 1) == value)
+        return PyList_Append(out, item);
+    PyObject *pair = PyTuple_Pack(2, name, value);
+    if (pair == NULL)
+        return -1;
+    int r = PyList_Append(out, pair);
+    Py_DECREF(pair);
+    return r;
+}
+
+PyDoc_STRVAR(forwardable_doc,
+"forwardable(headers, drop)\n--\n\n"
+"http2.forwardable for a list of 2-tuples of bytes and a set (or frozenset) `drop`;\n"
+"False for anything else.");
+
+static PyObject *h2_forwardable(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyAnySet_Check(args[1]) || !h2_byte_pairs(args[0]))
+        Py_RETURN_FALSE;
+    PyObject *headers = args[0];
+    PyObject *drop = PySet_GET_SIZE(args[1]) > 0 ? args[1] : NULL;
+    Py_ssize_t n = PyList_GET_SIZE(headers);
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(headers, i);
+        if (h2_keep(out, item, PyTuple_GET_ITEM(item, 0), PyTuple_GET_ITEM(item, 1), drop) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+PyDoc_STRVAR(from_http1_doc,
+"from_http1(headers)\n--\n\n"
+"http2.from_http1 for a list of 2-tuples of bytes: names in lower case, values without\n"
+"spaces or tabs at their ends, connection-specific fields dropped; False for anything else.");
+
+static PyObject *h2_from_http1(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 1 || !h2_byte_pairs(args[0]))
+        Py_RETURN_FALSE;
+    PyObject *headers = args[0];
+    Py_ssize_t n = PyList_GET_SIZE(headers);
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(headers, i);
+        PyObject *name = PyTuple_GET_ITEM(item, 0), *value = PyTuple_GET_ITEM(item, 1);
+        const char *nm = PyBytes_AS_STRING(name);
+        Py_ssize_t name_len = PyBytes_GET_SIZE(name), upper = 0;
+        for (Py_ssize_t j = 0; j < name_len && !upper; j++)
+            upper = nm[j] >= 'A' && nm[j] <= 'Z';
+        const char *v = PyBytes_AS_STRING(value);
+        Py_ssize_t lo = 0, hi = PyBytes_GET_SIZE(value);
+        while (lo < hi && (v[lo] == ' ' || v[lo] == '\t'))
+            lo++;
+        while (hi > lo && (v[hi - 1] == ' ' || v[hi - 1] == '\t'))
+            hi--;
+        PyObject *lower = name, *stripped = value;
+        Py_INCREF(lower);
+        Py_INCREF(stripped);
+        if (upper) {
+            Py_SETREF(lower, PyBytes_FromStringAndSize(NULL, name_len));
+            if (lower != NULL) {
+                char *to = PyBytes_AS_STRING(lower);
+                for (Py_ssize_t j = 0; j < name_len; j++)
+                    to[j] = (char)((nm[j] >= 'A' && nm[j] <= 'Z') ? nm[j] + 32 : nm[j]);
+            }
+        }
+        if (lo != 0 || hi != PyBytes_GET_SIZE(value))
+            Py_SETREF(stripped, PyBytes_FromStringAndSize(v + lo, hi - lo));
+        int r = (lower == NULL || stripped == NULL) ? -1 : h2_keep(out, item, lower, stripped, NULL);
+        Py_XDECREF(lower);
+        Py_XDECREF(stripped);
+        if (r < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
 static void h2fields_init(void) {
     for (int c = 0; c < 256; c++)
         h2_name_char[c] = (c >= 0x21 && c <= 0x39) || (c >= 0x3b && c <= 0x40) ||
@@ -173,5 +310,7 @@ static void h2fields_init(void) {
 
 static PyMethodDef h2native_methods[] = {
     {"malformed", (PyCFunction)(void (*)(void))h2_malformed, METH_FASTCALL, malformed_doc},
+    {"forwardable", (PyCFunction)(void (*)(void))h2_forwardable, METH_FASTCALL, forwardable_doc},
+    {"from_http1", (PyCFunction)(void (*)(void))h2_from_http1, METH_FASTCALL, from_http1_doc},
     {NULL, NULL, 0, NULL},
 };

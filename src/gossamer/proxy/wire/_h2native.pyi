@@ -1,9 +1,14 @@
 # The C extension _h2native.c (built only where libnghttp2's headers are; see h2codec).
+from collections.abc import Iterable
 from typing import Any
 
 NGHTTP2_VERSION: str
 
 def malformed(headers: list[tuple[bytes, bytes]], kind: int, /) -> str | bool | None: ...
+def forwardable(
+    headers: list[tuple[bytes, bytes]], drop: frozenset[bytes], /
+) -> list[tuple[bytes, bytes]] | bool: ...
+def from_http1(headers: Iterable[tuple[bytes, bytes]], /) -> list[tuple[bytes, bytes]] | bool: ...
 
 class Encoder:
     header_table_size: int

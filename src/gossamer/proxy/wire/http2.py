@@ -187,8 +187,32 @@ _HOP_BY_HOP: Final = frozenset(
 )
 
 
+# The header block helpers in C (_h2native, _h2fields.c), where the extension is built;
+# each gives False for a block it leaves to the Python (not a list of 2-tuples of bytes).
+_malformed_in_c: Callable[[Headers, int], str | bool | None] | None
+_forwardable_in_c: Callable[[Headers, frozenset[bytes]], Headers | bool] | None
+_from_http1_in_c: Callable[[Iterable[tuple[bytes, bytes]]], Headers | bool] | None
+try:
+    from gossamer.proxy.wire._h2native import forwardable as _forwardable_in_c
+    from gossamer.proxy.wire._h2native import from_http1 as _from_http1_in_c
+    from gossamer.proxy.wire._h2native import malformed as _malformed_in_c
+except ImportError:  # built without libnghttp2's headers: the Python
+    _malformed_in_c = _forwardable_in_c = _from_http1_in_c = None
+
+
 def forwardable(headers: Headers, drop: frozenset[bytes] = frozenset()) -> Headers:
-    """Headers that may be handed on: no connection-specific ones (RFC 9113 8.2.2)."""
+    """Headers that may be handed on: no connection-specific ones (RFC 9113 8.2.2).
+    In one call into C where the extension is built (decision 0115)."""
+    if _forwardable_in_c is not None:
+        fields = _forwardable_in_c(headers, drop)
+        if fields is not False:
+            return cast(Headers, fields)
+    return forwardable_in_python(headers, drop)
+
+
+def forwardable_in_python(headers: Headers, drop: frozenset[bytes] = frozenset()) -> Headers:
+    """`forwardable`, in Python: where the extension is not built, and for blocks that
+    are not a list of 2-tuples of bytes."""
     out = []
     for name, value in headers:
         if name in _HOP_BY_HOP or name in drop:
@@ -204,8 +228,17 @@ def from_http1(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     case, no connection-specific fields, and no whitespace at a value's ends, which an
     HTTP/1.1 parser leaves at the end (RFC 9110 5.5: not part of the value) and which
     makes an HTTP/2 block malformed (RFC 9113 8.2.1). Every HTTP/1.1-to-HTTP/2 hop
-    (h2to1's responses, h1to2's requests) converts through here."""
-    return forwardable([(name.lower(), value.strip(b" \t")) for name, value in headers])
+    (h2to1's responses, h1to2's requests) converts through here; in C where built."""
+    if _from_http1_in_c is not None:
+        fields = _from_http1_in_c(headers)
+        if fields is not False:
+            return cast(Headers, fields)
+    return from_http1_in_python(headers)
+
+
+def from_http1_in_python(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """`from_http1`, in Python (see `forwardable_in_python`)."""
+    return forwardable_in_python([(name.lower(), value.strip(b" \t")) for name, value in headers])
 
 
 # RFC 9113 8.2.1: a field name is visible ASCII without uppercase letters or a colon
@@ -229,11 +262,6 @@ RESPONSE_PSEUDO: Final = frozenset((b":status",))
 TRAILER_PSEUDO: Final = frozenset[bytes]()
 # The block kinds _h2native.malformed takes, by the identity of the set a caller gives.
 _BLOCK_KINDS: Final = {id(REQUEST_PSEUDO): 0, id(RESPONSE_PSEUDO): 1, id(TRAILER_PSEUDO): 2}
-_malformed_in_c: Callable[[Headers, int], str | bool | None] | None
-try:
-    from gossamer.proxy.wire._h2native import malformed as _malformed_in_c
-except ImportError:  # built without libnghttp2's headers: the Python below
-    _malformed_in_c = None
 
 
 def malformed(headers: Headers, pseudo: frozenset[bytes]) -> str | None:
