@@ -151,25 +151,14 @@ def other_pki() -> Iterator[Pki]:
 # ---- the echo app -------------------------------------------------------------------
 
 
-class EchoApp:
-    """A tiny HTTP/1.1 server that says which instance served and what it received.
+class AppServer:
+    """An app for tests on an ephemeral 127.0.0.1 port: each connection it accepts is
+    counted and `serve`d until it ends; `close` aborts those still open."""
 
-    GET/POST /anything → JSON {instance, method, path, version, headers, body_length,
-    body_sha256}. /stream echoes the request body back chunked as it arrives; /bytes?n=N
-    answers N bytes with a Content-Length; /chunked?n=N answers N bytes chunked;
-    /close answers a close-delimited body; /hang never answers. `delay` (seconds)
-    holds every answer that long first: a destination that slows down.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self) -> None:
         self.server: asyncio.Server | None = None
         self.port = 0
-        self.requests = 0
         self.connections = 0
-        self.delay = 0.0
-        # (method, path, body length, body sha256) of each request whose body was read.
-        self.received: list[tuple[str, str, int, str]] = []
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> int:
@@ -189,13 +178,38 @@ class EchoApp:
         self.connections += 1
         self._writers.add(writer)
         try:
-            while await self._one(reader, writer):
-                pass
+            await self.serve(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:
             self._writers.discard(writer)
             writer.transport.abort()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class EchoApp(AppServer):
+    """A tiny HTTP/1.1 server that says which instance served and what it received.
+
+    GET/POST /anything → JSON {instance, method, path, version, headers, body_length,
+    body_sha256}. /stream echoes the request body back chunked as it arrives; /bytes?n=N
+    answers N bytes with a Content-Length; /chunked?n=N answers N bytes chunked;
+    /close answers a close-delimited body; /hang never answers. `delay` (seconds)
+    holds every answer that long first: a destination that slows down.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.requests = 0
+        self.delay = 0.0
+        # (method, path, body length, body sha256) of each request whose body was read.
+        self.received: list[tuple[str, str, int, str]] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await self._one(reader, writer):
+            pass
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         try:

@@ -473,7 +473,8 @@ static char *put(char *out, const char *data, Py_ssize_t n) {
     return out + n;
 }
 
-static char *put_lines(char *out, PyObject *headers) {
+/* A head's end: its field lines, then `extra` (ready-made lines), then the blank line. */
+static void put_rest(char *out, PyObject *headers, PyObject *extra) {
     Py_ssize_t n = PyList_GET_SIZE(headers);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(headers, i);
@@ -483,7 +484,8 @@ static char *put_lines(char *out, PyObject *headers) {
         out = put(out, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
         out = put(out, "\r\n", 2);
     }
-    return out;
+    out = put(out, PyBytes_AS_STRING(extra), PyBytes_GET_SIZE(extra));
+    put(out, "\r\n", 2);
 }
 
 PyDoc_STRVAR(request_head_doc,
@@ -517,9 +519,7 @@ static PyObject *request_head(PyObject *module, PyObject *const *args, Py_ssize_
         out = put(out, PyBytes_AS_STRING(host), PyBytes_GET_SIZE(host));
         out = put(out, "\r\n", 2);
     }
-    out = put_lines(out, args[3]);
-    out = put(out, PyBytes_AS_STRING(extra), PyBytes_GET_SIZE(extra));
-    put(out, "\r\n", 2);
+    put_rest(out, args[3], extra);
     return result;
 }
 
@@ -555,9 +555,7 @@ static PyObject *response_head(PyObject *module, PyObject *const *args, Py_ssize
     out = put(out, " ", 1);
     out = put(out, PyBytes_AS_STRING(reason), PyBytes_GET_SIZE(reason));
     out = put(out, "\r\n", 2);
-    out = put_lines(out, args[2]);
-    out = put(out, PyBytes_AS_STRING(extra), PyBytes_GET_SIZE(extra));
-    put(out, "\r\n", 2);
+    put_rest(out, args[2], extra);
     return result;
 }
 

@@ -49,6 +49,20 @@ static int bytes_equal(PyObject *a, PyObject *b) {
            memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(a)) == 0;
 }
 
+/* Whether `headers` is a list of 2-tuples of bytes (the only blocks done in C). */
+static int h2_byte_pairs(PyObject *headers) {
+    if (!PyList_Check(headers))
+        return 0;
+    Py_ssize_t n = PyList_GET_SIZE(headers);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+            !PyBytes_Check(PyTuple_GET_ITEM(item, 0)) || !PyBytes_Check(PyTuple_GET_ITEM(item, 1)))
+            return 0;
+    }
+    return 1;
+}
+
 PyDoc_STRVAR(malformed_doc,
 "malformed(headers, kind)\n--\n\n"
 "proxy.wire.http2.malformed for `kind` 0 (a request), 1 (a response) or 2 (trailers):\n"
@@ -56,7 +70,7 @@ PyDoc_STRVAR(malformed_doc,
 
 static PyObject *h2_malformed(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 2 || !PyList_Check(args[0]) || !PyLong_Check(args[1]))
+    if (nargs != 2 || !PyLong_Check(args[1]) || !h2_byte_pairs(args[0]))
         Py_RETURN_FALSE;
     long kind = PyLong_AsLong(args[1]);
     if (kind < BLOCK_REQUEST || kind > BLOCK_TRAILERS) {
@@ -66,13 +80,6 @@ static PyObject *h2_malformed(PyObject *module, PyObject *const *args, Py_ssize_
     }
     PyObject *headers = args[0];
     Py_ssize_t n = PyList_GET_SIZE(headers);
-    /* Types first: a block the Python reads item by item is the Python's. */
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(headers, i);
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
-            !PyBytes_Check(PyTuple_GET_ITEM(item, 0)) || !PyBytes_Check(PyTuple_GET_ITEM(item, 1)))
-            Py_RETURN_FALSE;
-    }
     int seen = 0, regular = 0;
     PyObject *method = NULL, *authority = NULL, *host = NULL, *length = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -183,20 +190,6 @@ static int h2_is_trailers(const unsigned char *v, Py_ssize_t n) {
         if (c >= 'A' && c <= 'Z')
             c += 32;
         if (c != (unsigned char)"trailers"[j])
-            return 0;
-    }
-    return 1;
-}
-
-/* Whether `headers` is a list of 2-tuples of bytes (the only blocks done in C). */
-static int h2_byte_pairs(PyObject *headers) {
-    if (!PyList_Check(headers))
-        return 0;
-    Py_ssize_t n = PyList_GET_SIZE(headers);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(headers, i);
-        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
-            !PyBytes_Check(PyTuple_GET_ITEM(item, 0)) || !PyBytes_Check(PyTuple_GET_ITEM(item, 1)))
             return 0;
     }
     return 1;
