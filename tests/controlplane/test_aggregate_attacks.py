@@ -525,13 +525,6 @@ spec:
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="a quarantine of every caller of the mesh whose allow list allows nobody (a "
-    "group that holds no workload: a mistyped namespace) is applied without --force: "
-    "refuses_a_whole_side only asks whether there is an allow list, not whether it "
-    "lets anyone through",
-)
 def test_a_quarantine_whose_allow_list_allows_nobody_needs_force(
     control_plane: ControlPlaneProcess,
 ) -> None:
@@ -539,6 +532,22 @@ def test_a_quarantine_whose_allow_list_allows_nobody_needs_force(
 
     assert refused.returncode == 1, refused.stdout
     assert "--force" in refused.stderr
+    assert "allow list lets none of the mesh's" in refused.stderr
+    listed = control_plane.cli("get", "trafficcontrols", "-n", "shop", "-o", "json", check=True)
+    assert "lockdown" not in listed.stdout
+
+    # Once a workload of the mesh is in the allow list (here in the same apply), it is
+    # applied without --force; with --force, whatever the allow list.
+    sre = (
+        "apiVersion: gossamer.dev/v1alpha1\nkind: Workload\n"
+        "metadata: {name: oncall-1, namespace: sre-typo, labels: {team: sre}}\n"
+        "spec: {address: 127.0.0.9, inboundPort: 4143, serviceAccount: oncall}\n---\n"
+    )
+    control_plane.cli("apply", "-f", "-", stdin=sre + ALLOWS_NOBODY, check=True)
+    control_plane.cli("delete", "trafficcontrol", "lockdown", "-n", "shop", check=True)
+    control_plane.cli("delete", "workload", "oncall-1", "-n", "sre-typo", check=True)
+    control_plane.cli("apply", "--force", "-f", "-", stdin=ALLOWS_NOBODY, check=True)
+    control_plane.cli("delete", "trafficcontrol", "lockdown", "-n", "shop", check=True)
 
 
 @pytest.mark.e2e

@@ -10,8 +10,9 @@ from tests.translate.test_build import OBJECTS, mesh
 
 from gossamer.errors import InvalidResource
 from gossamer.resources import to_dict, validate
+from gossamer.resources.trafficcontrol import TrafficControl
 from gossamer.translate import ProxyInfo, Snapshot, build_snapshot
-from gossamer.translate.controls import controls_between, tightest
+from gossamer.translate.controls import controls_between, refuses_a_whole_side, tightest
 from gossamer.translate.controltypes import ConcurrencyView, RateView
 
 
@@ -173,3 +174,52 @@ def test_explain_lists_every_control_on_a_call_and_names_the_tightest() -> None:
         ("c", False),
     ]
     assert tightest(found) == {"rate": "shop/b"}
+
+
+EVERY_CALLER = {"namespaces": ["*"]}
+SRE = {"namespaces": ["ops"], "selector": {"matchLabels": {"team": "sre"}}}
+
+
+Workloads = list[tuple[str, dict[str, str]]]
+
+
+def _refusal(spec: dict[str, Any], workloads: Workloads | None) -> str | None:
+    typed = validate(control(spec))
+    assert isinstance(typed, TrafficControl)
+    return refuses_a_whole_side(typed, workloads)
+
+
+@pytest.mark.parametrize("side", ["from", "to"])
+def test_a_quarantine_of_a_whole_side_with_no_allow_list_is_refused(side: str) -> None:
+    spec = {**WEB_TO_API, side: EVERY_CALLER, "quarantine": {}}
+    why = _refusal(spec, [("ops", {"team": "sre"})])
+    assert why is not None and f"every call {side} every workload" in why
+
+
+def test_a_quarantine_whose_allow_list_holds_no_workload_is_refused() -> None:
+    spec = {**WEB_TO_API, "from": EVERY_CALLER, "quarantine": {"allow": [SRE]}}
+    # Workloads of the mesh, none in ops with team=sre (one in ops, one with the label).
+    why = _refusal(spec, [("ops", {"team": "dev"}), ("shop", {"team": "sre"})])
+    assert why is not None and "allow list lets none of the mesh's 2 workloads" in why
+    # An empty mesh: the allow list lets nobody through either.
+    assert _refusal(spec, []) is not None
+
+
+def test_a_quarantine_whose_allow_list_holds_a_workload_is_not_refused() -> None:
+    spec = {**WEB_TO_API, "from": EVERY_CALLER, "quarantine": {"allow": [SRE]}}
+    assert _refusal(spec, [("shop", {"app": "web"}), ("ops", {"team": "sre", "x": "y"})]) is None
+    # Without the mesh's workloads only the missing allow list is asked.
+    assert _refusal(spec, None) is None
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {**WEB_TO_API, "quarantine": {"allow": [SRE]}},  # neither side is the whole mesh
+        {**WEB_TO_API, "from": EVERY_CALLER, "quarantine": {}, "mode": "DryRun"},
+        {**WEB_TO_API, "from": EVERY_CALLER, "rate": {"limit": "1/s"}},  # no quarantine
+    ],
+    ids=["groups", "dry-run", "no-quarantine"],
+)
+def test_other_controls_are_not_refused_whatever_the_workloads(spec: dict[str, Any]) -> None:
+    assert _refusal(spec, []) is None

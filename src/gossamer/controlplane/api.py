@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -161,16 +161,19 @@ async def _read_objects(request: web.Request) -> list[dict[str, Any]]:
     return objects
 
 
-def _refusing_everything(objects: list[dict[str, Any]]) -> list[InvalidResource]:
-    """TrafficControls that would refuse every call of the mesh on one side: refused
-    unless the apply says force (`gossamer apply --force`)."""
+def _refusing_everything(
+    objects: list[dict[str, Any]], workloads: list[tuple[str, Mapping[str, str]]]
+) -> list[InvalidResource]:
+    """TrafficControls that would refuse every call of the mesh on one side (no allow
+    list, or one that lets none of `workloads` through): refused unless the apply says
+    force (`gossamer apply --force`)."""
     problems = []
     for obj in objects:
         if obj["kind"] != "TrafficControl":
             continue
         control = validate(obj)
         assert isinstance(control, TrafficControl)
-        why = refuses_a_whole_side(control)
+        why = refuses_a_whole_side(control, workloads)
         if why is not None:
             subject = f"TrafficControl {obj['metadata']['namespace']}/{obj['metadata']['name']}"
             problems.append(
@@ -180,6 +183,19 @@ def _refusing_everything(objects: list[dict[str, Any]]) -> list[InvalidResource]
                 )
             )
     return problems
+
+
+def _workloads_after(
+    stored: list[dict[str, Any]], objects: list[dict[str, Any]]
+) -> list[tuple[str, Mapping[str, str]]]:
+    """(namespace, labels) of every Workload the mesh would have after applying
+    `objects` over `stored`: the groups an allow list is checked against."""
+    by_key: dict[tuple[str, str], dict[str, Any]] = {}
+    for obj in (*stored, *objects):
+        if obj["kind"] == "Workload":
+            meta = obj["metadata"]
+            by_key[(meta["namespace"], meta["name"])] = obj
+    return [(ns, dict(obj["metadata"].get("labels") or {})) for (ns, _), obj in by_key.items()]
 
 
 class _Invalid(GossamerError):
@@ -240,8 +256,11 @@ class Api:
             objects = await _read_objects(request)
         except _Invalid as err:
             return invalid_response(err.problems)
-        if request.query.get("force") != "true":
-            sweeping = _refusing_everything(objects)
+        if request.query.get("force") != "true" and any(
+            o["kind"] == "TrafficControl" for o in objects
+        ):
+            stored = await self.cp.astore.list("Workload")
+            sweeping = _refusing_everything(objects, _workloads_after(stored, objects))
             if sweeping:
                 return invalid_response(sweeping)
         results = await self.cp.astore.apply(objects)

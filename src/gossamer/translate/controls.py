@@ -82,20 +82,40 @@ def _expires_at(control: TrafficControl) -> float | None:
     return start + parse_duration(ttl)
 
 
-def refuses_a_whole_side(control: TrafficControl) -> str | None:
-    """Why an enforced quarantine with no allow list refuses every call from, or to,
-    every workload of the mesh (applying it takes --force); None for any other."""
+def refuses_a_whole_side(
+    control: TrafficControl, workloads: Iterable[tuple[str, Mapping[str, str]]] | None = None
+) -> str | None:
+    """Why an enforced quarantine refuses every call from, or to, every workload of the
+    mesh (applying it takes --force); None for any other.
+
+    A quarantine whose `from` or `to` is the whole mesh does so when it has no allow
+    list, and when its allow list lets none of `workloads` (namespace, labels: the
+    mesh's workloads as the apply would leave them) through: a mistyped namespace or
+    label makes an allow list of nobody. Without `workloads` only the first is asked.
+    """
     spec = control.spec
     q = spec.quarantine
-    if spec.mode != "Enforce" or q is None or q.allow:
+    if spec.mode != "Enforce" or q is None:
         return None
-    for side, group in (("from", spec.from_), ("to", spec.to)):
-        if group.everything():
-            return (
-                f"this quarantine refuses every call {side} every workload of the mesh "
-                f"({side}: all namespaces, no selector)"
-            )
-    return None
+    side = next((s for s, g in (("from", spec.from_), ("to", spec.to)) if g.everything()), None)
+    if side is None:
+        return None
+    whole = (
+        f"this quarantine refuses every call {side} every workload of the mesh "
+        f"({side}: all namespaces, no selector)"
+    )
+    if not q.allow:
+        return whole
+    if workloads is None:
+        return None
+    ns = control.metadata.namespace
+    known = list(workloads)
+    if any(in_group(g, ns, wns, labels) for wns, labels in known for g in q.allow):
+        return None
+    return (
+        f"{whole}, and its allow list lets none of the mesh's {len(known)} workloads "
+        "through (no workload is in any of its groups: a mistyped namespace or label?)"
+    )
 
 
 def expired(control: TrafficControl, now: float) -> bool:
