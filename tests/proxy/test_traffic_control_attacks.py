@@ -178,13 +178,6 @@ async def test_a_control_past_its_ttl_refuses_nothing_on_a_new_snapshot(
     assert reply.code == client.code(OK)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a WebSocket (any upgrade or CONNECT tunnel) gives its bulkhead slot back "
-    "when the upgrade is answered (Exchange._end with UPSTREAM_TAKE calls Call.finish), "
-    "so a maxInFlight bulkhead lets any number of tunnels to the destination stay open "
-    "at once",
-)
 @pytest.mark.asyncio
 async def test_an_open_websocket_holds_its_bulkhead_slot(pki: Pki) -> None:
     app = web.Application()
@@ -218,6 +211,17 @@ async def test_an_open_websocket_holds_its_bulkhead_slot(pki: Pki) -> None:
                     async with session.ws_connect(url, headers={"Host": "echo"}):
                         pass
                 assert refused.value.status == 503
+                [edge] = client.controls.edges.values()
+                bulkhead = edge.bulkhead
+                assert bulkhead is not None and bulkhead.active == 1
+            # Closed, it gives its slot back: the next WebSocket opens.
+            await until(lambda: bulkhead.active == 0, "the closed tunnel's slot")
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+                session.ws_connect(url, headers={"Host": "echo"}) as second,
+            ):
+                await second.send_str("two")
+                assert await second.receive_str() == "echo: two"
     finally:
         await runner.cleanup()
 

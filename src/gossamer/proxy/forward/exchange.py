@@ -982,6 +982,20 @@ class Exchange:
         up_transport.set_protocol(up)
         up.connection_made(up_transport)
         down.join(up)
+        call = self.call
+        if call is not None:
+            # The call holds its circuit-breaker request and bulkhead slots while the
+            # tunnel is open, as a long request would (Envoy counts an upgraded stream
+            # as an active request for its life); the latency an adaptive limit learns
+            # is the upgrade's answer, not the tunnel's life.
+            loop = conn.loop
+            status = head.status
+            answered = loop.time() - call.admitted_at
+
+            def over() -> None:
+                call.finish(status, loop.time(), answered)
+
+            down.on_lost = up.on_lost = over
         conn.side.record(self, head.status, perf_counter() - self.started)
 
     def flush_response(self) -> None:
@@ -1013,7 +1027,8 @@ class Exchange:
         if self.in_flight is not None:
             self.in_flight.give()
             self.in_flight = None
-        if self.call is not None:
+        if self.call is not None and upstream_to != UPSTREAM_TAKE:
+            # (A tunnel's call ends when the tunnel does: `_open_tunnel`.)
             self.call.finish(status, self.conn.loop.time())
         upstream = self.upstream
         if upstream is None:

@@ -326,11 +326,11 @@ class Call(Generic[P]):
 
     # ---- 6. the end ------------------------------------------------------------------------
 
-    def finish(self, status: int = 0, now: float | None = None) -> None:
+    def finish(self, status: int = 0, now: float | None = None, rtt: float | None = None) -> None:
         """The call is over with `status` (0: no answer, its client went away): give
         back its circuit-breaker slot and its bulkhead slots, and tell the controls how
-        it went (latency since admission and failure teach adaptive limits and the
-        group breakers). Idempotent."""
+        it went (latency since admission, or `rtt` when given, and failure teach
+        adaptive limits and the group breakers). Idempotent."""
         limits = self.limits
         if limits is not None:
             limits.active -= 1
@@ -342,7 +342,8 @@ class Call(Generic[P]):
         if entered is not None:
             self.entered = None
             when = self.admitted_at if now is None else now
-            rtt = when - self.admitted_at
+            if rtt is None:
+                rtt = when - self.admitted_at
             for edge, slot in entered:
                 edge.done(when, rtt, status, slot)
 

@@ -7,6 +7,7 @@ proxy.forward.exchange, proxy.inbound.http), so that none of them needs another 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from gossamer.proxy.wire.limits import close_soon
@@ -22,6 +23,7 @@ class Splice(asyncio.Protocol):
         "closed",
         "counts_sent",
         "moved",
+        "on_lost",
         "other",
         "pending",
         "registry",
@@ -48,6 +50,9 @@ class Splice(asyncio.Protocol):
         self.stats = stats
         # Which counter this end's incoming bytes go to (the opening side's view).
         self.counts_sent = counts_sent
+        # Called once when the pipe ends (the first of its ends lost): a tunnel gives
+        # back what its call held (a bulkhead slot, a circuit-breaker request) then.
+        self.on_lost: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
@@ -99,8 +104,15 @@ class Splice(asyncio.Protocol):
         if self.registry is not None:
             self.registry.discard(self)
         self.closed = True
-        if self.stats is not None and self.counts_sent and self.other is not None:
+        other = self.other
+        if self.stats is not None and self.counts_sent and other is not None:
             self.stats.open -= 1
+        on_lost = self.on_lost
+        if on_lost is not None:
+            self.on_lost = None
+            if other is not None:
+                other.on_lost = None
+            on_lost()
         self._close_other()
 
     def _close_other(self) -> None:
