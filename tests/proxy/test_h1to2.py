@@ -578,6 +578,33 @@ async def test_a_stream_reaches_an_http1_app_as_the_http1_request_it_was(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("streams", [False, True], ids=["connection", "stream"])
+async def test_an_http1_request_saying_grpc_reaches_an_http1_app_either_way(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch, streams: bool
+) -> None:
+    """An HTTP/1.1 request whose content-type says gRPC (gRPC-Web's proxies, a client's
+    mistake) goes to an HTTP/1.1 app as HTTP/1.1 whichever way it travels between the
+    proxies: the peer used to answer one carried as a stream with gRPC UNIMPLEMENTED."""
+    monkeypatch.setenv("GOSSAMER_MULTIPLEX_HTTP1", "1" if streams else "0")
+    app = EchoApp("echo-1")
+    port = await app.start()
+    try:
+        async with two_proxies(pki, port, None) as (client, _):
+            assert client.config.multiplex_http1 is streams
+            rc, out, err = await curl(
+                "-H", "Host: echo", "-H", "content-type: application/grpc",
+                "--data-binary", "hello", f"http://127.0.0.1:{client.outbound_address[1]}/x",
+            )  # fmt: skip
+            assert rc == 0, err
+            body = json.loads(out)
+            assert body["version"] == "HTTP/1.1" and body["method"] == "POST"
+            assert body["body_length"] == 5
+            assert bool(client.peer_links.conns) is streams
+    finally:
+        await app.close()
+
+
+@pytest.mark.asyncio
 async def test_a_response_that_ends_short_of_its_length_is_a_502(
     pki: Pki, client: DataPlane, peers: list[StreamPeer]
 ) -> None:

@@ -71,9 +71,9 @@ class InboundH2:
         request = None
         if dp.hooks is not None:
             request, headers = observe(dp, "inbound", pair, headers, self.caller)
-            orig = header(headers, ORIG_PROTO_HEADER)
-            if orig is not None:
-                request.protocol = _ORIG_PROTOCOLS.get(orig, request.protocol)
+        orig = header(headers, ORIG_PROTO_HEADER)
+        if request is not None and orig is not None:
+            request.protocol = _ORIG_PROTOCOLS.get(orig, request.protocol)
         table = dp.table
         route = self.local_route(headers)
         if isinstance(route, NoRoute):
@@ -102,9 +102,10 @@ class InboundH2:
         if xff is not None:
             fwd = [(n, v) for n, v in fwd if n != b"x-forwarded-for"]
         fwd.append((b"x-forwarded-for", xff + b", " + address if xff else address))
-        if route.speaks_h2 and header(headers, ORIG_PROTO_HEADER) is not None:
+        if orig is not None:
             # HTTP/1.x the peer carried as a stream (proxy.outbound.h1to2): to the app as
-            # it would have come over HTTP/1.1, refused by a gRPC-only one.
+            # it would have come over HTTP/1.1 (whatever its content-type, as on that
+            # path), refused by a gRPC-only one.
             if route.grpc_only:
                 pair.reply(502, route.http1_refusal())
             else:
