@@ -319,22 +319,33 @@ async def test_past_the_descriptor_ceiling_the_outbound_refuses_and_admin_answer
 
 
 @pytest.mark.asyncio
-async def test_admin_connections_beyond_the_limit_are_closed_and_counted(
+async def test_at_the_admin_limit_the_connection_idle_longest_makes_room(
     clients: ExitStack,
 ) -> None:
+    """A new admin connection at the limit takes the place of the one idle longest:
+    clients holding every connection, even asking something now and then, cannot keep a
+    readiness probe out (it was refused, with the held ones kept)."""
     dp = DataPlane(fast_config(max_admin_connections=2), on_interest=lambda key: None)
     try:
         await dp.start()
         assert dp.admin_address is not None
+        loop = asyncio.get_running_loop()
         held = idle(clients, dp.admin_address, 2)
         await until(lambda: len(dp._admin_connections) == 2, "2 admin connections")
-        [over] = idle(clients, dp.admin_address, 1)
-        assert await closed_by_server(over)
-        held[0].close()
-        await until(lambda: len(dp._admin_connections) == 1, "one gone")
-        _, metrics = await admin_get(dp, "/metrics")
+        # The second asks something: the first is the one idle longest.
+        await loop.sock_sendall(held[1], b"GET /live HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert (await loop.sock_recv(held[1], 4096)).startswith(b"HTTP/1.1 200")
+        status, _ = await admin_get(dp, "/live")  # the liveness probe
+        assert status == 200
+        assert await closed_by_server(held[0])
+        # The one that asked lately is still open and answers.
+        await loop.sock_sendall(held[1], b"GET /live HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert (await loop.sock_recv(held[1], 4096)).startswith(b"HTTP/1.1 200")
+        await until(lambda: len(dp._admin_connections) == 1, "the probe's connection closed")
+        _, metrics = await admin_get(dp, "/metrics")  # under the limit: nobody evicted
+        assert b"gossamer_admin_connections_evicted_total 1\n" in metrics
         assert (
-            b'gossamer_connections_refused_total{listener="admin",reason="connection_limit"} 1\n'
+            b'gossamer_connections_refused_total{listener="admin",reason="connection_limit"} 0\n'
             in metrics
         )
     finally:

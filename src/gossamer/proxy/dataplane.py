@@ -236,6 +236,7 @@ class DataPlane:
         self.in_flight: InFlight | None = None
         self.heap = HeapTrim.from_libc()
         self.admin_refused = 0
+        self.admin_evicted = 0  # idle admin connections closed for a new one at the limit
         self._on_interest = on_interest
         self.metrics = Metrics()
         # TrafficControls' state (buckets, bulkheads, breakers), kept across snapshots.
@@ -400,6 +401,7 @@ class DataPlane:
             self._admin_stream,
             cfg.max_admin_connections,
             self._admin_refused,
+            self._admin_evicted,
         )
         admin = await _listen(loop, admin_factory, cfg.admin, given.get("admin"))
         self._servers.append(admin)
@@ -962,6 +964,9 @@ class DataPlane:
     def _admin_refused(self) -> None:
         self.admin_refused += 1
 
+    def _admin_evicted(self) -> None:
+        self.admin_evicted += 1
+
     def _connection_metrics(self) -> str:
         """What the connection limits did (proxy.wire.limits), in exposition format."""
         acceptor = self._acceptor
@@ -982,8 +987,8 @@ class DataPlane:
             "# TYPE gossamer_inbound_handshake_timeouts_total counter",
             f"gossamer_inbound_handshake_timeouts_total {acceptor.timed_out if acceptor else 0}",
             "# HELP gossamer_connections_refused_total Connections closed as soon as "
-            "accepted: too many handshakes or admin connections at once, or file "
-            "descriptors nearly exhausted.",
+            "accepted: too many handshakes at once, admin connections at their limit all "
+            "streaming, or file descriptors nearly exhausted.",
             "# TYPE gossamer_connections_refused_total counter",
         ]
         for (listener, reason), n in sorted(refused.items()):
@@ -991,6 +996,10 @@ class DataPlane:
                 f'gossamer_connections_refused_total{{listener="{listener}",reason="{reason}"}} {n}'
             )
         out += [
+            "# HELP gossamer_admin_connections_evicted_total Idle admin connections closed "
+            "to let a new one in at the admin connection limit.",
+            "# TYPE gossamer_admin_connections_evicted_total counter",
+            f"gossamer_admin_connections_evicted_total {self.admin_evicted}",
             "# HELP gossamer_upstream_connections_refused_total Connections to peers or the "
             "app closed as soon as made: file descriptors nearly exhausted.",
             "# TYPE gossamer_upstream_connections_refused_total counter",

@@ -2,7 +2,10 @@
 
 It must answer while the data listeners are under load: at most `max_connections`
 admin connections are open at once (proxy.wire.limits), and the data plane keeps the last
-file descriptors for it (proxy.wire.acceptor.FdBudget).
+file descriptors for it (proxy.wire.acceptor.FdBudget). At the limit a new connection
+takes the place of the one idle longest (as nginx reuses its keep-alive connections), so
+that clients keeping connections open, even asking something now and then, do not lock
+a readiness probe or a scraper out; it is refused only when every one is streaming.
 """
 
 from __future__ import annotations
@@ -41,11 +44,13 @@ class AdminConnection(asyncio.Protocol):
         streams: Streams | None = None,
         max_connections: int = MAX_ADMIN_CONNECTIONS,
         on_refused: Callable[[], None] | None = None,
+        on_evicted: Callable[[], None] | None = None,
     ) -> None:
         self.pages = pages
         self.registry = registry  # so the data plane can close scrapers' keep-alives
         self.max_connections = max_connections
         self.on_refused = on_refused
+        self.on_evicted = on_evicted
         self.streams = streams
         self.transport: asyncio.Transport | None = None
         self.reader = RequestReader(self, {})
@@ -58,13 +63,29 @@ class AdminConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
-        if len(self.registry) >= self.max_connections:
+        if len(self.registry) >= self.max_connections and not self._evict_idlest():
             # Not registered: connection_lost's discard is then a no-op.
             if self.on_refused is not None:
                 self.on_refused()
             self.transport.abort()
             return
         self.registry.add(self)
+
+    def _evict_idlest(self) -> bool:
+        """At the limit: close the connection that has waited longest since its last
+        answer (between requests, or one that never finished a request), for this one;
+        False when every connection is streaming (`/tap`), which only its client ends."""
+        now = time.monotonic()
+        idle = (c for c in self.registry if c.on_lost is None)
+        victim = max(idle, key=lambda c: c.idle_for(now), default=None)
+        if victim is None:
+            return False
+        self.registry.discard(victim)
+        if victim.transport is not None:
+            victim.transport.abort()
+        if self.on_evicted is not None:
+            self.on_evicted()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.registry.discard(self)
