@@ -17,6 +17,10 @@ aggregated /metrics (--workers) answer a client does not read holds its admin
 connection for ever, unevictable, and 64 of them shut the admin listener.
 """
 
+# The fixture `backend` comes from tests.proxy.test_detect; the tests' parameters of the
+# same name are how pytest hands it in.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import asyncio
@@ -25,8 +29,9 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
+import grpc
 import pytest
 
 from gossamer.controlplane.api import _refusing_everything, _workloads_after
@@ -39,6 +44,13 @@ from gossamer.translate.controltypes import ConcurrencyView, ControlView
 from gossamer.workers import WorkerSet
 from tests.proxy.conftest import Pki, fast_config, raw_exchange
 from tests.proxy.test_acceptor_hardening import closed_by_server
+from tests.proxy.test_detect import (  # noqa: F401 - backend is a fixture
+    HTTP_PORT,
+    Backend,
+    backend,
+    backend_snapshot,
+)
+from tests.proxy.test_e2e_grpc import SERVICE
 from tests.proxy.test_e2e_upgrade import two_proxies
 from tests.proxy.test_policies_by_protocol import until
 
@@ -403,3 +415,51 @@ async def test_unread_aggregated_metrics_do_not_shut_the_admin_listener() -> Non
         finally:
             for s in held:
                 s.close()
+
+
+# ---- (3) who may say a stream carries HTTP/1.x ----------------------------------------
+
+SPOOF = (("gossamer-orig-proto", "HTTP/1.1"),)
+
+
+def _grpc_code(address: tuple[str, int], authority: str, metadata: Any = ()) -> grpc.StatusCode:
+    """The status of a gRPC unary call (OK when it succeeds)."""
+    options = [("grpc.default_authority", authority)]
+    with grpc.insecure_channel(f"{address[0]}:{address[1]}", options=options) as channel:
+        call = channel.unary_unary(f"/{SERVICE}/Unary")
+        try:
+            call(b"abc", timeout=10, metadata=metadata)
+        except grpc.RpcError as err:
+            return cast(grpc.StatusCode, err.code())
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.asyncio
+async def test_an_apps_orig_proto_header_is_dropped_by_its_outbound(backend: Backend) -> None:
+    """An HTTP/2 app saying `gossamer-orig-proto` itself: dropped by its proxy, so its
+    gRPC call to an HTTP/1.1 app is still refused UNIMPLEMENTED by the peer."""
+    _, listeners = await backend.client({HTTP_PORT: "http"})
+    target = listeners[HTTP_PORT]
+    for metadata in ((), SPOOF):
+        code = await asyncio.to_thread(_grpc_code, target, "localhost:5000", metadata)
+        assert code == grpc.StatusCode.UNIMPLEMENTED, metadata
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the inbound trusts `gossamer-orig-proto` from any HTTP/2 client, not only a "
+    "peer proxy: a plaintext client (PERMISSIVE) that sends it has its gRPC call to an "
+    "HTTP/1.1 app carried to the app as HTTP/1.1 (InboundH2.new_stream, since b5dd66c "
+    "before the gRPC check) instead of refused UNIMPLEMENTED, and its access log and "
+    "tap say HTTP/1.1 for an HTTP/2 stream",
+)
+@pytest.mark.asyncio
+async def test_a_plaintext_client_cannot_pass_for_a_peer_proxy(backend: Backend) -> None:
+    backend.server.apply_snapshot(backend_snapshot(backend, "PERMISSIVE"))
+    inbound = backend.server.inbound_address
+    assert inbound is not None
+    authority = f"backend:{HTTP_PORT}"
+    plain = await asyncio.to_thread(_grpc_code, inbound, authority)
+    assert plain == grpc.StatusCode.UNIMPLEMENTED
+    spoofed = await asyncio.to_thread(_grpc_code, inbound, authority, SPOOF)
+    assert spoofed == grpc.StatusCode.UNIMPLEMENTED
