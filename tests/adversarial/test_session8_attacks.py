@@ -41,6 +41,7 @@ from gossamer.resources.trafficcontrol import TrafficControl
 from gossamer.translate.build import WorkloadRecord
 from gossamer.translate.controls import refuses_a_whole_side, view_of
 from gossamer.translate.controltypes import ConcurrencyView, ControlView
+from gossamer.translate.routetypes import LimitsSpec, ServicePolicy
 from gossamer.workers import WorkerSet
 from tests.proxy.conftest import Pki, fast_config, raw_exchange
 from tests.proxy.test_acceptor_hardening import closed_by_server
@@ -463,3 +464,35 @@ async def test_a_plaintext_client_cannot_pass_for_a_peer_proxy(backend: Backend)
     assert plain == grpc.StatusCode.UNIMPLEMENTED
     spoofed = await asyncio.to_thread(_grpc_code, inbound, authority, SPOOF)
     assert spoofed == grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.asyncio
+async def test_an_open_tunnel_counts_against_the_circuit_breakers_max_requests(pki: Pki) -> None:
+    """CircuitBreakerPolicy maxRequests 1, no control: an open WebSocket holds the one
+    request; a second upgrade is refused 503; closed, the request comes back once."""
+    app = ScriptedApp()
+    port = await app.start()
+    try:
+        async with two_proxies(pki, port) as (client, _):
+            assert client.snapshot is not None
+            policy = ServicePolicy("echo.default", limits=LimitsSpec(max_requests=1))
+            client.apply_snapshot(replace(client.snapshot, policies=(policy,)))
+            limits = client.table.routes[("echo", "default", 80)].limits
+            assert limits is not None
+            reader, writer, head = await _ask(client, UPGRADE)
+            try:
+                assert head.startswith(b"HTTP/1.1 101"), head
+                assert limits.active == 1
+                _, second, refused = await _ask(client, UPGRADE)
+                second.transport.abort()
+                assert refused.startswith(b"HTTP/1.1 503"), refused
+                assert app.requests == 1
+            finally:
+                writer.transport.abort()
+            await until(lambda: limits.active == 0, "the tunnel's request given back", 5)
+            _, writer, head = await _ask(client, UPGRADE)
+            writer.transport.abort()
+            assert head.startswith(b"HTTP/1.1 101"), head
+            await until(lambda: limits.active == 0, "the second tunnel's request back", 5)
+    finally:
+        await app.close()
