@@ -41,7 +41,7 @@ from gossamer.resources.trafficcontrol import TrafficControl
 from gossamer.translate.build import WorkloadRecord
 from gossamer.translate.controls import refuses_a_whole_side, view_of
 from gossamer.translate.controltypes import ConcurrencyView, ControlView
-from gossamer.translate.routetypes import LimitsSpec, ServicePolicy
+from gossamer.translate.routetypes import LimitsSpec, RetrySpec, ServicePolicy
 from gossamer.workers import WorkerSet
 from tests.proxy.conftest import Pki, fast_config, raw_exchange
 from tests.proxy.test_acceptor_hardening import closed_by_server
@@ -179,6 +179,11 @@ class ScriptedApp:
                     b"Upgrade: websocket\r\n\r\n"
                 )
             mode = self.mode
+            if mode == "502-once":
+                self.mode = "hold"  # the next try is let through
+                writer.write(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+                return
             if mode == "refuse":
                 writer.write(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
                 await writer.drain()
@@ -479,7 +484,7 @@ async def test_an_open_tunnel_counts_against_the_circuit_breakers_max_requests(p
             client.apply_snapshot(replace(client.snapshot, policies=(policy,)))
             limits = client.table.routes[("echo", "default", 80)].limits
             assert limits is not None
-            reader, writer, head = await _ask(client, UPGRADE)
+            _, writer, head = await _ask(client, UPGRADE)
             try:
                 assert head.startswith(b"HTTP/1.1 101"), head
                 assert limits.active == 1
@@ -496,3 +501,26 @@ async def test_an_open_tunnel_counts_against_the_circuit_breakers_max_requests(p
             await until(lambda: limits.active == 0, "the second tunnel's request back", 5)
     finally:
         await app.close()
+
+
+@pytest.mark.asyncio
+async def test_an_upgrade_retried_after_a_502_holds_one_slot_and_gives_it_back_once(
+    pki: Pki,
+) -> None:
+    """The first try answered 502, the retry 101 (RetryPolicy on gateway errors): one
+    call, one slot while the tunnel is open, given back once when it closes."""
+    async with shielded(pki) as (client, bulkhead, app):
+        assert client.snapshot is not None
+        retry = RetrySpec(attempts=2, on=("gateway-error",), backoff_base=0.001)
+        policy = ServicePolicy("echo.default", retry=retry)
+        client.apply_snapshot(replace(client.snapshot, policies=(policy,)))
+        app.mode = "502-once"
+        reader, writer, head = await _ask(client, UPGRADE)
+        try:
+            assert head.startswith(b"HTTP/1.1 101"), head
+            assert app.requests == 2 and bulkhead.active == 1
+            writer.write(b"again\n")
+            assert await asyncio.wait_for(reader.readline(), 5) == b"AGAIN\n"
+        finally:
+            writer.transport.abort()
+        await _slot_back_and_next_opens(client, bulkhead, app)
