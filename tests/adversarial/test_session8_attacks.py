@@ -24,6 +24,7 @@ connection for ever, unevictable, and 64 of them shut the admin listener.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -43,7 +44,7 @@ from gossamer.translate.controls import refuses_a_whole_side, view_of
 from gossamer.translate.controltypes import ConcurrencyView, ControlView
 from gossamer.translate.routetypes import LimitsSpec, RetrySpec, ServicePolicy
 from gossamer.workers import WorkerSet
-from tests.proxy.conftest import Pki, fast_config, raw_exchange
+from tests.proxy.conftest import EchoApp, Pki, curl, fast_config, raw_exchange
 from tests.proxy.test_acceptor_hardening import closed_by_server
 from tests.proxy.test_detect import (  # noqa: F401 - backend is a fixture
     HTTP_PORT,
@@ -524,3 +525,31 @@ async def test_an_upgrade_retried_after_a_502_holds_one_slot_and_gives_it_back_o
         finally:
             writer.transport.abort()
         await _slot_back_and_next_opens(client, bulkhead, app)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("said", ["HTTP/1.0", "HTTP/2"])
+async def test_an_http1_apps_orig_proto_header_changes_nothing_over_streams(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch, said: str
+) -> None:
+    """An HTTP/1.1 app saying `gossamer-orig-proto` itself, carried as a stream: its
+    proxy drops it and says what it read; the app behind the peer gets HTTP/1.1 and no
+    such header."""
+    monkeypatch.setenv("GOSSAMER_MULTIPLEX_HTTP1", "1")
+    app = EchoApp("echo-1")
+    port = await app.start()
+    try:
+        async with two_proxies(pki, port, None) as (client, _):
+            assert client.config.multiplex_http1 and client.outbound_address is not None
+            rc, out, err = await curl(
+                "-H", "Host: echo", "-H", f"gossamer-orig-proto: {said}",
+                f"http://127.0.0.1:{client.outbound_address[1]}/x",
+            )  # fmt: skip
+            assert rc == 0, err
+            body = json.loads(out)
+            assert body["version"] == "HTTP/1.1"
+            names = {k.lower() for k, _ in body["headers"]}
+            assert "host" in names and "gossamer-orig-proto" not in names
+            assert client.peer_links.conns  # it went as a stream
+    finally:
+        await app.close()
