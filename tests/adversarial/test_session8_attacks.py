@@ -553,3 +553,54 @@ async def test_an_http1_apps_orig_proto_header_changes_nothing_over_streams(
             assert client.peer_links.conns  # it went as a stream
     finally:
         await app.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="eviction takes the connection whose last answer was *written* longest ago "
+    "(AdminConnection.answered_at is set when the answer is handed to the transport), "
+    "so a scraper still reading a large /metrics is aborted mid-answer (reset, the "
+    "scrape lost) while a connection truly idle, nothing left to send, is kept",
+)
+@pytest.mark.asyncio
+async def test_eviction_does_not_cut_an_answer_still_being_read() -> None:
+    async with admin_of_two() as dp:
+        own = dp.metrics_text
+        pad = "".join(f'gossamer_padding_total{{i="{i}"}} 1\n' for i in range(70_000))
+        dp.metrics_text = lambda: own() + pad  # type: ignore[method-assign]
+        assert dp.admin_address is not None
+        loop = asyncio.get_running_loop()
+        # The scraper asks /metrics (keep-alive) and reads it slowly.
+        ask = b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n"
+        scraper = await _silent(dp.admin_address, ask)
+        idle = socket.create_connection(dp.admin_address)
+        try:
+            await until(
+                lambda: any(
+                    c.transport is not None and c.transport.get_write_buffer_size()
+                    for c in dp._admin_connections
+                ),
+                "the scraper's answer under way",
+                5,
+            )
+            # Another client asks something short, then waits: nothing left to send.
+            idle.setblocking(False)
+            await loop.sock_sendall(idle, b"GET /live HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert (await loop.sock_recv(idle, 4096)).startswith(b"HTTP/1.1 200")
+            answer = await _ask_admin(dp, "/live")  # a third: one of the two makes room
+            assert answer.startswith(b"HTTP/1.1 200")
+            got = 0
+            while True:  # the scraper reads its answer whole
+                try:
+                    data = await asyncio.wait_for(loop.sock_recv(scraper, 65536), 5)
+                except ConnectionResetError:
+                    break
+                if not data:
+                    break
+                got += len(data)
+                if got >= len(pad):
+                    break
+            assert got >= len(pad), f"the scraper got {got} bytes of {len(pad)}+"
+        finally:
+            scraper.close()
+            idle.close()
