@@ -7,14 +7,18 @@ admin listener; the guard through `refuses_a_whole_side` and the apply's own hel
 What held is asserted plainly (the most telling cases); a strict xfail is a defect
 found here, and turns into a plain test once fixed.
 
-Held: a tunnel's slot comes back exactly once whichever way the tunnel ends (the app
-closes after its 101 or 200, the upgrade is refused, the client leaves before the 101,
-both ends at once, the idle sweep), and the next tunnel opens; an HTTP/2 app's
-`gossamer-orig-proto` is dropped by the outbound (its gRPC to an HTTP/1.1 app is still
-UNIMPLEMENTED); the guard with an allow group naming no namespace (the control's own).
-Found: an allow list checked against the whole mesh, not the quarantined callers; an
-aggregated /metrics (--workers) answer a client does not read holds its admin
-connection for ever, unevictable, and 64 of them shut the admin listener.
+Held: a tunnel's bulkhead slot comes back exactly once whichever way the tunnel ends
+(the app closes after its 101 or CONNECT's 200, the upgrade is refused, the client
+leaves before the 101, both ends at once, the idle sweep, an upgrade retried after a
+502), and the next tunnel opens; an open tunnel holds the circuit breaker's maxRequests;
+an app's own `gossamer-orig-proto` is dropped by its proxy (HTTP/2: its gRPC to an
+HTTP/1.1 app is still UNIMPLEMENTED; HTTP/1.1 over streams: the app gets HTTP/1.1 and
+no such header); the guard reads an allow group without namespaces as the control's
+own, as the proxies do, and stays linear over 10,000 Workloads. Found: an allow list
+checked against the whole mesh, not the callers in `from`; a plaintext client passing
+for a peer proxy with `gossamer-orig-proto`; an aggregated /metrics (--workers) answer
+left unread holds its admin connection for ever, unevictable (two such shut a listener
+of two); eviction cuts a large answer still being read.
 """
 
 # The fixture `backend` comes from tests.proxy.test_detect; the tests' parameters of the
@@ -457,8 +461,8 @@ async def test_an_apps_orig_proto_header_is_dropped_by_its_outbound(backend: Bac
     reason="the inbound trusts `gossamer-orig-proto` from any HTTP/2 client, not only a "
     "peer proxy: a plaintext client (PERMISSIVE) that sends it has its gRPC call to an "
     "HTTP/1.1 app carried to the app as HTTP/1.1 (InboundH2.new_stream, since b5dd66c "
-    "before the gRPC check) instead of refused UNIMPLEMENTED, and its access log and "
-    "tap say HTTP/1.1 for an HTTP/2 stream",
+    "before the gRPC check) instead of refused UNIMPLEMENTED; the observed request's "
+    "protocol (access log, tap) is taken from the header too",
 )
 @pytest.mark.asyncio
 async def test_a_plaintext_client_cannot_pass_for_a_peer_proxy(backend: Backend) -> None:
