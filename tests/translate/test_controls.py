@@ -200,7 +200,7 @@ def test_a_quarantine_whose_allow_list_holds_no_workload_is_refused() -> None:
     spec = {**WEB_TO_API, "from": EVERY_CALLER, "quarantine": {"allow": [SRE]}}
     # Workloads of the mesh, none in ops with team=sre (one in ops, one with the label).
     why = _refusal(spec, [("ops", {"team": "dev"}), ("shop", {"team": "sre"})])
-    assert why is not None and "allow list lets none of the mesh's 2 workloads" in why
+    assert why is not None and "allow list lets none of the 2 workloads in `from`" in why
     # An empty mesh: the allow list lets nobody through either.
     assert _refusal(spec, []) is not None
 

@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 
@@ -46,10 +46,11 @@ from gossamer.resources import (
 )
 from gossamer.resources.trafficcontrol import TrafficControl
 from gossamer.store import Compacted
-from gossamer.translate.controls import refuses_a_whole_side
+from gossamer.translate.controls import asks_about_workloads, refuses_a_whole_side
 
 if TYPE_CHECKING:
     from gossamer.controlplane.server import ControlPlane
+    from gossamer.store.aio import AsyncStore
 
 log = logging.getLogger("gossamer.controlplane.api")
 
@@ -161,18 +162,23 @@ async def _read_objects(request: web.Request) -> list[dict[str, Any]]:
     return objects
 
 
-def _refusing_everything(
-    objects: list[dict[str, Any]], workloads: list[tuple[str, Mapping[str, str]]]
+async def _refusing_everything(
+    objects: list[dict[str, Any]], astore: AsyncStore
 ) -> list[InvalidResource]:
     """TrafficControls that would refuse every call of the mesh on one side (no allow
-    list, or one that lets none of `workloads` through): refused unless the apply says
-    force (`gossamer apply --force`)."""
+    list, or one that lets none of the callers it governs through, among the Workloads
+    the apply would leave): refused unless the apply says force (`gossamer apply
+    --force`). The Workloads are listed only when a control needs them."""
+    controls = [
+        (obj, cast(TrafficControl, validate(obj)))
+        for obj in objects
+        if obj["kind"] == "TrafficControl"
+    ]
+    workloads = None
+    if any(asks_about_workloads(control) for _, control in controls):
+        workloads = _workloads_after(await astore.list("Workload"), objects)
     problems = []
-    for obj in objects:
-        if obj["kind"] != "TrafficControl":
-            continue
-        control = validate(obj)
-        assert isinstance(control, TrafficControl)
+    for obj, control in controls:
         why = refuses_a_whole_side(control, workloads)
         if why is not None:
             subject = f"TrafficControl {obj['metadata']['namespace']}/{obj['metadata']['name']}"
@@ -256,11 +262,8 @@ class Api:
             objects = await _read_objects(request)
         except _Invalid as err:
             return invalid_response(err.problems)
-        if request.query.get("force") != "true" and any(
-            o["kind"] == "TrafficControl" for o in objects
-        ):
-            stored = await self.cp.astore.list("Workload")
-            sweeping = _refusing_everything(objects, _workloads_after(stored, objects))
+        if request.query.get("force") != "true":
+            sweeping = await _refusing_everything(objects, self.cp.astore)
             if sweeping:
                 return invalid_response(sweeping)
         results = await self.cp.astore.apply(objects)

@@ -82,6 +82,22 @@ def _expires_at(control: TrafficControl) -> float | None:
     return start + parse_duration(ttl)
 
 
+def _whole_side(control: TrafficControl) -> str | None:
+    """ "from" or "to" when an enforced quarantine takes that whole side of the mesh."""
+    spec = control.spec
+    if spec.mode != "Enforce" or spec.quarantine is None:
+        return None
+    return next((s for s, g in (("from", spec.from_), ("to", spec.to)) if g.everything()), None)
+
+
+def asks_about_workloads(control: TrafficControl) -> bool:
+    """Whether `refuses_a_whole_side` needs the mesh's workloads to answer for it (an
+    enforced quarantine of a whole side, with an allow list): the apply lists the
+    Workloads only then."""
+    q = control.spec.quarantine
+    return q is not None and bool(q.allow) and _whole_side(control) is not None
+
+
 def refuses_a_whole_side(
     control: TrafficControl, workloads: Iterable[tuple[str, Mapping[str, str]]] | None = None
 ) -> str | None:
@@ -89,32 +105,33 @@ def refuses_a_whole_side(
     mesh (applying it takes --force); None for any other.
 
     A quarantine whose `from` or `to` is the whole mesh does so when it has no allow
-    list, and when its allow list lets none of `workloads` (namespace, labels: the
-    mesh's workloads as the apply would leave them) through: a mistyped namespace or
-    label makes an allow list of nobody. Without `workloads` only the first is asked.
+    list, and when its allow list lets none of the callers it governs through: none of
+    `workloads` (namespace, labels: the mesh's workloads as the apply would leave them)
+    that is in `from` is in an allow group (a mistyped namespace or label makes an
+    allow list of nobody; an allow list only ever lets a caller in `from` through).
+    Without `workloads` only the first is asked.
     """
-    spec = control.spec
-    q = spec.quarantine
-    if spec.mode != "Enforce" or q is None:
-        return None
-    side = next((s for s, g in (("from", spec.from_), ("to", spec.to)) if g.everything()), None)
+    side = _whole_side(control)
     if side is None:
         return None
     whole = (
         f"this quarantine refuses every call {side} every workload of the mesh "
         f"({side}: all namespaces, no selector)"
     )
+    spec = control.spec
+    q = spec.quarantine
+    assert q is not None
     if not q.allow:
         return whole
     if workloads is None:
         return None
     ns = control.metadata.namespace
-    known = list(workloads)
-    if any(in_group(g, ns, wns, labels) for wns, labels in known for g in q.allow):
+    callers = [(wns, labels) for wns, labels in workloads if in_group(spec.from_, ns, wns, labels)]
+    if any(in_group(g, ns, wns, labels) for wns, labels in callers for g in q.allow):
         return None
     return (
-        f"{whole}, and its allow list lets none of the mesh's {len(known)} workloads "
-        "through (no workload is in any of its groups: a mistyped namespace or label?)"
+        f"{whole}, and its allow list lets none of the {len(callers)} workloads in `from` "
+        "through (none of them is in any of its groups: a mistyped namespace or label?)"
     )
 
 
