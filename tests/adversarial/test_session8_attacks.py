@@ -456,14 +456,6 @@ async def test_an_apps_orig_proto_header_is_dropped_by_its_outbound(backend: Bac
         assert code == grpc.StatusCode.UNIMPLEMENTED, metadata
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the inbound trusts `gossamer-orig-proto` from any HTTP/2 client, not only a "
-    "peer proxy: a plaintext client (PERMISSIVE) that sends it has its gRPC call to an "
-    "HTTP/1.1 app carried to the app as HTTP/1.1 (InboundH2.new_stream, since b5dd66c "
-    "before the gRPC check) instead of refused UNIMPLEMENTED; the observed request's "
-    "protocol (access log, tap) is taken from the header too",
-)
 @pytest.mark.asyncio
 async def test_a_plaintext_client_cannot_pass_for_a_peer_proxy(backend: Backend) -> None:
     backend.server.apply_snapshot(backend_snapshot(backend, "PERMISSIVE"))

@@ -71,7 +71,9 @@ class InboundH2:
         request = None
         if dp.hooks is not None:
             request, headers = observe(dp, "inbound", pair, headers, self.caller)
-        orig = header(headers, ORIG_PROTO_HEADER)
+        # What a peer proxy says the request was (proxy.outbound.h1to2); a plaintext
+        # client (PERMISSIVE) is no peer proxy, and is not taken at its word.
+        orig = header(headers, ORIG_PROTO_HEADER) if self.peer_identity is not None else None
         if request is not None and orig is not None:
             request.protocol = _ORIG_PROTOCOLS.get(orig, request.protocol)
         table = dp.table
