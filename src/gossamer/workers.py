@@ -480,6 +480,7 @@ class WorkerSet:
                 future.cancel()
             texts += [f.result() for f in done if not f.cancelled()]
         from gossamer.proxy.wire.http1 import response_head_bytes
+        from gossamer.proxy.wire.limits import close_soon
 
         body = merge_metrics(texts).encode()
         transport = conn.transport
@@ -494,7 +495,12 @@ class WorkerSet:
             )
             + body
         )
-        transport.close()
+        # Answered: the connection is no longer held by the aggregation (the idle sweep
+        # and the admin limit may take it), and a client that reads none of it is cut
+        # off after DELAYED_CLOSE, as after any other answer with connection: close.
+        conn.on_lost = None
+        conn.answered_at = time.monotonic()
+        close_soon(transport)
 
     async def stop(self) -> None:
         self._stopping = True
