@@ -538,13 +538,6 @@ async def test_an_http1_apps_orig_proto_header_changes_nothing_over_streams(
         await app.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="eviction takes the connection whose last answer was *written* longest ago "
-    "(AdminConnection.answered_at is set when the answer is handed to the transport), "
-    "so a scraper still reading a large /metrics is aborted mid-answer (reset, the "
-    "scrape lost) while a connection truly idle, nothing left to send, is kept",
-)
 @pytest.mark.asyncio
 async def test_eviction_does_not_cut_an_answer_still_being_read() -> None:
     async with admin_of_two() as dp:

@@ -11,6 +11,10 @@ class Transport:
 
     def __init__(self) -> None:
         self.aborted = False
+        self.buffered = 0  # bytes of an answer the client has not read yet
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     def abort(self) -> None:
         self.aborted = True
@@ -93,3 +97,31 @@ def test_when_every_connection_streams_the_new_one_is_refused() -> None:
     assert third_t.aborted and third not in registry
     assert not any(t.aborted for _, t in held)
     assert (counts.evicted, counts.refused) == (0, 1)
+
+
+def test_a_connection_still_sending_an_answer_is_taken_last() -> None:
+    """A scraper still reading a large answer it asked long ago is not cut off while a
+    connection with nothing left to send is there to take."""
+    registry: set[AdminConnection] = set()
+    counts = Counts()
+    _, scraper_t = _connect(registry, counts, answered_at=1.0)
+    scraper_t.buffered = 1_000_000
+    _, idle_t = _connect(registry, counts, answered_at=500.0)
+
+    _connect(registry, counts)
+
+    assert idle_t.aborted and not scraper_t.aborted
+    assert counts.evicted == 1
+
+
+def test_when_every_connection_is_still_sending_the_one_idle_longest_goes() -> None:
+    registry: set[AdminConnection] = set()
+    counts = Counts()
+    _, older_t = _connect(registry, counts, answered_at=1.0)
+    _, newer_t = _connect(registry, counts, answered_at=500.0)
+    older_t.buffered = newer_t.buffered = 1_000_000
+
+    _, third_t = _connect(registry, counts)
+
+    assert older_t.aborted and not newer_t.aborted and not third_t.aborted
+    assert (counts.evicted, counts.refused) == (1, 0)

@@ -73,11 +73,13 @@ class AdminConnection(asyncio.Protocol):
 
     def _evict_idlest(self) -> bool:
         """At the limit: close the connection that has waited longest since its last
-        answer (between requests, or one that never finished a request), for this one;
-        False when every connection is streaming (`/tap`), which only its client ends."""
+        answer (between requests, or one that never finished a request), for this one,
+        one whose answer has all gone out before one still sending (a scraper reading
+        a large /metrics); False when every connection is streaming (`/tap`), which
+        only its client ends."""
         now = time.monotonic()
         idle = (c for c in self.registry if c.on_lost is None)
-        victim = max(idle, key=lambda c: c.idle_for(now), default=None)
+        victim = max(idle, key=lambda c: (c.sent_all(), c.idle_for(now)), default=None)
         if victim is None:
             return False
         self.registry.discard(victim)
@@ -109,6 +111,11 @@ class AdminConnection(asyncio.Protocol):
         its connections are capped, and clients that opened them and send nothing
         would otherwise keep every readiness probe out."""
         return 0.0 if self.on_lost is not None else now - self.answered_at
+
+    def sent_all(self) -> bool:
+        """Whether nothing of an answer waits in the transport for the client to read."""
+        transport = self.transport
+        return transport is None or transport.get_write_buffer_size() == 0
 
     def request_head(self, head: RequestHead) -> None:
         self.head = head
