@@ -14,11 +14,13 @@ leaves before the 101, both ends at once, the idle sweep, an upgrade retried aft
 an app's own `gossamer-orig-proto` is dropped by its proxy (HTTP/2: its gRPC to an
 HTTP/1.1 app is still UNIMPLEMENTED; HTTP/1.1 over streams: the app gets HTTP/1.1 and
 no such header); the guard reads an allow group without namespaces as the control's
-own, as the proxies do, and refuses over 10,000 Workloads (its time printed). Found: an allow list
-checked against the whole mesh, not the callers in `from`; a plaintext client passing
-for a peer proxy with `gossamer-orig-proto`; an aggregated /metrics (--workers) answer
-left unread holds its admin connection for ever, unevictable (two such shut a listener
-of two); eviction cuts a large answer still being read.
+own, as the proxies do, and refuses over 10,000 Workloads (its time printed).
+
+Found, and fixed (the strict xfails are plain tests now): an allow list checked against
+the whole mesh, not the callers in `from` (9595d6f); a plaintext client passing for a
+peer proxy with `gossamer-orig-proto` (f21de75); an aggregated /metrics (--workers)
+answer left unread held its admin connection for ever, unevictable, and two such shut a
+listener of two (b68fdac); eviction cut a large answer still being read (817f574).
 """
 
 # The fixture `backend` comes from tests.proxy.test_detect; the tests' parameters of the
