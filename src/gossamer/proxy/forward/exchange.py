@@ -977,17 +977,13 @@ class Exchange:
         registry = conn.side.splices
         down = Splice(registry=registry)
         up = Splice(registry=registry)
-        down_transport.set_protocol(down)
-        down.connection_made(down_transport)
-        up_transport.set_protocol(up)
-        up.connection_made(up_transport)
-        down.join(up)
         call = self.call
         if call is not None:
             # The call holds its circuit-breaker request and bulkhead slots while the
             # tunnel is open, as a long request would (Envoy counts an upgraded stream
             # as an active request for its life); the latency an adaptive limit learns
-            # is the upgrade's answer, not the tunnel's life.
+            # is the upgrade's answer, not the tunnel's life. Set before either end is
+            # made, so that no way the tunnel ends misses it.
             loop = conn.loop
             status = head.status
             answered = loop.time() - call.admitted_at
@@ -996,6 +992,11 @@ class Exchange:
                 call.finish(status, loop.time(), answered)
 
             down.on_lost = up.on_lost = over
+        down_transport.set_protocol(down)
+        down.connection_made(down_transport)
+        up_transport.set_protocol(up)
+        up.connection_made(up_transport)
+        down.join(up)
         conn.side.record(self, head.status, perf_counter() - self.started)
 
     def flush_response(self) -> None:
