@@ -338,3 +338,22 @@ async def test_a_call_whose_upstream_connection_is_lost_is_sent_again(mesh: Mesh
     assert time.monotonic() - started < 2.5  # the retry's answer, not the first try's
     assert mesh.served["SlowOnce"] == 2
     assert resilience_counts(mesh.traffic)["retries"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_stream_no_rule_matched_is_counted_to_its_service_not_a_route(
+    mesh: Mesh,
+) -> None:
+    """A call the proxy answers itself because no rule of the service's route matched
+    (a 404, UNIMPLEMENTED to gRPC) is counted as HTTP/1.1's is: the service's, no
+    route's (docs/observability.md)."""
+    only_x = [{"matches": [{"path": {"type": "PathPrefix", "value": "/x"}}],
+               "backendRefs": [ref("echo")]}]  # fmt: skip
+    mesh.traffic.apply(httproute("only-x", only_x))
+
+    got = await mesh.calls(lambda: mesh.call("Ok"))
+
+    assert got.startswith("UNIMPLEMENTED"), got
+    assert counts(mesh.traffic.client.metrics.render()) == {
+        series(dst_service="echo", code="200", grpc_status="12"): 1
+    }
