@@ -83,7 +83,7 @@ def _expires_at(control: TrafficControl) -> float | None:
 
 
 def _whole_side(control: TrafficControl) -> str | None:
-    """ "from" or "to" when an enforced quarantine takes that whole side of the mesh."""
+    """The side ("from" or "to") of the mesh an enforced quarantine takes whole."""
     spec = control.spec
     if spec.mode != "Enforce" or spec.quarantine is None:
         return None
