@@ -498,8 +498,7 @@ class WorkerSet:
         # Answered: the connection is no longer held by the aggregation (the idle sweep
         # and the admin limit may take it), and a client that reads none of it is cut
         # off after DELAYED_CLOSE, as after any other answer with connection: close.
-        conn.on_lost = None
-        conn.answered_at = time.monotonic()
+        conn.answered()
         close_soon(transport)
 
     async def stop(self) -> None:

@@ -112,6 +112,12 @@ class AdminConnection(asyncio.Protocol):
         would otherwise keep every readiness probe out."""
         return 0.0 if self.on_lost is not None else now - self.answered_at
 
+    def answered(self) -> None:
+        """An answer went to the transport: idle from now on (`idle_for`), and no longer
+        held by a page that answers it itself (the aggregated /metrics of --workers)."""
+        self.on_lost = None
+        self.answered_at = time.monotonic()
+
     def sent_all(self) -> bool:
         """Whether nothing of an answer waits in the transport for the client to read."""
         transport = self.transport
@@ -158,7 +164,7 @@ class AdminConnection(asyncio.Protocol):
             )
             + (b"" if head.method == b"HEAD" else body)
         )
-        self.answered_at = time.monotonic()
+        self.answered()
         if close:
             close_soon(transport)
 
