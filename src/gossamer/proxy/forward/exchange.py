@@ -49,6 +49,7 @@ from gossamer.proxy.wire.http1 import (
 )
 from gossamer.proxy.wire.limits import (
     GOAWAY_REFUSED,
+    LOST,
     NOT_REFUSED,
     REFUSED_RETRIES,
     REPLAY_LIMIT,
@@ -285,6 +286,16 @@ class ServerConnection(asyncio.Protocol):
             for queued in self.queue:
                 queued._end(UPSTREAM_ABORT)
             self.queue.clear()
+        self.let_go()
+
+    def let_go(self) -> None:
+        """The connection is lost, or its transport handed to another protocol (a
+        tunnel, HTTP/2, a TCP splice): what it refers to, and what refers back to it,
+        is let go, so that it is freed now, not by the cycle collector (limits.LOST
+        says why that matters). Nothing is read on it after."""
+        self.transport = LOST
+        self.reading = None
+        self.reader.release()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -998,6 +1009,10 @@ class Exchange:
         up.connection_made(up_transport)
         down.join(up)
         conn.side.record(self, head.status, perf_counter() - self.started)
+        # The splices own the transports now; the connections let them go (limits.LOST).
+        conn.let_go()
+        upstream.transport = LOST
+        upstream.reader.release()
 
     def flush_response(self) -> None:
         out = self.rout
@@ -1270,14 +1285,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self.pool.live -= 1
         self.pool.discard(self)
+        self.transport = LOST  # freed now, not by the cycle collector (limits.LOST)
         ex = self.exchange
         if ex is not None:
             if exc is None and self.reader.eof():
                 ex.flush_response()  # that was the end of a close-delimited response
-                return
-            self.exchange = None
-            ex.flush_response()
-            ex.upstream_lost(self, self.served > 0)
+            else:
+                self.exchange = None
+                ex.flush_response()
+                ex.upstream_lost(self, self.served > 0)
+        self.reader.release()
 
     def pause_writing(self) -> None:
         self.write_paused = True

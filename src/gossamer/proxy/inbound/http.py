@@ -48,6 +48,7 @@ from gossamer.proxy.wire.http1 import (
     request_head_bytes,
 )
 from gossamer.proxy.wire.http2 import Headers, header
+from gossamer.proxy.wire.limits import LOST
 from gossamer.proxy.wire.splice import Splice
 from gossamer.proxy.wire.tls import ALPN_H1, ALPN_H2, ALPN_TCP, peer_identity, spiffe_namespace
 
@@ -247,6 +248,7 @@ class InboundSide:
 
         def take_over(transport: asyncio.Transport, kind: Kind) -> asyncio.Protocol | None:
             if kind == HTTP1:
+                conn.transport = transport
                 transport.set_protocol(conn)  # connection_made has run: it is running
                 self.dp.connections.add(conn)
                 return conn
@@ -255,6 +257,9 @@ class InboundSide:
                 return cast(asyncio.Protocol, transport.get_protocol())
             return self._splice(conn, transport)
 
+        # The sniffer holds the transport until it decides (and lets it go if the
+        # connection is lost first): `conn` gets it back if HTTP/1.1 is decided.
+        conn.transport = LOST
         sniffer = Sniffer(
             self.loop, self.dp.config.detect_timeout, take_over, known=known,
             registry=self.dp.sniffers,
@@ -284,6 +289,7 @@ class InboundSide:
             conn.peer_address.decode("latin-1"),
         )
         serve(self.dp, transport, handler, b"", conn.describe())
+        conn.let_go()  # HTTP/2 has the transport now
 
     def start(self, ex: Exchange) -> None:
         head = ex.head
@@ -373,6 +379,7 @@ class InboundSide:
         route = self._local_route(conn.server_name)
         if isinstance(route, NoRoute):
             self.dp.log_tcp_refusal(conn.describe(), route.reason)
+            conn.let_go()
             transport.close()
             return None
         caller = TcpCaller(
@@ -382,6 +389,7 @@ class InboundSide:
             conn.server_name,
             tls=True,
         )
+        conn.let_go()  # the splice has the transport now (or it is closed)
         return self._splice_to(route, transport, caller)
 
     def _splice_to(

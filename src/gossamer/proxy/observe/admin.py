@@ -24,7 +24,7 @@ from gossamer.proxy.wire.http1 import (
     RequestReader,
     error_response,
 )
-from gossamer.proxy.wire.limits import MAX_ADMIN_CONNECTIONS, close_soon
+from gossamer.proxy.wire.limits import LOST, MAX_ADMIN_CONNECTIONS, close_soon
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -94,6 +94,7 @@ class AdminConnection(asyncio.Protocol):
         on_lost, self.on_lost = self.on_lost, None
         if on_lost is not None:
             on_lost()
+        self.transport = LOST  # freed now, not by the cycle collector (limits.LOST)
 
     def data_received(self, data: bytes) -> None:
         if self.on_lost is not None:

@@ -81,6 +81,7 @@ class OutboundSide:
         conn.closing = True
         self.connection_lost(conn)
         self._h2.serve(transport, data, conn.describe())
+        conn.let_go()  # HTTP/2 has the transport now
         return True
 
     def start(self, ex: Exchange) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Final, Literal, cast
 
 from gossamer.proxy.wire.http2 import H2_APP_PROTOCOLS, PREFACE
+from gossamer.proxy.wire.limits import LOST
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -205,6 +206,7 @@ class Sniffer(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._forget()
+        self.transport = LOST  # freed now, not by the cycle collector (limits.LOST)
 
     # ---- deciding ----------------------------------------------------------------------
 

@@ -429,6 +429,12 @@ class RequestReader(_Reader):
         self._upgrade: bytes | None = None
         self._tunnel = False
 
+    def release(self) -> None:
+        """The connection is lost: let go of llhttp's parser and of the handler, both of
+        which refer back to this reader, so that the reader and its connection are
+        freed with the connection, not by the cycle collector. Nothing is read after."""
+        del self._parser, self._handler
+
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises ProtocolError for a request that must be refused."""
         if self._native_ready:
@@ -636,6 +642,11 @@ class ResponseReader(_Reader):
         self._head_only = False
         self._stopped = False
         self._close_delimited = False
+
+    def release(self) -> None:
+        """The connection is lost: as RequestReader.release (a handler set later, a
+        retry's DISCARD, is kept and harmless)."""
+        del self._parser, self._handler
 
     def set_handler(self, handler: ResponseHandler, head_only: bool) -> None:
         """The next response is `handler`'s (the exchange a request was sent for)."""

@@ -105,6 +105,7 @@ from gossamer.proxy.wire import h2codec
 from gossamer.proxy.wire.http1 import CLIENT_GONE, ORIG_PROTO_HEADER, SRC_SERVICE_HEADER
 from gossamer.proxy.wire.limits import (
     GOAWAY_REFUSED,
+    LOST,
     MAX_HEADERS,
     NOT_REFUSED,
     REPLAY_LIMIT,
@@ -889,6 +890,7 @@ class H2Connection(asyncio.Protocol):
             _lost(half, f"upstream reset: {self.name} closed the connection")
         if self.on_lost is not None:
             self.on_lost(self)
+        self.transport = LOST  # freed now, not by the cycle collector (limits.LOST)
 
     def pause_writing(self) -> None:
         # The peer is not reading: `pump` stops handing its streams' queues to the

@@ -14,7 +14,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -46,6 +46,67 @@ STREAM_REFUSED: Final = 2  # REFUSED_STREAM: the peer is at its limit of streams
 # restarts the clock each time it takes some (Envoy's `delayed_close_timeout`, and its
 # default).
 DELAYED_CLOSE: Final = 1.0
+
+
+class _Lost:
+    """What a protocol holds in place of its transport once its connection is lost.
+
+    A protocol and what it serves (readers, exchanges, streams) refer to each other, so
+    a closed connection's objects are freed by the cycle collector, not when the last
+    reference goes, and the proxy collects its old generations rarely (cli/proxy.py).
+    A transport kept by them kept its TLS state too (uvloop's SSLProtocol, OpenSSL's
+    buffers: about 60 KiB a connection) until then: a proxy whose peers reconnected
+    grew by that much per connection. Letting the transport go when the connection is
+    lost frees it at once; a late call on it does nothing, as on a closed transport.
+    """
+
+    __slots__ = ()
+
+    def is_closing(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> None:
+        pass
+
+    def writelines(self, data: Any) -> None:
+        pass
+
+    def write_eof(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_reading(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def set_protocol(self, protocol: Any) -> None:
+        pass
+
+
+# The transport of every lost connection (`_Lost`).
+LOST: Final = cast(asyncio.Transport, _Lost())
 
 
 def close_soon(transport: asyncio.Transport) -> None:

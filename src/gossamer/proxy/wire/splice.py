@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from gossamer.proxy.wire.limits import close_soon
+from gossamer.proxy.wire.limits import LOST, close_soon
 
 if TYPE_CHECKING:
     from gossamer.proxy.observe.metrics import TcpStats
@@ -114,6 +114,7 @@ class Splice(asyncio.Protocol):
                 other.on_lost = None
             on_lost()
         self._close_other()
+        self.transport = LOST  # freed now, not by the cycle collector (limits.LOST)
 
     def _close_other(self) -> None:
         other = self.other
