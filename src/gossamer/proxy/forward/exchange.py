@@ -54,6 +54,7 @@ from gossamer.proxy.wire.limits import (
     REFUSED_RETRIES,
     REPLAY_LIMIT,
     close_soon,
+    keep_open_at_eof,
     taken,
 )
 from gossamer.proxy.wire.splice import Splice
@@ -270,10 +271,10 @@ class ServerConnection(asyncio.Protocol):
         # exchange ends and gives back what it held (a circuit breaker's slot), as
         # HTTP/2 does when a stream's connection goes, and as Envoy and hyper (whose
         # http1_half_close is off by default) do. Closed here, not by the transport
-        # (returning False), whose close would wait for ever on a client that reads
-        # nothing of what is buffered for it.
+        # (keep_open_at_eof says why).
+        keep_open = keep_open_at_eof(self.transport)
         self.close()
-        return True
+        return keep_open
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True

@@ -113,6 +113,7 @@ from gossamer.proxy.wire.limits import (
     InFlight,
     LimitedLog,
     close_soon,
+    keep_open_at_eof,
     taken,
 )
 
@@ -876,10 +877,10 @@ class H2Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         # The peer will send nothing more (a FIN, or TLS close_notify): HTTP/2 has no
         # half-close, so the connection ends. Closed here, within DELAYED_CLOSE, not by
-        # the transport (returning False), which would wait for ever on a peer that
-        # reads nothing of what is buffered for it.
+        # the transport (keep_open_at_eof says why).
+        keep_open = keep_open_at_eof(self.transport)
         self.close()
-        return True
+        return keep_open
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

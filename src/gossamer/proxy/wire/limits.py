@@ -123,6 +123,15 @@ def close_soon(transport: asyncio.Transport) -> None:
     asyncio.get_running_loop().call_later(DELAYED_CLOSE, _unless_taking, transport, sock, taken)
 
 
+def keep_open_at_eof(transport: asyncio.Transport | None) -> bool:
+    """What `eof_received` returns when the protocol closes its connection itself
+    (close_soon): True, so that a TCP transport does not close on its own, which would
+    wait for ever on a client that reads nothing of what is buffered for it. Over TLS the
+    transport shuts down whatever is returned, and True would only have asyncio log a
+    warning for every connection a peer closes. Asked before the protocol closes."""
+    return transport is not None and transport.get_extra_info("ssl_object") is None
+
+
 def _taken(transport: asyncio.Transport, sock: Any) -> int | None:
     """How much of what was sent the client has taken so far (TCP: bytes acknowledged;
     another socket: less what is left in the buffer), or None once the socket is gone."""

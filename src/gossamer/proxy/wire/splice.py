@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from gossamer.proxy.wire.limits import LOST, close_soon
+from gossamer.proxy.wire.limits import LOST, close_soon, keep_open_at_eof
 
 if TYPE_CHECKING:
     from gossamer.proxy.observe.metrics import TcpStats
@@ -93,12 +93,12 @@ class Splice(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # The pipe ends both ways (no half-close carried). Closed here, within
-        # DELAYED_CLOSE, not by the transport (returning False), which would wait for
-        # ever on a client that reads nothing of what is buffered for it.
+        # DELAYED_CLOSE, not by the transport (keep_open_at_eof says why).
+        keep_open = keep_open_at_eof(self.transport)
         self._close_other()
         if self.transport is not None:
             close_soon(self.transport)
-        return True
+        return keep_open
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.registry is not None:
