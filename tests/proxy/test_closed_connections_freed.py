@@ -21,11 +21,20 @@ import gc
 import logging
 import ssl
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 
-from gossamer.proxy.forward.exchange import ServerConnection
+from gossamer.proxy.forward.exchange import (
+    ConnectError,
+    Exchange,
+    Phase,
+    Pool,
+    ServerConnection,
+    UpstreamConnection,
+)
 from gossamer.proxy.wire.http2 import H2Connection
+from gossamer.proxy.wire.limits import LOST
 from tests.proxy.conftest import Mesh, parse_responses
 
 ROUNDS = 6
@@ -126,3 +135,43 @@ async def test_a_peer_closing_its_tls_connections_logs_no_warning(
             await _round(mesh, request)
         await asyncio.sleep(0.3)
     assert not [r for r in caplog.records if "eof_received" in r.getMessage()]
+
+
+class _Request:
+    """What Pool._connect asks of the exchange it opens a connection for."""
+
+    phase = Phase.WAITING
+    attempts = 1
+
+    def __init__(self) -> None:
+        self.failed: list[ConnectError] = []
+        self.bound: list[UpstreamConnection] = []
+
+    def connect_failed(self, err: ConnectError) -> None:
+        self.failed.append(err)
+
+    def bind(self, upstream: UpstreamConnection) -> None:
+        self.bound.append(upstream)
+
+
+class _ClosingPool(Pool):
+    """Opens a connection that is lost before the request gets to it (its peer closed
+    it at once)."""
+
+    async def open(self) -> UpstreamConnection:
+        upstream = UpstreamConnection(self)
+        upstream.connection_made(LOST)
+        upstream.connection_lost(None)
+        return upstream
+
+
+@pytest.mark.asyncio
+async def test_a_connection_lost_before_its_request_is_a_failed_connect() -> None:
+    """Its reader is released and nothing can be sent on it: the request goes on as
+    after a failed connect (another endpoint, or a 502), not bound to it."""
+    pool = _ClosingPool(asyncio.get_running_loop(), "echo-1")
+    ex = _Request()
+    await pool._connect(cast(Exchange, ex), 1)
+    assert ex.bound == []
+    [err] = ex.failed
+    assert err.status == 502 and "closed the connection at once" in err.reason

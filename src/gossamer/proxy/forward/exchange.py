@@ -1441,6 +1441,12 @@ class Pool:
             if ex.attempts == attempt:
                 ex.connect_failed(ConnectError(502, f"connect to {self.name} failed: {e}"))
             return
+        if upstream.closed:
+            # Lost between its handshake and now (the peer closed it at once): nothing
+            # can be sent on it, and its reader is released (limits.LOST).
+            if ex.attempts == attempt:
+                ex.connect_failed(ConnectError(502, f"{self.name} closed the connection at once"))
+            return
         if ex.phase == Phase.FINISHED or ex.attempts != attempt:
             # The client went away meanwhile, or a timeout moved the request on to
             # another try; the connection is still good to keep.

@@ -15,6 +15,7 @@ bytes (proxy.wire.limits); over either, 431.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -432,8 +433,11 @@ class RequestReader(_Reader):
     def release(self) -> None:
         """The connection is lost: let go of llhttp's parser and of the handler, both of
         which refer back to this reader, so that the reader and its connection are
-        freed with the connection, not by the cycle collector. Nothing is read after."""
-        del self._parser, self._handler
+        freed with the connection, not by the cycle collector. Nothing is read after.
+        Once: a connection let go when it handed its transport on, then lost (a refused
+        TCP splice), is released already."""
+        with contextlib.suppress(AttributeError):
+            del self._parser, self._handler
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises ProtocolError for a request that must be refused."""
@@ -646,7 +650,8 @@ class ResponseReader(_Reader):
     def release(self) -> None:
         """The connection is lost: as RequestReader.release (a handler set later, a
         retry's DISCARD, is kept and harmless)."""
-        del self._parser, self._handler
+        with contextlib.suppress(AttributeError):
+            del self._parser, self._handler
 
     def set_handler(self, handler: ResponseHandler, head_only: bool) -> None:
         """The next response is `handler`'s (the exchange a request was sent for)."""
