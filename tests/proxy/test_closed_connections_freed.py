@@ -43,6 +43,7 @@ CONNECTIONS = 4  # at once, each round: the client proxy opens as many to its pe
 
 @pytest.fixture
 def no_collector() -> Iterator[None]:
+    """The cycle collector off: what is freed is freed by reference counts."""
     gc.collect()
     gc.disable()
     try:
@@ -51,7 +52,8 @@ def no_collector() -> Iterator[None]:
         gc.enable()
 
 
-def _tls_objects() -> int:
+def tls_objects() -> int:
+    """TLS connections' state still alive (counted without collecting)."""
     return sum(1 for o in gc.get_objects() if type(o) is ssl.SSLObject)
 
 
@@ -106,7 +108,7 @@ async def test_closed_connections_are_freed_as_they_close(
     assert mesh.client.config.multiplex_http1 is (carriage == "streams")
     request = b"GET /hello HTTP/1.1\r\nHost: echo\r\n\r\n"
     await _round(mesh, request)  # the first connections, and what start-up keeps
-    tls_before = _tls_objects()
+    tls_before = tls_objects()
     closed_before = _closed_connections()
     for _ in range(ROUNDS):
         await _round(mesh, request)
@@ -114,10 +116,10 @@ async def test_closed_connections_are_freed_as_they_close(
     # waited for. Without letting go, each round left CONNECTIONS connections' TLS state
     # on each side (and the closed connections with them) to the collector: 48 more.
     for _ in range(100):
-        if _tls_objects() <= tls_before:
+        if tls_objects() <= tls_before:
             break
         await asyncio.sleep(0.05)
-    assert _tls_objects() <= tls_before
+    assert tls_objects() <= tls_before
     assert _closed_connections() - closed_before <= 2 * CONNECTIONS
 
 
